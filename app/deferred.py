@@ -1,0 +1,147 @@
+"""Flex and background calls: accept durably, then wait (blocking flex) or return at once.
+
+Accepting is one statement (request row + single-request batch + procrastinate job).
+A blocking client waits on the LISTEN hub; if it disconnects, the work goes on and the
+result stays readable by the id sent in ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from sqlalchemy.engine import RowMapping
+from starlette.responses import Response
+from starlette.types import Receive
+
+from app.errors import APIError, json_response
+from app.ids import new_id, request_id
+from app.metrics import Metrics
+from app.settings import Settings
+from app.shapes import response_object, row_error, stored_result
+from app.store.keys import ApiKey
+from app.store.requests import RequestStore, Submission
+from app.validation import Call
+from app.waiters import WaiterHub
+
+FLEX_QUEUE = "flex"
+REALTIME_QUEUE = "realtime"
+# Background realtime work jumps ahead of flex work on the same workers.
+REALTIME_PRIORITY = 100
+FLEX_PRIORITY = 0
+# A blocking client gives up this long after the window, should no worker ever come.
+WAIT_GRACE_S = 30.0
+
+
+class DeferredCalls:
+    """Runs the flex/background side of the tier middleware."""
+
+    def __init__(
+        self, *, settings: Settings, store: RequestStore, hub: WaiterHub, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.metrics = metrics
+
+    def _submission(self, call: Call, key: ApiKey, rid: str) -> Submission:
+        flex = call.tier == "flex"
+        return Submission(
+            id=rid,
+            batch_id=new_id("batch_"),
+            owner=key.id,
+            endpoint=call.endpoint,
+            model=call.model.name,
+            tier=call.tier,
+            background=call.background,
+            stream=call.stream,
+            body=call.body,
+            window_s=self.settings.limits.flex_window_s,
+            queue=FLEX_QUEUE if flex else REALTIME_QUEUE,
+            priority=FLEX_PRIORITY if flex else REALTIME_PRIORITY,
+        )
+
+    async def handle(self, call: Call, key: ApiKey, receive: Receive) -> Response:
+        rid = request_id(call.endpoint)
+        submission = self._submission(call, key, rid)
+        if call.background:
+            await self.store.submit(submission)
+            row = await self.store.get(rid, key.id)
+            assert row is not None
+            return json_response(response_object(row), headers={"x-request-id": rid})
+
+        started = time.perf_counter()
+        async with self.hub.waiter(rid) as wait:
+            await self.store.submit(submission)
+            self.metrics.waiting_clients.inc()
+            try:
+                finished = await _wait_unless_gone(
+                    wait(submission.window_s + WAIT_GRACE_S), receive
+                )
+            finally:
+                self.metrics.waiting_clients.dec()
+        if finished is None:  # the client left; nobody to answer
+            return Response(status_code=499)
+        row = await self.store.get(rid, key.id)
+        if row is None:
+            raise APIError(
+                404,
+                f"Request {rid} was deleted before it finished.",
+                code="not_found",
+                headers={"x-request-id": rid},
+            )
+        self.metrics.observe_request(
+            call.endpoint, "flex", row["status"], time.perf_counter() - started
+        )
+        return result_response(row)
+
+
+def result_response(row: RowMapping) -> Response:
+    """What a blocking client gets: the upstream body on success, an OpenAI error otherwise."""
+    rid = row["id"]
+    headers = {"x-request-id": rid}
+    status = row["status"]
+    if status == "completed":
+        return json_response(stored_result(row), row["response_status"] or 200, headers)
+    if status == "failed" and row["response_status"] and 400 <= row["response_status"] < 500:
+        # A final client error from the provider: same status, same body.
+        return json_response(row["response_body"], row["response_status"], headers)
+    no_retry = {**headers, "x-should-retry": "false"}
+    if status in ("pending", "in_progress"):
+        raise APIError(
+            504,
+            f"Request {rid} is still {status}; fetch it later by id.",
+            type="server_error",
+            code="still_running",
+            headers=no_retry,
+        )
+    error = row_error(row) or {"code": "server_error", "message": "The request failed."}
+    if status == "expired":
+        raise APIError(
+            429, error["message"], type="rate_limit_error", code=error["code"], headers=no_retry
+        )
+    if status == "cancelled":
+        raise APIError(400, error["message"], code=error["code"], headers=no_retry)
+    raise APIError(502, error["message"], type="server_error", code=error["code"], headers=no_retry)
+
+
+async def _wait_unless_gone(
+    waiting: asyncio.Future[bool] | object, receive: Receive
+) -> bool | None:
+    """Await ``waiting`` unless the client disconnects first (then None)."""
+    wait_task = asyncio.ensure_future(waiting)  # type: ignore[arg-type]
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    gone_task = asyncio.ensure_future(gone())
+    try:
+        done, _ = await asyncio.wait({wait_task, gone_task}, return_when=asyncio.FIRST_COMPLETED)
+        return wait_task.result() if wait_task in done else None
+    finally:
+        for task in (wait_task, gone_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,75 @@
+"""``create_app(settings, url)``: the gateway as one ASGI app, optionally with a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from app.auth import AuthMiddleware
+from app.dburl import DatabaseURL
+from app.errors import APIError
+from app.guard import ErrorMiddleware
+from app.routes import ops, responses
+from app.services import Services
+from app.settings import Settings
+from app.tiers import TierMiddleware
+
+log = logging.getLogger("tiergate")
+
+
+def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = False) -> Starlette:
+    """The gateway. ``with_worker`` also runs a procrastinate worker in the same process."""
+    services = Services(settings, url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        await services.start()
+        worker_task: asyncio.Task[None] | None = None
+        if with_worker:
+            from worker.runner import run_worker
+
+            worker_task = asyncio.create_task(run_worker(settings, url), name="worker")
+        log.info("tiergate gateway ready (models: %s)", ", ".join(settings.models))
+        try:
+            yield {"services": services}
+        finally:
+            if worker_task is not None:
+                worker_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker_task
+            await services.stop()
+
+    async def api_error(request, exc: APIError):  # type: ignore[no-untyped-def]
+        return exc.response()
+
+    app = Starlette(
+        routes=[*ops.routes, *responses.routes],
+        middleware=[
+            Middleware(ErrorMiddleware),
+            Middleware(AuthMiddleware, keys=services.key_cache),
+            Middleware(
+                TierMiddleware, settings=settings, proxy=services.proxy, deferred=services.deferred
+            ),
+        ],
+        exception_handlers={APIError: api_error, 404: _not_found, 405: _not_allowed},
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app
+
+
+async def _not_found(request, exc):  # type: ignore[no-untyped-def]
+    return APIError(
+        404, f"Unknown route: {request.method} {request.url.path}", code="unknown_url"
+    ).response()
+
+
+async def _not_allowed(request, exc):  # type: ignore[no-untyped-def]
+    return APIError(
+        405, f"Method {request.method} not allowed on {request.url.path}", code="method_not_allowed"
+    ).response()

@@ -1,0 +1,51 @@
+"""Prometheus metrics: requests by tier and status, latency histograms, queue depth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) can live in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tiergate_requests",
+            "Inference requests by endpoint, tier and outcome.",
+            ["endpoint", "tier", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tiergate_request_seconds",
+            "Time from accept to answer, by endpoint and tier.",
+            ["endpoint", "tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "tiergate_queue_depth",
+            "Live request rows by model, tier and status.",
+            ["model", "tier", "status"],
+            registry=self.registry,
+        )
+        self.waiting_clients = Gauge(
+            "tiergate_waiting_clients",
+            "Blocking flex clients waiting in this process.",
+            registry=self.registry,
+        )
+
+    def observe_request(self, endpoint: str, tier: str, status: str, seconds: float) -> None:
+        self.requests.labels(endpoint, tier, status).inc()
+        self.latency.labels(endpoint, tier).observe(seconds)
+
+    def render(self, depth: Iterable[tuple[str, str, str, int]], waiting: int) -> bytes:
+        self.queue_depth.clear()
+        for model, tier, status, count in depth:
+            self.queue_depth.labels(model, tier, status).set(count)
+        self.waiting_clients.set(waiting)
+        return generate_latest(self.registry)

@@ -1,0 +1,175 @@
+"""Realtime calls: forward to the upstream at once, streaming passed through as it arrives.
+
+The request row is inserted while the upstream call is already under way and before the
+client gets a byte, so every answered call has a durable trace; a gateway crash mid-call
+leaves the row ``in_progress`` until the reaper marks it ``gateway_interrupted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+from app.errors import APIError, error_body
+from app.ids import request_id
+from app.metrics import Metrics
+from app.store.keys import ApiKey
+from app.store.requests import Outcome, RequestStore
+from app.upstream import UpstreamClient, UpstreamError
+from app.usage import StreamUsage, usage_of
+from app.validation import Call
+
+log = logging.getLogger("tiergate.proxy")
+
+# Embedding vectors are bulky and rarely worth keeping; their usage is stored all the same.
+STORE_BODY_ENDPOINTS = frozenset({"/v1/responses", "/v1/chat/completions"})
+PASS_HEADERS = ("content-type", "retry-after", "retry-after-ms", "openai-processing-ms")
+
+
+class RealtimeProxy:
+    """Forwards one classified realtime call and records it."""
+
+    def __init__(self, *, store: RequestStore, upstream: UpstreamClient, metrics: Metrics) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.metrics = metrics
+
+    async def handle(self, call: Call, key: ApiKey) -> Response:
+        rid = request_id(call.endpoint)
+        started = time.perf_counter()
+        record = asyncio.create_task(
+            self.store.start_realtime(
+                id=rid,
+                owner=key.id,
+                endpoint=call.endpoint,
+                model=call.model.name,
+                stream=call.stream,
+                body=call.body,
+            )
+        )
+        stack = contextlib.AsyncExitStack()
+        try:
+            upstream = await stack.enter_async_context(
+                self.upstream.open(call.model, call.endpoint, call.body)
+            )
+        except UpstreamError as exc:
+            await record
+            await self._finish(rid, call, started, Outcome(status="failed", error=exc.as_error()))
+            raise APIError(
+                502, exc.message, type="server_error", code=exc.code, headers={"x-request-id": rid}
+            ) from exc
+        except BaseException:
+            await _settle(record)
+            raise
+        try:
+            await record
+        except BaseException:
+            await stack.aclose()
+            raise
+        headers = {k: v for k, v in upstream.headers.items() if k in PASS_HEADERS}
+        headers["x-request-id"] = rid
+        if call.stream and upstream.status_code < 400:
+            return StreamingResponse(
+                self._relay(rid, call, started, upstream, stack),
+                status_code=upstream.status_code,
+                headers=headers,
+            )
+        try:
+            content = await upstream.aread()
+        finally:
+            await stack.aclose()
+        outcome = _outcome(call, upstream.status_code, content)
+        return Response(
+            content,
+            status_code=upstream.status_code,
+            headers=headers,
+            background=BackgroundTask(self._finish, rid, call, started, outcome),
+        )
+
+    async def _relay(
+        self, rid: str, call: Call, started: float, upstream: Any, stack: contextlib.AsyncExitStack
+    ) -> AsyncIterator[bytes]:
+        watcher = StreamUsage()
+        outcome = Outcome(
+            status="failed",
+            response_status=upstream.status_code,
+            error={"code": "client_disconnected", "message": "The client went away mid-stream."},
+        )
+        try:
+            async for chunk in upstream.aiter_raw():
+                watcher.feed(chunk)
+                yield chunk
+            given, produced, total = watcher.usage
+            outcome = Outcome(
+                status="failed" if watcher.failed else "completed",
+                response_status=upstream.status_code,
+                input_tokens=given,
+                output_tokens=produced,
+                total_tokens=total,
+            )
+        except Exception as exc:
+            outcome = Outcome(
+                status="failed",
+                response_status=upstream.status_code,
+                error={"code": "upstream_stream_broken", "message": repr(exc)},
+            )
+            # The status line is gone already: tell the client in-band, as OpenAI does.
+            yield _sse_error(f"The upstream stream broke: {exc!r}")
+        finally:
+            await stack.aclose()
+            await asyncio.shield(self._finish(rid, call, started, outcome))
+
+    async def _finish(self, rid: str, call: Call, started: float, outcome: Outcome) -> None:
+        self.metrics.observe_request(
+            call.endpoint, "default", outcome.status, time.perf_counter() - started
+        )
+        try:
+            await self.store.finish_realtime(rid, outcome)
+        except Exception as exc:  # the reaper will close the row
+            log.warning("could not record the end of %s: %s", rid, exc)
+
+
+def _outcome(call: Call, status: int, content: bytes) -> Outcome:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    given, produced, total = usage_of(body)
+    if status >= 400:
+        detail = body.get("error") if isinstance(body, dict) else None
+        error = detail if isinstance(detail, dict) else {"message": f"HTTP {status}"}
+        return Outcome(
+            status="failed",
+            response_status=status,
+            response_body=body,
+            error={
+                "code": error.get("code") or f"upstream_{status}",
+                "message": error.get("message") or f"HTTP {status}",
+            },
+        )
+    return Outcome(
+        status="completed",
+        response_status=status,
+        response_body=body if call.endpoint in STORE_BODY_ENDPOINTS else None,
+        input_tokens=given,
+        output_tokens=produced,
+        total_tokens=total,
+    )
+
+
+def _sse_error(message: str) -> bytes:
+    payload = {"type": "error", **error_body(message, type="server_error")["error"]}
+    return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+
+
+async def _settle(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(BaseException):
+        await task

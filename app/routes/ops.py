@@ -1,0 +1,63 @@
+"""Operational endpoints: liveness, readiness, Prometheus metrics, model list."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.errors import error_body, json_response
+from app.store.requests import queue_depth
+
+READY_TIMEOUT_S = 2.0
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    engine = request.state.services.engine
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        body = error_body(
+            f"database unreachable: {type(exc).__name__}",
+            type="server_error",
+            code="database_unavailable",
+        )
+        return json_response(body, 503)
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    services = request.state.services
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            depth = await queue_depth(services.engine)
+    except Exception:
+        depth = []
+    body = services.metrics.render(depth, services.hub.waiting)
+    return Response(body, media_type="text/plain; version=0.0.4")
+
+
+async def list_models(request: Request) -> Response:
+    key = request.scope["state"]["api_key"]
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "tiergate"}
+        for name in request.state.services.settings.models
+        if key.may_use(name)
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+]

@@ -1,0 +1,58 @@
+"""Everything a gateway process shares: built from settings, started in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.auth import KeyCache
+from app.dburl import DatabaseURL
+from app.deferred import DeferredCalls
+from app.metrics import Metrics
+from app.proxy import RealtimeProxy
+from app.settings import Settings
+from app.store.db import create_engine
+from app.store.keys import KeyStore
+from app.store.requests import RequestStore
+from app.upstream import build_upstream
+from app.waiters import WaiterHub
+
+log = logging.getLogger("tiergate")
+
+
+class Services:
+    """The gateway's shared resources, handed to middleware and routes explicitly."""
+
+    def __init__(self, settings: Settings, url: DatabaseURL) -> None:
+        self.settings = settings
+        self.url = url
+        limits = settings.limits
+        self.engine: AsyncEngine = create_engine(
+            url, pool_size=limits.db_pool_size, max_overflow=limits.db_max_overflow
+        )
+        self.metrics = Metrics()
+        self.keys = KeyStore(self.engine)
+        self.key_cache = KeyCache(self.keys)
+        self.requests = RequestStore(self.engine)
+        self.upstream = build_upstream(settings)
+        self.hub = WaiterHub(
+            url,
+            final_among=self.requests.final_among,
+            on_key_revoked=self.key_cache.revoke,
+            recheck_s=limits.waiter_recheck_s,
+        )
+        self.proxy = RealtimeProxy(
+            store=self.requests, upstream=self.upstream, metrics=self.metrics
+        )
+        self.deferred = DeferredCalls(
+            settings=settings, store=self.requests, hub=self.hub, metrics=self.metrics
+        )
+
+    async def start(self) -> None:
+        await self.hub.start()
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        await self.upstream.aclose()
+        await self.engine.dispose()

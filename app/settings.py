@@ -1,0 +1,105 @@
+"""One settings object for the whole process, read once at the entry point.
+
+Environment: ``DATABASE_URL`` (optional), ``TIERGATE_HOME`` (data dir, default
+``./.tiergate``), ``TIERGATE_CONFIG`` (optional YAML with models and limits).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MOCK_UPSTREAM = "mock://in-process"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+class ModelConfig(BaseModel):
+    """One model a client can name, and where its traffic goes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    upstream: str = Field(description="Base URL of an OpenAI-compatible API, ending in /v1")
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    flex_concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+
+    @field_validator("upstream")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def target_model(self) -> str:
+        return self.upstream_model or self.name
+
+    def api_key(self) -> str | None:
+        """The provider key, read from the environment at call time (never stored)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class Limits(BaseModel):
+    """Tunables that a config file may override."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    flex_window_s: int = Field(default=3600, ge=1)
+    worker_concurrency: int = Field(default=16, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    job_pool_size: int = Field(default=4, ge=2)
+    waiter_recheck_s: float = Field(default=5.0, gt=0)
+    retry_base_s: float = Field(default=1.0, ge=0)
+    retry_max_s: float = Field(default=60.0, ge=0)
+    stalled_after_s: int = Field(default=30, ge=1)
+    realtime_grace_s: int = Field(default=60, ge=1)
+
+
+def mock_model() -> ModelConfig:
+    return ModelConfig(name="mock", upstream=MOCK_UPSTREAM, flex_concurrency=64, max_attempts=3)
+
+
+@dataclass
+class Settings:
+    """Everything a tiergate process needs to know, built once and passed down."""
+
+    database_url: str | None = None
+    home: Path = field(default_factory=lambda: Path(".tiergate"))
+    models: dict[str, ModelConfig] = field(default_factory=lambda: {"mock": mock_model()})
+    limits: Limits = field(default_factory=Limits)
+    config_path: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        config_path = Path(env["TIERGATE_CONFIG"]) if env.get("TIERGATE_CONFIG") else None
+        settings = cls(
+            database_url=env.get("DATABASE_URL") or None,
+            home=Path(env.get("TIERGATE_HOME", ".tiergate")).resolve(),
+            config_path=config_path,
+        )
+        if config_path is not None:
+            settings.apply_config(yaml.safe_load(config_path.read_text()) or {})
+        return settings
+
+    def apply_config(self, data: dict[str, Any]) -> None:
+        """Merge a parsed config file (see README, "Configuration") into these settings."""
+        unknown = set(data) - {"models", "limits"}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        for raw in data.get("models") or []:
+            model = ModelConfig.model_validate(raw)
+            if model.upstream == "mock":
+                model.upstream = MOCK_UPSTREAM
+            self.models[model.name] = model
+        if data.get("limits"):
+            self.limits = Limits.model_validate({**self.limits.model_dump(), **data["limits"]})

@@ -1,0 +1,121 @@
+"""OpenAI object builders: Response objects and stored results, from request rows."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from sqlalchemy.engine import RowMapping
+
+from app.ids import new_id
+
+# Row status -> Response.status
+RESPONSE_STATUS = {
+    "pending": "queued",
+    "in_progress": "in_progress",
+    "completed": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "expired": "failed",
+}
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def _usage(row: RowMapping) -> dict[str, Any] | None:
+    if row["total_tokens"] is None:
+        return None
+    return {
+        "input_tokens": row["input_tokens"] or 0,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": row["output_tokens"] or 0,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": row["total_tokens"],
+    }
+
+
+def _output_from_chat(body: Any) -> list[dict[str, Any]]:
+    """A chat completion's first choice as a Responses output message."""
+    try:
+        text = body["choices"][0]["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError):
+        return []
+    return [
+        {
+            "id": new_id("msg_"),
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+    ]
+
+
+def row_error(row: RowMapping) -> dict[str, Any] | None:
+    if row["status"] == "expired":
+        return {
+            "code": "request_expired",
+            "message": "The request was not processed within its completion window.",
+        }
+    if row["status"] in ("failed", "cancelled") and row["error"]:
+        return {
+            "code": row["error"].get("code") or "server_error",
+            "message": row["error"].get("message") or "The request failed.",
+        }
+    return None
+
+
+def response_object(row: RowMapping) -> dict[str, Any]:
+    """The Response object a client sees for any request row, at any status."""
+    body = row["body"] or {}
+    stored = row["response_body"]
+    if row["status"] == "completed" and row["endpoint"] == "/v1/responses" and stored:
+        obj = copy.deepcopy(stored)
+    else:
+        obj = {
+            "output": [],
+            "usage": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": body.get("previous_response_id"),
+            "temperature": body.get("temperature"),
+            "top_p": body.get("top_p"),
+            "text": body.get("text", {"format": {"type": "text"}}),
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools", []),
+            "incomplete_details": None,
+        }
+        if row["status"] == "completed" and row["endpoint"] == "/v1/chat/completions":
+            obj["output"] = _output_from_chat(stored)
+    obj.update(
+        id=row["id"],
+        object="response",
+        created_at=_ts(row["created_at"]),
+        model=body.get("model"),
+        status=RESPONSE_STATUS[row["status"]],
+        background=row["background"],
+        service_tier=row["service_tier"],
+        error=row_error(row),
+        metadata=body.get("metadata") or {},
+    )
+    if obj.get("usage") is None:
+        obj["usage"] = _usage(row)
+    if row["status"] == "completed":
+        obj["completed_at"] = _ts(row["finished_at"])
+    return obj
+
+
+def stored_result(row: RowMapping) -> dict[str, Any]:
+    """The upstream body of a completed request, stamped with our id and the tier used."""
+    body = copy.deepcopy(row["response_body"])
+    if isinstance(body, dict) and row["endpoint"] != "/v1/embeddings":
+        body["id"] = row["id"]
+        body["service_tier"] = row["service_tier"]
+    return body
+
+
+def deleted_object(request_id: str) -> dict[str, Any]:
+    return {"id": request_id, "object": "response", "deleted": True}

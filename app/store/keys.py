@@ -1,0 +1,87 @@
+"""API keys: only sha256 hashes are stored; the secret is shown once, at creation."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.ids import new_api_key, new_id
+
+KEYS_CHANNEL = "tiergate_keys"
+
+INSERT_KEY = text(
+    "INSERT INTO api_keys (id, name, key_hash, key_prefix, models)"
+    " VALUES (:id, :name, :key_hash, :key_prefix, :models)"
+)
+# Lookup by hash; revoked keys are simply not found.
+FIND_KEY = text(
+    "SELECT id, name, models FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL"
+)
+REVOKE_KEY = text(
+    "WITH r AS (UPDATE api_keys SET revoked_at = now()"
+    " WHERE (id = :ident OR name = :ident) AND revoked_at IS NULL RETURNING id)"
+    " SELECT r.id, pg_notify(:channel, r.id) FROM r"
+)
+LIST_KEYS = text(
+    "SELECT id, name, key_prefix, models, created_at, revoked_at FROM api_keys ORDER BY created_at"
+)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """The authenticated caller."""
+
+    id: str
+    name: str
+    models: tuple[str, ...] | None
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+class KeyStore:
+    """SQL for the ``api_keys`` table."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create(self, name: str, models: list[str] | None) -> tuple[ApiKey, str]:
+        """Create a key; returns it with its secret (never stored in clear)."""
+        secret = new_api_key()
+        key = ApiKey(id=new_id("key_"), name=name, models=tuple(models) if models else None)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                INSERT_KEY,
+                {
+                    "id": key.id,
+                    "name": name,
+                    "key_hash": hash_key(secret),
+                    "key_prefix": secret[:7],
+                    "models": list(models) if models else None,
+                },
+            )
+        return key, secret
+
+    async def find(self, secret: str) -> ApiKey | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(FIND_KEY, {"key_hash": hash_key(secret)})).first()
+        if row is None:
+            return None
+        return ApiKey(id=row.id, name=row.name, models=tuple(row.models) if row.models else None)
+
+    async def revoke(self, ident: str) -> list[str]:
+        """Revoke by id or name; gateways drop the key from their caches via NOTIFY."""
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(REVOKE_KEY, {"ident": ident, "channel": KEYS_CHANNEL})).all()
+        return [row.id for row in rows]
+
+    async def list(self) -> list[dict[str, object]]:
+        async with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in await conn.execute(LIST_KEYS)]

@@ -1,0 +1,347 @@
+"""SQL for ``requests`` (one row per request) and the single-request ``batches`` rows.
+
+Every status transition is one guarded UPDATE (``WHERE status = ...``) so that a late
+worker can never overwrite a cancel. Final transitions NOTIFY ``tiergate_done`` with the
+request id in the same statement, which wakes blocking clients (see ``app/waiters.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Integer, bindparam, select, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.store.schema import requests
+
+DONE_CHANNEL = "tiergate_done"
+RUN_REQUEST_TASK = "tiergate.run_request"
+
+# Row, single-request batch and procrastinate job in one statement, hence one transaction:
+# an accepted request always has a job (procrastinate's versioned SQL defer function).
+SUBMIT = text(
+    """
+WITH job AS (
+    SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(
+        :queue, :task, :priority, NULL, NULL,
+        jsonb_build_object('request_id', CAST(:id AS text)), NULL
+    )::procrastinate_job_to_defer_v1])) AS id
+), batch AS (
+    INSERT INTO batches (id, owner_key_id, kind, endpoint, status, completion_window, total,
+                         expires_at, in_progress_at)
+    VALUES (:batch_id, :owner, 'single', :endpoint, 'in_progress', :window, 1,
+            now() + make_interval(secs => :window_s), now())
+)
+INSERT INTO requests (id, batch_id, owner_key_id, endpoint, model, service_tier, background,
+                      stream, status, body, expires_at, job_id)
+SELECT :id, :batch_id, :owner, :endpoint, :model, :tier, :background, :stream, 'pending',
+       :body, now() + make_interval(secs => :window_s), job.id
+FROM job
+"""
+).bindparams(bindparam("body", type_=JSONB), bindparam("window_s", type_=Integer))
+
+# Realtime calls: the row exists before the upstream is called, so a crash leaves a trace.
+INSERT_REALTIME = text(
+    """
+INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
+                      status, attempts, body, started_at)
+VALUES (:id, :owner, :endpoint, :model, 'default', false, :stream, 'in_progress', 1, :body, now())
+"""
+).bindparams(bindparam("body", type_=JSONB))
+
+# Worker claim. 'in_progress' is claimable too: procrastinate runs one job per request at a
+# time, so an in_progress row seen here was left by a dead worker whose job was rescued.
+# ``attempts`` is the fencing token that later updates must match.
+CLAIM = text(
+    """
+UPDATE requests
+SET status = 'in_progress', attempts = attempts + 1, started_at = coalesce(started_at, now())
+WHERE id = :id AND status IN ('pending', 'in_progress')
+RETURNING id, endpoint, model, body, attempts, expires_at, service_tier, background,
+          expires_at < now() AS expired
+"""
+).columns(body=JSONB)
+
+FINISH = text(
+    """
+WITH done AS (
+    UPDATE requests
+    SET status = :status, response_status = :response_status, response_body = :response_body,
+        error = :error, input_tokens = :input_tokens, output_tokens = :output_tokens,
+        total_tokens = :total_tokens, finished_at = now()
+    WHERE id = :id AND status = 'in_progress' AND attempts = :attempt
+    RETURNING id, batch_id
+), batch AS (
+    UPDATE batches SET
+        status = CASE WHEN :status = 'expired' THEN 'expired'
+                      WHEN :status = 'cancelled' THEN 'cancelled' ELSE 'completed' END,
+        completed_at = CASE WHEN :status IN ('completed', 'failed') THEN now() END,
+        expired_at = CASE WHEN :status = 'expired' THEN now() END
+    FROM done WHERE batches.id = done.batch_id AND batches.kind = 'single'
+)
+SELECT pg_notify(:channel, done.id) FROM done
+"""
+).bindparams(
+    bindparam("response_body", type_=JSONB),
+    bindparam("error", type_=JSONB),
+    bindparam("input_tokens", type_=Integer),
+    bindparam("output_tokens", type_=Integer),
+    bindparam("total_tokens", type_=Integer),
+    bindparam("response_status", type_=Integer),
+)
+
+# A retryable failure puts the row back in the queue; the job is rescheduled by procrastinate.
+REQUEUE = text(
+    """
+UPDATE requests SET status = 'pending', error = :error
+WHERE id = :id AND status = 'in_progress' AND attempts = :attempt
+RETURNING id
+"""
+).bindparams(bindparam("error", type_=JSONB))
+
+FINISH_REALTIME = text(
+    """
+UPDATE requests
+SET status = :status, response_status = :response_status, response_body = :response_body,
+    error = :error, input_tokens = :input_tokens, output_tokens = :output_tokens,
+    total_tokens = :total_tokens, finished_at = now()
+WHERE id = :id AND status = 'in_progress'
+"""
+).bindparams(
+    bindparam("response_body", type_=JSONB),
+    bindparam("error", type_=JSONB),
+    bindparam("input_tokens", type_=Integer),
+    bindparam("output_tokens", type_=Integer),
+    bindparam("total_tokens", type_=Integer),
+    bindparam("response_status", type_=Integer),
+)
+
+CANCEL = text(
+    """
+WITH c AS (
+    UPDATE requests SET status = 'cancelled', finished_at = now(),
+        error = jsonb_build_object('code', 'cancelled', 'message', 'Cancelled by the client.')
+    WHERE id = :id AND owner_key_id = :owner AND status IN ('pending', 'in_progress')
+    RETURNING id, batch_id, job_id
+), batch AS (
+    UPDATE batches SET status = 'cancelled', cancelled_at = now()
+    FROM c WHERE batches.id = c.batch_id AND batches.kind = 'single'
+)
+SELECT c.id, pg_notify(:channel, c.id),
+       procrastinate_cancel_job_v1(c.job_id, true, false) AS job
+FROM c
+"""
+)
+
+DELETE = text(
+    """
+WITH r AS (
+    DELETE FROM requests WHERE id = :id AND owner_key_id = :owner
+    RETURNING id, batch_id, job_id, status
+), b AS (
+    DELETE FROM batches USING r WHERE batches.id = r.batch_id AND batches.kind = 'single'
+)
+SELECT r.id, CASE WHEN r.job_id IS NOT NULL AND r.status IN ('pending', 'in_progress')
+                  THEN procrastinate_cancel_job_v1(r.job_id, true, true) END AS job
+FROM r
+"""
+)
+
+FINAL_AMONG = text(
+    "SELECT id FROM requests WHERE id = ANY(:ids)"
+    " AND status IN ('completed', 'failed', 'cancelled', 'expired')"
+)
+
+# Realtime rows whose gateway died mid-call: nobody will finish them, so say so.
+REAP_REALTIME = text(
+    """
+UPDATE requests SET status = 'failed', finished_at = now(),
+    error = jsonb_build_object('code', 'gateway_interrupted',
+                               'message', 'The gateway stopped before the call finished.')
+WHERE status = 'in_progress' AND service_tier = 'default' AND NOT background
+  AND job_id IS NULL AND started_at < now() - make_interval(secs => :older_than_s)
+RETURNING id
+"""
+).bindparams(bindparam("older_than_s", type_=Integer))
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A flex or background request about to be accepted."""
+
+    id: str
+    batch_id: str
+    owner: str
+    endpoint: str
+    model: str
+    tier: str
+    background: bool
+    stream: bool
+    body: dict[str, Any]
+    window_s: int
+    queue: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one upstream call ended, ready to be stored."""
+
+    status: str
+    response_status: int | None = None
+    response_body: Any = None
+    error: dict[str, Any] | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "response_status": self.response_status,
+            "response_body": self.response_body,
+            "error": self.error,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+class RequestStore:
+    """All SQL touching request rows."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def submit(self, sub: Submission) -> None:
+        """Insert the row, its single-request batch and its job, atomically."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                SUBMIT,
+                {
+                    "id": sub.id,
+                    "batch_id": sub.batch_id,
+                    "owner": sub.owner,
+                    "endpoint": sub.endpoint,
+                    "model": sub.model,
+                    "tier": sub.tier,
+                    "background": sub.background,
+                    "stream": sub.stream,
+                    "body": sub.body,
+                    "window": f"{sub.window_s}s",
+                    "window_s": sub.window_s,
+                    "queue": sub.queue,
+                    "task": RUN_REQUEST_TASK,
+                    "priority": sub.priority,
+                },
+            )
+
+    async def start_realtime(
+        self, *, id: str, owner: str, endpoint: str, model: str, stream: bool, body: dict[str, Any]
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                INSERT_REALTIME,
+                {
+                    "id": id,
+                    "owner": owner,
+                    "endpoint": endpoint,
+                    "model": model,
+                    "stream": stream,
+                    "body": body,
+                },
+            )
+
+    async def finish_realtime(self, id: str, outcome: Outcome) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(FINISH_REALTIME, {"id": id, **outcome.params()})
+
+    async def claim(self, id: str) -> RowMapping | None:
+        async with self.engine.begin() as conn:
+            return (await conn.execute(CLAIM, {"id": id})).mappings().first()
+
+    async def finish(self, id: str, attempt: int, outcome: Outcome) -> bool:
+        """Store the final outcome; False when the row moved on (cancelled, deleted)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                FINISH, {"id": id, "attempt": attempt, "channel": DONE_CHANNEL, **outcome.params()}
+            )
+            return result.first() is not None
+
+    async def requeue(self, id: str, attempt: int, error: dict[str, Any]) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(REQUEUE, {"id": id, "attempt": attempt, "error": error})
+            return result.first() is not None
+
+    async def get(self, id: str, owner: str) -> RowMapping | None:
+        async with self.engine.connect() as conn:
+            return await get_row(conn, id, owner)
+
+    async def cancel(self, id: str, owner: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(CANCEL, {"id": id, "owner": owner, "channel": DONE_CHANNEL})
+            return result.first() is not None
+
+    async def delete(self, id: str, owner: str) -> bool:
+        async with self.engine.begin() as conn:
+            return (await conn.execute(DELETE, {"id": id, "owner": owner})).first() is not None
+
+    async def final_among(self, ids: list[str]) -> list[str]:
+        """Which of these requests are already final (the waiters' safety net: one query)."""
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(FINAL_AMONG, {"ids": ids})).scalars())
+
+    async def expire_overdue(self) -> list[str]:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(EXPIRE_OVERDUE, {"channel": DONE_CHANNEL})
+            return [row.id for row in result]
+
+    async def reap_realtime(self, older_than_s: int) -> list[str]:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(REAP_REALTIME, {"older_than_s": older_than_s})
+            return list(result.scalars())
+
+
+async def get_row(conn: AsyncConnection, id: str, owner: str) -> RowMapping | None:
+    query = select(requests).where(requests.c.id == id, requests.c.owner_key_id == owner)
+    return (await conn.execute(query)).mappings().first()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+QUEUE_DEPTH = text(
+    "SELECT model, service_tier, status, count(*) AS n FROM requests"
+    " WHERE status IN ('pending', 'in_progress') GROUP BY model, service_tier, status"
+)
+
+
+async def queue_depth(engine: AsyncEngine) -> list[tuple[str, str, str, int]]:
+    """Live rows by model, tier and status (served by the partial index on live statuses)."""
+    async with engine.connect() as conn:
+        return [tuple(row) for row in await conn.execute(QUEUE_DEPTH)]  # type: ignore[misc]
+
+
+# Queued work whose window has passed (a retry that came too late, or no worker at all).
+EXPIRE_OVERDUE = text(
+    """
+WITH e AS (
+    UPDATE requests SET status = 'expired', finished_at = now(),
+        error = jsonb_build_object('code', 'request_expired',
+                                   'message', 'The request was not processed within its window.')
+    WHERE status = 'pending' AND expires_at < now()
+    RETURNING id, batch_id, job_id
+), b AS (
+    UPDATE batches SET status = 'expired', expired_at = now()
+    FROM e WHERE batches.id = e.batch_id AND batches.kind = 'single'
+)
+SELECT e.id, pg_notify(:channel, e.id),
+       procrastinate_cancel_job_v1(e.job_id, false, false) AS job
+FROM e
+"""
+)

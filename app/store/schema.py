@@ -1,0 +1,104 @@
+"""The application's tables. Alembic migrations are checked against this metadata.
+
+Admins read these tables (and the views in ``views.sql``) with plain SQL; see the README.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+metadata = MetaData()
+
+LIVE_STATUSES = ("pending", "in_progress")
+FINAL_STATUSES = ("completed", "failed", "cancelled", "expired")
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("key_hash", Text, nullable=False, unique=True, comment="sha256 of the secret key"),
+    Column("key_prefix", Text, nullable=False, comment="first characters, for humans"),
+    Column("models", ARRAY(Text), nullable=True, comment="allowed models; NULL means all"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("owner_key_id", Text, ForeignKey("api_keys.id"), nullable=False),
+    Column("kind", Text, nullable=False, comment="'single' (one flex/background call) or 'file'"),
+    Column("endpoint", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("completion_window", Text, nullable=False),
+    Column("input_file_id", Text, nullable=True),
+    Column("output_file_id", Text, nullable=True),
+    Column("error_file_id", Text, nullable=True),
+    Column("errors", JSONB, nullable=True),
+    Column("metadata", JSONB, nullable=True),
+    Column("total", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("in_progress_at", DateTime(timezone=True), nullable=True),
+    Column("finalizing_at", DateTime(timezone=True), nullable=True),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("failed_at", DateTime(timezone=True), nullable=True),
+    Column("expired_at", DateTime(timezone=True), nullable=True),
+    Column("cancelling_at", DateTime(timezone=True), nullable=True),
+    Column("cancelled_at", DateTime(timezone=True), nullable=True),
+    Index("batches_owner_idx", "owner_key_id", "id"),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", Text, primary_key=True, comment="the id clients see (resp_..., chatcmpl-...)"),
+    Column("batch_id", Text, ForeignKey("batches.id", ondelete="CASCADE"), nullable=True),
+    Column("owner_key_id", Text, ForeignKey("api_keys.id"), nullable=False),
+    Column("custom_id", Text, nullable=True),
+    Column("endpoint", Text, nullable=False, comment="/v1/responses, /v1/chat/completions, ..."),
+    Column("model", Text, nullable=False),
+    Column("service_tier", Text, nullable=False, comment="'default' (realtime) or 'flex'"),
+    Column("background", Boolean, nullable=False, server_default="false"),
+    Column("stream", Boolean, nullable=False, server_default="false"),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("body", JSONB, nullable=False, comment="the request body, secrets never included"),
+    Column("response_status", Integer, nullable=True),
+    Column("response_body", JSONB, nullable=True),
+    Column("error", JSONB, nullable=True, comment="{code, message} of the final failure"),
+    Column("input_tokens", Integer, nullable=True),
+    Column("output_tokens", Integer, nullable=True),
+    Column("total_tokens", Integer, nullable=True),
+    Column("job_id", BigInteger, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Index("requests_batch_idx", "batch_id"),
+    Index("requests_owner_created_idx", "owner_key_id", "created_at"),
+    # Hot queries (queue depth, rescue, expiry) only look at live rows: keep them small.
+    Index(
+        "requests_live_idx",
+        "status",
+        "model",
+        "service_tier",
+        postgresql_where=text("status IN ('pending', 'in_progress')"),
+    ),
+)

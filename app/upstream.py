@@ -1,0 +1,163 @@
+"""The one HTTP client every caller (realtime proxy and workers) uses to reach providers.
+
+Provider specifics live here: the model-name rewrite, the provider key (read from the
+environment at call time, never stored), which failures are worth a retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.types import ASGIApp
+
+from app.mock_upstream import create_mock_app
+from app.settings import MOCK_UPSTREAM, ModelConfig, Settings
+
+# Fields that mean something to tiergate and must not reach the provider.
+GATEWAY_FIELDS = ("service_tier", "background")
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class UpstreamError(Exception):
+    """A failed upstream call. ``retryable`` failures are retried with backoff."""
+
+    code: str
+    message: str
+    retryable: bool
+    status: int | None = None
+    body: Any = None
+    retry_after_s: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def as_error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    status: int
+    body: Any
+
+
+def prepare_body(model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+    """The body the provider sees: its own model name, no gateway-only fields."""
+    out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+    out["model"] = model.target_model
+    return out
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds form only)."""
+    with contextlib.suppress(ValueError):
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        if "retry-after" in headers:
+            return max(0.0, float(headers["retry-after"]))
+    return None
+
+
+def error_from_status(status: int, headers: httpx.Headers, content: bytes) -> UpstreamError:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = {"error": {"message": content[:500].decode(errors="replace")}}
+    detail = body.get("error") if isinstance(body, dict) else None
+    message = (detail or {}).get("message") if isinstance(detail, dict) else None
+    return UpstreamError(
+        code=f"upstream_{status}",
+        message=message or f"upstream answered HTTP {status}",
+        retryable=status in RETRYABLE_STATUSES,
+        status=status,
+        body=body,
+        retry_after_s=retry_after(headers),
+    )
+
+
+class UpstreamClient:
+    """Owns the pooled httpx clients; ``mock_app`` serves models whose upstream is ``mock``."""
+
+    def __init__(self, *, mock_app: ASGIApp | None = None, max_connections: int = 512) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._http = httpx.AsyncClient(limits=limits, timeout=None)
+        self._mock = (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=mock_app), timeout=None)
+            if mock_app is not None
+            else None
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        if self._mock is not None:
+            await self._mock.aclose()
+
+    def _request(
+        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+    ) -> tuple[httpx.AsyncClient, httpx.Request]:
+        if model.upstream == MOCK_UPSTREAM:
+            if self._mock is None:
+                raise UpstreamError("upstream_unavailable", "mock upstream not enabled", False)
+            client, base = self._mock, "http://mock/v1"
+        else:
+            client, base = self._http, model.upstream
+        headers = {"content-type": "application/json", "accept": "*/*"}
+        key = model.api_key()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        path = endpoint.removeprefix("/v1")
+        content = json.dumps(prepare_body(model, body), separators=(",", ":")).encode()
+        timeout = httpx.Timeout(model.timeout_s, connect=min(10.0, model.timeout_s))
+        request = client.build_request(
+            "POST", base + path, content=content, headers=headers, timeout=timeout
+        )
+        return client, request
+
+    async def call(self, model: ModelConfig, endpoint: str, body: dict[str, Any]) -> UpstreamReply:
+        """One non-streaming call; raises ``UpstreamError`` unless the provider said 2xx."""
+        client, request = self._request(model, endpoint, {**body, "stream": False})
+        try:
+            response = await client.send(request)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError("upstream_timeout", f"upstream timed out: {exc!r}", True) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError("upstream_unreachable", f"upstream failed: {exc!r}", True) from exc
+        if response.status_code >= 400:
+            raise error_from_status(response.status_code, response.headers, response.content)
+        try:
+            return UpstreamReply(response.status_code, response.json())
+        except ValueError as exc:
+            raise UpstreamError(
+                "upstream_bad_response", "upstream sent invalid JSON", True
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+    ) -> AsyncIterator[httpx.Response]:
+        """A streaming call for the realtime proxy; the caller reads and relays the body."""
+        client, request = self._request(model, endpoint, body)
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError("upstream_timeout", f"upstream timed out: {exc!r}", True) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError("upstream_unreachable", f"upstream failed: {exc!r}", True) from exc
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+
+def build_upstream(settings: Settings) -> UpstreamClient:
+    """The client for these settings; the in-process mock provider only if a model uses it."""
+    uses_mock = any(m.upstream == MOCK_UPSTREAM for m in settings.models.values())
+    return UpstreamClient(mock_app=create_mock_app() if uses_mock else None)

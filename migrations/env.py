@@ -1,0 +1,59 @@
+"""Alembic environment: the URL comes from tiergate's own resolution (DATABASE_URL or embedded)."""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from app.embedded_pg import resolve_database
+from app.settings import Settings
+from app.store.schema import metadata
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def _url() -> str:
+    url = config.attributes.get("database_url")
+    if url is None:
+        settings = Settings.from_env()
+        url = resolve_database(settings.database_url, settings.home)
+    return url.sqlalchemy_sync()
+
+
+def _include_object(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+    # procrastinate's tables are owned by its own SQL (revision 0001), not by our metadata.
+    return not (type_ == "table" and name and name.startswith("procrastinate_"))
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = create_engine(_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        # Several processes may migrate at once (serve + worker): one at a time.
+        connection.exec_driver_sql("SELECT pg_advisory_lock(74210501)")
+        connection.commit()
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            include_object=_include_object,
+            compare_server_default=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.exec_driver_sql("SELECT pg_advisory_unlock(74210501)")
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,290 @@
+"""Tests for the fake OpenAI-compatible provider in app.mock_upstream."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.mock_upstream import MockDropError, create_mock_app, parse_controls
+
+MODEL = "mock-model"
+
+
+def _client(**kwargs: Any) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_mock_app(**kwargs))
+    return httpx.AsyncClient(transport=transport, base_url="http://mock")
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with _client() as c:
+        yield c
+
+
+def _sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Parse ``event:``/``data:`` SSE frames into (event, payload) pairs."""
+    events = []
+    for frame in text.split("\n\n"):
+        if not frame.strip():
+            continue
+        lines = dict(line.split(": ", 1) for line in frame.split("\n"))
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+def _chat_frames(text: str) -> list[str]:
+    assert text.endswith("\n\n")
+    frames = text.split("\n\n")[:-1]
+    assert all(f.startswith("data: ") for f in frames)
+    return [f.removeprefix("data: ") for f in frames]
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    r = await client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"ok": True}
+
+
+async def test_responses_echo_and_usage(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/responses", json={"model": MODEL, "input": "hello big world"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["id"].startswith("resp_mock_")
+    assert body["object"] == "response"
+    assert body["status"] == "completed"
+    assert body["model"] == MODEL
+    assert isinstance(body["created_at"], int)
+    (item,) = body["output"]
+    assert item["type"] == "message" and item["role"] == "assistant"
+    assert item["id"].startswith("msg_")
+    assert item["content"][0]["type"] == "output_text"
+    assert item["content"][0]["text"] == "echo: hello big world"
+    assert body["usage"] == {
+        "input_tokens": 3,
+        "output_tokens": 4,
+        "total_tokens": 7,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
+    assert body["error"] is None and body["tools"] == [] and body["tool_choice"] == "auto"
+
+
+async def test_responses_item_list_takes_last_user_item(client: httpx.AsyncClient) -> None:
+    items = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ignored"},
+        {"role": "user", "content": [{"type": "input_text", "text": "last one"}]},
+        {"type": "function_call_output", "call_id": "c1", "output": "x"},
+    ]
+    r = await client.post("/v1/responses", json={"model": MODEL, "input": items})
+    assert r.json()["output"][0]["content"][0]["text"] == "echo: last one"
+
+
+async def test_chat_echo(client: httpx.AsyncClient) -> None:
+    messages = [
+        {"role": "system", "content": "be nice"},
+        {"role": "user", "content": "old"},
+        {"role": "user", "content": [{"type": "text", "text": "hi there"}]},
+    ]
+    r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["id"].startswith("chatcmpl-mock")
+    assert body["object"] == "chat.completion"
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == "echo: hi there"
+    assert choice["finish_reason"] == "stop" and choice["logprobs"] is None
+    usage = body["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (2, 3, 5)
+
+
+async def test_embeddings_float(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/embeddings", json={"model": MODEL, "input": ["a b", "c"]})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == MODEL
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert all(d["object"] == "embedding" and len(d["embedding"]) == 8 for d in body["data"])
+    assert body["data"][0]["embedding"] != body["data"][1]["embedding"]
+    assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+
+
+async def test_embeddings_base64_decodes_and_is_deterministic(client: httpx.AsyncClient) -> None:
+    req = {"model": MODEL, "input": "same text", "dimensions": 16}
+    floats = (await client.post("/v1/embeddings", json=req)).json()["data"][0]["embedding"]
+    b64_req = {**req, "encoding_format": "base64"}
+    first = (await client.post("/v1/embeddings", json=b64_req)).json()["data"][0]["embedding"]
+    second = (await client.post("/v1/embeddings", json=b64_req)).json()["data"][0]["embedding"]
+    assert first == second
+    raw = base64.b64decode(first)
+    assert len(raw) == 4 * 16
+    assert list(struct.unpack("<16f", raw)) == floats
+    assert abs(sum(x * x for x in floats) - 1.0) < 1e-5
+
+
+async def test_responses_stream_event_order(client: httpx.AsyncClient) -> None:
+    req = {"model": MODEL, "input": "one two", "stream": True}
+    r = await client.post("/v1/responses", json=req)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = _sse_events(r.text)
+    names = [name for name, _ in events]
+    assert names == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [p["sequence_number"] for _, p in events] == list(range(len(events)))
+    assert all(p["type"] == name for name, p in events)
+    deltas = [p for name, p in events if name == "response.output_text.delta"]
+    assert "".join(d["delta"] for d in deltas) == "echo: one two"
+    assert all((d["output_index"], d["content_index"]) == (0, 0) for d in deltas)
+    item_id = events[2][1]["item"]["id"]
+    assert all(d["item_id"] == item_id for d in deltas)
+    assert events[0][1]["response"]["status"] == "in_progress"
+    final = events[-1][1]["response"]
+    assert final["status"] == "completed"
+    assert final["output"][0]["content"][0]["text"] == "echo: one two"
+    assert final["usage"]["total_tokens"] == 2 + 3
+
+
+async def test_chat_stream_ends_with_done(client: httpx.AsyncClient) -> None:
+    req = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "x y"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    r = await client.post("/v1/chat/completions", json=req)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    frames = _chat_frames(r.text)
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+    assert content == "echo: x y"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["total_tokens"] == 2 + 3
+
+
+async def test_chat_stream_without_usage(client: httpx.AsyncClient) -> None:
+    req = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True}
+    frames = _chat_frames((await client.post("/v1/chat/completions", json=req)).text)
+    assert frames[-1] == "[DONE]"
+    assert json.loads(frames[-2])["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_status_429_with_retry_after_header(client: httpx.AsyncClient) -> None:
+    headers = {"x-mock-behavior": "status=429,retry_after=1"}
+    r = await client.post("/v1/responses", json={"model": MODEL, "input": "hi"}, headers=headers)
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "1"
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] is None and error["code"] == "rate_limit_exceeded"
+
+
+async def test_status_from_input_text(client: httpx.AsyncClient) -> None:
+    req = {"model": MODEL, "messages": [{"role": "user", "content": "mock:status=503 hello"}]}
+    r = await client.post("/v1/chat/completions", json=req)
+    assert r.status_code == 503
+    assert r.json()["error"]["type"] == "server_error"
+    assert "retry-after" not in r.headers
+
+
+async def test_fail_times_then_success(client: httpx.AsyncClient) -> None:
+    req = {"model": MODEL, "input": "mock:fail_times=2,key=t1,status=502"}
+    codes = [(await client.post("/v1/responses", json=req)).status_code for _ in range(4)]
+    assert codes == [502, 502, 200, 200]
+    other = {"model": MODEL, "input": "mock:fail_times=1,key=t2"}
+    codes = [(await client.post("/v1/responses", json=other)).status_code for _ in range(2)]
+    assert codes == [500, 200]
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_missing_model_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/responses", json={"input": "hi"})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "model"
+
+
+async def test_unknown_control_is_400(client: httpx.AsyncClient) -> None:
+    headers = {"x-mock-behavior": "stauts=429"}
+    r = await client.post("/v1/responses", json={"model": MODEL, "input": "hi"}, headers=headers)
+    assert r.status_code == 400
+    assert "stauts" in r.json()["error"]["message"]
+
+
+async def test_stats_counts_every_request(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/responses", json={"model": MODEL, "input": "a"})
+    await client.post("/v1/responses", json={"model": MODEL, "input": "mock:status=500"})
+    await client.post("/v1/embeddings", json={"model": MODEL, "input": "a"})
+    stats = (await client.get("/_mock/stats")).json()
+    assert stats == {"/v1/responses": 2, "/v1/embeddings": 1}
+    await client.post("/_mock/reset")
+    assert (await client.get("/_mock/stats")).json() == {}
+
+
+async def test_drop_aborts_mid_body(client: httpx.AsyncClient) -> None:
+    with pytest.raises(MockDropError):
+        await client.post("/v1/responses", json={"model": MODEL, "input": "mock:drop=1"})
+
+
+async def test_fail_rate_is_seeded() -> None:
+    async def codes() -> list[int]:
+        async with _client(fail_rate=0.5, seed=7) as c:
+            req = {"model": MODEL, "input": "x"}
+            return [(await c.post("/v1/responses", json=req)).status_code for _ in range(20)]
+
+    first = await codes()
+    assert first == await codes()
+    assert {200, 500} == set(first)
+
+
+def test_parse_controls_header_wins() -> None:
+    controls = parse_controls("status=502", "mock:status=429,sleep_ms=5 words")
+    assert controls.status == 502 and controls.sleep_ms == 5.0
+    assert parse_controls(None, "plain text") == parse_controls("", "")
+
+
+async def test_openai_sdk_parses_mock_answers() -> None:
+    openai = pytest.importorskip("openai")
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_mock_app()))
+    sdk = openai.AsyncOpenAI(api_key="x", base_url="http://mock/v1", http_client=http)
+    async with sdk:
+        resp = await sdk.responses.create(model=MODEL, input="hi")
+        assert resp.output_text == "echo: hi"
+        stream = await sdk.responses.create(model=MODEL, input="hi you", stream=True)
+        events = [event async for event in stream]
+        assert events[-1].type == "response.completed"
+        chat = await sdk.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "yo"}]
+        )
+        assert chat.choices[0].message.content == "echo: yo"
+        emb = await sdk.embeddings.create(model=MODEL, input=["a", "b"], dimensions=4)
+        assert [len(d.embedding) for d in emb.data] == [4, 4]

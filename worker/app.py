@@ -1,0 +1,75 @@
+"""The procrastinate App: its connector (psycopg pool, sized explicitly) and its tasks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import procrastinate
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+
+from app.dburl import DatabaseURL
+from app.settings import Settings
+from app.store.requests import RUN_REQUEST_TASK, RequestStore
+from worker.execute import RequestRunner, RetryLater
+
+log = logging.getLogger("tiergate.worker")
+
+MAINTENANCE_QUEUE = "maintenance"
+
+
+class UpstreamRetry(BaseRetryStrategy):
+    """Retry only what ``RequestRunner`` asked to retry, when it asked."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, RetryLater):
+            retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=exception.delay_s)
+            return RetryDecision(retry_at=retry_at)
+        return None
+
+
+def build_job_app(
+    url: DatabaseURL,
+    settings: Settings,
+    *,
+    runner: RequestRunner | None = None,
+    store: RequestStore | None = None,
+) -> procrastinate.App:
+    """The job app. Without a runner it can only defer (the CLI); with one it can work."""
+    connector = procrastinate.PsycopgConnector(
+        conninfo=url.libpq(),
+        min_size=1,
+        max_size=settings.limits.job_pool_size + 1,  # +1: the worker's LISTEN connection
+        kwargs={"application_name": "tiergate-worker"},
+    )
+    app = procrastinate.App(connector=connector)
+    if runner is None or store is None:
+        return app
+
+    @app.task(name=RUN_REQUEST_TASK, retry=UpstreamRetry())
+    async def run_request(request_id: str) -> None:
+        await runner.run(request_id)
+
+    @app.periodic(cron="*/10 * * * * *", periodic_id="rescue")
+    @app.task(name="tiergate.rescue_stalled", queue=MAINTENANCE_QUEUE, queueing_lock="rescue")
+    async def rescue_stalled(timestamp: int) -> None:
+        """Re-queue jobs whose worker stopped sending heartbeats (procrastinate won't)."""
+        seconds = settings.limits.stalled_after_s
+        stalled = list(await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds))
+        for job in stalled:
+            log.warning("rescuing job %s (%s) of a dead worker", job.id, job.task_name)
+            await app.job_manager.retry_job(job)
+        await app.job_manager.prune_stalled_workers(seconds)
+
+    @app.periodic(cron="*/15 * * * * *", periodic_id="sweep")
+    @app.task(name="tiergate.sweep", queue=MAINTENANCE_QUEUE, queueing_lock="sweep")
+    async def sweep(timestamp: int) -> None:
+        """Expire queued work past its window; close realtime rows of dead gateways."""
+        expired = await store.expire_overdue()
+        slowest = max((m.timeout_s for m in settings.models.values()), default=600)
+        reaped = await store.reap_realtime(int(slowest) + settings.limits.realtime_grace_s)
+        if expired or reaped:
+            log.info("sweep: %d expired, %d interrupted realtime rows", len(expired), len(reaped))
+
+    return app
