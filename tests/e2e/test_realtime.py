@@ -1,0 +1,95 @@
+"""Realtime calls through the official SDK: proxied at once, streamed, tracked durably."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import psycopg
+
+from tests.e2e.conftest import PROVIDER_SECRET, row
+
+
+def test_responses_realtime_is_proxied_and_tracked(client: openai.OpenAI, db: psycopg.Connection):
+    raw = client.responses.with_raw_response.create(model="remote", input="hello there")
+    response = raw.parse()
+    assert response.output_text == "echo: hello there"
+    assert response.usage is not None and response.usage.total_tokens == 5
+    rid = raw.headers["x-request-id"]
+    assert response.id == rid  # the id clients can fetch later
+    tracked = row(db, rid)
+    assert tracked["status"] == "completed"
+    assert tracked["service_tier"] == "default"
+    assert (tracked["input_tokens"], tracked["output_tokens"]) == (2, 3)
+    assert tracked["response_status"] == 200
+    assert client.responses.retrieve(rid).output_text == "echo: hello there"
+
+
+def test_upstream_sees_its_own_model_name_and_provider_key(
+    client: openai.OpenAI, db: psycopg.Connection
+):
+    raw = client.responses.with_raw_response.create(model="remote", input="which model")
+    assert raw.parse().model == "remote-upstream"  # rewritten for the provider
+    stored = json.dumps(row(db, raw.headers["x-request-id"]), default=str)
+    assert PROVIDER_SECRET not in stored
+    assert "tg-" not in stored  # nor the client's own key
+
+
+def test_responses_streaming_passes_events_through(client: openai.OpenAI, db: psycopg.Connection):
+    with client.responses.with_streaming_response.create(
+        model="remote", input="one two three", stream=True
+    ) as raw:
+        rid = raw.headers["x-request-id"]
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        events = [
+            json.loads(line[5:]) for line in raw.iter_lines() if line.startswith("data:")
+        ]
+    types = [event["type"] for event in events]
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas.split() == ["echo:", "one", "two", "three"]
+    tracked = row(db, rid)
+    assert tracked["status"] == "completed" and tracked["stream"] is True
+    assert tracked["total_tokens"] == events[-1]["response"]["usage"]["total_tokens"]
+
+
+def test_sdk_stream_helper_works(client: openai.OpenAI):
+    stream = client.responses.create(model="mock", input="streamed by sdk", stream=True)
+    texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
+    assert "".join(texts).split() == ["echo:", "streamed", "by", "sdk"]
+
+
+def test_chat_completions_realtime_and_stream(client: openai.OpenAI, db: psycopg.Connection):
+    completion = client.chat.completions.create(
+        model="remote", messages=[{"role": "user", "content": "hi chat"}]
+    )
+    assert completion.choices[0].message.content == "echo: hi chat"
+    chunks = list(
+        client.chat.completions.create(
+            model="remote", messages=[{"role": "user", "content": "a b"}], stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.split() == ["echo:", "a", "b"]
+    assert chunks[-1].usage is not None
+    assert row(db, completion.id)["status"] == "completed"
+
+
+def test_embeddings_realtime(client: openai.OpenAI):
+    result = client.embeddings.create(model="remote", input=["alpha", "beta"])
+    assert [d.index for d in result.data] == [0, 1]
+    assert all(len(d.embedding) == 8 for d in result.data)
+    again = client.embeddings.create(model="remote", input="alpha", encoding_format="float")
+    assert again.data[0].embedding == result.data[0].embedding
+
+
+def test_upstream_error_passes_through_with_its_status(client: openai.OpenAI, db):
+    try:
+        client.responses.create(model="remote", input="mock:status=400")
+    except openai.BadRequestError as exc:
+        rid = exc.response.headers["x-request-id"]
+    else:
+        raise AssertionError("expected a 400")
+    tracked = row(db, rid)
+    assert tracked["status"] == "failed" and tracked["response_status"] == 400
