@@ -37,6 +37,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     url = _database(settings)
     upgrade(url)
+    if settings.database_url is None:
+        _ensure_dev_key(settings)
     app = create_app(settings, url, with_worker=not args.no_worker)
     log.info("serving on http://%s:%d", args.host, args.port)
     uvicorn.run(
@@ -48,6 +50,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+def _ensure_dev_key(settings: Settings) -> None:
+    """Embedded mode only: on a fresh database, make a 'dev' key and leave it in a file."""
+    path = settings.home / "dev-key"
+
+    async def work(store):  # type: ignore[no-untyped-def]
+        if any(row["revoked_at"] is None for row in await store.list()):
+            return None
+        return await store.create("dev", None)
+
+    created = _with_engine(settings, work)
+    if created is not None:
+        path.write_text(created[1] + "\n")
+        path.chmod(0o600)
+        log.info("first run: created API key 'dev'; its secret is in %s", path)
+    elif path.exists():
+        log.info("dev API key: %s", path)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

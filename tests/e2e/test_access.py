@@ -23,7 +23,8 @@ def test_missing_or_unknown_key_is_401(gateway: Gateway):
 
 def test_unknown_model_is_404_and_forbidden_model_is_403(gateway: Gateway, database: DatabaseURL):
     limited = openai.OpenAI(
-        base_url=gateway.api, api_key=create_key(database.libpq(), "limited", "mock"),
+        base_url=gateway.api,
+        api_key=create_key(database.libpq(), "limited", "mock"),
         max_retries=0,
     )
     assert limited.responses.create(model="mock", input="allowed").status == "completed"
@@ -67,8 +68,11 @@ def test_revoked_key_stops_working_at_once(gateway: Gateway, database: DatabaseU
     user = openai.OpenAI(base_url=gateway.api, api_key=secret, max_retries=0)
     assert user.responses.create(model="mock", input="works").status == "completed"
     subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "revoke", "short-lived"], cwd=ROOT,
-        env=base_env(DATABASE_URL=database.libpq()), check=True, capture_output=True,
+        [sys.executable, "-m", "app.cli", "keys", "revoke", "short-lived"],
+        cwd=ROOT,
+        env=base_env(DATABASE_URL=database.libpq()),
+        check=True,
+        capture_output=True,
         timeout=60,
     )
     with pytest.raises(openai.AuthenticationError):
@@ -80,7 +84,9 @@ def test_ops_endpoints_need_no_key(gateway: Gateway, client: openai.OpenAI):
     assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(gateway.url + "/readyz").status_code == 200
     metrics = httpx.get(gateway.url + "/metrics").text
-    assert 'tiergate_requests_total{endpoint="/v1/responses",status="completed",tier="default"}' \
+    assert (
+        'tiergate_requests_total{endpoint="/v1/responses",status="completed",tier="default"}'
         in metrics
+    )
     assert "tiergate_request_seconds_bucket" in metrics
     assert "tiergate_queue_depth" in metrics

@@ -27,7 +27,10 @@ def poll(client: openai.OpenAI, rid: str, until: set[str]):
 @pytest.mark.parametrize("tier", ["flex", "default"])
 def test_background_returns_queued_then_completes(client: openai.OpenAI, tier: str, db):
     created = client.responses.create(
-        model="remote", input="in the background", background=True, service_tier=tier,
+        model="remote",
+        input="in the background",
+        background=True,
+        service_tier=tier,
         metadata={"job": "nightly"},
     )
     assert created.status == "queued"

@@ -42,8 +42,9 @@ def test_flex_chat_completion_readable_by_id(client: openai.OpenAI):
 
 
 def test_flex_embeddings(client: openai.OpenAI):
-    flex = client.embeddings.create(model="remote", input="vector me", extra_body={
-        "service_tier": "flex"})
+    flex = client.embeddings.create(
+        model="remote", input="vector me", extra_body={"service_tier": "flex"}
+    )
     realtime = client.embeddings.create(model="remote", input="vector me")
     assert flex.data[0].embedding == realtime.data[0].embedding
 

@@ -41,9 +41,7 @@ def test_responses_streaming_passes_events_through(client: openai.OpenAI, db: ps
     ) as raw:
         rid = raw.headers["x-request-id"]
         assert raw.headers["content-type"].startswith("text/event-stream")
-        events = [
-            json.loads(line[5:]) for line in raw.iter_lines() if line.startswith("data:")
-        ]
+        events = [json.loads(line[5:]) for line in raw.iter_lines() if line.startswith("data:")]
     types = [event["type"] for event in events]
     assert types[0] == "response.created" and types[-1] == "response.completed"
     deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
@@ -66,7 +64,9 @@ def test_chat_completions_realtime_and_stream(client: openai.OpenAI, db: psycopg
     assert completion.choices[0].message.content == "echo: hi chat"
     chunks = list(
         client.chat.completions.create(
-            model="remote", messages=[{"role": "user", "content": "a b"}], stream=True,
+            model="remote",
+            messages=[{"role": "user", "content": "a b"}],
+            stream=True,
             stream_options={"include_usage": True},
         )
     )

@@ -53,7 +53,10 @@ class Process:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", *self.args],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         return self
 
@@ -90,7 +93,12 @@ class Gateway:
 
 
 def start_gateway(
-    *, database_url: str, config: Path, log: Path, worker: bool = True, port: int | None = None,
+    *,
+    database_url: str,
+    config: Path,
+    log: Path,
+    worker: bool = True,
+    port: int | None = None,
     env: dict[str, str] | None = None,
 ) -> Gateway:
     port = port or free_port()
@@ -131,7 +139,12 @@ def create_key(database_url: str, name: str, models: str | None = None) -> str:
     if models:
         args += ["--models", models]
     out = subprocess.run(
-        args, cwd=ROOT, env=base_env(DATABASE_URL=database_url), check=True,
-        capture_output=True, text=True, timeout=60,
+        args,
+        cwd=ROOT,
+        env=base_env(DATABASE_URL=database_url),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return out.stdout.strip().splitlines()[-1]

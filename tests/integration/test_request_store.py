@@ -1,0 +1,114 @@
+"""Request rows: atomic accept, guarded transitions, expiry, the realtime reaper."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from app.ids import new_id, request_id
+from app.store.keys import ApiKey
+from app.store.requests import Outcome, RequestStore, Submission
+
+
+def submission(owner: ApiKey, window_s: int = 3600) -> Submission:
+    return Submission(
+        id=request_id("/v1/responses"),
+        batch_id=new_id("batch_"),
+        owner=owner.id,
+        endpoint="/v1/responses",
+        model="mock",
+        tier="flex",
+        background=True,
+        stream=False,
+        body={"model": "mock", "input": "x"},
+        window_s=window_s,
+        queue="flex",
+        priority=0,
+    )
+
+
+async def test_submit_creates_row_batch_and_job_together(store: RequestStore, owner: ApiKey):
+    sub = submission(owner)
+    await store.submit(sub)
+    async with store.engine.connect() as conn:
+        job = (
+            await conn.execute(
+                text(
+                    "SELECT j.status, j.queue_name, j.args->>'request_id' FROM requests r"
+                    " JOIN procrastinate_jobs j ON j.id = r.job_id WHERE r.id = :id"
+                ),
+                {"id": sub.id},
+            )
+        ).one()
+        batch = (
+            await conn.execute(
+                text("SELECT kind, total, status FROM batches WHERE id = :id"), {"id": sub.batch_id}
+            )
+        ).one()
+    assert tuple(job) == ("todo", "flex", sub.id)
+    assert tuple(batch) == ("single", 1, "in_progress")
+
+
+async def test_a_late_worker_cannot_overwrite_a_cancel(store: RequestStore, owner: ApiKey):
+    sub = submission(owner)
+    await store.submit(sub)
+    claimed = await store.claim(sub.id)
+    assert claimed is not None and claimed["attempts"] == 1
+    assert await store.cancel(sub.id, owner.id)
+    assert not await store.finish(sub.id, 1, Outcome(status="completed", response_body={"x": 1}))
+    row = await store.get(sub.id, owner.id)
+    assert row["status"] == "cancelled" and row["response_body"] is None
+    assert await store.claim(sub.id) is None  # final rows are never claimed again
+
+
+async def test_attempt_number_fences_a_stale_worker(store: RequestStore, owner: ApiKey):
+    sub = submission(owner)
+    await store.submit(sub)
+    await store.claim(sub.id)  # worker A, presumed dead
+    second = await store.claim(sub.id)  # worker B after the rescue
+    assert second["attempts"] == 2
+    assert not await store.finish(sub.id, 1, Outcome(status="completed"))  # A wakes up late
+    assert await store.finish(sub.id, 2, Outcome(status="completed"))
+
+
+async def test_other_owner_cannot_cancel_or_delete(store: RequestStore, owner: ApiKey):
+    sub = submission(owner)
+    await store.submit(sub)
+    assert not await store.cancel(sub.id, "key_someone_else")
+    assert not await store.delete(sub.id, "key_someone_else")
+    assert await store.get(sub.id, "key_someone_else") is None
+    assert (await store.get(sub.id, owner.id))["status"] == "pending"
+
+
+async def test_overdue_pending_work_expires(store: RequestStore, owner: ApiKey):
+    sub = submission(owner, window_s=1)
+    await store.submit(sub)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE requests SET expires_at = now() - interval '1 second' WHERE id = :id"),
+            {"id": sub.id},
+        )
+    assert sub.id in await store.expire_overdue()
+    row = await store.get(sub.id, owner.id)
+    assert row["status"] == "expired"
+    assert await store.final_among([sub.id, "resp_unknown"]) == [sub.id]
+
+
+async def test_realtime_rows_of_a_dead_gateway_are_reaped(store: RequestStore, owner: ApiKey):
+    rid = request_id("/v1/chat/completions")
+    await store.start_realtime(
+        id=rid,
+        owner=owner.id,
+        endpoint="/v1/chat/completions",
+        model="mock",
+        stream=False,
+        body={"model": "mock"},
+    )
+    assert rid not in await store.reap_realtime(60)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE requests SET started_at = now() - interval '2 minutes' WHERE id = :id"),
+            {"id": rid},
+        )
+    assert rid in await store.reap_realtime(60)
+    row = await store.get(rid, owner.id)
+    assert row["status"] == "failed" and row["error"]["code"] == "gateway_interrupted"

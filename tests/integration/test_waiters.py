@@ -1,0 +1,81 @@
+"""The LISTEN hub: wakes waiters on NOTIFY, re-checks after a lost connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+
+from app.dburl import DatabaseURL
+from app.store.requests import DONE_CHANNEL, RequestStore
+from app.waiters import WaiterHub
+
+
+async def start_hub(database: DatabaseURL, store: RequestStore, recheck_s: float) -> WaiterHub:
+    revoked: list[str] = []
+    hub = WaiterHub(
+        database, final_among=store.final_among, on_key_revoked=revoked.append, recheck_s=recheck_s
+    )
+    await hub.start()
+    await asyncio.wait_for(hub.connected.wait(), 10)
+    return hub
+
+
+async def notify(store: RequestStore, payload: str) -> None:
+    async with store.engine.begin() as conn:
+        await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": DONE_CHANNEL, "p": payload})
+
+
+async def test_notify_wakes_exactly_the_right_waiter(database: DatabaseURL, store: RequestStore):
+    hub = await start_hub(database, store, recheck_s=3600)
+    try:
+        async with hub.waiter("resp_a") as wait_a, hub.waiter("resp_b") as wait_b:
+            await notify(store, "resp_a")
+            assert await wait_a(5)
+            assert not await wait_b(0.2)
+            assert hub.waiting == 2
+        assert hub.waiting == 0
+    finally:
+        await hub.stop()
+
+
+async def test_lost_connection_is_reestablished(database: DatabaseURL, store: RequestStore):
+    hub = await start_hub(database, store, recheck_s=0.2)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+                )
+            )
+        # The hub notices (termination listener or re-check) and reconnects.
+        deadline = asyncio.get_running_loop().time() + 10
+        while hub.connected.is_set() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(hub.connected.wait(), 10)
+        async with hub.waiter("resp_after") as wait:
+            await notify(store, "resp_after")
+            assert await wait(5)
+    finally:
+        await hub.stop()
+
+
+async def test_recheck_finds_a_completion_whose_notify_was_missed(
+    database: DatabaseURL, store: RequestStore, owner
+):
+    from tests.integration.test_request_store import submission
+
+    sub = submission(owner)
+    await store.submit(sub)
+    hub = await start_hub(database, store, recheck_s=0.2)
+    try:
+        waiting = asyncio.create_task(hub.wait(sub.id, 10))
+        await asyncio.sleep(0)  # let it register
+        async with store.engine.begin() as conn:  # finish without NOTIFY
+            await conn.execute(
+                text("UPDATE requests SET status = 'completed' WHERE id = :id"), {"id": sub.id}
+            )
+        assert await asyncio.wait_for(waiting, 5)
+    finally:
+        await hub.stop()

@@ -1,0 +1,54 @@
+"""Backoff honours Retry-After; usage is read from bodies and streams."""
+
+from __future__ import annotations
+
+import httpx
+
+from app.upstream import error_from_status, retry_after
+from app.usage import StreamUsage, usage_of
+from worker.execute import backoff_s
+
+
+def test_backoff_grows_and_is_capped():
+    assert 0.8 <= backoff_s(1, None, 1.0, 60.0) <= 1.2
+    assert 3.2 <= backoff_s(3, None, 1.0, 60.0) <= 4.8
+    assert backoff_s(30, None, 1.0, 60.0) <= 72.0
+
+
+def test_backoff_never_shorter_than_retry_after():
+    assert backoff_s(1, 7.0, 1.0, 60.0) >= 7.0
+
+
+def test_retry_after_headers():
+    assert retry_after(httpx.Headers({"retry-after": "3"})) == 3.0
+    assert retry_after(httpx.Headers({"retry-after-ms": "250"})) == 0.25
+    assert retry_after(httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
+
+
+def test_status_classification():
+    assert error_from_status(429, httpx.Headers(), b"{}").retryable
+    assert error_from_status(503, httpx.Headers(), b"not json").retryable
+    final = error_from_status(400, httpx.Headers(), b'{"error": {"message": "bad"}}')
+    assert not final.retryable and final.message == "bad" and final.code == "upstream_400"
+
+
+def test_usage_of_each_shape():
+    assert usage_of({"usage": {"input_tokens": 2, "output_tokens": 3, "total_tokens": 5}}) == (
+        2,
+        3,
+        5,
+    )
+    assert usage_of({"usage": {"prompt_tokens": 4, "completion_tokens": 1}}) == (4, 1, 5)
+    assert usage_of({"usage": {"prompt_tokens": 4, "total_tokens": 4}}) == (4, None, 4)
+    assert usage_of({"no": "usage"}) == (None, None, None)
+
+
+def test_stream_usage_across_chunk_boundaries():
+    event = (
+        b'data: {"type":"response.completed","response":{"usage":{"input_tokens":1,'
+        b'"output_tokens":2,"total_tokens":3}}}\n\n'
+    )
+    watcher = StreamUsage()
+    for i in range(0, len(event), 7):
+        watcher.feed(event[i : i + 7])
+    assert watcher.usage == (1, 2, 3) and not watcher.failed
