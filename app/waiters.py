@@ -45,6 +45,7 @@ class WaiterHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._lost = asyncio.Event()
         self.connected = asyncio.Event()
+        self.connections = 0  # how many times the LISTEN connection was (re)established
 
     @property
     def waiting(self) -> int:
@@ -120,6 +121,7 @@ class WaiterHub:
                 await conn.add_listener(KEYS_CHANNEL, self._on_notify)
                 self._conn, self._lost = conn, asyncio.Event()
                 self.connected.set()
+                self.connections += 1
                 log.info("listening for request completions")
                 delay = 0.2
                 # Anything that finished while we were not listening: check now.

@@ -40,7 +40,7 @@ async def test_notify_wakes_exactly_the_right_waiter(database: DatabaseURL, stor
 
 
 async def test_lost_connection_is_reestablished(database: DatabaseURL, store: RequestStore):
-    hub = await start_hub(database, store, recheck_s=0.2)
+    hub = await start_hub(database, store, recheck_s=3600)  # only NOTIFY can wake
     try:
         async with store.engine.begin() as conn:
             await conn.execute(
@@ -49,14 +49,16 @@ async def test_lost_connection_is_reestablished(database: DatabaseURL, store: Re
                     " WHERE query LIKE 'LISTEN%' AND datname = current_database()"
                 )
             )
-        # The hub notices (termination listener or re-check) and reconnects.
-        deadline = asyncio.get_running_loop().time() + 10
-        while hub.connected.is_set() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        await asyncio.wait_for(hub.connected.wait(), 10)
-        async with hub.waiter("resp_after") as wait:
-            await notify(store, "resp_after")
-            assert await wait(5)
+        # A notification sent while the hub reconnects is lost by design (the re-check
+        # covers it); keep notifying until one lands on the new connection.
+        for _ in range(50):
+            async with hub.waiter("resp_after") as wait:
+                await notify(store, "resp_after")
+                if await wait(0.2):
+                    break
+        else:
+            raise AssertionError("no notification arrived after the reconnect")
+        assert hub.connections == 2
     finally:
         await hub.stop()
 
