@@ -60,7 +60,9 @@ class Limits(BaseModel):
     waiter_recheck_s: float = Field(default=5.0, gt=0)
     retry_base_s: float = Field(default=1.0, ge=0)
     retry_max_s: float = Field(default=60.0, ge=0)
+    heartbeat_s: float = Field(default=10.0, gt=0)
     stalled_after_s: int = Field(default=30, ge=1)
+    rescue_every_s: int = Field(default=10, ge=1, le=60)
     realtime_grace_s: int = Field(default=60, ge=1)
 
 

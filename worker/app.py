@@ -51,7 +51,7 @@ def build_job_app(
     async def run_request(request_id: str) -> None:
         await runner.run(request_id)
 
-    @app.periodic(cron="*/10 * * * * *", periodic_id="rescue")
+    @app.periodic(cron=f"*/{settings.limits.rescue_every_s} * * * * *", periodic_id="rescue")
     @app.task(name="tiergate.rescue_stalled", queue=MAINTENANCE_QUEUE, queueing_lock="rescue")
     async def rescue_stalled(timestamp: int) -> None:
         """Re-queue jobs whose worker stopped sending heartbeats (procrastinate won't)."""

@@ -38,6 +38,7 @@ async def run_worker(
                 name=name,
                 install_signal_handlers=install_signal_handlers,
                 fetch_job_polling_interval=2.0,
+                update_heartbeat_interval=settings.limits.heartbeat_s,
                 shutdown_graceful_timeout=10.0,
             )
     finally:

@@ -1,0 +1,143 @@
+"""Work is durable: it waits for a worker, and survives a worker killed mid-request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import psycopg
+import pytest
+
+from app.dburl import DatabaseURL
+from tests.e2e.conftest import row
+from tests.support.servers import Gateway, Process, create_key, start_gateway, start_worker
+
+TIMEOUT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def fast_rescue_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiergate.yaml"
+    path.write_text(
+        f"""
+models:
+  - name: remote
+    upstream: {mock_upstream}/v1
+limits:
+  heartbeat_s: 0.5
+  stalled_after_s: 2
+  rescue_every_s: 1
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def gateway(database: DatabaseURL, fast_rescue_config: Path, logs: Path) -> Iterator[Gateway]:
+    """A gateway without an in-process worker: only the workers we start run jobs."""
+    gw = start_gateway(
+        database_url=database.libpq(),
+        config=fast_rescue_config,
+        log=logs / "gw.log",
+        worker=False,
+    )
+    yield gw
+    gw.process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Gateway, database: DatabaseURL) -> openai.OpenAI:
+    key = create_key(database.libpq(), "durable")
+    return openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
+
+
+def wait_until(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_work_waits_for_a_worker_then_completes(
+    client: openai.OpenAI,
+    database: DatabaseURL,
+    fast_rescue_config: Path,
+    logs: Path,
+    db: psycopg.Connection,
+):
+    background = client.responses.create(
+        model="remote", input="queued for later", background=True, service_tier="flex"
+    )
+    blocking: dict[str, object] = {}
+    thread = threading.Thread(
+        target=lambda: blocking.update(
+            r=client.responses.create(model="remote", input="blocking", service_tier="flex")
+        )
+    )
+    thread.start()
+    wait_until(
+        lambda: (
+            db.execute("SELECT count(*) FROM requests WHERE status = 'pending'").fetchone()[0] == 2
+        ),
+        "two pending rows",
+    )
+    assert client.responses.retrieve(background.id).status == "queued"
+
+    worker = start_worker(
+        database_url=database.libpq(), config=fast_rescue_config, log=logs / "worker-1.log"
+    )
+    try:
+        thread.join(TIMEOUT_S)
+        assert blocking["r"].output_text == "echo: blocking"  # type: ignore[attr-defined]
+        wait_until(
+            lambda: client.responses.retrieve(background.id).status == "completed",
+            "background completion",
+        )
+    finally:
+        worker.stop()
+
+
+def test_a_killed_worker_s_request_is_rescued(
+    client: openai.OpenAI,
+    database: DatabaseURL,
+    fast_rescue_config: Path,
+    logs: Path,
+    db: psycopg.Connection,
+):
+    first = start_worker(
+        database_url=database.libpq(), config=fast_rescue_config, log=logs / "worker-2.log"
+    )
+    second: Process | None = None
+    try:
+        created = client.responses.create(
+            model="remote", input="mock:sleep_ms=1500", background=True, service_tier="flex"
+        )
+        wait_until(
+            lambda: client.responses.retrieve(created.id).status == "in_progress",
+            "the first worker to start it",
+        )
+        first.kill()  # SIGKILL mid-request: no chance to clean up
+        second = start_worker(
+            database_url=database.libpq(), config=fast_rescue_config, log=logs / "worker-3.log"
+        )
+        wait_until(
+            lambda: client.responses.retrieve(created.id).status == "completed",
+            "rescue and completion",
+        )
+        tracked = row(db, created.id)
+        assert tracked["attempts"] == 2  # run once by the dead worker, once after the rescue
+        assert tracked["status"] == "completed"
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
