@@ -28,10 +28,12 @@ def database_unavailable(exc: BaseException) -> bool:
         exc,
         OSError
         | ConnectionError
-        | asyncpg.PostgresConnectionStatusError
+        | asyncpg.PostgresConnectionError
         | asyncpg.CannotConnectNowError
         | asyncpg.InterfaceError
-        | asyncpg.AdminShutdownError,
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError
+        | asyncpg.TooManyConnectionsError,
     )
 
 

@@ -20,8 +20,9 @@ from starlette.responses import Response, StreamingResponse
 from app.errors import APIError, error_body
 from app.ids import request_id
 from app.metrics import Metrics
+from app.store.group_commit import GroupCommit
 from app.store.keys import ApiKey
-from app.store.requests import Outcome, RequestStore
+from app.store.requests import Outcome, RealtimeStart, RequestStore
 from app.upstream import UpstreamClient, UpstreamError
 from app.usage import StreamUsage, usage_of
 from app.validation import Call
@@ -37,21 +38,33 @@ class RealtimeProxy:
     """Forwards one classified realtime call and records it."""
 
     def __init__(self, *, store: RequestStore, upstream: UpstreamClient, metrics: Metrics) -> None:
-        self.store = store
         self.upstream = upstream
         self.metrics = metrics
+        # Tracking writes of concurrent calls share statements (see group_commit.py).
+        self.starts = GroupCommit(store.start_realtime, name="realtime-start")
+        self.ends = GroupCommit(store.finish_realtime, name="realtime-end")
+
+    def start(self) -> None:
+        self.starts.start()
+        self.ends.start()
+
+    async def stop(self) -> None:
+        await self.starts.stop()
+        await self.ends.stop()
 
     async def handle(self, call: Call, key: ApiKey) -> Response:
         rid = request_id(call.endpoint)
         started = time.perf_counter()
         record = asyncio.create_task(
-            self.store.start_realtime(
-                id=rid,
-                owner=key.id,
-                endpoint=call.endpoint,
-                model=call.model.name,
-                stream=call.stream,
-                body=call.body,
+            self.starts.submit(
+                RealtimeStart(
+                    id=rid,
+                    owner=key.id,
+                    endpoint=call.endpoint,
+                    model=call.model.name,
+                    stream=call.stream,
+                    body=call.body,
+                )
             )
         )
         stack = contextlib.AsyncExitStack()
@@ -128,7 +141,7 @@ class RealtimeProxy:
             call.endpoint, "default", outcome.status, time.perf_counter() - started
         )
         try:
-            await self.store.finish_realtime(rid, outcome)
+            await self.ends.submit((rid, outcome))
         except Exception as exc:  # the reaper will close the row
             log.warning("could not record the end of %s: %s", rid, exc)
 

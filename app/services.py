@@ -50,9 +50,11 @@ class Services:
         )
 
     async def start(self) -> None:
+        self.proxy.start()
         await self.hub.start()
 
     async def stop(self) -> None:
         await self.hub.stop()
+        await self.proxy.stop()
         await self.upstream.aclose()
         await self.engine.dispose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -54,8 +54,8 @@ class Limits(BaseModel):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     flex_window_s: int = Field(default=3600, ge=1)
     worker_concurrency: int = Field(default=16, ge=1)
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_size: int = Field(default=4, ge=1)
+    db_max_overflow: int = Field(default=12, ge=0)
     job_pool_size: int = Field(default=4, ge=2)
     waiter_recheck_s: float = Field(default=5.0, gt=0)
     retry_base_s: float = Field(default=1.0, ge=0)
@@ -64,6 +64,7 @@ class Limits(BaseModel):
     stalled_after_s: int = Field(default=30, ge=1)
     rescue_every_s: int = Field(default=10, ge=1, le=60)
     realtime_grace_s: int = Field(default=60, ge=1)
+    upstream_transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
 
 def mock_model() -> ModelConfig:

@@ -7,6 +7,7 @@ environment at call time, never stored), which failures are worth a retry.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
+from app.aiohttp_transport import AiohttpTransport
 from app.mock_upstream import create_mock_app
 from app.settings import MOCK_UPSTREAM, ModelConfig, Settings
 
@@ -82,13 +84,33 @@ def error_from_status(status: int, headers: httpx.Headers, content: bytes) -> Up
 
 
 class UpstreamClient:
-    """Owns the pooled httpx clients; ``mock_app`` serves models whose upstream is ``mock``."""
+    """Owns the pooled httpx clients; ``mock_app`` serves models whose upstream is ``mock``.
 
-    def __init__(self, *, mock_app: ASGIApp | None = None, max_connections: int = 512) -> None:
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        self._http = httpx.AsyncClient(limits=limits, timeout=None)
+    ``transport="aiohttp"`` (the default) puts aiohttp under the httpx API (see
+    ``aiohttp_transport.py`` for the measured reason). With ``transport="httpx"``,
+    connections are spread over small httpx clients: httpcore checks every idle connection of
+    a pool on every request, so one big pool makes each call cost O(pool size).
+    """
+
+    def __init__(
+        self,
+        *,
+        mock_app: ASGIApp | None = None,
+        max_connections: int = 512,
+        transport: str = "aiohttp",
+        shards: int = 16,
+    ) -> None:
+        if transport == "aiohttp":
+            self._clients = [
+                httpx.AsyncClient(
+                    transport=AiohttpTransport(max_connections=max_connections), timeout=None
+                )
+            ]
+        else:
+            per_shard = max(1, max_connections // shards)
+            limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+            self._clients = [httpx.AsyncClient(limits=limits, timeout=None) for _ in range(shards)]
+        self._next = itertools.cycle(self._clients)
         self._mock = (
             httpx.AsyncClient(transport=httpx.ASGITransport(app=mock_app), timeout=None)
             if mock_app is not None
@@ -96,7 +118,8 @@ class UpstreamClient:
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for client in self._clients:
+            await client.aclose()
         if self._mock is not None:
             await self._mock.aclose()
 
@@ -108,7 +131,7 @@ class UpstreamClient:
                 raise UpstreamError("upstream_unavailable", "mock upstream not enabled", False)
             client, base = self._mock, "http://mock/v1"
         else:
-            client, base = self._http, model.upstream
+            client, base = next(self._next), model.upstream
         headers = {"content-type": "application/json", "accept": "*/*"}
         key = model.api_key()
         if key:
@@ -160,4 +183,7 @@ class UpstreamClient:
 def build_upstream(settings: Settings) -> UpstreamClient:
     """The client for these settings; the in-process mock provider only if a model uses it."""
     uses_mock = any(m.upstream == MOCK_UPSTREAM for m in settings.models.values())
-    return UpstreamClient(mock_app=create_mock_app() if uses_mock else None)
+    return UpstreamClient(
+        mock_app=create_mock_app() if uses_mock else None,
+        transport=settings.limits.upstream_transport,
+    )

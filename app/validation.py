@@ -36,6 +36,9 @@ class Call:
 def parse_json(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise bad_request("The request body is empty; expected a JSON object.")
+    if b"\\u0000" in raw:
+        # PostgreSQL's jsonb cannot hold NUL characters; say so instead of failing later.
+        raise bad_request("The body contains a NUL character (\\u0000), which is not supported.")
     try:
         body = json.loads(raw)
     except RecursionError:

@@ -115,7 +115,10 @@ class WaiterHub:
         delay = 0.2
         while True:
             try:
-                conn = await asyncpg.connect(**self._url.asyncpg_kwargs())
+                conn = await asyncpg.connect(
+                    **self._url.asyncpg_kwargs(),
+                    server_settings={"application_name": "tiergate-listen"},
+                )
                 conn.add_termination_listener(lambda _c: self._lost.set())
                 await conn.add_listener(DONE_CHANNEL, self._on_notify)
                 await conn.add_listener(KEYS_CHANNEL, self._on_notify)

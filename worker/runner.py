@@ -25,7 +25,9 @@ async def run_worker(
 ) -> None:
     """Work until cancelled (or until a signal, when ``install_signal_handlers``)."""
     concurrency = concurrency or settings.limits.worker_concurrency
-    engine = create_engine(url, pool_size=4, max_overflow=max(0, concurrency // 2))
+    engine = create_engine(
+        url, pool_size=4, max_overflow=max(0, concurrency // 2), application_name="tiergate-worker"
+    )
     upstream = build_upstream(settings)
     store = RequestStore(engine)
     runner = RequestRunner(settings=settings, store=store, upstream=upstream)

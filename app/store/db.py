@@ -9,14 +9,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from app.dburl import DatabaseURL
 
 
-def create_engine(url: DatabaseURL, *, pool_size: int, max_overflow: int) -> AsyncEngine:
-    """A bounded pool: at most ``pool_size + max_overflow`` connections per process."""
+def create_engine(
+    url: DatabaseURL, *, pool_size: int, max_overflow: int, application_name: str = "tiergate"
+) -> AsyncEngine:
+    """A bounded pool: at most ``pool_size + max_overflow`` connections per process.
+
+    Every repository query is one statement (CTEs do multi-table work), so the engine runs
+    in autocommit: no BEGIN/COMMIT round trips. No pre-ping either (a round trip per
+    checkout): after a database restart, the first failure invalidates the pool and the
+    request gets a 503.
+    """
     return create_async_engine(
         url.sqlalchemy(),
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        isolation_level="AUTOCOMMIT",
         pool_timeout=10,
         json_serializer=lambda obj: json.dumps(obj, separators=(",", ":")),
-        connect_args={"server_settings": {"application_name": "tiergate"}},
+        connect_args={"server_settings": {"application_name": application_name}},
     )

@@ -56,7 +56,7 @@ class KeyStore:
         """Create a key; returns it with its secret (never stored in clear)."""
         secret = new_api_key()
         key = ApiKey(id=new_id("key_"), name=name, models=tuple(models) if models else None)
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             await conn.execute(
                 INSERT_KEY,
                 {
@@ -78,7 +78,7 @@ class KeyStore:
 
     async def revoke(self, ident: str) -> list[str]:
         """Revoke by id or name; gateways drop the key from their caches via NOTIFY."""
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             rows = (await conn.execute(REVOKE_KEY, {"ident": ident, "channel": KEYS_CHANNEL})).all()
         return [row.id for row in rows]
 

@@ -44,14 +44,19 @@ FROM job
 """
 ).bindparams(bindparam("body", type_=JSONB), bindparam("window_s", type_=Integer))
 
-# Realtime calls: the row exists before the upstream is called, so a crash leaves a trace.
+# Realtime calls: the row exists before the upstream answer reaches the client, so a crash
+# leaves a trace. Rows arrive in groups (see ``group_commit.py``): one statement per group.
 INSERT_REALTIME = text(
     """
 INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
                       status, attempts, body, started_at)
-VALUES (:id, :owner, :endpoint, :model, 'default', false, :stream, 'in_progress', 1, :body, now())
+SELECT u.id, u.owner, u.endpoint, u.model, 'default', false, u.stream, 'in_progress', 1,
+       CAST(u.body AS jsonb), now()
+FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:endpoints AS text[]),
+            CAST(:models AS text[]), CAST(:streams AS boolean[]), CAST(:bodies AS text[]))
+     AS u(id, owner, endpoint, model, stream, body)
 """
-).bindparams(bindparam("body", type_=JSONB))
+)
 
 # Worker claim. 'in_progress' is claimable too: procrastinate runs one job per request at a
 # time, so an in_progress row seen here was left by a dead worker whose job was rescued.
@@ -105,19 +110,19 @@ RETURNING id
 
 FINISH_REALTIME = text(
     """
-UPDATE requests
-SET status = :status, response_status = :response_status, response_body = :response_body,
-    error = :error, input_tokens = :input_tokens, output_tokens = :output_tokens,
-    total_tokens = :total_tokens, finished_at = now()
-WHERE id = :id AND status = 'in_progress'
+UPDATE requests AS r
+SET status = u.status, response_status = u.response_status,
+    response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
+    input_tokens = u.input_tokens, output_tokens = u.output_tokens,
+    total_tokens = u.total_tokens, finished_at = now()
+FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:response_statuses AS int[]),
+            CAST(:response_bodies AS text[]), CAST(:errors AS text[]),
+            CAST(:input_tokens AS int[]), CAST(:output_tokens AS int[]),
+            CAST(:total_tokens AS int[]))
+     AS u(id, status, response_status, response_body, error, input_tokens, output_tokens,
+          total_tokens)
+WHERE r.id = u.id AND r.status = 'in_progress'
 """
-).bindparams(
-    bindparam("response_body", type_=JSONB),
-    bindparam("error", type_=JSONB),
-    bindparam("input_tokens", type_=Integer),
-    bindparam("output_tokens", type_=Integer),
-    bindparam("total_tokens", type_=Integer),
-    bindparam("response_status", type_=Integer),
 )
 
 CANCEL = text(
@@ -188,6 +193,18 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class RealtimeStart:
+    """The tracking row of a realtime call, written before its answer is sent."""
+
+    id: str
+    owner: str
+    endpoint: str
+    model: str
+    stream: bool
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How one upstream call ended, ready to be stored."""
 
@@ -219,7 +236,7 @@ class RequestStore:
 
     async def submit(self, sub: Submission) -> None:
         """Insert the row, its single-request batch and its job, atomically."""
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             await conn.execute(
                 SUBMIT,
                 {
@@ -240,40 +257,53 @@ class RequestStore:
                 },
             )
 
-    async def start_realtime(
-        self, *, id: str, owner: str, endpoint: str, model: str, stream: bool, body: dict[str, Any]
-    ) -> None:
-        async with self.engine.begin() as conn:
+    async def start_realtime(self, rows: list[RealtimeStart]) -> None:
+        """Insert tracking rows for realtime calls (one statement for the whole group)."""
+        async with self.engine.connect() as conn:
             await conn.execute(
                 INSERT_REALTIME,
                 {
-                    "id": id,
-                    "owner": owner,
-                    "endpoint": endpoint,
-                    "model": model,
-                    "stream": stream,
-                    "body": body,
+                    "ids": [r.id for r in rows],
+                    "owners": [r.owner for r in rows],
+                    "endpoints": [r.endpoint for r in rows],
+                    "models": [r.model for r in rows],
+                    "streams": [r.stream for r in rows],
+                    "bodies": [dumps(r.body) for r in rows],
                 },
             )
 
-    async def finish_realtime(self, id: str, outcome: Outcome) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(FINISH_REALTIME, {"id": id, **outcome.params()})
+    async def finish_realtime(self, items: list[tuple[str, Outcome]]) -> None:
+        """Record how realtime calls ended (one statement for the whole group)."""
+        outcomes = [outcome for _, outcome in items]
+        async with self.engine.connect() as conn:
+            await conn.execute(
+                FINISH_REALTIME,
+                {
+                    "ids": [rid for rid, _ in items],
+                    "statuses": [o.status for o in outcomes],
+                    "response_statuses": [o.response_status for o in outcomes],
+                    "response_bodies": [_json_or_none(o.response_body) for o in outcomes],
+                    "errors": [_json_or_none(o.error) for o in outcomes],
+                    "input_tokens": [o.input_tokens for o in outcomes],
+                    "output_tokens": [o.output_tokens for o in outcomes],
+                    "total_tokens": [o.total_tokens for o in outcomes],
+                },
+            )
 
     async def claim(self, id: str) -> RowMapping | None:
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             return (await conn.execute(CLAIM, {"id": id})).mappings().first()
 
     async def finish(self, id: str, attempt: int, outcome: Outcome) -> bool:
         """Store the final outcome; False when the row moved on (cancelled, deleted)."""
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             result = await conn.execute(
                 FINISH, {"id": id, "attempt": attempt, "channel": DONE_CHANNEL, **outcome.params()}
             )
             return result.first() is not None
 
     async def requeue(self, id: str, attempt: int, error: dict[str, Any]) -> bool:
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             result = await conn.execute(REQUEUE, {"id": id, "attempt": attempt, "error": error})
             return result.first() is not None
 
@@ -282,12 +312,12 @@ class RequestStore:
             return await get_row(conn, id, owner)
 
     async def cancel(self, id: str, owner: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             result = await conn.execute(CANCEL, {"id": id, "owner": owner, "channel": DONE_CHANNEL})
             return result.first() is not None
 
     async def delete(self, id: str, owner: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             return (await conn.execute(DELETE, {"id": id, "owner": owner})).first() is not None
 
     async def final_among(self, ids: list[str]) -> list[str]:
@@ -296,12 +326,12 @@ class RequestStore:
             return list((await conn.execute(FINAL_AMONG, {"ids": ids})).scalars())
 
     async def expire_overdue(self) -> list[str]:
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             result = await conn.execute(EXPIRE_OVERDUE, {"channel": DONE_CHANNEL})
             return [row.id for row in result]
 
     async def reap_realtime(self, older_than_s: int) -> list[str]:
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             result = await conn.execute(REAP_REALTIME, {"older_than_s": older_than_s})
             return list(result.scalars())
 
@@ -313,6 +343,10 @@ async def get_row(conn: AsyncConnection, id: str, owner: str) -> RowMapping | No
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+def _json_or_none(obj: Any) -> str | None:
+    return None if obj is None else dumps(obj)
 
 
 QUEUE_DEPTH = text(

@@ -6,7 +6,7 @@ from sqlalchemy import text
 
 from app.ids import new_id, request_id
 from app.store.keys import ApiKey
-from app.store.requests import Outcome, RequestStore, Submission
+from app.store.requests import Outcome, RealtimeStart, RequestStore, Submission
 
 
 def submission(owner: ApiKey, window_s: int = 3600) -> Submission:
@@ -96,12 +96,16 @@ async def test_overdue_pending_work_expires(store: RequestStore, owner: ApiKey):
 async def test_realtime_rows_of_a_dead_gateway_are_reaped(store: RequestStore, owner: ApiKey):
     rid = request_id("/v1/chat/completions")
     await store.start_realtime(
-        id=rid,
-        owner=owner.id,
-        endpoint="/v1/chat/completions",
-        model="mock",
-        stream=False,
-        body={"model": "mock"},
+        [
+            RealtimeStart(
+                id=rid,
+                owner=owner.id,
+                endpoint="/v1/chat/completions",
+                model="mock",
+                stream=False,
+                body={"model": "mock"},
+            )
+        ]
     )
     assert rid not in await store.reap_realtime(60)
     async with store.engine.begin() as conn:

@@ -1,0 +1,87 @@
+"""An httpx transport backed by aiohttp's client.
+
+httpx stays the one client API every caller uses; only the wire work is aiohttp's. Measured
+on 2 cores with the zero-latency mock (bench/core.py), httpcore's pool costs the gateway about
+a third of its realtime throughput (it polls every idle connection on each request and goes
+through anyio), which aiohttp does not. ``limits.upstream_transport: httpx`` switches back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import httpx
+
+CHUNK_SIZE = 64 * 1024
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            # iter_any yields whatever arrived: server-sent events pass through at once.
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(f"upstream read timed out: {exc!r}") from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.ReadError(f"upstream connection broke: {exc!r}") from exc
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """Plain HTTP/1.1 over one aiohttp session with a bounded connection pool."""
+
+    def __init__(self, *, max_connections: int = 512, keepalive_s: float = 30.0) -> None:
+        self._max_connections = max_connections
+        self._keepalive_s = keepalive_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, keepalive_timeout=self._keepalive_s
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout", {})
+        try:
+            response = await self._get_session().request(
+                request.method,
+                str(request.url),
+                headers=request.headers,
+                data=request.content or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                ),
+            )
+        except TimeoutError as exc:
+            raise httpx.TimeoutException(f"upstream timed out: {exc!r}") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(f"cannot reach upstream: {exc!r}") from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.RemoteProtocolError(f"upstream connection failed: {exc!r}") from exc
+        headers = [
+            (k, v)
+            for k, v in response.raw_headers
+            if k.lower() not in (b"content-encoding", b"content-length", b"transfer-encoding")
+        ]
+        return httpx.Response(
+            status_code=response.status, headers=headers, stream=_Body(response), request=request
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()

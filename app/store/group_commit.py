@@ -1,0 +1,83 @@
+"""Group commit: many concurrent callers, one statement per batch.
+
+Each caller awaits its own item's commit, so durability is per request, while the database
+sees one round trip for everything that arrived during the previous flush. Under light load
+a batch is a single item and nothing waits; under heavy load batches grow by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("tiergate.store")
+
+
+class GroupCommit(Generic[T]):
+    """Feeds items to ``flush(items)`` in batches of at most ``max_batch``."""
+
+    def __init__(
+        self, flush: Callable[[list[T]], Awaitable[None]], *, name: str, max_batch: int = 500
+    ) -> None:
+        self._flush = flush
+        self._name = name
+        self._max_batch = max_batch
+        self._queue: list[tuple[T, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"group-commit-{self._name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(RuntimeError("shutting down"))
+
+    async def submit(self, item: T) -> None:
+        """Return once ``item`` is committed; raise what its flush raised."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._wake.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+        try:
+            await self._flush([item for item, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0][1], exc)
+                return
+            # One bad item must not fail its neighbours: retry them one by one.
+            log.warning("%s: batch of %d failed (%s); retrying singly", self._name, len(batch), exc)
+            for entry in batch:
+                await self._commit([entry])
+            return
+        for _, future in batch:
+            _settle(future, None)
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
