@@ -27,10 +27,10 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.dburl import DatabaseURL  # noqa: E402
-from app.embedded_pg import EmbeddedPostgres  # noqa: E402
-from tests.support.databases import DatabaseFactory  # noqa: E402
-from tests.support.servers import (  # noqa: E402
+from app.dburl import DatabaseURL
+from app.embedded_pg import EmbeddedPostgres
+from tests.support.databases import DatabaseFactory
+from tests.support.servers import (
     create_key,
     start_gateway,
     start_mock_upstream,
