@@ -26,7 +26,11 @@ async def run_worker(
     """Work until cancelled (or until a signal, when ``install_signal_handlers``)."""
     concurrency = concurrency or settings.limits.worker_concurrency
     engine = create_engine(
-        url, pool_size=4, max_overflow=max(0, concurrency // 2), application_name="tiergate-worker"
+        url,
+        # A steady pool: overflow connections would be opened and closed per job.
+        pool_size=min(concurrency, 10),
+        max_overflow=0,
+        application_name="tiergate-worker",
     )
     upstream = build_upstream(settings)
     store = RequestStore(engine)

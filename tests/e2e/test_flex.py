@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import openai
 import psycopg
+import pytest
 
 from tests.e2e.conftest import row
 
@@ -80,3 +83,24 @@ def test_flex_gives_up_after_max_attempts(client: openai.OpenAI, db: psycopg.Con
     tracked = row(db, rid)
     assert tracked["status"] == "failed" and tracked["attempts"] == 3  # max_attempts
     assert tracked["error"]["code"] == "upstream_500"
+
+
+def test_admin_views_answer_in_sql(client: openai.OpenAI, db: psycopg.Connection):
+    with contextlib.suppress(openai.APIStatusError):
+        client.responses.create(model="remote", input="mock:status=418", service_tier="flex")
+    failures = db.execute(
+        "SELECT requests FROM tiergate_failures WHERE error_code = 'upstream_418'"
+    ).fetchone()
+    assert failures is not None and failures[0] >= 1
+    progress = db.execute(
+        "SELECT total, completed + failed FROM tiergate_batch_progress WHERE kind = 'single'"
+    ).fetchall()
+    assert progress and all(total == 1 and done <= 1 for total, done in progress)
+    usage = db.execute("SELECT sum(total_tokens) FROM tiergate_usage_by_key").fetchone()
+    assert usage[0] > 0
+    db.execute("SELECT * FROM tiergate_queue_depth").fetchall()
+
+
+def test_nul_characters_are_a_400_not_a_500(client: openai.OpenAI):
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="mock", input="nul \u0000 here", service_tier="flex")
