@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 
 from app.dburl import DatabaseURL
@@ -74,9 +76,18 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.runner import run_worker
 
     url = _database(settings)
-    asyncio.run(
-        run_worker(settings, url, concurrency=args.concurrency, install_signal_handlers=True)
-    )
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await run_worker(settings, url, concurrency=args.concurrency)
+        log.info("worker stopped")
+
+    asyncio.run(main())
     return 0
 
 

@@ -562,7 +562,13 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
     except BadRequestError as exc:
         await asyncio.sleep(state.config.latency_ms / 1000)
         return _error_response(400, exc.message, exc.param)
-    await asyncio.sleep((state.config.latency_ms + controls.sleep_ms) / 1000)
+    model = str(body.get("model"))
+    state.inflight[model] = state.inflight.get(model, 0) + 1
+    state.peaks[model] = max(state.peaks.get(model, 0), state.inflight[model])
+    try:
+        await asyncio.sleep((state.config.latency_ms + controls.sleep_ms) / 1000)
+    finally:
+        state.inflight[model] -= 1
     return _forced_failure(request, controls) or reply(body, text, controls.drop)
 
 
@@ -586,7 +592,13 @@ async def _stats(request: Request) -> Response:
     return JSONResponse(dict(request.app.state.counts))
 
 
+async def _peaks(request: Request) -> Response:
+    """The most requests each model had in flight at once (tests check concurrency caps)."""
+    return JSONResponse(dict(request.app.state.peaks))
+
+
 async def _reset(request: Request) -> Response:
+    request.app.state.peaks.clear()
     request.app.state.counts.clear()
     request.app.state.fail_counts.clear()
     return JSONResponse({"ok": True})
@@ -616,6 +628,7 @@ def create_mock_app(
         Route("/v1/embeddings", _embeddings, methods=["POST"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/_mock/stats", _stats, methods=["GET"]),
+        Route("/_mock/peaks", _peaks, methods=["GET"]),
         Route("/_mock/reset", _reset, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
@@ -623,6 +636,8 @@ def create_mock_app(
     app.state.rng = random.Random(seed)
     app.state.counts = {}
     app.state.fail_counts = {}
+    app.state.inflight = {}
+    app.state.peaks = {}
     return app
 
 

@@ -37,7 +37,15 @@ PASS_HEADERS = ("content-type", "retry-after", "retry-after-ms", "openai-process
 class RealtimeProxy:
     """Forwards one classified realtime call and records it."""
 
-    def __init__(self, *, store: RequestStore, upstream: UpstreamClient, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        store: RequestStore,
+        upstream: UpstreamClient,
+        metrics: Metrics,
+        gateway_id: str | None = None,
+    ) -> None:
+        self.gateway_id = gateway_id
         self.upstream = upstream
         self.metrics = metrics
         # Tracking writes of concurrent calls share statements (see group_commit.py).
@@ -64,6 +72,7 @@ class RealtimeProxy:
                     model=call.model.name,
                     stream=call.stream,
                     body=call.body,
+                    gateway_id=self.gateway_id,
                 )
             )
         )

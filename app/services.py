@@ -13,6 +13,7 @@ from app.metrics import Metrics
 from app.proxy import RealtimeProxy
 from app.settings import Settings
 from app.store.db import create_engine
+from app.store.gateways import GatewayPresence
 from app.store.keys import KeyStore
 from app.store.requests import RequestStore
 from app.upstream import build_upstream
@@ -42,19 +43,25 @@ class Services:
             on_key_revoked=self.key_cache.revoke,
             recheck_s=limits.waiter_recheck_s,
         )
+        self.presence = GatewayPresence(self.engine, every_s=limits.heartbeat_s)
         self.proxy = RealtimeProxy(
-            store=self.requests, upstream=self.upstream, metrics=self.metrics
+            store=self.requests,
+            upstream=self.upstream,
+            metrics=self.metrics,
+            gateway_id=self.presence.id,
         )
         self.deferred = DeferredCalls(
             settings=settings, store=self.requests, hub=self.hub, metrics=self.metrics
         )
 
     async def start(self) -> None:
+        await self.presence.start()
         self.proxy.start()
         await self.hub.start()
 
     async def stop(self) -> None:
         await self.hub.stop()
         await self.proxy.stop()
+        await self.presence.stop()
         await self.upstream.aclose()
         await self.engine.dispose()

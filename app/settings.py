@@ -62,8 +62,7 @@ class Limits(BaseModel):
     retry_max_s: float = Field(default=60.0, ge=0)
     heartbeat_s: float = Field(default=10.0, gt=0)
     stalled_after_s: int = Field(default=30, ge=1)
-    rescue_every_s: int = Field(default=10, ge=1, le=60)
-    realtime_grace_s: int = Field(default=60, ge=1)
+    maintenance_every_s: int = Field(default=10, ge=1, le=60)
     upstream_transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
 

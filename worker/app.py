@@ -51,7 +51,7 @@ def build_job_app(
     async def run_request(request_id: str) -> None:
         await runner.run(request_id)
 
-    @app.periodic(cron=f"*/{settings.limits.rescue_every_s} * * * * *", periodic_id="rescue")
+    @app.periodic(cron=f"*/{settings.limits.maintenance_every_s} * * * * *", periodic_id="rescue")
     @app.task(name="tiergate.rescue_stalled", queue=MAINTENANCE_QUEUE, queueing_lock="rescue")
     async def rescue_stalled(timestamp: int) -> None:
         """Re-queue jobs whose worker stopped sending heartbeats (procrastinate won't)."""
@@ -62,13 +62,12 @@ def build_job_app(
             await app.job_manager.retry_job(job)
         await app.job_manager.prune_stalled_workers(seconds)
 
-    @app.periodic(cron="*/15 * * * * *", periodic_id="sweep")
+    @app.periodic(cron=f"*/{settings.limits.maintenance_every_s} * * * * *", periodic_id="sweep")
     @app.task(name="tiergate.sweep", queue=MAINTENANCE_QUEUE, queueing_lock="sweep")
     async def sweep(timestamp: int) -> None:
         """Expire queued work past its window; close realtime rows of dead gateways."""
         expired = await store.expire_overdue()
-        slowest = max((m.timeout_s for m in settings.models.values()), default=600)
-        reaped = await store.reap_realtime(int(slowest) + settings.limits.realtime_grace_s)
+        reaped = await store.reap_realtime(settings.limits.stalled_after_s)
         if expired or reaped:
             log.info("sweep: %d expired, %d interrupted realtime rows", len(expired), len(reaped))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from app.dburl import DatabaseURL
 from app.settings import Settings
@@ -14,6 +16,9 @@ from worker.execute import RequestRunner
 
 log = logging.getLogger("tiergate.worker")
 
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 10.0
+
 
 async def run_worker(
     settings: Settings,
@@ -21,9 +26,12 @@ async def run_worker(
     *,
     concurrency: int | None = None,
     name: str | None = None,
-    install_signal_handlers: bool = False,
 ) -> None:
-    """Work until cancelled (or until a signal, when ``install_signal_handlers``)."""
+    """Work until cancelled. Cancellation stops gracefully (running jobs get 10 s).
+
+    procrastinate's worker stops itself when its LISTEN connection fails (a database
+    restart); it is started again here, with a growing delay, as long as nobody cancelled us.
+    """
     concurrency = concurrency or settings.limits.worker_concurrency
     engine = create_engine(
         url,
@@ -37,16 +45,28 @@ async def run_worker(
     runner = RequestRunner(settings=settings, store=store, upstream=upstream)
     job_app = build_job_app(url, settings, runner=runner, store=store)
     log.info("worker starting (concurrency %d)", concurrency)
+    delay = RESTART_MIN_S
     try:
-        async with job_app.open_async():
-            await job_app.run_worker_async(
-                concurrency=concurrency,
-                name=name,
-                install_signal_handlers=install_signal_handlers,
-                fetch_job_polling_interval=2.0,
-                update_heartbeat_interval=settings.limits.heartbeat_s,
-                shutdown_graceful_timeout=10.0,
-            )
+        while True:
+            started = time.monotonic()
+            try:
+                async with job_app.open_async():
+                    await job_app.run_worker_async(
+                        concurrency=concurrency,
+                        name=name,
+                        install_signal_handlers=False,
+                        fetch_job_polling_interval=2.0,
+                        update_heartbeat_interval=settings.limits.heartbeat_s,
+                        shutdown_graceful_timeout=10.0,
+                    )
+                reason = "its database connection failed"
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() - started > RESTART_MAX_S:
+                delay = RESTART_MIN_S
+            log.warning("worker stopped (%s); restarting in %.1fs", reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
     finally:
         await upstream.aclose()
         await engine.dispose()

@@ -49,12 +49,13 @@ FROM job
 INSERT_REALTIME = text(
     """
 INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
-                      status, attempts, body, started_at)
+                      status, attempts, body, started_at, gateway_id)
 SELECT u.id, u.owner, u.endpoint, u.model, 'default', false, u.stream, 'in_progress', 1,
-       CAST(u.body AS jsonb), now()
+       CAST(u.body AS jsonb), now(), u.gateway
 FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:endpoints AS text[]),
-            CAST(:models AS text[]), CAST(:streams AS boolean[]), CAST(:bodies AS text[]))
-     AS u(id, owner, endpoint, model, stream, body)
+            CAST(:models AS text[]), CAST(:streams AS boolean[]), CAST(:bodies AS text[]),
+            CAST(:gateways AS text[]))
+     AS u(id, owner, endpoint, model, stream, body, gateway)
 """
 )
 
@@ -161,17 +162,24 @@ FINAL_AMONG = text(
     " AND status IN ('completed', 'failed', 'cancelled', 'expired')"
 )
 
-# Realtime rows whose gateway died mid-call: nobody will finish them, so say so.
+# Realtime rows whose gateway died mid-call (its heartbeat stopped): nobody will finish them.
 REAP_REALTIME = text(
     """
+WITH dead AS (
+    SELECT r.id FROM requests r
+    LEFT JOIN gateways g ON g.id = r.gateway_id
+    WHERE r.status = 'in_progress' AND r.service_tier = 'default' AND NOT r.background
+      AND r.job_id IS NULL
+      AND r.started_at < now() - make_interval(secs => :silent_s)
+      AND (g.id IS NULL OR g.last_seen_at < now() - make_interval(secs => :silent_s))
+)
 UPDATE requests SET status = 'failed', finished_at = now(),
     error = jsonb_build_object('code', 'gateway_interrupted',
                                'message', 'The gateway stopped before the call finished.')
-WHERE status = 'in_progress' AND service_tier = 'default' AND NOT background
-  AND job_id IS NULL AND started_at < now() - make_interval(secs => :older_than_s)
-RETURNING id
+FROM dead WHERE requests.id = dead.id AND requests.status = 'in_progress'
+RETURNING requests.id
 """
-).bindparams(bindparam("older_than_s", type_=Integer))
+).bindparams(bindparam("silent_s", type_=Integer))
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,7 @@ class RealtimeStart:
     model: str
     stream: bool
     body: dict[str, Any]
+    gateway_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +278,7 @@ class RequestStore:
                     "models": [r.model for r in rows],
                     "streams": [r.stream for r in rows],
                     "bodies": [dumps(r.body) for r in rows],
+                    "gateways": [r.gateway_id for r in rows],
                 },
             )
 
@@ -330,9 +340,10 @@ class RequestStore:
             result = await conn.execute(EXPIRE_OVERDUE, {"channel": DONE_CHANNEL})
             return [row.id for row in result]
 
-    async def reap_realtime(self, older_than_s: int) -> list[str]:
+    async def reap_realtime(self, silent_s: int) -> list[str]:
+        """Fail realtime rows whose gateway has not been seen for ``silent_s`` seconds."""
         async with self.engine.connect() as conn:
-            result = await conn.execute(REAP_REALTIME, {"older_than_s": older_than_s})
+            result = await conn.execute(REAP_REALTIME, {"silent_s": silent_s})
             return list(result.scalars())
 
 

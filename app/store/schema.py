@@ -38,6 +38,16 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
 
+gateways = Table(
+    "gateways",
+    metadata,
+    Column("id", Text, primary_key=True, comment="one row per running gateway process"),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 batches = Table(
     "batches",
     metadata,
@@ -87,6 +97,7 @@ requests = Table(
     Column("output_tokens", Integer, nullable=True),
     Column("total_tokens", Integer, nullable=True),
     Column("job_id", BigInteger, nullable=True),
+    Column("gateway_id", Text, nullable=True, comment="the gateway proxying a realtime call"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),

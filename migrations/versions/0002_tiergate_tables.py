@@ -42,6 +42,25 @@ def upgrade() -> None:
         sa.UniqueConstraint("key_hash"),
     )
     op.create_table(
+        "gateways",
+        sa.Column("id", sa.Text(), nullable=False, comment="one row per running gateway process"),
+        sa.Column("hostname", sa.Text(), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column(
+            "started_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "last_seen_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_table(
         "batches",
         sa.Column("id", sa.Text(), nullable=False),
         sa.Column("owner_key_id", sa.Text(), nullable=False),
@@ -122,6 +141,12 @@ def upgrade() -> None:
         sa.Column("total_tokens", sa.Integer(), nullable=True),
         sa.Column("job_id", sa.BigInteger(), nullable=True),
         sa.Column(
+            "gateway_id",
+            sa.Text(),
+            nullable=True,
+            comment="the gateway proxying a realtime call",
+        ),
+        sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
             server_default=sa.text("now()"),
@@ -163,5 +188,6 @@ def downgrade() -> None:
     op.drop_table("requests")
     op.drop_index("batches_owner_idx", table_name="batches")
     op.drop_table("batches")
+    op.drop_table("gateways")
     op.drop_table("api_keys")
     # ### end Alembic commands ###

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import psycopg
 import pytest
@@ -26,10 +28,15 @@ def fast_rescue_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: 
 models:
   - name: remote
     upstream: {mock_upstream}/v1
+    timeout_s: 5
+  - name: capped
+    upstream: {mock_upstream}/v1
+    upstream_model: capped-upstream
+    flex_concurrency: 2
 limits:
   heartbeat_s: 0.5
   stalled_after_s: 2
-  rescue_every_s: 1
+  maintenance_every_s: 1
 """
     )
     return path
@@ -141,3 +148,96 @@ def test_a_killed_worker_s_request_is_rescued(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_per_model_cap_holds_while_the_worker_has_room(
+    client: openai.OpenAI,
+    database: DatabaseURL,
+    fast_rescue_config: Path,
+    logs: Path,
+    mock_upstream: str,
+):
+    created = [
+        client.responses.create(
+            model="capped", input="mock:sleep_ms=300", background=True, service_tier="flex"
+        )
+        for _ in range(6)
+    ]
+    worker = start_worker(
+        database_url=database.libpq(),
+        config=fast_rescue_config,
+        log=logs / "worker-cap.log",
+        concurrency=8,
+    )
+    try:
+        for response in created:
+            wait_until(
+                lambda r=response: client.responses.retrieve(r.id).status == "completed",
+                "capped work",
+            )
+    finally:
+        worker.stop()
+    peaks = httpx.get(mock_upstream + "/_mock/peaks").json()
+    assert peaks["capped-upstream"] == 2  # flex_concurrency, though 8 job slots were free
+
+
+def test_gateway_killed_mid_flight_loses_nothing(
+    client: openai.OpenAI,
+    database: DatabaseURL,
+    fast_rescue_config: Path,
+    logs: Path,
+    db: psycopg.Connection,
+):
+    """SIGKILL a gateway (with its in-process worker) while it runs background work and
+    proxies a realtime call: after a restart the background work completes and the realtime
+    row is closed as interrupted."""
+    first = start_gateway(
+        database_url=database.libpq(), config=fast_rescue_config, log=logs / "gw-crash-1.log"
+    )
+    crashing = client.with_options(base_url=first.api)
+    background = crashing.responses.create(
+        model="remote", input="mock:sleep_ms=1500", background=True, service_tier="flex"
+    )
+    wait_until(
+        lambda: client.responses.retrieve(background.id).status == "in_progress",
+        "the in-process worker to start it",
+    )
+
+    def call_realtime() -> None:
+        with contextlib.suppress(openai.APIError):  # its gateway dies mid-call
+            crashing.responses.create(model="remote", input="mock:sleep_ms=3000")
+
+    realtime = threading.Thread(target=call_realtime, daemon=True)
+    realtime.start()
+    wait_until(
+        lambda: (
+            db.execute(
+                "SELECT count(*) FROM requests WHERE service_tier = 'default' AND NOT background"
+                " AND status = 'in_progress'"
+            ).fetchone()[0]
+            == 1
+        ),
+        "the realtime call to be tracked",
+    )
+    first.process.kill()
+
+    second = start_gateway(
+        database_url=database.libpq(), config=fast_rescue_config, log=logs / "gw-crash-2.log"
+    )
+    try:
+        wait_until(
+            lambda: client.responses.retrieve(background.id).status == "completed",
+            "the rescued background request",
+        )
+        assert row(db, background.id)["attempts"] == 2
+        wait_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM requests WHERE error->>'code' = 'gateway_interrupted'"
+                ).fetchone()[0]
+                == 1
+            ),
+            "the interrupted realtime row to be closed",
+        )
+    finally:
+        second.process.stop()

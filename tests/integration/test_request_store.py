@@ -116,3 +116,41 @@ async def test_realtime_rows_of_a_dead_gateway_are_reaped(store: RequestStore, o
     assert rid in await store.reap_realtime(60)
     row = await store.get(rid, owner.id)
     assert row["status"] == "failed" and row["error"]["code"] == "gateway_interrupted"
+
+
+async def test_rows_of_a_live_gateway_are_never_reaped(store: RequestStore, owner: ApiKey):
+    from app.store.gateways import GatewayPresence
+
+    presence = GatewayPresence(store.engine, every_s=3600)
+    await presence.start()
+    rid = request_id("/v1/responses")
+    try:
+        await store.start_realtime(
+            [
+                RealtimeStart(
+                    id=rid,
+                    owner=owner.id,
+                    endpoint="/v1/responses",
+                    model="mock",
+                    stream=True,
+                    body={"model": "mock"},
+                    gateway_id=presence.id,
+                )
+            ]
+        )
+        async with store.engine.connect() as conn:  # a long stream: started long ago
+            await conn.execute(
+                text("UPDATE requests SET started_at = now() - interval '1 hour' WHERE id = :id"),
+                {"id": rid},
+            )
+        assert rid not in await store.reap_realtime(30)  # its gateway is alive
+        async with store.engine.connect() as conn:  # the gateway falls silent
+            await conn.execute(
+                text(
+                    "UPDATE gateways SET last_seen_at = now() - interval '1 minute' WHERE id = :id"
+                ),
+                {"id": presence.id},
+            )
+        assert rid in await store.reap_realtime(30)
+    finally:
+        await presence.stop()
