@@ -14,6 +14,7 @@ Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
 * ``sleep_ms=N``: extra latency for this request.
 * ``fail_times=K,key=NAME``: the first K requests carrying that key fail (with ``status``,
   default 500); later ones succeed. Counters live in ``app.state.fail_counts``.
+* ``hold=NAME``: streaming only; after the first frame, wait for ``POST /_mock/release/NAME``.
 * ``drop=1``: send the status line and headers, part of the body, then abort the connection
   (the ASGI app raises :class:`MockDropError` mid-body, so uvicorn closes the socket and a
   client sees an incomplete body, e.g. ``httpx.RemoteProtocolError``; in-process
@@ -63,7 +64,9 @@ _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
     422: ("invalid_request_error", None),
     429: ("requests", "rate_limit_exceeded"),
 }
-_CONTROL_KEYS = frozenset({"status", "retry_after", "sleep_ms", "fail_times", "key", "drop"})
+_CONTROL_KEYS = frozenset(
+    {"status", "retry_after", "sleep_ms", "fail_times", "key", "drop", "hold"}
+)
 
 
 class MockDropError(Exception):
@@ -97,6 +100,7 @@ class Controls:
     fail_times: int | None = None
     key: str = "default"
     drop: bool = False
+    hold: str | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -173,7 +177,7 @@ def _apply_control(fields: dict[str, Any], key: str, value: str) -> None:
         fields["fail_times"] = _int_value(key, value, 0, 1_000_000)
     elif key == "drop":
         fields["drop"] = _int_value(key, value, 0, 1) == 1
-    else:  # retry_after, key: free-form strings
+    else:  # retry_after, key, hold: free-form strings
         fields[key] = value
 
 
@@ -569,7 +573,28 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
         await asyncio.sleep((state.config.latency_ms + controls.sleep_ms) / 1000)
     finally:
         state.inflight[model] -= 1
-    return _forced_failure(request, controls) or reply(body, text, controls.drop)
+    response = _forced_failure(request, controls) or reply(body, text, controls.drop)
+    if controls.hold and isinstance(response, StreamingResponse):
+        response.body_iterator = _held(response.body_iterator, state.holds, controls.hold)
+    return response
+
+
+async def _held(
+    frames: AsyncIterator[Any], holds: dict[str, asyncio.Event], name: str
+) -> AsyncIterator[Any]:
+    """Send the first frame, then wait for ``POST /_mock/release/{name}`` (``hold=NAME``)."""
+    event = holds.setdefault(name, asyncio.Event())
+    first = True
+    async for frame in frames:
+        yield frame
+        if first:
+            first = False
+            await event.wait()
+
+
+async def _release(request: Request) -> Response:
+    request.app.state.holds.setdefault(request.path_params["name"], asyncio.Event()).set()
+    return JSONResponse({"ok": True})
 
 
 async def _responses(request: Request) -> Response:
@@ -629,6 +654,7 @@ def create_mock_app(
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/_mock/stats", _stats, methods=["GET"]),
         Route("/_mock/peaks", _peaks, methods=["GET"]),
+        Route("/_mock/release/{name}", _release, methods=["POST"]),
         Route("/_mock/reset", _reset, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
@@ -638,6 +664,7 @@ def create_mock_app(
     app.state.fail_counts = {}
     app.state.inflight = {}
     app.state.peaks = {}
+    app.state.holds = {}
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import psycopg
 
@@ -93,3 +94,17 @@ def test_upstream_error_passes_through_with_its_status(client: openai.OpenAI, db
         raise AssertionError("expected a 400")
     tracked = row(db, rid)
     assert tracked["status"] == "failed" and tracked["response_status"] == 400
+
+
+def test_stream_events_reach_the_client_as_they_arrive(client: openai.OpenAI, mock_upstream: str):
+    """The upstream sends one event, then holds the rest until the client has seen it:
+    a gateway that buffered the stream would leave this test waiting forever."""
+    with client.responses.with_streaming_response.create(
+        model="remote", input="mock:hold=relay-1 live words", stream=True
+    ) as raw:
+        lines = raw.iter_lines()
+        first = next(line for line in lines if line.startswith("data:"))
+        assert json.loads(first[5:])["type"] == "response.created"
+        httpx.post(mock_upstream + "/_mock/release/relay-1").raise_for_status()
+        rest = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+    assert rest[-1]["type"] == "response.completed"
