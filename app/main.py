@@ -14,7 +14,7 @@ from app.auth import AuthMiddleware
 from app.dburl import DatabaseURL
 from app.errors import APIError
 from app.guard import ErrorMiddleware
-from app.routes import ops, responses
+from app.routes import batches, files, ops, responses
 from app.services import Services
 from app.settings import Settings
 from app.tiers import TierMiddleware
@@ -48,7 +48,7 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
         return exc.response()
 
     app = Starlette(
-        routes=[*ops.routes, *responses.routes],
+        routes=[*ops.routes, *responses.routes, *files.routes, *batches.routes],
         middleware=[
             Middleware(ErrorMiddleware),
             Middleware(AuthMiddleware, keys=services.key_cache),

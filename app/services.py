@@ -12,7 +12,9 @@ from app.deferred import DeferredCalls
 from app.metrics import Metrics
 from app.proxy import RealtimeProxy
 from app.settings import Settings
+from app.store.batches import BatchStore
 from app.store.db import create_engine
+from app.store.files import FileStore
 from app.store.gateways import GatewayPresence
 from app.store.keys import KeyStore
 from app.store.requests import RequestStore
@@ -36,6 +38,8 @@ class Services:
         self.keys = KeyStore(self.engine)
         self.key_cache = KeyCache(self.keys)
         self.requests = RequestStore(self.engine)
+        self.files = FileStore(self.engine)
+        self.batches = BatchStore(self.engine)
         self.upstream = build_upstream(settings)
         self.hub = WaiterHub(
             url,

@@ -119,3 +119,87 @@ def stored_result(row: RowMapping) -> dict[str, Any]:
 
 def deleted_object(request_id: str) -> dict[str, Any]:
     return {"id": request_id, "object": "response", "deleted": True}
+
+
+def file_object(row: RowMapping) -> dict[str, Any]:
+    """The OpenAI FileObject."""
+    return {
+        "id": row["id"],
+        "object": "file",
+        "bytes": row["bytes"],
+        "created_at": _ts(row["created_at"]),
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "status": row["status"],
+        "expires_at": _ts(row["expires_at"]),
+        "status_details": None,
+    }
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """An OpenAI cursor page (``after`` = ``last_id``)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def batch_object(row: RowMapping) -> dict[str, Any]:
+    """The OpenAI Batch object; counts are live while the batch runs."""
+    usage = None
+    if row["total_tokens"] is not None:
+        usage = {
+            "input_tokens": int(row["input_tokens"] or 0),
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": int(row["output_tokens"] or 0),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": int(row["total_tokens"]),
+        }
+    return {
+        "id": row["id"],
+        "object": "batch",
+        "endpoint": row["endpoint"],
+        "errors": row["errors"],
+        "input_file_id": row["input_file_id"],
+        "completion_window": row["completion_window"],
+        "status": row["status"],
+        "output_file_id": row["output_file_id"],
+        "error_file_id": row["error_file_id"],
+        "created_at": _ts(row["created_at"]),
+        "in_progress_at": _ts(row["in_progress_at"]),
+        "expires_at": _ts(row["expires_at"]),
+        "finalizing_at": _ts(row["finalizing_at"]),
+        "completed_at": _ts(row["completed_at"]),
+        "failed_at": _ts(row["failed_at"]),
+        "expired_at": _ts(row["expired_at"]),
+        "cancelling_at": _ts(row["cancelling_at"]),
+        "cancelled_at": _ts(row["cancelled_at"]),
+        "request_counts": {
+            "total": row["total"],
+            "completed": int(row["completed"] or 0),
+            "failed": int(row["failed"] or 0),
+        },
+        "metadata": row["metadata"],
+        "usage": usage,
+    }
+
+
+def result_line(row: RowMapping) -> tuple[bool, dict[str, Any]]:
+    """One line of a batch's output (True) or error (False) file."""
+    line: dict[str, Any] = {"id": row["id"], "custom_id": row["custom_id"]}
+    if row["status"] == "completed" or row["response_status"] is not None:
+        body = row["response_body"]
+        line["response"] = {
+            "status_code": row["response_status"],
+            "request_id": row["id"],
+            "body": body,
+        }
+        line["error"] = None
+        return row["status"] == "completed", line
+    error = row["error"] or {"code": "server_error", "message": "The line failed."}
+    line["response"] = None
+    line["error"] = {"code": error.get("code"), "message": error.get("message")}
+    return False, line

@@ -74,7 +74,7 @@ def _optional_bool(body: dict[str, Any], field: str) -> bool:
     return value
 
 
-def _check_metadata(body: dict[str, Any]) -> None:
+def check_metadata(body: dict[str, Any]) -> None:
     metadata = body.get("metadata")
     if metadata is None:
         return
@@ -93,19 +93,23 @@ def _check_endpoint_fields(endpoint: str, body: dict[str, Any]) -> None:
     if endpoint == "/v1/responses":
         if not any(body.get(f) is not None for f in ("prompt", "previous_response_id")):
             _require(body, "input", (str, list), "a string or a list of input items")
-        _check_metadata(body)
+        check_metadata(body)
     elif endpoint == "/v1/chat/completions":
         messages = _require(body, "messages", (list,), "a non-empty list of messages")
         if not all(isinstance(m, dict) for m in messages):
             raise bad_request("Each entry of 'messages' must be an object.", param="messages")
-        _check_metadata(body)
+        check_metadata(body)
     else:
         _require(body, "input", (str, list), "a string or a non-empty list")
 
 
 def classify(endpoint: str, raw: bytes, settings: Settings, key: ApiKey) -> Call:
     """Validate the body and decide realtime vs flex vs background. Raises ``APIError``."""
-    body = parse_json(raw)
+    return classify_body(endpoint, parse_json(raw), settings, key)
+
+
+def classify_body(endpoint: str, body: dict[str, Any], settings: Settings, key: ApiKey) -> Call:
+    """``classify`` for an already parsed body (batch lines come parsed)."""
     model_name = _require(body, "model", (str,), "a model name")
     _check_endpoint_fields(endpoint, body)
 

@@ -61,11 +61,17 @@ models:
     timeout_s: 5
   - name: other
     upstream: {mock_upstream}/v1
+  - name: slow-batch
+    upstream: {mock_upstream}/v1
+    flex_concurrency: 2
 limits:
   max_body_bytes: 65536
   retry_base_s: 0.05
   retry_max_s: 0.5
   waiter_recheck_s: 1.0
+  maintenance_every_s: 1
+  batch_chunk: 16
+  batch_windows: {{"24h": 86400, "4s": 4}}
 """
     )
     return path

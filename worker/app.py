@@ -6,12 +6,15 @@ import datetime as dt
 import logging
 
 import procrastinate
+from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
 from app.dburl import DatabaseURL
 from app.settings import Settings
+from app.store.batches import BATCH_QUEUE, FINALIZE_TASK, RUN_TASK, VALIDATE_TASK
 from app.store.requests import RUN_REQUEST_TASK, RequestStore
+from worker.batches import BatchJobs
 from worker.execute import RequestRunner, RetryLater
 
 log = logging.getLogger("tiergate.worker")
@@ -33,10 +36,11 @@ def build_job_app(
     url: DatabaseURL,
     settings: Settings,
     *,
-    runner: RequestRunner | None = None,
-    store: RequestStore | None = None,
+    runner: RequestRunner,
+    store: RequestStore,
+    batch_jobs: BatchJobs,
 ) -> procrastinate.App:
-    """The job app. Without a runner it can only defer (the CLI); with one it can work."""
+    """The job app with tiergate's tasks bound to this worker's stores and runner."""
     connector = procrastinate.PsycopgConnector(
         conninfo=url.libpq(),
         min_size=1,
@@ -44,12 +48,23 @@ def build_job_app(
         kwargs={"application_name": "tiergate-worker"},
     )
     app = procrastinate.App(connector=connector)
-    if runner is None or store is None:
-        return app
 
     @app.task(name=RUN_REQUEST_TASK, retry=UpstreamRetry())
     async def run_request(request_id: str) -> None:
         await runner.run(request_id)
+
+    @app.task(name=VALIDATE_TASK, queue=BATCH_QUEUE)
+    async def validate_batch(batch_id: str) -> None:
+        await batch_jobs.validate(batch_id)
+
+    @app.task(name=RUN_TASK, queue=BATCH_QUEUE, retry=UpstreamRetry(), pass_context=True)
+    async def run_batch(context: JobContext, batch_id: str) -> None:
+        assert context.job.id is not None
+        await batch_jobs.run(batch_id, context.job.id)
+
+    @app.task(name=FINALIZE_TASK, queue=BATCH_QUEUE)
+    async def finalize_batch(batch_id: str) -> None:
+        await batch_jobs.finalize(batch_id)
 
     @app.periodic(cron=f"*/{settings.limits.maintenance_every_s} * * * * *", periodic_id="rescue")
     @app.task(name="tiergate.rescue_stalled", queue=MAINTENANCE_QUEUE, queueing_lock="rescue")
@@ -67,6 +82,7 @@ def build_job_app(
     async def sweep(timestamp: int) -> None:
         """Expire queued work past its window; close realtime rows of dead gateways."""
         expired = await store.expire_overdue()
+        expired += await batch_jobs.batches.expire_overdue()
         reaped = await store.reap_realtime(settings.limits.stalled_after_s)
         if expired or reaped:
             log.info("sweep: %d expired, %d interrupted realtime rows", len(expired), len(reaped))

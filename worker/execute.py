@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from app.settings import Settings
 from app.store.requests import Outcome, RequestStore
@@ -39,6 +40,24 @@ def backoff_s(attempt: int, retry_after_s: float | None, base_s: float, max_s: f
     return max(delay, retry_after_s or 0.0)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """How one attempt ended: a final ``outcome``, or a retry in ``retry_in_s``."""
+
+    outcome: Outcome | None = None
+    retry_in_s: float | None = None
+    error: dict[str, Any] | None = None
+
+
+EXPIRED = Outcome(
+    status="expired",
+    error={
+        "code": "request_expired",
+        "message": "The request was not processed within its window.",
+    },
+)
+
+
 class RequestRunner:
     """Executes request rows; one instance per worker process."""
 
@@ -54,49 +73,47 @@ class RequestRunner:
             for name, model in settings.models.items()
         }
 
-    async def run(self, request_id: str) -> None:
-        row = await self.store.claim(request_id)
-        if row is None:
-            log.info("request %s is final or gone; nothing to do", request_id)
-            return
-        attempt = row["attempts"]
-        if row["expired"]:
-            await self.store.finish(
-                request_id,
-                attempt,
-                Outcome(
-                    status="expired",
-                    error={
-                        "code": "request_expired",
-                        "message": "The request was not processed within its window.",
-                    },
-                ),
-            )
-            return
-        model = self.settings.models.get(row["model"])
+    async def attempt(
+        self,
+        model_name: str,
+        endpoint: str,
+        body: dict[str, Any],
+        attempt: int,
+        expires_at: dt.datetime,
+    ) -> Attempt:
+        """One upstream call under the model's cap, classified: an outcome, or a retry."""
+        model = self.settings.models.get(model_name)
         if model is None:
-            await self.store.finish(
-                request_id,
-                attempt,
+            return Attempt(
                 Outcome(
                     status="failed",
                     error={
                         "code": "model_not_configured",
-                        "message": f"The model '{row['model']}' is no longer configured.",
+                        "message": f"The model '{model_name}' is no longer configured.",
                     },
-                ),
+                )
             )
-            return
         async with self._slots[model.name]:
             try:
-                reply = await self.upstream.call(model, row["endpoint"], row["body"])
+                reply = await self.upstream.call(model, endpoint, body)
             except UpstreamError as exc:
-                await self._failed(request_id, attempt, row["expires_at"], model.max_attempts, exc)
-                return
+                limits = self.settings.limits
+                delay = backoff_s(
+                    attempt, exc.retry_after_s, limits.retry_base_s, limits.retry_max_s
+                )
+                retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+                if exc.retryable and attempt < model.max_attempts and retry_at < expires_at:
+                    return Attempt(retry_in_s=delay, error=exc.as_error())
+                return Attempt(
+                    Outcome(
+                        status="failed",
+                        response_status=exc.status,
+                        response_body=exc.body,
+                        error=exc.as_error(),
+                    )
+                )
         given, produced, total = usage_of(reply.body)
-        await self.store.finish(
-            request_id,
-            attempt,
+        return Attempt(
             Outcome(
                 status="completed",
                 response_status=reply.status,
@@ -104,39 +121,32 @@ class RequestRunner:
                 input_tokens=given,
                 output_tokens=produced,
                 total_tokens=total,
-            ),
+            )
         )
 
-    async def _failed(
-        self,
-        request_id: str,
-        attempt: int,
-        expires_at: dt.datetime,
-        max_attempts: int,
-        exc: UpstreamError,
-    ) -> None:
-        limits = self.settings.limits
-        delay = backoff_s(attempt, exc.retry_after_s, limits.retry_base_s, limits.retry_max_s)
-        retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
-        if exc.retryable and attempt < max_attempts and retry_at < expires_at:
-            if await self.store.requeue(request_id, attempt, exc.as_error()):
-                log.info(
-                    "request %s attempt %d failed (%s); retry in %.1fs",
-                    request_id,
-                    attempt,
-                    exc.code,
-                    delay,
-                )
-                raise RetryLater(delay, exc.code) from exc
+    async def run(self, request_id: str) -> None:
+        """Run a single flex/background request (its own procrastinate job)."""
+        row = await self.store.claim(request_id)
+        if row is None:
+            log.info("request %s is final or gone; nothing to do", request_id)
             return
-        log.info("request %s failed for good after %d attempt(s): %s", request_id, attempt, exc)
-        await self.store.finish(
-            request_id,
-            attempt,
-            Outcome(
-                status="failed",
-                response_status=exc.status,
-                response_body=exc.body,
-                error=exc.as_error(),
-            ),
+        attempt = row["attempts"]
+        if row["expired"]:
+            await self.store.finish(request_id, attempt, EXPIRED)
+            return
+        result = await self.attempt(
+            row["model"], row["endpoint"], row["body"], attempt, row["expires_at"]
         )
+        if result.outcome is not None:
+            await self.store.finish(request_id, attempt, result.outcome)
+            return
+        assert result.retry_in_s is not None and result.error is not None
+        if await self.store.requeue(request_id, attempt, result.error):
+            log.info(
+                "request %s attempt %d failed (%s); retry in %.1fs",
+                request_id,
+                attempt,
+                result.error["code"],
+                result.retry_in_s,
+            )
+            raise RetryLater(result.retry_in_s, result.error["code"])

@@ -8,10 +8,14 @@ import time
 
 from app.dburl import DatabaseURL
 from app.settings import Settings
+from app.store.batches import BatchStore
 from app.store.db import create_engine
+from app.store.files import FileStore
+from app.store.keys import KeyStore
 from app.store.requests import RequestStore
 from app.upstream import build_upstream
 from worker.app import build_job_app
+from worker.batches import BatchJobs
 from worker.execute import RequestRunner
 
 log = logging.getLogger("tiergate.worker")
@@ -43,7 +47,14 @@ async def run_worker(
     upstream = build_upstream(settings)
     store = RequestStore(engine)
     runner = RequestRunner(settings=settings, store=store, upstream=upstream)
-    job_app = build_job_app(url, settings, runner=runner, store=store)
+    batch_jobs = BatchJobs(
+        settings=settings,
+        batches=BatchStore(engine),
+        files=FileStore(engine),
+        keys=KeyStore(engine),
+        runner=runner,
+    )
+    job_app = build_job_app(url, settings, runner=runner, store=store, batch_jobs=batch_jobs)
     log.info("worker starting (concurrency %d)", concurrency)
     delay = RESTART_MIN_S
     try:

@@ -25,6 +25,7 @@ REVOKE_KEY = text(
     " WHERE (id = :ident OR name = :ident) AND revoked_at IS NULL RETURNING id)"
     " SELECT r.id, pg_notify(:channel, r.id) FROM r"
 )
+GET_KEY = text("SELECT id, name, models FROM api_keys WHERE id = :id AND revoked_at IS NULL")
 LIST_KEYS = text(
     "SELECT id, name, key_prefix, models, created_at, revoked_at FROM api_keys ORDER BY created_at"
 )
@@ -72,6 +73,14 @@ class KeyStore:
     async def find(self, secret: str) -> ApiKey | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(FIND_KEY, {"key_hash": hash_key(secret)})).first()
+        if row is None:
+            return None
+        return ApiKey(id=row.id, name=row.name, models=tuple(row.models) if row.models else None)
+
+    async def get(self, id: str) -> ApiKey | None:
+        """An active key by id (for work done on its behalf later, e.g. batch validation)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(GET_KEY, {"id": id})).first()
         if row is None:
             return None
         return ApiKey(id=row.id, name=row.name, models=tuple(row.models) if row.models else None)

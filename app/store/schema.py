@@ -19,7 +19,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 
 metadata = MetaData()
 
@@ -48,6 +48,29 @@ gateways = Table(
     Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+files = Table(
+    "files",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("owner_key_id", Text, ForeignKey("api_keys.id"), nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("purpose", Text, nullable=False, comment="batch, batch_output"),
+    Column("bytes", BigInteger, nullable=False, server_default="0"),
+    Column("status", Text, nullable=False, comment="uploading, processed"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Index("files_owner_idx", "owner_key_id", "created_at"),
+)
+
+# File contents, in parts of about 1 MiB: uploads and downloads stream part by part.
+file_parts = Table(
+    "file_parts",
+    metadata,
+    Column("file_id", Text, ForeignKey("files.id", ondelete="CASCADE"), primary_key=True),
+    Column("part", Integer, primary_key=True),
+    Column("data", BYTEA, nullable=False),
+)
+
 batches = Table(
     "batches",
     metadata,
@@ -63,6 +86,8 @@ batches = Table(
     Column("errors", JSONB, nullable=True),
     Column("metadata", JSONB, nullable=True),
     Column("total", Integer, nullable=False, server_default="0"),
+    Column("completed_count", Integer, nullable=True, comment="frozen when the batch ends"),
+    Column("failed_count", Integer, nullable=True, comment="frozen when the batch ends"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("in_progress_at", DateTime(timezone=True), nullable=True),
@@ -82,6 +107,7 @@ requests = Table(
     Column("batch_id", Text, ForeignKey("batches.id", ondelete="CASCADE"), nullable=True),
     Column("owner_key_id", Text, ForeignKey("api_keys.id"), nullable=False),
     Column("custom_id", Text, nullable=True),
+    Column("line_no", Integer, nullable=True, comment="1-based line of the batch input file"),
     Column("endpoint", Text, nullable=False, comment="/v1/responses, /v1/chat/completions, ..."),
     Column("model", Text, nullable=False),
     Column("service_tier", Text, nullable=False, comment="'default' (realtime) or 'flex'"),
@@ -102,7 +128,15 @@ requests = Table(
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("not_before", DateTime(timezone=True), nullable=True, comment="retry backoff"),
     Index("requests_batch_idx", "batch_id"),
+    # Batch workers claim chunks of pending lines of one batch.
+    Index(
+        "requests_batch_pending_idx",
+        "batch_id",
+        "line_no",
+        postgresql_where=text("status = 'pending'"),
+    ),
     Index("requests_owner_created_idx", "owner_key_id", "created_at"),
     # Hot queries (queue depth, rescue, expiry) only look at live rows: keep them small.
     Index(

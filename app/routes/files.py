@@ -1,0 +1,120 @@
+"""``/v1/files``: upload (multipart, streamed into PostgreSQL), list, read, delete."""
+
+from __future__ import annotations
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from app.auth import current_key
+from app.errors import APIError, bad_request, json_response, not_found
+from app.ids import new_id
+from app.shapes import file_object, list_object
+from app.store.files import FileStore
+
+UPLOAD_PURPOSES = frozenset({"batch"})
+READ_BYTES = 1024 * 1024
+# Multipart framing around the file itself.
+ENVELOPE_BYTES = 64 * 1024
+
+
+def _store(request: Request) -> FileStore:
+    return request.state.services.files
+
+
+def page_params(request: Request, *, default: int, maximum: int) -> tuple[str | None, int]:
+    """``after`` and ``limit`` of a list call, validated."""
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise bad_request(f"'limit' must be an integer from 1 to {maximum}.", param="limit")
+    return request.query_params.get("after") or None, int(raw)
+
+
+async def upload(request: Request) -> Response:
+    limit = request.state.services.settings.limits.max_file_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + ENVELOPE_BYTES:
+        raise APIError(413, f"Files may be at most {limit} bytes.", code="file_too_large")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise bad_request("Upload a file as multipart/form-data with 'file' and 'purpose'.")
+    # Starlette spools the file part to a temporary file (1 MiB in memory at most).
+    async with request.form(max_files=1, max_fields=8) as form:
+        purpose = form.get("purpose")
+        upload = form.get("file")
+        if not isinstance(purpose, str) or purpose not in UPLOAD_PURPOSES:
+            raise bad_request(
+                f"'purpose' must be one of {sorted(UPLOAD_PURPOSES)}.", param="purpose"
+            )
+        if not isinstance(upload, UploadFile):
+            raise bad_request("Missing required parameter: 'file'.", param="file")
+        store = _store(request)
+        file_id = new_id("file-")
+        writer = await store.create(
+            id=file_id,
+            owner=current_key(request.scope).id,
+            filename=upload.filename or "upload.jsonl",
+            purpose=purpose,
+        )
+        try:
+            while chunk := await upload.read(READ_BYTES):
+                if writer.size + len(chunk) > limit:
+                    raise APIError(
+                        413, f"Files may be at most {limit} bytes.", code="file_too_large"
+                    )
+                await writer.write(chunk)
+            await writer.close()
+        except BaseException:
+            await store.delete(file_id, current_key(request.scope).id)
+            raise
+    row = await store.get(file_id, current_key(request.scope).id)
+    assert row is not None
+    return json_response(file_object(row))
+
+
+async def list_files(request: Request) -> Response:
+    after, limit = page_params(request, default=10_000, maximum=10_000)
+    rows = await _store(request).list(
+        current_key(request.scope).id,
+        purpose=request.query_params.get("purpose") or None,
+        after=after,
+        limit=limit + 1,
+    )
+    return json_response(list_object([file_object(r) for r in rows[:limit]], len(rows) > limit))
+
+
+async def retrieve(request: Request) -> Response:
+    file_id = request.path_params["id"]
+    row = await _store(request).get(file_id, current_key(request.scope).id)
+    if row is None:
+        raise not_found("file", file_id)
+    return json_response(file_object(row))
+
+
+async def content(request: Request) -> Response:
+    file_id = request.path_params["id"]
+    store = _store(request)
+    row = await store.get(file_id, current_key(request.scope).id)
+    if row is None:
+        raise not_found("file", file_id)
+    return StreamingResponse(
+        store.chunks(file_id),
+        media_type="application/octet-stream",
+        headers={"content-length": str(row["bytes"])},
+    )
+
+
+async def delete(request: Request) -> Response:
+    file_id = request.path_params["id"]
+    if not await _store(request).delete(file_id, current_key(request.scope).id):
+        raise not_found("file", file_id)
+    return json_response({"id": file_id, "object": "file", "deleted": True})
+
+
+routes = [
+    Route("/v1/files", upload, methods=["POST"]),
+    Route("/v1/files", list_files, methods=["GET"]),
+    Route("/v1/files/{id}", retrieve, methods=["GET"]),
+    Route("/v1/files/{id}", delete, methods=["DELETE"]),
+    Route("/v1/files/{id}/content", content, methods=["GET"]),
+]

@@ -1,0 +1,447 @@
+"""SQL for Batch API batches and their lines (``requests`` rows with a ``batch_id``).
+
+The ``requests`` table is the queue of lines: a job claims a chunk of pending lines with
+``FOR UPDATE SKIP LOCKED``, runs them concurrently and writes the results back with one
+statement per chunk. ``job_id`` on a line names the job that claimed it, so a job rescued
+from a dead worker (same job id) takes its own unfinished lines back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Integer, bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.store.requests import Outcome
+
+BATCH_QUEUE = "batch"
+VALIDATE_TASK = "tiergate.validate_batch"
+RUN_TASK = "tiergate.run_batch"
+FINALIZE_TASK = "tiergate.finalize_batch"
+FINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
+COPY_COLUMNS = (
+    "id", "batch_id", "owner_key_id", "custom_id", "line_no", "endpoint", "model",
+    "service_tier", "status", "body", "expires_at",
+)  # fmt: skip
+
+
+def _defer(task: str, batch_sql: str, *, locked: bool = False) -> str:
+    """SQL calling procrastinate's defer function for one job about batch ``batch_sql``.
+
+    ``locked`` jobs of the same batch run one at a time (procrastinate's ``lock``).
+    """
+    lock = f"'finalize:' || {batch_sql}" if locked else "NULL"
+    return (
+        f"procrastinate_defer_jobs_v1(ARRAY[ROW('{BATCH_QUEUE}', '{task}', 0, {lock}, NULL,"
+        f" jsonb_build_object('batch_id', {batch_sql}), NULL)::procrastinate_job_to_defer_v1])"
+    )
+
+
+CREATE = text(
+    f"""
+WITH job AS (
+    SELECT unnest({_defer(VALIDATE_TASK, "CAST(:id AS text)")}) AS id
+)
+INSERT INTO batches (id, owner_key_id, kind, endpoint, status, completion_window,
+                     input_file_id, metadata, expires_at)
+SELECT :id, :owner, 'file', :endpoint, 'validating', :window, :file_id, :metadata,
+       now() + make_interval(secs => :window_s)
+FROM job
+"""
+).bindparams(bindparam("metadata", type_=JSONB), bindparam("window_s", type_=Integer))
+
+# Live counts for running batches; frozen counts once a batch has ended.
+BATCH_COLUMNS = """
+b.*, coalesce(b.completed_count, c.completed) AS completed,
+coalesce(b.failed_count, c.failed) AS failed,
+c.input_tokens, c.output_tokens, c.total_tokens
+"""
+COUNTS = """
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE r.status = 'completed') AS completed,
+           count(*) FILTER (WHERE r.status IN ('failed', 'expired', 'cancelled')) AS failed,
+           sum(r.input_tokens) AS input_tokens, sum(r.output_tokens) AS output_tokens,
+           sum(r.total_tokens) AS total_tokens
+    FROM requests r WHERE r.batch_id = b.id
+) c ON true
+"""
+GET = text(
+    f"SELECT {BATCH_COLUMNS} FROM batches b {COUNTS}"
+    " WHERE b.id = :id AND b.owner_key_id = :owner AND b.kind = 'file'"
+)
+LIST = text(
+    f"""
+SELECT {BATCH_COLUMNS} FROM batches b {COUNTS}
+WHERE b.owner_key_id = :owner AND b.kind = 'file'
+  AND (CAST(:after AS text) IS NULL OR (b.created_at, b.id) < (
+        SELECT created_at, id FROM batches WHERE id = :after AND owner_key_id = :owner))
+ORDER BY b.created_at DESC, b.id DESC
+LIMIT :limit
+"""
+)
+CANCEL = text(
+    f"""
+WITH b AS (
+    UPDATE batches SET status = 'cancelling', cancelling_at = now()
+    WHERE id = :id AND owner_key_id = :owner AND kind = 'file'
+      AND status IN ('validating', 'in_progress')
+    RETURNING id
+), lines AS (
+    UPDATE requests SET status = 'cancelled', finished_at = now(),
+        error = jsonb_build_object('code', 'batch_cancelled',
+                                   'message', 'The batch was cancelled before this line ran.')
+    WHERE batch_id IN (SELECT id FROM b) AND status = 'pending'
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM lines) AS cancelled,
+       {_defer(FINALIZE_TASK, "b.id", locked=True)} AS job
+FROM b
+"""
+)
+
+# --- worker side -------------------------------------------------------------------------
+
+FOR_VALIDATION = text(
+    "SELECT id, owner_key_id, endpoint, input_file_id, expires_at, status FROM batches"
+    " WHERE id = :id AND kind = 'file'"
+)
+FAIL_VALIDATION = text(
+    """
+UPDATE batches SET status = 'failed', failed_at = now(), errors = :errors,
+    completed_count = 0, failed_count = 0
+WHERE id = :id AND status = 'validating'
+"""
+).bindparams(bindparam("errors", type_=JSONB))
+START = text(
+    f"""
+WITH b AS (
+    UPDATE batches SET status = 'in_progress', in_progress_at = now(), total = :total
+    WHERE id = :id AND status = 'validating'
+    RETURNING id
+)
+SELECT unnest({_defer(RUN_TASK, "b.id")}) AS job
+FROM b, generate_series(1, :jobs)
+"""
+).bindparams(bindparam("jobs", type_=Integer), bindparam("total", type_=Integer))
+CANCELLED_WHILE_VALIDATING = text(
+    """
+UPDATE batches SET status = 'cancelled', cancelled_at = now(),
+    completed_count = 0, failed_count = 0
+WHERE id = :id AND status = 'cancelling'
+"""
+)
+
+CLAIM = text(
+    """
+UPDATE requests AS r
+SET status = 'in_progress', attempts = r.attempts + 1,
+    started_at = coalesce(r.started_at, now()), job_id = :job
+FROM (
+    SELECT id FROM requests
+    WHERE batch_id = :batch
+      AND ((status = 'pending' AND (not_before IS NULL OR not_before <= now()))
+           OR (status = 'in_progress' AND job_id = :job))
+    ORDER BY line_no
+    LIMIT :n
+    FOR UPDATE SKIP LOCKED
+) AS claimed
+WHERE r.id = claimed.id
+RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
+          r.expires_at < now() AS expired
+"""
+).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
+
+FINISH_MANY = text(
+    """
+UPDATE requests AS r
+SET status = u.status, response_status = u.response_status,
+    response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
+    input_tokens = u.input_tokens, output_tokens = u.output_tokens,
+    total_tokens = u.total_tokens, finished_at = now()
+FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
+            CAST(:response_statuses AS int[]), CAST(:response_bodies AS text[]),
+            CAST(:errors AS text[]), CAST(:input_tokens AS int[]),
+            CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]))
+     AS u(id, attempt, status, response_status, response_body, error, input_tokens,
+          output_tokens, total_tokens)
+WHERE r.id = u.id AND r.status = 'in_progress' AND r.attempts = u.attempt
+"""
+)
+REQUEUE_MANY = text(
+    """
+UPDATE requests AS r
+SET status = 'pending', error = CAST(u.error AS jsonb),
+    not_before = now() + make_interval(secs => u.delay_s)
+FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:errors AS text[]),
+            CAST(:delays AS float8[])) AS u(id, attempt, error, delay_s)
+WHERE r.id = u.id AND r.status = 'in_progress' AND r.attempts = u.attempt
+"""
+)
+PROGRESS = text(
+    """
+SELECT count(*) FILTER (WHERE status = 'in_progress') AS running,
+       count(*) FILTER (WHERE status = 'pending') AS pending,
+       extract(epoch FROM min(not_before) FILTER (WHERE status = 'pending') - now())
+           AS next_in_s
+FROM requests WHERE batch_id = :batch
+"""
+)
+DEFER_FINALIZE = text(f"SELECT {_defer(FINALIZE_TASK, 'CAST(:batch AS text)', locked=True)}")
+
+FOR_FINALIZE = text(
+    """
+SELECT b.id, b.owner_key_id, b.status, b.expires_at < now() AS expired,
+       EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = b.id
+               AND r.status IN ('pending', 'in_progress')) AS live
+FROM batches b WHERE b.id = :id AND b.kind = 'file'
+"""
+)
+MARK_FINALIZING = text(
+    "UPDATE batches SET status = 'finalizing', finalizing_at = now()"
+    " WHERE id = :id AND status = 'in_progress'"
+)
+RESULT_PAGE = text(
+    """
+SELECT id, custom_id, line_no, status, response_status, response_body, error
+FROM requests WHERE batch_id = :batch AND line_no > :after
+ORDER BY line_no LIMIT :n
+"""
+).columns(response_body=JSONB, error=JSONB)
+# The batch's end and its files become visible together.
+CLOSE = text(
+    """
+WITH counts AS (
+    SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status IN ('failed', 'expired', 'cancelled')) AS failed
+    FROM requests WHERE batch_id = :id
+), b AS (
+    UPDATE batches SET status = :status, output_file_id = :output_file_id,
+        error_file_id = :error_file_id,
+        completed_count = (SELECT completed FROM counts),
+        failed_count = (SELECT failed FROM counts),
+        completed_at = CASE WHEN :status = 'completed' THEN now() END,
+        expired_at = CASE WHEN :status = 'expired' THEN now() END,
+        cancelled_at = CASE WHEN :status = 'cancelled' THEN now() END
+    WHERE id = :id AND status IN ('in_progress', 'finalizing', 'cancelling')
+    RETURNING id
+)
+UPDATE files SET status = 'processed'
+WHERE id IN (:output_file_id, :error_file_id) AND EXISTS (SELECT 1 FROM b)
+RETURNING id
+"""
+)
+CLOSED = text("SELECT status FROM batches WHERE id = :id")
+
+# Batches past their window: their queued lines expire, then the batch is finalized.
+EXPIRE = text(
+    f"""
+WITH overdue AS (
+    SELECT id FROM batches
+    WHERE kind = 'file' AND status IN ('validating', 'in_progress') AND expires_at < now()
+), lines AS (
+    UPDATE requests SET status = 'expired', finished_at = now(),
+        error = jsonb_build_object('code', 'batch_expired',
+            'message', 'This line was not processed before the batch expired.')
+    WHERE batch_id IN (SELECT id FROM overdue) AND status = 'pending'
+    RETURNING id
+), never_started AS (
+    UPDATE batches SET status = 'expired', expired_at = now(),
+        completed_count = 0, failed_count = 0
+    WHERE id IN (SELECT id FROM overdue) AND status = 'validating'
+    RETURNING id
+)
+SELECT o.id, {_defer(FINALIZE_TASK, "o.id", locked=True)} AS job
+FROM overdue o WHERE o.id NOT IN (SELECT id FROM never_started)
+"""
+)
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """The end of one attempt at one line: an outcome to store, or a retry delay."""
+
+    id: str
+    attempt: int
+    outcome: Outcome | None = None
+    retry_in_s: float | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchStore:
+    """All SQL touching Batch API batches."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        # Multi-statement work (validation's COPY) needs real transactions.
+        self.transactional = engine.execution_options(isolation_level="READ COMMITTED")
+
+    async def create(
+        self,
+        *,
+        id: str,
+        owner: str,
+        endpoint: str,
+        window: str,
+        window_s: int,
+        file_id: str,
+        metadata: dict[str, str] | None,
+    ) -> None:
+        """Insert the batch and its validation job in one statement."""
+        async with self.engine.connect() as conn:
+            await conn.execute(
+                CREATE,
+                {
+                    "id": id,
+                    "owner": owner,
+                    "endpoint": endpoint,
+                    "window": window,
+                    "window_s": window_s,
+                    "file_id": file_id,
+                    "metadata": metadata,
+                },
+            )
+
+    async def get(self, id: str, owner: str) -> RowMapping | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(GET, {"id": id, "owner": owner})).mappings().first()
+
+    async def list(self, owner: str, *, after: str | None, limit: int) -> list[RowMapping]:
+        async with self.engine.connect() as conn:
+            params = {"owner": owner, "after": after, "limit": limit}
+            return list((await conn.execute(LIST, params)).mappings())
+
+    async def cancel(self, id: str, owner: str) -> bool:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(CANCEL, {"id": id, "owner": owner})).first() is not None
+
+    # --- validation ----------------------------------------------------------------------
+
+    async def for_validation(self, id: str) -> RowMapping | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(FOR_VALIDATION, {"id": id})).mappings().first()
+
+    async def fail_validation(self, id: str, errors: list[dict[str, Any]]) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(
+                FAIL_VALIDATION, {"id": id, "errors": {"object": "list", "data": errors}}
+            )
+            await conn.execute(CANCELLED_WHILE_VALIDATING, {"id": id})
+
+    async def start(self, id: str, records: list[tuple[Any, ...]], jobs: int) -> bool:
+        """COPY the lines in, mark the batch in_progress and defer its run jobs: one
+        transaction. False if the batch left 'validating' meanwhile (a cancel)."""
+        async with self.transactional.begin() as conn:
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+                "requests", records=records, columns=COPY_COLUMNS
+            )
+            started = (
+                await conn.execute(START, {"id": id, "total": len(records), "jobs": jobs})
+            ).first()
+            if started is None:
+                await conn.rollback()
+        if started is None:
+            async with self.engine.connect() as conn:
+                await conn.execute(CANCELLED_WHILE_VALIDATING, {"id": id})
+            return False
+        return True
+
+    # --- running ------------------------------------------------------------------------
+
+    async def claim(self, batch: str, job: int, n: int) -> list[RowMapping]:
+        async with self.engine.connect() as conn:
+            params = {"batch": batch, "job": job, "n": n}
+            return list((await conn.execute(CLAIM, params)).mappings())
+
+    async def record(self, results: list[LineResult]) -> None:
+        """Store finished lines and requeue retryable ones: at most two statements."""
+        done = [r for r in results if r.outcome is not None]
+        again = [r for r in results if r.retry_in_s is not None]
+        async with self.engine.connect() as conn:
+            if done:
+                outcomes = [r.outcome for r in done if r.outcome is not None]
+                await conn.execute(
+                    FINISH_MANY,
+                    {
+                        "ids": [r.id for r in done],
+                        "attempts": [r.attempt for r in done],
+                        "statuses": [o.status for o in outcomes],
+                        "response_statuses": [o.response_status for o in outcomes],
+                        "response_bodies": [_json(o.response_body) for o in outcomes],
+                        "errors": [_json(o.error) for o in outcomes],
+                        "input_tokens": [o.input_tokens for o in outcomes],
+                        "output_tokens": [o.output_tokens for o in outcomes],
+                        "total_tokens": [o.total_tokens for o in outcomes],
+                    },
+                )
+            if again:
+                await conn.execute(
+                    REQUEUE_MANY,
+                    {
+                        "ids": [r.id for r in again],
+                        "attempts": [r.attempt for r in again],
+                        "errors": [_json(r.error) for r in again],
+                        "delays": [r.retry_in_s for r in again],
+                    },
+                )
+
+    async def progress(self, batch: str) -> RowMapping:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(PROGRESS, {"batch": batch})).mappings().one()
+
+    async def defer_finalize(self, batch: str) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(DEFER_FINALIZE, {"batch": batch})
+
+    # --- finalizing ---------------------------------------------------------------------
+
+    async def for_finalize(self, id: str) -> RowMapping | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(FOR_FINALIZE, {"id": id})).mappings().first()
+            if row is not None and row["status"] == "in_progress" and not row["live"]:
+                await conn.execute(MARK_FINALIZING, {"id": id})
+            return row
+
+    async def result_pages(self, batch: str, page: int = 2000):  # type: ignore[no-untyped-def]
+        """All lines of a batch in input order, a page at a time."""
+        after = 0
+        while True:
+            async with self.engine.connect() as conn:
+                rows = list(
+                    (
+                        await conn.execute(RESULT_PAGE, {"batch": batch, "after": after, "n": page})
+                    ).mappings()
+                )
+            if not rows:
+                return
+            yield rows
+            after = rows[-1]["line_no"]
+
+    async def close(
+        self, id: str, status: str, output_file_id: str | None, error_file_id: str | None
+    ) -> str:
+        """End the batch and publish its files together; returns the batch's status."""
+        async with self.engine.connect() as conn:
+            await conn.execute(
+                CLOSE,
+                {
+                    "id": id,
+                    "status": status,
+                    "output_file_id": output_file_id,
+                    "error_file_id": error_file_id,
+                },
+            )
+            return (await conn.execute(CLOSED, {"id": id})).scalar_one()
+
+    async def expire_overdue(self) -> list[str]:
+        async with self.engine.connect() as conn:
+            return [row.id for row in await conn.execute(EXPIRE)]
+
+
+def _json(obj: Any) -> str | None:
+    return None if obj is None else json.dumps(obj, separators=(",", ":"))

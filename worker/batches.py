@@ -1,0 +1,272 @@
+"""Batch API jobs: validate an input file, run its lines in chunks, write the result files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import APIError
+from app.ids import new_id
+from app.settings import Settings
+from app.shapes import result_line
+from app.store.batches import BatchStore, LineResult
+from app.store.files import FileStore
+from app.store.keys import KeyStore
+from app.store.requests import Outcome
+from app.validation import classify_body
+from worker.execute import RequestRunner, RetryLater
+
+log = logging.getLogger("tiergate.batches")
+
+MAX_REPORTED_ERRORS = 100
+BATCH_EXPIRED = {
+    "code": "batch_expired",
+    "message": "This line was not processed before the batch expired.",
+}
+
+
+@dataclass
+class Validation:
+    """What reading an input file found: its lines as COPY records, or its errors."""
+
+    records: list[tuple[Any, ...]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def error(self, code: str, message: str, line: int | None, param: str | None = None) -> None:
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append({"code": code, "message": message, "line": line, "param": param})
+
+
+class BatchJobs:
+    """The three batch tasks, sharing the worker's stores and runner."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        batches: BatchStore,
+        files: FileStore,
+        keys: KeyStore,
+        runner: RequestRunner,
+    ) -> None:
+        self.settings = settings
+        self.batches = batches
+        self.files = files
+        self.keys = keys
+        self.runner = runner
+
+    # --- validation ---------------------------------------------------------------------
+
+    async def validate(self, batch_id: str) -> None:
+        batch = await self.batches.for_validation(batch_id)
+        if batch is None or batch["status"] not in ("validating", "cancelling"):
+            return
+        result = await self._read(batch)
+        if result.errors:
+            log.info("batch %s failed validation: %d error(s)", batch_id, len(result.errors))
+            await self.batches.fail_validation(batch_id, result.errors)
+            return
+        limits = self.settings.limits
+        jobs = max(1, min(limits.batch_jobs, math.ceil(len(result.records) / limits.batch_chunk)))
+        if await self.batches.start(batch_id, result.records, jobs):
+            log.info("batch %s: %d lines queued for %d job(s)", batch_id, len(result.records), jobs)
+
+    async def _read(self, batch: Any) -> Validation:
+        found = Validation()
+        key = await self.keys.get(batch["owner_key_id"])
+        if key is None:
+            found.error("invalid_api_key", "The batch's API key was revoked.", None)
+            return found
+        endpoint, batch_id = batch["endpoint"], batch["id"]
+        seen: set[str] = set()
+        model: str | None = None
+        line_no = 0
+        async for raw in self.files.lines(batch["input_file_id"]):
+            line_no += 1
+            if not raw.strip():
+                continue
+            if len(seen) >= self.settings.limits.max_batch_lines:
+                found.error(
+                    "too_many_tasks",
+                    f"A batch may have at most {self.settings.limits.max_batch_lines} lines.",
+                    line_no,
+                )
+                return found
+            item = _parse_line(raw, line_no, endpoint, found)
+            if item is None:
+                continue
+            custom_id, body = item
+            if custom_id in seen:
+                found.error(
+                    "duplicate_custom_id",
+                    f"custom_id '{custom_id}' appears twice.",
+                    line_no,
+                    "custom_id",
+                )
+                continue
+            seen.add(custom_id)
+            if model is None:
+                model = body.get("model")
+            elif body.get("model") != model:
+                found.error(
+                    "model_mismatch",
+                    "Every line of a batch must use the same model.",
+                    line_no,
+                    "body.model",
+                )
+                continue
+            try:
+                call = classify_body(endpoint, body, self.settings, key)
+            except APIError as exc:
+                found.error(
+                    exc.code or "invalid_request",
+                    exc.message,
+                    line_no,
+                    f"body.{exc.param}" if exc.param else None,
+                )
+                continue
+            if not found.errors:
+                found.records.append(
+                    (
+                        new_id("batch_req_"),
+                        batch_id,
+                        key.id,
+                        custom_id,
+                        line_no,
+                        endpoint,
+                        call.model.name,
+                        "flex",
+                        "pending",
+                        json.dumps(call.body, separators=(",", ":")),
+                        batch["expires_at"],
+                    )
+                )
+        if not seen and not found.errors:
+            found.error("empty_file", "The input file has no lines.", None)
+        return found
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run(self, batch_id: str, job_id: int) -> None:
+        """Claim chunks of lines until none is left, then hand over to finalization."""
+        chunk = self.settings.limits.batch_chunk
+        while rows := await self.batches.claim(batch_id, job_id, chunk):
+            results = await asyncio.gather(*(self._line(row) for row in rows))
+            await self.batches.record(list(results))
+        progress = await self.batches.progress(batch_id)
+        if progress["pending"]:
+            # Lines wait for a retry (or another job is claiming them): come back then.
+            raise RetryLater(max(0.05, float(progress["next_in_s"] or 0)), "lines pending")
+        if not progress["running"]:
+            await self.batches.defer_finalize(batch_id)
+
+    async def _line(self, row: Any) -> LineResult:
+        if row["expired"]:
+            return LineResult(
+                row["id"], row["attempts"], Outcome(status="expired", error=BATCH_EXPIRED)
+            )
+        attempt = await self.runner.attempt(
+            row["model"], row["endpoint"], row["body"], row["attempts"], row["expires_at"]
+        )
+        return LineResult(
+            row["id"], row["attempts"], attempt.outcome, attempt.retry_in_s, attempt.error
+        )
+
+    # --- finalizing ---------------------------------------------------------------------
+
+    async def finalize(self, batch_id: str) -> None:
+        """Write the output and error files, then end the batch (idempotent)."""
+        batch = await self.batches.for_finalize(batch_id)
+        if (
+            batch is None
+            or batch["live"]
+            or batch["status"] not in ("in_progress", "finalizing", "cancelling")
+        ):
+            return
+        owner = batch["owner_key_id"]
+        output = await self.files.create(
+            id=new_id("file-"),
+            owner=owner,
+            filename=f"{batch_id}_output.jsonl",
+            purpose="batch_output",
+        )
+        errors = await self.files.create(
+            id=new_id("file-"),
+            owner=owner,
+            filename=f"{batch_id}_error.jsonl",
+            purpose="batch_output",
+        )
+        async for page in self.batches.result_pages(batch_id):
+            out, err = [], []
+            for row in page:
+                ok, line = result_line(row)
+                (out if ok else err).append(json.dumps(line, separators=(",", ":")) + "\n")
+            if out:
+                await output.write("".join(out).encode())
+            if err:
+                await errors.write("".join(err).encode())
+        await output.close(publish=False)
+        await errors.close(publish=False)
+        status = (
+            "cancelled"
+            if batch["status"] == "cancelling"
+            else "expired"
+            if batch["expired"]
+            else "completed"
+        )
+        final = await self.batches.close(
+            batch_id,
+            status,
+            output.id if output.size else None,
+            errors.id if errors.size else None,
+        )
+        for unused in (output, errors):
+            if unused.size == 0 or final != status:
+                await self.files.discard(unused.id)
+        log.info("batch %s %s", batch_id, final)
+
+
+def _parse_line(
+    raw: bytes, line_no: int, endpoint: str, found: Validation
+) -> tuple[str, dict[str, Any]] | None:
+    try:
+        item = json.loads(raw)
+    except (ValueError, RecursionError):
+        found.error("invalid_json_line", "This line is not valid JSON.", line_no)
+        return None
+    if not isinstance(item, dict):
+        found.error("invalid_json_line", "Each line must be a JSON object.", line_no)
+        return None
+    custom_id, body = item.get("custom_id"), item.get("body")
+    if not isinstance(custom_id, str) or not custom_id:
+        found.error(
+            "invalid_request", "Each line needs a string 'custom_id'.", line_no, "custom_id"
+        )
+        return None
+    if item.get("method", "POST") != "POST":
+        found.error("invalid_request", "'method' must be POST.", line_no, "method")
+        return None
+    if item.get("url") != endpoint:
+        found.error(
+            "url_mismatch",
+            f"The line's url {item.get('url')!r} differs from the batch's {endpoint!r}.",
+            line_no,
+            "url",
+        )
+        return None
+    if not isinstance(body, dict):
+        found.error("invalid_request", "Each line needs an object 'body'.", line_no, "body")
+        return None
+    if body.get("stream") or body.get("background"):
+        found.error(
+            "invalid_request",
+            "Batch lines cannot stream or run in the background.",
+            line_no,
+            "body",
+        )
+        return None
+    return custom_id, body
