@@ -23,10 +23,18 @@ from worker.execute import RequestRunner, RetryLater
 log = logging.getLogger("tiergate.batches")
 
 MAX_REPORTED_ERRORS = 100
-BATCH_EXPIRED = {
-    "code": "batch_expired",
-    "message": "This line was not processed before the batch expired.",
-}
+CANCEL_POLL_S = 0.5
+LINE_EXPIRED = Outcome(
+    status="expired",
+    error={
+        "code": "batch_expired",
+        "message": "This line was not processed before the batch expired.",
+    },
+)
+LINE_CANCELLED = Outcome(
+    status="cancelled",
+    error={"code": "batch_cancelled", "message": "The batch was cancelled before this line ran."},
+)
 
 
 @dataclass
@@ -155,7 +163,12 @@ class BatchJobs:
         """Claim chunks of lines until none is left, then hand over to finalization."""
         chunk = self.settings.limits.batch_chunk
         while rows := await self.batches.claim(batch_id, job_id, chunk):
-            results = await asyncio.gather(*(self._line(row) for row in rows))
+            cancelled = asyncio.Event()
+            watcher = asyncio.create_task(self._watch_cancel(batch_id, cancelled))
+            try:
+                results = await asyncio.gather(*(self._line(row, cancelled) for row in rows))
+            finally:
+                watcher.cancel()
             await self.batches.record(list(results))
         progress = await self.batches.progress(batch_id)
         if progress["pending"]:
@@ -164,13 +177,24 @@ class BatchJobs:
         if not progress["running"]:
             await self.batches.defer_finalize(batch_id)
 
-    async def _line(self, row: Any) -> LineResult:
-        if row["expired"]:
-            return LineResult(
-                row["id"], row["attempts"], Outcome(status="expired", error=BATCH_EXPIRED)
-            )
+    async def _watch_cancel(self, batch_id: str, cancelled: asyncio.Event) -> None:
+        """While a chunk runs, notice a cancel (one query per CANCEL_POLL_S, not per line):
+        claimed lines still waiting for a model slot then end as cancelled."""
+        while not cancelled.is_set():
+            await asyncio.sleep(CANCEL_POLL_S)
+            if await self.batches.status(batch_id) != "in_progress":
+                cancelled.set()
+
+    async def _line(self, row: Any, cancelled: asyncio.Event) -> LineResult:
         attempt = await self.runner.attempt(
-            row["model"], row["endpoint"], row["body"], row["attempts"], row["expires_at"]
+            row["model"],
+            row["endpoint"],
+            row["body"],
+            row["attempts"],
+            row["expires_at"],
+            expired=LINE_EXPIRED,
+            stop=cancelled,
+            stopped=LINE_CANCELLED,
         )
         return LineResult(
             row["id"], row["attempts"], attempt.outcome, attempt.retry_in_s, attempt.error

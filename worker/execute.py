@@ -80,8 +80,16 @@ class RequestRunner:
         body: dict[str, Any],
         attempt: int,
         expires_at: dt.datetime,
+        *,
+        expired: Outcome | None = None,
+        stop: asyncio.Event | None = None,
+        stopped: Outcome | None = None,
     ) -> Attempt:
-        """One upstream call under the model's cap, classified: an outcome, or a retry."""
+        """One upstream call under the model's cap, classified: an outcome, or a retry.
+
+        Waiting for a slot can take a while: if the window passed meanwhile the call is not
+        made (``expired``), nor if ``stop`` was set (``stopped``, e.g. a batch cancel).
+        """
         model = self.settings.models.get(model_name)
         if model is None:
             return Attempt(
@@ -94,6 +102,10 @@ class RequestRunner:
                 )
             )
         async with self._slots[model.name]:
+            if stop is not None and stop.is_set() and stopped is not None:
+                return Attempt(stopped)
+            if dt.datetime.now(dt.UTC) >= expires_at:
+                return Attempt(expired or EXPIRED)
             try:
                 reply = await self.upstream.call(model, endpoint, body)
             except UpstreamError as exc:

@@ -195,7 +195,9 @@ DEFER_FINALIZE = text(f"SELECT {_defer(FINALIZE_TASK, 'CAST(:batch AS text)', lo
 
 FOR_FINALIZE = text(
     """
-SELECT b.id, b.owner_key_id, b.status, b.expires_at < now() AS expired,
+SELECT b.id, b.owner_key_id, b.status,
+       EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = b.id
+               AND r.status = 'expired') AS expired,
        EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = b.id
                AND r.status IN ('pending', 'in_progress')) AS live
 FROM batches b WHERE b.id = :id AND b.kind = 'file'
@@ -235,7 +237,7 @@ WHERE id IN (:output_file_id, :error_file_id) AND EXISTS (SELECT 1 FROM b)
 RETURNING id
 """
 )
-CLOSED = text("SELECT status FROM batches WHERE id = :id")
+STATUS = text("SELECT status FROM batches WHERE id = :id")
 
 # Batches past their window: their queued lines expire, then the batch is finalized.
 EXPIRE = text(
@@ -436,7 +438,11 @@ class BatchStore:
                     "error_file_id": error_file_id,
                 },
             )
-            return (await conn.execute(CLOSED, {"id": id})).scalar_one()
+            return (await conn.execute(STATUS, {"id": id})).scalar_one()
+
+    async def status(self, id: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(STATUS, {"id": id})).scalar_one_or_none()
 
     async def expire_overdue(self) -> list[str]:
         async with self.engine.connect() as conn:

@@ -9,6 +9,8 @@ import time
 import openai
 import pytest
 
+from tests.support.servers import Gateway
+
 TIMEOUT_S = 90.0
 FINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -131,3 +133,133 @@ def test_create_rejects_bad_arguments(client: openai.OpenAI):
         client.batches.create(
             input_file_id="file-missing", endpoint="/v1/chat/completions", completion_window="24h"
         )
+
+
+def custom_ids(client: openai.OpenAI, batch) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        line["custom_id"]
+        for file_id in (batch.output_file_id, batch.error_file_id)
+        for line in results(client, file_id)
+    ]
+
+
+def test_cancel_mid_run_keeps_partial_results(client: openai.OpenAI):
+    lines = [chat_line(f"c-{i}", "mock:sleep_ms=150", model="slow-batch") for i in range(30)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while client.batches.retrieve(batch.id).request_counts.completed < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+    done = wait_for(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at
+    assert 2 <= done.request_counts.completed < 30
+    assert done.request_counts.completed + done.request_counts.failed == 30
+    ids = custom_ids(client, done)
+    assert sorted(ids) == sorted(f"c-{i}" for i in range(30))  # each exactly once
+    cancelled = [
+        e
+        for e in results(client, done.error_file_id)
+        if e["error"] and e["error"]["code"] == "batch_cancelled"
+    ]
+    assert cancelled and all(e["response"] is None for e in cancelled)
+    assert client.batches.cancel(batch.id).status == "cancelled"  # idempotent
+
+
+def test_short_window_expires_unfinished_lines(client: openai.OpenAI):
+    lines = [chat_line(f"e-{i}", "mock:sleep_ms=400", model="slow-batch") for i in range(40)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="4s",  # type: ignore[arg-type]
+    )
+    done = wait_for(client, batch.id)
+    assert done.status == "expired" and done.expired_at
+    counts = done.request_counts
+    assert counts.completed + counts.failed == 40 and counts.failed > 0
+    expired = [
+        e
+        for e in results(client, done.error_file_id)
+        if e["error"] and e["error"]["code"] == "batch_expired"
+    ]
+    assert len(expired) > 0
+    assert sorted(custom_ids(client, done)) == sorted(f"e-{i}" for i in range(40))
+
+
+def test_other_keys_see_nothing(client: openai.OpenAI, gateway: Gateway, other_key: str):
+    file_id = upload(client, jsonl([chat_line("mine", "private")]))
+    batch = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_for(client, batch.id)
+    intruder = openai.OpenAI(base_url=gateway.api, api_key=other_key, max_retries=0)
+    for call in (
+        lambda: intruder.batches.retrieve(batch.id),
+        lambda: intruder.batches.cancel(batch.id),
+        lambda: intruder.files.retrieve(file_id),
+        lambda: intruder.files.content(file_id),
+        lambda: intruder.files.content(done.output_file_id),
+        lambda: intruder.files.delete(file_id),
+        lambda: intruder.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        ),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert batch.id not in [b.id for b in intruder.batches.list()]
+    assert file_id not in [f.id for f in intruder.files.list()]
+    assert client.files.retrieve(file_id).id == file_id
+
+
+def test_list_paginates_newest_first(client: openai.OpenAI):
+    file_id = upload(client, jsonl([chat_line("p", "page")]))
+    made = [
+        client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+        for _ in range(3)
+    ]
+    page = client.batches.list(limit=2)
+    assert len(page.data) == 2 and page.has_more
+    assert [b.id for b in page.data] == made[::-1][:2]
+    every = [b.id for b in client.batches.list(limit=2)]  # the SDK follows `after`
+    assert every[:3] == made[::-1] and len(every) == len(set(every))
+    with pytest.raises(openai.BadRequestError):
+        client.batches.list(limit=101)
+
+
+def test_files_list_retrieve_delete(client: openai.OpenAI):
+    content = jsonl([chat_line("f", "file")])
+    file_id = upload(client, content, name="mine.jsonl")
+    meta = client.files.retrieve(file_id)
+    assert (meta.filename, meta.bytes, meta.purpose) == ("mine.jsonl", len(content), "batch")
+    assert client.files.content(file_id).read() == content
+    assert file_id in [f.id for f in client.files.list(purpose="batch")]
+    assert client.files.delete(file_id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(file_id)
+
+
+def test_large_file_round_trips_across_parts(client: openai.OpenAI):
+    big = jsonl([chat_line(f"big-{i}", "x" * 1000) for i in range(3000)])  # ~3.3 MB
+    file_id = upload(client, big)
+    assert client.files.retrieve(file_id).bytes == len(big)
+    assert client.files.content(file_id).read() == big
+
+
+def test_upload_errors(client: openai.OpenAI, gateway: Gateway, key: str):
+    import httpx
+
+    with pytest.raises(openai.BadRequestError):
+        client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="fine-tune")
+    response = httpx.post(
+        gateway.api + "/files",
+        headers={"Authorization": f"Bearer {key}"},
+        data={"purpose": "batch"},
+    )
+    assert response.status_code == 400
