@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from sqlalchemy.engine import RowMapping
@@ -187,19 +188,18 @@ def batch_object(row: RowMapping) -> dict[str, Any]:
     }
 
 
-def result_line(row: RowMapping) -> tuple[bool, dict[str, Any]]:
-    """One line of a batch's output (True) or error (False) file."""
-    line: dict[str, Any] = {"id": row["id"], "custom_id": row["custom_id"]}
+def result_line(row: RowMapping) -> tuple[bool, str]:
+    """One JSONL line of a batch's output (True) or error (False) file.
+
+    ``row["response_body"]`` is the stored body as JSON text: it is spliced in as it is.
+    """
+    head = f'{{"id":{json.dumps(row["id"])},"custom_id":{json.dumps(row["custom_id"])},'
     if row["status"] == "completed" or row["response_status"] is not None:
-        body = row["response_body"]
-        line["response"] = {
-            "status_code": row["response_status"],
-            "request_id": row["id"],
-            "body": body,
-        }
-        line["error"] = None
-        return row["status"] == "completed", line
+        response = (
+            f'{{"status_code":{row["response_status"]},"request_id":{json.dumps(row["id"])},'
+            f'"body":{row["response_body"] or "null"}}}'
+        )
+        return row["status"] == "completed", f'{head}"response":{response},"error":null}}\n'
     error = row["error"] or {"code": "server_error", "message": "The line failed."}
-    line["response"] = None
-    line["error"] = {"code": error.get("code"), "message": error.get("message")}
-    return False, line
+    detail = json.dumps({"code": error.get("code"), "message": error.get("message")})
+    return False, f'{head}"response":null,"error":{detail}}}\n'

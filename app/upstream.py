@@ -7,9 +7,10 @@ environment at call time, never stored), which failures are worth a retry.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,63 +101,57 @@ class UpstreamClient:
         transport: str = "aiohttp",
         shards: int = 16,
     ) -> None:
+        # Requests go straight to httpx transports: AsyncClient's per-request work (URL and
+        # header merging, cookie jar, redirects, auth) buys nothing for a fixed upstream.
+        self._transports: list[httpx.AsyncBaseTransport]
         if transport == "aiohttp":
-            self._clients = [
-                httpx.AsyncClient(
-                    transport=AiohttpTransport(max_connections=max_connections), timeout=None
-                )
-            ]
+            self._transports = [AiohttpTransport(max_connections=max_connections)]
         else:
             per_shard = max(1, max_connections // shards)
             limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-            self._clients = [httpx.AsyncClient(limits=limits, timeout=None) for _ in range(shards)]
-        self._next = itertools.cycle(self._clients)
-        self._mock = (
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=mock_app), timeout=None)
-            if mock_app is not None
-            else None
-        )
+            self._transports = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
+        self._next = itertools.cycle(self._transports)
+        self._mock = httpx.ASGITransport(app=mock_app) if mock_app is not None else None
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        for transport in self._transports:
+            await transport.aclose()
         if self._mock is not None:
             await self._mock.aclose()
 
     def _request(
         self, model: ModelConfig, endpoint: str, body: dict[str, Any]
-    ) -> tuple[httpx.AsyncClient, httpx.Request]:
+    ) -> tuple[httpx.AsyncBaseTransport, httpx.Request]:
         if model.upstream == MOCK_UPSTREAM:
             if self._mock is None:
                 raise UpstreamError("upstream_unavailable", "mock upstream not enabled", False)
-            client, base = self._mock, "http://mock/v1"
+            transport, base = self._mock, "http://mock/v1"
         else:
-            client, base = next(self._next), model.upstream
+            transport, base = next(self._next), model.upstream
         headers = {"content-type": "application/json", "accept": "*/*"}
         key = model.api_key()
         if key:
             headers["authorization"] = f"Bearer {key}"
-        path = endpoint.removeprefix("/v1")
         content = json.dumps(prepare_body(model, body), separators=(",", ":")).encode()
         timeout = httpx.Timeout(model.timeout_s, connect=min(10.0, model.timeout_s))
-        request = client.build_request(
-            "POST", base + path, content=content, headers=headers, timeout=timeout
+        request = httpx.Request(
+            "POST",
+            _url(base + endpoint.removeprefix("/v1")),
+            content=content,
+            headers=headers,
+            extensions={"timeout": timeout.as_dict()},
         )
-        return client, request
+        return transport, request
 
     async def call(self, model: ModelConfig, endpoint: str, body: dict[str, Any]) -> UpstreamReply:
         """One non-streaming call; raises ``UpstreamError`` unless the provider said 2xx."""
-        client, request = self._request(model, endpoint, {**body, "stream": False})
-        try:
-            response = await client.send(request)
-        except httpx.TimeoutException as exc:
-            raise UpstreamError("upstream_timeout", f"upstream timed out: {exc!r}", True) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError("upstream_unreachable", f"upstream failed: {exc!r}", True) from exc
+        async with self.open(model, endpoint, {**body, "stream": False}) as response:
+            with _mapped_errors():
+                content = await response.aread()
         if response.status_code >= 400:
-            raise error_from_status(response.status_code, response.headers, response.content)
+            raise error_from_status(response.status_code, response.headers, content)
         try:
-            return UpstreamReply(response.status_code, response.json())
+            return UpstreamReply(response.status_code, json.loads(content))
         except ValueError as exc:
             raise UpstreamError(
                 "upstream_bad_response", "upstream sent invalid JSON", True
@@ -166,18 +161,32 @@ class UpstreamClient:
     async def open(
         self, model: ModelConfig, endpoint: str, body: dict[str, Any]
     ) -> AsyncIterator[httpx.Response]:
-        """A streaming call for the realtime proxy; the caller reads and relays the body."""
-        client, request = self._request(model, endpoint, body)
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamError("upstream_timeout", f"upstream timed out: {exc!r}", True) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError("upstream_unreachable", f"upstream failed: {exc!r}", True) from exc
+        """A call whose body is read by the caller (the realtime proxy relays it)."""
+        transport, request = self._request(model, endpoint, body)
+        with _mapped_errors():
+            response = await transport.handle_async_request(request)
+        response.request = request
         try:
             yield response
         finally:
             await response.aclose()
+
+
+@functools.lru_cache(maxsize=1024)
+def _url(raw: str) -> httpx.URL:
+    """Parsed once per upstream endpoint (httpx.URL parsing is costly per request)."""
+    return httpx.URL(raw)
+
+
+@contextlib.contextmanager
+def _mapped_errors() -> Iterator[None]:
+    """httpx transport errors as retryable ``UpstreamError``s."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamError("upstream_timeout", f"upstream timed out: {exc!r}", True) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError("upstream_unreachable", f"upstream failed: {exc!r}", True) from exc
 
 
 def build_upstream(settings: Settings) -> UpstreamClient:

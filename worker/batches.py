@@ -228,7 +228,7 @@ class BatchJobs:
             out, err = [], []
             for row in page:
                 ok, line = result_line(row)
-                (out if ok else err).append(json.dumps(line, separators=(",", ":")) + "\n")
+                (out if ok else err).append(line)
             if out:
                 await output.write("".join(out).encode())
             if err:

@@ -207,13 +207,15 @@ MARK_FINALIZING = text(
     "UPDATE batches SET status = 'finalizing', finalizing_at = now()"
     " WHERE id = :id AND status = 'in_progress'"
 )
+# Bodies come back as JSON text and are spliced into result lines without re-encoding.
 RESULT_PAGE = text(
     """
-SELECT id, custom_id, line_no, status, response_status, response_body, error
+SELECT id, custom_id, line_no, status, response_status,
+       CAST(response_body AS text) AS response_body, error
 FROM requests WHERE batch_id = :batch AND line_no > :after
 ORDER BY line_no LIMIT :n
 """
-).columns(response_body=JSONB, error=JSONB)
+).columns(error=JSONB)
 # The batch's end and its files become visible together.
 CLOSE = text(
     """
