@@ -129,7 +129,8 @@ requests = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("not_before", DateTime(timezone=True), nullable=True, comment="retry backoff"),
-    Index("requests_batch_idx", "batch_id"),
+    # Batch lines in input order (result files); also serves lookups by batch_id alone.
+    Index("requests_batch_line_idx", "batch_id", "line_no"),
     # Batch workers claim chunks of pending lines of one batch.
     Index(
         "requests_batch_pending_idx",

@@ -71,6 +71,8 @@ def upgrade() -> None:
         "requests",
         sa.Column("not_before", sa.DateTime(timezone=True), nullable=True, comment="retry backoff"),
     )
+    op.drop_index("requests_batch_idx", table_name="requests")
+    op.create_index("requests_batch_line_idx", "requests", ["batch_id", "line_no"], unique=False)
     op.create_index(
         "requests_batch_pending_idx",
         "requests",
@@ -88,6 +90,8 @@ def downgrade() -> None:
         table_name="requests",
         postgresql_where=sa.text("status = 'pending'"),
     )
+    op.drop_index("requests_batch_line_idx", table_name="requests")
+    op.create_index("requests_batch_idx", "requests", ["batch_id"], unique=False)
     op.drop_column("requests", "not_before")
     op.drop_column("requests", "line_no")
     op.drop_column("batches", "failed_count")
