@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from app import batch_cli
 from app.dburl import DatabaseURL
 from app.embedded_pg import resolve_database
 from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
@@ -178,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id or name")
     revoke.add_argument("key")
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    batch_cli.add_parser(sub)
 
     mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
     mock.add_argument("--host", default=DEFAULT_HOST)

@@ -1,0 +1,82 @@
+"""``tiergate batch submit/list/status`` against a live gateway, as a person would run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.test_batches import chat_line, jsonl
+from tests.support.servers import ROOT, Gateway, base_env
+
+
+def tiergate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_submit_waits_with_progress_and_downloads(gateway: Gateway, key: str, tmp_path: Path):
+    source = tmp_path / "in.jsonl"
+    lines = [chat_line(f"cli-{i}", f"cli {i}") for i in range(25)]
+    source.write_bytes(jsonl([*lines, chat_line("cli-bad", "mock:status=400")]))
+    out = tmp_path / "out.jsonl"
+    run = tiergate(
+        "batch",
+        "submit",
+        str(source),
+        "--endpoint",
+        "/v1/chat/completions",
+        "--output",
+        str(out),
+        "--url",
+        gateway.url,
+        "--api-key",
+        key,
+    )
+    assert run.returncode == 0, run.stderr
+    batch_id = run.stdout.strip().splitlines()[-1]
+    assert batch_id.startswith("batch_")
+    assert "upload" in run.stderr and "line" in run.stderr  # the progress bars
+    assert "completed" in run.stderr and "25/26 done, 1 failed" in run.stderr
+    got = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
+    assert sorted(got) == sorted(f"cli-{i}" for i in range(25))
+    errors = tmp_path / "out.errors.jsonl"
+    assert [json.loads(line)["custom_id"] for line in errors.read_text().splitlines()] == [
+        "cli-bad"
+    ]
+
+    listed = tiergate("batch", "list", "--url", gateway.url, "--api-key", key)
+    assert batch_id in listed.stdout
+    shown = tiergate("batch", "status", batch_id, "--url", gateway.url, "--api-key", key)
+    assert "completed" in shown.stdout and "output_file_id" in shown.stdout
+
+
+def test_submit_reports_validation_errors(gateway: Gateway, key: str, tmp_path: Path):
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(b"{broken\n")
+    run = tiergate(
+        "batch",
+        "submit",
+        str(source),
+        "--endpoint",
+        "/v1/chat/completions",
+        "--wait",
+        "--url",
+        gateway.url,
+        "--api-key",
+        key,
+    )
+    assert run.returncode == 1
+    assert "line 1: invalid_json_line" in run.stderr
+
+
+def test_bad_key_is_a_clear_error(gateway: Gateway, tmp_path: Path):
+    run = tiergate("batch", "list", "--url", gateway.url, "--api-key", "tg-wrong")
+    assert run.returncode != 0 and "HTTP 401" in run.stderr
