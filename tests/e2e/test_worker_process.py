@@ -241,3 +241,57 @@ def test_gateway_killed_mid_flight_loses_nothing(
         )
     finally:
         second.process.stop()
+
+
+def test_batch_survives_a_killed_worker(
+    client: openai.OpenAI, database: DatabaseURL, fast_rescue_config: Path, logs: Path
+):
+    """A worker dies mid-batch (SIGKILL); a new one rescues its job and takes back the lines
+    that job had claimed. Every custom_id ends up exactly once across the result files."""
+    import io
+    import json
+
+    lines = [
+        {
+            "custom_id": f"k-{i}",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {"model": "remote", "input": "mock:sleep_ms=50"},
+        }
+        for i in range(300)
+    ]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    file_id = client.files.create(file=("k.jsonl", io.BytesIO(content)), purpose="batch").id
+    first = start_worker(
+        database_url=database.libpq(), config=fast_rescue_config, log=logs / "worker-batch-1.log"
+    )
+    second: Process | None = None
+    try:
+        batch = client.batches.create(
+            input_file_id=file_id, endpoint="/v1/responses", completion_window="24h"
+        )
+        wait_until(
+            lambda: client.batches.retrieve(batch.id).request_counts.completed >= 20,
+            "the batch to be under way",
+        )
+        first.kill()
+        second = start_worker(
+            database_url=database.libpq(),
+            config=fast_rescue_config,
+            log=logs / "worker-batch-2.log",
+        )
+        wait_until(
+            lambda: client.batches.retrieve(batch.id).status == "completed",
+            "the batch to complete after the rescue",
+        )
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    done = client.batches.retrieve(batch.id)
+    assert (done.request_counts.completed, done.request_counts.failed) == (300, 0)
+    ids = [
+        json.loads(line)["custom_id"]
+        for line in client.files.content(done.output_file_id).read().splitlines()
+    ]
+    assert sorted(ids) == sorted(f"k-{i}" for i in range(300))
