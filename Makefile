@@ -34,6 +34,8 @@ format: install
 
 bench: install ## figures for the README (see bench/)
 	$(BIN)/python bench/core.py
+	$(BIN)/python bench/batch.py
+	$(BIN)/python bench/batch.py --workers 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -22,7 +22,7 @@ from app.ids import request_id
 from app.metrics import Metrics
 from app.store.group_commit import GroupCommit
 from app.store.keys import ApiKey
-from app.store.requests import Outcome, RealtimeStart, RequestStore
+from app.store.requests import Outcome, RealtimeEnd, RealtimeStart, RequestStore
 from app.upstream import UpstreamClient, UpstreamError
 from app.usage import StreamUsage, usage_of
 from app.validation import Call
@@ -49,22 +49,21 @@ class RealtimeProxy:
         self.upstream = upstream
         self.metrics = metrics
         # Tracking writes of concurrent calls share statements (see group_commit.py).
-        self.starts = GroupCommit(store.start_realtime, name="realtime-start")
-        self.ends = GroupCommit(store.finish_realtime, name="realtime-end")
+        self.tracking: GroupCommit[RealtimeStart | RealtimeEnd] = GroupCommit(
+            store.track_realtime, name="realtime-tracking"
+        )
 
     def start(self) -> None:
-        self.starts.start()
-        self.ends.start()
+        self.tracking.start()
 
     async def stop(self) -> None:
-        await self.starts.stop()
-        await self.ends.stop()
+        await self.tracking.stop()
 
     async def handle(self, call: Call, key: ApiKey) -> Response:
         rid = request_id(call.endpoint)
         started = time.perf_counter()
         record = asyncio.create_task(
-            self.starts.submit(
+            self.tracking.submit(
                 RealtimeStart(
                     id=rid,
                     owner=key.id,
@@ -150,7 +149,7 @@ class RealtimeProxy:
             call.endpoint, "default", outcome.status, time.perf_counter() - started
         )
         try:
-            await self.ends.submit((rid, outcome))
+            await self.tracking.submit(RealtimeEnd(rid, outcome))
         except Exception as exc:  # the reaper will close the row
             log.warning("could not record the end of %s: %s", rid, exc)
 
@@ -177,8 +176,7 @@ def _outcome(call: Call, rid: str, status: int, content: bytes) -> tuple[Outcome
         return outcome, content
     keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
     if keep:
-        body["id"] = rid
-        content = json.dumps(body, separators=(",", ":")).encode()
+        content = _stamp_id(content, body, rid)
     outcome = Outcome(
         status="completed",
         response_status=status,
@@ -188,6 +186,21 @@ def _outcome(call: Call, rid: str, status: int, content: bytes) -> tuple[Outcome
         total_tokens=total,
     )
     return outcome, content
+
+
+def _stamp_id(content: bytes, body: dict[str, Any], rid: str) -> bytes:
+    """The body with our id instead of the upstream's (``body`` is updated too).
+
+    A byte splice of the compact ``"id":"..."`` pair when it is there (the usual case: no
+    re-encoding of the whole body on the hot path), else a full re-encode.
+    """
+    old = body.get("id")
+    body["id"] = rid
+    if isinstance(old, str):
+        pair = b'"id":' + json.dumps(old).encode()
+        if pair in content:
+            return content.replace(pair, b'"id":' + json.dumps(rid).encode(), 1)
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _sse_error(message: str) -> bytes:

@@ -46,18 +46,16 @@ FROM job
 
 # Realtime calls: the row exists before the upstream answer reaches the client, so a crash
 # leaves a trace. Rows arrive in groups (see ``group_commit.py``): one statement per group.
-INSERT_REALTIME = text(
-    """
+START_REALTIME_SQL = """
 INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
                       status, attempts, body, started_at, gateway_id)
 SELECT u.id, u.owner, u.endpoint, u.model, 'default', false, u.stream, 'in_progress', 1,
        CAST(u.body AS jsonb), now(), u.gateway
-FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:endpoints AS text[]),
-            CAST(:models AS text[]), CAST(:streams AS boolean[]), CAST(:bodies AS text[]),
-            CAST(:gateways AS text[]))
+FROM unnest(CAST(:s_ids AS text[]), CAST(:s_owners AS text[]), CAST(:s_endpoints AS text[]),
+            CAST(:s_models AS text[]), CAST(:s_streams AS boolean[]), CAST(:s_bodies AS text[]),
+            CAST(:s_gateways AS text[]))
      AS u(id, owner, endpoint, model, stream, body, gateway)
 """
-)
 
 # Worker claim. 'in_progress' is claimable too: procrastinate runs one job per request at a
 # time, so an in_progress row seen here was left by a dead worker whose job was rescued.
@@ -109,22 +107,31 @@ RETURNING id
 """
 ).bindparams(bindparam("error", type_=JSONB))
 
-FINISH_REALTIME = text(
-    """
+FINISH_REALTIME_SQL = """
 UPDATE requests AS r
 SET status = u.status, response_status = u.response_status,
     response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
     input_tokens = u.input_tokens, output_tokens = u.output_tokens,
     total_tokens = u.total_tokens, finished_at = now()
-FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:response_statuses AS int[]),
-            CAST(:response_bodies AS text[]), CAST(:errors AS text[]),
-            CAST(:input_tokens AS int[]), CAST(:output_tokens AS int[]),
-            CAST(:total_tokens AS int[]))
+FROM unnest(CAST(:e_ids AS text[]), CAST(:e_statuses AS text[]),
+            CAST(:e_response_statuses AS int[]), CAST(:e_response_bodies AS text[]),
+            CAST(:e_errors AS text[]), CAST(:e_input_tokens AS int[]),
+            CAST(:e_output_tokens AS int[]), CAST(:e_total_tokens AS int[]))
      AS u(id, status, response_status, response_body, error, input_tokens, output_tokens,
           total_tokens)
 WHERE r.id = u.id AND r.status = 'in_progress'
 """
-)
+# Starts of new calls and ends of earlier ones, in one statement (one round trip per flush).
+# An end always belongs to a row committed by an earlier flush: the proxy awaits its start.
+TRACK_REALTIME = {
+    (True, False): text(START_REALTIME_SQL),
+    (False, True): text(FINISH_REALTIME_SQL),
+    (True, True): text(
+        f"WITH started AS ({START_REALTIME_SQL} RETURNING 1),"
+        f" ended AS ({FINISH_REALTIME_SQL} RETURNING 1)"
+        " SELECT (SELECT count(*) FROM started), (SELECT count(*) FROM ended)"
+    ),
+}
 
 CANCEL = text(
     """
@@ -214,6 +221,14 @@ class RealtimeStart:
 
 
 @dataclass(frozen=True)
+class RealtimeEnd:
+    """How a realtime call ended (its row exists already)."""
+
+    id: str
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How one upstream call ended, ready to be stored."""
 
@@ -266,39 +281,37 @@ class RequestStore:
                 },
             )
 
-    async def start_realtime(self, rows: list[RealtimeStart]) -> None:
-        """Insert tracking rows for realtime calls (one statement for the whole group)."""
-        async with self.engine.connect() as conn:
-            await conn.execute(
-                INSERT_REALTIME,
-                {
-                    "ids": [r.id for r in rows],
-                    "owners": [r.owner for r in rows],
-                    "endpoints": [r.endpoint for r in rows],
-                    "models": [r.model for r in rows],
-                    "streams": [r.stream for r in rows],
-                    "bodies": [dumps(r.body) for r in rows],
-                    "gateways": [r.gateway_id for r in rows],
-                },
+    async def track_realtime(self, items: list[RealtimeStart | RealtimeEnd]) -> None:
+        """Record realtime calls starting and ending, all in one statement."""
+        starts = [i for i in items if isinstance(i, RealtimeStart)]
+        ends = [i for i in items if isinstance(i, RealtimeEnd)]
+        if not items:
+            return
+        params: dict[str, Any] = {}
+        if starts:
+            params.update(
+                s_ids=[r.id for r in starts],
+                s_owners=[r.owner for r in starts],
+                s_endpoints=[r.endpoint for r in starts],
+                s_models=[r.model for r in starts],
+                s_streams=[r.stream for r in starts],
+                s_bodies=[dumps(r.body) for r in starts],
+                s_gateways=[r.gateway_id for r in starts],
             )
-
-    async def finish_realtime(self, items: list[tuple[str, Outcome]]) -> None:
-        """Record how realtime calls ended (one statement for the whole group)."""
-        outcomes = [outcome for _, outcome in items]
-        async with self.engine.connect() as conn:
-            await conn.execute(
-                FINISH_REALTIME,
-                {
-                    "ids": [rid for rid, _ in items],
-                    "statuses": [o.status for o in outcomes],
-                    "response_statuses": [o.response_status for o in outcomes],
-                    "response_bodies": [_json_or_none(o.response_body) for o in outcomes],
-                    "errors": [_json_or_none(o.error) for o in outcomes],
-                    "input_tokens": [o.input_tokens for o in outcomes],
-                    "output_tokens": [o.output_tokens for o in outcomes],
-                    "total_tokens": [o.total_tokens for o in outcomes],
-                },
+        if ends:
+            outcomes = [e.outcome for e in ends]
+            params.update(
+                e_ids=[e.id for e in ends],
+                e_statuses=[o.status for o in outcomes],
+                e_response_statuses=[o.response_status for o in outcomes],
+                e_response_bodies=[_json_or_none(o.response_body) for o in outcomes],
+                e_errors=[_json_or_none(o.error) for o in outcomes],
+                e_input_tokens=[o.input_tokens for o in outcomes],
+                e_output_tokens=[o.output_tokens for o in outcomes],
+                e_total_tokens=[o.total_tokens for o in outcomes],
             )
+        async with self.engine.connect() as conn:
+            await conn.execute(TRACK_REALTIME[bool(starts), bool(ends)], params)
 
     async def claim(self, id: str) -> RowMapping | None:
         async with self.engine.connect() as conn:

@@ -95,7 +95,7 @@ async def test_overdue_pending_work_expires(store: RequestStore, owner: ApiKey):
 
 async def test_realtime_rows_of_a_dead_gateway_are_reaped(store: RequestStore, owner: ApiKey):
     rid = request_id("/v1/chat/completions")
-    await store.start_realtime(
+    await store.track_realtime(
         [
             RealtimeStart(
                 id=rid,
@@ -125,7 +125,7 @@ async def test_rows_of_a_live_gateway_are_never_reaped(store: RequestStore, owne
     await presence.start()
     rid = request_id("/v1/responses")
     try:
-        await store.start_realtime(
+        await store.track_realtime(
             [
                 RealtimeStart(
                     id=rid,
@@ -154,3 +154,36 @@ async def test_rows_of_a_live_gateway_are_never_reaped(store: RequestStore, owne
         assert rid in await store.reap_realtime(30)
     finally:
         await presence.stop()
+
+
+async def test_realtime_starts_and_ends_share_one_statement(store: RequestStore, owner: ApiKey):
+    from app.store.requests import RealtimeEnd
+
+    def start(rid: str) -> RealtimeStart:
+        return RealtimeStart(
+            id=rid,
+            owner=owner.id,
+            endpoint="/v1/chat/completions",
+            model="mock",
+            stream=False,
+            body={"model": "mock"},
+        )
+
+    first, second = request_id("/v1/chat/completions"), request_id("/v1/chat/completions")
+    await store.track_realtime([start(first)])
+    done = Outcome(
+        status="completed",
+        response_status=200,
+        response_body={"ok": True},
+        input_tokens=1,
+        output_tokens=2,
+        total_tokens=3,
+    )
+    await store.track_realtime([start(second), RealtimeEnd(first, done)])  # both kinds at once
+    one, two = await store.get(first, owner.id), await store.get(second, owner.id)
+    assert (one["status"], one["total_tokens"], one["response_body"]) == (
+        "completed",
+        3,
+        {"ok": True},
+    )
+    assert two["status"] == "in_progress"
