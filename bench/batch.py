@@ -27,8 +27,7 @@ import procrastinate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.dburl import DatabaseURL
-from app.embedded_pg import EmbeddedPostgres
-from tests.support.databases import DatabaseFactory
+from tests.support.databases import database_server
 from tests.support.servers import create_key, start_gateway, start_mock_upstream, start_worker
 
 
@@ -112,41 +111,34 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
-    embedded = None
-    if os.environ.get("DATABASE_URL"):
-        admin = DatabaseURL.parse(os.environ["DATABASE_URL"]).with_database("postgres")
-    else:
-        embedded = EmbeddedPostgres(work / "home")
-        admin = embedded.start().with_database("postgres")
-    factory = DatabaseFactory(admin)
-    factory.prepare()
     processes = []
-    try:
-        noop_rate = asyncio.run(noop_job_rate(factory.create(), args.noop_jobs))
-        upstream_url, mock = start_mock_upstream(work / "mock.log")
-        processes.append(mock)
-        config = work / "tiergate.yaml"
-        config.write_text(
-            f"models:\n  - {{name: remote, upstream: '{upstream_url}/v1', flex_concurrency: 64}}\n"
-        )
-        db = factory.create().libpq()
-        key = create_key(db, "bench")
-        gateway = start_gateway(
-            database_url=db, config=config, log=work / "gw.log", worker=args.workers == 0
-        )
-        processes.append(gateway.process)
-        for i in range(args.workers):
-            processes.append(
-                start_worker(database_url=db, config=config, log=work / f"w{i}.log", concurrency=16)
+    with database_server(work / "home") as factory:
+        try:
+            noop_rate = asyncio.run(noop_job_rate(factory.create(), args.noop_jobs))
+            upstream_url, mock = start_mock_upstream(work / "mock.log")
+            processes.append(mock)
+            config = work / "tiergate.yaml"
+            config.write_text(
+                "models:\n"
+                f"  - {{name: remote, upstream: '{upstream_url}/v1', flex_concurrency: 64}}\n"
             )
-        content = make_input(args.lines)
-        result = run_batch(gateway.api, key, content)
-    finally:
-        for process in processes:
-            process.stop()
-        factory.drop_all()
-        if embedded is not None:
-            embedded.stop()
+            db = factory.create().libpq()
+            key = create_key(db, "bench")
+            gateway = start_gateway(
+                database_url=db, config=config, log=work / "gw.log", worker=args.workers == 0
+            )
+            processes.append(gateway.process)
+            for i in range(args.workers):
+                processes.append(
+                    start_worker(
+                        database_url=db, config=config, log=work / f"w{i}.log", concurrency=16
+                    )
+                )
+            content = make_input(args.lines)
+            result = run_batch(gateway.api, key, content)
+        finally:
+            for process in processes:
+                process.stop()
 
     marks = result["marks"]
     total = marks["downloaded"]

@@ -27,9 +27,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.dburl import DatabaseURL
-from app.embedded_pg import EmbeddedPostgres
-from tests.support.databases import DatabaseFactory
+from tests.support.databases import database_server
 from tests.support.servers import (
     create_key,
     start_gateway,
@@ -152,76 +150,71 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
-    embedded = None
-    if os.environ.get("DATABASE_URL"):
-        admin = DatabaseURL.parse(os.environ["DATABASE_URL"]).with_database("postgres")
-    else:
-        embedded = EmbeddedPostgres(work / "home")
-        admin = embedded.start().with_database("postgres")
-    factory = DatabaseFactory(admin)
-    factory.prepare()
     processes = []
-    try:
-        upstream_url, mock = start_mock_upstream(work / "mock.log")
-        processes.append(mock)
-        config = work / "tiergate.yaml"
-        config.write_text(
-            f"models:\n  - {{name: remote, upstream: '{upstream_url}/v1', flex_concurrency: 64}}\n"
-            "limits: {worker_concurrency: 64}\n"
-        )
-        db = factory.create().libpq()
-        key = create_key(db, "bench")
+    with database_server(work / "home") as factory:
+        try:
+            upstream_url, mock = start_mock_upstream(work / "mock.log")
+            processes.append(mock)
+            config = work / "tiergate.yaml"
+            config.write_text(
+                "models:\n"
+                f"  - {{name: remote, upstream: '{upstream_url}/v1', flex_concurrency: 64}}\n"
+                "limits: {worker_concurrency: 64}\n"
+            )
+            db = factory.create().libpq()
+            key = create_key(db, "bench")
 
-        gw = start_gateway(database_url=db, config=config, log=work / "gw.log")
-        processes.append(gw.process)
-        added, total = asyncio.run(flex_latency(gw.api, key, db, args.flex))
-        # Alternate the two sides (this VM's CPU speed drifts): mean of `rounds` runs each.
-        rts, directs = [], []
-        for _ in range(args.rounds):
-            rts.append(
-                asyncio.run(
-                    throughput(
-                        gw.api + "/chat/completions", key, "remote", args.seconds, args.concurrency
+            gw = start_gateway(database_url=db, config=config, log=work / "gw.log")
+            processes.append(gw.process)
+            added, total = asyncio.run(flex_latency(gw.api, key, db, args.flex))
+            # Alternate the two sides (this VM's CPU speed drifts): mean of `rounds` runs each.
+            rts, directs = [], []
+            for _ in range(args.rounds):
+                rts.append(
+                    asyncio.run(
+                        throughput(
+                            gw.api + "/chat/completions",
+                            key,
+                            "remote",
+                            args.seconds,
+                            args.concurrency,
+                        )
                     )
                 )
-            )
-            directs.append(
-                asyncio.run(
-                    throughput(
-                        upstream_url + "/v1/chat/completions",
-                        key,
-                        "remote",
-                        args.seconds,
-                        args.concurrency,
+                directs.append(
+                    asyncio.run(
+                        throughput(
+                            upstream_url + "/v1/chat/completions",
+                            key,
+                            "remote",
+                            args.seconds,
+                            args.concurrency,
+                        )
                     )
                 )
-            )
-        rt, direct = statistics.mean(rts), statistics.mean(directs)
-        # CPU speed drifts between runs here: the median of paired ratios is the steadier figure.
-        ratio = statistics.median(a / b for a, b in zip(rts, directs, strict=True))
-        gw.process.stop()
+            rt, direct = statistics.mean(rts), statistics.mean(directs)
+            # CPU speed drifts between runs here: the median of paired ratios is steadier.
+            ratio = statistics.median(a / b for a, b in zip(rts, directs, strict=True))
+            gw.process.stop()
 
-        db2 = factory.create().libpq()
-        key2 = create_key(db2, "bench")
-        gw2 = start_gateway(database_url=db2, config=config, log=work / "gw2.log", worker=False)
-        processes.append(gw2.process)
-        waiting = asyncio.run(
-            many_waiters(
-                gw2.api,
-                key2,
-                db2,
-                args.waiters,
-                lambda: start_worker(
-                    database_url=db2, config=config, log=work / "w.log", concurrency=64
-                ),
+            db2 = factory.create().libpq()
+            key2 = create_key(db2, "bench")
+            gw2 = start_gateway(database_url=db2, config=config, log=work / "gw2.log", worker=False)
+            processes.append(gw2.process)
+            waiting = asyncio.run(
+                many_waiters(
+                    gw2.api,
+                    key2,
+                    db2,
+                    args.waiters,
+                    lambda: start_worker(
+                        database_url=db2, config=config, log=work / "w.log", concurrency=64
+                    ),
+                )
             )
-        )
-    finally:
-        for process in processes:
-            process.stop()
-        factory.drop_all()
-        if embedded is not None:
-            embedded.stop()
+        finally:
+            for process in processes:
+                process.stop()
 
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     print(f"tiergate core bench ({when}, {os.cpu_count()} cores, mock upstream at 0 ms)")

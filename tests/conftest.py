@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app.dburl import DatabaseURL
-from app.embedded_pg import EmbeddedPostgres
-from tests.support.databases import DatabaseFactory
+from tests.support.databases import DatabaseFactory, database_server
 from tests.support.servers import Process, start_mock_upstream
 
 
 @pytest.fixture(scope="session")
 def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
     """Embedded PostgreSQL (unless ``DATABASE_URL`` is set) with a migrated template."""
-    embedded: EmbeddedPostgres | None = None
-    if os.environ.get("DATABASE_URL"):
-        admin = DatabaseURL.parse(os.environ["DATABASE_URL"]).with_database("postgres")
-    else:
-        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pghome"))
-        admin = embedded.start().with_database("postgres")
-    factory = DatabaseFactory(admin)
-    factory.prepare()
-    yield factory
-    factory.drop_all()
-    if embedded is not None:
-        embedded.stop()
+    with database_server(tmp_path_factory.mktemp("pghome")) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.requests import Outcome
+from app.store.requests import Outcome, outcome_arrays
 
 BATCH_QUEUE = "batch"
 VALIDATE_TASK = "tiergate.validate_batch"
@@ -374,13 +374,7 @@ class BatchStore:
                     {
                         "ids": [r.id for r in done],
                         "attempts": [r.attempt for r in done],
-                        "statuses": [o.status for o in outcomes],
-                        "response_statuses": [o.response_status for o in outcomes],
-                        "response_bodies": [_json(o.response_body) for o in outcomes],
-                        "errors": [_json(o.error) for o in outcomes],
-                        "input_tokens": [o.input_tokens for o in outcomes],
-                        "output_tokens": [o.output_tokens for o in outcomes],
-                        "total_tokens": [o.total_tokens for o in outcomes],
+                        **outcome_arrays(outcomes),
                     },
                 )
             if again:

@@ -300,16 +300,7 @@ class RequestStore:
             )
         if ends:
             outcomes = [e.outcome for e in ends]
-            params.update(
-                e_ids=[e.id for e in ends],
-                e_statuses=[o.status for o in outcomes],
-                e_response_statuses=[o.response_status for o in outcomes],
-                e_response_bodies=[_json_or_none(o.response_body) for o in outcomes],
-                e_errors=[_json_or_none(o.error) for o in outcomes],
-                e_input_tokens=[o.input_tokens for o in outcomes],
-                e_output_tokens=[o.output_tokens for o in outcomes],
-                e_total_tokens=[o.total_tokens for o in outcomes],
-            )
+            params.update(e_ids=[e.id for e in ends], **outcome_arrays(outcomes, prefix="e_"))
         async with self.engine.connect() as conn:
             await conn.execute(TRACK_REALTIME[bool(starts), bool(ends)], params)
 
@@ -371,6 +362,19 @@ def dumps(obj: Any) -> str:
 
 def _json_or_none(obj: Any) -> str | None:
     return None if obj is None else dumps(obj)
+
+
+def outcome_arrays(outcomes: list[Outcome], prefix: str = "") -> dict[str, list[Any]]:
+    """Column arrays of many outcomes, for ``UPDATE ... FROM unnest(...)`` statements."""
+    return {
+        f"{prefix}statuses": [o.status for o in outcomes],
+        f"{prefix}response_statuses": [o.response_status for o in outcomes],
+        f"{prefix}response_bodies": [_json_or_none(o.response_body) for o in outcomes],
+        f"{prefix}errors": [_json_or_none(o.error) for o in outcomes],
+        f"{prefix}input_tokens": [o.input_tokens for o in outcomes],
+        f"{prefix}output_tokens": [o.output_tokens for o in outcomes],
+        f"{prefix}total_tokens": [o.total_tokens for o in outcomes],
+    }
 
 
 QUEUE_DEPTH = text(

@@ -3,11 +3,16 @@ a fresh database cloned from it per test module."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 
 from app.dburl import DatabaseURL
+from app.embedded_pg import EmbeddedPostgres
 from app.migrate import upgrade
 
 
@@ -37,3 +42,23 @@ class DatabaseFactory:
     def drop_all(self) -> None:
         for name in reversed(self.created):
             self._exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def database_server(home: Path) -> Iterator[DatabaseFactory]:
+    """A server for tests and benchmarks: ``DATABASE_URL``'s, else an embedded one under
+    ``home``; yields a factory with its migrated template, and cleans everything up."""
+    embedded: EmbeddedPostgres | None = None
+    if os.environ.get("DATABASE_URL"):
+        admin = DatabaseURL.parse(os.environ["DATABASE_URL"]).with_database("postgres")
+    else:
+        embedded = EmbeddedPostgres(home)
+        admin = embedded.start().with_database("postgres")
+    factory = DatabaseFactory(admin)
+    factory.prepare()
+    try:
+        yield factory
+    finally:
+        factory.drop_all()
+        if embedded is not None:
+            embedded.stop()
