@@ -48,6 +48,7 @@ class UpstreamError(Exception):
 class UpstreamReply:
     status: int
     body: Any
+    text: str
 
 
 def prepare_body(model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
@@ -151,8 +152,9 @@ class UpstreamClient:
         if response.status_code >= 400:
             raise error_from_status(response.status_code, response.headers, content)
         try:
-            return UpstreamReply(response.status_code, json.loads(content))
-        except ValueError as exc:
+            text = content.decode()
+            return UpstreamReply(response.status_code, json.loads(text), text)
+        except (ValueError, UnicodeDecodeError) as exc:
             raise UpstreamError(
                 "upstream_bad_response", "upstream sent invalid JSON", True
             ) from exc

@@ -133,6 +133,7 @@ class RequestRunner:
                 input_tokens=given,
                 output_tokens=produced,
                 total_tokens=total,
+                response_text=reply.text,
             )
         )
 

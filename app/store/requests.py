@@ -239,6 +239,8 @@ class Outcome:
     input_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
+    # The body as the upstream sent it, when known: bulk writes store it without re-encoding.
+    response_text: str | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -369,7 +371,9 @@ def outcome_arrays(outcomes: list[Outcome], prefix: str = "") -> dict[str, list[
     return {
         f"{prefix}statuses": [o.status for o in outcomes],
         f"{prefix}response_statuses": [o.response_status for o in outcomes],
-        f"{prefix}response_bodies": [_json_or_none(o.response_body) for o in outcomes],
+        f"{prefix}response_bodies": [
+            o.response_text or _json_or_none(o.response_body) for o in outcomes
+        ],
         f"{prefix}errors": [_json_or_none(o.error) for o in outcomes],
         f"{prefix}input_tokens": [o.input_tokens for o in outcomes],
         f"{prefix}output_tokens": [o.output_tokens for o in outcomes],
