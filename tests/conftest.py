@@ -59,6 +59,8 @@ limits:
   waiter_recheck_s: 1.0
   maintenance_every_s: 1
   batch_chunk: 16
+  max_batch_lines: 100
+  max_file_bytes: 5000000
   batch_windows: {{"24h": 86400, "4s": 4}}
 """
     )

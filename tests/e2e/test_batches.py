@@ -263,3 +263,34 @@ def test_upload_errors(client: openai.OpenAI, gateway: Gateway, key: str):
         data={"purpose": "batch"},
     )
     assert response.status_code == 400
+
+
+def test_limits_and_model_permissions(client: openai.OpenAI, gateway: Gateway, database):
+    from tests.support.servers import create_key
+
+    too_many = jsonl([chat_line(f"m-{i}", "x") for i in range(101)])  # limit: 100 here
+    batch = client.batches.create(
+        input_file_id=upload(client, too_many),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    done = wait_for(client, batch.id)
+    assert done.status == "failed" and [e.code for e in done.errors.data] == ["too_many_tasks"]
+
+    limited = openai.OpenAI(
+        base_url=gateway.api,
+        max_retries=0,
+        api_key=create_key(database.libpq(), "mock-only", "mock"),
+    )
+    batch = limited.batches.create(
+        input_file_id=upload(limited, jsonl([chat_line("r", "x", model="remote")])),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    done = wait_for(limited, batch.id)
+    assert done.status == "failed"
+    assert [(e.code, e.line) for e in done.errors.data] == [("model_not_allowed", 1)]
+
+    with pytest.raises(openai.APIStatusError) as info:
+        upload(client, b"x" * 5_100_000)
+    assert info.value.status_code == 413
