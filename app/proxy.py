@@ -46,6 +46,7 @@ class RealtimeProxy:
         gateway_id: str | None = None,
     ) -> None:
         self.gateway_id = gateway_id
+        self.store = store
         self.upstream = upstream
         self.metrics = metrics
         # Tracking writes of concurrent calls share statements (see group_commit.py).
@@ -58,21 +59,20 @@ class RealtimeProxy:
 
     async def stop(self) -> None:
         await self.tracking.stop()
+        await self.store.release()
 
     async def handle(self, call: Call, key: ApiKey) -> Response:
         rid = request_id(call.endpoint)
         started = time.perf_counter()
-        record = asyncio.create_task(
-            self.tracking.submit(
-                RealtimeStart(
-                    id=rid,
-                    owner=key.id,
-                    endpoint=call.endpoint,
-                    model=call.model.name,
-                    stream=call.stream,
-                    body=call.body,
-                    gateway_id=self.gateway_id,
-                )
+        record = self.tracking.enqueue(
+            RealtimeStart(
+                id=rid,
+                owner=key.id,
+                endpoint=call.endpoint,
+                model=call.model.name,
+                stream=call.stream,
+                body=call.body,
+                gateway_id=self.gateway_id,
             )
         )
         stack = contextlib.AsyncExitStack()
@@ -208,6 +208,6 @@ def _sse_error(message: str) -> bytes:
     return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
 
 
-async def _settle(task: asyncio.Task[None]) -> None:
+async def _settle(task: asyncio.Future[None]) -> None:
     with contextlib.suppress(BaseException):
         await task

@@ -42,12 +42,16 @@ class GroupCommit(Generic[T]):
             if not future.done():
                 future.set_exception(RuntimeError("shutting down"))
 
-    async def submit(self, item: T) -> None:
-        """Return once ``item`` is committed; raise what its flush raised."""
+    def enqueue(self, item: T) -> asyncio.Future[None]:
+        """Queue ``item``; the future resolves once it is committed (or fails with the flush)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._wake.set()
-        await future
+        return future
+
+    async def submit(self, item: T) -> None:
+        """Return once ``item`` is committed; raise what its flush raised."""
+        await self.enqueue(item)
 
     async def _run(self) -> None:
         while True:

@@ -20,8 +20,10 @@ async def engine(database: DatabaseURL) -> AsyncIterator:
 
 
 @pytest.fixture
-def store(engine) -> RequestStore:
-    return RequestStore(engine)
+async def store(engine) -> AsyncIterator[RequestStore]:
+    store = RequestStore(engine)
+    yield store
+    await store.release()
 
 
 @pytest.fixture
