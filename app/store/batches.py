@@ -128,6 +128,7 @@ SELECT unnest({_defer(RUN_TASK, "b.id")}) AS job
 FROM b, generate_series(1, :jobs)
 """
 ).bindparams(bindparam("jobs", type_=Integer), bindparam("total", type_=Integer))
+LOCK_FOR_START = text("SELECT status FROM batches WHERE id = :id FOR UPDATE")
 CANCELLED_WHILE_VALIDATING = text(
     """
 UPDATE batches SET status = 'cancelled', cancelled_at = now(),
@@ -340,15 +341,19 @@ class BatchStore:
         """COPY the lines in, mark the batch in_progress and defer its run jobs: one
         transaction. False if the batch left 'validating' meanwhile (a cancel)."""
         async with self.transactional.begin() as conn:
-            raw = await conn.get_raw_connection()
-            await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-                "requests", records=records, columns=COPY_COLUMNS
-            )
-            started = (
-                await conn.execute(START, {"id": id, "total": len(records), "jobs": jobs})
-            ).first()
-            if started is None:
-                await conn.rollback()
+            # This statement also opens the transaction on the driver connection (the asyncpg
+            # adapter begins lazily), so the COPY below is part of it; and the row lock makes
+            # a concurrent cancel wait for us, then see 'in_progress'.
+            status = (await conn.execute(LOCK_FOR_START, {"id": id})).scalar_one_or_none()
+            started = None
+            if status == "validating":
+                raw = await conn.get_raw_connection()
+                await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+                    "requests", records=records, columns=COPY_COLUMNS
+                )
+                started = (
+                    await conn.execute(START, {"id": id, "total": len(records), "jobs": jobs})
+                ).first()
         if started is None:
             async with self.engine.connect() as conn:
                 await conn.execute(CANCELLED_WHILE_VALIDATING, {"id": id})

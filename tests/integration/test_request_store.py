@@ -93,20 +93,23 @@ async def test_overdue_pending_work_expires(store: RequestStore, owner: ApiKey):
     assert await store.final_among([sub.id, "resp_unknown"]) == [sub.id]
 
 
-async def test_realtime_rows_of_a_dead_gateway_are_reaped(store: RequestStore, owner: ApiKey):
-    rid = request_id("/v1/chat/completions")
-    await store.track_realtime(
-        [
-            RealtimeStart(
-                id=rid,
-                owner=owner.id,
-                endpoint="/v1/chat/completions",
-                model="mock",
-                stream=False,
-                body={"model": "mock"},
-            )
-        ]
+def realtime_start(owner: ApiKey, gateway_id: str | None = None) -> RealtimeStart:
+    """The tracking row of a new realtime call."""
+    return RealtimeStart(
+        id=request_id("/v1/chat/completions"),
+        owner=owner.id,
+        endpoint="/v1/chat/completions",
+        model="mock",
+        stream=False,
+        body={"model": "mock"},
+        gateway_id=gateway_id,
     )
+
+
+async def test_realtime_rows_of_a_dead_gateway_are_reaped(store: RequestStore, owner: ApiKey):
+    start = realtime_start(owner)
+    rid = start.id
+    await store.track_realtime([start])
     assert rid not in await store.reap_realtime(60)
     async with store.engine.begin() as conn:
         await conn.execute(
@@ -123,21 +126,10 @@ async def test_rows_of_a_live_gateway_are_never_reaped(store: RequestStore, owne
 
     presence = GatewayPresence(store.engine, every_s=3600)
     await presence.start()
-    rid = request_id("/v1/responses")
+    start = realtime_start(owner, gateway_id=presence.id)
+    rid = start.id
     try:
-        await store.track_realtime(
-            [
-                RealtimeStart(
-                    id=rid,
-                    owner=owner.id,
-                    endpoint="/v1/responses",
-                    model="mock",
-                    stream=True,
-                    body={"model": "mock"},
-                    gateway_id=presence.id,
-                )
-            ]
-        )
+        await store.track_realtime([start])
         async with store.engine.connect() as conn:  # a long stream: started long ago
             await conn.execute(
                 text("UPDATE requests SET started_at = now() - interval '1 hour' WHERE id = :id"),
@@ -159,18 +151,9 @@ async def test_rows_of_a_live_gateway_are_never_reaped(store: RequestStore, owne
 async def test_realtime_starts_and_ends_share_one_statement(store: RequestStore, owner: ApiKey):
     from app.store.requests import RealtimeEnd
 
-    def start(rid: str) -> RealtimeStart:
-        return RealtimeStart(
-            id=rid,
-            owner=owner.id,
-            endpoint="/v1/chat/completions",
-            model="mock",
-            stream=False,
-            body={"model": "mock"},
-        )
-
-    first, second = request_id("/v1/chat/completions"), request_id("/v1/chat/completions")
-    await store.track_realtime([start(first)])
+    first_start, second_start = realtime_start(owner), realtime_start(owner)
+    first, second = first_start.id, second_start.id
+    await store.track_realtime([first_start])
     done = Outcome(
         status="completed",
         response_status=200,
@@ -179,7 +162,7 @@ async def test_realtime_starts_and_ends_share_one_statement(store: RequestStore,
         output_tokens=2,
         total_tokens=3,
     )
-    await store.track_realtime([start(second), RealtimeEnd(first, done)])  # both kinds at once
+    await store.track_realtime([second_start, RealtimeEnd(first, done)])  # both kinds at once
     one, two = await store.get(first, owner.id), await store.get(second, owner.id)
     assert (one["status"], one["total_tokens"], one["response_body"]) == (
         "completed",
@@ -187,3 +170,49 @@ async def test_realtime_starts_and_ends_share_one_statement(store: RequestStore,
         {"ok": True},
     )
     assert two["status"] == "in_progress"
+
+
+async def test_batch_lines_and_start_are_one_transaction(engine, owner: ApiKey):
+    """The COPY of a batch's lines commits with the batch's start, or not at all."""
+    import datetime as dt
+
+    from app.ids import new_id
+    from app.store.batches import COPY_COLUMNS, BatchStore
+
+    batches = BatchStore(engine)
+    batch_id = new_id("batch_")
+    async with engine.connect() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO batches (id, owner_key_id, kind, endpoint, status,"
+                " completion_window, expires_at) VALUES (:id, :owner, 'file',"
+                " '/v1/responses', 'cancelling', '24h', now() + interval '1 day')"
+            ),
+            {"id": batch_id, "owner": owner.id},
+        )
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    record = (
+        new_id("batch_req_"),
+        batch_id,
+        owner.id,
+        "c1",
+        1,
+        "/v1/responses",
+        "mock",
+        "flex",
+        "pending",
+        '{"model": "mock", "input": "x"}',
+        expires,
+    )
+    assert len(record) == len(COPY_COLUMNS)
+    assert not await batches.start(batch_id, [record], jobs=1)  # cancelled meanwhile
+    async with engine.connect() as conn:
+        lines = (
+            await conn.execute(
+                text("SELECT count(*) FROM requests WHERE batch_id = :id"), {"id": batch_id}
+            )
+        ).scalar_one()
+        status = (
+            await conn.execute(text("SELECT status FROM batches WHERE id = :id"), {"id": batch_id})
+        ).scalar_one()
+    assert (lines, status) == (0, "cancelled")  # no orphan lines were left behind
