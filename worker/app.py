@@ -20,6 +20,8 @@ from worker.execute import RequestRunner, RetryLater
 log = logging.getLogger("tiergate.worker")
 
 MAINTENANCE_QUEUE = "maintenance"
+# A half-written file older than this belongs to an upload or finalize that died.
+ABANDONED_UPLOAD_S = 3600
 
 
 class UpstreamRetry(BaseRetryStrategy):
@@ -80,9 +82,11 @@ def build_job_app(
     @app.periodic(cron=f"*/{settings.limits.maintenance_every_s} * * * * *", periodic_id="sweep")
     @app.task(name="tiergate.sweep", queue=MAINTENANCE_QUEUE, queueing_lock="sweep")
     async def sweep(timestamp: int) -> None:
-        """Expire queued work past its window; close realtime rows of dead gateways."""
+        """Expire queued work past its window; close realtime rows of dead gateways; drop
+        files whose upload or finalize died half-way."""
         expired = await store.expire_overdue()
         expired += await batch_jobs.batches.expire_overdue()
+        await batch_jobs.files.prune_abandoned(ABANDONED_UPLOAD_S)
         reaped = await store.reap_realtime(settings.limits.stalled_after_s)
         if expired or reaped:
             log.info("sweep: %d expired, %d interrupted realtime rows", len(expired), len(reaped))

@@ -42,6 +42,12 @@ LIMIT :limit
 """
 )
 DELETE = text("DELETE FROM files WHERE id = :id AND owner_key_id = :owner RETURNING id")
+# Uploads that never finished (a crashed gateway, a crashed batch finalize) are invisible;
+# after a while nobody can be writing them any more.
+PRUNE_ABANDONED = text(
+    "DELETE FROM files WHERE status = 'uploading'"
+    " AND created_at < now() - make_interval(secs => :older_than_s) RETURNING id"
+)
 PARTS = text(
     "SELECT part, data FROM file_parts WHERE file_id = :id AND part >= :first"
     " ORDER BY part LIMIT :n"
@@ -117,6 +123,13 @@ class FileStore:
         """Remove a file nobody will see (an empty or superseded batch result)."""
         async with self.engine.connect() as conn:
             await conn.execute(DISCARD, {"id": id})
+
+    async def prune_abandoned(self, older_than_s: int) -> list[str]:
+        """Delete files left half-written for longer than ``older_than_s`` seconds."""
+        async with self.engine.connect() as conn:
+            return list(
+                (await conn.execute(PRUNE_ABANDONED, {"older_than_s": older_than_s})).scalars()
+            )
 
     async def chunks(self, id: str) -> AsyncIterator[bytes]:
         """The file's bytes, a few parts per query."""

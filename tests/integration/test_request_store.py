@@ -216,3 +216,19 @@ async def test_batch_lines_and_start_are_one_transaction(engine, owner: ApiKey):
             await conn.execute(text("SELECT status FROM batches WHERE id = :id"), {"id": batch_id})
         ).scalar_one()
     assert (lines, status) == (0, "cancelled")  # no orphan lines were left behind
+
+
+async def test_abandoned_uploads_are_pruned(engine, owner: ApiKey):
+    from app.store.files import FileStore
+
+    files = FileStore(engine)
+    writer = await files.create(id="file-abandoned", owner=owner.id, filename="f", purpose="batch")
+    await writer.write(b"half of it")
+    done = await files.create(id="file-finished", owner=owner.id, filename="g", purpose="batch")
+    await done.write(b"all of it")
+    await done.close()
+    assert await files.prune_abandoned(3600) == []  # too recent to be abandoned
+    async with engine.connect() as conn:
+        await conn.execute(text("UPDATE files SET created_at = now() - interval '2 hours'"))
+    assert await files.prune_abandoned(3600) == ["file-abandoned"]
+    assert await files.get("file-finished", owner.id) is not None
