@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 
 from sqlalchemy.engine import RowMapping
 from starlette.responses import Response
@@ -126,11 +127,9 @@ def result_response(row: RowMapping) -> Response:
     raise APIError(502, error["message"], type="server_error", code=error["code"], headers=no_retry)
 
 
-async def _wait_unless_gone(
-    waiting: asyncio.Future[bool] | object, receive: Receive
-) -> bool | None:
+async def _wait_unless_gone(waiting: Awaitable[bool], receive: Receive) -> bool | None:
     """Await ``waiting`` unless the client disconnects first (then None)."""
-    wait_task = asyncio.ensure_future(waiting)  # type: ignore[arg-type]
+    wait_task = asyncio.ensure_future(waiting)
 
     async def gone() -> None:
         while (await receive())["type"] != "http.disconnect":
