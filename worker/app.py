@@ -1,4 +1,7 @@
-"""The procrastinate App: its connector (psycopg pool, sized explicitly) and its tasks."""
+"""The procrastinate App: its connector (psycopg pool, sized explicitly) and its tasks.
+
+Rescue and sweep are not tasks: see ``worker/maintenance.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +16,11 @@ from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from app.dburl import DatabaseURL
 from app.settings import Settings
 from app.store.batches import BATCH_QUEUE, FINALIZE_TASK, RUN_TASK, VALIDATE_TASK
-from app.store.requests import RUN_REQUEST_TASK, RequestStore
+from app.store.requests import RUN_REQUEST_TASK
 from worker.batches import BatchJobs
 from worker.execute import RequestRunner, RetryLater
 
 log = logging.getLogger("tiergate.worker")
-
-MAINTENANCE_QUEUE = "maintenance"
-# A half-written file older than this belongs to an upload or finalize that died.
-ABANDONED_UPLOAD_S = 3600
 
 
 class UpstreamRetry(BaseRetryStrategy):
@@ -39,7 +38,6 @@ def build_job_app(
     settings: Settings,
     *,
     runner: RequestRunner,
-    store: RequestStore,
     batch_jobs: BatchJobs,
 ) -> procrastinate.App:
     """The job app with tiergate's tasks bound to this worker's stores and runner."""
@@ -67,28 +65,5 @@ def build_job_app(
     @app.task(name=FINALIZE_TASK, queue=BATCH_QUEUE)
     async def finalize_batch(batch_id: str) -> None:
         await batch_jobs.finalize(batch_id)
-
-    @app.periodic(cron=f"*/{settings.limits.maintenance_every_s} * * * * *", periodic_id="rescue")
-    @app.task(name="tiergate.rescue_stalled", queue=MAINTENANCE_QUEUE, queueing_lock="rescue")
-    async def rescue_stalled(timestamp: int) -> None:
-        """Re-queue jobs whose worker stopped sending heartbeats (procrastinate won't)."""
-        seconds = settings.limits.stalled_after_s
-        stalled = list(await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds))
-        for job in stalled:
-            log.warning("rescuing job %s (%s) of a dead worker", job.id, job.task_name)
-            await app.job_manager.retry_job(job)
-        await app.job_manager.prune_stalled_workers(seconds)
-
-    @app.periodic(cron=f"*/{settings.limits.maintenance_every_s} * * * * *", periodic_id="sweep")
-    @app.task(name="tiergate.sweep", queue=MAINTENANCE_QUEUE, queueing_lock="sweep")
-    async def sweep(timestamp: int) -> None:
-        """Expire queued work past its window; close realtime rows of dead gateways; drop
-        files whose upload or finalize died half-way."""
-        expired = await store.expire_overdue()
-        expired += await batch_jobs.batches.expire_overdue()
-        await batch_jobs.files.prune_abandoned(ABANDONED_UPLOAD_S)
-        reaped = await store.reap_realtime(settings.limits.stalled_after_s)
-        if expired or reaped:
-            log.info("sweep: %d expired, %d interrupted realtime rows", len(expired), len(reaped))
 
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -17,6 +18,7 @@ from app.upstream import build_upstream
 from worker.app import build_job_app
 from worker.batches import BatchJobs
 from worker.execute import RequestRunner
+from worker.maintenance import Maintenance
 
 log = logging.getLogger("tiergate.worker")
 
@@ -54,7 +56,10 @@ async def run_worker(
         keys=KeyStore(engine),
         runner=runner,
     )
-    job_app = build_job_app(url, settings, runner=runner, store=store, batch_jobs=batch_jobs)
+    job_app = build_job_app(url, settings, runner=runner, batch_jobs=batch_jobs)
+    maintenance = Maintenance(
+        limits=settings.limits, requests=store, batches=batch_jobs.batches, files=batch_jobs.files
+    )
     log.info("worker starting (concurrency %d)", concurrency)
     delay = RESTART_MIN_S
     try:
@@ -62,14 +67,22 @@ async def run_worker(
             started = time.monotonic()
             try:
                 async with job_app.open_async():
-                    await job_app.run_worker_async(
-                        concurrency=concurrency,
-                        name=name,
-                        install_signal_handlers=False,
-                        fetch_job_polling_interval=2.0,
-                        update_heartbeat_interval=settings.limits.heartbeat_s,
-                        shutdown_graceful_timeout=10.0,
+                    rescuer = asyncio.create_task(
+                        maintenance.run(job_app.job_manager), name="maintenance"
                     )
+                    try:
+                        await job_app.run_worker_async(
+                            concurrency=concurrency,
+                            name=name,
+                            install_signal_handlers=False,
+                            fetch_job_polling_interval=2.0,
+                            update_heartbeat_interval=settings.limits.heartbeat_s,
+                            shutdown_graceful_timeout=10.0,
+                        )
+                    finally:
+                        rescuer.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await rescuer
                 reason = "its database connection failed"
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"

@@ -430,6 +430,7 @@ WITH e AS (
         error = jsonb_build_object('code', 'request_expired',
                                    'message', 'The request was not processed within its window.')
     WHERE status = 'pending' AND expires_at < now()
+      AND custom_id IS NULL  -- Batch API lines expire with their batch (batch_expired)
     RETURNING id, batch_id, job_id
 ), b AS (
     UPDATE batches SET status = 'expired', expired_at = now()

@@ -33,6 +33,9 @@ models:
     upstream: {mock_upstream}/v1
     upstream_model: capped-upstream
     flex_concurrency: 2
+  - name: long
+    upstream: {mock_upstream}/v1
+    timeout_s: 60
 limits:
   heartbeat_s: 0.5
   stalled_after_s: 2
@@ -148,6 +151,74 @@ def test_a_killed_worker_s_request_is_rescued(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_rescue_does_not_wait_for_busy_slots_or_a_backlog(
+    client: openai.OpenAI,
+    database: DatabaseURL,
+    fast_rescue_config: Path,
+    logs: Path,
+    db: psycopg.Connection,
+):
+    """The only live worker has every slot busy with long calls and a backlog queued behind
+    them: the dead worker's job is still rescued at once (rescue is not a queued job)."""
+    doomed = start_worker(
+        database_url=database.libpq(),
+        config=fast_rescue_config,
+        log=logs / "worker-doomed.log",
+        concurrency=1,
+    )
+    busy: Process | None = None
+    try:
+        orphan = client.responses.create(
+            model="long", input="mock:sleep_ms=60000", background=True, service_tier="flex"
+        )
+        wait_until(
+            lambda: client.responses.retrieve(orphan.id).status == "in_progress",
+            "the doomed worker to start it",
+        )
+        job_id = row(db, orphan.id)["job_id"]
+        doomed.kill()
+        long_calls = [
+            client.responses.create(
+                model="long", input="mock:sleep_ms=10000", background=True, service_tier="flex"
+            ).id
+            for _ in range(2)
+        ]
+        backlog = [
+            client.responses.create(
+                model="remote", input="backlog", background=True, service_tier="flex"
+            ).id
+            for _ in range(20)
+        ]
+        busy = start_worker(
+            database_url=database.libpq(),
+            config=fast_rescue_config,
+            log=logs / "worker-busy.log",
+            concurrency=2,
+        )
+        wait_until(
+            lambda: all(client.responses.retrieve(i).status == "in_progress" for i in long_calls),
+            "the live worker's slots to fill",
+        )
+        wait_until(
+            lambda: (
+                db.execute(
+                    "SELECT status FROM procrastinate_jobs WHERE id = %s", (job_id,)
+                ).fetchone()[0]
+                == "todo"
+            ),
+            "the orphaned job to be rescued",
+        )
+        # Rescued while both slots were still busy and the backlog still queued.
+        assert [client.responses.retrieve(i).status for i in long_calls] == ["in_progress"] * 2
+        assert client.responses.retrieve(backlog[-1]).status == "queued"
+    finally:
+        doomed.kill()
+        if busy is not None:
+            busy.kill()  # its jobs are rescued later and find their rows gone
+    for request_id in [orphan.id, *long_calls, *backlog]:
+        client.responses.delete(request_id)
 
 
 def test_per_model_cap_holds_while_the_worker_has_room(

@@ -1,0 +1,82 @@
+"""Rescue and sweep: every worker process runs them on a timer of its own.
+
+They are deliberately not procrastinate jobs. A job waits its turn: behind a flex backlog
+(same priority, older ids) or for a free slot (a batch's run jobs can hold every slot of a
+worker for hours). Rescue must not wait, so each worker process calls it every
+``maintenance_every_s`` beside its job loop. Running it in several processes at once is
+harmless: every step is a guarded statement, and a job rescued by another process is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from procrastinate.exceptions import ConnectorException
+from procrastinate.manager import JobManager
+
+from app.guard import database_unavailable
+from app.settings import Limits
+from app.store.batches import BatchStore
+from app.store.files import FileStore
+from app.store.requests import RequestStore
+
+log = logging.getLogger("tiergate.maintenance")
+
+# A half-written file older than this belongs to an upload or finalize that died.
+ABANDONED_UPLOAD_S = 3600
+
+
+class Maintenance:
+    """Re-queues jobs of dead workers; expires overdue work; closes orphaned rows."""
+
+    def __init__(
+        self,
+        *,
+        limits: Limits,
+        requests: RequestStore,
+        batches: BatchStore,
+        files: FileStore,
+    ) -> None:
+        self.limits = limits
+        self.requests = requests
+        self.batches = batches
+        self.files = files
+
+    async def rescue(self, jobs: JobManager) -> int:
+        """Re-queue the running jobs of workers silent for ``stalled_after_s``; prune those
+        workers. procrastinate records heartbeats but never does this by itself."""
+        seconds = self.limits.stalled_after_s
+        rescued = 0
+        for job in await jobs.get_stalled_jobs(seconds_since_heartbeat=seconds):
+            try:
+                await jobs.retry_job(job)
+            except ConnectorException:
+                continue  # another process rescued it first (it is no longer 'doing')
+            rescued += 1
+            log.warning("rescued job %s (%s) of a dead worker", job.id, job.task_name)
+        await jobs.prune_stalled_workers(seconds)
+        return rescued
+
+    async def sweep(self) -> None:
+        """Expire queued work past its window, close realtime rows of dead gateways, drop
+        files whose upload or finalize died half-way."""
+        expired = await self.requests.expire_overdue()
+        expired += await self.batches.expire_overdue()
+        await self.files.prune_abandoned(ABANDONED_UPLOAD_S)
+        reaped = await self.requests.reap_realtime(self.limits.stalled_after_s)
+        if expired or reaped:
+            log.info("sweep: %d expired, %d interrupted realtime rows", len(expired), len(reaped))
+
+    async def run(self, jobs: JobManager) -> None:
+        """Rescue and sweep every ``maintenance_every_s`` until cancelled."""
+        while True:
+            try:
+                await self.rescue(jobs)
+                await self.sweep()
+            except Exception as exc:
+                if not (database_unavailable(exc) or isinstance(exc, ConnectorException)):
+                    log.exception("maintenance failed")
+                else:
+                    log.warning("maintenance skipped: database unavailable (%s)", exc)
+            await asyncio.sleep(self.limits.maintenance_every_s)
