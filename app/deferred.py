@@ -23,6 +23,7 @@ from app.settings import Settings
 from app.shapes import response_object, row_error, stored_result
 from app.store.keys import ApiKey
 from app.store.requests import RequestStore, Submission
+from app.upstream import RETRYABLE_STATUSES
 from app.validation import Call
 from app.waiters import WaiterHub
 
@@ -105,10 +106,13 @@ def result_response(row: RowMapping) -> Response:
     status = row["status"]
     if status == "completed":
         return json_response(stored_result(row), row["response_status"] or 200, headers)
-    if status == "failed" and row["response_status"] and 400 <= row["response_status"] < 500:
-        # A final client error from the provider: same status, same body.
-        return json_response(row["response_body"], row["response_status"], headers)
     no_retry = {**headers, "x-should-retry": "false"}
+    answered = row["response_status"]
+    # A final client error from the provider: same status, same body; the worker decided, so
+    # the SDK must not resubmit. (408/409/429 that outlasted max_attempts end as a 502 below.)
+    final_4xx = answered and 400 <= answered < 500 and answered not in RETRYABLE_STATUSES
+    if status == "failed" and final_4xx:
+        return json_response(row["response_body"], answered, no_retry)
     if status in ("pending", "in_progress"):
         raise APIError(
             504,

@@ -2,7 +2,10 @@
 
 Serves ``POST /v1/responses``, ``POST /v1/chat/completions`` and ``POST /v1/embeddings``
 with deterministic echo output (``"echo: " + <last user text>``), plus ``GET /healthz``,
-``GET /_mock/stats`` (requests per path) and ``POST /_mock/reset`` (clears all counters).
+``GET /_mock/stats`` (requests per path), ``GET /_mock/attempts/{key}`` (every request that
+carried ``key=NAME``, in arrival order: ``{"at": unix seconds, "path", "status", "drop",
+"sleep_ms"}``, i.e. when it arrived and what it was answered) and ``POST /_mock/reset``
+(clears all counters and records).
 
 Behaviour can be forced per request with magic controls, read from the ``x-mock-behavior``
 header and/or from the input text when it starts with ``mock:`` (header values win).
@@ -11,9 +14,16 @@ Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
 
 * ``status=N`` (400-599): answer N with an OpenAI error body.
 * ``retry_after=S``: add ``Retry-After: S`` to error answers.
-* ``sleep_ms=N``: extra latency for this request.
-* ``fail_times=K,key=NAME``: the first K requests carrying that key fail (with ``status``,
-  default 500); later ones succeed. Counters live in ``app.state.fail_counts``.
+* ``sleep_ms=N``: extra latency for this request (before the answer's status line).
+* ``key=NAME``: record the request under NAME (see ``/_mock/attempts/{key}``).
+* ``fail_times=K,key=NAME``: the first K requests carrying that key (counted on arrival) fail,
+  later ones succeed at once. A failing request does what the other controls say: it
+  sleeps ``sleep_ms`` (a client with a shorter timeout sees a timeout), then is dropped if
+  ``drop=1``, else answers ``status`` if given, or 500 when neither ``sleep_ms`` nor ``drop``
+  is (a slow failure is a late 200); a request that succeeds ignores ``status``,
+  ``sleep_ms`` and ``drop``. So ``sleep_ms=3000,fail_times=1,key=k`` is slow only the
+  first time and ``drop=1,fail_times=2,key=k`` drops twice. Counters live in
+  ``app.state.fail_counts``.
 * ``hold=NAME``: streaming only; after the first frame, wait for ``POST /_mock/release/NAME``.
 * ``drop=1``: send the status line and headers, part of the body, then abort the connection
   (the ASGI app raises :class:`MockDropError` mid-body, so uvicorn closes the socket and a
@@ -98,7 +108,7 @@ class Controls:
     retry_after: str | None = None
     sleep_ms: float = 0.0
     fail_times: int | None = None
-    key: str = "default"
+    key: str | None = None
     drop: bool = False
     hold: str | None = None
 
@@ -531,23 +541,40 @@ def _reply_embeddings(body: dict[str, Any], text: str, drop: bool) -> Response:
     return _json_or_drop(embeddings_payload(body), drop)
 
 
-def _forced_failure(request: Request, controls: Controls) -> Response | None:
-    """The error answer demanded by the controls or by ``fail_rate``, if any."""
-    state = request.app.state
-    status = controls.status or 500
+@dataclass(frozen=True)
+class Plan:
+    """What one request gets, decided on arrival: a delay, then an error, a drop or an answer."""
+
+    sleep_ms: float
+    status: int | None
+    drop: bool
+    retry_after: str | None = None
+    message: str = ""
+
+
+def plan_for(state: Any, controls: Controls) -> Plan:
+    """Apply ``fail_times`` (counted per key on arrival), the controls and ``fail_rate``."""
     if controls.fail_times is not None:
-        seen = state.fail_counts.get(controls.key, 0) + 1
-        state.fail_counts[controls.key] = seen
-        if seen <= controls.fail_times:
-            message = f"mock failure {seen}/{controls.fail_times} for key {controls.key!r}"
-            return _error_response(status, message, retry_after=controls.retry_after)
-        return None
+        key = controls.key or "default"
+        seen = state.fail_counts.get(key, 0) + 1
+        state.fail_counts[key] = seen
+        if seen > controls.fail_times:
+            return Plan(sleep_ms=0.0, status=None, drop=False)
+        defaulted = 500 if not (controls.sleep_ms or controls.drop) else None
+        return Plan(
+            sleep_ms=controls.sleep_ms,
+            status=None if controls.drop else controls.status or defaulted,
+            drop=controls.drop,
+            retry_after=controls.retry_after,
+            message=f"mock failure {seen}/{controls.fail_times} for key {key!r}",
+        )
     if controls.status is not None:
-        return _error_response(status, f"mock status {status}", retry_after=controls.retry_after)
+        status = controls.status
+        return Plan(controls.sleep_ms, status, False, controls.retry_after, f"mock status {status}")
     if state.config.fail_rate > 0 and state.rng.random() < state.config.fail_rate:
         message = "The server had an error while processing your request. Sorry about that!"
-        return _error_response(500, message)
-    return None
+        return Plan(controls.sleep_ms, 500, False, None, message)
+    return Plan(sleep_ms=controls.sleep_ms, status=None, drop=controls.drop)
 
 
 TextFn = Callable[[dict[str, Any]], str]
@@ -555,7 +582,7 @@ ReplyFn = Callable[[dict[str, Any], str, bool], Response]
 
 
 async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
-    """Count, parse, delay, maybe fail, then answer."""
+    """Count, parse, plan, record, delay, then fail or answer."""
     state = request.app.state
     path = request.url.path
     state.counts[path] = state.counts.get(path, 0) + 1
@@ -566,14 +593,27 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
     except BadRequestError as exc:
         await asyncio.sleep(state.config.latency_ms / 1000)
         return _error_response(400, exc.message, exc.param)
+    plan = plan_for(state, controls)
+    if controls.key is not None:
+        state.attempts.setdefault(controls.key, []).append(
+            {
+                "at": time.time(),
+                "path": path,
+                "status": plan.status or 200,
+                "drop": plan.drop,
+                "sleep_ms": plan.sleep_ms,
+            }
+        )
     model = str(body.get("model"))
     state.inflight[model] = state.inflight.get(model, 0) + 1
     state.peaks[model] = max(state.peaks.get(model, 0), state.inflight[model])
     try:
-        await asyncio.sleep((state.config.latency_ms + controls.sleep_ms) / 1000)
+        await asyncio.sleep((state.config.latency_ms + plan.sleep_ms) / 1000)
     finally:
         state.inflight[model] -= 1
-    response = _forced_failure(request, controls) or reply(body, text, controls.drop)
+    if plan.status is not None:
+        return _error_response(plan.status, plan.message, retry_after=plan.retry_after)
+    response = reply(body, text, plan.drop)
     if controls.hold and isinstance(response, StreamingResponse):
         response.body_iterator = _held(response.body_iterator, state.holds, controls.hold)
     return response
@@ -617,6 +657,12 @@ async def _stats(request: Request) -> Response:
     return JSONResponse(dict(request.app.state.counts))
 
 
+async def _attempts(request: Request) -> Response:
+    """Every request that carried ``key=NAME``, in arrival order (tests check retries)."""
+    key = request.path_params["key"]
+    return JSONResponse({"key": key, "attempts": request.app.state.attempts.get(key, [])})
+
+
 async def _peaks(request: Request) -> Response:
     """The most requests each model had in flight at once (tests check concurrency caps)."""
     return JSONResponse(dict(request.app.state.peaks))
@@ -626,6 +672,7 @@ async def _reset(request: Request) -> Response:
     request.app.state.peaks.clear()
     request.app.state.counts.clear()
     request.app.state.fail_counts.clear()
+    request.app.state.attempts.clear()
     return JSONResponse({"ok": True})
 
 
@@ -654,6 +701,7 @@ def create_mock_app(
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/_mock/stats", _stats, methods=["GET"]),
         Route("/_mock/peaks", _peaks, methods=["GET"]),
+        Route("/_mock/attempts/{key}", _attempts, methods=["GET"]),
         Route("/_mock/release/{name}", _release, methods=["POST"]),
         Route("/_mock/reset", _reset, methods=["POST"]),
     ]
@@ -662,6 +710,7 @@ def create_mock_app(
     app.state.rng = random.Random(seed)
     app.state.counts = {}
     app.state.fail_counts = {}
+    app.state.attempts = {}
     app.state.inflight = {}
     app.state.peaks = {}
     app.state.holds = {}

@@ -19,16 +19,22 @@ from app.store.batches import BATCH_QUEUE, FINALIZE_TASK, RUN_TASK, VALIDATE_TAS
 from app.store.requests import RUN_REQUEST_TASK
 from worker.batches import BatchJobs
 from worker.execute import RequestRunner, RetryLater
+from worker.wake import Waker
 
 log = logging.getLogger("tiergate.worker")
 
 
 class UpstreamRetry(BaseRetryStrategy):
-    """Retry only what ``RequestRunner`` asked to retry, when it asked."""
+    """Retry only what ``RequestRunner`` asked to retry, when it asked (and wake a worker
+    then: procrastinate itself would only notice at its next poll)."""
+
+    def __init__(self, waker: Waker) -> None:
+        self.waker = waker
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         if isinstance(exception, RetryLater):
             retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=exception.delay_s)
+            self.waker.wake_at_due(job.id, job.queue, exception.delay_s)
             return RetryDecision(retry_at=retry_at)
         return None
 
@@ -48,8 +54,9 @@ def build_job_app(
         kwargs={"application_name": "tiergate-worker"},
     )
     app = procrastinate.App(connector=connector)
+    retry = UpstreamRetry(Waker(connector))
 
-    @app.task(name=RUN_REQUEST_TASK, retry=UpstreamRetry())
+    @app.task(name=RUN_REQUEST_TASK, retry=retry)
     async def run_request(request_id: str) -> None:
         await runner.run(request_id)
 
@@ -57,7 +64,7 @@ def build_job_app(
     async def validate_batch(batch_id: str) -> None:
         await batch_jobs.validate(batch_id)
 
-    @app.task(name=RUN_TASK, queue=BATCH_QUEUE, retry=UpstreamRetry(), pass_context=True)
+    @app.task(name=RUN_TASK, queue=BATCH_QUEUE, retry=retry, pass_context=True)
     async def run_batch(context: JobContext, batch_id: str) -> None:
         assert context.job.id is not None
         await batch_jobs.run(batch_id, context.job.id)

@@ -2,8 +2,10 @@
 
 Retryable upstream failures (429, 5xx, timeouts, dropped connections) put the row back to
 ``pending`` and raise ``RetryLater``; the job is rescheduled by procrastinate after a backoff
-that honours ``Retry-After``. Other 4xx are final. Every write is guarded by status and by
-the attempt number, so a late or duplicate worker cannot overwrite a cancel or a result.
+that honours ``Retry-After``. Other 4xx are final; so is the last of ``max_attempts``
+(``failed``), and a failure whose retry would start after the window (``expired``). Every
+write is guarded by status and by the attempt number, so a late or duplicate worker cannot
+overwrite a cancel or a result.
 """
 
 from __future__ import annotations
@@ -109,21 +111,7 @@ class RequestRunner:
             try:
                 reply = await self.upstream.call(model, endpoint, body)
             except UpstreamError as exc:
-                limits = self.settings.limits
-                delay = backoff_s(
-                    attempt, exc.retry_after_s, limits.retry_base_s, limits.retry_max_s
-                )
-                retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
-                if exc.retryable and attempt < model.max_attempts and retry_at < expires_at:
-                    return Attempt(retry_in_s=delay, error=exc.as_error())
-                return Attempt(
-                    Outcome(
-                        status="failed",
-                        response_status=exc.status,
-                        response_body=exc.body,
-                        error=exc.as_error(),
-                    )
-                )
+                return self._after_failure(exc, attempt, model.max_attempts, expires_at, expired)
         given, produced, total = usage_of(reply.body)
         return Attempt(
             Outcome(
@@ -134,6 +122,38 @@ class RequestRunner:
                 output_tokens=produced,
                 total_tokens=total,
                 response_text=reply.text,
+            )
+        )
+
+    def _after_failure(
+        self,
+        exc: UpstreamError,
+        attempt: int,
+        max_attempts: int,
+        expires_at: dt.datetime,
+        expired: Outcome | None,
+    ) -> Attempt:
+        """A retry if one is allowed and would start inside the window; else the end."""
+        if not exc.retryable:
+            return Attempt(_failed(exc, exc.message))
+        if attempt >= max_attempts:
+            return Attempt(_failed(exc, f"{exc.message} (gave up after {attempt} attempts)"))
+        limits = self.settings.limits
+        delay = backoff_s(attempt, exc.retry_after_s, limits.retry_base_s, limits.retry_max_s)
+        if dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay) < expires_at:
+            return Attempt(retry_in_s=delay, error=exc.as_error())
+        # Retrying would start after the window: the request expires now, saying why.
+        template = expired or EXPIRED
+        assert template.error is not None
+        source = "Retry-After" if delay == exc.retry_after_s else "backoff"
+        return Attempt(
+            Outcome(
+                status="expired",
+                error={
+                    "code": template.error["code"],
+                    "message": f"Not retried: the next attempt would start in {delay:.0f} s"
+                    f" ({source}), after the window ends. Last error: {exc}",
+                },
             )
         )
 
@@ -163,3 +183,13 @@ class RequestRunner:
                 result.retry_in_s,
             )
             raise RetryLater(result.retry_in_s, result.error["code"])
+
+
+def _failed(exc: UpstreamError, message: str) -> Outcome:
+    """A final failure: the provider's status and body, if it answered, and the reason."""
+    return Outcome(
+        status="failed",
+        response_status=exc.status,
+        response_body=exc.body,
+        error={"code": exc.code, "message": message},
+    )

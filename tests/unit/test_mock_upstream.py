@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -288,3 +289,65 @@ async def test_openai_sdk_parses_mock_answers() -> None:
         assert chat.choices[0].message.content == "echo: yo"
         emb = await sdk.embeddings.create(model=MODEL, input=["a", "b"], dimensions=4)
         assert [len(d.embedding) for d in emb.data] == [4, 4]
+
+
+async def test_attempts_are_recorded_per_key_in_arrival_order(client: httpx.AsyncClient) -> None:
+    before = time.time()
+    req = {"model": MODEL, "input": "mock:status=429,retry_after=2,fail_times=1,key=k1 hi"}
+    codes = [(await client.post("/v1/responses", json=req)).status_code for _ in range(2)]
+    assert codes == [429, 200]
+    plain = {"model": MODEL, "messages": [{"role": "user", "content": "mock:key=k2 x"}]}
+    assert (await client.post("/v1/chat/completions", json=plain)).status_code == 200
+    await client.post("/v1/responses", json={"model": MODEL, "input": "no key"})
+
+    found = (await client.get("/_mock/attempts/k1")).json()
+    assert found["key"] == "k1"
+    first, second = found["attempts"]
+    assert before <= first["at"] <= second["at"] <= time.time()
+    assert (first["path"], first["status"], first["drop"], first["sleep_ms"]) == (
+        "/v1/responses",
+        429,
+        False,
+        0.0,
+    )
+    assert second["status"] == 200
+    (chat,) = (await client.get("/_mock/attempts/k2")).json()["attempts"]
+    assert (chat["path"], chat["status"]) == ("/v1/chat/completions", 200)
+    assert (await client.get("/_mock/attempts/nobody")).json() == {"key": "nobody", "attempts": []}
+    await client.post("/_mock/reset")
+    assert (await client.get("/_mock/attempts/k1")).json()["attempts"] == []
+
+
+async def test_fail_times_makes_sleep_slow_only_while_failing(client: httpx.AsyncClient) -> None:
+    req = {"model": MODEL, "input": "mock:sleep_ms=300,fail_times=1,key=slow1 hi"}
+    started = time.monotonic()
+    slow = await client.post("/v1/responses", json=req)
+    took = time.monotonic() - started
+    assert slow.status_code == 200 and took >= 0.3  # a late answer, not an error
+    started = time.monotonic()
+    fast = await client.post("/v1/responses", json=req)
+    assert fast.status_code == 200 and time.monotonic() - started < 0.3
+    seen = (await client.get("/_mock/attempts/slow1")).json()["attempts"]
+    assert [(a["status"], a["sleep_ms"]) for a in seen] == [(200, 300.0), (200, 0.0)]
+    # With a status, a failing request waits and then fails.
+    both = {"model": MODEL, "input": "mock:sleep_ms=1,status=503,fail_times=1,key=slow2"}
+    codes = [(await client.post("/v1/responses", json=both)).status_code for _ in range(2)]
+    assert codes == [503, 200]
+
+
+async def test_fail_times_drops_only_while_failing(client: httpx.AsyncClient) -> None:
+    req = {"model": MODEL, "input": "mock:drop=1,fail_times=2,key=d1"}
+    for _ in range(2):
+        with pytest.raises(MockDropError):
+            await client.post("/v1/responses", json=req)
+    ok = await client.post("/v1/responses", json=req)
+    assert ok.status_code == 200 and ok.json()["status"] == "completed"
+    seen = (await client.get("/_mock/attempts/d1")).json()["attempts"]
+    assert [(a["status"], a["drop"]) for a in seen] == [(200, True), (200, True), (200, False)]
+
+
+async def test_controls_without_fail_times_apply_every_time(client: httpx.AsyncClient) -> None:
+    req = {"model": MODEL, "input": "mock:status=500,key=always"}
+    codes = [(await client.post("/v1/responses", json=req)).status_code for _ in range(3)]
+    assert codes == [500, 500, 500]
+    assert len((await client.get("/_mock/attempts/always")).json()["attempts"]) == 3

@@ -1,0 +1,473 @@
+"""Upstream chaos: 429 with Retry-After, 500/503, timeouts and dropped connections.
+
+Real gateway and worker, the mock provider as its own process, the official SDK as client.
+Each request names a ``key`` that the mock records on every arrival
+(``/_mock/attempts/{key}``), so the attempts the provider saw and the gaps between them are
+data, compared with the ``requests`` rows and with what the client got back.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import psycopg
+import pytest
+
+from tests.e2e.conftest import row
+from tests.support.servers import Gateway
+
+TIMEOUT_S = 60.0
+RUN = uuid.uuid4().hex[:8]  # the mock outlives this module: keys must be new each run
+RETRY_BASE_S = 0.5
+JITTER = (0.8, 1.2)  # backoff_s's jitter around base * 2^(attempt - 1)
+LATE_SLACK_S = 0.75  # how much later than its backoff a retry may reach the provider
+MAX_ATTEMPTS = 3
+TIMEOUT_SETTING_S = 1
+SLOW_MS = 3000  # well past timeout_s
+BEYOND_WINDOW_S = 100_000  # longer than the flex window (1 h) and the batch window (24 h)
+MODES = ["blocking", "background"]
+
+
+@pytest.fixture(scope="module")
+def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Path:
+    """Small timeout and backoff so that every kind of failure plays out in seconds."""
+    path = tmp_path_factory.mktemp("config") / "tiergate.yaml"
+    path.write_text(
+        f"""
+models:
+  - name: chaos
+    upstream: {mock_upstream}/v1
+    flex_concurrency: 32
+    max_attempts: {MAX_ATTEMPTS}
+    timeout_s: {TIMEOUT_SETTING_S}
+  - name: chaos-long
+    upstream: {mock_upstream}/v1
+    max_attempts: 4
+    timeout_s: 5
+limits:
+  retry_base_s: {RETRY_BASE_S}
+  retry_max_s: 10
+  waiter_recheck_s: 1.0
+  maintenance_every_s: 1
+  batch_chunk: 8
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def sdk(gateway: Gateway, key: str) -> openai.OpenAI:
+    """The SDK with its own default retries on: the gateway must tell it not to resubmit."""
+    return openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=2, timeout=TIMEOUT_S)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """One arrival of a request at the mock provider."""
+
+    at: float
+    status: int
+    drop: bool
+    sleep_ms: float
+
+
+def key_for(name: str, mode: str) -> str:
+    return f"{name}-{mode}-{RUN}"
+
+
+def attempts_at_mock(mock_upstream: str, key: str) -> list[Seen]:
+    found = httpx.get(f"{mock_upstream}/_mock/attempts/{key}").json()
+    assert found["key"] == key
+    return [Seen(a["at"], a["status"], a["drop"], a["sleep_ms"]) for a in found["attempts"]]
+
+
+def gaps(seen: list[Seen]) -> list[float]:
+    return [b.at - a.at for a, b in itertools.pairwise(seen)]
+
+
+def rows_for_key(db: psycopg.Connection, key: str) -> list[tuple[str, str, int]]:
+    """(id, status, attempts) of every request row whose body names ``key``."""
+    return db.execute(
+        "SELECT id, status, attempts FROM requests WHERE body::text LIKE %s ORDER BY created_at",
+        (f"%key={key}%",),
+    ).fetchall()
+
+
+def wait_until(predicate: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        if found := predicate():
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Result:
+    """What the client ended with: an answer, or an OpenAI error (HTTP or on the object)."""
+
+    id: str
+    output_text: str | None = None
+    http_status: int | None = None
+    headers: httpx.Headers | None = None
+    error_code: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    status: str | None = None
+
+
+def run_flex(sdk: openai.OpenAI, mode: str, text: str, model: str = "chaos") -> Result:
+    """One flex request, blocking (the SDK waits) or background (polled by id)."""
+    if mode == "blocking":
+        try:
+            raw = sdk.responses.with_raw_response.create(
+                model=model, input=text, service_tier="flex"
+            )
+        except openai.APIStatusError as exc:
+            assert isinstance(exc.body, dict), exc.body
+            assert set(exc.body) == {"message", "type", "param", "code"}
+            return Result(
+                id=exc.response.headers["x-request-id"],
+                http_status=exc.status_code,
+                headers=exc.response.headers,
+                error_code=exc.code,
+                error_type=exc.type,
+                error_message=exc.body["message"],
+            )
+        response = raw.parse()
+        assert response.id == raw.headers["x-request-id"]
+        return Result(
+            id=response.id,
+            output_text=response.output_text,
+            http_status=raw.status_code,
+            status=response.status,
+        )
+    # Usually "queued"; a quick worker may have claimed (or even ended) it already.
+    queued = sdk.responses.create(model=model, input=text, background=True, service_tier="flex")
+    assert queued.background and queued.id.startswith("resp_")
+    final = wait_until(
+        lambda: (
+            (r := sdk.responses.retrieve(queued.id)).status not in ("queued", "in_progress") and r
+        ),
+        f"background {queued.id}",
+    )
+    return Result(
+        id=final.id,
+        output_text=final.output_text if final.status == "completed" else None,
+        status=final.status,
+        error_code=final.error.code if final.error else None,
+        error_message=final.error.message if final.error else None,
+    )
+
+
+def backoff_bounds(attempt: int) -> tuple[float, float]:
+    """Earliest and latest a retry after ``attempt`` may reach the provider."""
+    delay = RETRY_BASE_S * 2 ** (attempt - 1)
+    return delay * JITTER[0], delay * JITTER[1] + LATE_SLACK_S
+
+
+# --- flex: transient failures are retried, then succeed --------------------------------------
+
+RECOVERING = [
+    # name, controls, statuses the mock answered in turn
+    ("429", "status=429,retry_after=1,fail_times=1", [429, 200]),
+    ("500", "status=500,fail_times=2", [500, 500, 200]),
+    ("503", "status=503,fail_times=2", [503, 503, 200]),
+    ("slow", f"sleep_ms={SLOW_MS},fail_times=1", [200, 200]),  # the first answer came too late
+    ("drop", "drop=1,fail_times=1", [200, 200]),  # the first answer broke off mid-body
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("name", "controls", "statuses"), RECOVERING, ids=[r[0] for r in RECOVERING]
+)
+def test_flex_retries_transient_failures_then_succeeds(
+    sdk: openai.OpenAI,
+    db: psycopg.Connection,
+    mock_upstream: str,
+    mode: str,
+    name: str,
+    controls: str,
+    statuses: list[int],
+):
+    key = key_for(name, mode)
+    text = f"mock:{controls},key={key} recover"
+    result = run_flex(sdk, mode, text)
+    assert result.output_text == f"echo: {text}"
+    assert result.status == "completed" and result.error_code is None
+
+    seen = attempts_at_mock(mock_upstream, key)
+    assert [s.status for s in seen] == statuses
+    assert [s.drop for s in seen] == [name == "drop"] + [False] * (len(seen) - 1)
+    assert [s.sleep_ms for s in seen] == [SLOW_MS if name == "slow" else 0] + [0] * (len(seen) - 1)
+    tracked = row(db, result.id)
+    assert (tracked["status"], tracked["attempts"]) == ("completed", len(statuses))
+    assert tracked["error"] is None and tracked["response_status"] == 200
+    assert rows_for_key(db, key) == [(result.id, "completed", len(statuses))]
+    if name == "429":  # the retry waited for Retry-After (1 s), longer than the backoff
+        assert gaps(seen)[0] >= 1.0
+    else:
+        for attempt, gap in enumerate(gaps(seen), start=1):
+            earliest, latest = backoff_bounds(attempt)
+            if name == "slow":  # the first attempt lasted timeout_s before the backoff began
+                earliest += TIMEOUT_SETTING_S
+                latest += TIMEOUT_SETTING_S
+            assert earliest <= gap <= latest, (attempt, gap)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_backoff_grows_between_500_retries(
+    sdk: openai.OpenAI, db: psycopg.Connection, mock_upstream: str, mode: str
+):
+    key = key_for("grow", mode)
+    text = f"mock:status=500,fail_times=3,key={key} grow"
+    result = run_flex(sdk, mode, text, model="chaos-long")
+    assert result.output_text == f"echo: {text}"
+    seen = attempts_at_mock(mock_upstream, key)
+    assert [s.status for s in seen] == [500, 500, 500, 200]
+    assert row(db, result.id)["attempts"] == 4
+    waited = gaps(seen)
+    for attempt, gap in enumerate(waited, start=1):
+        earliest, latest = backoff_bounds(attempt)
+        assert earliest <= gap <= latest, (attempt, waited)
+    assert waited[0] < waited[1] < waited[2], waited
+
+
+# --- flex: failures that do not stop ---------------------------------------------------------
+
+FOREVER = [
+    # name, controls, attempts, the row's error code, what the mock answered
+    ("500-forever", "status=500", MAX_ATTEMPTS, "upstream_500", 500),
+    ("503-forever", "status=503", MAX_ATTEMPTS, "upstream_503", 503),
+    ("429-forever", "status=429,retry_after=0", MAX_ATTEMPTS, "upstream_429", 429),
+    ("slow-forever", f"sleep_ms={SLOW_MS}", MAX_ATTEMPTS, "upstream_timeout", 200),
+    ("drop-forever", "drop=1", MAX_ATTEMPTS, "upstream_unreachable", 200),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("name", "controls", "attempts", "code", "answered"), FOREVER, ids=[f[0] for f in FOREVER]
+)
+def test_flex_gives_up_after_max_attempts_with_an_openai_error(
+    sdk: openai.OpenAI,
+    db: psycopg.Connection,
+    mock_upstream: str,
+    mode: str,
+    name: str,
+    controls: str,
+    attempts: int,
+    code: str,
+    answered: int,
+):
+    key = key_for(name, mode)
+    result = run_flex(sdk, mode, f"mock:{controls},key={key} never")
+    assert result.error_code == code
+    assert result.error_message
+    if mode == "blocking":  # README: 502, and the SDK is told not to resubmit
+        assert result.http_status == 502 and result.error_type == "server_error"
+        assert result.headers is not None and result.headers["x-should-retry"] == "false"
+    else:
+        assert result.status == "failed"
+    seen = attempts_at_mock(mock_upstream, key)
+    assert [s.status for s in seen] == [answered] * attempts  # nothing more, nothing less
+    tracked = row(db, result.id)
+    assert (tracked["status"], tracked["attempts"]) == ("failed", attempts)
+    assert tracked["error"]["code"] == code
+    assert rows_for_key(db, key) == [(result.id, "failed", attempts)]  # no resubmission
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flex_client_error_is_not_retried(
+    sdk: openai.OpenAI, db: psycopg.Connection, mock_upstream: str, mode: str
+):
+    key = key_for("400", mode)
+    result = run_flex(sdk, mode, f"mock:status=400,key={key} bad")
+    if mode == "blocking":  # the provider's own status and OpenAI body
+        assert result.http_status == 400 and result.error_type == "invalid_request_error"
+        assert result.error_code is None and result.error_message == "mock status 400"
+    else:
+        assert result.status == "failed" and result.error_code == "upstream_400"
+        assert result.error_message == "mock status 400"
+    assert [s.status for s in attempts_at_mock(mock_upstream, key)] == [400]
+    tracked = row(db, result.id)
+    assert (tracked["status"], tracked["attempts"]) == ("failed", 1)
+    assert tracked["response_status"] == 400
+    assert rows_for_key(db, key) == [(result.id, "failed", 1)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flex_retry_after_beyond_the_window_is_not_scheduled(
+    sdk: openai.OpenAI, db: psycopg.Connection, mock_upstream: str, mode: str
+):
+    key = key_for("window", mode)
+    result = run_flex(sdk, mode, f"mock:status=429,retry_after={BEYOND_WINDOW_S},key={key} x")
+    assert result.error_code == "request_expired"
+    if mode == "blocking":  # README: 429 request_expired, not to be resubmitted
+        assert result.http_status == 429
+        assert result.headers is not None and result.headers["x-should-retry"] == "false"
+    else:
+        assert result.status == "failed"
+    assert [s.status for s in attempts_at_mock(mock_upstream, key)] == [429]
+    tracked = row(db, result.id)
+    assert (tracked["status"], tracked["attempts"]) == ("expired", 1)
+    assert tracked["error"]["code"] == "request_expired"
+    assert "Retry-After" in tracked["error"]["message"]
+    assert rows_for_key(db, key) == [(result.id, "expired", 1)]
+
+
+# --- the Batch API ---------------------------------------------------------------------------
+
+
+def chat_line(custom_id: str, text: str) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "chaos", "messages": [{"role": "user", "content": text}]},
+    }
+
+
+def submit_batch(sdk: openai.OpenAI, lines: list[dict[str, Any]]) -> Any:
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    file_id = sdk.files.create(file=("chaos.jsonl", io.BytesIO(content)), purpose="batch").id
+    batch = sdk.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    final = {"completed", "failed", "expired", "cancelled"}
+    return wait_until(
+        lambda: (b := sdk.batches.retrieve(batch.id)).status in final and b, f"batch {batch.id}"
+    )
+
+
+def result_lines(sdk: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in sdk.files.content(file_id).read().splitlines()]
+
+
+# custom_id -> (controls, attempts, where it ends: status code in a file, or an error code)
+BATCH = {
+    "ok-0": ("", 1, 200),
+    "ok-1": ("", 1, 200),
+    "429": ("status=429,retry_after=1,fail_times=1", 2, 200),
+    "500": ("status=500,fail_times=2", 3, 200),
+    "503": ("status=503,fail_times=2", 3, 200),
+    "slow": (f"sleep_ms={SLOW_MS},fail_times=1", 2, 200),
+    "drop": ("drop=1,fail_times=1", 2, 200),
+    "400": ("status=400", 1, 400),
+    "500-forever": ("status=500", MAX_ATTEMPTS, 500),
+    "503-forever": ("status=503", MAX_ATTEMPTS, 503),
+    "429-forever": ("status=429,retry_after=0", MAX_ATTEMPTS, 429),
+    "slow-forever": (f"sleep_ms={SLOW_MS}", MAX_ATTEMPTS, "upstream_timeout"),
+    "drop-forever": ("drop=1", MAX_ATTEMPTS, "upstream_unreachable"),
+}
+
+
+def batch_text(custom_id: str, controls: str) -> str:
+    key = key_for(custom_id, "batch")
+    return f"mock:{controls},key={key} {custom_id}" if controls else f"mock:key={key} {custom_id}"
+
+
+def test_batch_mixing_every_failure_has_each_line_once(
+    sdk: openai.OpenAI, db: psycopg.Connection, mock_upstream: str
+):
+    lines = [chat_line(cid, batch_text(cid, controls)) for cid, (controls, _, _) in BATCH.items()]
+    done = submit_batch(sdk, lines)
+    assert done.status == "completed"
+    ok = [cid for cid, (_, _, end) in BATCH.items() if end == 200]
+    assert done.request_counts is not None
+    counts = done.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (
+        len(BATCH),
+        len(ok),
+        len(BATCH) - len(ok),
+    )
+
+    output = result_lines(sdk, done.output_file_id)
+    errors = result_lines(sdk, done.error_file_id)
+    assert [o["custom_id"] for o in output] == ok  # input order, each once
+    assert [e["custom_id"] for e in errors] == [cid for cid in BATCH if cid not in ok]
+    for line in output:
+        text = batch_text(line["custom_id"], BATCH[line["custom_id"]][0])
+        assert line["error"] is None and line["response"]["status_code"] == 200
+        assert line["response"]["body"]["choices"][0]["message"]["content"] == f"echo: {text}"
+    for line in errors:
+        end = BATCH[line["custom_id"]][2]
+        if isinstance(end, int):  # the provider's last answer, its status and OpenAI body
+            assert line["error"] is None
+            assert line["response"]["status_code"] == end
+            error = line["response"]["body"]["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["message"]
+        else:  # no HTTP answer at all: tiergate's own error
+            assert line["response"] is None
+            assert line["error"]["code"] == end and line["error"]["message"]
+
+    tracked = db.execute(
+        "SELECT custom_id, attempts, status FROM requests WHERE batch_id = %s", (done.id,)
+    ).fetchall()
+    assert len(tracked) == len(BATCH)  # one row per line
+    assert {cid: attempts for cid, attempts, _ in tracked} == {
+        cid: attempts for cid, (_, attempts, _) in BATCH.items()
+    }
+    for cid, (_, attempts, _) in BATCH.items():  # the provider saw exactly those calls
+        seen = attempts_at_mock(mock_upstream, key_for(cid, "batch"))
+        assert len(seen) == attempts, cid
+    retry_after_gap = gaps(attempts_at_mock(mock_upstream, key_for("429", "batch")))
+    assert retry_after_gap[0] >= 1.0
+
+
+def test_batch_backoff_grows_between_500_retries(
+    sdk: openai.OpenAI, db: psycopg.Connection, mock_upstream: str
+):
+    key = key_for("grow", "batch")
+    line = chat_line("grow", f"mock:status=500,fail_times=3,key={key} grow")
+    line["body"]["model"] = "chaos-long"
+    done = submit_batch(sdk, [line])
+    assert done.status == "completed" and done.request_counts.completed == 1
+    seen = attempts_at_mock(mock_upstream, key)
+    assert [s.status for s in seen] == [500, 500, 500, 200]
+    waited = gaps(seen)
+    for attempt, gap in enumerate(waited, start=1):
+        earliest, latest = backoff_bounds(attempt)
+        assert earliest <= gap <= latest, (attempt, waited)
+    assert waited[0] < waited[1] < waited[2], waited
+
+
+def test_batch_retry_after_beyond_the_window_is_not_scheduled(
+    sdk: openai.OpenAI, db: psycopg.Connection, mock_upstream: str
+):
+    key = key_for("window", "batch")
+    lines = [
+        chat_line("fine", f"mock:key={key_for('fine', 'batch')} fine"),
+        chat_line("late", f"mock:status=429,retry_after={BEYOND_WINDOW_S},key={key} late"),
+    ]
+    done = submit_batch(sdk, lines)
+    # The line cannot finish inside the window: it expires now instead of waiting a day.
+    assert done.status == "expired"
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+    assert [o["custom_id"] for o in result_lines(sdk, done.output_file_id)] == ["fine"]
+    (late,) = result_lines(sdk, done.error_file_id)
+    assert late["custom_id"] == "late" and late["response"] is None
+    assert late["error"]["code"] == "batch_expired"
+    assert "Retry-After" in late["error"]["message"]
+    assert [s.status for s in attempts_at_mock(mock_upstream, key)] == [429]
+    tracked = db.execute(
+        "SELECT status, attempts FROM requests WHERE batch_id = %s AND custom_id = 'late'",
+        (done.id,),
+    ).fetchall()
+    assert tracked == [("expired", 1)]
