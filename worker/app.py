@@ -14,6 +14,7 @@ from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
 from app.dburl import DatabaseURL
+from app.guard import database_unavailable
 from app.settings import Settings
 from app.store.batches import BATCH_QUEUE, FINALIZE_TASK, RUN_TASK, VALIDATE_TASK
 from app.store.requests import RUN_REQUEST_TASK
@@ -23,10 +24,16 @@ from worker.wake import Waker
 
 log = logging.getLogger("tiergate.worker")
 
+DATABASE_RETRY_S = 1
+# Nobody waits longer than this for a pooled connection (psycopg_pool's default is 30 s):
+# while the database is down, tasks and heartbeats fail fast instead of queueing up.
+POOL_TIMEOUT_S = 10.0
+
 
 class UpstreamRetry(BaseRetryStrategy):
-    """Retry only what ``RequestRunner`` asked to retry, when it asked (and wake a worker
-    then: procrastinate itself would only notice at its next poll)."""
+    """Retry what ``RequestRunner`` asked to retry, when it asked (waking a worker then:
+    procrastinate itself would only notice at its next poll), and any task that lost its
+    database."""
 
     def __init__(self, waker: Waker) -> None:
         self.waker = waker
@@ -36,6 +43,10 @@ class UpstreamRetry(BaseRetryStrategy):
             retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=exception.delay_s)
             self.waker.wake_at_due(job.id, job.queue, exception.delay_s)
             return RetryDecision(retry_at=retry_at)
+        if database_unavailable(exception):
+            # Not the task's fault: run it again once the database is back. (If it is still
+            # down, recording this retry fails too, and the rescue takes the job over.)
+            return RetryDecision(retry_in={"seconds": DATABASE_RETRY_S})
         return None
 
 
@@ -52,6 +63,7 @@ def build_job_app(
         min_size=1,
         max_size=settings.limits.job_pool_size + 1,  # +1: the worker's LISTEN connection
         kwargs={"application_name": "tiergate-worker"},
+        timeout=POOL_TIMEOUT_S,
     )
     app = procrastinate.App(connector=connector)
     retry = UpstreamRetry(Waker(connector))
@@ -60,7 +72,7 @@ def build_job_app(
     async def run_request(request_id: str) -> None:
         await runner.run(request_id)
 
-    @app.task(name=VALIDATE_TASK, queue=BATCH_QUEUE)
+    @app.task(name=VALIDATE_TASK, queue=BATCH_QUEUE, retry=retry)
     async def validate_batch(batch_id: str) -> None:
         await batch_jobs.validate(batch_id)
 
@@ -69,7 +81,7 @@ def build_job_app(
         assert context.job.id is not None
         await batch_jobs.run(batch_id, context.job.id)
 
-    @app.task(name=FINALIZE_TASK, queue=BATCH_QUEUE)
+    @app.task(name=FINALIZE_TASK, queue=BATCH_QUEUE, retry=retry)
     async def finalize_batch(batch_id: str) -> None:
         await batch_jobs.finalize(batch_id)
 

@@ -19,6 +19,7 @@ from app.guard import database_unavailable
 from app.settings import Limits
 from app.store.batches import BatchStore
 from app.store.files import FileStore
+from app.store.orphans import OrphanStore
 from app.store.requests import RequestStore
 
 log = logging.getLogger("tiergate.maintenance")
@@ -37,11 +38,13 @@ class Maintenance:
         requests: RequestStore,
         batches: BatchStore,
         files: FileStore,
+        orphans: OrphanStore,
     ) -> None:
         self.limits = limits
         self.requests = requests
         self.batches = batches
         self.files = files
+        self.orphans = orphans
 
     async def rescue(self, jobs: JobManager) -> int:
         """Re-queue the running jobs of workers silent for ``stalled_after_s``; prune those
@@ -60,13 +63,21 @@ class Maintenance:
 
     async def sweep(self) -> None:
         """Expire queued work past its window, close realtime rows of dead gateways, drop
-        files whose upload or finalize died half-way."""
+        files whose upload or finalize died half-way, requeue work whose job ended early."""
         expired = await self.requests.expire_overdue()
         expired += await self.batches.expire_overdue()
         await self.files.prune_abandoned(ABANDONED_UPLOAD_S)
         reaped = await self.requests.reap_realtime(self.limits.stalled_after_s)
         if expired or reaped:
             log.info("sweep: %d expired, %d interrupted realtime rows", len(expired), len(reaped))
+        requeued = await self.orphans.requeue()
+        if requeued:
+            log.warning(
+                "requeued work whose job had ended: %d requests, %d batch lines, batches %s",
+                len(requeued.requests),
+                len(requeued.lines),
+                requeued.batches,
+            )
 
     async def run(self, jobs: JobManager) -> None:
         """Rescue and sweep every ``maintenance_every_s`` until cancelled."""

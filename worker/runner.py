@@ -13,6 +13,7 @@ from app.store.batches import BatchStore
 from app.store.db import create_engine
 from app.store.files import FileStore
 from app.store.keys import KeyStore
+from app.store.orphans import OrphanStore
 from app.store.requests import RequestStore
 from app.upstream import build_upstream
 from worker.app import build_job_app
@@ -58,7 +59,11 @@ async def run_worker(
     )
     job_app = build_job_app(url, settings, runner=runner, batch_jobs=batch_jobs)
     maintenance = Maintenance(
-        limits=settings.limits, requests=store, batches=batch_jobs.batches, files=batch_jobs.files
+        limits=settings.limits,
+        requests=store,
+        batches=batch_jobs.batches,
+        files=batch_jobs.files,
+        orphans=OrphanStore(engine),
     )
     log.info("worker starting (concurrency %d)", concurrency)
     delay = RESTART_MIN_S

@@ -1,0 +1,112 @@
+"""The safety net: live work whose job ended is queued again; live jobs are left alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import text
+
+from app.ids import new_id
+from app.store.batches import COPY_COLUMNS, RUN_TASK, BatchStore
+from app.store.keys import ApiKey
+from app.store.orphans import OrphanStore
+from app.store.requests import RequestStore
+from tests.integration.test_request_store import submission
+
+
+async def scalar(engine, sql: str, **params):  # type: ignore[no-untyped-def]
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).scalar_one()
+
+
+async def fail_job(engine, job_id: int) -> None:  # type: ignore[no-untyped-def]
+    """What procrastinate records when a job raised and had no retry left."""
+    async with engine.connect() as conn:
+        await conn.execute(
+            text("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = :id"), {"id": job_id}
+        )
+
+
+async def test_a_request_whose_job_failed_gets_a_new_job(
+    engine, store: RequestStore, owner: ApiKey
+):
+    orphan, healthy = submission(owner), submission(owner)
+    await store.submit(orphan)
+    await store.submit(healthy)
+    assert await store.claim(orphan.id) is not None  # in_progress when its job failed
+    old_job = await scalar(engine, "SELECT job_id FROM requests WHERE id = :id", id=orphan.id)
+    await fail_job(engine, old_job)
+
+    requeued = await OrphanStore(engine).requeue()
+
+    assert requeued.requests == [orphan.id]
+    status, new_job, job_status, queue = (
+        await scalar(
+            engine,
+            "SELECT ROW(r.status, r.job_id, j.status::text, j.queue_name) FROM requests r"
+            " JOIN procrastinate_jobs j ON j.id = r.job_id WHERE r.id = :id",
+            id=orphan.id,
+        )
+    )  # fmt: skip
+    assert (status, job_status, queue) == ("pending", "todo", "flex")
+    assert int(new_job) != old_job
+    assert not (await OrphanStore(engine).requeue()).requests  # once is enough
+
+
+async def test_lines_of_a_failed_run_job_go_back_and_the_batch_gets_a_run_job(
+    engine, owner: ApiKey
+):
+    batches = BatchStore(engine)
+    batch_id = new_id("batch_")
+    async with engine.connect() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO batches (id, owner_key_id, kind, endpoint, status,"
+                " completion_window, expires_at) VALUES (:id, :owner, 'file',"
+                " '/v1/responses', 'validating', '24h', now() + interval '1 day')"
+            ),
+            {"id": batch_id, "owner": owner.id},
+        )
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    records = [
+        (new_id("batch_req_"), batch_id, owner.id, f"c{i}", i, "/v1/responses", "mock",
+         "flex", "pending", '{"model": "mock", "input": "x"}', expires)
+        for i in (1, 2)
+    ]  # fmt: skip
+    assert len(records[0]) == len(COPY_COLUMNS)
+    assert await batches.start(batch_id, records, jobs=1)
+    run_job = await scalar(
+        engine,
+        "SELECT id FROM procrastinate_jobs WHERE task_name = :task AND args->>'batch_id' = :b",
+        task=RUN_TASK,
+        b=batch_id,
+    )
+    claimed = await batches.claim(batch_id, run_job, 1)
+    assert len(claimed) == 1
+
+    assert not await OrphanStore(engine).requeue()  # its job is alive: nothing to do
+
+    await fail_job(engine, run_job)
+    requeued = await OrphanStore(engine).requeue()
+
+    assert requeued.lines == [claimed[0]["id"]]
+    assert requeued.batches == [batch_id]
+    assert (
+        await scalar(
+            engine,
+            "SELECT count(*) FROM requests WHERE batch_id = :b AND status = 'pending'"
+            " AND job_id IS NULL",
+            b=batch_id,
+        )
+        == 2
+    )
+    assert (
+        await scalar(
+            engine,
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = :task"
+            " AND args->>'batch_id' = :b AND status = 'todo'",
+            task=RUN_TASK,
+            b=batch_id,
+        )
+        == 1
+    )
