@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -259,48 +258,78 @@ def test_gateway_killed_mid_flight_loses_nothing(
     logs: Path,
     db: psycopg.Connection,
 ):
-    """SIGKILL a gateway (with its in-process worker) while it runs background work and
-    proxies a realtime call: after a restart the background work completes and the realtime
-    row is closed as interrupted."""
+    """SIGKILL a gateway (with its in-process worker) while it runs background and blocking
+    flex work and proxies a realtime call. After a restart every accepted request completes
+    (once more for those the dead worker had started) and the realtime row is closed as
+    interrupted."""
+    since = db.execute("SELECT now()").fetchone()[0]
     first = start_gateway(
         database_url=database.libpq(), config=fast_rescue_config, log=logs / "gw-crash-1.log"
     )
     crashing = client.with_options(base_url=first.api)
-    background = crashing.responses.create(
-        model="remote", input="mock:sleep_ms=1500", background=True, service_tier="flex"
-    )
-    wait_until(
-        lambda: client.responses.retrieve(background.id).status == "in_progress",
-        "the in-process worker to start it",
-    )
+    background = [
+        crashing.responses.create(
+            model="remote", input=f"mock:sleep_ms=1500 bg {i}", background=True,
+            service_tier="flex",
+        ).id
+        for i in range(10)
+    ]  # fmt: skip
+    blocking_errors: list[BaseException] = []
 
-    def call_realtime() -> None:
-        with contextlib.suppress(openai.APIError):  # its gateway dies mid-call
-            crashing.responses.create(model="remote", input="mock:sleep_ms=3000")
+    def call(**kwargs: object) -> None:
+        try:
+            crashing.responses.create(model="remote", **kwargs)  # type: ignore[call-overload]
+        except openai.APIError as exc:  # its gateway dies mid-call
+            blocking_errors.append(exc)
 
-    realtime = threading.Thread(target=call_realtime, daemon=True)
-    realtime.start()
+    callers = [
+        threading.Thread(
+            target=call, kwargs={"input": f"mock:sleep_ms=1500 flex {i}", "service_tier": "flex"}
+        )
+        for i in range(5)
+    ] + [threading.Thread(target=call, kwargs={"input": "mock:sleep_ms=3000"})]
+    for caller in callers:
+        caller.start()
+    flex_rows = (
+        "SELECT id, status FROM requests"
+        " WHERE service_tier = 'flex' AND NOT background AND created_at > %s"
+    )
     wait_until(
         lambda: (
-            db.execute(
+            len(db.execute(flex_rows, (since,)).fetchall()) == 5
+            and db.execute(
                 "SELECT count(*) FROM requests WHERE service_tier = 'default' AND NOT background"
                 " AND status = 'in_progress'"
             ).fetchone()[0]
             == 1
+            and client.responses.retrieve(background[0]).status == "in_progress"
         ),
-        "the realtime call to be tracked",
+        "blocking flex rows, the realtime call and running background work",
     )
     first.process.kill()
+    for caller in callers:
+        caller.join(TIMEOUT_S)
+    assert len(blocking_errors) == 6  # every waiting client saw its connection die
 
     second = start_gateway(
         database_url=database.libpq(), config=fast_rescue_config, log=logs / "gw-crash-2.log"
     )
     try:
+        for request_id in background:
+            wait_until(
+                lambda r=request_id: client.responses.retrieve(r).status == "completed",
+                f"background request {request_id}",
+            )
         wait_until(
-            lambda: client.responses.retrieve(background.id).status == "completed",
-            "the rescued background request",
+            lambda: {s for _, s in db.execute(flex_rows, (since,))} == {"completed"},
+            "the blocking flex rows to complete",
         )
-        assert row(db, background.id)["attempts"] == 2
+        flex_ids = [i for i, _ in db.execute(flex_rows, (since,))]
+        # Readable by id afterwards, with the answer the client would have had.
+        assert sorted(client.responses.retrieve(i).output_text for i in flex_ids) == [
+            f"echo: mock:sleep_ms=1500 flex {i}" for i in range(5)
+        ]
+        assert any(row(db, i)["attempts"] == 2 for i in background)  # rescued ones ran again
         wait_until(
             lambda: (
                 db.execute(
@@ -310,6 +339,9 @@ def test_gateway_killed_mid_flight_loses_nothing(
             ),
             "the interrupted realtime row to be closed",
         )
+        assert db.execute(
+            "SELECT count(*) FROM requests WHERE status IN ('pending', 'in_progress')"
+        ).fetchone() == (0,)
     finally:
         second.process.stop()
 
