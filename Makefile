@@ -36,6 +36,7 @@ bench: install ## figures for the README (see bench/)
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/batch.py --workers 2
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

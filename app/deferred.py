@@ -1,8 +1,9 @@
 """Flex and background calls: accept durably, then wait (blocking flex) or return at once.
 
-Accepting is one statement (request row + single-request batch + procrastinate job).
-A blocking client waits on the LISTEN hub; if it disconnects, the work goes on and the
-result stays readable by the id sent in ``x-request-id``.
+Accepting is one statement (request row + single-request batch + procrastinate job), shared
+by the submissions that arrive together (group commit). A blocking client waits on the LISTEN
+hub; if it disconnects, the work goes on and the result stays readable by the id sent in
+``x-request-id``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from app.ids import new_id, request_id
 from app.metrics import Metrics
 from app.settings import Settings
 from app.shapes import response_object, row_error, stored_result
+from app.store.group_commit import GroupCommit
 from app.store.keys import ApiKey
 from app.store.requests import RequestStore, Submission
 from app.upstream import RETRYABLE_STATUSES
@@ -46,6 +48,14 @@ class DeferredCalls:
         self.store = store
         self.hub = hub
         self.metrics = metrics
+        # A burst of clients shares statements instead of queueing for pool connections.
+        self.accepting: GroupCommit[Submission] = GroupCommit(store.submit_many, name="flex-submit")
+
+    def start(self) -> None:
+        self.accepting.start()
+
+    async def stop(self) -> None:
+        await self.accepting.stop()
 
     def _submission(self, call: Call, key: ApiKey, rid: str) -> Submission:
         flex = call.tier == "flex"
@@ -68,14 +78,14 @@ class DeferredCalls:
         rid = request_id(call.endpoint)
         submission = self._submission(call, key, rid)
         if call.background:
-            await self.store.submit(submission)
+            await self.accepting.submit(submission)
             row = await self.store.get(rid, key.id)
             assert row is not None
             return json_response(response_object(row), headers={"x-request-id": rid})
 
         started = time.perf_counter()
         async with self.hub.waiter(rid) as wait:
-            await self.store.submit(submission)
+            await self.accepting.submit(submission)
             self.metrics.waiting_clients.inc()
             try:
                 finished = await _wait_unless_gone(

@@ -61,10 +61,12 @@ class Services:
     async def start(self) -> None:
         await self.presence.start()
         self.proxy.start()
+        self.deferred.start()
         await self.hub.start()
 
     async def stop(self) -> None:
         await self.hub.stop()
+        await self.deferred.stop()
         await self.proxy.stop()
         await self.presence.stop()
         await self.upstream.aclose()

@@ -22,28 +22,41 @@ from app.store.schema import requests
 DONE_CHANNEL = "tiergate_done"
 RUN_REQUEST_TASK = "tiergate.run_request"
 
-# Row, single-request batch and procrastinate job in one statement, hence one transaction:
-# an accepted request always has a job (procrastinate's versioned SQL defer function).
-SUBMIT = text(
+# Rows, their single-request batches and their procrastinate jobs in one statement, hence one
+# transaction: an accepted request always has a job (procrastinate's versioned SQL defer
+# function). Many submissions share it (group commit): a burst of blocking clients costs a few
+# statements, not one pool checkout each. The function returns the job ids in input order
+# (procrastinate's own batch_defer relies on that too); ordinality pairs them with the rows.
+SUBMIT_MANY = text(
     """
-WITH job AS (
-    SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(
-        :queue, :task, :priority, NULL, NULL,
-        jsonb_build_object('request_id', CAST(:id AS text)), NULL
-    )::procrastinate_job_to_defer_v1])) AS id
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:ids AS text[]), CAST(:batch_ids AS text[]), CAST(:owners AS text[]),
+        CAST(:endpoints AS text[]), CAST(:models AS text[]), CAST(:tiers AS text[]),
+        CAST(:backgrounds AS boolean[]), CAST(:streams AS boolean[]), CAST(:bodies AS text[]),
+        CAST(:windows_s AS integer[]), CAST(:queues AS text[]), CAST(:priorities AS integer[])
+    ) WITH ORDINALITY AS u(id, batch_id, owner, endpoint, model, tier, background, stream,
+                           body, window_s, queue, priority, n)
+), job AS (
+    SELECT j.id, j.n FROM unnest(procrastinate_defer_jobs_v1(ARRAY(
+        SELECT ROW(queue, :task, priority, NULL, NULL,
+                   jsonb_build_object('request_id', id), NULL)::procrastinate_job_to_defer_v1
+        FROM input ORDER BY n
+    ))) WITH ORDINALITY AS j(id, n)
 ), batch AS (
     INSERT INTO batches (id, owner_key_id, kind, endpoint, status, completion_window, total,
                          expires_at, in_progress_at)
-    VALUES (:batch_id, :owner, 'single', :endpoint, 'in_progress', :window, 1,
-            now() + make_interval(secs => :window_s), now())
+    SELECT batch_id, owner, 'single', endpoint, 'in_progress', window_s || 's', 1,
+           now() + make_interval(secs => window_s), now()
+    FROM input
 )
 INSERT INTO requests (id, batch_id, owner_key_id, endpoint, model, service_tier, background,
                       stream, status, body, expires_at, job_id)
-SELECT :id, :batch_id, :owner, :endpoint, :model, :tier, :background, :stream, 'pending',
-       :body, now() + make_interval(secs => :window_s), job.id
-FROM job
+SELECT i.id, i.batch_id, i.owner, i.endpoint, i.model, i.tier, i.background, i.stream,
+       'pending', CAST(i.body AS jsonb), now() + make_interval(secs => i.window_s), job.id
+FROM input i JOIN job ON job.n = i.n
 """
-).bindparams(bindparam("body", type_=JSONB), bindparam("window_s", type_=Integer))
+)
 
 
 # Realtime calls: the row exists before the upstream answer reaches the client, so a crash
@@ -271,24 +284,27 @@ class RequestStore:
 
     async def submit(self, sub: Submission) -> None:
         """Insert the row, its single-request batch and its job, atomically."""
+        await self.submit_many([sub])
+
+    async def submit_many(self, subs: list[Submission]) -> None:
+        """Accept many submissions in one statement (all or none)."""
         async with self.engine.connect() as conn:
             await conn.execute(
-                SUBMIT,
+                SUBMIT_MANY,
                 {
-                    "id": sub.id,
-                    "batch_id": sub.batch_id,
-                    "owner": sub.owner,
-                    "endpoint": sub.endpoint,
-                    "model": sub.model,
-                    "tier": sub.tier,
-                    "background": sub.background,
-                    "stream": sub.stream,
-                    "body": sub.body,
-                    "window": f"{sub.window_s}s",
-                    "window_s": sub.window_s,
-                    "queue": sub.queue,
+                    "ids": [s.id for s in subs],
+                    "batch_ids": [s.batch_id for s in subs],
+                    "owners": [s.owner for s in subs],
+                    "endpoints": [s.endpoint for s in subs],
+                    "models": [s.model for s in subs],
+                    "tiers": [s.tier for s in subs],
+                    "backgrounds": [s.background for s in subs],
+                    "streams": [s.stream for s in subs],
+                    "bodies": [dumps(s.body) for s in subs],
+                    "windows_s": [s.window_s for s in subs],
+                    "queues": [s.queue for s in subs],
+                    "priorities": [s.priority for s in subs],
                     "task": RUN_REQUEST_TASK,
-                    "priority": sub.priority,
                 },
             )
 

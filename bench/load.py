@@ -1,0 +1,750 @@
+"""Load benchmark: thousands of blocking flex clients while a Batch API batch runs.
+
+Topology, as a user would run it (all real processes on loopback): PostgreSQL (embedded unless
+``DATABASE_URL`` is set), ``tiergate mock-upstream --latency-ms L``, one gateway
+``tiergate serve --no-worker`` with explicit ``limits``, and ``--workers N`` processes of
+``tiergate worker``. On one set of processes it runs three phases: the flex clients alone, the
+batch alone, then both at once (a batch is submitted, and once it is ``in_progress`` the
+clients open their connections and wait for their answers). A sampler thread reads, every
+0.1 s, the gateway's and workers' PostgreSQL connections (``pg_stat_activity`` by
+``application_name``) and their RSS, and every 0.25 s the gateway's ``/metrics`` (blocking
+clients waiting) and the sockets this process holds open to the gateway.
+
+Exits non-zero if a promise is broken: a client failed or got no answer within ``--deadline``,
+the gateway held more PostgreSQL connections than ``db_pool_size + db_max_overflow + 1``
+(LISTEN), a batch line is missing or doubled, or the gateway's RSS passed ``--max-rss-mb``.
+Timings are printed, never asserted.
+
+Usage: python bench/load.py [--clients 2000] [--lines 10000] [--workers 2] [--latency-ms 100]
+       python bench/load.py --quick     # 200 clients, 1,000 lines: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx
+import psutil
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.dburl import DatabaseURL
+from tests.support.databases import database_server
+from tests.support.servers import (
+    Gateway,
+    Process,
+    create_key,
+    start_gateway,
+    start_mock_upstream,
+    start_worker,
+)
+
+MODEL = "remote"
+GATEWAY_APPS = ("tiergate", "tiergate-listen")  # the gateway's pool and its LISTEN hub
+WORKER_APP = "tiergate-worker"
+MB = 1024 * 1024
+
+
+@dataclass
+class LoadConfig:
+    """What to run; the defaults are the full benchmark."""
+
+    clients: int = 2000
+    lines: int = 10_000
+    workers: int = 2
+    worker_concurrency: int = 16
+    flex_concurrency: int = 64
+    latency_ms: float = 100.0
+    deadline_s: float = 180.0
+    db_pool_size: int = 4
+    db_max_overflow: int = 12
+    max_rss_mb: float = 1024.0
+    baselines: bool = True
+
+    @property
+    def connection_bound(self) -> int:
+        """The gateway's promise: its pool, its overflow and one LISTEN connection."""
+        return self.db_pool_size + self.db_max_overflow + 1
+
+    def config_yaml(self, upstream: str) -> str:
+        return (
+            "models:\n"
+            f"  - name: {MODEL}\n"
+            f"    upstream: {upstream}/v1\n"
+            f"    flex_concurrency: {self.flex_concurrency}\n"
+            "limits:\n"
+            f"  db_pool_size: {self.db_pool_size}\n"
+            f"  db_max_overflow: {self.db_max_overflow}\n"
+            f"  worker_concurrency: {self.worker_concurrency}\n"
+            "  job_pool_size: 4\n"
+            "  waiter_recheck_s: 5.0\n"
+            "  batch_chunk: 200\n"
+            "  batch_jobs: 4\n"
+        )
+
+
+# --- sampling -----------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One look at the processes, ``t`` seconds (perf_counter) in."""
+
+    t: float
+    gateway_conns: int = 0
+    gateway_busy: int = 0
+    worker_conns: int = 0
+    gateway_rss: int = 0
+    worker_rss: tuple[int, ...] = ()
+    waiting: int | None = None  # tiergate_waiting_clients (gateway's /metrics)
+    client_sockets: int | None = None  # this process's ESTABLISHED sockets to the gateway
+
+
+class Poller(threading.Thread):
+    """Calls ``probe`` every ``every_s`` seconds in a thread, collecting what it returns."""
+
+    def __init__(self, probe: Callable[[], Sample], every_s: float) -> None:
+        super().__init__(daemon=True)
+        self.probe = probe
+        self.every_s = every_s
+        self.samples: list[Sample] = []
+        self.errors: list[str] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.samples.append(self.probe())
+            except Exception as exc:  # a probe failing must not end the run; report it
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            self._halt.wait(self.every_s)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        return [s for s in self.samples if start <= s.t <= end]
+
+
+def rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU time of a process so far (0 once it is gone); ``children`` adds its
+    exited children's (a PostgreSQL backend that closed) and its live children's."""
+    try:
+        process = psutil.Process(pid)
+        times = process.cpu_times()
+        total = times.user + times.system
+        if children:
+            total += times.children_user + times.children_system
+            total += sum(cpu_seconds(child.pid) for child in process.children())
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+class CpuMeter:
+    """CPU seconds used so far by each part of the run, PostgreSQL included when it runs here."""
+
+    def __init__(self, db: str, parts: dict[str, list[int]]) -> None:
+        self.parts = {**parts, "bench": [os.getpid()]}
+        self.postmaster: int | None = None
+        with psycopg.connect(db, autocommit=True) as conn:
+            (backend,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+        with contextlib.suppress(psutil.Error):
+            parent = psutil.Process(backend).parent()
+            if parent is not None and "postgres" in parent.name():
+                self.postmaster = parent.pid
+
+    def read(self) -> dict[str, float]:
+        used = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.parts.items()}
+        if self.postmaster is not None:
+            used["postgres"] = cpu_seconds(self.postmaster, children=True)
+        return used
+
+
+class Probes:
+    """The two probes: database + memory (cheap, 0.1 s) and HTTP + sockets (0.25 s)."""
+
+    def __init__(self, db: str, gateway: Gateway, gateway_pid: int, worker_pids: list[int]):
+        self.db = db
+        self.gateway = gateway
+        self.gateway_pid = gateway_pid
+        self.worker_pids = worker_pids
+        self.gateway_port = int(gateway.url.rsplit(":", 1)[1])
+        self._conn: psycopg.Connection | None = None
+        self._http = httpx.Client(timeout=5)
+
+    def database(self) -> Sample:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.db, autocommit=True)
+        rows = self._conn.execute(
+            "SELECT application_name, state FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        gateway = [state for app, state in rows if app in GATEWAY_APPS]
+        return Sample(
+            t=time.perf_counter(),
+            gateway_conns=len(gateway),
+            gateway_busy=sum(1 for state in gateway if state not in ("idle", None)),
+            worker_conns=sum(1 for app, _ in rows if app == WORKER_APP),
+            gateway_rss=rss(self.gateway_pid),
+            worker_rss=tuple(rss(pid) for pid in self.worker_pids),
+        )
+
+    def http(self) -> Sample:
+        waiting = None
+        text = self._http.get(self.gateway.url + "/metrics").text
+        for line in text.splitlines():
+            if line.startswith("tiergate_waiting_clients "):
+                waiting = int(float(line.split()[1]))
+        sockets = sum(
+            1
+            for c in psutil.Process().net_connections("tcp")
+            if c.raddr and c.raddr.port == self.gateway_port and c.status == "ESTABLISHED"
+        )
+        return Sample(t=time.perf_counter(), waiting=waiting, client_sockets=sockets)
+
+    def close(self) -> None:
+        self._http.close()
+        if self._conn is not None:
+            self._conn.close()
+
+
+@contextlib.contextmanager
+def sampling(probes: Probes) -> Iterator[tuple[Poller, Poller]]:
+    fast, slow = Poller(probes.database, 0.1), Poller(probes.http, 0.25)
+    fast.start()
+    slow.start()
+    try:
+        yield fast, slow
+    finally:
+        fast.stop()
+        slow.stop()
+        probes.close()
+
+
+# --- the flex clients ---------------------------------------------------------------------
+
+
+@dataclass
+class FlexResult:
+    """How ``clients`` concurrent blocking flex requests ended."""
+
+    clients: int
+    latencies: list[float] = field(default_factory=list)  # seconds, answered 200
+    failures: Counter[str] = field(default_factory=Counter)  # status code / error -> count
+    started: float = 0.0
+    ended: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+
+def raise_fd_limit(needed: int) -> None:
+    """This process holds one socket per client: lift the soft limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def flex_clients(api: str, key: str, clients: int, deadline_s: float) -> FlexResult:
+    """``clients`` blocking flex requests at once, one HTTP connection each."""
+    raise_fd_limit(clients + 256)
+    result = FlexResult(clients=clients)
+    headers = {"Authorization": f"Bearer {key}"}
+    connector = aiohttp.TCPConnector(limit=clients + 16, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=deadline_s)
+
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        body = {"model": MODEL, "input": f"flex client {i}", "service_tier": "flex"}
+        start = time.perf_counter()
+        try:
+            async with session.post(api + "/responses", json=body, headers=headers) as resp:
+                payload = await resp.read()
+            if resp.status != 200:
+                result.failures[f"HTTP {resp.status}"] += 1
+                return
+            answer = json.loads(payload)
+            if answer.get("status") != "completed" or answer.get("service_tier") != "flex":
+                result.failures[f"unexpected body {answer.get('status')}"] += 1
+                return
+            result.latencies.append(time.perf_counter() - start)
+        except TimeoutError:
+            result.failures[f"no answer within {deadline_s:.0f} s"] += 1
+        except aiohttp.ClientError as exc:
+            result.failures[type(exc).__name__] += 1
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        result.started = time.perf_counter()
+        await asyncio.gather(*(one(session, i) for i in range(clients)))
+        result.ended = time.perf_counter()
+    return result
+
+
+# --- the batch ----------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    """A batch from ``create`` to ``completed`` and its verified output."""
+
+    lines: int
+    status: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    created: float = 0.0
+    running: float = 0.0  # in_progress seen
+    ended: float = 0.0  # final status seen
+    missing: int = 0  # custom_ids in no output/error file
+    doubled: int = 0  # custom_ids in more than one line
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.created
+
+
+def batch_input(lines: int) -> bytes:
+    out = io.StringIO()
+    for i in range(lines):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"line {i}"}]}
+        line = {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions"}
+        out.write(json.dumps({**line, "body": body}) + "\n")
+    return out.getvalue().encode()
+
+
+async def start_batch(http: httpx.AsyncClient, lines: int) -> tuple[str, BatchResult]:
+    """Upload, create and wait until the batch's lines are ``in_progress``."""
+    result = BatchResult(lines=lines)
+    uploaded = await http.post(
+        "/files", data={"purpose": "batch"}, files={"file": ("load.jsonl", batch_input(lines))}
+    )
+    uploaded.raise_for_status()
+    result.created = time.perf_counter()
+    created = await http.post(
+        "/batches",
+        json={
+            "input_file_id": uploaded.json()["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        },
+    )
+    created.raise_for_status()
+    batch = created.json()
+    while batch["status"] == "validating":
+        await asyncio.sleep(0.1)
+        batch = (await http.get(f"/batches/{batch['id']}")).json()
+    result.running = time.perf_counter()
+    return batch["id"], result
+
+
+async def follow_batch(
+    http: httpx.AsyncClient, batch_id: str, result: BatchResult, deadline_s: float
+) -> BatchResult:
+    """Poll twice a second until the batch ends, then check every custom_id came back once."""
+    deadline = time.perf_counter() + deadline_s
+    while True:
+        batch = (await http.get(f"/batches/{batch_id}")).json()
+        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+            break
+        if time.perf_counter() > deadline:
+            result.status = f"{batch['status']} after {deadline_s:.0f} s"
+            result.ended = time.perf_counter()
+            return result
+        await asyncio.sleep(0.5)
+    result.ended = time.perf_counter()
+    result.status, result.counts = batch["status"], batch["request_counts"]
+    seen: Counter[str] = Counter()
+    for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
+        if file_id:
+            content = (await http.get(f"/files/{file_id}/content")).content
+            seen.update(json.loads(line)["custom_id"] for line in content.splitlines())
+    result.missing = sum(1 for i in range(result.lines) if f"req-{i}" not in seen)
+    result.doubled = sum(1 for n in seen.values() if n > 1)
+    return result
+
+
+# --- phases -------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """One phase: flex clients, a batch, or both at once; with what was sampled meanwhile."""
+
+    name: str
+    flex: FlexResult | None = None
+    batch: BatchResult | None = None
+    samples: list[Sample] = field(default_factory=list)
+    http_samples: list[Sample] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used, by part
+
+    @property
+    def peak_gateway_conns(self) -> int:
+        return max((s.gateway_conns for s in self.samples), default=0)
+
+    @property
+    def peak_gateway_busy(self) -> int:
+        return max((s.gateway_busy for s in self.samples), default=0)
+
+    @property
+    def peak_worker_conns(self) -> int:
+        return max((s.worker_conns for s in self.samples), default=0)
+
+    @property
+    def peak_waiting(self) -> int:
+        return max((s.waiting or 0 for s in self.http_samples), default=0)
+
+    @property
+    def peak_client_sockets(self) -> int:
+        return max((s.client_sockets or 0 for s in self.http_samples), default=0)
+
+    @property
+    def peak_gateway_rss(self) -> int:
+        return max((s.gateway_rss for s in self.samples), default=0)
+
+    @property
+    def peak_worker_rss(self) -> list[int]:
+        rows = [s.worker_rss for s in self.samples if s.worker_rss]
+        return [max(column) for column in zip(*rows, strict=True)] if rows else []
+
+
+async def run_phase(
+    gateway: Gateway, key: str, cfg: LoadConfig, *, flex: bool, batch: bool
+) -> tuple[FlexResult | None, BatchResult | None]:
+    """Optionally start a batch; once it runs, optionally open the flex clients."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=gateway.api, headers=headers, timeout=120) as http:
+        following: asyncio.Task[BatchResult] | None = None
+        if batch:
+            batch_id, started = await start_batch(http, cfg.lines)
+            following = asyncio.create_task(follow_batch(http, batch_id, started, cfg.deadline_s))
+        flex_result = None
+        if flex:
+            flex_result = await flex_clients(gateway.api, key, cfg.clients, cfg.deadline_s)
+        batch_result = await following if following is not None else None
+    return flex_result, batch_result
+
+
+# --- the whole run ------------------------------------------------------------------------
+
+
+@dataclass
+class LoadReport:
+    """Everything measured in one run."""
+
+    config: LoadConfig
+    topology: str
+    phases: dict[str, Phase]
+    gateway_rss_before: int
+    gateway_rss_after: int
+    sampler_errors: list[str]
+    fast_samples: int
+    all_samples: list[Sample]
+
+    @property
+    def combined(self) -> Phase:
+        return self.phases["combined"]
+
+    @property
+    def peak_gateway_conns(self) -> int:
+        return max((s.gateway_conns for s in self.all_samples), default=0)
+
+    @property
+    def peak_gateway_rss(self) -> int:
+        return max((s.gateway_rss for s in self.all_samples), default=0)
+
+
+def pid(process: Process) -> int:
+    assert process.proc is not None
+    return process.proc.pid
+
+
+def wait_for_workers(db: str, n: int, timeout_s: float = 60.0) -> None:
+    """Poll until ``n`` procrastinate workers have registered."""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(db, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            (count,) = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
+            if count >= n:
+                return
+            time.sleep(0.1)
+    raise RuntimeError(f"{n} worker(s) did not register within {timeout_s:.0f} s")
+
+
+def run_load(
+    database: DatabaseURL, work: Path, cfg: LoadConfig, log: Callable[[str], None] = print
+) -> LoadReport:
+    """Start the processes on ``database`` (a fresh, migrated one), run the phases, stop all."""
+    db = database.libpq()
+    processes: list[Process] = []
+    try:
+        upstream, mock = start_mock_upstream(work / "mock.log", latency_ms=cfg.latency_ms)
+        processes.append(mock)
+        config = work / "tiergate.yaml"
+        config.write_text(cfg.config_yaml(upstream))
+        key = create_key(db, "load")
+        gateway = start_gateway(database_url=db, config=config, log=work / "gw.log", worker=False)
+        processes.append(gateway.process)
+        workers = [
+            start_worker(
+                database_url=db,
+                config=config,
+                log=work / f"worker{i}.log",
+                concurrency=cfg.worker_concurrency,
+            )
+            for i in range(cfg.workers)
+        ]
+        processes += workers
+        wait_for_workers(db, cfg.workers)
+        asyncio.run(flex_clients(gateway.api, key, 1, cfg.deadline_s))  # warm up
+        probes = Probes(db, gateway, pid(gateway.process), [pid(w) for w in workers])
+        meter = CpuMeter(
+            db,
+            {
+                "gateway": [pid(gateway.process)],
+                "workers": [pid(w) for w in workers],
+                "mock": [pid(mock)],
+            },
+        )
+        rss_before = rss(pid(gateway.process))
+        plan = [("combined", True, True)]
+        if cfg.baselines:
+            plan = [("flex alone", True, False), ("batch alone", False, True), *plan]
+        phases: dict[str, Phase] = {}
+        with sampling(probes) as (fast, slow):
+            for name, flex, batch in plan:
+                log(f"phase: {name}")
+                start, cpu_start = time.perf_counter(), meter.read()
+                flex_result, batch_result = asyncio.run(
+                    run_phase(gateway, key, cfg, flex=flex, batch=batch)
+                )
+                end, cpu_end = time.perf_counter(), meter.read()
+                phases[name] = Phase(
+                    name,
+                    flex_result,
+                    batch_result,
+                    fast.between(start, end),
+                    slow.between(start, end),
+                    end - start,
+                    {part: cpu_end[part] - cpu_start[part] for part in cpu_end},
+                )
+        rss_after = rss(pid(gateway.process))
+        topology = (
+            f"gateway `tiergate serve --no-worker` + {cfg.workers} x "
+            f"`tiergate worker --concurrency {cfg.worker_concurrency}`, "
+            f"model flex_concurrency {cfg.flex_concurrency}, mock upstream at "
+            f"{cfg.latency_ms:.0f} ms"
+        )
+        return LoadReport(
+            config=cfg,
+            topology=topology,
+            phases=phases,
+            gateway_rss_before=rss_before,
+            gateway_rss_after=rss_after,
+            sampler_errors=fast.errors + slow.errors,
+            fast_samples=len(fast.samples),
+            all_samples=fast.samples,
+        )
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def problems(report: LoadReport) -> list[str]:
+    """The promises that were broken (empty when all held)."""
+    cfg = report.config
+    found = []
+    for phase in report.phases.values():
+        if phase.flex is not None and (phase.flex.failed or phase.flex.ok != cfg.clients):
+            found.append(
+                f"{phase.name}: {phase.flex.ok}/{cfg.clients} clients answered; "
+                f"failures {dict(phase.flex.failures)}"
+            )
+        batch = phase.batch
+        if batch is not None:
+            completed = batch.counts.get("completed")
+            if batch.status != "completed" or completed != cfg.lines:
+                found.append(f"{phase.name}: batch {batch.status}, counts {batch.counts}")
+            if batch.missing or batch.doubled:
+                found.append(
+                    f"{phase.name}: {batch.missing} custom_ids missing, {batch.doubled} doubled"
+                )
+    if report.peak_gateway_conns > cfg.connection_bound:
+        found.append(
+            f"gateway held {report.peak_gateway_conns} PostgreSQL connections "
+            f"(bound {cfg.connection_bound})"
+        )
+    if report.fast_samples < 10:
+        found.append(f"only {report.fast_samples} connection samples were taken")
+    if report.peak_gateway_rss > cfg.max_rss_mb * MB:
+        found.append(
+            f"gateway RSS peaked at {report.peak_gateway_rss / MB:.0f} MB "
+            f"(limit {cfg.max_rss_mb:.0f} MB)"
+        )
+    return found
+
+
+# --- printing -----------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def flex_line(flex: FlexResult) -> str:
+    lat = flex.latencies
+    failures = ", ".join(f"{n} x {why}" for why, n in flex.failures.most_common()) or "none"
+    return (
+        f"{flex.ok}/{flex.clients} answered 200 (failed: {failures}); latency p50 "
+        f"{pct(lat, 0.5):.2f} s  p99 {pct(lat, 0.99):.2f} s  max {max(lat, default=0):.2f} s; "
+        f"all answered {flex.ended - flex.started:.1f} s after the first request"
+    )
+
+
+def batch_line(batch: BatchResult) -> str:
+    return (
+        f"batch of {batch.lines} lines {batch.status} {batch.seconds:.1f} s after create "
+        f"({batch.lines / batch.seconds:.0f} lines/s; in_progress after "
+        f"{batch.running - batch.created:.1f} s); output: {batch.missing} custom_ids missing, "
+        f"{batch.doubled} doubled"
+    )
+
+
+def cpu_line(phase: Phase) -> str:
+    used = ", ".join(f"{part} {seconds:.1f}" for part, seconds in phase.cpu.items())
+    total = sum(phase.cpu.values())
+    cores = os.cpu_count() or 1
+    return (
+        f"  CPU seconds: {used} = {total:.0f} of {cores} x {phase.seconds:.0f} s "
+        f"({total / (cores * phase.seconds):.0%})"
+    )
+
+
+def render(report: LoadReport) -> str:
+    cfg = report.config
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    both = report.combined
+    out = [
+        f"tiergate load bench ({when}, {os.cpu_count()} cores; {cfg.clients} blocking flex "
+        f"clients + a {cfg.lines}-line batch)",
+        f"topology: {report.topology}",
+        f"[flex + batch]  {flex_line(both.flex)}" if both.flex else "",
+        f"                {batch_line(both.batch)}" if both.batch else "",
+    ]
+    if both.flex and both.batch:
+        overlap = sum(1 for s in both.samples if s.t <= both.batch.ended)
+        out.append(
+            f"                the batch ended {both.batch.ended - both.flex.started:+.1f} s "
+            f"after the first flex request ({overlap} samples overlap)"
+        )
+    out += [
+        f"  concurrency: this process held {both.peak_client_sockets} sockets open to the "
+        f"gateway at once; peak {both.peak_waiting} blocking clients waiting in the gateway",
+        f"  gateway PostgreSQL connections: peak {report.peak_gateway_conns} (busy "
+        f"{both.peak_gateway_busy}) <= bound {cfg.connection_bound} = db_pool_size "
+        f"{cfg.db_pool_size} + db_max_overflow {cfg.db_max_overflow} + 1 LISTEN "
+        f"({report.fast_samples} samples, every 0.1 s); workers' together: peak "
+        f"{both.peak_worker_conns}",
+        f"  gateway RSS: before {report.gateway_rss_before / MB:.0f} MB, peak "
+        f"{report.peak_gateway_rss / MB:.0f} MB, after {report.gateway_rss_after / MB:.0f} MB"
+        f" (limit {cfg.max_rss_mb:.0f} MB); workers' RSS peak "
+        + ", ".join(f"{r / MB:.0f} MB" for r in both.peak_worker_rss),
+        cpu_line(both),
+    ]
+    alone_flex = report.phases.get("flex alone")
+    alone_batch = report.phases.get("batch alone")
+    if alone_flex and alone_flex.flex and both.flex:
+        a, b = alone_flex.flex.latencies, both.flex.latencies
+        out += [
+            f"[flex alone]    {flex_line(alone_flex.flex)}; peak waiting {alone_flex.peak_waiting}",
+            cpu_line(alone_flex),
+            f"  with batch / without: p50 x{pct(b, 0.5) / pct(a, 0.5):.2f}, "
+            f"p99 x{pct(b, 0.99) / pct(a, 0.99):.2f}",
+        ]
+    if alone_batch and alone_batch.batch and both.batch:
+        out += [
+            f"[batch alone]   {batch_line(alone_batch.batch)}",
+            cpu_line(alone_batch),
+            f"  with flex / without: batch time x"
+            f"{both.batch.seconds / alone_batch.batch.seconds:.2f}",
+        ]
+    if report.sampler_errors:
+        errors = report.sampler_errors
+        out.append(f"  sampler errors: {len(errors)}, e.g. {errors[0]}")
+    return "\n".join(line for line in out if line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = LoadConfig()
+    parser.add_argument("--clients", type=int, default=defaults.clients)
+    parser.add_argument("--lines", type=int, default=defaults.lines)
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--worker-concurrency", type=int, default=defaults.worker_concurrency)
+    parser.add_argument("--flex-concurrency", type=int, default=defaults.flex_concurrency)
+    parser.add_argument("--latency-ms", type=float, default=defaults.latency_ms)
+    parser.add_argument("--deadline", type=float, default=defaults.deadline_s)
+    parser.add_argument("--db-pool-size", type=int, default=defaults.db_pool_size)
+    parser.add_argument("--db-max-overflow", type=int, default=defaults.db_max_overflow)
+    parser.add_argument("--max-rss-mb", type=float, default=defaults.max_rss_mb)
+    parser.add_argument("--no-baselines", action="store_true", help="only the combined phase")
+    parser.add_argument("--quick", action="store_true", help="200 clients, 1,000 lines")
+    args = parser.parse_args()
+    cfg = LoadConfig(
+        clients=200 if args.quick else args.clients,
+        lines=1000 if args.quick else args.lines,
+        workers=args.workers,
+        worker_concurrency=args.worker_concurrency,
+        flex_concurrency=args.flex_concurrency,
+        latency_ms=args.latency_ms,
+        deadline_s=args.deadline,
+        db_pool_size=args.db_pool_size,
+        db_max_overflow=args.db_max_overflow,
+        max_rss_mb=args.max_rss_mb,
+        baselines=not args.no_baselines,
+    )
+    work = Path(tempfile.mkdtemp(prefix="tiergate-load-"))
+    with database_server(work / "home") as factory:
+        report = run_load(factory.create(), work, cfg, log=lambda m: print(m, file=sys.stderr))
+    print(render(report))
+    broken = problems(report)
+    for problem in broken:
+        print(f"FAILED: {problem}")
+    if broken:
+        print(f"logs: {work}")
+    sys.exit(1 if broken else 0)
+
+
+if __name__ == "__main__":
+    main()
