@@ -9,27 +9,11 @@ import time
 import openai
 import pytest
 
+from tests.support.batches import chat_line, jsonl, upload
 from tests.support.servers import Gateway
 
 TIMEOUT_S = 90.0
 FINAL = {"completed", "failed", "expired", "cancelled"}
-
-
-def jsonl(lines: list[dict]) -> bytes:
-    return "".join(json.dumps(line) + "\n" for line in lines).encode()
-
-
-def chat_line(custom_id: str, text: str, model: str = "remote") -> dict:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": text}]},
-    }
-
-
-def upload(client: openai.OpenAI, content: bytes, name: str = "input.jsonl") -> str:
-    return client.files.create(file=(name, io.BytesIO(content)), purpose="batch").id
 
 
 def wait_for(client: openai.OpenAI, batch_id: str, statuses: set[str] = FINAL):

@@ -3,7 +3,6 @@ itself and nothing accepted before the restart is lost."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
@@ -18,7 +17,9 @@ import pytest
 
 from app.dburl import DatabaseURL
 from app.embedded_pg import EmbeddedPostgres
+from tests.support.batches import responses_line, start_batch
 from tests.support.servers import Gateway, create_key, start_gateway
+from tests.support.waiting import wait_until
 
 HEAL_TIMEOUT_S = 90.0
 BLOCKING = 20
@@ -89,13 +90,6 @@ def in_threads(calls: list[Callable[[], Any]]) -> tuple[list[threading.Thread], 
     return threads, results
 
 
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + HEAL_TIMEOUT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_restart_under_load_gives_503_then_heals_and_loses_nothing(
     own_server: tuple[EmbeddedPostgres, DatabaseURL], outage_gateway: Gateway, logs: Path
 ):
@@ -106,20 +100,11 @@ def test_restart_under_load_gives_503_then_heals_and_loses_nothing(
         max_retries=0,
         timeout=120,
     )
-    lines = [
-        {
-            "custom_id": f"o-{i}",
-            "method": "POST",
-            "url": "/v1/responses",
-            "body": {"model": "remote", "input": f"mock:sleep_ms=100 line {i}"},
-        }
-        for i in range(BATCH_LINES)
-    ]
-    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    file_id = client.files.create(file=("o.jsonl", io.BytesIO(content)), purpose="batch").id
-    batch = client.batches.create(
-        input_file_id=file_id, endpoint="/v1/responses", completion_window="24h"
+    batch = start_batch(
+        client,
+        [responses_line(f"o-{i}", f"mock:sleep_ms=100 line {i}") for i in range(BATCH_LINES)],
     )
+    file_id = batch.input_file_id
     background = [
         client.responses.create(
             model="remote", input=f"mock:sleep_ms=800 bg {i}", background=True,
@@ -149,6 +134,7 @@ def test_restart_under_load_gives_503_then_heals_and_loses_nothing(
             running_flex() >= 5 and client.batches.retrieve(batch.id).request_counts.completed > 0
         ),
         "blocking flex calls in flight and the batch under way",
+        HEAL_TIMEOUT_S,
     )
 
     server.stop()
@@ -181,7 +167,9 @@ def test_restart_under_load_gives_503_then_heals_and_loses_nothing(
         server.start()
 
     wait_until(
-        lambda: admin.get(outage_gateway.url + "/readyz").status_code == 200, "readyz to recover"
+        lambda: admin.get(outage_gateway.url + "/readyz").status_code == 200,
+        "readyz to recover",
+        HEAL_TIMEOUT_S,
     )
     # Every client that was waiting through the restart gets its answer.
     for thread in waiting:
@@ -195,8 +183,11 @@ def test_restart_under_load_gives_503_then_heals_and_loses_nothing(
         wait_until(
             lambda r=request_id: healed.responses.retrieve(r).status == "completed",
             f"background request {request_id}",
+            HEAL_TIMEOUT_S,
         )
-    wait_until(lambda: healed.batches.retrieve(batch.id).status == "completed", "the batch")
+    wait_until(
+        lambda: healed.batches.retrieve(batch.id).status == "completed", "the batch", HEAL_TIMEOUT_S
+    )
     done = healed.batches.retrieve(batch.id)
     assert done.request_counts is not None and done.request_counts.completed == BATCH_LINES
     assert done.output_file_id is not None

@@ -8,12 +8,9 @@ data, compared with the ``requests`` rows and with what the client got back.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,9 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import row
+from tests.support.batches import jsonl, upload
 from tests.support.servers import Gateway
+from tests.support.waiting import wait_until
 
 TIMEOUT_S = 60.0
 RUN = uuid.uuid4().hex[:8]  # the mock outlives this module: keys must be new each run
@@ -104,15 +103,6 @@ def rows_for_key(db: psycopg.Connection, key: str) -> list[tuple[str, str, int]]
         "SELECT id, status, attempts FROM requests WHERE body::text LIKE %s ORDER BY created_at",
         (f"%key={key}%",),
     ).fetchall()
-
-
-def wait_until(predicate: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if found := predicate():
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -343,8 +333,7 @@ def chat_line(custom_id: str, text: str) -> dict[str, Any]:
 
 
 def submit_batch(sdk: openai.OpenAI, lines: list[dict[str, Any]]) -> Any:
-    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    file_id = sdk.files.create(file=("chaos.jsonl", io.BytesIO(content)), purpose="batch").id
+    file_id = upload(sdk, jsonl(lines), "chaos.jsonl")
     batch = sdk.batches.create(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     )

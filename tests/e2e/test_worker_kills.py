@@ -8,9 +8,7 @@ bound the README states (``stalled_after_s + maintenance_every_s`` plus a job fe
 
 from __future__ import annotations
 
-import io
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,9 @@ import psycopg
 import pytest
 
 from app.dburl import DatabaseURL
+from tests.support.batches import chat_line, start_batch
 from tests.support.servers import Gateway, Process, create_key, start_gateway, start_worker
+from tests.support.waiting import seconds_until, wait_until
 
 LINES = 10_000
 KILLS = 6
@@ -67,16 +67,6 @@ def gateway(database: DatabaseURL, config: Path, logs: Path) -> Iterator[Gateway
     gw.process.stop()
 
 
-def wait_until(predicate, what: str, timeout: float = TIMEOUT_S) -> float:  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until true; returns the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @dataclass
 class Workers:
     """Worker processes of this test, each with the procrastinate worker id it registered."""
@@ -108,7 +98,7 @@ class Workers:
             new.update(self._ids() - before)
             return bool(new)
 
-        wait_until(registered, "a new worker to register", 60)
+        wait_until(registered, "a new worker to register")
         self.running.append((process, max(new)))
 
     def kill_oldest(self) -> float:
@@ -124,7 +114,7 @@ class Workers:
         ]
         if not held:
             return 0.0
-        return wait_until(
+        return seconds_until(
             lambda: (
                 self.db.execute(
                     "SELECT count(*) FROM procrastinate_jobs"
@@ -155,22 +145,9 @@ def test_batch_survives_repeated_worker_kills(
         max_retries=0,
         timeout=60,
     )
-    lines = [
-        {
-            "custom_id": f"c-{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": "remote",
-                "messages": [{"role": "user", "content": f"mock:sleep_ms=20 line {i}"}],
-            },
-        }
-        for i in range(LINES)
-    ]
-    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    file_id = client.files.create(file=("kills.jsonl", io.BytesIO(content)), purpose="batch").id
-    batch = client.batches.create(
-        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    batch = start_batch(
+        client,
+        [chat_line(f"c-{i}", f"mock:sleep_ms=20 line {i}") for i in range(LINES)],
     )
     # Single flex requests ride along: they must survive the same kills.
     singles = [
@@ -191,11 +168,14 @@ def test_batch_survives_repeated_worker_kills(
             wait_until(
                 lambda t=target: client.batches.retrieve(batch.id).request_counts.completed >= t,
                 f"{target} lines done before kill {kill + 1}",
+                TIMEOUT_S,
             )
             rescues.append(workers.kill_oldest())
             workers.start()
         wait_until(
-            lambda: client.batches.retrieve(batch.id).status == "completed", "batch completion"
+            lambda: client.batches.retrieve(batch.id).status == "completed",
+            "batch completion",
+            TIMEOUT_S,
         )
         for single in singles:
             wait_until(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +14,9 @@ import pytest
 
 from app.dburl import DatabaseURL
 from tests.e2e.conftest import row
+from tests.support.batches import responses_line, start_batch
 from tests.support.servers import Gateway, Process, create_key, start_gateway, start_worker
+from tests.support.waiting import wait_until
 
 TIMEOUT_S = 60.0
 
@@ -66,15 +68,6 @@ def gateway(database: DatabaseURL, fast_rescue_config: Path, logs: Path) -> Iter
 def client(gateway: Gateway, database: DatabaseURL) -> openai.OpenAI:
     key = create_key(database.libpq(), "durable")
     return openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
-
-
-def wait_until(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_work_waits_for_a_worker_then_completes(
@@ -180,7 +173,7 @@ def test_rescue_does_not_wait_for_busy_slots_or_a_backlog(
         doomed.kill()
         long_calls = [
             client.responses.create(
-                model="long", input="mock:sleep_ms=10000", background=True, service_tier="flex"
+                model="long", input="mock:sleep_ms=30000", background=True, service_tier="flex"
             ).id
             for _ in range(2)
         ]
@@ -340,7 +333,9 @@ def test_gateway_killed_mid_flight_loses_nothing(
             "the interrupted realtime row to be closed",
         )
         assert db.execute(
-            "SELECT count(*) FROM requests WHERE status IN ('pending', 'in_progress')"
+            "SELECT count(*) FROM requests"
+            " WHERE status IN ('pending', 'in_progress') AND created_at > %s",
+            (since,),
         ).fetchone() == (0,)
     finally:
         second.process.stop()
@@ -351,28 +346,13 @@ def test_batch_survives_a_killed_worker(
 ):
     """A worker dies mid-batch (SIGKILL); a new one rescues its job and takes back the lines
     that job had claimed. Every custom_id ends up exactly once across the result files."""
-    import io
-    import json
-
-    lines = [
-        {
-            "custom_id": f"k-{i}",
-            "method": "POST",
-            "url": "/v1/responses",
-            "body": {"model": "remote", "input": "mock:sleep_ms=50"},
-        }
-        for i in range(300)
-    ]
-    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    file_id = client.files.create(file=("k.jsonl", io.BytesIO(content)), purpose="batch").id
+    lines = [responses_line(f"k-{i}", "mock:sleep_ms=50") for i in range(300)]
     first = start_worker(
         database_url=database.libpq(), config=fast_rescue_config, log=logs / "worker-batch-1.log"
     )
     second: Process | None = None
     try:
-        batch = client.batches.create(
-            input_file_id=file_id, endpoint="/v1/responses", completion_window="24h"
-        )
+        batch = start_batch(client, lines)
         wait_until(
             lambda: client.batches.retrieve(batch.id).request_counts.completed >= 20,
             "the batch to be under way",
