@@ -2,10 +2,13 @@
 
 Keys are looked up by sha256 hash and cached in-process. A revocation NOTIFYs every gateway,
 which drops the key at once; the TTL is only a safety net for a missed notification.
+Concurrent requests with a key that is not cached (a cold start, an expired entry) share one
+lookup, so a burst of clients costs one query, not one pool connection each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.datastructures import Headers
@@ -25,13 +28,23 @@ class KeyCache:
         self._store = store
         self._ttl_s = ttl_s
         self._by_hash: dict[str, tuple[ApiKey, float]] = {}
+        self._lookups: dict[str, asyncio.Future[ApiKey | None]] = {}
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         digest = hash_key(secret)
         hit = self._by_hash.get(digest)
-        now = time.monotonic()
-        if hit is not None and now - hit[1] < self._ttl_s:
+        if hit is not None and time.monotonic() - hit[1] < self._ttl_s:
             return hit[0]
+        lookup = self._lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(secret, digest))
+            self._lookups[digest] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        # Shielded: a client that leaves must not cancel the lookup the others wait for.
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, secret: str, digest: str) -> ApiKey | None:
+        now = time.monotonic()
         key = await self._store.find(secret)
         if key is None:
             self._by_hash.pop(digest, None)

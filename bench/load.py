@@ -115,6 +115,7 @@ class Sample:
     worker_rss: tuple[int, ...] = ()
     waiting: int | None = None  # tiergate_waiting_clients (gateway's /metrics)
     client_sockets: int | None = None  # this process's ESTABLISHED sockets to the gateway
+    metrics_s: float | None = None  # how long the gateway took to answer /metrics
 
 
 class Poller(threading.Thread):
@@ -172,10 +173,9 @@ class CpuMeter:
     def __init__(self, db: str, parts: dict[str, list[int]]) -> None:
         self.parts = {**parts, "bench": [os.getpid()]}
         self.postmaster: int | None = None
-        with psycopg.connect(db, autocommit=True) as conn:
+        with psycopg.connect(db, autocommit=True) as conn, contextlib.suppress(psutil.Error):
             (backend,) = conn.execute("SELECT pg_backend_pid()").fetchone()
-        with contextlib.suppress(psutil.Error):
-            parent = psutil.Process(backend).parent()
+            parent = psutil.Process(backend).parent()  # while the backend lives
             if parent is not None and "postgres" in parent.name():
                 self.postmaster = parent.pid
 
@@ -217,7 +217,9 @@ class Probes:
 
     def http(self) -> Sample:
         waiting = None
+        asked = time.perf_counter()
         text = self._http.get(self.gateway.url + "/metrics").text
+        answered = time.perf_counter() - asked
         for line in text.splitlines():
             if line.startswith("tiergate_waiting_clients "):
                 waiting = int(float(line.split()[1]))
@@ -226,7 +228,9 @@ class Probes:
             for c in psutil.Process().net_connections("tcp")
             if c.raddr and c.raddr.port == self.gateway_port and c.status == "ESTABLISHED"
         )
-        return Sample(t=time.perf_counter(), waiting=waiting, client_sockets=sockets)
+        return Sample(
+            t=time.perf_counter(), waiting=waiting, client_sockets=sockets, metrics_s=answered
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -384,14 +388,41 @@ async def follow_batch(
     seen: Counter[str] = Counter()
     for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
         if file_id:
-            content = (await http.get(f"/files/{file_id}/content")).content
-            seen.update(json.loads(line)["custom_id"] for line in content.splitlines())
+            download = await http.get(f"/files/{file_id}/content")
+            if download.status_code != 200:
+                result.status += f" (download of {file_id}: HTTP {download.status_code})"
+                continue
+            seen.update(json.loads(line)["custom_id"] for line in download.content.splitlines())
     result.missing = sum(1 for i in range(result.lines) if f"req-{i}" not in seen)
     result.doubled = sum(1 for n in seen.values() if n > 1)
     return result
 
 
 # --- phases -------------------------------------------------------------------------------
+
+
+def db_now(db: str) -> dt.datetime:
+    with psycopg.connect(db, autocommit=True) as conn:
+        (now,) = conn.execute("SELECT clock_timestamp()").fetchone()
+    return now
+
+
+def flex_anatomy(db: str, since: dt.datetime) -> dict[str, float]:
+    """Where the flex clients' rows spent their time (median seconds): waiting for a worker
+    to claim them, then in the worker (a model slot, the upstream call, the write)."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY started_at - created_at),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY finished_at - started_at)"
+            " FROM requests WHERE custom_id IS NULL AND service_tier = 'flex'"
+            " AND created_at >= %s",
+            (since,),
+        ).fetchone()
+    queued, running = row
+    return {
+        "queued": queued.total_seconds() if queued else 0.0,
+        "in worker": running.total_seconds() if running else 0.0,
+    }
 
 
 @dataclass
@@ -405,6 +436,12 @@ class Phase:
     http_samples: list[Sample] = field(default_factory=list)
     seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used, by part
+    client_lag_s: float = 0.0  # the load generator's worst event-loop lag
+    anatomy: dict[str, float] = field(default_factory=dict)  # flex rows: median seconds
+
+    @property
+    def slowest_metrics_s(self) -> float:
+        return max((s.metrics_s or 0.0 for s in self.http_samples), default=0.0)
 
     @property
     def peak_gateway_conns(self) -> int:
@@ -436,12 +473,28 @@ class Phase:
         return [max(column) for column in zip(*rows, strict=True)] if rows else []
 
 
+async def loop_lag(worst: list[float]) -> None:
+    """Until cancelled: how late this process's event loop wakes from 50 ms sleeps (its worst)."""
+    while True:
+        asked = time.perf_counter()
+        await asyncio.sleep(0.05)
+        worst[0] = max(worst[0], time.perf_counter() - asked - 0.05)
+
+
 async def run_phase(
     gateway: Gateway, key: str, cfg: LoadConfig, *, flex: bool, batch: bool
-) -> tuple[FlexResult | None, BatchResult | None]:
-    """Optionally start a batch; once it runs, optionally open the flex clients."""
+) -> tuple[FlexResult | None, BatchResult | None, float]:
+    """Optionally start a batch; once it runs, optionally open the flex clients. Also returns
+    the client's worst event-loop lag (seconds)."""
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=gateway.api, headers=headers, timeout=120) as http:
+    worst = [0.0]
+    lag = asyncio.create_task(loop_lag(worst))
+    # A fresh connection per call: when this busy process polls late, it must not reuse a
+    # connection the gateway is just closing as idle (uvicorn's keep-alive is 5 s).
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(
+        base_url=gateway.api, headers=headers, timeout=120, limits=fresh
+    ) as http:
         following: asyncio.Task[BatchResult] | None = None
         if batch:
             batch_id, started = await start_batch(http, cfg.lines)
@@ -450,7 +503,8 @@ async def run_phase(
         if flex:
             flex_result = await flex_clients(gateway.api, key, cfg.clients, cfg.deadline_s)
         batch_result = await following if following is not None else None
-    return flex_result, batch_result
+    lag.cancel()
+    return flex_result, batch_result, worst[0]
 
 
 # --- the whole run ------------------------------------------------------------------------
@@ -524,7 +578,7 @@ def run_load(
         ]
         processes += workers
         wait_for_workers(db, cfg.workers)
-        asyncio.run(flex_clients(gateway.api, key, 1, cfg.deadline_s))  # warm up
+        # No warm-up: the first burst meets a cold gateway (key cache, pool), as after a restart.
         probes = Probes(db, gateway, pid(gateway.process), [pid(w) for w in workers])
         meter = CpuMeter(
             db,
@@ -542,8 +596,8 @@ def run_load(
         with sampling(probes) as (fast, slow):
             for name, flex, batch in plan:
                 log(f"phase: {name}")
-                start, cpu_start = time.perf_counter(), meter.read()
-                flex_result, batch_result = asyncio.run(
+                start, cpu_start, since = time.perf_counter(), meter.read(), db_now(db)
+                flex_result, batch_result, lag = asyncio.run(
                     run_phase(gateway, key, cfg, flex=flex, batch=batch)
                 )
                 end, cpu_end = time.perf_counter(), meter.read()
@@ -555,6 +609,8 @@ def run_load(
                     slow.between(start, end),
                     end - start,
                     {part: cpu_end[part] - cpu_start[part] for part in cpu_end},
+                    lag,
+                    flex_anatomy(db, since) if flex else {},
                 )
         rss_after = rss(pid(gateway.process))
         topology = (
@@ -620,13 +676,17 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def flex_line(flex: FlexResult) -> str:
+def flex_line(phase: Phase) -> str:
+    flex = phase.flex
+    assert flex is not None
     lat = flex.latencies
     failures = ", ".join(f"{n} x {why}" for why, n in flex.failures.most_common()) or "none"
+    anatomy = ", ".join(f"{k} {v:.2f} s" for k, v in phase.anatomy.items())
     return (
         f"{flex.ok}/{flex.clients} answered 200 (failed: {failures}); latency p50 "
         f"{pct(lat, 0.5):.2f} s  p99 {pct(lat, 0.99):.2f} s  max {max(lat, default=0):.2f} s; "
-        f"all answered {flex.ended - flex.started:.1f} s after the first request"
+        f"all answered {flex.ended - flex.started:.1f} s after the first request; median row "
+        f"{anatomy}"
     )
 
 
@@ -645,7 +705,9 @@ def cpu_line(phase: Phase) -> str:
     cores = os.cpu_count() or 1
     return (
         f"  CPU seconds: {used} = {total:.0f} of {cores} x {phase.seconds:.0f} s "
-        f"({total / (cores * phase.seconds):.0%})"
+        f"({total / (cores * phase.seconds):.0%}); slowest /metrics answer "
+        f"{phase.slowest_metrics_s:.2f} s; load generator's worst loop lag "
+        f"{phase.client_lag_s:.2f} s"
     )
 
 
@@ -657,7 +719,7 @@ def render(report: LoadReport) -> str:
         f"tiergate load bench ({when}, {os.cpu_count()} cores; {cfg.clients} blocking flex "
         f"clients + a {cfg.lines}-line batch)",
         f"topology: {report.topology}",
-        f"[flex + batch]  {flex_line(both.flex)}" if both.flex else "",
+        f"[flex + batch]  {flex_line(both)}" if both.flex else "",
         f"                {batch_line(both.batch)}" if both.batch else "",
     ]
     if both.flex and both.batch:
@@ -685,7 +747,7 @@ def render(report: LoadReport) -> str:
     if alone_flex and alone_flex.flex and both.flex:
         a, b = alone_flex.flex.latencies, both.flex.latencies
         out += [
-            f"[flex alone]    {flex_line(alone_flex.flex)}; peak waiting {alone_flex.peak_waiting}",
+            f"[flex alone]    {flex_line(alone_flex)}; peak waiting {alone_flex.peak_waiting}",
             cpu_line(alone_flex),
             f"  with batch / without: p50 x{pct(b, 0.5) / pct(a, 0.5):.2f}, "
             f"p99 x{pct(b, 0.99) / pct(a, 0.99):.2f}",
