@@ -60,6 +60,7 @@ MODEL = "remote"
 GATEWAY_APPS = ("tiergate", "tiergate-listen")  # the gateway's pool and its LISTEN hub
 WORKER_APP = "tiergate-worker"
 MB = 1024 * 1024
+JOB_POOL_SIZE = 4
 
 
 @dataclass
@@ -75,13 +76,18 @@ class LoadConfig:
     deadline_s: float = 180.0
     db_pool_size: int = 4
     db_max_overflow: int = 12
-    max_rss_mb: float = 1024.0
+    max_rss_mb: float = 512.0  # the gateway's RSS must stay under this
     baselines: bool = True
 
     @property
     def connection_bound(self) -> int:
         """The gateway's promise: its pool, its overflow and one LISTEN connection."""
         return self.db_pool_size + self.db_max_overflow + 1
+
+    @property
+    def worker_connections(self) -> int:
+        """What one worker process may hold: its engine, procrastinate's pool and LISTEN."""
+        return min(self.worker_concurrency, 10) + JOB_POOL_SIZE + 1 + 1
 
     def config_yaml(self, upstream: str) -> str:
         return (
@@ -93,7 +99,7 @@ class LoadConfig:
             f"  db_pool_size: {self.db_pool_size}\n"
             f"  db_max_overflow: {self.db_max_overflow}\n"
             f"  worker_concurrency: {self.worker_concurrency}\n"
-            "  job_pool_size: 4\n"
+            f"  job_pool_size: {JOB_POOL_SIZE}\n"
             "  waiter_recheck_s: 5.0\n"
             "  batch_chunk: 200\n"
             "  batch_jobs: 4\n"
@@ -408,20 +414,21 @@ def db_now(db: str) -> dt.datetime:
 
 
 def flex_anatomy(db: str, since: dt.datetime) -> dict[str, float]:
-    """Where the flex clients' rows spent their time (median seconds): waiting for a worker
-    to claim them, then in the worker (a model slot, the upstream call, the write)."""
+    """Where the flex clients' rows spent their time (seconds): waiting for a worker to claim
+    them, then in the worker (a model slot, the upstream call, the write)."""
     with psycopg.connect(db, autocommit=True) as conn:
         row = conn.execute(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY started_at - created_at),"
-            " percentile_cont(0.5) WITHIN GROUP (ORDER BY finished_at - started_at)"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY finished_at - started_at),"
+            " percentile_cont(0.99) WITHIN GROUP (ORDER BY finished_at - started_at)"
             " FROM requests WHERE custom_id IS NULL AND service_tier = 'flex'"
             " AND created_at >= %s",
             (since,),
         ).fetchone()
-    queued, running = row
+    names = ("queued p50", "in worker p50", "in worker p99")
     return {
-        "queued": queued.total_seconds() if queued else 0.0,
-        "in worker": running.total_seconds() if running else 0.0,
+        name: value.total_seconds() if value else 0.0
+        for name, value in zip(names, row, strict=True)
     }
 
 
@@ -437,7 +444,8 @@ class Phase:
     seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used, by part
     client_lag_s: float = 0.0  # the load generator's worst event-loop lag
-    anatomy: dict[str, float] = field(default_factory=dict)  # flex rows: median seconds
+    anatomy: dict[str, float] = field(default_factory=dict)  # flex rows: seconds
+    gateway_rss_end: int = 0
 
     @property
     def slowest_metrics_s(self) -> float:
@@ -518,7 +526,6 @@ class LoadReport:
     topology: str
     phases: dict[str, Phase]
     gateway_rss_before: int
-    gateway_rss_after: int
     sampler_errors: list[str]
     fast_samples: int
     all_samples: list[Sample]
@@ -611,8 +618,8 @@ def run_load(
                     {part: cpu_end[part] - cpu_start[part] for part in cpu_end},
                     lag,
                     flex_anatomy(db, since) if flex else {},
+                    rss(pid(gateway.process)),
                 )
-        rss_after = rss(pid(gateway.process))
         topology = (
             f"gateway `tiergate serve --no-worker` + {cfg.workers} x "
             f"`tiergate worker --concurrency {cfg.worker_concurrency}`, "
@@ -624,7 +631,6 @@ def run_load(
             topology=topology,
             phases=phases,
             gateway_rss_before=rss_before,
-            gateway_rss_after=rss_after,
             sampler_errors=fast.errors + slow.errors,
             fast_samples=len(fast.samples),
             all_samples=fast.samples,
@@ -685,8 +691,7 @@ def flex_line(phase: Phase) -> str:
     return (
         f"{flex.ok}/{flex.clients} answered 200 (failed: {failures}); latency p50 "
         f"{pct(lat, 0.5):.2f} s  p99 {pct(lat, 0.99):.2f} s  max {max(lat, default=0):.2f} s; "
-        f"all answered {flex.ended - flex.started:.1f} s after the first request; median row "
-        f"{anatomy}"
+        f"all answered {flex.ended - flex.started:.1f} s after the first request; rows: {anatomy}"
     )
 
 
@@ -735,10 +740,12 @@ def render(report: LoadReport) -> str:
         f"{both.peak_gateway_busy}) <= bound {cfg.connection_bound} = db_pool_size "
         f"{cfg.db_pool_size} + db_max_overflow {cfg.db_max_overflow} + 1 LISTEN "
         f"({report.fast_samples} samples, every 0.1 s); workers' together: peak "
-        f"{both.peak_worker_conns}",
+        f"{both.peak_worker_conns} (each: min(concurrency, 10) + job_pool_size + 1, and "
+        f"procrastinate's LISTEN = {cfg.worker_connections})",
         f"  gateway RSS: before {report.gateway_rss_before / MB:.0f} MB, peak "
-        f"{report.peak_gateway_rss / MB:.0f} MB, after {report.gateway_rss_after / MB:.0f} MB"
-        f" (limit {cfg.max_rss_mb:.0f} MB); workers' RSS peak "
+        f"{report.peak_gateway_rss / MB:.0f} MB (limit {cfg.max_rss_mb:.0f} MB), after each phase "
+        + ", ".join(f"{p.name} {p.gateway_rss_end / MB:.0f} MB" for p in report.phases.values())
+        + "; workers' RSS peak "
         + ", ".join(f"{r / MB:.0f} MB" for r in both.peak_worker_rss),
         cpu_line(both),
     ]
