@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -307,6 +308,9 @@ async def flex_clients(api: str, key: str, clients: int, deadline_s: float) -> F
             if answer.get("status") != "completed" or answer.get("service_tier") != "flex":
                 result.failures[f"unexpected body {answer.get('status')}"] += 1
                 return
+            if f'"echo: {body["input"]}"' not in payload.decode():  # someone else's answer?
+                result.failures["an answer to another request"] += 1
+                return
             result.latencies.append(time.perf_counter() - start)
         except TimeoutError:
             result.failures[f"no answer within {deadline_s:.0f} s"] += 1
@@ -335,6 +339,7 @@ class BatchResult:
     ended: float = 0.0  # final status seen
     missing: int = 0  # custom_ids in no output/error file
     doubled: int = 0  # custom_ids in more than one line
+    poll_errors: Counter[str] = field(default_factory=Counter)  # polls that got no batch
 
     @property
     def seconds(self) -> float:
@@ -380,8 +385,16 @@ async def follow_batch(
 ) -> BatchResult:
     """Poll twice a second until the batch ends, then check every custom_id came back once."""
     deadline = time.perf_counter() + deadline_s
+    batch: dict[str, Any] = {"status": "unknown"}
     while True:
-        batch = (await http.get(f"/batches/{batch_id}")).json()
+        try:
+            polled = await http.get(f"/batches/{batch_id}")
+            if polled.status_code == 200:
+                batch = polled.json()
+            else:
+                result.poll_errors[f"HTTP {polled.status_code}"] += 1
+        except httpx.HTTPError as exc:
+            result.poll_errors[type(exc).__name__] += 1
         if batch["status"] in ("completed", "failed", "expired", "cancelled"):
             break
         if time.perf_counter() > deadline:
@@ -655,6 +668,8 @@ def problems(report: LoadReport) -> list[str]:
             completed = batch.counts.get("completed")
             if batch.status != "completed" or completed != cfg.lines:
                 found.append(f"{phase.name}: batch {batch.status}, counts {batch.counts}")
+            if batch.poll_errors:
+                found.append(f"{phase.name}: batch polls failed: {dict(batch.poll_errors)}")
             if batch.missing or batch.doubled:
                 found.append(
                     f"{phase.name}: {batch.missing} custom_ids missing, {batch.doubled} doubled"
