@@ -29,6 +29,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -426,6 +427,16 @@ def db_now(db: str) -> dt.datetime:
     return now
 
 
+def sessions_opened(db: str) -> int:
+    """Connections ever opened to this database (PostgreSQL 14+ counts them; else 0)."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def flex_anatomy(db: str, since: dt.datetime) -> dict[str, float]:
     """Where the flex clients' rows spent their time (seconds): waiting for a worker to claim
     them, then in the worker (a model slot, the upstream call, the write)."""
@@ -459,6 +470,7 @@ class Phase:
     client_lag_s: float = 0.0  # the load generator's worst event-loop lag
     anatomy: dict[str, float] = field(default_factory=dict)  # flex rows: seconds
     gateway_rss_end: int = 0
+    sessions: int = 0  # connections opened to the database during the phase (all clients)
 
     @property
     def slowest_metrics_s(self) -> float:
@@ -617,6 +629,7 @@ def run_load(
             for name, flex, batch in plan:
                 log(f"phase: {name}")
                 start, cpu_start, since = time.perf_counter(), meter.read(), db_now(db)
+                opened = sessions_opened(db)
                 flex_result, batch_result, lag = asyncio.run(
                     run_phase(gateway, key, cfg, flex=flex, batch=batch)
                 )
@@ -632,6 +645,7 @@ def run_load(
                     lag,
                     flex_anatomy(db, since) if flex else {},
                     rss(pid(gateway.process)),
+                    sessions_opened(db) - opened - 2,  # less this loop's own two
                 )
         topology = (
             f"gateway `tiergate serve --no-worker` + {cfg.workers} x "
@@ -754,7 +768,8 @@ def render(report: LoadReport) -> str:
         f"  gateway PostgreSQL connections: peak {report.peak_gateway_conns} (busy "
         f"{both.peak_gateway_busy}) <= bound {cfg.connection_bound} = db_pool_size "
         f"{cfg.db_pool_size} + db_max_overflow {cfg.db_max_overflow} + 1 LISTEN "
-        f"({report.fast_samples} samples, every 0.1 s); workers' together: peak "
+        f"({report.fast_samples} samples, every 0.1 s; {both.sessions} connections opened "
+        f"meanwhile, by all processes); workers' together: peak "
         f"{both.peak_worker_conns} (each: min(concurrency, 10) + job_pool_size + 1, and "
         f"procrastinate's LISTEN = {cfg.worker_connections})",
         f"  gateway RSS: before {report.gateway_rss_before / MB:.0f} MB, peak "
@@ -827,7 +842,8 @@ def main() -> None:
         print(f"FAILED: {problem}")
     if broken:
         print(f"logs: {work}")
-    sys.exit(1 if broken else 0)
+        sys.exit(1)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
