@@ -179,7 +179,7 @@ class CpuMeter:
     """CPU seconds used so far by each part of the run, PostgreSQL included when it runs here."""
 
     def __init__(self, db: str, parts: dict[str, list[int]]) -> None:
-        self.parts = {**parts, "bench": [os.getpid()]}
+        self.parts = {**parts, "load generator": [os.getpid()]}
         self.postmaster: int | None = None
         with psycopg.connect(db, autocommit=True) as conn, contextlib.suppress(psutil.Error):
             (backend,) = conn.execute("SELECT pg_backend_pid()").fetchone()
@@ -557,7 +557,7 @@ class LoadReport:
 
     @property
     def combined(self) -> Phase:
-        return self.phases["combined"]
+        return self.phases["flex + batch"]
 
     @property
     def peak_gateway_conns(self) -> int:
@@ -621,7 +621,7 @@ def run_load(
             },
         )
         rss_before = rss(pid(gateway.process))
-        plan = [("combined", True, True)]
+        plan = [("flex + batch", True, True)]
         if cfg.baselines:
             plan = [("flex alone", True, False), ("batch alone", False, True), *plan]
         phases: dict[str, Phase] = {}
@@ -711,95 +711,91 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def flex_line(phase: Phase) -> str:
-    flex = phase.flex
-    assert flex is not None
-    lat = flex.latencies
-    failures = ", ".join(f"{n} x {why}" for why, n in flex.failures.most_common()) or "none"
-    anatomy = ", ".join(f"{k} {v:.2f} s" for k, v in phase.anatomy.items())
-    return (
-        f"{flex.ok}/{flex.clients} answered 200 (failed: {failures}); latency p50 "
-        f"{pct(lat, 0.5):.2f} s  p99 {pct(lat, 0.99):.2f} s  max {max(lat, default=0):.2f} s; "
-        f"all answered {flex.ended - flex.started:.1f} s after the first request; rows: {anatomy}"
-    )
+def mb(n: float) -> str:
+    return f"{n / MB:.0f} MB"
 
 
-def batch_line(batch: BatchResult) -> str:
-    return (
-        f"batch of {batch.lines} lines {batch.status} {batch.seconds:.1f} s after create "
-        f"({batch.lines / batch.seconds:.0f} lines/s; in_progress after "
-        f"{batch.running - batch.created:.1f} s); output: {batch.missing} custom_ids missing, "
-        f"{batch.doubled} doubled"
-    )
-
-
-def cpu_line(phase: Phase) -> str:
-    used = ", ".join(f"{part} {seconds:.1f}" for part, seconds in phase.cpu.items())
+def phase_lines(phase: Phase, report: LoadReport) -> list[str]:
+    """The figures of one phase, one topic a line."""
+    cfg = report.config
+    out = [phase.name]
+    flex, batch = phase.flex, phase.batch
+    if flex is not None:
+        lat = flex.latencies
+        failed = ", ".join(f"{n} x {why}" for why, n in flex.failures.most_common()) or "none"
+        slowest = max(lat, default=0.0)
+        out += [
+            f"  flex clients  {flex.ok}/{flex.clients} answered 200, failed: {failed}; latency "
+            f"p50 {pct(lat, 0.5):.1f} s, p99 {pct(lat, 0.99):.1f} s, max {slowest:.1f} s"
+            f" (all answered within {flex.ended - flex.started:.1f} s)",
+            "  flex rows     "
+            + ", ".join(f"{name} {value:.2f} s" for name, value in phase.anatomy.items()),
+            f"  concurrency   {phase.peak_client_sockets} sockets open to the gateway at once "
+            f"(client side); peak {phase.peak_waiting} clients waiting at once in the gateway",
+        ]
+    if batch is not None:
+        tail = ""
+        if flex is not None:
+            tail = f"; it ended {batch.ended - flex.ended:+.1f} s after the last flex answer"
+        out.append(
+            f"  batch         {batch.lines} lines {batch.status} in {batch.seconds:.1f} s from "
+            f"create ({batch.lines / batch.seconds:.0f} lines/s); {batch.missing} custom_ids "
+            f"missing, {batch.doubled} doubled{tail}"
+        )
+    out += [
+        f"  connections   gateway peak {phase.peak_gateway_conns} (busy {phase.peak_gateway_busy})"
+        f" <= bound {cfg.connection_bound}; workers peak {phase.peak_worker_conns} (bound "
+        f"{cfg.workers} x {cfg.worker_connections}); {phase.sessions} connections opened in "
+        "the phase, all processes",
+        f"  memory        gateway RSS peak {mb(phase.peak_gateway_rss)}, at the end "
+        f"{mb(phase.gateway_rss_end)}; workers' RSS peak "
+        + ", ".join(mb(r) for r in phase.peak_worker_rss),
+    ]
     total = sum(phase.cpu.values())
     cores = os.cpu_count() or 1
-    return (
-        f"  CPU seconds: {used} = {total:.0f} of {cores} x {phase.seconds:.0f} s "
-        f"({total / (cores * phase.seconds):.0%}); slowest /metrics answer "
-        f"{phase.slowest_metrics_s:.2f} s; load generator's worst loop lag "
-        f"{phase.client_lag_s:.2f} s"
-    )
+    share = total / (cores * phase.seconds)
+    out += [
+        "  CPU seconds   "
+        + ", ".join(f"{part} {seconds:.1f}" for part, seconds in phase.cpu.items())
+        + f" = {total:.0f} of {cores} x {phase.seconds:.0f} s ({share:.0%})",
+        f"  lag           /metrics answered within {phase.slowest_metrics_s:.2f} s; the load "
+        f"generator's event loop lagged up to {phase.client_lag_s:.2f} s",
+    ]
+    return out
 
 
 def render(report: LoadReport) -> str:
     cfg = report.config
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    both = report.combined
     out = [
-        f"tiergate load bench ({when}, {os.cpu_count()} cores; {cfg.clients} blocking flex "
-        f"clients + a {cfg.lines}-line batch)",
+        f"tiergate load bench ({when}, {os.cpu_count()} cores): {cfg.clients} blocking flex "
+        f"clients during a {cfg.lines}-line batch",
         f"topology: {report.topology}",
-        f"[flex + batch]  {flex_line(both)}" if both.flex else "",
-        f"                {batch_line(both.batch)}" if both.batch else "",
+        f"promises: gateway connections <= db_pool_size {cfg.db_pool_size} + db_max_overflow "
+        f"{cfg.db_max_overflow} + 1 LISTEN = {cfg.connection_bound}; gateway RSS <= "
+        f"{cfg.max_rss_mb:.0f} MB; every client answered within {cfg.deadline_s:.0f} s",
+        f"gateway RSS before the first phase {mb(report.gateway_rss_before)}, peak "
+        f"{mb(report.peak_gateway_rss)}; gateway connections peak {report.peak_gateway_conns} "
+        f"({report.fast_samples} samples, every 0.1 s)",
     ]
-    if both.flex and both.batch:
-        overlap = sum(1 for s in both.samples if s.t <= both.batch.ended)
-        out.append(
-            f"                the batch ended {both.batch.ended - both.flex.started:+.1f} s "
-            f"after the first flex request ({overlap} samples overlap)"
-        )
-    out += [
-        f"  concurrency: this process held {both.peak_client_sockets} sockets open to the "
-        f"gateway at once; peak {both.peak_waiting} blocking clients waiting in the gateway",
-        f"  gateway PostgreSQL connections: peak {report.peak_gateway_conns} (busy "
-        f"{both.peak_gateway_busy}) <= bound {cfg.connection_bound} = db_pool_size "
-        f"{cfg.db_pool_size} + db_max_overflow {cfg.db_max_overflow} + 1 LISTEN "
-        f"({report.fast_samples} samples, every 0.1 s; {both.sessions} connections opened "
-        f"meanwhile, by all processes); workers' together: peak "
-        f"{both.peak_worker_conns} (each: min(concurrency, 10) + job_pool_size + 1, and "
-        f"procrastinate's LISTEN = {cfg.worker_connections})",
-        f"  gateway RSS: before {report.gateway_rss_before / MB:.0f} MB, peak "
-        f"{report.peak_gateway_rss / MB:.0f} MB (limit {cfg.max_rss_mb:.0f} MB), after each phase "
-        + ", ".join(f"{p.name} {p.gateway_rss_end / MB:.0f} MB" for p in report.phases.values())
-        + "; workers' RSS peak "
-        + ", ".join(f"{r / MB:.0f} MB" for r in both.peak_worker_rss),
-        cpu_line(both),
-    ]
+    for phase in report.phases.values():
+        out += phase_lines(phase, report)
+    both = report.combined
     alone_flex = report.phases.get("flex alone")
     alone_batch = report.phases.get("batch alone")
+    ratios = []
     if alone_flex and alone_flex.flex and both.flex:
         a, b = alone_flex.flex.latencies, both.flex.latencies
-        out += [
-            f"[flex alone]    {flex_line(alone_flex)}; peak waiting {alone_flex.peak_waiting}",
-            cpu_line(alone_flex),
-            f"  with batch / without: p50 x{pct(b, 0.5) / pct(a, 0.5):.2f}, "
-            f"p99 x{pct(b, 0.99) / pct(a, 0.99):.2f}",
-        ]
+        p50, p99 = pct(b, 0.5) / pct(a, 0.5), pct(b, 0.99) / pct(a, 0.99)
+        ratios.append(f"flex latency p50 x{p50:.2f}, p99 x{p99:.2f}")
     if alone_batch and alone_batch.batch and both.batch:
-        out += [
-            f"[batch alone]   {batch_line(alone_batch.batch)}",
-            cpu_line(alone_batch),
-            f"  with flex / without: batch time x"
-            f"{both.batch.seconds / alone_batch.batch.seconds:.2f}",
-        ]
+        ratios.append(f"batch time x{both.batch.seconds / alone_batch.batch.seconds:.2f}")
+    if ratios:
+        out.append("both at once / alone: " + "; ".join(ratios))
     if report.sampler_errors:
         errors = report.sampler_errors
-        out.append(f"  sampler errors: {len(errors)}, e.g. {errors[0]}")
-    return "\n".join(line for line in out if line)
+        out.append(f"sampler errors: {len(errors)}, e.g. {errors[0]}")
+    return "\n".join(out)
 
 
 def main() -> None:
