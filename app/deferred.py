@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from app.errors import APIError, json_response
+from app.guard import database_unavailable
 from app.ids import new_id, request_id
 from app.metrics import Metrics
 from app.settings import Settings
@@ -49,7 +50,11 @@ class DeferredCalls:
         self.hub = hub
         self.metrics = metrics
         # A burst of clients shares statements instead of queueing for pool connections.
-        self.accepting: GroupCommit[Submission] = GroupCommit(store.submit_many, name="flex-submit")
+        self.accepting: GroupCommit[Submission] = GroupCommit(
+            store.submit_many,
+            name="flex-submit",
+            item_may_be_at_fault=lambda exc: not database_unavailable(exc),
+        )
 
     def start(self) -> None:
         self.accepting.start()

@@ -21,11 +21,21 @@ class GroupCommit(Generic[T]):
     """Feeds items to ``flush(items)`` in batches of at most ``max_batch``."""
 
     def __init__(
-        self, flush: Callable[[list[T]], Awaitable[None]], *, name: str, max_batch: int = 500
+        self,
+        flush: Callable[[list[T]], Awaitable[None]],
+        *,
+        name: str,
+        max_batch: int = 500,
+        item_may_be_at_fault: Callable[[Exception], bool] = lambda _: True,
     ) -> None:
+        """``item_may_be_at_fault(exc)`` false (e.g. the database is unreachable) fails the
+        whole batch at once instead of retrying its items one by one, which would hold every
+        later caller behind as many failing round trips (or pool timeouts) as the batch had
+        items."""
         self._flush = flush
         self._name = name
         self._max_batch = max_batch
+        self._item_may_be_at_fault = item_may_be_at_fault
         self._queue: list[tuple[T, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -66,8 +76,9 @@ class GroupCommit(Generic[T]):
         try:
             await self._flush([item for item, _ in batch])
         except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0][1], exc)
+            if len(batch) == 1 or not self._item_may_be_at_fault(exc):
+                for _, future in batch:
+                    _settle(future, exc)
                 return
             # One bad item must not fail its neighbours: retry them one by one.
             log.warning("%s: batch of %d failed (%s); retrying singly", self._name, len(batch), exc)

@@ -64,3 +64,39 @@ async def test_stop_fails_pending_callers():
     with pytest.raises(RuntimeError):
         await second
     first.cancel()
+
+
+async def test_a_failure_no_item_caused_fails_the_batch_without_retrying_singly():
+    calls: list[list[int]] = []
+
+    async def flush(items: list[int]) -> None:
+        calls.append(items)
+        raise ConnectionError("database unreachable")
+
+    gate = asyncio.Event()
+
+    async def first_flush_waits(items: list[int]) -> None:
+        if not calls:
+            calls.append(items)
+            await gate.wait()
+            return
+        await flush(items)
+
+    committer = GroupCommit(
+        first_flush_waits,
+        name="t",
+        item_may_be_at_fault=lambda exc: not isinstance(exc, ConnectionError),
+    )
+    committer.start()
+    try:
+        first = asyncio.create_task(committer.submit(0))
+        await asyncio.sleep(0)  # the first flush holds the loop; the rest queue up behind it
+        rest = [asyncio.create_task(committer.submit(i)) for i in range(1, 6)]
+        await asyncio.sleep(0)
+        gate.set()
+        await first
+        results = await asyncio.gather(*rest, return_exceptions=True)
+        assert all(isinstance(r, ConnectionError) for r in results)
+        assert calls == [[0], [1, 2, 3, 4, 5]]  # one failed flush, no item retried alone
+    finally:
+        await committer.stop()
