@@ -61,7 +61,7 @@ def build_job_app(
     connector = procrastinate.PsycopgConnector(
         conninfo=url.libpq(),
         min_size=1,
-        max_size=settings.limits.job_pool_size + 1,  # +1: the worker's LISTEN connection
+        max_size=settings.limits.job_pool_size,  # its LISTEN connection is one more, apart
         kwargs={"application_name": "tiergate-worker"},
         timeout=POOL_TIMEOUT_S,
     )
