@@ -7,6 +7,9 @@ from typing import Any
 
 from starlette.responses import Response
 
+# Error messages quote at most this much of an id a client sent.
+MAX_SHOWN_ID = 64
+
 
 class APIError(Exception):
     """An error the client should see as ``{"error": {...}}`` with ``status``."""
@@ -62,7 +65,8 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
 
 
 def not_found(what: str, ident: str) -> APIError:
-    return APIError(404, f"No {what} found with id '{ident}'.", code="not_found")
+    shown = ident if len(ident) <= MAX_SHOWN_ID else ident[:MAX_SHOWN_ID] + "..."
+    return APIError(404, f"No {what} found with id '{shown}'.", code="not_found")
 
 
 def unauthorized(message: str = "Incorrect API key provided.") -> APIError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 ENDPOINT_PREFIX = {
@@ -9,6 +10,16 @@ ENDPOINT_PREFIX = {
     "/v1/chat/completions": "chatcmpl-",
     "/v1/embeddings": "embd_",
 }
+
+
+# Every id tiergate hands out is a short ASCII prefix and hex digits.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def plausible_id(value: str) -> bool:
+    """Whether ``value`` could be an id tiergate made. Anything else (quotes, NUL, unicode,
+    very long strings) cannot name an object, so it is answered without a query."""
+    return ID_PATTERN.fullmatch(value) is not None
 
 
 def new_id(prefix: str) -> str:

@@ -8,7 +8,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.routing import Match, Route
 
 from app.auth import AuthMiddleware
 from app.dburl import DatabaseURL
@@ -56,7 +58,12 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
                 TierMiddleware, settings=settings, proxy=services.proxy, deferred=services.deferred
             ),
         ],
-        exception_handlers={APIError: api_error, 404: _not_found, 405: _not_allowed},
+        exception_handlers={
+            APIError: api_error,
+            HTTPException: _http_error,
+            404: _not_found,
+            405: _not_allowed,
+        },
         lifespan=lifespan,
     )
     app.state.services = services
@@ -70,6 +77,22 @@ async def _not_found(request, exc):  # type: ignore[no-untyped-def]
 
 
 async def _not_allowed(request, exc):  # type: ignore[no-untyped-def]
+    # Starlette's Allow names the methods of the first route on the path only; a path served
+    # by several routes (GET and DELETE /v1/files/{id}) allows all of theirs.
+    allowed = {
+        method
+        for route in request.app.router.routes
+        if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL
+        for method in route.methods or ()
+    }
     return APIError(
-        405, f"Method {request.method} not allowed on {request.url.path}", code="method_not_allowed"
+        405,
+        f"Method {request.method} not allowed on {request.url.path}",
+        code="method_not_allowed",
+        headers={"allow": ", ".join(sorted(allowed))},
     ).response()
+
+
+async def _http_error(request, exc: HTTPException):  # type: ignore[no-untyped-def]
+    """Starlette's own errors (e.g. a malformed multipart body) in the OpenAI format."""
+    return APIError(exc.status_code, exc.detail, headers=exc.headers).response()

@@ -55,14 +55,17 @@ class TierMiddleware:
         self.limit = settings.limits.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or scope["path"].rstrip("/") not in INFERENCE_ENDPOINTS
-        ):
+        endpoint = scope["path"].rstrip("/") if scope["type"] == "http" else None
+        if endpoint not in INFERENCE_ENDPOINTS:
             await self.app(scope, receive, send)
             return
-        endpoint = scope["path"].rstrip("/")
+        if scope["method"] != "POST":  # the router has no route here to say so
+            raise APIError(
+                405,
+                f"Method {scope['method']} not allowed on {endpoint}",
+                code="method_not_allowed",
+                headers={"allow": "POST"},
+            )
         headers = Headers(scope=scope)
         raw = await read_body(receive, headers, self.limit)
         key = current_key(scope)

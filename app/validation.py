@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,9 @@ INFERENCE_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings"
 REALTIME_TIERS = frozenset({"auto", "default", "priority", "scale"})
 SERVICE_TIERS = REALTIME_TIERS | {"flex"}
 MAX_METADATA_PAIRS = 16
+# Deepest nesting of arrays and objects in a body (OpenAI's own schemas go a few levels deep).
+MAX_JSON_DEPTH = 128
+TOO_DEEP = f"The JSON body is nested too deeply (at most {MAX_JSON_DEPTH} levels)."
 
 
 @dataclass(frozen=True)
@@ -34,20 +38,64 @@ class Call:
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object that PostgreSQL, the workers and any upstream can take."""
     if not raw.strip():
         raise bad_request("The request body is empty; expected a JSON object.")
     if b"\\u0000" in raw:
         # PostgreSQL's jsonb cannot hold NUL characters; say so instead of failing later.
         raise bad_request("The body contains a NUL character (\\u0000), which is not supported.")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
-        raise bad_request("The JSON body is nested too deeply.") from None
+        raise bad_request(TOO_DEEP) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"The body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise bad_request("The JSON body must be an object.")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(body, MAX_JSON_DEPTH):
+        # json.loads stops near Python's recursion limit, but what it accepts there cannot be
+        # encoded again deeper in a call stack (a worker's, say): draw the line well before.
+        raise bad_request(TOO_DEEP)
+    if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(body):
+        # Valid JSON, but not Unicode: neither jsonb nor an upstream could take it.
+        raise bad_request(
+            "The body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)."
+        )
     return body
+
+
+def _reject_constant(name: str) -> Any:
+    # Python reads NaN and Infinity; JSON (and so jsonb and every upstream) has no such thing.
+    raise bad_request(f"The body is not valid JSON: {name} is not a JSON number.")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise bad_request(f"The body is not valid JSON: {text[:32]} is out of range.")
+    return value
+
+
+def _too_deep(body: dict[str, Any], limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (without recursion)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _has_lone_surrogate(body: dict[str, Any]) -> bool:
+    """Paired escapes decode to one character; only unpaired ones fail to encode."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _require(body: dict[str, Any], field: str, kinds: tuple[type, ...], what: str) -> Any:
@@ -114,7 +162,7 @@ def classify_body(endpoint: str, body: dict[str, Any], settings: Settings, key: 
     _check_endpoint_fields(endpoint, body)
 
     tier = body.get("service_tier")
-    if tier is not None and tier not in SERVICE_TIERS:
+    if tier is not None and (not isinstance(tier, str) or tier not in SERVICE_TIERS):
         raise bad_request(
             f"Invalid 'service_tier': {tier!r}. Expected one of {sorted(SERVICE_TIERS)}.",
             param="service_tier",

@@ -17,7 +17,7 @@ from app.store.batches import BatchStore, LineResult
 from app.store.files import FileStore
 from app.store.keys import KeyStore
 from app.store.requests import Outcome
-from app.validation import classify_body
+from app.validation import classify_body, parse_json
 from worker.execute import RequestRunner, RetryLater
 
 log = logging.getLogger("tiergate.batches")
@@ -258,12 +258,11 @@ def _parse_line(
     raw: bytes, line_no: int, endpoint: str, found: Validation
 ) -> tuple[str, dict[str, Any]] | None:
     try:
-        item = json.loads(raw)
-    except (ValueError, RecursionError):
-        found.error("invalid_json_line", "This line is not valid JSON.", line_no)
-        return None
-    if not isinstance(item, dict):
-        found.error("invalid_json_line", "Each line must be a JSON object.", line_no)
+        # The gateway's own body checks: a line that PostgreSQL or a worker could not take
+        # again (NUL, NaN, lone surrogates, absurd nesting) must fail here, not in the COPY.
+        item = parse_json(raw)
+    except APIError as exc:
+        found.error("invalid_json_line", f"This line is not valid: {exc.message}", line_no)
         return None
     custom_id, body = item.get("custom_id"), item.get("body")
     if not isinstance(custom_id, str) or not custom_id:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from app.auth import current_key
 from app.errors import bad_request, json_response, not_found
-from app.ids import new_id
-from app.routes.files import page_params
+from app.ids import new_id, plausible_id
+from app.routes.params import page_params, path_id
 from app.shapes import batch_object, list_object
 from app.store.batches import BatchStore
-from app.validation import INFERENCE_ENDPOINTS, check_metadata
+from app.tiers import read_body
+from app.validation import INFERENCE_ENDPOINTS, check_metadata, parse_json
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -24,15 +23,7 @@ def _store(request: Request) -> BatchStore:
 
 
 async def create(request: Request) -> Response:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise bad_request("The request body is too large.")
-    try:
-        body = json.loads(raw or b"null")
-    except (ValueError, RecursionError):
-        raise bad_request("The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise bad_request("The JSON body must be an object.")
+    body = parse_json(await read_body(request.receive, request.headers, MAX_BODY_BYTES))
     endpoint = body.get("endpoint")
     if endpoint not in INFERENCE_ENDPOINTS:
         raise bad_request(
@@ -40,7 +31,7 @@ async def create(request: Request) -> Response:
         )
     windows = request.state.services.settings.limits.batch_windows
     window = body.get("completion_window")
-    if window not in windows:
+    if not isinstance(window, str) or window not in windows:
         raise bad_request(
             f"'completion_window' must be one of {sorted(windows)}.", param="completion_window"
         )
@@ -49,7 +40,9 @@ async def create(request: Request) -> Response:
     key = current_key(request.scope)
     if not isinstance(file_id, str):
         raise bad_request("Missing required parameter: 'input_file_id'.", param="input_file_id")
-    found = await request.state.services.files.get(file_id, key.id)
+    found = (
+        await request.state.services.files.get(file_id, key.id) if plausible_id(file_id) else None
+    )
     if found is None:
         raise not_found("file", file_id)
     if found["purpose"] != "batch":
@@ -71,7 +64,7 @@ async def create(request: Request) -> Response:
 
 
 async def retrieve(request: Request) -> Response:
-    batch_id = request.path_params["id"]
+    batch_id = path_id(request, "batch")
     row = await _store(request).get(batch_id, current_key(request.scope).id)
     if row is None:
         raise not_found("batch", batch_id)
@@ -85,7 +78,7 @@ async def list_batches(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    batch_id = request.path_params["id"]
+    batch_id = path_id(request, "batch")
     key = current_key(request.scope)
     store = _store(request)
     if await store.get(batch_id, key.id) is None:

@@ -6,14 +6,17 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive
 
 from app.auth import current_key
 from app.errors import APIError, bad_request, json_response, not_found
 from app.ids import new_id
+from app.routes.params import page_params, path_id
 from app.shapes import file_object, list_object
 from app.store.files import FileStore
 
 UPLOAD_PURPOSES = frozenset({"batch"})
+FILE_PURPOSES = frozenset({"batch", "batch_output"})
 READ_BYTES = 1024 * 1024
 # Multipart framing around the file itself.
 ENVELOPE_BYTES = 64 * 1024
@@ -23,21 +26,36 @@ def _store(request: Request) -> FileStore:
     return request.state.services.files
 
 
-def page_params(request: Request, *, default: int, maximum: int) -> tuple[str | None, int]:
-    """``after`` and ``limit`` of a list call, validated."""
-    raw = request.query_params.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise bad_request(f"'limit' must be an integer from 1 to {maximum}.", param="limit")
-    return request.query_params.get("after") or None, int(raw)
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"Files may be at most {limit} bytes.", code="file_too_large")
+
+
+def _bounded(receive: Receive, limit: int, error: APIError) -> Receive:
+    """``receive`` that raises ``error`` once more than ``limit`` body bytes arrived: a chunked
+    upload declares no length, and Starlette would otherwise spool all of it to disk."""
+    seen = 0
+
+    async def bounded() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise error
+        return message
+
+    return bounded
 
 
 async def upload(request: Request) -> Response:
     limit = request.state.services.settings.limits.max_file_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + ENVELOPE_BYTES:
-        raise APIError(413, f"Files may be at most {limit} bytes.", code="file_too_large")
+        raise _too_large(limit)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise bad_request("Upload a file as multipart/form-data with 'file' and 'purpose'.")
+    request = Request(
+        request.scope, _bounded(request.receive, limit + ENVELOPE_BYTES, _too_large(limit))
+    )
     # Starlette spools the file part to a temporary file (1 MiB in memory at most).
     async with request.form(max_files=1, max_fields=8) as form:
         purpose = form.get("purpose")
@@ -48,6 +66,8 @@ async def upload(request: Request) -> Response:
             )
         if not isinstance(upload, UploadFile):
             raise bad_request("Missing required parameter: 'file'.", param="file")
+        if upload.filename and "\x00" in upload.filename:
+            raise bad_request("The file name contains a NUL character.", param="file")
         store = _store(request)
         file_id = new_id("file-")
         writer = await store.create(
@@ -59,9 +79,7 @@ async def upload(request: Request) -> Response:
         try:
             while chunk := await upload.read(READ_BYTES):
                 if writer.size + len(chunk) > limit:
-                    raise APIError(
-                        413, f"Files may be at most {limit} bytes.", code="file_too_large"
-                    )
+                    raise _too_large(limit)
                 await writer.write(chunk)
             await writer.close()
         except BaseException:
@@ -74,9 +92,12 @@ async def upload(request: Request) -> Response:
 
 async def list_files(request: Request) -> Response:
     after, limit = page_params(request, default=10_000, maximum=10_000)
+    purpose = request.query_params.get("purpose") or None
+    if purpose is not None and purpose not in FILE_PURPOSES:
+        return json_response(list_object([], False))  # no file has any other purpose
     rows = await _store(request).list(
         current_key(request.scope).id,
-        purpose=request.query_params.get("purpose") or None,
+        purpose=purpose,
         after=after,
         limit=limit + 1,
     )
@@ -84,7 +105,7 @@ async def list_files(request: Request) -> Response:
 
 
 async def retrieve(request: Request) -> Response:
-    file_id = request.path_params["id"]
+    file_id = path_id(request, "file")
     row = await _store(request).get(file_id, current_key(request.scope).id)
     if row is None:
         raise not_found("file", file_id)
@@ -92,7 +113,7 @@ async def retrieve(request: Request) -> Response:
 
 
 async def content(request: Request) -> Response:
-    file_id = request.path_params["id"]
+    file_id = path_id(request, "file")
     store = _store(request)
     row = await store.get(file_id, current_key(request.scope).id)
     if row is None:
@@ -105,7 +126,7 @@ async def content(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    file_id = request.path_params["id"]
+    file_id = path_id(request, "file")
     if not await _store(request).delete(file_id, current_key(request.scope).id):
         raise not_found("file", file_id)
     return json_response({"id": file_id, "object": "file", "deleted": True})

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.errors import error_body, json_response
+from app.openapi import openapi_document
 from app.store.requests import queue_depth
 
 READY_TIMEOUT_S = 2.0
@@ -55,9 +56,15 @@ async def list_models(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
+async def openapi(request: Request) -> Response:
+    """The OpenAPI 3.1 document of every route (no key needed)."""
+    return json_response(openapi_document(request.state.services.settings))
+
+
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),
 ]

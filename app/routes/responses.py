@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from app.auth import current_key
 from app.errors import APIError, bad_request, json_response, not_found
+from app.routes.params import path_id
 from app.shapes import deleted_object, response_object, stored_result
 from app.store.requests import RequestStore
 
@@ -17,7 +18,7 @@ def _store(request: Request) -> RequestStore:
 
 
 async def retrieve(request: Request) -> Response:
-    rid = request.path_params["id"]
+    rid = path_id(request, "response")
     if request.query_params.get("stream") in ("true", "1"):
         raise bad_request(
             "Streaming a stored response is not supported yet; omit 'stream'.",
@@ -31,7 +32,7 @@ async def retrieve(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    rid = request.path_params["id"]
+    rid = path_id(request, "response")
     key = current_key(request.scope)
     store = _store(request)
     row = await store.get(rid, key.id)
@@ -49,7 +50,7 @@ async def cancel(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    rid = request.path_params["id"]
+    rid = path_id(request, "response")
     if not await _store(request).delete(rid, current_key(request.scope).id):
         raise not_found("response", rid)
     return json_response(deleted_object(rid))
@@ -57,7 +58,7 @@ async def delete(request: Request) -> Response:
 
 async def retrieve_chat(request: Request) -> Response:
     """A finished chat completion by id (the SDK's ``chat.completions.retrieve``)."""
-    rid = request.path_params["id"]
+    rid = path_id(request, "chat completion")
     row = await _store(request).get(rid, current_key(request.scope).id)
     if row is None or row["endpoint"] != "/v1/chat/completions":
         raise not_found("chat completion", rid)

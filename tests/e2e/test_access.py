@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from app.dburl import DatabaseURL
+from tests.support.batches import chat_line, jsonl, upload
 from tests.support.servers import Gateway, create_key
 
 
@@ -66,7 +67,12 @@ def test_revoked_key_stops_working_at_once(gateway: Gateway, database: DatabaseU
 
     secret = create_key(database.libpq(), "short-lived")
     user = openai.OpenAI(base_url=gateway.api, api_key=secret, max_retries=0)
-    assert user.responses.create(model="mock", input="works").status == "completed"
+    done = user.responses.create(model="mock", input="works")
+    assert done.status == "completed"
+    file_id = upload(user, jsonl([chat_line("a", "x", "mock")]))
+    batch_id = user.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    ).id
     subprocess.run(
         [sys.executable, "-m", "app.cli", "keys", "revoke", "short-lived"],
         cwd=ROOT,
@@ -75,8 +81,18 @@ def test_revoked_key_stops_working_at_once(gateway: Gateway, database: DatabaseU
         capture_output=True,
         timeout=60,
     )
-    with pytest.raises(openai.AuthenticationError):
-        user.responses.create(model="mock", input="revoked")
+    for call in (
+        lambda: user.responses.create(model="mock", input="revoked"),
+        lambda: user.responses.retrieve(done.id),
+        lambda: user.files.list(),
+        lambda: user.files.retrieve(file_id),
+        lambda: user.files.content(file_id),
+        lambda: user.batches.list(),
+        lambda: user.batches.retrieve(batch_id),
+        lambda: user.batches.cancel(batch_id),
+    ):
+        with pytest.raises(openai.AuthenticationError):
+            call()
 
 
 def test_ops_endpoints_need_no_key(gateway: Gateway, client: openai.OpenAI):
