@@ -73,10 +73,12 @@ class Maintenance:
         requeued = await self.orphans.requeue()
         if requeued:
             log.warning(
-                "requeued work whose job had ended: %d requests, %d batch lines, batches %s",
+                "requeued work whose job had ended: %d requests, %d batch lines, batches %s;"
+                " gave up on %s",
                 len(requeued.requests),
                 len(requeued.lines),
                 requeued.batches,
+                requeued.gave_up,
             )
 
     async def run(self, jobs: JobManager) -> None:

@@ -10,6 +10,10 @@ it. Nothing would ever run those rows again, so the sweep calls ``OrphanStore.re
 - a live batch with no live job of its own gets the job its state calls for: validation,
   a run job while lines are left, else finalization.
 
+A job that fails every time (a bug, input that crashes the worker) must not loop forever:
+a request or line that has already been run ``MAX_RUNS`` times, or a batch whose jobs have
+failed ``MAX_RUNS`` times, ends ``failed`` with ``processing_failed`` instead.
+
 Every statement only looks at live rows and live jobs (small, indexed sets).
 """
 
@@ -21,44 +25,70 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.batches import BATCH_QUEUE, FINALIZE_TASK, RUN_TASK, VALIDATE_TASK
-from app.store.requests import RUN_REQUEST_TASK
+from app.store.requests import DONE_CHANNEL, RUN_REQUEST_TASK
 
 LIVE_JOB = "j.status IN ('todo', 'doing')"
+MAX_RUNS = 10
+GAVE_UP = (
+    "jsonb_build_object('code', 'processing_failed', 'message',"
+    " 'tiergate could not process this request: its job failed again and again"
+    " (see the worker logs).')"
+)
 
 REQUEUE_REQUESTS = text(
     f"""
 WITH orphans AS (
-    SELECT r.id, coalesce(j.queue_name, CASE WHEN r.service_tier = 'flex' THEN 'flex'
-                                             ELSE 'realtime' END) AS queue,
-           coalesce(j.priority, 0) AS priority, row_number() OVER (ORDER BY r.id) AS n
+    SELECT r.id, r.attempts, coalesce(j.queue_name, CASE WHEN r.service_tier = 'flex'
+                                                        THEN 'flex' ELSE 'realtime' END) AS queue,
+           coalesce(j.priority, 0) AS priority
     FROM requests r LEFT JOIN procrastinate_jobs j ON j.id = r.job_id
     WHERE r.status IN ('pending', 'in_progress') AND r.custom_id IS NULL
       AND r.job_id IS NOT NULL AND (j.id IS NULL OR NOT ({LIVE_JOB}))
     LIMIT 1000
+), again AS (
+    SELECT o.*, row_number() OVER (ORDER BY o.id) AS n FROM orphans o
+    WHERE o.attempts < {MAX_RUNS}
 ), job AS (
     SELECT j.id, j.n FROM unnest(procrastinate_defer_jobs_v1(ARRAY(
-        SELECT ROW(o.queue, '{RUN_REQUEST_TASK}', o.priority, NULL, NULL,
-                   jsonb_build_object('request_id', o.id), NULL)::procrastinate_job_to_defer_v1
-        FROM orphans o ORDER BY o.n
+        SELECT ROW(a.queue, '{RUN_REQUEST_TASK}', a.priority, NULL, NULL,
+                   jsonb_build_object('request_id', a.id), NULL)::procrastinate_job_to_defer_v1
+        FROM again a ORDER BY a.n
     ))) WITH ORDINALITY AS j(id, n)
+), requeued AS (
+    UPDATE requests r SET status = 'pending', job_id = job.id
+    FROM again a JOIN job ON job.n = a.n
+    WHERE r.id = a.id AND r.status IN ('pending', 'in_progress')
+    RETURNING r.id
+), given_up AS (
+    UPDATE requests r SET status = 'failed', finished_at = now(), error = {GAVE_UP}
+    FROM orphans o
+    WHERE r.id = o.id AND o.attempts >= {MAX_RUNS} AND r.status IN ('pending', 'in_progress')
+    RETURNING r.id, r.batch_id
+), single AS (
+    UPDATE batches b SET status = 'completed', completed_at = now()
+    FROM given_up g WHERE b.id = g.batch_id AND b.kind = 'single'
 )
-UPDATE requests r SET status = 'pending', job_id = job.id
-FROM orphans o JOIN job ON job.n = o.n
-WHERE r.id = o.id AND r.status IN ('pending', 'in_progress')
-RETURNING r.id
+SELECT id, false AS gave_up FROM requeued
+UNION ALL
+SELECT g.id, true AS gave_up FROM given_up g, LATERAL pg_notify('{DONE_CHANNEL}', g.id)
 """
 )
 
 RELEASE_LINES = text(
     f"""
-UPDATE requests r SET status = 'pending', job_id = NULL
+UPDATE requests r
+SET status = CASE WHEN r.attempts < {MAX_RUNS} THEN 'pending' ELSE 'failed' END,
+    job_id = NULL,
+    finished_at = CASE WHEN r.attempts < {MAX_RUNS} THEN NULL ELSE now() END,
+    error = CASE WHEN r.attempts < {MAX_RUNS} THEN r.error ELSE {GAVE_UP} END
 WHERE r.custom_id IS NOT NULL AND r.status = 'in_progress'
   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.id = r.job_id AND {LIVE_JOB})
 RETURNING r.id
 """
 )
 
-# Batches that are live but have no live job: nobody would move them on.
+# Batches that are live but have no live job: nobody would move them on. After MAX_RUNS
+# failed jobs a batch gives up: it fails, and so do its unfinished lines.
 RESTART_BATCHES = text(
     f"""
 WITH stranded AS (
@@ -68,18 +98,29 @@ WITH stranded AS (
                     SELECT 1 FROM requests r
                     WHERE r.batch_id = b.id AND r.status IN ('pending', 'in_progress'))
                 THEN '{RUN_TASK}'
-                ELSE '{FINALIZE_TASK}' END AS task
+                ELSE '{FINALIZE_TASK}' END AS task,
+           (SELECT count(*) FROM procrastinate_jobs j
+            WHERE j.queue_name = '{BATCH_QUEUE}' AND j.status = 'failed'
+              AND j.args->>'batch_id' = b.id) >= {MAX_RUNS} AS give_up
     FROM batches b
     WHERE b.kind = 'file' AND b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
       AND NOT EXISTS (
           SELECT 1 FROM procrastinate_jobs j
           WHERE {LIVE_JOB} AND j.queue_name = '{BATCH_QUEUE}' AND j.args->>'batch_id' = b.id)
+), failed_batches AS (
+    UPDATE batches b SET status = 'failed', failed_at = now(),
+        errors = jsonb_build_object('object', 'list', 'data', jsonb_build_array({GAVE_UP}))
+    FROM stranded s WHERE b.id = s.id AND s.give_up
+    RETURNING b.id
+), failed_lines AS (
+    UPDATE requests r SET status = 'failed', finished_at = now(), error = {GAVE_UP}
+    FROM failed_batches f WHERE r.batch_id = f.id AND r.status IN ('pending', 'in_progress')
 )
 SELECT s.id, s.task, procrastinate_defer_jobs_v1(ARRAY[ROW(
     '{BATCH_QUEUE}', s.task, 0,
     CASE WHEN s.task = '{FINALIZE_TASK}' THEN 'finalize:' || s.id END, NULL,
     jsonb_build_object('batch_id', s.id), NULL)::procrastinate_job_to_defer_v1]) AS job
-FROM stranded s
+FROM stranded s WHERE NOT s.give_up
 """
 )
 
@@ -91,9 +132,10 @@ class Requeued:
     requests: list[str]
     lines: list[str]
     batches: list[str]
+    gave_up: list[str]
 
     def __bool__(self) -> bool:
-        return bool(self.requests or self.lines or self.batches)
+        return bool(self.requests or self.lines or self.batches or self.gave_up)
 
 
 class OrphanStore:
@@ -104,7 +146,12 @@ class OrphanStore:
 
     async def requeue(self) -> Requeued:
         async with self.engine.connect() as conn:
-            requests = list((await conn.execute(REQUEUE_REQUESTS)).scalars())
+            singles = list(await conn.execute(REQUEUE_REQUESTS))
             lines = list((await conn.execute(RELEASE_LINES)).scalars())
             batches = [row.id for row in await conn.execute(RESTART_BATCHES)]
-        return Requeued(requests, lines, batches)
+        return Requeued(
+            requests=[r.id for r in singles if not r.gave_up],
+            lines=lines,
+            batches=batches,
+            gave_up=[r.id for r in singles if r.gave_up],
+        )

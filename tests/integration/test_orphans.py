@@ -9,7 +9,7 @@ from sqlalchemy import text
 from app.ids import new_id
 from app.store.batches import COPY_COLUMNS, RUN_TASK, BatchStore
 from app.store.keys import ApiKey
-from app.store.orphans import OrphanStore
+from app.store.orphans import MAX_RUNS, OrphanStore
 from app.store.requests import RequestStore
 from tests.integration.test_request_store import submission
 
@@ -110,3 +110,54 @@ async def test_lines_of_a_failed_run_job_go_back_and_the_batch_gets_a_run_job(
         )
         == 1
     )
+
+
+async def test_a_request_that_keeps_failing_is_given_up(engine, store: RequestStore, owner: ApiKey):
+    doomed = submission(owner)
+    await store.submit(doomed)
+    async with engine.connect() as conn:  # as if it had been run (and crashed) MAX_RUNS times
+        await conn.execute(
+            text("UPDATE requests SET status = 'in_progress', attempts = :n WHERE id = :id"),
+            {"n": MAX_RUNS, "id": doomed.id},
+        )
+    await fail_job(
+        engine, await scalar(engine, "SELECT job_id FROM requests WHERE id = :id", id=doomed.id)
+    )
+
+    requeued = await OrphanStore(engine).requeue()
+
+    assert requeued.gave_up == [doomed.id] and doomed.id not in requeued.requests
+    row = await store.get(doomed.id, owner.id)
+    assert row["status"] == "failed" and row["error"]["code"] == "processing_failed"
+
+
+async def test_a_batch_whose_jobs_keep_failing_is_given_up(engine, owner: ApiKey):
+    batch_id = new_id("batch_")
+    async with engine.connect() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO batches (id, owner_key_id, kind, endpoint, status,"
+                " completion_window, expires_at) VALUES (:id, :owner, 'file',"
+                " '/v1/responses', 'validating', '24h', now() + interval '1 day')"
+            ),
+            {"id": batch_id, "owner": owner.id},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
+                " SELECT 'batch', 'tiergate.validate_batch',"
+                " jsonb_build_object('batch_id', CAST(:id AS text)), 'failed'"
+                " FROM generate_series(1, :n)"
+            ),
+            {"id": batch_id, "n": MAX_RUNS},
+        )
+
+    requeued = await OrphanStore(engine).requeue()
+
+    assert batch_id not in requeued.batches
+    status, code = await scalar(
+        engine,
+        "SELECT ROW(status, errors->'data'->0->>'code') FROM batches WHERE id = :id",
+        id=batch_id,
+    )
+    assert (status, code) == ("failed", "processing_failed")
