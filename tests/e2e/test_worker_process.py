@@ -170,18 +170,11 @@ def test_rescue_does_not_wait_for_busy_slots_or_a_backlog(
             "the doomed worker to start it",
         )
         job_id = row(db, orphan.id)["job_id"]
-        doomed.kill()
         long_calls = [
             client.responses.create(
                 model="long", input="mock:sleep_ms=30000", background=True, service_tier="flex"
             ).id
             for _ in range(2)
-        ]
-        backlog = [
-            client.responses.create(
-                model="remote", input="backlog", background=True, service_tier="flex"
-            ).id
-            for _ in range(20)
         ]
         busy = start_worker(
             database_url=database.libpq(),
@@ -193,6 +186,13 @@ def test_rescue_does_not_wait_for_busy_slots_or_a_backlog(
             lambda: all(client.responses.retrieve(i).status == "in_progress" for i in long_calls),
             "the live worker's slots to fill",
         )
+        backlog = [
+            client.responses.create(
+                model="remote", input="backlog", background=True, service_tier="flex"
+            ).id
+            for _ in range(20)
+        ]
+        doomed.kill()  # now: the only live worker has no free slot, and a backlog waits
         wait_until(
             lambda: (
                 db.execute(
