@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import text
 
 from app.dburl import DatabaseURL
+from app.ids import new_id
 from app.store.db import create_engine
 from app.store.keys import ApiKey, KeyStore
 from app.store.requests import RequestStore
@@ -30,3 +32,18 @@ async def store(engine) -> AsyncIterator[RequestStore]:
 async def owner(engine) -> ApiKey:
     key, _secret = await KeyStore(engine).create("integration", None)
     return key
+
+
+async def insert_file_batch(engine, owner: ApiKey, status: str) -> str:  # type: ignore[no-untyped-def]
+    """A Batch API batch row in ``status`` (no lines, no jobs); returns its id."""
+    batch_id = new_id("batch_")
+    async with engine.connect() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO batches (id, owner_key_id, kind, endpoint, status,"
+                " completion_window, expires_at) VALUES (:id, :owner, 'file',"
+                " '/v1/responses', :status, '24h', now() + interval '1 day')"
+            ),
+            {"id": batch_id, "owner": owner.id, "status": status},
+        )
+    return batch_id

@@ -11,6 +11,7 @@ from app.store.batches import COPY_COLUMNS, RUN_TASK, BatchStore
 from app.store.keys import ApiKey
 from app.store.orphans import MAX_RUNS, OrphanStore
 from app.store.requests import RequestStore
+from tests.integration.conftest import insert_file_batch
 from tests.integration.test_request_store import submission
 
 
@@ -57,16 +58,7 @@ async def test_lines_of_a_failed_run_job_go_back_and_the_batch_gets_a_run_job(
     engine, owner: ApiKey
 ):
     batches = BatchStore(engine)
-    batch_id = new_id("batch_")
-    async with engine.connect() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO batches (id, owner_key_id, kind, endpoint, status,"
-                " completion_window, expires_at) VALUES (:id, :owner, 'file',"
-                " '/v1/responses', 'validating', '24h', now() + interval '1 day')"
-            ),
-            {"id": batch_id, "owner": owner.id},
-        )
+    batch_id = await insert_file_batch(engine, owner, "validating")
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     records = [
         (new_id("batch_req_"), batch_id, owner.id, f"c{i}", i, "/v1/responses", "mock",
@@ -132,16 +124,8 @@ async def test_a_request_that_keeps_failing_is_given_up(engine, store: RequestSt
 
 
 async def test_a_batch_whose_jobs_keep_failing_is_given_up(engine, owner: ApiKey):
-    batch_id = new_id("batch_")
+    batch_id = await insert_file_batch(engine, owner, "validating")
     async with engine.connect() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO batches (id, owner_key_id, kind, endpoint, status,"
-                " completion_window, expires_at) VALUES (:id, :owner, 'file',"
-                " '/v1/responses', 'validating', '24h', now() + interval '1 day')"
-            ),
-            {"id": batch_id, "owner": owner.id},
-        )
         await conn.execute(
             text(
                 "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"

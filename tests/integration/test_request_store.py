@@ -7,6 +7,7 @@ from sqlalchemy import text
 from app.ids import new_id, request_id
 from app.store.keys import ApiKey
 from app.store.requests import Outcome, RealtimeStart, RequestStore, Submission
+from tests.integration.conftest import insert_file_batch
 
 
 def submission(owner: ApiKey, window_s: int = 3600) -> Submission:
@@ -180,16 +181,7 @@ async def test_batch_lines_and_start_are_one_transaction(engine, owner: ApiKey):
     from app.store.batches import COPY_COLUMNS, BatchStore
 
     batches = BatchStore(engine)
-    batch_id = new_id("batch_")
-    async with engine.connect() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO batches (id, owner_key_id, kind, endpoint, status,"
-                " completion_window, expires_at) VALUES (:id, :owner, 'file',"
-                " '/v1/responses', 'cancelling', '24h', now() + interval '1 day')"
-            ),
-            {"id": batch_id, "owner": owner.id},
-        )
+    batch_id = await insert_file_batch(engine, owner, "cancelling")
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     record = (
         new_id("batch_req_"),
