@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.engine import RowMapping
 from starlette.responses import Response
@@ -79,11 +79,23 @@ class DeferredCalls:
             priority=FLEX_PRIORITY if flex else REALTIME_PRIORITY,
         )
 
-    async def handle(self, call: Call, key: ApiKey, receive: Receive) -> Response:
+    async def handle(
+        self, call: Call, key: ApiKey, receive: Receive, *, accepted: Callable[[], None]
+    ) -> Response:
+        """Accept the call; answer at once (background) or once it is final (blocking flex).
+
+        ``accepted`` is called as soon as the row is stored: from then on this frame holds no
+        reference to the body, so a client that waits an hour keeps only a few small strings.
+        """
         rid = request_id(call.endpoint)
+        endpoint, background = call.endpoint, call.background
         submission = self._submission(call, key, rid)
-        if call.background:
+        window_s = submission.window_s
+        del call
+        if background:
             await self.accepting.submit(submission)
+            del submission
+            accepted()
             row = await self.store.get(rid, key.id)
             assert row is not None
             return json_response(response_object(row), headers={"x-request-id": rid})
@@ -91,11 +103,11 @@ class DeferredCalls:
         started = time.perf_counter()
         async with self.hub.waiter(rid) as wait:
             await self.accepting.submit(submission)
+            del submission
+            accepted()
             self.metrics.waiting_clients.inc()
             try:
-                finished = await _wait_unless_gone(
-                    wait(submission.window_s + WAIT_GRACE_S), receive
-                )
+                finished = await _wait_unless_gone(wait(window_s + WAIT_GRACE_S), receive)
             finally:
                 self.metrics.waiting_clients.dec()
         if finished is None:  # the client left; nobody to answer
@@ -108,9 +120,7 @@ class DeferredCalls:
                 code="not_found",
                 headers={"x-request-id": rid},
             )
-        self.metrics.observe_request(
-            call.endpoint, "flex", row["status"], time.perf_counter() - started
-        )
+        self.metrics.observe_request(endpoint, "flex", row["status"], time.perf_counter() - started)
         return result_response(row)
 
 

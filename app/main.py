@@ -55,7 +55,11 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
             Middleware(ErrorMiddleware),
             Middleware(AuthMiddleware, keys=services.key_cache),
             Middleware(
-                TierMiddleware, settings=settings, proxy=services.proxy, deferred=services.deferred
+                TierMiddleware,
+                settings=settings,
+                proxy=services.proxy,
+                deferred=services.deferred,
+                budget=services.body_budget,
             ),
         ],
         exception_handlers={

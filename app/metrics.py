@@ -38,6 +38,16 @@ class Metrics:
             "Blocking flex clients waiting in this process.",
             registry=self.registry,
         )
+        self.large_body_bytes = Gauge(
+            "tiergate_large_body_bytes",
+            "Bytes of large request bodies held now (bounded by limits.inflight_body_bytes).",
+            registry=self.registry,
+        )
+        self.large_bodies_waiting = Gauge(
+            "tiergate_large_bodies_waiting",
+            "Large-body calls waiting for room under limits.inflight_body_bytes.",
+            registry=self.registry,
+        )
 
     def observe_request(self, endpoint: str, tier: str, status: str, seconds: float) -> None:
         self.requests.labels(endpoint, tier, status).inc()

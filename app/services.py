@@ -7,6 +7,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import KeyCache
+from app.body_budget import ByteBudget
 from app.dburl import DatabaseURL
 from app.deferred import DeferredCalls
 from app.metrics import Metrics
@@ -57,6 +58,9 @@ class Services:
         self.deferred = DeferredCalls(
             settings=settings, store=self.requests, hub=self.hub, metrics=self.metrics
         )
+        self.body_budget = ByteBudget(limits.inflight_body_bytes, wait_s=limits.body_wait_s)
+        self.metrics.large_body_bytes.set_function(lambda: self.body_budget.in_use)
+        self.metrics.large_bodies_waiting.set_function(lambda: self.body_budget.waiting)
 
     async def start(self) -> None:
         await self.presence.start()

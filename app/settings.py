@@ -52,6 +52,17 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    inflight_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="large inference bodies (over 64 KiB) the gateway holds at once",
+    )
+    body_wait_s: float = Field(
+        default=60.0, gt=0, description="how long a large body may wait for that budget (503)"
+    )
+    body_read_timeout_s: float = Field(
+        default=60.0, gt=0, description="time a client has to send a whole body (408)"
+    )
     flex_window_s: int = Field(default=3600, ge=1)
     worker_concurrency: int = Field(default=16, ge=1)
     db_pool_size: int = Field(default=4, ge=1)

@@ -23,13 +23,17 @@ def _store(request: Request) -> BatchStore:
 
 
 async def create(request: Request) -> Response:
-    body = parse_json(await read_body(request.receive, request.headers, MAX_BODY_BYTES))
+    limits = request.state.services.settings.limits
+    raw = await read_body(
+        request.receive, request.headers, MAX_BODY_BYTES, limits.body_read_timeout_s
+    )
+    body = parse_json(raw)
     endpoint = body.get("endpoint")
     if endpoint not in INFERENCE_ENDPOINTS:
         raise bad_request(
             f"'endpoint' must be one of {list(INFERENCE_ENDPOINTS)}.", param="endpoint"
         )
-    windows = request.state.services.settings.limits.batch_windows
+    windows = limits.batch_windows
     window = body.get("completion_window")
     if not isinstance(window, str) or window not in windows:
         raise bad_request(

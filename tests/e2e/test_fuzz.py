@@ -11,14 +11,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-import psutil
 import psycopg
 import pytest
 import schemathesis
@@ -26,6 +24,7 @@ import yaml
 
 from app.routes import batches, files, ops, responses
 from app.validation import INFERENCE_ENDPOINTS
+from tests.support.memory import MB, PeakRSS
 from tests.support.servers import Gateway
 from tests.support.waiting import wait_until
 
@@ -147,30 +146,6 @@ def test_fuzzing_reached_every_tier_and_left_nothing_running(db: psycopg.Connect
     )
 
 
-class PeakRSS:
-    """Samples a process's resident memory in a thread; ``peak`` is the highest seen."""
-
-    def __init__(self, pid: int, every_s: float = 0.01) -> None:
-        self.process = psutil.Process(pid)
-        self.every_s = every_s
-        self.baseline = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-MB = 1024 * 1024
 # A generous ceiling: the largest body is ~7 MB; parsing it, storing it as jsonb and sending it
 # to the in-process mock provider (which parses it again) costs a few copies of it.
 RSS_GROWTH_LIMIT = 400 * MB
@@ -275,8 +250,7 @@ def test_huge_and_deep_json_is_answered_with_bounded_memory(gateway: Gateway, ht
                 error = response.json()["error"]
                 assert error["type"] == "invalid_request_error" and error["message"], what
             assert time.monotonic() - started < 30, what
-    growth = rss.peak - rss.baseline
-    assert growth < RSS_GROWTH_LIMIT, f"gateway RSS grew by {growth // MB} MB"
+    assert rss.growth < RSS_GROWTH_LIMIT, f"gateway RSS grew by {rss.growth // MB} MB"
 
 
 # Made of the characters of real ids: an unknown cursor, so an empty page rather than a 400.

@@ -1,0 +1,102 @@
+"""A byte budget for the large request bodies the gateway holds at once.
+
+A 7 MB JSON array of numbers costs a few hundred MB while it is parsed, checked and stored, so
+the number of clients must not decide how much memory the gateway uses. Each inference call
+whose body is large takes its declared size from the budget before a byte of the body is read,
+and gives it back as soon as nothing refers to the body any more. Calls that do not fit wait
+their turn, first come first served, for at most ``wait_s``; the bytes they have not sent yet
+stay in the kernel meanwhile (uvicorn stops reading a connection whose body is not consumed).
+Small bodies never wait: their cost is bounded by the connection count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+
+from app.errors import APIError
+
+# Bodies up to this size skip the budget: a few KB of chat is the common case.
+SMALL_BODY_BYTES = 64 * 1024
+
+
+class Hold:
+    """Bytes taken from a budget; ``release`` gives them back (once, however often called)."""
+
+    def __init__(self, budget: ByteBudget, size: int) -> None:
+        self._budget = budget
+        self.size = size
+
+    def release(self) -> None:
+        size, self.size = self.size, 0
+        if size:
+            self._budget._give_back(size)
+
+
+class ByteBudget:
+    """A first-come-first-served semaphore counted in bytes."""
+
+    def __init__(self, capacity: int, *, wait_s: float) -> None:
+        self.capacity = capacity
+        self.available = capacity
+        self.wait_s = wait_s
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @property
+    def in_use(self) -> int:
+        return self.capacity - self.available
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def cost(self, declared: int | None, limit: int) -> int:
+        """What a body of ``declared`` bytes takes (a body of unknown size may reach ``limit``)."""
+        if declared is None:
+            return min(limit, self.capacity)
+        return 0 if declared <= SMALL_BODY_BYTES else min(declared, self.capacity)
+
+    async def take(self, size: int) -> Hold:
+        """``size`` bytes, once they are free; 503 if they are not within ``wait_s``."""
+        if size == 0:
+            return Hold(self, 0)
+        if not self._waiters and self.available >= size:
+            self.available -= size
+            return Hold(self, size)
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, granted)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await granted
+        except BaseException as exc:
+            if granted.done() and not granted.cancelled():
+                self._give_back(size)  # granted just as we gave up
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()  # a smaller waiter behind us may fit now
+            if isinstance(exc, TimeoutError):
+                raise APIError(
+                    503,
+                    f"The gateway is busy with other large requests (over {self.capacity} bytes"
+                    f" of request bodies in flight); retry shortly.",
+                    type="server_error",
+                    code="server_busy",
+                    headers={"retry-after": "1"},
+                ) from None
+            raise
+        return Hold(self, size)
+
+    def _give_back(self, size: int) -> None:
+        self.available += size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.available:
+            size, granted = self._waiters.popleft()
+            if granted.done():  # cancelled meanwhile
+                continue
+            self.available -= size
+            granted.set_result(None)
