@@ -4,8 +4,8 @@ Serves ``POST /v1/responses``, ``POST /v1/chat/completions`` and ``POST /v1/embe
 with deterministic echo output (``"echo: " + <last user text>``), plus ``GET /healthz``,
 ``GET /_mock/stats`` (requests per path), ``GET /_mock/attempts/{key}`` (every request that
 carried ``key=NAME``, in arrival order: ``{"at": unix seconds, "path", "status", "drop",
-"sleep_ms"}``, i.e. when it arrived and what it was answered) and ``POST /_mock/reset``
-(clears all counters and records).
+"sleep_ms", "trickle_ms"}``, i.e. when it arrived and what it was answered) and
+``POST /_mock/reset`` (clears all counters and records).
 
 Behaviour can be forced per request with magic controls, read from the ``x-mock-behavior``
 header and/or from the input text when it starts with ``mock:`` (header values win).
@@ -15,14 +15,17 @@ Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
 * ``status=N`` (400-599): answer N with an OpenAI error body.
 * ``retry_after=S``: add ``Retry-After: S`` to error answers.
 * ``sleep_ms=N``: extra latency for this request (before the answer's status line).
+* ``trickle_ms=N``: send the answer in 8 parts, N ms apart (each gap can be shorter than a
+  client's read timeout while the whole answer takes longer than its total timeout).
 * ``key=NAME``: record the request under NAME (see ``/_mock/attempts/{key}``).
 * ``fail_times=K,key=NAME``: the first K requests carrying that key (counted on arrival) fail,
   later ones succeed at once. A failing request does what the other controls say: it
   sleeps ``sleep_ms`` (a client with a shorter timeout sees a timeout), then is dropped if
-  ``drop=1``, else answers ``status`` if given, or 500 when neither ``sleep_ms`` nor ``drop``
-  is (a slow failure is a late 200); a request that succeeds ignores ``status``,
-  ``sleep_ms`` and ``drop``. So ``sleep_ms=3000,fail_times=1,key=k`` is slow only the
-  first time and ``drop=1,fail_times=2,key=k`` drops twice. Counters live in
+  ``drop=1``, else answers ``status`` if given, or 500 when none of ``sleep_ms``,
+  ``trickle_ms`` and ``drop`` is (a slow failure is a late 200); a request that succeeds
+  ignores ``status``, ``sleep_ms``, ``trickle_ms`` and ``drop``. So
+  ``sleep_ms=3000,fail_times=1,key=k`` is slow only the first time and
+  ``drop=1,fail_times=2,key=k`` drops twice. Counters live in
   ``app.state.fail_counts``.
 * ``hold=NAME``: streaming only; after the first frame, wait for ``POST /_mock/release/NAME``.
 * ``drop=1``: send the status line and headers, part of the body, then abort the connection
@@ -75,7 +78,7 @@ _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
     429: ("requests", "rate_limit_exceeded"),
 }
 _CONTROL_KEYS = frozenset(
-    {"status", "retry_after", "sleep_ms", "fail_times", "key", "drop", "hold"}
+    {"status", "retry_after", "sleep_ms", "trickle_ms", "fail_times", "key", "drop", "hold"}
 )
 
 
@@ -107,6 +110,7 @@ class Controls:
     status: int | None = None
     retry_after: str | None = None
     sleep_ms: float = 0.0
+    trickle_ms: float = 0.0
     fail_times: int | None = None
     key: str | None = None
     drop: bool = False
@@ -181,8 +185,8 @@ def _apply_control(fields: dict[str, Any], key: str, value: str) -> None:
         raise BadRequestError(f"unknown mock control {key!r}")
     if key == "status":
         fields["status"] = _int_value(key, value, 400, 599)
-    elif key == "sleep_ms":
-        fields["sleep_ms"] = float(_int_value(key, value, 0, 3_600_000))
+    elif key in ("sleep_ms", "trickle_ms"):
+        fields[key] = float(_int_value(key, value, 0, 3_600_000))
     elif key == "fail_times":
         fields["fail_times"] = _int_value(key, value, 0, 1_000_000)
     elif key == "drop":
@@ -497,12 +501,13 @@ def _json_bytes(payload: dict[str, Any]) -> bytes:
 
 
 async def _aborting(frames: list[bytes]) -> AsyncIterator[bytes]:
-    """Yield roughly the first half of ``frames`` (at least a few bytes), then abort."""
-    if len(frames) == 1:
-        yield frames[0][: max(1, len(frames[0]) // 2)]
-    else:
-        for frame in frames[: len(frames) // 2]:
-            yield frame
+    """Yield roughly the first half of ``frames`` and half of the next one, then abort: the
+    connection breaks mid-event, as a real one does."""
+    whole = frames[: len(frames) // 2]
+    for frame in whole:
+        yield frame
+    cut = frames[len(whole)]
+    yield cut[: max(1, len(cut) // 2)]
     raise MockDropError("mock upstream dropped the connection (drop=1)")
 
 
@@ -550,6 +555,7 @@ class Plan:
     drop: bool
     retry_after: str | None = None
     message: str = ""
+    trickle_ms: float = 0.0
 
 
 def plan_for(state: Any, controls: Controls) -> Plan:
@@ -560,13 +566,14 @@ def plan_for(state: Any, controls: Controls) -> Plan:
         state.fail_counts[key] = seen
         if seen > controls.fail_times:
             return Plan(sleep_ms=0.0, status=None, drop=False)
-        defaulted = 500 if not (controls.sleep_ms or controls.drop) else None
+        defaulted = 500 if not (controls.sleep_ms or controls.trickle_ms or controls.drop) else None
         return Plan(
             sleep_ms=controls.sleep_ms,
             status=None if controls.drop else controls.status or defaulted,
             drop=controls.drop,
             retry_after=controls.retry_after,
             message=f"mock failure {seen}/{controls.fail_times} for key {key!r}",
+            trickle_ms=controls.trickle_ms,
         )
     if controls.status is not None:
         status = controls.status
@@ -574,7 +581,12 @@ def plan_for(state: Any, controls: Controls) -> Plan:
     if state.config.fail_rate > 0 and state.rng.random() < state.config.fail_rate:
         message = "The server had an error while processing your request. Sorry about that!"
         return Plan(controls.sleep_ms, 500, False, None, message)
-    return Plan(sleep_ms=controls.sleep_ms, status=None, drop=controls.drop)
+    return Plan(
+        sleep_ms=controls.sleep_ms,
+        status=None,
+        drop=controls.drop,
+        trickle_ms=controls.trickle_ms,
+    )
 
 
 TextFn = Callable[[dict[str, Any]], str]
@@ -602,6 +614,7 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
                 "status": plan.status or 200,
                 "drop": plan.drop,
                 "sleep_ms": plan.sleep_ms,
+                "trickle_ms": plan.trickle_ms,
             }
         )
     model = str(body.get("model"))
@@ -614,9 +627,33 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
     if plan.status is not None:
         return _error_response(plan.status, plan.message, retry_after=plan.retry_after)
     response = reply(body, text, plan.drop)
+    if plan.trickle_ms:
+        response = _trickled(response, plan.trickle_ms / 1000)
     if controls.hold and isinstance(response, StreamingResponse):
         response.body_iterator = _held(response.body_iterator, state.holds, controls.hold)
     return response
+
+
+TRICKLE_PARTS = 8
+
+
+def _trickled(response: Response, gap_s: float) -> StreamingResponse:
+    """The same answer, its body sent in ``TRICKLE_PARTS`` parts ``gap_s`` apart."""
+
+    async def parts(frames: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        body = b"".join([bytes(frame) async for frame in frames])
+        size = -(-len(body) // TRICKLE_PARTS)
+        for start in range(0, len(body), size):
+            if start:
+                await asyncio.sleep(gap_s)
+            yield body[start : start + size]
+
+    if isinstance(response, StreamingResponse):
+        frames = response.body_iterator
+    else:
+        frames = _iterate([response.body])
+    headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+    return StreamingResponse(parts(frames), status_code=response.status_code, headers=headers)
 
 
 async def _held(

@@ -18,12 +18,13 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from app.errors import APIError, error_body
+from app.guard import database_unavailable
 from app.ids import request_id
 from app.metrics import Metrics
 from app.store.group_commit import GroupCommit
 from app.store.keys import ApiKey
 from app.store.requests import Outcome, RealtimeEnd, RealtimeStart, RequestStore
-from app.upstream import UpstreamClient, UpstreamError
+from app.upstream import UpstreamClient, UpstreamError, read_all, within
 from app.usage import StreamUsage, usage_of
 from app.validation import Call
 
@@ -51,7 +52,9 @@ class RealtimeProxy:
         self.metrics = metrics
         # Tracking writes of concurrent calls share statements (see group_commit.py).
         self.tracking: GroupCommit[RealtimeStart | RealtimeEnd] = GroupCommit(
-            store.track_realtime, name="realtime-tracking"
+            store.track_realtime,
+            name="realtime-tracking",
+            item_may_be_at_fault=lambda exc: not database_unavailable(exc),
         )
 
     def start(self) -> None:
@@ -77,18 +80,26 @@ class RealtimeProxy:
         )
         stack = contextlib.AsyncExitStack()
         try:
-            upstream = await stack.enter_async_context(
-                self.upstream.open(call.model, call.endpoint, call.body)
-            )
+            # A stream's timeout_s bounds each wait for a chunk; any other call's, the whole of it.
+            async with contextlib.nullcontext() if call.stream else within(call.model.timeout_s):
+                upstream = await stack.enter_async_context(
+                    self.upstream.open(call.model, call.endpoint, call.body)
+                )
+                relay = call.stream and upstream.status_code < 400
+                content = None if relay else await read_all(upstream)
         except UpstreamError as exc:
+            await stack.aclose()
             await record
             await self._finish(rid, call, started, Outcome(status="failed", error=exc.as_error()))
             raise APIError(
                 502, exc.message, type="server_error", code=exc.code, headers={"x-request-id": rid}
             ) from exc
         except BaseException:
+            await stack.aclose()
             await _settle(record)
             raise
+        if content is not None:
+            await stack.aclose()
         try:
             await record
         except BaseException:
@@ -96,16 +107,12 @@ class RealtimeProxy:
             raise
         headers = {k: v for k, v in upstream.headers.items() if k in PASS_HEADERS}
         headers["x-request-id"] = rid
-        if call.stream and upstream.status_code < 400:
+        if content is None:
             return StreamingResponse(
                 self._relay(rid, call, started, upstream, stack),
                 status_code=upstream.status_code,
                 headers=headers,
             )
-        try:
-            content = await upstream.aread()
-        finally:
-            await stack.aclose()
         outcome, content = _outcome(call, rid, upstream.status_code, content)
         # Recorded before answering: once the client has its answer, so has the row.
         await self._finish(rid, call, started, outcome)
@@ -120,10 +127,19 @@ class RealtimeProxy:
             response_status=upstream.status_code,
             error={"code": "client_disconnected", "message": "The client went away mid-stream."},
         )
+        pending = b""  # the start of an event whose end has not arrived
+        relayed = 0  # whole events sent
         try:
             async for chunk in upstream.aiter_bytes():
                 watcher.feed(chunk)
-                yield chunk
+                data = pending + chunk
+                cut = events_end(data)
+                pending = data[cut:]
+                if cut:
+                    relayed += events_in(data, cut)
+                    yield data[:cut]
+            if pending:
+                yield pending
             given, produced, total = watcher.usage
             outcome = Outcome(
                 status="failed" if watcher.failed else "completed",
@@ -138,8 +154,9 @@ class RealtimeProxy:
                 response_status=upstream.status_code,
                 error={"code": "upstream_stream_broken", "message": repr(exc)},
             )
-            # The status line is gone already: tell the client in-band, as OpenAI does.
-            yield _sse_error(f"The upstream stream broke: {exc!r}")
+            # The status line is gone already: tell the client in-band, as OpenAI does. Only
+            # whole events were relayed, so the error is an event of its own.
+            yield _sse_error(call.endpoint, f"The upstream stream broke: {exc!r}", relayed)
         finally:
             await stack.aclose()
             await asyncio.shield(self._finish(rid, call, started, outcome))
@@ -203,9 +220,32 @@ def _stamp_id(content: bytes, body: dict[str, Any], rid: str) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _sse_error(message: str) -> bytes:
-    payload = {"type": "error", **error_body(message, type="server_error")["error"]}
-    return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+def events_end(data: bytes) -> int:
+    """The index just past the last complete server-sent event in ``data`` (0 if none)."""
+    ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n") if (i := data.rfind(sep)) >= 0]
+    return max(ends, default=0)
+
+
+def events_in(data: bytes, end: int) -> int:
+    """How many events end in ``data[:end]`` (each ends with a blank line)."""
+    return data.count(b"\n\n", 0, end) + data.count(b"\r\n\r\n", 0, end)
+
+
+def _sse_error(endpoint: str, message: str, events_sent: int) -> bytes:
+    """An in-band error as each API sends it: a Responses ``error`` event, or a chat chunk
+    holding ``error`` (which the SDK raises as ``APIError``)."""
+    code = "upstream_stream_broken"
+    if endpoint == "/v1/responses":
+        event = {
+            "type": "error",
+            "code": code,
+            "message": message,
+            "param": None,
+            "sequence_number": events_sent,
+        }
+        return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
+    chunk = error_body(message, type="server_error", code=code)
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
 async def _settle(task: asyncio.Future[None]) -> None:

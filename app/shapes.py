@@ -55,10 +55,11 @@ def _output_from_chat(body: Any) -> list[dict[str, Any]]:
 
 
 def row_error(row: RowMapping) -> dict[str, Any] | None:
-    if row["status"] == "expired":
+    if row["status"] == "expired":  # the stored message says why (e.g. a Retry-After too far)
         return {
             "code": "request_expired",
-            "message": "The request was not processed within its completion window.",
+            "message": (row["error"] or {}).get("message")
+            or "The request was not processed within its completion window.",
         }
     if row["status"] in ("failed", "cancelled") and row["error"]:
         return {

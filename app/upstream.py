@@ -6,6 +6,7 @@ environment at call time, never stored), which failures are worth a retry.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
@@ -146,9 +147,11 @@ class UpstreamClient:
 
     async def call(self, model: ModelConfig, endpoint: str, body: dict[str, Any]) -> UpstreamReply:
         """One non-streaming call; raises ``UpstreamError`` unless the provider said 2xx."""
-        async with self.open(model, endpoint, {**body, "stream": False}) as response:
-            with _mapped_errors():
-                content = await response.aread()
+        async with (
+            within(model.timeout_s),
+            self.open(model, endpoint, {**body, "stream": False}) as response,
+        ):
+            content = await read_all(response)
         if response.status_code >= 400:
             raise error_from_status(response.status_code, response.headers, content)
         try:
@@ -178,6 +181,28 @@ class UpstreamClient:
 def _url(raw: str) -> httpx.URL:
     """Parsed once per upstream endpoint (httpx.URL parsing is costly per request)."""
     return httpx.URL(raw)
+
+
+@contextlib.asynccontextmanager
+async def within(timeout_s: float) -> AsyncIterator[None]:
+    """The whole call, answer included, inside ``timeout_s``.
+
+    httpx's and aiohttp's read timeouts bound each wait for a chunk, so a provider that
+    trickles its answer would never time out; this bounds the total.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError:
+        raise UpstreamError(
+            "upstream_timeout", f"upstream timed out: no whole answer within {timeout_s:g} s", True
+        ) from None
+
+
+async def read_all(response: httpx.Response) -> bytes:
+    """The rest of the answer, transport failures mapped to ``UpstreamError``."""
+    with _mapped_errors():
+        return await response.aread()
 
 
 @contextlib.contextmanager

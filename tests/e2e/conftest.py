@@ -16,13 +16,23 @@ PROVIDER_SECRET = "sk-provider-secret-never-stored"
 
 
 @pytest.fixture(scope="module")
+def with_worker() -> bool:
+    """Whether the module's gateway runs its in-process worker (a module may say no)."""
+    return True
+
+
+@pytest.fixture(scope="module")
 def gateway(
-    database: DatabaseURL, gateway_config: Path, tmp_path_factory: pytest.TempPathFactory
+    database: DatabaseURL,
+    gateway_config: Path,
+    with_worker: bool,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     gw = start_gateway(
         database_url=database.libpq(),
         config=gateway_config,
         log=tmp_path_factory.mktemp("logs") / "gateway.log",
+        worker=with_worker,
         env={"TIERGATE_TEST_PROVIDER_KEY": PROVIDER_SECRET},
     )
     yield gw

@@ -12,7 +12,6 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -58,17 +57,9 @@ def gateway_config(gateway_config: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    database: DatabaseURL, gateway_config: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    gw = start_gateway(
-        database_url=database.libpq(),
-        config=gateway_config,
-        log=tmp_path_factory.mktemp("logs") / "gateway.log",
-        worker=False,
-    )
-    yield gw
-    gw.process.stop()
+def with_worker() -> bool:
+    """Each process's memory is measured alone: the worker runs as its own process."""
+    return False
 
 
 def metric(gateway: Gateway, name: str) -> float:

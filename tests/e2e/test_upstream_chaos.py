@@ -33,6 +33,8 @@ LATE_SLACK_S = 0.75  # how much later than its backoff a retry may reach the pro
 MAX_ATTEMPTS = 3
 TIMEOUT_SETTING_S = 1
 SLOW_MS = 3000  # well past timeout_s
+# An answer in 8 parts 400 ms apart: every wait for a part is under timeout_s, the whole is not.
+TRICKLE_MS = 400
 BEYOND_WINDOW_S = 100_000  # longer than the flex window (1 h) and the batch window (24 h)
 MODES = ["blocking", "background"]
 
@@ -81,6 +83,7 @@ class Seen:
     status: int
     drop: bool
     sleep_ms: float
+    trickle_ms: float
 
 
 def key_for(name: str, mode: str) -> str:
@@ -90,7 +93,10 @@ def key_for(name: str, mode: str) -> str:
 def attempts_at_mock(mock_upstream: str, key: str) -> list[Seen]:
     found = httpx.get(f"{mock_upstream}/_mock/attempts/{key}").json()
     assert found["key"] == key
-    return [Seen(a["at"], a["status"], a["drop"], a["sleep_ms"]) for a in found["attempts"]]
+    return [
+        Seen(a["at"], a["status"], a["drop"], a["sleep_ms"], a["trickle_ms"])
+        for a in found["attempts"]
+    ]
 
 
 def gaps(seen: list[Seen]) -> list[float]:
@@ -177,6 +183,8 @@ RECOVERING = [
     ("500", "status=500,fail_times=2", [500, 500, 200]),
     ("503", "status=503,fail_times=2", [503, 503, 200]),
     ("slow", f"sleep_ms={SLOW_MS},fail_times=1", [200, 200]),  # the first answer came too late
+    # ... or began in time but took too long to finish
+    ("trickle", f"trickle_ms={TRICKLE_MS},fail_times=1", [200, 200]),
     ("drop", "drop=1,fail_times=1", [200, 200]),  # the first answer broke off mid-body
 ]
 
@@ -204,6 +212,8 @@ def test_flex_retries_transient_failures_then_succeeds(
     assert [s.status for s in seen] == statuses
     assert [s.drop for s in seen] == [name == "drop"] + [False] * (len(seen) - 1)
     assert [s.sleep_ms for s in seen] == [SLOW_MS if name == "slow" else 0] + [0] * (len(seen) - 1)
+    trickled = TRICKLE_MS if name == "trickle" else 0
+    assert [s.trickle_ms for s in seen] == [trickled] + [0] * (len(seen) - 1)
     tracked = row(db, result.id)
     assert (tracked["status"], tracked["attempts"]) == ("completed", len(statuses))
     assert tracked["error"] is None and tracked["response_status"] == 200
@@ -213,7 +223,7 @@ def test_flex_retries_transient_failures_then_succeeds(
     else:
         for attempt, gap in enumerate(gaps(seen), start=1):
             earliest, latest = backoff_bounds(attempt)
-            if name == "slow":  # the first attempt lasted timeout_s before the backoff began
+            if name in ("slow", "trickle"):  # the first attempt lasted timeout_s, then backoff
                 earliest += TIMEOUT_SETTING_S
                 latest += TIMEOUT_SETTING_S
             assert earliest <= gap <= latest, (attempt, gap)
@@ -245,6 +255,7 @@ FOREVER = [
     ("503-forever", "status=503", MAX_ATTEMPTS, "upstream_503", 503),
     ("429-forever", "status=429,retry_after=0", MAX_ATTEMPTS, "upstream_429", 429),
     ("slow-forever", f"sleep_ms={SLOW_MS}", MAX_ATTEMPTS, "upstream_timeout", 200),
+    ("trickle-forever", f"trickle_ms={TRICKLE_MS}", MAX_ATTEMPTS, "upstream_timeout", 200),
     ("drop-forever", "drop=1", MAX_ATTEMPTS, "upstream_unreachable", 200),
 ]
 
@@ -307,6 +318,7 @@ def test_flex_retry_after_beyond_the_window_is_not_scheduled(
     key = key_for("window", mode)
     result = run_flex(sdk, mode, f"mock:status=429,retry_after={BEYOND_WINDOW_S},key={key} x")
     assert result.error_code == "request_expired"
+    assert result.error_message is not None and "Retry-After" in result.error_message
     if mode == "blocking":  # README: 429 request_expired, not to be resubmitted
         assert result.http_status == 429
         assert result.headers is not None and result.headers["x-should-retry"] == "false"
@@ -318,6 +330,113 @@ def test_flex_retry_after_beyond_the_window_is_not_scheduled(
     assert tracked["error"]["code"] == "request_expired"
     assert "Retry-After" in tracked["error"]["message"]
     assert rows_for_key(db, key) == [(result.id, "expired", 1)]
+
+
+# --- realtime: never retried by the gateway ----------------------------------------------------
+
+REALTIME = [
+    # name, controls, the error code, what the row's message says
+    ("slow", f"sleep_ms={SLOW_MS}", "upstream_timeout", "timed out"),
+    ("trickle", f"trickle_ms={TRICKLE_MS}", "upstream_timeout", "no whole answer within 1 s"),
+    ("drop", "drop=1", "upstream_unreachable", "upstream failed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "controls", "code", "says"), REALTIME, ids=[r[0] for r in REALTIME]
+)
+def test_realtime_upstream_failure_is_a_502_in_openai_form(
+    gateway: Gateway,
+    key: str,
+    db: psycopg.Connection,
+    mock_upstream: str,
+    name: str,
+    controls: str,
+    code: str,
+    says: str,
+):
+    """A realtime call gets one attempt; its failure is the client's to retry, and the row
+    records it (not ``in_progress`` until the reaper, not a 500)."""
+    once = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
+    mock_key = key_for(name, "realtime")
+    with pytest.raises(openai.APIStatusError) as failed:
+        once.responses.create(model="chaos", input=f"mock:{controls},key={mock_key} now")
+    assert failed.value.status_code == 502
+    assert isinstance(failed.value.body, dict)
+    assert set(failed.value.body) == {"message", "type", "param", "code"}
+    assert (failed.value.code, failed.value.type) == (code, "server_error")
+    tracked = row(db, failed.value.response.headers["x-request-id"])
+    assert (tracked["status"], tracked["service_tier"]) == ("failed", "default")
+    assert tracked["error"]["code"] == code and says in tracked["error"]["message"]
+    assert len(attempts_at_mock(mock_upstream, mock_key)) == 1
+
+
+def test_realtime_stream_timeout_bounds_each_chunk_not_the_whole_stream(
+    gateway: Gateway, key: str, db: psycopg.Connection, mock_upstream: str
+):
+    """A stream that takes longer than timeout_s in all, with every gap under it, is relayed
+    whole: long generations must not be cut."""
+    once = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
+    mock_key = key_for("trickle-stream", "realtime")
+    text = f"mock:trickle_ms={TRICKLE_MS},key={mock_key} a long stream"
+    events = list(once.responses.create(model="chaos", input=text, stream=True))
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == f"echo: {text}"
+    (seen,) = attempts_at_mock(mock_upstream, mock_key)
+    assert seen.trickle_ms == TRICKLE_MS and 7 * TRICKLE_MS / 1000 > TIMEOUT_SETTING_S
+    assert recorded(db, mock_key)["status"] == "completed"
+
+
+def recorded(db: psycopg.Connection, mock_key: str) -> dict[str, Any]:
+    """The one request row whose body names ``mock_key``, once it is final."""
+    (rid,) = db.execute(
+        "SELECT id FROM requests WHERE body::text LIKE %s", (f"%key={mock_key}%",)
+    ).fetchone()
+    # The row is closed as the relay ends, possibly just after the client read its last byte.
+    return wait_until(
+        lambda: (found := row(db, rid))["status"] not in ("pending", "in_progress") and found,
+        f"{rid} to be recorded",
+    )
+
+
+def test_realtime_response_stream_that_breaks_ends_with_an_error_event(
+    gateway: Gateway, key: str, db: psycopg.Connection
+):
+    """The provider drops the connection mid-event: the client gets the whole events that
+    reached the gateway, then an ``error`` event numbered after them, never half an event.
+    (Bytes that arrive together with the break may be lost: aiohttp raises the break before
+    handing them over, so the error can also be the only event.)"""
+    once = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
+    mock_key = key_for("drop-stream", "realtime")
+    text = f"mock:drop=1,key={mock_key} one two three four five six seven eight"
+    *relayed, last = list(once.responses.create(model="chaos", input=text, stream=True))
+    assert relayed == [] or relayed[0].type == "response.created"
+    assert [e.sequence_number for e in relayed] == list(range(len(relayed)))
+    assert "response.completed" not in {e.type for e in relayed}
+    assert last.type == "error" and last.code == "upstream_stream_broken"
+    assert last.sequence_number == len(relayed) and "broke" in last.message
+    tracked = recorded(db, mock_key)
+    assert tracked["status"] == "failed"
+    assert tracked["error"]["code"] == "upstream_stream_broken"
+
+
+def test_realtime_chat_stream_that_breaks_raises_in_the_sdk(
+    gateway: Gateway, key: str, db: psycopg.Connection
+):
+    """Chat streams carry errors as a chunk holding ``error``, which the SDK raises."""
+    once = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
+    mock_key = key_for("drop-chat-stream", "realtime")
+    text = f"mock:drop=1,key={mock_key} one two three four five six seven eight"
+    stream = once.chat.completions.create(
+        model="chaos", messages=[{"role": "user", "content": text}], stream=True
+    )
+    chunks = []
+    with pytest.raises(openai.APIError) as broke:
+        for chunk in stream:
+            chunks.append(chunk)
+    assert chunks == [] or chunks[0].choices[0].delta.role == "assistant"
+    assert broke.value.code == "upstream_stream_broken" and "broke" in broke.value.message
+    assert recorded(db, mock_key)["error"]["code"] == "upstream_stream_broken"
 
 
 # --- the Batch API ---------------------------------------------------------------------------
@@ -358,11 +477,13 @@ BATCH = {
     "503": ("status=503,fail_times=2", 3, 200),
     "slow": (f"sleep_ms={SLOW_MS},fail_times=1", 2, 200),
     "drop": ("drop=1,fail_times=1", 2, 200),
+    "trickle": (f"trickle_ms={TRICKLE_MS},fail_times=1", 2, 200),
     "400": ("status=400", 1, 400),
     "500-forever": ("status=500", MAX_ATTEMPTS, 500),
     "503-forever": ("status=503", MAX_ATTEMPTS, 503),
     "429-forever": ("status=429,retry_after=0", MAX_ATTEMPTS, 429),
     "slow-forever": (f"sleep_ms={SLOW_MS}", MAX_ATTEMPTS, "upstream_timeout"),
+    "trickle-forever": (f"trickle_ms={TRICKLE_MS}", MAX_ATTEMPTS, "upstream_timeout"),
     "drop-forever": ("drop=1", MAX_ATTEMPTS, "upstream_unreachable"),
 }
 
