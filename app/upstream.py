@@ -212,8 +212,14 @@ def _mapped_errors() -> Iterator[None]:
         yield
     except httpx.TimeoutException as exc:
         raise UpstreamError("upstream_timeout", f"upstream timed out: {exc!r}", True) from exc
-    except httpx.HTTPError as exc:
-        raise UpstreamError("upstream_unreachable", f"upstream failed: {exc!r}", True) from exc
+    except httpx.ConnectError as exc:  # the request never reached the provider
+        raise UpstreamError(
+            "upstream_unreachable", f"cannot reach upstream: {exc!r}", True
+        ) from exc
+    except httpx.HTTPError as exc:  # it may have: the provider may have done (and billed) it
+        raise UpstreamError(
+            "upstream_connection_broken", f"upstream connection broke: {exc!r}", True
+        ) from exc
 
 
 def build_upstream(settings: Settings) -> UpstreamClient:

@@ -256,7 +256,7 @@ FOREVER = [
     ("429-forever", "status=429,retry_after=0", MAX_ATTEMPTS, "upstream_429", 429),
     ("slow-forever", f"sleep_ms={SLOW_MS}", MAX_ATTEMPTS, "upstream_timeout", 200),
     ("trickle-forever", f"trickle_ms={TRICKLE_MS}", MAX_ATTEMPTS, "upstream_timeout", 200),
-    ("drop-forever", "drop=1", MAX_ATTEMPTS, "upstream_unreachable", 200),
+    ("drop-forever", "drop=1", MAX_ATTEMPTS, "upstream_connection_broken", 200),
 ]
 
 
@@ -338,7 +338,7 @@ REALTIME = [
     # name, controls, the error code, what the row's message says
     ("slow", f"sleep_ms={SLOW_MS}", "upstream_timeout", "timed out"),
     ("trickle", f"trickle_ms={TRICKLE_MS}", "upstream_timeout", "no whole answer within 1 s"),
-    ("drop", "drop=1", "upstream_unreachable", "upstream failed"),
+    ("drop", "drop=1", "upstream_connection_broken", "upstream connection broke"),
 ]
 
 
@@ -484,7 +484,7 @@ BATCH = {
     "429-forever": ("status=429,retry_after=0", MAX_ATTEMPTS, 429),
     "slow-forever": (f"sleep_ms={SLOW_MS}", MAX_ATTEMPTS, "upstream_timeout"),
     "trickle-forever": (f"trickle_ms={TRICKLE_MS}", MAX_ATTEMPTS, "upstream_timeout"),
-    "drop-forever": ("drop=1", MAX_ATTEMPTS, "upstream_unreachable"),
+    "drop-forever": ("drop=1", MAX_ATTEMPTS, "upstream_connection_broken"),
 }
 
 
