@@ -50,17 +50,25 @@ class DeferredCalls:
         self.hub = hub
         self.metrics = metrics
         # A burst of clients shares statements instead of queueing for pool connections.
-        self.accepting: GroupCommit[Submission] = GroupCommit(
+        self.accepting: GroupCommit[Submission, None] = GroupCommit(
             store.submit_many,
             name="flex-submit",
+            item_may_be_at_fault=lambda exc: not database_unavailable(exc),
+        )
+        # Answers woken together (a finished burst) are read by one query, not one each.
+        self.reading: GroupCommit[tuple[str, str], RowMapping | None] = GroupCommit(
+            store.get_many,
+            name="flex-read",
             item_may_be_at_fault=lambda exc: not database_unavailable(exc),
         )
 
     def start(self) -> None:
         self.accepting.start()
+        self.reading.start()
 
     async def stop(self) -> None:
         await self.accepting.stop()
+        await self.reading.stop()
 
     def _submission(self, call: Call, key: ApiKey, rid: str) -> Submission:
         flex = call.tier == "flex"
@@ -96,7 +104,7 @@ class DeferredCalls:
             await self.accepting.submit(submission)
             del submission
             accepted()
-            row = await self.store.get(rid, key.id)
+            row = await self.reading.submit((rid, key.id))
             assert row is not None
             return json_response(response_object(row), headers={"x-request-id": rid})
 
@@ -112,7 +120,7 @@ class DeferredCalls:
                 self.metrics.waiting_clients.dec()
         if finished is None:  # the client left; nobody to answer
             return Response(status_code=499)
-        row = await self.store.get(rid, key.id)
+        row = await self.reading.submit((rid, key.id))
         if row is None:
             raise APIError(
                 404,

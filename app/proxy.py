@@ -51,7 +51,7 @@ class RealtimeProxy:
         self.upstream = upstream
         self.metrics = metrics
         # Tracking writes of concurrent calls share statements (see group_commit.py).
-        self.tracking: GroupCommit[RealtimeStart | RealtimeEnd] = GroupCommit(
+        self.tracking: GroupCommit[RealtimeStart | RealtimeEnd, None] = GroupCommit(
             store.track_realtime,
             name="realtime-tracking",
             item_may_be_at_fault=lambda exc: not database_unavailable(exc),

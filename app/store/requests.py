@@ -373,6 +373,18 @@ class RequestStore:
         async with self.engine.connect() as conn:
             return await get_row(conn, id, owner)
 
+    async def get_many(self, wanted: list[tuple[str, str]]) -> list[RowMapping | None]:
+        """``get`` for many (id, owner) pairs in one query, in order (woken waiters read
+        their answers together)."""
+        query = select(requests).where(requests.c.id.in_({id for id, _ in wanted}))
+        async with self.engine.connect() as conn:
+            found = {row["id"]: row for row in (await conn.execute(query)).mappings()}
+        rows = [found.get(id) for id, _ in wanted]
+        return [
+            row if row and row["owner_key_id"] == owner else None
+            for row, (_, owner) in zip(rows, wanted, strict=True)
+        ]
+
     async def cancel(self, id: str, owner: str) -> bool:
         async with self.engine.connect() as conn:
             result = await conn.execute(CANCEL, {"id": id, "owner": owner, "channel": DONE_CHANNEL})

@@ -80,6 +80,28 @@ async def test_other_owner_cannot_cancel_or_delete(store: RequestStore, owner: A
     assert (await store.get(sub.id, owner.id))["status"] == "pending"
 
 
+async def test_get_many_reads_in_order_and_only_the_owners_rows(store: RequestStore, owner: ApiKey):
+    first, second = submission(owner), submission(owner)
+    await store.submit(first)
+    await store.submit(second)
+    rows = await store.get_many(
+        [
+            (second.id, owner.id),
+            (first.id, "key_someone_else"),  # the id is real, the owner is not
+            ("resp_missing", owner.id),
+            (first.id, owner.id),
+            (second.id, owner.id),  # asked twice, answered twice
+        ]
+    )
+    assert [row["id"] if row else None for row in rows] == [
+        second.id,
+        None,
+        None,
+        first.id,
+        second.id,
+    ]
+
+
 async def test_overdue_pending_work_expires(store: RequestStore, owner: ApiKey):
     sub = submission(owner, window_s=1)
     await store.submit(sub)

@@ -100,3 +100,15 @@ async def test_a_failure_no_item_caused_fails_the_batch_without_retrying_singly(
         assert calls == [[0], [1, 2, 3, 4, 5]]  # one failed flush, no item retried alone
     finally:
         await committer.stop()
+
+
+async def test_a_read_flush_gives_each_caller_its_own_result():
+    async def flush(items: list[int]) -> list[int]:
+        return [item * 10 for item in items]
+
+    reader: GroupCommit[int, int] = GroupCommit(flush, name="read")
+    reader.start()
+    try:
+        assert await asyncio.gather(*(reader.submit(i) for i in range(5))) == [0, 10, 20, 30, 40]
+    finally:
+        await reader.stop()
