@@ -346,8 +346,7 @@ REALTIME = [
     ("name", "controls", "code", "says"), REALTIME, ids=[r[0] for r in REALTIME]
 )
 def test_realtime_upstream_failure_is_a_502_in_openai_form(
-    gateway: Gateway,
-    key: str,
+    client: openai.OpenAI,
     db: psycopg.Connection,
     mock_upstream: str,
     name: str,
@@ -357,10 +356,9 @@ def test_realtime_upstream_failure_is_a_502_in_openai_form(
 ):
     """A realtime call gets one attempt; its failure is the client's to retry, and the row
     records it (not ``in_progress`` until the reaper, not a 500)."""
-    once = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
     mock_key = key_for(name, "realtime")
     with pytest.raises(openai.APIStatusError) as failed:
-        once.responses.create(model="chaos", input=f"mock:{controls},key={mock_key} now")
+        client.responses.create(model="chaos", input=f"mock:{controls},key={mock_key} now")
     assert failed.value.status_code == 502
     assert isinstance(failed.value.body, dict)
     assert set(failed.value.body) == {"message", "type", "param", "code"}
@@ -372,14 +370,13 @@ def test_realtime_upstream_failure_is_a_502_in_openai_form(
 
 
 def test_realtime_stream_timeout_bounds_each_chunk_not_the_whole_stream(
-    gateway: Gateway, key: str, db: psycopg.Connection, mock_upstream: str
+    client: openai.OpenAI, db: psycopg.Connection, mock_upstream: str
 ):
     """A stream that takes longer than timeout_s in all, with every gap under it, is relayed
     whole: long generations must not be cut."""
-    once = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
     mock_key = key_for("trickle-stream", "realtime")
     text = f"mock:trickle_ms={TRICKLE_MS},key={mock_key} a long stream"
-    events = list(once.responses.create(model="chaos", input=text, stream=True))
+    events = list(client.responses.create(model="chaos", input=text, stream=True))
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == f"echo: {text}"
     (seen,) = attempts_at_mock(mock_upstream, mock_key)
@@ -400,16 +397,15 @@ def recorded(db: psycopg.Connection, mock_key: str) -> dict[str, Any]:
 
 
 def test_realtime_response_stream_that_breaks_ends_with_an_error_event(
-    gateway: Gateway, key: str, db: psycopg.Connection
+    client: openai.OpenAI, db: psycopg.Connection
 ):
     """The provider drops the connection mid-event: the client gets the whole events that
     reached the gateway, then an ``error`` event numbered after them, never half an event.
     (Bytes that arrive together with the break may be lost: aiohttp raises the break before
     handing them over, so the error can also be the only event.)"""
-    once = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
     mock_key = key_for("drop-stream", "realtime")
     text = f"mock:drop=1,key={mock_key} one two three four five six seven eight"
-    *relayed, last = list(once.responses.create(model="chaos", input=text, stream=True))
+    *relayed, last = list(client.responses.create(model="chaos", input=text, stream=True))
     assert relayed == [] or relayed[0].type == "response.created"
     assert [e.sequence_number for e in relayed] == list(range(len(relayed)))
     assert "response.completed" not in {e.type for e in relayed}
@@ -421,13 +417,12 @@ def test_realtime_response_stream_that_breaks_ends_with_an_error_event(
 
 
 def test_realtime_chat_stream_that_breaks_raises_in_the_sdk(
-    gateway: Gateway, key: str, db: psycopg.Connection
+    client: openai.OpenAI, db: psycopg.Connection
 ):
     """Chat streams carry errors as a chunk holding ``error``, which the SDK raises."""
-    once = openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
     mock_key = key_for("drop-chat-stream", "realtime")
     text = f"mock:drop=1,key={mock_key} one two three four five six seven eight"
-    stream = once.chat.completions.create(
+    stream = client.chat.completions.create(
         model="chaos", messages=[{"role": "user", "content": text}], stream=True
     )
     chunks = []
