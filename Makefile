@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve worker test lint format bench clean
+.PHONY: install serve worker test test-unit lint typecheck format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,19 @@ serve: install ## gateway + in-process worker on http://127.0.0.1:8080 (embedded
 worker: install
 	$(BIN)/tiergate worker
 
-test: install ## lint, then the whole suite against real PostgreSQL
+test: install ## lint, type check, then the whole suite against real PostgreSQL
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+test-unit: install ## the fast loop: lint, type check, unit tests (no database, no servers)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest tests/unit -q
+
+typecheck: install
+	$(BIN)/mypy
 
 lint: install
 	$(BIN)/ruff check .

@@ -16,7 +16,6 @@ import datetime as dt
 import io
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +23,10 @@ from pathlib import Path
 import httpx
 import procrastinate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.dburl import DatabaseURL
-from tests.support.databases import database_server
-from tests.support.servers import create_key, start_gateway, start_mock_upstream, start_worker
+from app.store.dburl import DatabaseURL
+from app.testing.config import write_config
+from app.testing.postgres import database_server
+from app.testing.processes import create_key, start_gateway, start_mock_upstream, start_worker
 
 
 async def noop_job_rate(url: DatabaseURL, jobs: int) -> float:
@@ -117,10 +115,9 @@ def main() -> None:
             noop_rate = asyncio.run(noop_job_rate(factory.create(), args.noop_jobs))
             upstream_url, mock = start_mock_upstream(work / "mock.log")
             processes.append(mock)
-            config = work / "tiergate.yaml"
-            config.write_text(
-                "models:\n"
-                f"  - {{name: remote, upstream: '{upstream_url}/v1', flex_concurrency: 64}}\n"
+            config = write_config(
+                work / "tiergate.yaml",
+                [{"name": "remote", "upstream": f"{upstream_url}/v1", "flex_concurrency": 64}],
             )
             db = factory.create().libpq()
             key = create_key(db, "bench")

@@ -17,7 +17,6 @@ import asyncio
 import datetime as dt
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +24,9 @@ from pathlib import Path
 import httpx
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.support.databases import database_server
-from tests.support.servers import (
+from app.testing.config import write_config
+from app.testing.postgres import database_server
+from app.testing.processes import (
     create_key,
     start_gateway,
     start_mock_upstream,
@@ -155,11 +153,10 @@ def main() -> None:
         try:
             upstream_url, mock = start_mock_upstream(work / "mock.log")
             processes.append(mock)
-            config = work / "tiergate.yaml"
-            config.write_text(
-                "models:\n"
-                f"  - {{name: remote, upstream: '{upstream_url}/v1', flex_concurrency: 64}}\n"
-                "limits: {worker_concurrency: 64}\n"
+            config = write_config(
+                work / "tiergate.yaml",
+                [{"name": "remote", "upstream": f"{upstream_url}/v1", "flex_concurrency": 64}],
+                {"worker_concurrency": 64},
             )
             db = factory.create().libpq()
             key = create_key(db, "bench")

@@ -45,11 +45,10 @@ import httpx
 import psutil
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.dburl import DatabaseURL
-from tests.support.databases import database_server
-from tests.support.servers import (
+from app.store.dburl import DatabaseURL
+from app.testing.config import write_config
+from app.testing.postgres import database_server
+from app.testing.processes import (
     Gateway,
     Process,
     create_key,
@@ -91,21 +90,21 @@ class LoadConfig:
         """What one worker process may hold: its engine, procrastinate's pool and LISTEN."""
         return min(self.worker_concurrency, 10) + JOB_POOL_SIZE + 1 + 1
 
-    def config_yaml(self, upstream: str) -> str:
-        return (
-            "models:\n"
-            f"  - name: {MODEL}\n"
-            f"    upstream: {upstream}/v1\n"
-            f"    flex_concurrency: {self.flex_concurrency}\n"
-            "limits:\n"
-            f"  db_pool_size: {self.db_pool_size}\n"
-            f"  db_max_overflow: {self.db_max_overflow}\n"
-            f"  worker_concurrency: {self.worker_concurrency}\n"
-            f"  job_pool_size: {JOB_POOL_SIZE}\n"
-            "  waiter_recheck_s: 5.0\n"
-            "  batch_chunk: 200\n"
-            "  batch_jobs: 4\n"
-        )
+    def config_data(self, upstream: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The tiergate config of this run (models, limits), for ``write_config``."""
+        models = [
+            {"name": MODEL, "upstream": f"{upstream}/v1", "flex_concurrency": self.flex_concurrency}
+        ]
+        limits = {
+            "db_pool_size": self.db_pool_size,
+            "db_max_overflow": self.db_max_overflow,
+            "worker_concurrency": self.worker_concurrency,
+            "job_pool_size": JOB_POOL_SIZE,
+            "waiter_recheck_s": 5.0,
+            "batch_chunk": 200,
+            "batch_jobs": 4,
+        }
+        return models, limits
 
 
 # --- sampling -----------------------------------------------------------------------------
@@ -594,8 +593,7 @@ def run_load(
     try:
         upstream, mock = start_mock_upstream(work / "mock.log", latency_ms=cfg.latency_ms)
         processes.append(mock)
-        config = work / "tiergate.yaml"
-        config.write_text(cfg.config_yaml(upstream))
+        config = write_config(work / "tiergate.yaml", *cfg.config_data(upstream))
         key = create_key(db, "load")
         gateway = start_gateway(database_url=db, config=config, log=work / "gw.log", worker=False)
         processes.append(gateway.process)

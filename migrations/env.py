@@ -7,8 +7,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app.embedded_pg import resolve_database
 from app.settings import Settings
+from app.store.embedded import resolve_database
 from app.store.schema import metadata
 
 config = context.config

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from app.dburl import DatabaseURL
-from tests.support.databases import DatabaseFactory, database_server
-from tests.support.servers import Process, start_mock_upstream
+from app.store.dburl import DatabaseURL
+from app.testing.config import write_config
+from app.testing.postgres import DatabaseFactory, database_server
+from app.testing.processes import Process, start_mock_upstream
 
 
 @pytest.fixture(scope="session")
@@ -35,36 +36,36 @@ def mock_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Path:
-    """Models: ``mock`` (built in, in-process) and ``remote``/``other`` (the mock server)."""
-    path = tmp_path_factory.mktemp("config") / "tiergate.yaml"
-    path.write_text(
-        f"""
-models:
-  - name: remote
-    upstream: {mock_upstream}/v1
-    upstream_model: remote-upstream
-    api_key_env: TIERGATE_TEST_PROVIDER_KEY
-    flex_concurrency: 4
-    max_attempts: 3
-    timeout_s: 5
-  - name: other
-    upstream: {mock_upstream}/v1
-  - name: slow-batch
-    upstream: {mock_upstream}/v1
-    flex_concurrency: 2
-limits:
-  max_body_bytes: 65536
-  retry_base_s: 0.05
-  retry_max_s: 0.5
-  waiter_recheck_s: 1.0
-  maintenance_every_s: 1
-  batch_chunk: 16
-  max_batch_lines: 100
-  max_file_bytes: 5000000
-  batch_windows: {{"24h": 86400, "4s": 4}}
-"""
+    """Models: ``mock`` (built in, in-process) and ``remote``/``other``/``slow-batch`` (the
+    mock server)."""
+    upstream = f"{mock_upstream}/v1"
+    return write_config(
+        tmp_path_factory.mktemp("config") / "tiergate.yaml",
+        [
+            {
+                "name": "remote",
+                "upstream": upstream,
+                "upstream_model": "remote-upstream",
+                "api_key_env": "TIERGATE_TEST_PROVIDER_KEY",
+                "flex_concurrency": 4,
+                "max_attempts": 3,
+                "timeout_s": 5,
+            },
+            {"name": "other", "upstream": upstream},
+            {"name": "slow-batch", "upstream": upstream, "flex_concurrency": 2},
+        ],
+        {
+            "max_body_bytes": 65536,
+            "retry_base_s": 0.05,
+            "retry_max_s": 0.5,
+            "waiter_recheck_s": 1.0,
+            "maintenance_every_s": 1,
+            "batch_chunk": 16,
+            "max_batch_lines": 100,
+            "max_file_bytes": 5000000,
+            "batch_windows": {"24h": 86400, "4s": 4},
+        },
     )
-    return path
 
 
 def stop_all(processes: list[Process]) -> None:

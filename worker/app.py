@@ -13,11 +13,10 @@ from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
-from app.dburl import DatabaseURL
-from app.guard import database_unavailable
 from app.settings import Settings
-from app.store.batches import BATCH_QUEUE, FINALIZE_TASK, RUN_TASK, VALIDATE_TASK
-from app.store.requests import RUN_REQUEST_TASK
+from app.store.db import database_unavailable
+from app.store.dburl import DatabaseURL
+from app.vocabulary import Queue, Task
 from worker.batches import BatchJobs
 from worker.execute import RequestRunner, RetryLater
 from worker.wake import Waker
@@ -68,20 +67,20 @@ def build_job_app(
     app = procrastinate.App(connector=connector)
     retry = UpstreamRetry(Waker(connector))
 
-    @app.task(name=RUN_REQUEST_TASK, retry=retry)
+    @app.task(name=Task.RUN_REQUEST, retry=retry)
     async def run_request(request_id: str) -> None:
         await runner.run(request_id)
 
-    @app.task(name=VALIDATE_TASK, queue=BATCH_QUEUE, retry=retry)
+    @app.task(name=Task.VALIDATE_BATCH, queue=Queue.BATCH, retry=retry)
     async def validate_batch(batch_id: str) -> None:
         await batch_jobs.validate(batch_id)
 
-    @app.task(name=RUN_TASK, queue=BATCH_QUEUE, retry=retry, pass_context=True)
+    @app.task(name=Task.RUN_BATCH, queue=Queue.BATCH, retry=retry, pass_context=True)
     async def run_batch(context: JobContext, batch_id: str) -> None:
         assert context.job.id is not None
         await batch_jobs.run(batch_id, context.job.id)
 
-    @app.task(name=FINALIZE_TASK, queue=BATCH_QUEUE, retry=retry)
+    @app.task(name=Task.FINALIZE_BATCH, queue=Queue.BATCH, retry=retry)
     async def finalize_batch(batch_id: str) -> None:
         await batch_jobs.finalize(batch_id)
 

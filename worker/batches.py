@@ -9,32 +9,24 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import APIError
 from app.ids import new_id
+from app.openai.errors import APIError
+from app.openai.objects import result_line
+from app.openai.validation import classify_body, parse_json
 from app.settings import Settings
-from app.shapes import result_line
 from app.store.batches import BatchStore, LineResult
 from app.store.files import FileStore
 from app.store.keys import KeyStore
-from app.store.requests import Outcome
-from app.validation import classify_body, parse_json
+from app.store.outcomes import Outcome
+from app.vocabulary import CLOSABLE_BATCH, BatchStatus, ErrorCode, Status, Tier, error
 from worker.execute import RequestRunner, RetryLater
 
 log = logging.getLogger("tiergate.batches")
 
 MAX_REPORTED_ERRORS = 100
 CANCEL_POLL_S = 0.5
-LINE_EXPIRED = Outcome(
-    status="expired",
-    error={
-        "code": "batch_expired",
-        "message": "This line was not processed before the batch expired.",
-    },
-)
-LINE_CANCELLED = Outcome(
-    status="cancelled",
-    error={"code": "batch_cancelled", "message": "The batch was cancelled before this line ran."},
-)
+LINE_EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.BATCH_EXPIRED))
+LINE_CANCELLED = Outcome(status=Status.CANCELLED, error=error(ErrorCode.BATCH_CANCELLED))
 
 
 @dataclass
@@ -147,8 +139,8 @@ class BatchJobs:
                         line_no,
                         endpoint,
                         call.model.name,
-                        "flex",
-                        "pending",
+                        Tier.FLEX,
+                        Status.PENDING,
                         json.dumps(call.body, separators=(",", ":")),
                         batch["expires_at"],
                     )
@@ -182,7 +174,7 @@ class BatchJobs:
         claimed lines still waiting for a model slot then end as cancelled."""
         while not cancelled.is_set():
             await asyncio.sleep(CANCEL_POLL_S)
-            if await self.batches.status(batch_id) != "in_progress":
+            if await self.batches.status(batch_id) != BatchStatus.IN_PROGRESS:
                 cancelled.set()
 
     async def _line(self, row: Any, cancelled: asyncio.Event) -> LineResult:
@@ -205,11 +197,7 @@ class BatchJobs:
     async def finalize(self, batch_id: str) -> None:
         """Write the output and error files, then end the batch (idempotent)."""
         batch = await self.batches.for_finalize(batch_id)
-        if (
-            batch is None
-            or batch["live"]
-            or batch["status"] not in ("in_progress", "finalizing", "cancelling")
-        ):
+        if batch is None or batch["live"] or batch["status"] not in CLOSABLE_BATCH:
             return
         owner = batch["owner_key_id"]
         output = await self.files.create(
@@ -225,7 +213,8 @@ class BatchJobs:
             purpose="batch_output",
         )
         async for page in self.batches.result_pages(batch_id):
-            out, err = [], []
+            out: list[str] = []
+            err: list[str] = []
             for row in page:
                 ok, line = result_line(row)
                 (out if ok else err).append(line)
@@ -236,11 +225,11 @@ class BatchJobs:
         await output.close(publish=False)
         await errors.close(publish=False)
         status = (
-            "cancelled"
-            if batch["status"] == "cancelling"
-            else "expired"
+            BatchStatus.CANCELLED
+            if batch["status"] == BatchStatus.CANCELLING
+            else BatchStatus.EXPIRED
             if batch["expired"]
-            else "completed"
+            else BatchStatus.COMPLETED
         )
         final = await self.batches.close(
             batch_id,

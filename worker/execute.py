@@ -17,10 +17,12 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from app.openai.usage import usage_of
 from app.settings import Settings
-from app.store.requests import Outcome, RequestStore
-from app.upstream import UpstreamClient, UpstreamError
-from app.usage import usage_of
+from app.store.outcomes import Outcome
+from app.store.requests import RequestStore
+from app.upstream.client import UpstreamClient, UpstreamError
+from app.vocabulary import ErrorCode, Status, error
 
 log = logging.getLogger("tiergate.worker")
 
@@ -39,7 +41,7 @@ class RetryLater(Exception):
 def backoff_s(attempt: int, retry_after_s: float | None, base_s: float, max_s: float) -> float:
     """Exponential backoff with jitter, never shorter than the provider's ``Retry-After``."""
     delay = min(max_s, base_s * 2 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
-    return max(delay, retry_after_s or 0.0)
+    return float(max(delay, retry_after_s or 0.0))
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,7 @@ class Attempt:
     error: dict[str, Any] | None = None
 
 
-EXPIRED = Outcome(
-    status="expired",
-    error={
-        "code": "request_expired",
-        "message": "The request was not processed within its window.",
-    },
-)
+EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.REQUEST_EXPIRED))
 
 
 class RequestRunner:
@@ -96,7 +92,7 @@ class RequestRunner:
         if model is None:
             return Attempt(
                 Outcome(
-                    status="failed",
+                    status=Status.FAILED,
                     error={
                         "code": "model_not_configured",
                         "message": f"The model '{model_name}' is no longer configured.",
@@ -115,7 +111,7 @@ class RequestRunner:
         given, produced, total = usage_of(reply.body)
         return Attempt(
             Outcome(
-                status="completed",
+                status=Status.COMPLETED,
                 response_status=reply.status,
                 response_body=reply.body,
                 input_tokens=given,
@@ -148,7 +144,7 @@ class RequestRunner:
         source = "Retry-After" if delay == exc.retry_after_s else "backoff"
         return Attempt(
             Outcome(
-                status="expired",
+                status=Status.EXPIRED,
                 error={
                     "code": template.error["code"],
                     "message": f"Not retried: the next attempt would start in {delay:.0f} s"
@@ -188,7 +184,7 @@ class RequestRunner:
 def _failed(exc: UpstreamError, message: str) -> Outcome:
     """A final failure: the provider's status and body, if it answered, and the reason."""
     return Outcome(
-        status="failed",
+        status=Status.FAILED,
         response_status=exc.status,
         response_body=exc.body,
         error={"code": exc.code, "message": message},

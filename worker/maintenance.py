@@ -15,12 +15,12 @@ import logging
 from procrastinate.exceptions import ConnectorException
 from procrastinate.manager import JobManager
 
-from app.guard import database_unavailable
 from app.settings import Limits
 from app.store.batches import BatchStore
+from app.store.db import database_unavailable
 from app.store.files import FileStore
 from app.store.orphans import OrphanStore
-from app.store.requests import RequestStore
+from app.store.sweeps import RequestSweeps
 
 log = logging.getLogger("tiergate.maintenance")
 
@@ -35,7 +35,7 @@ class Maintenance:
         self,
         *,
         limits: Limits,
-        requests: RequestStore,
+        requests: RequestSweeps,
         batches: BatchStore,
         files: FileStore,
         orphans: OrphanStore,

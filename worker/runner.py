@@ -7,15 +7,16 @@ import contextlib
 import logging
 import time
 
-from app.dburl import DatabaseURL
 from app.settings import Settings
 from app.store.batches import BatchStore
 from app.store.db import create_engine
+from app.store.dburl import DatabaseURL
 from app.store.files import FileStore
 from app.store.keys import KeyStore
 from app.store.orphans import OrphanStore
 from app.store.requests import RequestStore
-from app.upstream import build_upstream
+from app.store.sweeps import RequestSweeps
+from app.upstream.client import build_upstream
 from worker.app import build_job_app
 from worker.batches import BatchJobs
 from worker.execute import RequestRunner
@@ -32,7 +33,6 @@ async def run_worker(
     url: DatabaseURL,
     *,
     concurrency: int | None = None,
-    name: str | None = None,
 ) -> None:
     """Work until cancelled. Cancellation stops gracefully (running jobs get 10 s).
 
@@ -60,7 +60,7 @@ async def run_worker(
     job_app = build_job_app(url, settings, runner=runner, batch_jobs=batch_jobs)
     maintenance = Maintenance(
         limits=settings.limits,
-        requests=store,
+        requests=RequestSweeps(engine),
         batches=batch_jobs.batches,
         files=batch_jobs.files,
         orphans=OrphanStore(engine),
@@ -78,7 +78,6 @@ async def run_worker(
                     try:
                         await job_app.run_worker_async(
                             concurrency=concurrency,
-                            name=name,
                             install_signal_handlers=False,
                             fetch_job_polling_interval=2.0,
                             update_heartbeat_interval=settings.limits.heartbeat_s,

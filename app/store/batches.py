@@ -9,6 +9,7 @@ from a dead worker (same job id) takes its own unfinished lines back.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +18,22 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.requests import Outcome, outcome_arrays
+from app.store.outcomes import Outcome, outcome_arrays
+from app.vocabulary import (
+    CLOSABLE_BATCH,
+    LIVE,
+    UNSUCCESSFUL,
+    BatchKind,
+    BatchStatus,
+    ErrorCode,
+    FileStatus,
+    Queue,
+    Status,
+    Task,
+    sql_error,
+    sql_in,
+)
 
-BATCH_QUEUE = "batch"
-VALIDATE_TASK = "tiergate.validate_batch"
-RUN_TASK = "tiergate.run_batch"
-FINALIZE_TASK = "tiergate.finalize_batch"
-FINAL_BATCH_STATUSES = ("completed", "failed", "expired", "cancelled")
 COPY_COLUMNS = (
     "id", "batch_id", "owner_key_id", "custom_id", "line_no", "endpoint", "model",
     "service_tier", "status", "body", "expires_at",
@@ -37,7 +47,7 @@ def _defer(task: str, batch_sql: str, *, locked: bool = False) -> str:
     """
     lock = f"'finalize:' || {batch_sql}" if locked else "NULL"
     return (
-        f"procrastinate_defer_jobs_v1(ARRAY[ROW('{BATCH_QUEUE}', '{task}', 0, {lock}, NULL,"
+        f"procrastinate_defer_jobs_v1(ARRAY[ROW('{Queue.BATCH}', '{task}', 0, {lock}, NULL,"
         f" jsonb_build_object('batch_id', {batch_sql}), NULL)::procrastinate_job_to_defer_v1])"
     )
 
@@ -45,12 +55,12 @@ def _defer(task: str, batch_sql: str, *, locked: bool = False) -> str:
 CREATE = text(
     f"""
 WITH job AS (
-    SELECT unnest({_defer(VALIDATE_TASK, "CAST(:id AS text)")}) AS id
+    SELECT unnest({_defer(Task.VALIDATE_BATCH, "CAST(:id AS text)")}) AS id
 )
 INSERT INTO batches (id, owner_key_id, kind, endpoint, status, completion_window,
                      input_file_id, metadata, expires_at)
-SELECT :id, :owner, 'file', :endpoint, 'validating', :window, :file_id, :metadata,
-       now() + make_interval(secs => :window_s)
+SELECT :id, :owner, '{BatchKind.FILE}', :endpoint, '{BatchStatus.VALIDATING}', :window,
+       :file_id, :metadata, now() + make_interval(secs => :window_s)
 FROM job
 """
 ).bindparams(bindparam("metadata", type_=JSONB), bindparam("window_s", type_=Integer))
@@ -61,10 +71,10 @@ b.*, coalesce(b.completed_count, c.completed) AS completed,
 coalesce(b.failed_count, c.failed) AS failed,
 c.input_tokens, c.output_tokens, c.total_tokens
 """
-COUNTS = """
+COUNTS = f"""
 LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE r.status = 'completed') AS completed,
-           count(*) FILTER (WHERE r.status IN ('failed', 'expired', 'cancelled')) AS failed,
+    SELECT count(*) FILTER (WHERE r.status = '{Status.COMPLETED}') AS completed,
+           count(*) FILTER (WHERE r.status IN {sql_in(UNSUCCESSFUL)}) AS failed,
            sum(r.input_tokens) AS input_tokens, sum(r.output_tokens) AS output_tokens,
            sum(r.total_tokens) AS total_tokens
     FROM requests r WHERE r.batch_id = b.id
@@ -72,12 +82,12 @@ LEFT JOIN LATERAL (
 """
 GET = text(
     f"SELECT {BATCH_COLUMNS} FROM batches b {COUNTS}"
-    " WHERE b.id = :id AND b.owner_key_id = :owner AND b.kind = 'file'"
+    f" WHERE b.id = :id AND b.owner_key_id = :owner AND b.kind = '{BatchKind.FILE}'"
 )
 LIST = text(
     f"""
 SELECT {BATCH_COLUMNS} FROM batches b {COUNTS}
-WHERE b.owner_key_id = :owner AND b.kind = 'file'
+WHERE b.owner_key_id = :owner AND b.kind = '{BatchKind.FILE}'
   AND (CAST(:after AS text) IS NULL OR (b.created_at, b.id) < (
         SELECT created_at, id FROM batches WHERE id = :after AND owner_key_id = :owner))
 ORDER BY b.created_at DESC, b.id DESC
@@ -87,19 +97,18 @@ LIMIT :limit
 CANCEL = text(
     f"""
 WITH b AS (
-    UPDATE batches SET status = 'cancelling', cancelling_at = now()
-    WHERE id = :id AND owner_key_id = :owner AND kind = 'file'
-      AND status IN ('validating', 'in_progress')
+    UPDATE batches SET status = '{BatchStatus.CANCELLING}', cancelling_at = now()
+    WHERE id = :id AND owner_key_id = :owner AND kind = '{BatchKind.FILE}'
+      AND status IN {sql_in([BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS])}
     RETURNING id
 ), lines AS (
-    UPDATE requests SET status = 'cancelled', finished_at = now(),
-        error = jsonb_build_object('code', 'batch_cancelled',
-                                   'message', 'The batch was cancelled before this line ran.')
-    WHERE batch_id IN (SELECT id FROM b) AND status = 'pending'
+    UPDATE requests SET status = '{Status.CANCELLED}', finished_at = now(),
+        error = {sql_error(ErrorCode.BATCH_CANCELLED)}
+    WHERE batch_id IN (SELECT id FROM b) AND status = '{Status.PENDING}'
     RETURNING id
 )
 SELECT (SELECT count(*) FROM lines) AS cancelled,
-       {_defer(FINALIZE_TASK, "b.id", locked=True)} AS job
+       {_defer(Task.FINALIZE_BATCH, "b.id", locked=True)} AS job
 FROM b
 """
 )
@@ -108,45 +117,45 @@ FROM b
 
 FOR_VALIDATION = text(
     "SELECT id, owner_key_id, endpoint, input_file_id, expires_at, status FROM batches"
-    " WHERE id = :id AND kind = 'file'"
+    f" WHERE id = :id AND kind = '{BatchKind.FILE}'"
 )
 FAIL_VALIDATION = text(
-    """
-UPDATE batches SET status = 'failed', failed_at = now(), errors = :errors,
+    f"""
+UPDATE batches SET status = '{BatchStatus.FAILED}', failed_at = now(), errors = :errors,
     completed_count = 0, failed_count = 0
-WHERE id = :id AND status = 'validating'
+WHERE id = :id AND status = '{BatchStatus.VALIDATING}'
 """
 ).bindparams(bindparam("errors", type_=JSONB))
 START = text(
     f"""
 WITH b AS (
-    UPDATE batches SET status = 'in_progress', in_progress_at = now(), total = :total
-    WHERE id = :id AND status = 'validating'
+    UPDATE batches SET status = '{BatchStatus.IN_PROGRESS}', in_progress_at = now(), total = :total
+    WHERE id = :id AND status = '{BatchStatus.VALIDATING}'
     RETURNING id
 )
-SELECT unnest({_defer(RUN_TASK, "b.id")}) AS job
+SELECT unnest({_defer(Task.RUN_BATCH, "b.id")}) AS job
 FROM b, generate_series(1, :jobs)
 """
 ).bindparams(bindparam("jobs", type_=Integer), bindparam("total", type_=Integer))
 LOCK_FOR_START = text("SELECT status FROM batches WHERE id = :id FOR UPDATE")
 CANCELLED_WHILE_VALIDATING = text(
-    """
-UPDATE batches SET status = 'cancelled', cancelled_at = now(),
+    f"""
+UPDATE batches SET status = '{BatchStatus.CANCELLED}', cancelled_at = now(),
     completed_count = 0, failed_count = 0
-WHERE id = :id AND status = 'cancelling'
+WHERE id = :id AND status = '{BatchStatus.CANCELLING}'
 """
 )
 
 CLAIM = text(
-    """
+    f"""
 UPDATE requests AS r
-SET status = 'in_progress', attempts = r.attempts + 1,
+SET status = '{Status.IN_PROGRESS}', attempts = r.attempts + 1,
     started_at = coalesce(r.started_at, now()), job_id = :job
 FROM (
     SELECT id FROM requests
     WHERE batch_id = :batch
-      AND ((status = 'pending' AND (not_before IS NULL OR not_before <= now()))
-           OR (status = 'in_progress' AND job_id = :job))
+      AND ((status = '{Status.PENDING}' AND (not_before IS NULL OR not_before <= now()))
+           OR (status = '{Status.IN_PROGRESS}' AND job_id = :job))
     ORDER BY line_no
     LIMIT :n
     FOR UPDATE SKIP LOCKED
@@ -158,7 +167,7 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 
 FINISH_MANY = text(
-    """
+    f"""
 UPDATE requests AS r
 SET status = u.status, response_status = u.response_status,
     response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
@@ -170,43 +179,43 @@ FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS te
             CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]))
      AS u(id, attempt, status, response_status, response_body, error, input_tokens,
           output_tokens, total_tokens)
-WHERE r.id = u.id AND r.status = 'in_progress' AND r.attempts = u.attempt
+WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
 """
 )
 REQUEUE_MANY = text(
-    """
+    f"""
 UPDATE requests AS r
-SET status = 'pending', error = CAST(u.error AS jsonb),
+SET status = '{Status.PENDING}', error = CAST(u.error AS jsonb),
     not_before = now() + make_interval(secs => u.delay_s)
 FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:errors AS text[]),
             CAST(:delays AS float8[])) AS u(id, attempt, error, delay_s)
-WHERE r.id = u.id AND r.status = 'in_progress' AND r.attempts = u.attempt
+WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
 """
 )
 PROGRESS = text(
-    """
-SELECT count(*) FILTER (WHERE status = 'in_progress') AS running,
-       count(*) FILTER (WHERE status = 'pending') AS pending,
-       extract(epoch FROM min(not_before) FILTER (WHERE status = 'pending') - now())
+    f"""
+SELECT count(*) FILTER (WHERE status = '{Status.IN_PROGRESS}') AS running,
+       count(*) FILTER (WHERE status = '{Status.PENDING}') AS pending,
+       extract(epoch FROM min(not_before) FILTER (WHERE status = '{Status.PENDING}') - now())
            AS next_in_s
 FROM requests WHERE batch_id = :batch
 """
 )
-DEFER_FINALIZE = text(f"SELECT {_defer(FINALIZE_TASK, 'CAST(:batch AS text)', locked=True)}")
+DEFER_FINALIZE = text(f"SELECT {_defer(Task.FINALIZE_BATCH, 'CAST(:batch AS text)', locked=True)}")
 
 FOR_FINALIZE = text(
-    """
+    f"""
 SELECT b.id, b.owner_key_id, b.status,
        EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = b.id
-               AND r.status = 'expired') AS expired,
+               AND r.status = '{Status.EXPIRED}') AS expired,
        EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = b.id
-               AND r.status IN ('pending', 'in_progress')) AS live
-FROM batches b WHERE b.id = :id AND b.kind = 'file'
+               AND r.status IN {sql_in(LIVE)}) AS live
+FROM batches b WHERE b.id = :id AND b.kind = '{BatchKind.FILE}'
 """
 )
 MARK_FINALIZING = text(
-    "UPDATE batches SET status = 'finalizing', finalizing_at = now()"
-    " WHERE id = :id AND status = 'in_progress'"
+    f"UPDATE batches SET status = '{BatchStatus.FINALIZING}', finalizing_at = now()"
+    f" WHERE id = :id AND status = '{Status.IN_PROGRESS}'"
 )
 # Bodies come back as JSON text and are spliced into result lines without re-encoding.
 RESULT_PAGE = text(
@@ -219,23 +228,23 @@ ORDER BY line_no LIMIT :n
 ).columns(error=JSONB)
 # The batch's end and its files become visible together.
 CLOSE = text(
-    """
+    f"""
 WITH counts AS (
-    SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
-           count(*) FILTER (WHERE status IN ('failed', 'expired', 'cancelled')) AS failed
+    SELECT count(*) FILTER (WHERE status = '{Status.COMPLETED}') AS completed,
+           count(*) FILTER (WHERE status IN {sql_in(UNSUCCESSFUL)}) AS failed
     FROM requests WHERE batch_id = :id
 ), b AS (
     UPDATE batches SET status = :status, output_file_id = :output_file_id,
         error_file_id = :error_file_id,
         completed_count = (SELECT completed FROM counts),
         failed_count = (SELECT failed FROM counts),
-        completed_at = CASE WHEN :status = 'completed' THEN now() END,
-        expired_at = CASE WHEN :status = 'expired' THEN now() END,
-        cancelled_at = CASE WHEN :status = 'cancelled' THEN now() END
-    WHERE id = :id AND status IN ('in_progress', 'finalizing', 'cancelling')
+        completed_at = CASE WHEN :status = '{BatchStatus.COMPLETED}' THEN now() END,
+        expired_at = CASE WHEN :status = '{BatchStatus.EXPIRED}' THEN now() END,
+        cancelled_at = CASE WHEN :status = '{BatchStatus.CANCELLED}' THEN now() END
+    WHERE id = :id AND status IN {sql_in(CLOSABLE_BATCH)}
     RETURNING id
 )
-UPDATE files SET status = 'processed'
+UPDATE files SET status = '{FileStatus.PROCESSED}'
 WHERE id IN (:output_file_id, :error_file_id) AND EXISTS (SELECT 1 FROM b)
 RETURNING id
 """
@@ -247,20 +256,20 @@ EXPIRE = text(
     f"""
 WITH overdue AS (
     SELECT id FROM batches
-    WHERE kind = 'file' AND status IN ('validating', 'in_progress') AND expires_at < now()
+    WHERE kind = '{BatchKind.FILE}' AND expires_at < now()
+      AND status IN {sql_in([BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS])}
 ), lines AS (
-    UPDATE requests SET status = 'expired', finished_at = now(),
-        error = jsonb_build_object('code', 'batch_expired',
-            'message', 'This line was not processed before the batch expired.')
-    WHERE batch_id IN (SELECT id FROM overdue) AND status = 'pending'
+    UPDATE requests SET status = '{Status.EXPIRED}', finished_at = now(),
+        error = {sql_error(ErrorCode.BATCH_EXPIRED)}
+    WHERE batch_id IN (SELECT id FROM overdue) AND status = '{Status.PENDING}'
     RETURNING id
 ), never_started AS (
-    UPDATE batches SET status = 'expired', expired_at = now(),
+    UPDATE batches SET status = '{BatchStatus.EXPIRED}', expired_at = now(),
         completed_count = 0, failed_count = 0
-    WHERE id IN (SELECT id FROM overdue) AND status = 'validating'
+    WHERE id IN (SELECT id FROM overdue) AND status = '{BatchStatus.VALIDATING}'
     RETURNING id
 )
-SELECT o.id, {_defer(FINALIZE_TASK, "o.id", locked=True)} AS job
+SELECT o.id, {_defer(Task.FINALIZE_BATCH, "o.id", locked=True)} AS job
 FROM overdue o WHERE o.id NOT IN (SELECT id FROM never_started)
 """
 )
@@ -315,7 +324,7 @@ class BatchStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(GET, {"id": id, "owner": owner})).mappings().first()
 
-    async def list(self, owner: str, *, after: str | None, limit: int) -> list[RowMapping]:
+    async def page(self, owner: str, *, after: str | None, limit: int) -> list[RowMapping]:
         async with self.engine.connect() as conn:
             params = {"owner": owner, "after": after, "limit": limit}
             return list((await conn.execute(LIST, params)).mappings())
@@ -410,7 +419,7 @@ class BatchStore:
                 await conn.execute(MARK_FINALIZING, {"id": id})
             return row
 
-    async def result_pages(self, batch: str, page: int = 2000):  # type: ignore[no-untyped-def]
+    async def result_pages(self, batch: str, page: int = 2000) -> AsyncIterator[list[RowMapping]]:
         """All lines of a batch in input order, a page at a time."""
         after = 0
         while True:
@@ -439,7 +448,8 @@ class BatchStore:
                     "error_file_id": error_file_id,
                 },
             )
-            return (await conn.execute(STATUS, {"id": id})).scalar_one()
+            final: str = (await conn.execute(STATUS, {"id": id})).scalar_one()
+            return final
 
     async def status(self, id: str) -> str | None:
         async with self.engine.connect() as conn:

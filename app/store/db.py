@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import asyncpg
+import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL
 
 
 def create_engine(
@@ -27,4 +29,26 @@ def create_engine(
         pool_timeout=10,
         json_serializer=lambda obj: json.dumps(obj, separators=(",", ":")),
         connect_args={"server_settings": {"application_name": application_name}},
+    )
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True for the errors a down or restarting database produces."""
+    if isinstance(exc, sqlalchemy.exc.TimeoutError | sqlalchemy.exc.OperationalError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError | sqlalchemy.exc.InterfaceError):
+        inner: BaseException = exc.orig or exc
+        exc = inner.__cause__ or inner
+    return isinstance(
+        exc,
+        OSError
+        | ConnectionError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.InterfaceError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError
+        | asyncpg.TooManyConnectionsError,
     )

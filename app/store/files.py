@@ -12,28 +12,32 @@ from sqlalchemy import LargeBinary, bindparam, text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.vocabulary import FileStatus
+
 PART_BYTES = 1024 * 1024
 PARTS_PER_QUERY = 8
 
 CREATE = text(
     "INSERT INTO files (id, owner_key_id, filename, purpose, status)"
-    " VALUES (:id, :owner, :filename, :purpose, 'uploading')"
+    f" VALUES (:id, :owner, :filename, :purpose, '{FileStatus.UPLOADING}')"
 )
 ADD_PART = text(
     "INSERT INTO file_parts (file_id, part, data) VALUES (:id, :part, :data)"
 ).bindparams(bindparam("data", type_=LargeBinary))
 SEAL = text("UPDATE files SET bytes = :bytes WHERE id = :id")
-SEAL_PUBLISH = text("UPDATE files SET status = 'processed', bytes = :bytes WHERE id = :id")
+SEAL_PUBLISH = text(
+    f"UPDATE files SET status = '{FileStatus.PROCESSED}', bytes = :bytes WHERE id = :id"
+)
 DISCARD = text("DELETE FROM files WHERE id = :id")
 GET = text(
     "SELECT id, owner_key_id, filename, purpose, bytes, status, created_at, expires_at"
-    " FROM files WHERE id = :id AND owner_key_id = :owner AND status = 'processed'"
+    f" FROM files WHERE id = :id AND owner_key_id = :owner AND status = '{FileStatus.PROCESSED}'"
 )
 # Newest first; ``after`` is the id of the last file of the previous page.
 LIST = text(
-    """
+    f"""
 SELECT id, filename, purpose, bytes, status, created_at, expires_at FROM files
-WHERE owner_key_id = :owner AND status = 'processed'
+WHERE owner_key_id = :owner AND status = '{FileStatus.PROCESSED}'
   AND (CAST(:purpose AS text) IS NULL OR purpose = :purpose)
   AND (CAST(:after AS text) IS NULL OR (created_at, id) < (
         SELECT created_at, id FROM files WHERE id = :after AND owner_key_id = :owner))
@@ -45,7 +49,7 @@ DELETE = text("DELETE FROM files WHERE id = :id AND owner_key_id = :owner RETURN
 # Uploads that never finished (a crashed gateway, a crashed batch finalize) are invisible;
 # after a while nobody can be writing them any more.
 PRUNE_ABANDONED = text(
-    "DELETE FROM files WHERE status = 'uploading'"
+    f"DELETE FROM files WHERE status = '{FileStatus.UPLOADING}'"
     " AND created_at < now() - make_interval(secs => :older_than_s) RETURNING id"
 )
 PARTS = text(
@@ -108,7 +112,7 @@ class FileStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(GET, {"id": id, "owner": owner})).mappings().first()
 
-    async def list(
+    async def page(
         self, owner: str, *, purpose: str | None, after: str | None, limit: int
     ) -> list[RowMapping]:
         params = {"owner": owner, "purpose": purpose, "after": after, "limit": limit}

@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ids import new_id
@@ -58,6 +58,6 @@ class GatewayPresence:
             except Exception as exc:  # database restarting: try again next beat
                 log.warning("gateway heartbeat failed: %s", exc)
 
-    async def _execute(self, statement, **params: object) -> None:  # type: ignore[no-untyped-def]
+    async def _execute(self, statement: TextClause, **params: object) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(statement, {"id": self.id, **params})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ids import new_api_key, new_id
-
-KEYS_CHANNEL = "tiergate_keys"
+from app.vocabulary import Channel
 
 INSERT_KEY = text(
     "INSERT INTO api_keys (id, name, key_hash, key_prefix, models)"
@@ -23,7 +23,7 @@ FIND_KEY = text(
 REVOKE_KEY = text(
     "WITH r AS (UPDATE api_keys SET revoked_at = now()"
     " WHERE (id = :ident OR name = :ident) AND revoked_at IS NULL RETURNING id)"
-    " SELECT r.id, pg_notify(:channel, r.id) FROM r"
+    f" SELECT r.id, pg_notify('{Channel.KEYS}', r.id) FROM r"
 )
 GET_KEY = text("SELECT id, name, models FROM api_keys WHERE id = :id AND revoked_at IS NULL")
 LIST_KEYS = text(
@@ -88,9 +88,10 @@ class KeyStore:
     async def revoke(self, ident: str) -> list[str]:
         """Revoke by id or name; gateways drop the key from their caches via NOTIFY."""
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(REVOKE_KEY, {"ident": ident, "channel": KEYS_CHANNEL})).all()
+            rows = (await conn.execute(REVOKE_KEY, {"ident": ident})).all()
         return [row.id for row in rows]
 
-    async def list(self) -> list[dict[str, object]]:
+    async def list(self) -> list[dict[str, Any]]:
+        """Every key (revoked ones too), oldest first; never a secret or a hash."""
         async with self.engine.connect() as conn:
             return [dict(row._mapping) for row in await conn.execute(LIST_KEYS)]

@@ -24,25 +24,33 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.batches import BATCH_QUEUE, FINALIZE_TASK, RUN_TASK, VALIDATE_TASK
-from app.store.requests import DONE_CHANNEL, RUN_REQUEST_TASK
+from app.vocabulary import (
+    LIVE,
+    LIVE_BATCH,
+    BatchKind,
+    BatchStatus,
+    Channel,
+    ErrorCode,
+    Queue,
+    Status,
+    Task,
+    Tier,
+    sql_error,
+    sql_in,
+)
 
 LIVE_JOB = "j.status IN ('todo', 'doing')"
 MAX_RUNS = 10
-GAVE_UP = (
-    "jsonb_build_object('code', 'processing_failed', 'message',"
-    " 'tiergate could not process this request: its job failed again and again"
-    " (see the worker logs).')"
-)
+GAVE_UP = sql_error(ErrorCode.PROCESSING_FAILED)
 
 REQUEUE_REQUESTS = text(
     f"""
 WITH orphans AS (
-    SELECT r.id, r.attempts, coalesce(j.queue_name, CASE WHEN r.service_tier = 'flex'
-                                                        THEN 'flex' ELSE 'realtime' END) AS queue,
+    SELECT r.id, r.attempts, coalesce(j.queue_name, CASE WHEN r.service_tier = '{Tier.FLEX}'
+                            THEN '{Queue.FLEX}' ELSE '{Queue.REALTIME}' END) AS queue,
            coalesce(j.priority, 0) AS priority
     FROM requests r LEFT JOIN procrastinate_jobs j ON j.id = r.job_id
-    WHERE r.status IN ('pending', 'in_progress') AND r.custom_id IS NULL
+    WHERE r.status IN {sql_in(LIVE)} AND r.custom_id IS NULL
       AND r.job_id IS NOT NULL AND (j.id IS NULL OR NOT ({LIVE_JOB}))
     LIMIT 1000
 ), again AS (
@@ -50,38 +58,38 @@ WITH orphans AS (
     WHERE o.attempts < {MAX_RUNS}
 ), job AS (
     SELECT j.id, j.n FROM unnest(procrastinate_defer_jobs_v1(ARRAY(
-        SELECT ROW(a.queue, '{RUN_REQUEST_TASK}', a.priority, NULL, NULL,
+        SELECT ROW(a.queue, '{Task.RUN_REQUEST}', a.priority, NULL, NULL,
                    jsonb_build_object('request_id', a.id), NULL)::procrastinate_job_to_defer_v1
         FROM again a ORDER BY a.n
     ))) WITH ORDINALITY AS j(id, n)
 ), requeued AS (
-    UPDATE requests r SET status = 'pending', job_id = job.id
+    UPDATE requests r SET status = '{Status.PENDING}', job_id = job.id
     FROM again a JOIN job ON job.n = a.n
-    WHERE r.id = a.id AND r.status IN ('pending', 'in_progress')
+    WHERE r.id = a.id AND r.status IN {sql_in(LIVE)}
     RETURNING r.id
 ), given_up AS (
-    UPDATE requests r SET status = 'failed', finished_at = now(), error = {GAVE_UP}
+    UPDATE requests r SET status = '{Status.FAILED}', finished_at = now(), error = {GAVE_UP}
     FROM orphans o
-    WHERE r.id = o.id AND o.attempts >= {MAX_RUNS} AND r.status IN ('pending', 'in_progress')
+    WHERE r.id = o.id AND o.attempts >= {MAX_RUNS} AND r.status IN {sql_in(LIVE)}
     RETURNING r.id, r.batch_id
 ), single AS (
-    UPDATE batches b SET status = 'completed', completed_at = now()
-    FROM given_up g WHERE b.id = g.batch_id AND b.kind = 'single'
+    UPDATE batches b SET status = '{BatchStatus.COMPLETED}', completed_at = now()
+    FROM given_up g WHERE b.id = g.batch_id AND b.kind = '{BatchKind.SINGLE}'
 )
 SELECT id, false AS gave_up FROM requeued
 UNION ALL
-SELECT g.id, true AS gave_up FROM given_up g, LATERAL pg_notify('{DONE_CHANNEL}', g.id)
+SELECT g.id, true AS gave_up FROM given_up g, LATERAL pg_notify('{Channel.DONE}', g.id)
 """
 )
 
 RELEASE_LINES = text(
     f"""
 UPDATE requests r
-SET status = CASE WHEN r.attempts < {MAX_RUNS} THEN 'pending' ELSE 'failed' END,
+SET status = CASE WHEN r.attempts < {MAX_RUNS} THEN '{Status.PENDING}' ELSE '{Status.FAILED}' END,
     job_id = NULL,
     finished_at = CASE WHEN r.attempts < {MAX_RUNS} THEN NULL ELSE now() END,
     error = CASE WHEN r.attempts < {MAX_RUNS} THEN r.error ELSE {GAVE_UP} END
-WHERE r.custom_id IS NOT NULL AND r.status = 'in_progress'
+WHERE r.custom_id IS NOT NULL AND r.status = '{Status.IN_PROGRESS}'
   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.id = r.job_id AND {LIVE_JOB})
 RETURNING r.id
 """
@@ -93,32 +101,32 @@ RESTART_BATCHES = text(
     f"""
 WITH stranded AS (
     SELECT b.id,
-           CASE WHEN b.status = 'validating' THEN '{VALIDATE_TASK}'
-                WHEN b.status = 'in_progress' AND EXISTS (
+           CASE WHEN b.status = '{BatchStatus.VALIDATING}' THEN '{Task.VALIDATE_BATCH}'
+                WHEN b.status = '{BatchStatus.IN_PROGRESS}' AND EXISTS (
                     SELECT 1 FROM requests r
-                    WHERE r.batch_id = b.id AND r.status IN ('pending', 'in_progress'))
-                THEN '{RUN_TASK}'
-                ELSE '{FINALIZE_TASK}' END AS task,
+                    WHERE r.batch_id = b.id AND r.status IN {sql_in(LIVE)})
+                THEN '{Task.RUN_BATCH}'
+                ELSE '{Task.FINALIZE_BATCH}' END AS task,
            (SELECT count(*) FROM procrastinate_jobs j
-            WHERE j.queue_name = '{BATCH_QUEUE}' AND j.status = 'failed'
+            WHERE j.queue_name = '{Queue.BATCH}' AND j.status = 'failed'
               AND j.args->>'batch_id' = b.id) >= {MAX_RUNS} AS give_up
     FROM batches b
-    WHERE b.kind = 'file' AND b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+    WHERE b.kind = '{BatchKind.FILE}' AND b.status IN {sql_in(LIVE_BATCH)}
       AND NOT EXISTS (
           SELECT 1 FROM procrastinate_jobs j
-          WHERE {LIVE_JOB} AND j.queue_name = '{BATCH_QUEUE}' AND j.args->>'batch_id' = b.id)
+          WHERE {LIVE_JOB} AND j.queue_name = '{Queue.BATCH}' AND j.args->>'batch_id' = b.id)
 ), failed_batches AS (
-    UPDATE batches b SET status = 'failed', failed_at = now(),
+    UPDATE batches b SET status = '{BatchStatus.FAILED}', failed_at = now(),
         errors = jsonb_build_object('object', 'list', 'data', jsonb_build_array({GAVE_UP}))
     FROM stranded s WHERE b.id = s.id AND s.give_up
     RETURNING b.id
 ), failed_lines AS (
-    UPDATE requests r SET status = 'failed', finished_at = now(), error = {GAVE_UP}
-    FROM failed_batches f WHERE r.batch_id = f.id AND r.status IN ('pending', 'in_progress')
+    UPDATE requests r SET status = '{Status.FAILED}', finished_at = now(), error = {GAVE_UP}
+    FROM failed_batches f WHERE r.batch_id = f.id AND r.status IN {sql_in(LIVE)}
 )
 SELECT s.id, s.task, procrastinate_defer_jobs_v1(ARRAY[ROW(
-    '{BATCH_QUEUE}', s.task, 0,
-    CASE WHEN s.task = '{FINALIZE_TASK}' THEN 'finalize:' || s.id END, NULL,
+    '{Queue.BATCH}', s.task, 0,
+    CASE WHEN s.task = '{Task.FINALIZE_BATCH}' THEN 'finalize:' || s.id END, NULL,
     jsonb_build_object('batch_id', s.id), NULL)::procrastinate_job_to_defer_v1]) AS job
 FROM stranded s WHERE NOT s.give_up
 """

@@ -21,10 +21,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 
+from app.vocabulary import LIVE, Status, sql_in
+
 metadata = MetaData()
 
-LIVE_STATUSES = ("pending", "in_progress")
-FINAL_STATUSES = ("completed", "failed", "cancelled", "expired")
 
 api_keys = Table(
     "api_keys",
@@ -136,7 +136,7 @@ requests = Table(
         "requests_batch_pending_idx",
         "batch_id",
         "line_no",
-        postgresql_where=text("status = 'pending'"),
+        postgresql_where=text(f"status = '{Status.PENDING}'"),
     ),
     Index("requests_owner_created_idx", "owner_key_id", "created_at"),
     # Hot queries (queue depth, rescue, expiry) only look at live rows: keep them small.
@@ -145,6 +145,6 @@ requests = Table(
         "status",
         "model",
         "service_tier",
-        postgresql_where=text("status IN ('pending', 'in_progress')"),
+        postgresql_where=text(f"status IN {sql_in(LIVE)}"),
     ),
 )

@@ -9,8 +9,8 @@ import openai
 import psycopg
 import pytest
 
-from app.dburl import DatabaseURL
-from tests.support.servers import Gateway, create_key, start_gateway
+from app.store.dburl import DatabaseURL
+from app.testing.processes import Gateway, create_key, start_gateway
 
 PROVIDER_SECRET = "sk-provider-secret-never-stored"
 

@@ -6,9 +6,9 @@ import httpx
 import openai
 import pytest
 
-from app.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL
+from app.testing.processes import Gateway, create_key
 from tests.support.batches import chat_line, jsonl, upload
-from tests.support.servers import Gateway, create_key
 
 
 def test_missing_or_unknown_key_is_401(gateway: Gateway):
@@ -63,7 +63,8 @@ def test_revoked_key_stops_working_at_once(gateway: Gateway, database: DatabaseU
     import subprocess
     import sys
 
-    from tests.support.servers import ROOT, base_env
+    from app.testing.processes import base_env
+    from tests.support.paths import ROOT
 
     secret = create_key(database.libpq(), "short-lived")
     user = openai.OpenAI(base_url=gateway.api, api_key=secret, max_retries=0)

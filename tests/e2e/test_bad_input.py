@@ -10,7 +10,7 @@ import openai
 import psycopg
 import pytest
 
-from tests.support.servers import Gateway
+from app.testing.processes import Gateway
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.testing.processes import Gateway, base_env
 from tests.e2e.test_batches import chat_line, jsonl
-from tests.support.servers import ROOT, Gateway, base_env
+from tests.support.paths import ROOT
 
 
 def tiergate(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,8 @@ import time
 import openai
 import pytest
 
+from app.testing.processes import Gateway
 from tests.support.batches import chat_line, jsonl, upload
-from tests.support.servers import Gateway
 
 TIMEOUT_S = 90.0
 FINAL = {"completed", "failed", "expired", "cancelled"}
@@ -248,7 +248,7 @@ def test_upload_errors(client: openai.OpenAI, gateway: Gateway, key: str):
 
 
 def test_limits_and_model_permissions(client: openai.OpenAI, gateway: Gateway, database):
-    from tests.support.servers import create_key
+    from app.testing.processes import create_key
 
     too_many = jsonl([chat_line(f"m-{i}", "x") for i in range(101)])  # limit: 100 here
     batch = client.batches.create(

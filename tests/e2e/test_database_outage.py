@@ -15,10 +15,11 @@ import openai
 import psycopg
 import pytest
 
-from app.dburl import DatabaseURL
-from app.embedded_pg import EmbeddedPostgres
+from app.store.dburl import DatabaseURL
+from app.store.embedded import EmbeddedPostgres
+from app.testing.config import write_config
+from app.testing.processes import Gateway, create_key, start_gateway
 from tests.support.batches import responses_line, start_batch
-from tests.support.servers import Gateway, create_key, start_gateway
 from tests.support.waiting import wait_until
 
 HEAL_TIMEOUT_S = 90.0
@@ -53,21 +54,23 @@ def outage_gateway(
     logs: Path,
 ) -> Iterator[Gateway]:
     _, url = own_server
-    config = tmp_path_factory.mktemp("config") / "tiergate.yaml"
-    config.write_text(
-        f"""
-models:
-  - name: remote
-    upstream: {mock_upstream}/v1
-    flex_concurrency: 16
-    timeout_s: 10
-limits:
-  heartbeat_s: 0.5
-  stalled_after_s: 2
-  maintenance_every_s: 1
-  waiter_recheck_s: 1
-  batch_chunk: 20
-"""
+    config = write_config(
+        tmp_path_factory.mktemp("config") / "tiergate.yaml",
+        [
+            {
+                "name": "remote",
+                "upstream": f"{mock_upstream}/v1",
+                "flex_concurrency": 16,
+                "timeout_s": 10,
+            }
+        ],
+        {
+            "heartbeat_s": 0.5,
+            "stalled_after_s": 2,
+            "maintenance_every_s": 1,
+            "waiter_recheck_s": 1,
+            "batch_chunk": 20,
+        },
     )
     gw = start_gateway(database_url=url.libpq(), config=config, log=logs / "gw-outage.log")
     yield gw

@@ -14,8 +14,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from app.embedded_pg import EmbeddedPostgres
-from tests.support.servers import (
+from app.store.embedded import EmbeddedPostgres
+from app.testing.processes import (
     START_TIMEOUT_S,
     Process,
     base_env,
@@ -45,7 +45,7 @@ def keys_create(home: Path, log: Path) -> str:
     import subprocess
     import sys
 
-    from tests.support.servers import ROOT
+    from tests.support.paths import ROOT
 
     out = subprocess.run(
         [sys.executable, "-m", "app.cli", "keys", "create", "--name", "second"],

@@ -22,10 +22,11 @@ import pytest
 import schemathesis
 import yaml
 
-from app.routes import batches, files, ops, responses
-from app.validation import INFERENCE_ENDPOINTS
+from app.api.routes import batches, files, ops, responses
+from app.openai.validation import INFERENCE_ENDPOINTS
+from app.testing.config import write_config
+from app.testing.processes import Gateway
 from tests.support.memory import MB, PeakRSS
-from tests.support.servers import Gateway
 from tests.support.waiting import wait_until
 
 FUZZ_SEED = 20261123
@@ -39,9 +40,9 @@ def gateway_config(gateway_config: Path, tmp_path_factory: pytest.TempPathFactor
     that multi-megabyte bodies are under it."""
     data = yaml.safe_load(gateway_config.read_text())
     del data["limits"]["max_body_bytes"]
-    path = tmp_path_factory.mktemp("fuzz-config") / "tiergate.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(
+        tmp_path_factory.mktemp("fuzz-config") / "tiergate.yaml", data["models"], data["limits"]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL
 from bench.load import LoadConfig, problems, render, run_load
 
 

@@ -19,9 +19,10 @@ import openai
 import pytest
 import yaml
 
-from app.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL
+from app.testing.config import write_config
+from app.testing.processes import Gateway, start_gateway, start_worker
 from tests.support.memory import MB, PeakRSS
-from tests.support.servers import Gateway, start_gateway, start_worker
 from tests.support.waiting import wait_until
 
 BUDGET = 16 * MB  # limits.inflight_body_bytes here: two 7 MB bodies at a time
@@ -44,9 +45,7 @@ def config_with(base: Path, directory: Path, **limits: object) -> Path:
     data = yaml.safe_load(base.read_text())
     data["limits"].pop("max_body_bytes", None)
     data["limits"].update(limits)
-    path = directory / "tiergate.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(directory / "tiergate.yaml", data["models"], data["limits"])
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.servers import ROOT, Gateway
+from app.testing.processes import Gateway
+from tests.support.paths import ROOT
 
 
 def test_readme_python_example_runs(gateway: Gateway, key: str, tmp_path: Path):

@@ -21,10 +21,9 @@ import pytest
 import yaml
 from psycopg import sql
 
-from app.dburl import DatabaseURL
-from tests.e2e.conftest import PROVIDER_SECRET
-from tests.support.batches import chat_line, jsonl, start_batch, upload
-from tests.support.servers import (
+from app.store.dburl import DatabaseURL
+from app.testing.config import write_config
+from app.testing.processes import (
     START_TIMEOUT_S,
     Gateway,
     Process,
@@ -33,6 +32,8 @@ from tests.support.servers import (
     free_port,
     wait_http,
 )
+from tests.e2e.conftest import PROVIDER_SECRET
+from tests.support.batches import chat_line, jsonl, start_batch, upload
 from tests.support.waiting import wait_until
 
 # A key a client tried that does not exist: it must not be logged either.
@@ -110,9 +111,11 @@ def gateway_config(
             "timeout_s": 2,
         },
     ]
-    path = tmp_path_factory.mktemp("security-config") / "tiergate.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(
+        tmp_path_factory.mktemp("security-config") / "tiergate.yaml",
+        data["models"],
+        data.get("limits"),
+    )
 
 
 def _debug_process(args: list[str], database: DatabaseURL, config: Path, log: Path) -> Process:

@@ -20,9 +20,10 @@ import openai
 import psycopg
 import pytest
 
+from app.testing.config import write_config
+from app.testing.processes import Gateway
 from tests.e2e.conftest import row
 from tests.support.batches import jsonl, upload
-from tests.support.servers import Gateway
 from tests.support.waiting import wait_until
 
 TIMEOUT_S = 60.0
@@ -42,28 +43,31 @@ MODES = ["blocking", "background"]
 @pytest.fixture(scope="module")
 def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Path:
     """Small timeout and backoff so that every kind of failure plays out in seconds."""
-    path = tmp_path_factory.mktemp("config") / "tiergate.yaml"
-    path.write_text(
-        f"""
-models:
-  - name: chaos
-    upstream: {mock_upstream}/v1
-    flex_concurrency: 32
-    max_attempts: {MAX_ATTEMPTS}
-    timeout_s: {TIMEOUT_SETTING_S}
-  - name: chaos-long
-    upstream: {mock_upstream}/v1
-    max_attempts: 4
-    timeout_s: 5
-limits:
-  retry_base_s: {RETRY_BASE_S}
-  retry_max_s: 10
-  waiter_recheck_s: 1.0
-  maintenance_every_s: 1
-  batch_chunk: 8
-"""
+    return write_config(
+        tmp_path_factory.mktemp("config") / "tiergate.yaml",
+        [
+            {
+                "name": "chaos",
+                "upstream": f"{mock_upstream}/v1",
+                "flex_concurrency": 32,
+                "max_attempts": MAX_ATTEMPTS,
+                "timeout_s": TIMEOUT_SETTING_S,
+            },
+            {
+                "name": "chaos-long",
+                "upstream": f"{mock_upstream}/v1",
+                "max_attempts": 4,
+                "timeout_s": 5,
+            },
+        ],
+        {
+            "retry_base_s": RETRY_BASE_S,
+            "retry_max_s": 10,
+            "waiter_recheck_s": 1.0,
+            "maintenance_every_s": 1,
+            "batch_chunk": 8,
+        },
     )
-    return path
 
 
 @pytest.fixture(scope="module")

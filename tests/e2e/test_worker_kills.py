@@ -17,9 +17,10 @@ import openai
 import psycopg
 import pytest
 
-from app.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL
+from app.testing.config import write_config
+from app.testing.processes import Gateway, Process, create_key, start_gateway, start_worker
 from tests.support.batches import chat_line, start_batch
-from tests.support.servers import Gateway, Process, create_key, start_gateway, start_worker
 from tests.support.waiting import seconds_until, wait_until
 
 LINES = 10_000
@@ -33,24 +34,25 @@ TIMEOUT_S = 240.0
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Path:
-    path = tmp_path_factory.mktemp("config") / "tiergate.yaml"
-    path.write_text(
-        f"""
-models:
-  - name: remote
-    upstream: {mock_upstream}/v1
-    flex_concurrency: 32
-    timeout_s: 10
-limits:
-  heartbeat_s: 0.5
-  stalled_after_s: {STALLED_AFTER_S}
-  maintenance_every_s: {MAINTENANCE_EVERY_S}
-  batch_chunk: 100
-  batch_jobs: 4
-  max_batch_lines: {LINES}
-"""
+    return write_config(
+        tmp_path_factory.mktemp("config") / "tiergate.yaml",
+        [
+            {
+                "name": "remote",
+                "upstream": f"{mock_upstream}/v1",
+                "flex_concurrency": 32,
+                "timeout_s": 10,
+            }
+        ],
+        {
+            "heartbeat_s": 0.5,
+            "stalled_after_s": STALLED_AFTER_S,
+            "maintenance_every_s": MAINTENANCE_EVERY_S,
+            "batch_chunk": 100,
+            "batch_jobs": 4,
+            "max_batch_lines": LINES,
+        },
     )
-    return path
 
 
 @pytest.fixture(scope="module")

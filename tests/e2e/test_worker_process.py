@@ -12,10 +12,11 @@ import openai
 import psycopg
 import pytest
 
-from app.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL
+from app.testing.config import write_config
+from app.testing.processes import Gateway, Process, create_key, start_gateway, start_worker
 from tests.e2e.conftest import row
 from tests.support.batches import responses_line, start_batch
-from tests.support.servers import Gateway, Process, create_key, start_gateway, start_worker
 from tests.support.waiting import wait_until
 
 TIMEOUT_S = 60.0
@@ -23,27 +24,21 @@ TIMEOUT_S = 60.0
 
 @pytest.fixture(scope="module")
 def fast_rescue_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Path:
-    path = tmp_path_factory.mktemp("config") / "tiergate.yaml"
-    path.write_text(
-        f"""
-models:
-  - name: remote
-    upstream: {mock_upstream}/v1
-    timeout_s: 5
-  - name: capped
-    upstream: {mock_upstream}/v1
-    upstream_model: capped-upstream
-    flex_concurrency: 2
-  - name: long
-    upstream: {mock_upstream}/v1
-    timeout_s: 60
-limits:
-  heartbeat_s: 0.5
-  stalled_after_s: 2
-  maintenance_every_s: 1
-"""
+    upstream = f"{mock_upstream}/v1"
+    return write_config(
+        tmp_path_factory.mktemp("config") / "tiergate.yaml",
+        [
+            {"name": "remote", "upstream": upstream, "timeout_s": 5},
+            {
+                "name": "capped",
+                "upstream": upstream,
+                "upstream_model": "capped-upstream",
+                "flex_concurrency": 2,
+            },
+            {"name": "long", "upstream": upstream, "timeout_s": 60},
+        ],
+        {"heartbeat_s": 0.5, "stalled_after_s": 2, "maintenance_every_s": 1},
     )
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 
-from app.dburl import DatabaseURL
 from app.ids import new_id
 from app.store.db import create_engine
+from app.store.dburl import DatabaseURL
 from app.store.keys import ApiKey, KeyStore
+from app.store.realtime import RealtimeTracker
 from app.store.requests import RequestStore
+from app.store.sweeps import RequestSweeps
 
 
 @pytest.fixture
@@ -22,10 +24,20 @@ async def engine(database: DatabaseURL) -> AsyncIterator:
 
 
 @pytest.fixture
-async def store(engine) -> AsyncIterator[RequestStore]:
-    store = RequestStore(engine)
-    yield store
-    await store.release()
+def store(engine) -> RequestStore:
+    return RequestStore(engine)
+
+
+@pytest.fixture
+def sweeps(engine) -> RequestSweeps:
+    return RequestSweeps(engine)
+
+
+@pytest.fixture
+async def tracker(engine) -> AsyncIterator[RealtimeTracker]:
+    tracker = RealtimeTracker(engine)
+    yield tracker
+    await tracker.release()
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 from alembic import command
 
-from app.migrate import alembic_config, upgrade
-from tests.support.databases import DatabaseFactory
+from app.store.migrate import alembic_config, upgrade
+from app.testing.postgres import DatabaseFactory
 
 
 def test_models_and_migrations_are_in_sync(databases: DatabaseFactory):

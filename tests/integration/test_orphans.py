@@ -7,10 +7,11 @@ import datetime as dt
 from sqlalchemy import text
 
 from app.ids import new_id
-from app.store.batches import COPY_COLUMNS, RUN_TASK, BatchStore
+from app.store.batches import COPY_COLUMNS, BatchStore
 from app.store.keys import ApiKey
 from app.store.orphans import MAX_RUNS, OrphanStore
 from app.store.requests import RequestStore
+from app.vocabulary import Task
 from tests.integration.conftest import insert_file_batch
 from tests.integration.test_request_store import submission
 
@@ -70,7 +71,7 @@ async def test_lines_of_a_failed_run_job_go_back_and_the_batch_gets_a_run_job(
     run_job = await scalar(
         engine,
         "SELECT id FROM procrastinate_jobs WHERE task_name = :task AND args->>'batch_id' = :b",
-        task=RUN_TASK,
+        task=Task.RUN_BATCH,
         b=batch_id,
     )
     claimed = await batches.claim(batch_id, run_job, 1)
@@ -97,7 +98,7 @@ async def test_lines_of_a_failed_run_job_go_back_and_the_batch_gets_a_run_job(
             engine,
             "SELECT count(*) FROM procrastinate_jobs WHERE task_name = :task"
             " AND args->>'batch_id' = :b AND status = 'todo'",
-            task=RUN_TASK,
+            task=Task.RUN_BATCH,
             b=batch_id,
         )
         == 1

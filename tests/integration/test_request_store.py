@@ -6,7 +6,11 @@ from sqlalchemy import text
 
 from app.ids import new_id, request_id
 from app.store.keys import ApiKey
-from app.store.requests import Outcome, RealtimeStart, RequestStore, Submission
+from app.store.outcomes import Outcome
+from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker
+from app.store.requests import RequestStore, Submission
+from app.store.sweeps import RequestSweeps
+from app.vocabulary import Status
 from tests.integration.conftest import insert_file_batch
 
 
@@ -55,7 +59,9 @@ async def test_a_late_worker_cannot_overwrite_a_cancel(store: RequestStore, owne
     claimed = await store.claim(sub.id)
     assert claimed is not None and claimed["attempts"] == 1
     assert await store.cancel(sub.id, owner.id)
-    assert not await store.finish(sub.id, 1, Outcome(status="completed", response_body={"x": 1}))
+    assert not await store.finish(
+        sub.id, 1, Outcome(status=Status.COMPLETED, response_body={"x": 1})
+    )
     row = await store.get(sub.id, owner.id)
     assert row["status"] == "cancelled" and row["response_body"] is None
     assert await store.claim(sub.id) is None  # final rows are never claimed again
@@ -67,8 +73,8 @@ async def test_attempt_number_fences_a_stale_worker(store: RequestStore, owner: 
     await store.claim(sub.id)  # worker A, presumed dead
     second = await store.claim(sub.id)  # worker B after the rescue
     assert second["attempts"] == 2
-    assert not await store.finish(sub.id, 1, Outcome(status="completed"))  # A wakes up late
-    assert await store.finish(sub.id, 2, Outcome(status="completed"))
+    assert not await store.finish(sub.id, 1, Outcome(status=Status.COMPLETED))  # A wakes up late
+    assert await store.finish(sub.id, 2, Outcome(status=Status.COMPLETED))
 
 
 async def test_other_owner_cannot_cancel_or_delete(store: RequestStore, owner: ApiKey):
@@ -102,7 +108,9 @@ async def test_get_many_reads_in_order_and_only_the_owners_rows(store: RequestSt
     ]
 
 
-async def test_overdue_pending_work_expires(store: RequestStore, owner: ApiKey):
+async def test_overdue_pending_work_expires(
+    store: RequestStore, sweeps: RequestSweeps, owner: ApiKey
+):
     sub = submission(owner, window_s=1)
     await store.submit(sub)
     async with store.engine.begin() as conn:
@@ -110,7 +118,7 @@ async def test_overdue_pending_work_expires(store: RequestStore, owner: ApiKey):
             text("UPDATE requests SET expires_at = now() - interval '1 second' WHERE id = :id"),
             {"id": sub.id},
         )
-    assert sub.id in await store.expire_overdue()
+    assert sub.id in await sweeps.expire_overdue()
     row = await store.get(sub.id, owner.id)
     assert row["status"] == "expired"
     assert await store.final_among([sub.id, "resp_unknown"]) == [sub.id]
@@ -129,22 +137,26 @@ def realtime_start(owner: ApiKey, gateway_id: str | None = None) -> RealtimeStar
     )
 
 
-async def test_realtime_rows_of_a_dead_gateway_are_reaped(store: RequestStore, owner: ApiKey):
+async def test_realtime_rows_of_a_dead_gateway_are_reaped(
+    store: RequestStore, tracker: RealtimeTracker, sweeps: RequestSweeps, owner: ApiKey
+):
     start = realtime_start(owner)
     rid = start.id
-    await store.track_realtime([start])
-    assert rid not in await store.reap_realtime(60)
+    await tracker.track([start])
+    assert rid not in await sweeps.reap_realtime(60)
     async with store.engine.begin() as conn:
         await conn.execute(
             text("UPDATE requests SET started_at = now() - interval '2 minutes' WHERE id = :id"),
             {"id": rid},
         )
-    assert rid in await store.reap_realtime(60)
+    assert rid in await sweeps.reap_realtime(60)
     row = await store.get(rid, owner.id)
     assert row["status"] == "failed" and row["error"]["code"] == "gateway_interrupted"
 
 
-async def test_rows_of_a_live_gateway_are_never_reaped(store: RequestStore, owner: ApiKey):
+async def test_rows_of_a_live_gateway_are_never_reaped(
+    store: RequestStore, tracker: RealtimeTracker, sweeps: RequestSweeps, owner: ApiKey
+):
     from app.store.gateways import GatewayPresence
 
     presence = GatewayPresence(store.engine, every_s=3600)
@@ -152,13 +164,13 @@ async def test_rows_of_a_live_gateway_are_never_reaped(store: RequestStore, owne
     start = realtime_start(owner, gateway_id=presence.id)
     rid = start.id
     try:
-        await store.track_realtime([start])
+        await tracker.track([start])
         async with store.engine.connect() as conn:  # a long stream: started long ago
             await conn.execute(
                 text("UPDATE requests SET started_at = now() - interval '1 hour' WHERE id = :id"),
                 {"id": rid},
             )
-        assert rid not in await store.reap_realtime(30)  # its gateway is alive
+        assert rid not in await sweeps.reap_realtime(30)  # its gateway is alive
         async with store.engine.connect() as conn:  # the gateway falls silent
             await conn.execute(
                 text(
@@ -166,26 +178,26 @@ async def test_rows_of_a_live_gateway_are_never_reaped(store: RequestStore, owne
                 ),
                 {"id": presence.id},
             )
-        assert rid in await store.reap_realtime(30)
+        assert rid in await sweeps.reap_realtime(30)
     finally:
         await presence.stop()
 
 
-async def test_realtime_starts_and_ends_share_one_statement(store: RequestStore, owner: ApiKey):
-    from app.store.requests import RealtimeEnd
-
+async def test_realtime_starts_and_ends_share_one_statement(
+    store: RequestStore, tracker: RealtimeTracker, owner: ApiKey
+):
     first_start, second_start = realtime_start(owner), realtime_start(owner)
     first, second = first_start.id, second_start.id
-    await store.track_realtime([first_start])
+    await tracker.track([first_start])
     done = Outcome(
-        status="completed",
+        status=Status.COMPLETED,
         response_status=200,
         response_body={"ok": True},
         input_tokens=1,
         output_tokens=2,
         total_tokens=3,
     )
-    await store.track_realtime([second_start, RealtimeEnd(first, done)])  # both kinds at once
+    await tracker.track([second_start, RealtimeEnd(first, done)])  # both kinds at once
     one, two = await store.get(first, owner.id), await store.get(second, owner.id)
     assert (one["status"], one["total_tokens"], one["response_body"]) == (
         "completed",

@@ -6,9 +6,10 @@ import asyncio
 
 from sqlalchemy import text
 
-from app.dburl import DatabaseURL
-from app.store.requests import DONE_CHANNEL, RequestStore
-from app.waiters import WaiterHub
+from app.gateway.waiters import WaiterHub
+from app.store.dburl import DatabaseURL
+from app.store.requests import RequestStore
+from app.vocabulary import Channel
 
 
 async def start_hub(database: DatabaseURL, store: RequestStore, recheck_s: float) -> WaiterHub:
@@ -23,7 +24,7 @@ async def start_hub(database: DatabaseURL, store: RequestStore, recheck_s: float
 
 async def notify(store: RequestStore, payload: str) -> None:
     async with store.engine.begin() as conn:
-        await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": DONE_CHANNEL, "p": payload})
+        await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": Channel.DONE, "p": payload})
 
 
 async def test_notify_wakes_exactly_the_right_waiter(database: DatabaseURL, store: RequestStore):

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from app.aiohttp_transport import AiohttpTransport
-from tests.support.servers import free_port
+from app.testing.processes import free_port
+from app.upstream.aiohttp_transport import AiohttpTransport
 
 
 async def echo(request: Request) -> JSONResponse:

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from app.body_budget import SMALL_BODY_BYTES, ByteBudget
-from app.errors import APIError
+from app.gateway.bodies import SMALL_BODY_BYTES, ByteBudget
+from app.openai.errors import APIError
 
 
 def test_small_bodies_are_free_and_unknown_sizes_cost_the_limit():

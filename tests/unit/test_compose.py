@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from app.cli import build_parser
-from tests.support.servers import ROOT
+from app.cli.main import build_parser
+from tests.support.paths import ROOT
 
 
 def test_compose_services_run_real_cli_commands():

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.auth import KeyCache
+from app.gateway.middleware.auth import KeyCache
 from app.store.keys import ApiKey
 
 

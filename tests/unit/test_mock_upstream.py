@@ -1,4 +1,4 @@
-"""Tests for the fake OpenAI-compatible provider in app.mock_upstream."""
+"""Tests for the fake OpenAI-compatible provider in app/mock."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.mock_upstream import MockDropError, create_mock_app, parse_controls
+from app.mock.controls import parse_controls
+from app.mock.server import MockDropError, create_mock_app
 
 MODEL = "mock-model"
 

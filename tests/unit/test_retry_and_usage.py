@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from app.upstream import error_from_status, retry_after
-from app.usage import StreamUsage, usage_of
+from app.openai.usage import StreamUsage, usage_of
+from app.upstream.client import error_from_status, retry_after
 from worker.execute import backoff_s
 
 

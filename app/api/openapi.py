@@ -1,0 +1,478 @@
+"""The OpenAPI 3.1 document served at ``GET /openapi.json``, built from the settings.
+
+Hand-written and kept truthful: a request schema states only what tiergate itself checks
+(``app/validation.py`` and the routes); every other field of an inference body passes to the
+upstream untouched, so it is allowed but not described. Realtime calls relay the upstream's
+status and body, hence the ``4XX``/``5XX`` ranges on the inference operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.ids import ID_PATTERN
+from app.openai.validation import INFERENCE_ENDPOINTS, MAX_METADATA_PAIRS, SERVICE_TIERS
+from app.settings import Settings
+
+Schema = dict[str, Any]
+
+NULLABLE_STRING: Schema = {"type": ["string", "null"]}
+TIMESTAMP: Schema = {"type": ["integer", "null"], "description": "Unix seconds"}
+NOT_NULL: Schema = {"not": {"type": "null"}}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_content(schema: Schema) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": json_content(ref("Error"))}
+
+
+ERRORS = {
+    "400": "Invalid request (OpenAI error body; `param` names the field)",
+    "401": "Missing or unknown API key (`invalid_api_key`)",
+    "403": "The key may not use this model (`model_not_allowed`)",
+    "404": "No such object for this key, or unknown model (`model_not_found`)",
+    "413": "Body or file larger than the configured limit",
+    "429": "A flex request whose completion window passed (`request_expired`)",
+    "502": "The upstream failed and retries ran out",
+    "503": "The database is unavailable; retry shortly",
+    "504": "A blocking flex request still running when its wait ended",
+}
+
+
+def _responses(ok: dict[str, Any], *codes: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"200": ok}
+    out.update({code: _error(ERRORS[code]) for code in ("401", *codes, "503")})
+    return out
+
+
+def _ok(schema: Schema, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": json_content(schema)}
+
+
+def _id_param(what: str) -> Schema:
+    return {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": f"A {what} id of the caller's key (any other value is a 404)",
+        "schema": {"type": "string"},
+    }
+
+
+def _page_params(maximum: int) -> list[Schema]:
+    return [
+        {
+            "name": "after",
+            "in": "query",
+            "description": "The id of the last object of the previous page (empty: the "
+            "first page; 400 if it cannot be an id)",
+            "schema": {"type": "string", "pattern": f"^({ID_PATTERN.pattern})?$"},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": maximum},
+        },
+    ]
+
+
+def _metadata() -> Schema:
+    return {
+        "type": ["object", "null"],
+        "maxProperties": MAX_METADATA_PAIRS,
+        "propertyNames": {"maxLength": 64},
+        "additionalProperties": {"type": "string", "maxLength": 512},
+    }
+
+
+def _flag() -> Schema:
+    return {"type": ["boolean", "null"]}
+
+
+def _no_stream_with_deferred() -> Schema:
+    """``stream: true`` together with flex or background is a 400 (not supported yet)."""
+    return {
+        "not": {
+            "required": ["stream"],
+            "properties": {"stream": {"const": True}},
+            "anyOf": [
+                {"required": ["service_tier"], "properties": {"service_tier": {"const": "flex"}}},
+                {"required": ["background"], "properties": {"background": {"const": True}}},
+            ],
+        }
+    }
+
+
+def _inference_body(settings: Settings, endpoint: str) -> Schema:
+    """What the tier middleware checks; other fields go to the upstream as they are."""
+    models = sorted(settings.models)
+    properties: dict[str, Schema] = {
+        "model": {
+            "type": "string",
+            "enum": models,
+            "description": "One of the gateway's models: any other name is a 404 "
+            "(`model_not_found`), one outside the key's list a 403",
+        },
+        "service_tier": {
+            "type": ["string", "null"],
+            "enum": [*sorted(SERVICE_TIERS), None],
+            "description": "`flex` runs on a worker; the others are realtime",
+        },
+        "stream": _flag(),
+    }
+    schema: Schema = {"type": "object", "required": ["model"], "properties": properties}
+    non_empty = [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1}]
+    if endpoint == "/v1/responses":
+        properties |= {
+            "input": {"anyOf": [*non_empty, {"type": "null"}]},
+            "prompt": {},
+            "previous_response_id": {},
+            "background": _flag(),
+            "metadata": _metadata(),
+        }
+        # ``input`` may be left out when a prompt or a previous response stands in for it.
+        schema["anyOf"] = [
+            {"required": [name], "properties": {name: NOT_NULL}}
+            for name in ("input", "prompt", "previous_response_id")
+        ]
+        schema |= _no_stream_with_deferred()
+    elif endpoint == "/v1/chat/completions":
+        properties |= {
+            "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "background": {"enum": [False, None], "description": "Only /v1/responses"},
+            "metadata": _metadata(),
+        }
+        schema["required"] = ["model", "messages"]
+        schema |= _no_stream_with_deferred()
+    else:
+        properties |= {
+            "input": {"anyOf": non_empty},
+            "stream": {"enum": [False, None], "description": "Not supported on embeddings"},
+        }
+        schema["required"] = ["model", "input"]
+    return schema
+
+
+def _inference_operation(settings: Settings, endpoint: str) -> Schema:
+    name = endpoint.removeprefix("/v1/")
+    result = ref("Embeddings") if name == "embeddings" else ref("UpstreamObject")
+    ok = {
+        "description": "Realtime: the upstream's answer (SSE when streaming); flex: the same "
+        "once a worker ran it; background: a queued Response object",
+        "content": {
+            "application/json": {"schema": result},
+            "text/event-stream": {},  # the upstream's events, relayed byte for byte
+        },
+    }
+    responses = _responses(ok, "400", "403", "404", "413", "429", "502", "504")
+    upstream = {"description": "The upstream's own error, relayed", "content": {"*/*": {}}}
+    responses |= {"4XX": upstream, "5XX": upstream}
+    return {
+        "post": {
+            "operationId": f"create_{name.replace('/', '_')}",
+            "summary": f"Realtime, flex or background {name}",
+            "description": "The `x-request-id` header carries the id to retrieve it by.",
+            "requestBody": {
+                "required": True,
+                "content": json_content(_inference_body(settings, endpoint)),
+            },
+            "responses": responses,
+        }
+    }
+
+
+def _paths(settings: Settings) -> dict[str, Any]:
+    windows = sorted(settings.limits.batch_windows)
+    paths: dict[str, Any] = {
+        endpoint: _inference_operation(settings, endpoint) for endpoint in INFERENCE_ENDPOINTS
+    }
+    paths["/v1/responses/{id}"] = {
+        "parameters": [_id_param("request")],
+        "get": {
+            "operationId": "retrieve_response",
+            "parameters": [
+                {
+                    "name": "stream",
+                    "in": "query",
+                    "description": "`true` is not supported yet (400)",
+                    "schema": {"type": "boolean", "enum": [False]},
+                }
+            ],
+            "responses": _responses(_ok(ref("Response")), "400", "404"),
+        },
+        "delete": {
+            "operationId": "delete_response",
+            "responses": _responses(_ok(ref("Deleted")), "404"),
+        },
+    }
+    paths["/v1/responses/{id}/cancel"] = {
+        "parameters": [_id_param("request")],
+        "post": {
+            "operationId": "cancel_response",
+            "description": "Background requests only (400 otherwise); idempotent.",
+            "responses": _responses(_ok(ref("Response")), "400", "404"),
+        },
+    }
+    paths["/v1/chat/completions/{id}"] = {
+        "parameters": [_id_param("chat completion")],
+        "get": {
+            "operationId": "retrieve_chat_completion",
+            "responses": _responses(_ok(ref("UpstreamObject")), "404"),
+        },
+    }
+    paths["/v1/files"] = {
+        "post": {
+            "operationId": "upload_file",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file", "purpose"],
+                            "properties": {
+                                "file": {"type": "string", "format": "binary"},
+                                "purpose": {"type": "string", "enum": ["batch"]},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": _responses(_ok(ref("File")), "400", "413"),
+        },
+        "get": {
+            "operationId": "list_files",
+            "parameters": [
+                {"name": "purpose", "in": "query", "schema": {"type": "string"}},
+                *_page_params(10_000),
+            ],
+            "responses": _responses(_ok(ref("FileList")), "400"),
+        },
+    }
+    paths["/v1/files/{id}"] = {
+        "parameters": [_id_param("file")],
+        "get": {"operationId": "retrieve_file", "responses": _responses(_ok(ref("File")), "404")},
+        "delete": {
+            "operationId": "delete_file",
+            "responses": _responses(_ok(ref("DeletedFile")), "404"),
+        },
+    }
+    paths["/v1/files/{id}/content"] = {
+        "parameters": [_id_param("file")],
+        "get": {
+            "operationId": "download_file",
+            "responses": _responses(
+                {
+                    "description": "The file's bytes",
+                    "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+                },
+                "404",
+            ),
+        },
+    }
+    paths["/v1/batches"] = {
+        "post": {
+            "operationId": "create_batch",
+            "description": "Validation of the file's lines runs in a job: a bad file turns "
+            "the batch `failed` with `errors.data`.",
+            "requestBody": {
+                "required": True,
+                "content": json_content(
+                    {
+                        "type": "object",
+                        "required": ["input_file_id", "endpoint", "completion_window"],
+                        "properties": {
+                            "input_file_id": {"type": "string"},
+                            "endpoint": {"type": "string", "enum": list(INFERENCE_ENDPOINTS)},
+                            "completion_window": {"type": "string", "enum": windows},
+                            "metadata": _metadata(),
+                        },
+                    }
+                ),
+            },
+            "responses": _responses(_ok(ref("Batch")), "400", "404", "413"),
+        },
+        "get": {
+            "operationId": "list_batches",
+            "parameters": _page_params(100),
+            "responses": _responses(_ok(ref("BatchList")), "400"),
+        },
+    }
+    paths["/v1/batches/{id}"] = {
+        "parameters": [_id_param("batch")],
+        "get": {"operationId": "retrieve_batch", "responses": _responses(_ok(ref("Batch")), "404")},
+    }
+    paths["/v1/batches/{id}/cancel"] = {
+        "parameters": [_id_param("batch")],
+        "post": {"operationId": "cancel_batch", "responses": _responses(_ok(ref("Batch")), "404")},
+    }
+    paths["/v1/models"] = {
+        "get": {"operationId": "list_models", "responses": _responses(_ok(ref("ModelList")))}
+    }
+    return paths | _ops_paths()
+
+
+def _ops_paths() -> dict[str, Any]:
+    """Operational endpoints: no key needed."""
+
+    def get(operation_id: str, ok: dict[str, Any]) -> dict[str, Any]:
+        return {"get": {"operationId": operation_id, "security": [], "responses": {"200": ok}}}
+
+    status = {"type": "object", "required": ["status"], "properties": {"status": {}}}
+    paths = {
+        "/healthz": get("healthz", _ok(status, "The process is alive")),
+        "/readyz": get("readyz", _ok(status, "The database is reachable")),
+        "/metrics": get(
+            "metrics",
+            {"description": "Prometheus text", "content": {"text/plain": {"schema": {}}}},
+        ),
+        "/openapi.json": get("openapi", _ok({"type": "object"}, "This document")),
+    }
+    paths["/readyz"]["get"]["responses"]["503"] = _error("The database is unreachable")
+    return paths
+
+
+def _components() -> dict[str, Any]:
+    def obj(required: list[str], **properties: Schema) -> Schema:
+        return {"type": "object", "required": required, "properties": properties}
+
+    def page(item: str) -> Schema:
+        return obj(
+            ["object", "data", "first_id", "last_id", "has_more"],
+            object={"const": "list"},
+            data={"type": "array", "items": ref(item)},
+            first_id=NULLABLE_STRING,
+            last_id=NULLABLE_STRING,
+            has_more={"type": "boolean"},
+        )
+
+    detail = obj(
+        ["message", "type", "param", "code"],
+        message={"type": "string"},
+        type={"type": "string"},
+        param=NULLABLE_STRING,
+        code=NULLABLE_STRING,
+    )
+    schemas = {
+        "Error": obj(["error"], error=detail),
+        "UpstreamObject": obj(["id"], id={"type": "string"}),
+        "Embeddings": {"type": "object", "description": "The upstream's embeddings list"},
+        "Response": obj(
+            ["id", "object", "created_at", "status", "output", "error", "background"],
+            id={"type": "string"},
+            object={"const": "response"},
+            created_at={"type": "integer"},
+            model=NULLABLE_STRING,
+            status={
+                "enum": ["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
+            },
+            background={"type": "boolean"},
+            service_tier=NULLABLE_STRING,
+            output={"type": "array"},
+            error={"type": ["object", "null"]},
+            usage={"type": ["object", "null"]},
+            metadata={"type": ["object", "null"]},
+        ),
+        "Deleted": obj(
+            ["id", "object", "deleted"],
+            id={"type": "string"},
+            object={"const": "response"},
+            deleted={"const": True},
+        ),
+        "DeletedFile": obj(
+            ["id", "object", "deleted"],
+            id={"type": "string"},
+            object={"const": "file"},
+            deleted={"const": True},
+        ),
+        "File": obj(
+            ["id", "object", "bytes", "created_at", "filename", "purpose", "status"],
+            id={"type": "string"},
+            object={"const": "file"},
+            bytes={"type": "integer"},
+            created_at={"type": "integer"},
+            filename={"type": "string"},
+            purpose={"enum": ["batch", "batch_output"]},
+            status={"type": "string"},
+            expires_at=TIMESTAMP,
+        ),
+        "FileList": page("File"),
+        "Batch": obj(
+            ["id", "object", "endpoint", "input_file_id", "completion_window", "status"],
+            id={"type": "string"},
+            object={"const": "batch"},
+            endpoint={"type": "string"},
+            input_file_id=NULLABLE_STRING,
+            completion_window={"type": "string"},
+            status={
+                "enum": [
+                    "validating",
+                    "failed",
+                    "in_progress",
+                    "finalizing",
+                    "completed",
+                    "expired",
+                    "cancelling",
+                    "cancelled",
+                ]
+            },
+            output_file_id=NULLABLE_STRING,
+            error_file_id=NULLABLE_STRING,
+            errors={"type": ["object", "null"]},
+            request_counts=obj(
+                ["total", "completed", "failed"],
+                total={"type": "integer"},
+                completed={"type": "integer"},
+                failed={"type": "integer"},
+            ),
+            created_at={"type": "integer"},
+            metadata={"type": ["object", "null"]},
+        ),
+        "BatchList": page("Batch"),
+        "ModelList": obj(
+            ["object", "data"],
+            object={"const": "list"},
+            data={
+                "type": "array",
+                "items": obj(["id", "object"], id={"type": "string"}, object={"const": "model"}),
+            },
+        ),
+    }
+    return {
+        "schemas": schemas,
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "`Authorization: Bearer <key>` from `tiergate keys create`",
+            }
+        },
+    }
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The whole document; every ``/v1`` route of the gateway is in it."""
+    limits = settings.limits
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tiergate",
+            "version": "0.1.0",
+            "description": (
+                "An OpenAI-compatible gateway with a durable flex/batch tier. Errors are "
+                '`{"error": {"message", "type", "param", "code"}}`. Bodies over '
+                f"{limits.max_body_bytes} bytes and files over {limits.max_file_bytes} bytes "
+                "get 413."
+            ),
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(settings),
+        "components": _components(),
+    }

@@ -1,0 +1,72 @@
+"""Operational endpoints: liveness, readiness, Prometheus metrics, model list."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.api.openapi import openapi_document
+from app.api.routes.params import services
+from app.gateway.middleware.auth import current_key
+from app.openai.errors import error_body, json_response
+from app.store.requests import queue_depth
+
+READY_TIMEOUT_S = 2.0
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    engine = services(request).engine
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        body = error_body(
+            f"database unreachable: {type(exc).__name__}",
+            type="server_error",
+            code="database_unavailable",
+        )
+        return json_response(body, 503)
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    gateway = services(request)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            depth = await queue_depth(gateway.engine)
+    except Exception:
+        depth = []
+    body = gateway.metrics.render(depth, gateway.hub.waiting)
+    return Response(body, media_type="text/plain; version=0.0.4")
+
+
+async def list_models(request: Request) -> Response:
+    key = current_key(request.scope)
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "tiergate"}
+        for name in services(request).settings.models
+        if key.may_use(name)
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI 3.1 document of every route (no key needed)."""
+    return json_response(openapi_document(services(request).settings))
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+]

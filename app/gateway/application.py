@@ -1,0 +1,108 @@
+"""``create_app(settings, url)``: the gateway as one ASGI app, optionally with a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
+
+from app.api.routes import batches, files, ops, responses
+from app.gateway.middleware.auth import AuthMiddleware
+from app.gateway.middleware.errors import ErrorMiddleware
+from app.gateway.middleware.tiers import TierMiddleware
+from app.gateway.services import Services
+from app.openai.errors import APIError
+from app.settings import Settings
+from app.store.dburl import DatabaseURL
+
+log = logging.getLogger("tiergate")
+
+
+def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = False) -> Starlette:
+    """The gateway. ``with_worker`` also runs a procrastinate worker in the same process."""
+    services = Services(settings, url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        await services.start()
+        worker_task: asyncio.Task[None] | None = None
+        if with_worker:
+            from worker.runner import run_worker
+
+            worker_task = asyncio.create_task(run_worker(settings, url), name="worker")
+        log.info("tiergate gateway ready (models: %s)", ", ".join(settings.models))
+        try:
+            yield {"services": services}
+        finally:
+            if worker_task is not None:
+                worker_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker_task
+            await services.stop()
+
+    app = Starlette(
+        routes=[*ops.routes, *responses.routes, *files.routes, *batches.routes],
+        middleware=[
+            Middleware(ErrorMiddleware),
+            Middleware(AuthMiddleware, keys=services.key_cache),
+            Middleware(
+                TierMiddleware,
+                settings=settings,
+                proxy=services.proxy,
+                deferred=services.deferred,
+                budget=services.body_budget,
+            ),
+        ],
+        exception_handlers={
+            APIError: _api_error,
+            HTTPException: _http_error,
+            404: _not_found,
+            405: _not_allowed,
+        },
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return exc.response()
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return APIError(
+        404, f"Unknown route: {request.method} {request.url.path}", code="unknown_url"
+    ).response()
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    # Starlette's Allow names the methods of the first route on the path only; a path served
+    # by several routes (GET and DELETE /v1/files/{id}) allows all of theirs.
+    allowed = {
+        method
+        for route in request.app.router.routes
+        if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL
+        for method in route.methods or ()
+    }
+    return APIError(
+        405,
+        f"Method {request.method} not allowed on {request.url.path}",
+        code="method_not_allowed",
+        headers={"allow": ", ".join(sorted(allowed))},
+    ).response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (e.g. a malformed multipart body) in the OpenAI format."""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    return APIError(exc.status_code, exc.detail, headers=headers).response()

@@ -1,0 +1,180 @@
+"""Flex and background calls: accept durably, then wait (blocking flex) or return at once.
+
+Accepting is one statement (request row + single-request batch + procrastinate job), shared
+by the submissions that arrive together (group commit). A blocking client waits on the LISTEN
+hub; if it disconnects, the work goes on and the result stays readable by the id sent in
+``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy.engine import RowMapping
+from starlette.responses import Response
+from starlette.types import Receive
+
+from app.gateway.waiters import WaiterHub
+from app.ids import new_id, request_id
+from app.metrics import Metrics
+from app.openai.errors import APIError, json_response
+from app.openai.objects import response_object, row_error, stored_result
+from app.openai.validation import Call
+from app.settings import Settings
+from app.store.db import database_unavailable
+from app.store.group_commit import GroupCommit
+from app.store.keys import ApiKey
+from app.store.requests import RequestStore, Submission
+from app.upstream.client import RETRYABLE_STATUSES
+from app.vocabulary import LIVE, Priority, Queue, Status, Tier
+
+# A blocking client gives up this long after the window, should no worker ever come.
+WAIT_GRACE_S = 30.0
+
+
+class DeferredCalls:
+    """Runs the flex/background side of the tier middleware."""
+
+    def __init__(
+        self, *, settings: Settings, store: RequestStore, hub: WaiterHub, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.metrics = metrics
+        # A burst of clients shares statements instead of queueing for pool connections.
+        self.accepting: GroupCommit[Submission, None] = GroupCommit(
+            store.submit_many,
+            name="flex-submit",
+            item_may_be_at_fault=lambda exc: not database_unavailable(exc),
+        )
+        # Answers woken together (a finished burst) are read by one query, not one each.
+        self.reading: GroupCommit[tuple[str, str], RowMapping | None] = GroupCommit(
+            store.get_many,
+            name="flex-read",
+            item_may_be_at_fault=lambda exc: not database_unavailable(exc),
+        )
+
+    def start(self) -> None:
+        self.accepting.start()
+        self.reading.start()
+
+    async def stop(self) -> None:
+        await self.accepting.stop()
+        await self.reading.stop()
+
+    def _submission(self, call: Call, key: ApiKey, rid: str) -> Submission:
+        flex = call.tier == Tier.FLEX
+        return Submission(
+            id=rid,
+            batch_id=new_id("batch_"),
+            owner=key.id,
+            endpoint=call.endpoint,
+            model=call.model.name,
+            tier=call.tier,
+            background=call.background,
+            stream=call.stream,
+            body=call.body,
+            window_s=self.settings.limits.flex_window_s,
+            queue=Queue.FLEX if flex else Queue.REALTIME,
+            # Background calls of the default tier jump ahead of flex work on the same workers.
+            priority=Priority.FLEX if flex else Priority.BACKGROUND,
+        )
+
+    async def handle(
+        self, call: Call, key: ApiKey, receive: Receive, *, accepted: Callable[[], None]
+    ) -> Response:
+        """Accept the call; answer at once (background) or once it is final (blocking flex).
+
+        ``accepted`` is called as soon as the row is stored: from then on this frame holds no
+        reference to the body, so a client that waits an hour keeps only a few small strings.
+        """
+        rid = request_id(call.endpoint)
+        endpoint, background = call.endpoint, call.background
+        submission = self._submission(call, key, rid)
+        window_s = submission.window_s
+        del call
+        if background:
+            await self.accepting.submit(submission)
+            del submission
+            accepted()
+            row = await self.reading.submit((rid, key.id))
+            assert row is not None
+            return json_response(response_object(row), headers={"x-request-id": rid})
+
+        started = time.perf_counter()
+        async with self.hub.waiter(rid) as wait:
+            await self.accepting.submit(submission)
+            del submission
+            accepted()
+            self.metrics.waiting_clients.inc()
+            try:
+                finished = await _wait_unless_gone(wait(window_s + WAIT_GRACE_S), receive)
+            finally:
+                self.metrics.waiting_clients.dec()
+        if finished is None:  # the client left; nobody to answer
+            return Response(status_code=499)
+        row = await self.reading.submit((rid, key.id))
+        if row is None:
+            raise APIError(
+                404,
+                f"Request {rid} was deleted before it finished.",
+                code="not_found",
+                headers={"x-request-id": rid},
+            )
+        self.metrics.observe_request(endpoint, "flex", row["status"], time.perf_counter() - started)
+        return result_response(row)
+
+
+def result_response(row: RowMapping) -> Response:
+    """What a blocking client gets: the upstream body on success, an OpenAI error otherwise."""
+    rid = row["id"]
+    headers = {"x-request-id": rid}
+    status = row["status"]
+    if status == Status.COMPLETED:
+        return json_response(stored_result(row), row["response_status"] or 200, headers)
+    no_retry = {**headers, "x-should-retry": "false"}
+    answered = row["response_status"]
+    # A final client error from the provider: same status, same body; the worker decided, so
+    # the SDK must not resubmit. (408/409/429 that outlasted max_attempts end as a 502 below.)
+    final_4xx = answered and 400 <= answered < 500 and answered not in RETRYABLE_STATUSES
+    if status == Status.FAILED and final_4xx:
+        return json_response(row["response_body"], answered, no_retry)
+    if status in LIVE:
+        raise APIError(
+            504,
+            f"Request {rid} is still {status}; fetch it later by id.",
+            type="server_error",
+            code="still_running",
+            headers=no_retry,
+        )
+    error = row_error(row) or {"code": "server_error", "message": "The request failed."}
+    if status == Status.EXPIRED:
+        raise APIError(
+            429, error["message"], type="rate_limit_error", code=error["code"], headers=no_retry
+        )
+    if status == Status.CANCELLED:
+        raise APIError(400, error["message"], code=error["code"], headers=no_retry)
+    raise APIError(502, error["message"], type="server_error", code=error["code"], headers=no_retry)
+
+
+async def _wait_unless_gone(waiting: Awaitable[bool], receive: Receive) -> bool | None:
+    """Await ``waiting`` unless the client disconnects first (then None)."""
+    wait_task = asyncio.ensure_future(waiting)
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    gone_task = asyncio.ensure_future(gone())
+    try:
+        done, _ = await asyncio.wait({wait_task, gone_task}, return_when=asyncio.FIRST_COMPLETED)
+        return wait_task.result() if wait_task in done else None
+    finally:
+        for task in (wait_task, gone_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,76 @@
+"""The tier middleware: every inference call is classified here, once.
+
+``POST /v1/responses``, ``/v1/chat/completions`` and ``/v1/embeddings`` are read (up to the
+configured size), validated and sent either to the realtime proxy or to the deferred
+(flex/background) path. Everything else passes through to the router untouched. Workers call
+providers directly through ``app/upstream/client.py``, so no internal bypass header exists.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.gateway.bodies import ByteBudget, declared_size, read_body
+from app.gateway.deferred import DeferredCalls
+from app.gateway.middleware.auth import current_key
+from app.gateway.realtime import RealtimeProxy
+from app.openai.errors import APIError
+from app.openai.validation import INFERENCE_ENDPOINTS, classify
+from app.settings import Settings
+
+
+class TierMiddleware:
+    """Routes inference calls by ``service_tier`` and ``background``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        proxy: RealtimeProxy,
+        deferred: DeferredCalls,
+        budget: ByteBudget,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.proxy = proxy
+        self.deferred = deferred
+        self.budget = budget
+        self.limit = settings.limits.max_body_bytes
+        self.read_timeout_s = settings.limits.body_read_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = scope["path"].rstrip("/") if scope["type"] == "http" else None
+        if endpoint not in INFERENCE_ENDPOINTS:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":  # the router has no route here to say so
+            raise APIError(
+                405,
+                f"Method {scope['method']} not allowed on {endpoint}",
+                code="method_not_allowed",
+                headers={"allow": "POST"},
+            )
+        headers = Headers(scope=scope)
+        declared = declared_size(headers, self.limit)
+        key = current_key(scope)
+        hold = await self.budget.take(self.budget.cost(declared, self.limit))
+        try:
+            raw = await read_body(receive, headers, self.limit, self.read_timeout_s)
+            call = classify(endpoint, raw, self.settings, key)
+            del raw
+            # The handler's frame owns the body from here, so it can drop it once it is stored
+            # (deferred) or sent (realtime); a stream still refers to it until it ends.
+            streaming = call.stream
+            if call.deferred:
+                handler = self.deferred.handle(call, key, receive, accepted=hold.release)
+            else:
+                handler = self.proxy.handle(call, key)
+            del call
+            response = await handler
+            if not streaming:
+                hold.release()
+            await response(scope, receive, send)
+        finally:
+            hold.release()

@@ -1,0 +1,78 @@
+"""Everything a gateway process shares: built from settings, started in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.gateway.bodies import ByteBudget
+from app.gateway.deferred import DeferredCalls
+from app.gateway.middleware.auth import KeyCache
+from app.gateway.realtime import RealtimeProxy
+from app.gateway.waiters import WaiterHub
+from app.metrics import Metrics
+from app.settings import Settings
+from app.store.batches import BatchStore
+from app.store.db import create_engine
+from app.store.dburl import DatabaseURL
+from app.store.files import FileStore
+from app.store.gateways import GatewayPresence
+from app.store.keys import KeyStore
+from app.store.realtime import RealtimeTracker
+from app.store.requests import RequestStore
+from app.upstream.client import build_upstream
+
+log = logging.getLogger("tiergate")
+
+
+class Services:
+    """The gateway's shared resources, handed to middleware and routes explicitly."""
+
+    def __init__(self, settings: Settings, url: DatabaseURL) -> None:
+        self.settings = settings
+        self.url = url
+        limits = settings.limits
+        self.engine: AsyncEngine = create_engine(
+            url, pool_size=limits.db_pool_size, max_overflow=limits.db_max_overflow
+        )
+        self.metrics = Metrics()
+        self.keys = KeyStore(self.engine)
+        self.key_cache = KeyCache(self.keys)
+        self.requests = RequestStore(self.engine)
+        self.files = FileStore(self.engine)
+        self.batches = BatchStore(self.engine)
+        self.upstream = build_upstream(settings)
+        self.hub = WaiterHub(
+            url,
+            final_among=self.requests.final_among,
+            on_key_revoked=self.key_cache.revoke,
+            recheck_s=limits.waiter_recheck_s,
+        )
+        self.presence = GatewayPresence(self.engine, every_s=limits.heartbeat_s)
+        self.proxy = RealtimeProxy(
+            store=RealtimeTracker(self.engine),
+            upstream=self.upstream,
+            metrics=self.metrics,
+            gateway_id=self.presence.id,
+        )
+        self.deferred = DeferredCalls(
+            settings=settings, store=self.requests, hub=self.hub, metrics=self.metrics
+        )
+        self.body_budget = ByteBudget(limits.inflight_body_bytes, wait_s=limits.body_wait_s)
+        self.metrics.large_body_bytes.set_function(lambda: self.body_budget.in_use)
+        self.metrics.large_bodies_waiting.set_function(lambda: self.body_budget.waiting)
+
+    async def start(self) -> None:
+        await self.presence.start()
+        self.proxy.start()
+        self.deferred.start()
+        await self.hub.start()
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        await self.deferred.stop()
+        await self.proxy.stop()
+        await self.presence.stop()
+        await self.upstream.aclose()
+        await self.engine.dispose()

@@ -1,0 +1,331 @@
+"""What the mock provider answers: deterministic echo payloads of the Responses, chat
+completions and embeddings APIs, their SSE frames, and OpenAI-format error bodies."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import re
+import secrets
+import struct
+import time
+from typing import Any
+
+from app.mock.controls import BadRequestError
+
+DEFAULT_EMBEDDING_DIM = 8
+MAX_EMBEDDING_DIM = 8192
+SSE_MEDIA_TYPE = "text/event-stream"
+_ERROR_KINDS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "not_found"),
+    409: ("invalid_request_error", "conflict"),
+    422: ("invalid_request_error", None),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+
+def _hex(nbytes: int = 12) -> str:
+    return secrets.token_hex(nbytes)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _word_count(text: str) -> int:
+    """Whitespace-separated words, at least 1."""
+    return max(1, len(text.split()))
+
+
+def _split_words(text: str) -> list[str]:
+    """Split into word deltas (leading whitespace kept) whose concatenation is ``text``."""
+    parts = re.findall(r"\s*\S+", text)
+    if not parts:
+        return [text]
+    parts[-1] += text[len("".join(parts)) :]
+    return parts
+
+
+def dumps(payload: Any) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """An OpenAI-format error body for ``status``."""
+    default_kind = ("server_error", None) if status >= 500 else ("invalid_request_error", None)
+    err_type, code = _ERROR_KINDS.get(status, default_kind)
+    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def _parts_text(parts: list[Any], types: frozenset[str]) -> str:
+    texts = [
+        p["text"]
+        for p in parts
+        if isinstance(p, dict) and isinstance(p.get("text"), str) and p.get("type", "text") in types
+    ]
+    return " ".join(texts)
+
+
+def _content_text(content: Any, types: frozenset[str]) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return _parts_text(content, types)
+    return ""
+
+
+def _last_user_text(items: list[Any], types: frozenset[str]) -> str:
+    for item in reversed(items):
+        if isinstance(item, dict) and item.get("role") == "user":
+            return _content_text(item.get("content"), types)
+    return ""
+
+
+def _require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("Missing required parameter: 'model'.", "model")
+    return model
+
+
+def responses_text(body: dict[str, Any]) -> str:
+    """Validate a Responses request and return its last user text."""
+    _require_model(body)
+    value = body.get("input", "")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return _last_user_text(value, frozenset({"input_text", "text"}))
+    raise BadRequestError("'input' must be a string or a list of items.", "input")
+
+
+def chat_text(body: dict[str, Any]) -> str:
+    """Validate a chat request and return its last user message text."""
+    _require_model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError("Missing required parameter: 'messages'.", "messages")
+    return _last_user_text(messages, frozenset({"text", "input_text"}))
+
+
+def _embedding_inputs(body: dict[str, Any]) -> list[str]:
+    value = body.get("input")
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise BadRequestError("'input' must be a string or a non-empty list of strings.", "input")
+
+
+def embeddings_text(body: dict[str, Any]) -> str:
+    """Validate an embeddings request and return its first input text."""
+    _require_model(body)
+    _embedding_options(body)
+    return _embedding_inputs(body)[0]
+
+
+def _usage(in_text: str, reply: str) -> tuple[int, int]:
+    return _word_count(in_text), _word_count(reply)
+
+
+def _message_item(item_id: str, text: str | None) -> dict[str, Any]:
+    content = [] if text is None else [_output_text_part(text)]
+    status = "in_progress" if text is None else "completed"
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": content,
+    }
+
+
+def _output_text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _response_object(
+    resp_id: str, model: str, created: int, item: dict[str, Any] | None, usage: tuple[int, int]
+) -> dict[str, Any]:
+    done = item is not None
+    return {
+        "id": resp_id,
+        "object": "response",
+        "created_at": created,
+        "status": "completed" if done else "in_progress",
+        "model": model,
+        "output": [item] if done else [],
+        "usage": _responses_usage(*usage) if done else None,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
+        "incomplete_details": None,
+        "metadata": {},
+        "background": False,
+        "service_tier": "default",
+    }
+
+
+def _responses_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def responses_payload(model: str, in_text: str) -> dict[str, Any]:
+    """A complete, non-streaming Response object."""
+    reply = "echo: " + in_text
+    item = _message_item(f"msg_{_hex()}", reply)
+    return _response_object(f"resp_mock_{_hex()}", model, _now(), item, _usage(in_text, reply))
+
+
+def responses_events(model: str, in_text: str) -> list[dict[str, Any]]:
+    """The Responses streaming events (without ``sequence_number``), in order."""
+    reply = "echo: " + in_text
+    resp_id, item_id, created = f"resp_mock_{_hex()}", f"msg_{_hex()}", _now()
+    usage = _usage(in_text, reply)
+    pending = _response_object(resp_id, model, created, None, usage)
+    final = _response_object(resp_id, model, created, _message_item(item_id, reply), usage)
+    loc = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    deltas = [
+        {"type": "response.output_text.delta", **loc, "delta": word, "logprobs": []}
+        for word in _split_words(reply)
+    ]
+    return [
+        {"type": "response.created", "response": pending},
+        {"type": "response.in_progress", "response": pending},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": _message_item(item_id, None),
+        },
+        {"type": "response.content_part.added", **loc, "part": _output_text_part("")},
+        *deltas,
+        {"type": "response.output_text.done", **loc, "text": reply, "logprobs": []},
+        {"type": "response.content_part.done", **loc, "part": _output_text_part(reply)},
+        {"type": "response.output_item.done", "output_index": 0, "item": final["output"][0]},
+        {"type": "response.completed", "response": final},
+    ]
+
+
+def responses_sse(model: str, in_text: str) -> list[bytes]:
+    """SSE frames for a streamed Response, numbered from 0."""
+    frames = []
+    for seq, event in enumerate(responses_events(model, in_text)):
+        event = {**event, "sequence_number": seq}
+        frames.append(f"event: {event['type']}\ndata: {dumps(event)}\n\n".encode())
+    return frames
+
+
+def _chat_usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def chat_payload(model: str, in_text: str) -> dict[str, Any]:
+    """A complete ChatCompletion object."""
+    reply = "echo: " + in_text
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": reply,
+        "refusal": None,
+        "annotations": [],
+    }
+    return {
+        "id": f"chatcmpl-mock{_hex()}",
+        "object": "chat.completion",
+        "created": _now(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        "usage": _chat_usage(*_usage(in_text, reply)),
+        "service_tier": "default",
+    }
+
+
+def chat_chunks(model: str, in_text: str, include_usage: bool) -> list[dict[str, Any]]:
+    """ChatCompletionChunk objects for a streamed chat answer, in order."""
+    reply = "echo: " + in_text
+    head = {
+        "id": f"chatcmpl-mock{_hex()}",
+        "object": "chat.completion.chunk",
+        "created": _now(),
+        "model": model,
+        "service_tier": "default",
+    }
+    if include_usage:
+        head["usage"] = None
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**head, "choices": [choice]}
+
+    chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    chunks += [chunk({"content": word}) for word in _split_words(reply)]
+    chunks.append(chunk({}, "stop"))
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": _chat_usage(*_usage(in_text, reply))})
+    return chunks
+
+
+def chat_sse(model: str, in_text: str, include_usage: bool) -> list[bytes]:
+    """SSE frames for a streamed chat answer, ending with ``[DONE]``."""
+    frames = [f"data: {dumps(c)}\n\n".encode() for c in chat_chunks(model, in_text, include_usage)]
+    return [*frames, b"data: [DONE]\n\n"]
+
+
+def embedding_vector(text: str, dim: int) -> list[float]:
+    """A deterministic unit vector (float32-exact values) derived from a hash of ``text``."""
+    words = struct.unpack(f"<{dim}I", hashlib.shake_256(text.encode()).digest(4 * dim))
+    raw = [w / 2**31 - 1.0 for w in words]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return list(struct.unpack(f"<{dim}f", struct.pack(f"<{dim}f", *(x / norm for x in raw))))
+
+
+def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+def _embedding_options(body: dict[str, Any]) -> tuple[int, str]:
+    dim = body.get("dimensions", DEFAULT_EMBEDDING_DIM)
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_EMBEDDING_DIM:
+        raise BadRequestError(
+            f"'dimensions' must be an integer in [1, {MAX_EMBEDDING_DIM}].", "dimensions"
+        )
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise BadRequestError("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+    return dim, encoding
+
+
+def embeddings_payload(body: dict[str, Any]) -> dict[str, Any]:
+    """A CreateEmbeddingResponse for a validated request body."""
+    texts = _embedding_inputs(body)
+    dim, encoding = _embedding_options(body)
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": _encode_vector(embedding_vector(t, dim), encoding),
+        }
+        for i, t in enumerate(texts)
+    ]
+    tokens = sum(_word_count(t) for t in texts)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "data": data, "model": body["model"], "usage": usage}

@@ -1,0 +1,334 @@
+"""A fake OpenAI-compatible provider for demos, tests and load tests.
+
+Serves ``POST /v1/responses``, ``POST /v1/chat/completions`` and ``POST /v1/embeddings``
+with deterministic echo output (``"echo: " + <last user text>``), plus ``GET /healthz``,
+``GET /_mock/stats`` (requests per path), ``GET /_mock/attempts/{key}`` (every request that
+carried ``key=NAME``, in arrival order: ``{"at": unix seconds, "path", "status", "drop",
+"sleep_ms", "trickle_ms"}``, i.e. when it arrived and what it was answered) and
+``POST /_mock/reset`` (clears all counters and records).
+
+Behaviour can be forced per request with magic controls, read from the ``x-mock-behavior``
+header and/or from the input text when it starts with ``mock:`` (header values win).
+Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
+``x-mock-behavior: status=429,retry_after=1`` or input ``"mock:fail_times=2,key=a hello"``:
+
+* ``status=N`` (400-599): answer N with an OpenAI error body.
+* ``retry_after=S``: add ``Retry-After: S`` to error answers.
+* ``sleep_ms=N``: extra latency for this request (before the answer's status line).
+* ``trickle_ms=N``: send the answer in 8 parts, N ms apart (each gap can be shorter than a
+  client's read timeout while the whole answer takes longer than its total timeout).
+* ``key=NAME``: record the request under NAME (see ``/_mock/attempts/{key}``).
+* ``fail_times=K,key=NAME``: the first K requests carrying that key (counted on arrival) fail,
+  later ones succeed at once. A failing request does what the other controls say: it
+  sleeps ``sleep_ms`` (a client with a shorter timeout sees a timeout), then is dropped if
+  ``drop=1``, else answers ``status`` if given, or 500 when none of ``sleep_ms``,
+  ``trickle_ms`` and ``drop`` is (a slow failure is a late 200); a request that succeeds
+  ignores ``status``, ``sleep_ms``, ``trickle_ms`` and ``drop``. So
+  ``sleep_ms=3000,fail_times=1,key=k`` is slow only the first time and
+  ``drop=1,fail_times=2,key=k`` drops twice. Counters live in
+  ``app.state.fail_counts``.
+* ``hold=NAME``: streaming only; after the first frame, wait for ``POST /_mock/release/NAME``.
+* ``drop=1``: send the status line and headers, part of the body, then abort the connection
+  (the ASGI app raises :class:`MockDropError` mid-body, so uvicorn closes the socket and a
+  client sees an incomplete body, e.g. ``httpx.RemoteProtocolError``; in-process
+  ``httpx.ASGITransport`` re-raises the error instead). A status line cannot be withheld:
+  uvicorn answers 500 if an app fails before starting its response. :func:`run` hides the
+  resulting uvicorn tracebacks; other servers will log them.
+
+Tokens without ``=`` are ignored (so prose may follow); unknown keys or bad values are a 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.mock.controls import BEHAVIOR_HEADER, BadRequestError, parse_controls, plan_for
+from app.mock.payloads import (
+    SSE_MEDIA_TYPE,
+    chat_payload,
+    chat_sse,
+    chat_text,
+    dumps,
+    embeddings_payload,
+    embeddings_text,
+    error_body,
+    responses_payload,
+    responses_sse,
+    responses_text,
+)
+
+
+class MockDropError(Exception):
+    """Raised mid-body to make the server abort the connection (``drop=1``)."""
+
+
+@dataclass(frozen=True)
+class MockConfig:
+    """App-wide knobs."""
+
+    latency_ms: float
+    fail_rate: float
+
+
+def _error_response(
+    status: int, message: str, param: str | None = None, retry_after: str | None = None
+) -> JSONResponse:
+    headers = {"retry-after": retry_after} if retry_after is not None else None
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequestError("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise BadRequestError("The request body must be a JSON object.")
+    return body
+
+
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    return dumps(payload).encode()
+
+
+async def _aborting(frames: list[bytes]) -> AsyncIterator[bytes]:
+    """Yield roughly the first half of ``frames`` and half of the next one, then abort: the
+    connection breaks mid-event, as a real one does."""
+    whole = frames[: len(frames) // 2]
+    for frame in whole:
+        yield frame
+    cut = frames[len(whole)]
+    yield cut[: max(1, len(cut) // 2)]
+    raise MockDropError("mock upstream dropped the connection (drop=1)")
+
+
+async def _iterate(frames: list[bytes]) -> AsyncIterator[bytes]:
+    for frame in frames:
+        yield frame
+
+
+def _stream(frames: list[bytes], media_type: str, drop: bool) -> Response:
+    body = _aborting(frames) if drop else _iterate(frames)
+    headers = {"cache-control": "no-cache"} if media_type == SSE_MEDIA_TYPE else None
+    return StreamingResponse(body, media_type=media_type, headers=headers)
+
+
+def _json_or_drop(payload: dict[str, Any], drop: bool) -> Response:
+    if drop:
+        return _stream([_json_bytes(payload)], "application/json", drop=True)
+    return JSONResponse(payload)
+
+
+def _reply_responses(body: dict[str, Any], text: str, drop: bool) -> Response:
+    if body.get("stream") is True:
+        return _stream(responses_sse(body["model"], text), SSE_MEDIA_TYPE, drop)
+    return _json_or_drop(responses_payload(body["model"], text), drop)
+
+
+def _reply_chat(body: dict[str, Any], text: str, drop: bool) -> Response:
+    if body.get("stream") is True:
+        options = body.get("stream_options") or {}
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        return _stream(chat_sse(body["model"], text, include_usage), SSE_MEDIA_TYPE, drop)
+    return _json_or_drop(chat_payload(body["model"], text), drop)
+
+
+def _reply_embeddings(body: dict[str, Any], text: str, drop: bool) -> Response:
+    return _json_or_drop(embeddings_payload(body), drop)
+
+
+TextFn = Callable[[dict[str, Any]], str]
+
+
+ReplyFn = Callable[[dict[str, Any], str, bool], Response]
+
+
+async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
+    """Count, parse, plan, record, delay, then fail or answer."""
+    state = request.app.state
+    path = request.url.path
+    state.counts[path] = state.counts.get(path, 0) + 1
+    try:
+        body = await _read_json(request)
+        text = text_of(body)
+        controls = parse_controls(request.headers.get(BEHAVIOR_HEADER), text)
+    except BadRequestError as exc:
+        await asyncio.sleep(state.config.latency_ms / 1000)
+        return _error_response(400, exc.message, exc.param)
+    plan = plan_for(state, controls)
+    if controls.key is not None:
+        state.attempts.setdefault(controls.key, []).append(
+            {
+                "at": time.time(),
+                "path": path,
+                "status": plan.status or 200,
+                "drop": plan.drop,
+                "sleep_ms": plan.sleep_ms,
+                "trickle_ms": plan.trickle_ms,
+            }
+        )
+    model = str(body.get("model"))
+    state.inflight[model] = state.inflight.get(model, 0) + 1
+    state.peaks[model] = max(state.peaks.get(model, 0), state.inflight[model])
+    try:
+        await asyncio.sleep((state.config.latency_ms + plan.sleep_ms) / 1000)
+    finally:
+        state.inflight[model] -= 1
+    if plan.status is not None:
+        return _error_response(plan.status, plan.message, retry_after=plan.retry_after)
+    response = reply(body, text, plan.drop)
+    if plan.trickle_ms:
+        response = _trickled(response, plan.trickle_ms / 1000)
+    if controls.hold and isinstance(response, StreamingResponse):
+        response.body_iterator = _held(response.body_iterator, state.holds, controls.hold)
+    return response
+
+
+TRICKLE_PARTS = 8
+
+
+def _trickled(response: Response, gap_s: float) -> StreamingResponse:
+    """The same answer, its body sent in ``TRICKLE_PARTS`` parts ``gap_s`` apart."""
+
+    async def parts(frames: AsyncIterable[Any]) -> AsyncIterator[bytes]:
+        body = b"".join([bytes(frame) async for frame in frames])
+        size = -(-len(body) // TRICKLE_PARTS)
+        for start in range(0, len(body), size):
+            if start:
+                await asyncio.sleep(gap_s)
+            yield body[start : start + size]
+
+    if isinstance(response, StreamingResponse):
+        frames = response.body_iterator
+    else:
+        frames = _iterate([bytes(response.body)])
+    headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+    return StreamingResponse(parts(frames), status_code=response.status_code, headers=headers)
+
+
+async def _held(
+    frames: AsyncIterable[Any], holds: dict[str, asyncio.Event], name: str
+) -> AsyncIterator[Any]:
+    """Send the first frame, then wait for ``POST /_mock/release/{name}`` (``hold=NAME``)."""
+    event = holds.setdefault(name, asyncio.Event())
+    first = True
+    async for frame in frames:
+        yield frame
+        if first:
+            first = False
+            await event.wait()
+
+
+async def _release(request: Request) -> Response:
+    request.app.state.holds.setdefault(request.path_params["name"], asyncio.Event()).set()
+    return JSONResponse({"ok": True})
+
+
+async def _responses(request: Request) -> Response:
+    return await _serve(request, responses_text, _reply_responses)
+
+
+async def _chat(request: Request) -> Response:
+    return await _serve(request, chat_text, _reply_chat)
+
+
+async def _embeddings(request: Request) -> Response:
+    return await _serve(request, embeddings_text, _reply_embeddings)
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def _stats(request: Request) -> Response:
+    return JSONResponse(dict(request.app.state.counts))
+
+
+async def _attempts(request: Request) -> Response:
+    """Every request that carried ``key=NAME``, in arrival order (tests check retries)."""
+    key = request.path_params["key"]
+    return JSONResponse({"key": key, "attempts": request.app.state.attempts.get(key, [])})
+
+
+async def _peaks(request: Request) -> Response:
+    """The most requests each model had in flight at once (tests check concurrency caps)."""
+    return JSONResponse(dict(request.app.state.peaks))
+
+
+async def _reset(request: Request) -> Response:
+    request.app.state.peaks.clear()
+    request.app.state.counts.clear()
+    request.app.state.fail_counts.clear()
+    request.app.state.attempts.clear()
+    return JSONResponse({"ok": True})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return _error_response(status, f"{detail}: {request.method} {request.url.path}")
+
+
+def create_mock_app(
+    *, latency_ms: float = 0.0, fail_rate: float = 0.0, seed: int | None = None
+) -> Starlette:
+    """Build the mock provider app.
+
+    ``latency_ms`` delays every API answer; ``fail_rate`` is the probability of a 500;
+    ``seed`` seeds the RNG used for ``fail_rate``.
+    """
+    if latency_ms < 0:
+        raise ValueError("latency_ms must be >= 0")
+    if not 0.0 <= fail_rate <= 1.0:
+        raise ValueError("fail_rate must be in [0, 1]")
+    routes = [
+        Route("/v1/responses", _responses, methods=["POST"]),
+        Route("/v1/chat/completions", _chat, methods=["POST"]),
+        Route("/v1/embeddings", _embeddings, methods=["POST"]),
+        Route("/healthz", _healthz, methods=["GET"]),
+        Route("/_mock/stats", _stats, methods=["GET"]),
+        Route("/_mock/peaks", _peaks, methods=["GET"]),
+        Route("/_mock/attempts/{key}", _attempts, methods=["GET"]),
+        Route("/_mock/release/{name}", _release, methods=["POST"]),
+        Route("/_mock/reset", _reset, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app.state.config = MockConfig(latency_ms=latency_ms, fail_rate=fail_rate)
+    app.state.rng = random.Random(seed)
+    app.state.counts = {}
+    app.state.fail_counts = {}
+    app.state.attempts = {}
+    app.state.inflight = {}
+    app.state.peaks = {}
+    app.state.holds = {}
+    return app
+
+
+class _HideDrops(logging.Filter):
+    """Keep uvicorn from logging a traceback for every deliberate ``drop=1``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], MockDropError))
+
+
+def run(host: str, port: int, latency_ms: float, fail_rate: float) -> None:
+    """Serve the mock provider with uvicorn (log level "warning") until interrupted."""
+    app = create_mock_app(latency_ms=latency_ms, fail_rate=fail_rate)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    logging.getLogger("uvicorn.error").addFilter(_HideDrops())
+    uvicorn.Server(config).run()

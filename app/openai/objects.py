@@ -1,0 +1,207 @@
+"""OpenAI object builders: Response objects and stored results, from request rows."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from sqlalchemy.engine import RowMapping
+
+from app.ids import new_id
+from app.vocabulary import MESSAGES, ErrorCode, Status
+
+# Row status -> Response.status
+RESPONSE_STATUS = {
+    Status.PENDING: "queued",
+    Status.IN_PROGRESS: "in_progress",
+    Status.COMPLETED: "completed",
+    Status.FAILED: "failed",
+    Status.CANCELLED: "cancelled",
+    Status.EXPIRED: "failed",
+}
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def _usage(row: RowMapping) -> dict[str, Any] | None:
+    if row["total_tokens"] is None:
+        return None
+    return {
+        "input_tokens": row["input_tokens"] or 0,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": row["output_tokens"] or 0,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": row["total_tokens"],
+    }
+
+
+def _output_from_chat(body: Any) -> list[dict[str, Any]]:
+    """A chat completion's first choice as a Responses output message."""
+    try:
+        text = body["choices"][0]["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError):
+        return []
+    return [
+        {
+            "id": new_id("msg_"),
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+    ]
+
+
+def row_error(row: RowMapping) -> dict[str, Any] | None:
+    if row["status"] == Status.EXPIRED:  # the stored message says why (e.g. a Retry-After too far)
+        return {
+            "code": ErrorCode.REQUEST_EXPIRED,
+            "message": (row["error"] or {}).get("message") or MESSAGES[ErrorCode.REQUEST_EXPIRED],
+        }
+    if row["status"] in (Status.FAILED, Status.CANCELLED) and row["error"]:
+        return {
+            "code": row["error"].get("code") or "server_error",
+            "message": row["error"].get("message") or "The request failed.",
+        }
+    return None
+
+
+def response_object(row: RowMapping) -> dict[str, Any]:
+    """The Response object a client sees for any request row, at any status."""
+    body = row["body"] or {}
+    stored = row["response_body"]
+    obj: dict[str, Any]
+    if row["status"] == Status.COMPLETED and row["endpoint"] == "/v1/responses" and stored:
+        obj = copy.deepcopy(stored)
+    else:
+        obj = {
+            "output": [],
+            "usage": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": body.get("previous_response_id"),
+            "temperature": body.get("temperature"),
+            "top_p": body.get("top_p"),
+            "text": body.get("text", {"format": {"type": "text"}}),
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools", []),
+            "incomplete_details": None,
+        }
+        if row["status"] == Status.COMPLETED and row["endpoint"] == "/v1/chat/completions":
+            obj["output"] = _output_from_chat(stored)
+    obj.update(
+        id=row["id"],
+        object="response",
+        created_at=_ts(row["created_at"]),
+        model=body.get("model"),
+        status=RESPONSE_STATUS[row["status"]],
+        background=row["background"],
+        service_tier=row["service_tier"],
+        error=row_error(row),
+        metadata=body.get("metadata") or {},
+    )
+    if obj.get("usage") is None:
+        obj["usage"] = _usage(row)
+    if row["status"] == Status.COMPLETED:
+        obj["completed_at"] = _ts(row["finished_at"])
+    return obj
+
+
+def stored_result(row: RowMapping) -> dict[str, Any]:
+    """The upstream body of a completed request, stamped with our id and the tier used."""
+    body: dict[str, Any] = copy.deepcopy(row["response_body"])
+    if isinstance(body, dict) and row["endpoint"] != "/v1/embeddings":
+        body["id"] = row["id"]
+        body["service_tier"] = row["service_tier"]
+    return body
+
+
+def deleted_object(request_id: str) -> dict[str, Any]:
+    return {"id": request_id, "object": "response", "deleted": True}
+
+
+def file_object(row: RowMapping) -> dict[str, Any]:
+    """The OpenAI FileObject."""
+    return {
+        "id": row["id"],
+        "object": "file",
+        "bytes": row["bytes"],
+        "created_at": _ts(row["created_at"]),
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "status": row["status"],
+        "expires_at": _ts(row["expires_at"]),
+        "status_details": None,
+    }
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """An OpenAI cursor page (``after`` = ``last_id``)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def batch_object(row: RowMapping) -> dict[str, Any]:
+    """The OpenAI Batch object; counts are live while the batch runs."""
+    usage = None
+    if row["total_tokens"] is not None:
+        usage = {
+            "input_tokens": int(row["input_tokens"] or 0),
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": int(row["output_tokens"] or 0),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": int(row["total_tokens"]),
+        }
+    return {
+        "id": row["id"],
+        "object": "batch",
+        "endpoint": row["endpoint"],
+        "errors": row["errors"],
+        "input_file_id": row["input_file_id"],
+        "completion_window": row["completion_window"],
+        "status": row["status"],
+        "output_file_id": row["output_file_id"],
+        "error_file_id": row["error_file_id"],
+        "created_at": _ts(row["created_at"]),
+        "in_progress_at": _ts(row["in_progress_at"]),
+        "expires_at": _ts(row["expires_at"]),
+        "finalizing_at": _ts(row["finalizing_at"]),
+        "completed_at": _ts(row["completed_at"]),
+        "failed_at": _ts(row["failed_at"]),
+        "expired_at": _ts(row["expired_at"]),
+        "cancelling_at": _ts(row["cancelling_at"]),
+        "cancelled_at": _ts(row["cancelled_at"]),
+        "request_counts": {
+            "total": row["total"],
+            "completed": int(row["completed"] or 0),
+            "failed": int(row["failed"] or 0),
+        },
+        "metadata": row["metadata"],
+        "usage": usage,
+    }
+
+
+def result_line(row: RowMapping) -> tuple[bool, str]:
+    """One JSONL line of a batch's output (True) or error (False) file.
+
+    ``row["response_body"]`` is the stored body as JSON text: it is spliced in as it is.
+    """
+    head = f'{{"id":{json.dumps(row["id"])},"custom_id":{json.dumps(row["custom_id"])},'
+    if row["status"] == Status.COMPLETED or row["response_status"] is not None:
+        response = (
+            f'{{"status_code":{row["response_status"]},"request_id":{json.dumps(row["id"])},'
+            f'"body":{row["response_body"] or "null"}}}'
+        )
+        return row["status"] == Status.COMPLETED, f'{head}"response":{response},"error":null}}\n'
+    error = row["error"] or {"code": "server_error", "message": "The line failed."}
+    detail = json.dumps({"code": error.get("code"), "message": error.get("message")})
+    return False, f'{head}"response":null,"error":{detail}}}\n'

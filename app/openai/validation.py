@@ -1,0 +1,201 @@
+"""Parse and check an inference request body; decide its tier. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from app.openai.errors import APIError, bad_request
+from app.settings import ModelConfig, Settings
+from app.store.keys import ApiKey
+
+INFERENCE_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
+REALTIME_TIERS = frozenset({"auto", "default", "priority", "scale"})
+SERVICE_TIERS = REALTIME_TIERS | {"flex"}
+MAX_METADATA_PAIRS = 16
+# Deepest nesting of arrays and objects in a body (OpenAI's own schemas go a few levels deep).
+MAX_JSON_DEPTH = 128
+TOO_DEEP = f"The JSON body is nested too deeply (at most {MAX_JSON_DEPTH} levels)."
+
+
+@dataclass(frozen=True)
+class Call:
+    """One classified inference call."""
+
+    endpoint: str
+    body: dict[str, Any]
+    model: ModelConfig
+    tier: str  # "default" (realtime) or "flex"
+    background: bool
+    stream: bool
+
+    @property
+    def deferred(self) -> bool:
+        """Runs on a worker (flex or background) rather than proxied in place."""
+        return self.tier == "flex" or self.background
+
+
+def parse_json(raw: bytes | bytearray) -> dict[str, Any]:
+    """The body as a JSON object that PostgreSQL, the workers and any upstream can take."""
+    if not raw.strip():
+        raise bad_request("The request body is empty; expected a JSON object.")
+    if b"\\u0000" in raw:
+        # PostgreSQL's jsonb cannot hold NUL characters; say so instead of failing later.
+        raise bad_request("The body contains a NUL character (\\u0000), which is not supported.")
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise bad_request(TOO_DEEP) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"The body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("The JSON body must be an object.")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(body, MAX_JSON_DEPTH):
+        # json.loads stops near Python's recursion limit, but what it accepts there cannot be
+        # encoded again deeper in a call stack (a worker's, say): draw the line well before.
+        raise bad_request(TOO_DEEP)
+    if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(body):
+        # Valid JSON, but not Unicode: neither jsonb nor an upstream could take it.
+        raise bad_request(
+            "The body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)."
+        )
+    return body
+
+
+def _reject_constant(name: str) -> Any:
+    # Python reads NaN and Infinity; JSON (and so jsonb and every upstream) has no such thing.
+    raise bad_request(f"The body is not valid JSON: {name} is not a JSON number.")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise bad_request(f"The body is not valid JSON: {text[:32]} is out of range.")
+    return value
+
+
+def _too_deep(body: dict[str, Any], limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (without recursion)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _has_lone_surrogate(body: dict[str, Any]) -> bool:
+    """Paired escapes decode to one character; only unpaired ones fail to encode."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _require(body: dict[str, Any], field: str, kinds: tuple[type, ...], what: str) -> Any:
+    value = body.get(field)
+    if value is None:
+        raise bad_request(
+            f"Missing required parameter: '{field}'.",
+            param=field,
+            code="missing_required_parameter",
+        )
+    if not isinstance(value, kinds) or (isinstance(value, str | list) and not value):
+        raise bad_request(f"Invalid '{field}': expected {what}.", param=field, code="invalid_type")
+    return value
+
+
+def _optional_bool(body: dict[str, Any], field: str) -> bool:
+    value = body.get(field)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_request(
+            f"Invalid '{field}': expected a boolean.", param=field, code="invalid_type"
+        )
+    return value
+
+
+def check_metadata(body: dict[str, Any]) -> None:
+    metadata = body.get("metadata")
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_PAIRS:
+        raise bad_request("'metadata' must be an object with at most 16 pairs.", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > 64 or not isinstance(value, str) or len(value) > 512:
+            raise bad_request(
+                "'metadata' keys must be at most 64 characters and values strings of at most "
+                "512 characters.",
+                param="metadata",
+            )
+
+
+def _check_endpoint_fields(endpoint: str, body: dict[str, Any]) -> None:
+    if endpoint == "/v1/responses":
+        if not any(body.get(f) is not None for f in ("prompt", "previous_response_id")):
+            _require(body, "input", (str, list), "a string or a list of input items")
+        check_metadata(body)
+    elif endpoint == "/v1/chat/completions":
+        messages = _require(body, "messages", (list,), "a non-empty list of messages")
+        if not all(isinstance(m, dict) for m in messages):
+            raise bad_request("Each entry of 'messages' must be an object.", param="messages")
+        check_metadata(body)
+    else:
+        _require(body, "input", (str, list), "a string or a non-empty list")
+
+
+def classify(endpoint: str, raw: bytes | bytearray, settings: Settings, key: ApiKey) -> Call:
+    """Validate the body and decide realtime vs flex vs background. Raises ``APIError``."""
+    return classify_body(endpoint, parse_json(raw), settings, key)
+
+
+def classify_body(endpoint: str, body: dict[str, Any], settings: Settings, key: ApiKey) -> Call:
+    """``classify`` for an already parsed body (batch lines come parsed)."""
+    model_name = _require(body, "model", (str,), "a model name")
+    _check_endpoint_fields(endpoint, body)
+
+    tier = body.get("service_tier")
+    if tier is not None and (not isinstance(tier, str) or tier not in SERVICE_TIERS):
+        raise bad_request(
+            f"Invalid 'service_tier': {tier!r}. Expected one of {sorted(SERVICE_TIERS)}.",
+            param="service_tier",
+            code="invalid_value",
+        )
+    background = _optional_bool(body, "background")
+    stream = _optional_bool(body, "stream")
+    if background and endpoint != "/v1/responses":
+        raise bad_request("'background' is only supported on /v1/responses.", param="background")
+    if stream and endpoint == "/v1/embeddings":
+        raise bad_request("'stream' is not supported on /v1/embeddings.", param="stream")
+    tier = "flex" if tier == "flex" else "default"
+    if stream and (tier == "flex" or background):
+        raise bad_request(
+            "'stream' cannot be combined with service_tier='flex' or background=true yet; "
+            "send a non-streaming request and read the result by id.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+
+    model = settings.models.get(model_name)
+    if model is None:
+        raise APIError(
+            404, f"The model '{model_name}' does not exist.", param="model", code="model_not_found"
+        )
+    if not key.may_use(model_name):
+        raise APIError(
+            403,
+            f"This API key may not use the model '{model_name}'.",
+            type="permission_error",
+            param="model",
+            code="model_not_allowed",
+        )
+    return Call(
+        endpoint=endpoint, body=body, model=model, tier=tier, background=background, stream=stream
+    )

@@ -1,0 +1,130 @@
+"""Tracking rows of realtime calls: written before the answer reaches the client.
+
+A crash therefore leaves a trace (the sweep fails rows whose gateway stopped, see
+``app/store/sweeps.py``). Starts and ends arrive in groups (``group_commit.py``) and each
+group is one statement: this is the gateway's hottest write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.store.outcomes import Outcome, dumps, outcome_arrays
+from app.vocabulary import Status, Tier
+
+
+def _start_sql(n: int) -> str:
+    """INSERT of realtime tracking rows, its 7 arrays as $n..$n+6 (asyncpg placeholders)."""
+    return f"""
+INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
+                      status, attempts, body, started_at, gateway_id)
+SELECT u.id, u.owner, u.endpoint, u.model, '{Tier.DEFAULT}', false, u.stream,
+       '{Status.IN_PROGRESS}', 1, CAST(u.body AS jsonb), now(), u.gateway
+FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[],
+            ${n + 4}::boolean[], ${n + 5}::text[], ${n + 6}::text[])
+     AS u(id, owner, endpoint, model, stream, body, gateway)
+"""
+
+
+def _finish_sql(n: int) -> str:
+    """UPDATE of realtime rows that ended, its 8 arrays as $n..$n+7 (asyncpg placeholders)."""
+    return f"""
+UPDATE requests AS r
+SET status = u.status, response_status = u.response_status,
+    response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
+    input_tokens = u.input_tokens, output_tokens = u.output_tokens,
+    total_tokens = u.total_tokens, finished_at = now()
+FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::int[], ${n + 3}::text[], ${n + 4}::text[],
+            ${n + 5}::int[], ${n + 6}::int[], ${n + 7}::int[])
+     AS u(id, status, response_status, response_body, error, input_tokens, output_tokens,
+          total_tokens)
+WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}'
+"""
+
+
+# Starts of new calls and ends of earlier ones, in one statement (one round trip per flush).
+# An end always belongs to a row committed by an earlier flush: the proxy awaits its start.
+TRACK = {
+    (True, False): _start_sql(1),
+    (False, True): _finish_sql(1),
+    (True, True): (
+        f"WITH started AS ({_start_sql(1)} RETURNING 1),"
+        f" ended AS ({_finish_sql(8)} RETURNING 1)"
+        " SELECT (SELECT count(*) FROM started), (SELECT count(*) FROM ended)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RealtimeStart:
+    """The tracking row of a realtime call, written before its answer is sent."""
+
+    id: str
+    owner: str
+    endpoint: str
+    model: str
+    stream: bool
+    body: dict[str, Any]
+    gateway_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RealtimeEnd:
+    """How a realtime call ended (its row exists already)."""
+
+    id: str
+    outcome: Outcome
+
+
+class RealtimeTracker:
+    """Writes realtime tracking rows on one held connection (one flush at a time)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._conn: AsyncConnection | None = None
+
+    async def track(self, items: list[RealtimeStart | RealtimeEnd]) -> None:
+        """Record realtime calls starting and ending, all in one statement.
+
+        Called by one group-commit loop per gateway: it keeps one pooled connection checked
+        out and talks asyncpg to it directly, skipping SQLAlchemy's per-statement work on the
+        gateway's hottest write (measured: 0.8 -> 0.5 ms of CPU).
+        """
+        starts = [i for i in items if isinstance(i, RealtimeStart)]
+        ends = [i for i in items if isinstance(i, RealtimeEnd)]
+        if not items:
+            return
+        args: list[Any] = []
+        if starts:
+            args += [
+                [r.id for r in starts],
+                [r.owner for r in starts],
+                [r.endpoint for r in starts],
+                [r.model for r in starts],
+                [r.stream for r in starts],
+                [dumps(r.body) for r in starts],
+                [r.gateway_id for r in starts],
+            ]
+        if ends:
+            columns = outcome_arrays([e.outcome for e in ends])
+            args += [[e.id for e in ends], *columns.values()]
+        try:
+            if self._conn is None:
+                self._conn = await self.engine.connect()
+            raw = await self._conn.get_raw_connection()
+            await raw.driver_connection.execute(TRACK[bool(starts), bool(ends)], *args)  # type: ignore[union-attr]
+        except Exception:
+            await self.release()  # a broken connection is replaced on the next flush
+            raise
+
+    async def release(self) -> None:
+        """Give back the held connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+                await conn.close()

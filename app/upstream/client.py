@@ -1,0 +1,232 @@
+"""The one HTTP client every caller (realtime proxy and workers) uses to reach providers.
+
+Provider specifics live here: the model-name rewrite, the provider key (read from the
+environment at call time, never stored), which failures are worth a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.types import ASGIApp
+
+from app.mock.server import create_mock_app
+from app.settings import MOCK_UPSTREAM, ModelConfig, Settings
+from app.upstream.aiohttp_transport import AiohttpTransport
+
+# Fields that mean something to tiergate and must not reach the provider.
+GATEWAY_FIELDS = ("service_tier", "background")
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class UpstreamError(Exception):
+    """A failed upstream call. ``retryable`` failures are retried with backoff."""
+
+    code: str
+    message: str
+    retryable: bool
+    status: int | None = None
+    body: Any = None
+    retry_after_s: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def as_error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    status: int
+    body: Any
+    text: str
+
+
+def prepare_body(model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+    """The body the provider sees: its own model name, no gateway-only fields."""
+    out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+    out["model"] = model.target_model
+    return out
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds form only)."""
+    with contextlib.suppress(ValueError):
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        if "retry-after" in headers:
+            return max(0.0, float(headers["retry-after"]))
+    return None
+
+
+def error_from_status(status: int, headers: httpx.Headers, content: bytes) -> UpstreamError:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = {"error": {"message": content[:500].decode(errors="replace")}}
+    detail = body.get("error") if isinstance(body, dict) else None
+    message = (detail or {}).get("message") if isinstance(detail, dict) else None
+    return UpstreamError(
+        code=f"upstream_{status}",
+        message=message or f"upstream answered HTTP {status}",
+        retryable=status in RETRYABLE_STATUSES,
+        status=status,
+        body=body,
+        retry_after_s=retry_after(headers),
+    )
+
+
+class UpstreamClient:
+    """Owns the pooled httpx clients; ``mock_app`` serves models whose upstream is ``mock``.
+
+    ``transport="aiohttp"`` (the default) puts aiohttp under the httpx API (see
+    ``aiohttp_transport.py`` for the measured reason). With ``transport="httpx"``,
+    connections are spread over small httpx clients: httpcore checks every idle connection of
+    a pool on every request, so one big pool makes each call cost O(pool size).
+    """
+
+    def __init__(
+        self,
+        *,
+        mock_app: ASGIApp | None = None,
+        max_connections: int = 512,
+        transport: str = "aiohttp",
+        shards: int = 16,
+    ) -> None:
+        # Requests go straight to httpx transports: AsyncClient's per-request work (URL and
+        # header merging, cookie jar, redirects, auth) buys nothing for a fixed upstream.
+        self._transports: list[httpx.AsyncBaseTransport]
+        if transport == "aiohttp":
+            self._transports = [AiohttpTransport(max_connections=max_connections)]
+        else:
+            per_shard = max(1, max_connections // shards)
+            limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+            self._transports = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
+        self._next = itertools.cycle(self._transports)
+        self._mock = httpx.ASGITransport(app=mock_app) if mock_app is not None else None
+
+    async def aclose(self) -> None:
+        for transport in self._transports:
+            await transport.aclose()
+        if self._mock is not None:
+            await self._mock.aclose()
+
+    def _request(
+        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+    ) -> tuple[httpx.AsyncBaseTransport, httpx.Request]:
+        transport: httpx.AsyncBaseTransport
+        if model.upstream == MOCK_UPSTREAM:
+            if self._mock is None:
+                raise UpstreamError("upstream_unavailable", "mock upstream not enabled", False)
+            transport, base = self._mock, "http://mock/v1"
+        else:
+            transport, base = next(self._next), model.upstream
+        headers = {"content-type": "application/json", "accept": "*/*"}
+        key = model.api_key()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        content = json.dumps(prepare_body(model, body), separators=(",", ":")).encode()
+        timeout = httpx.Timeout(model.timeout_s, connect=min(10.0, model.timeout_s))
+        request = httpx.Request(
+            "POST",
+            _url(base + endpoint.removeprefix("/v1")),
+            content=content,
+            headers=headers,
+            extensions={"timeout": timeout.as_dict()},
+        )
+        return transport, request
+
+    async def call(self, model: ModelConfig, endpoint: str, body: dict[str, Any]) -> UpstreamReply:
+        """One non-streaming call; raises ``UpstreamError`` unless the provider said 2xx."""
+        async with (
+            within(model.timeout_s),
+            self.open(model, endpoint, {**body, "stream": False}) as response,
+        ):
+            content = await read_all(response)
+        if response.status_code >= 400:
+            raise error_from_status(response.status_code, response.headers, content)
+        try:
+            text = content.decode()
+            return UpstreamReply(response.status_code, json.loads(text), text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UpstreamError(
+                "upstream_bad_response", "upstream sent invalid JSON", True
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+    ) -> AsyncIterator[httpx.Response]:
+        """A call whose body is read by the caller (the realtime proxy relays it)."""
+        transport, request = self._request(model, endpoint, body)
+        with _mapped_errors():
+            response = await transport.handle_async_request(request)
+        response.request = request
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+
+@functools.lru_cache(maxsize=1024)
+def _url(raw: str) -> httpx.URL:
+    """Parsed once per upstream endpoint (httpx.URL parsing is costly per request)."""
+    return httpx.URL(raw)
+
+
+@contextlib.asynccontextmanager
+async def within(timeout_s: float) -> AsyncIterator[None]:
+    """The whole call, answer included, inside ``timeout_s``.
+
+    httpx's and aiohttp's read timeouts bound each wait for a chunk, so a provider that
+    trickles its answer would never time out; this bounds the total.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError:
+        raise UpstreamError(
+            "upstream_timeout", f"upstream timed out: no whole answer within {timeout_s:g} s", True
+        ) from None
+
+
+async def read_all(response: httpx.Response) -> bytes:
+    """The rest of the answer, transport failures mapped to ``UpstreamError``."""
+    with _mapped_errors():
+        return await response.aread()
+
+
+@contextlib.contextmanager
+def _mapped_errors() -> Iterator[None]:
+    """httpx transport errors as retryable ``UpstreamError``s."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamError("upstream_timeout", f"upstream timed out: {exc!r}", True) from exc
+    except httpx.ConnectError as exc:  # the request never reached the provider
+        raise UpstreamError(
+            "upstream_unreachable", f"cannot reach upstream: {exc!r}", True
+        ) from exc
+    except httpx.HTTPError as exc:  # it may have: the provider may have done (and billed) it
+        raise UpstreamError(
+            "upstream_connection_broken", f"upstream connection broke: {exc!r}", True
+        ) from exc
+
+
+def build_upstream(settings: Settings) -> UpstreamClient:
+    """The client for these settings; the in-process mock provider only if a model uses it."""
+    uses_mock = any(m.upstream == MOCK_UPSTREAM for m in settings.models.values())
+    return UpstreamClient(
+        mock_app=create_mock_app() if uses_mock else None,
+        transport=settings.limits.upstream_transport,
+    )

@@ -1,0 +1,148 @@
+"""The words tiergate's processes and its SQL share: statuses, queues, tasks, channels, codes.
+
+Each is spelled once, here. SQL interpolates them (``f"status = '{Status.PENDING}'"``, or
+:func:`sql_in` for a set), so the database and the Python code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import IntEnum, StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """A request row's status (a single request or one Batch API line)."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+LIVE = (Status.PENDING, Status.IN_PROGRESS)
+FINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+# Lines counted as ``failed`` in a batch's request_counts (they end in its error file).
+UNSUCCESSFUL = (Status.FAILED, Status.EXPIRED, Status.CANCELLED)
+
+
+class BatchStatus(StrEnum):
+    """A batch's status, as the OpenAI Batch object spells it."""
+
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+FINAL_BATCH = (
+    BatchStatus.COMPLETED,
+    BatchStatus.FAILED,
+    BatchStatus.EXPIRED,
+    BatchStatus.CANCELLED,
+)
+# A batch in one of these can still end (its finalize job closes it).
+CLOSABLE_BATCH = (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING)
+LIVE_BATCH = (BatchStatus.VALIDATING, *CLOSABLE_BATCH)
+
+
+class BatchKind(StrEnum):
+    """``single``: the one-row batch of a flex/background request; ``file``: the Batch API."""
+
+    SINGLE = "single"
+    FILE = "file"
+
+
+class FileStatus(StrEnum):
+    """A stored file's status: readable only once ``processed``."""
+
+    UPLOADING = "uploading"  # parts are still being written (an upload, or a result file)
+    PROCESSED = "processed"
+
+
+class Tier(StrEnum):
+    """The ``service_tier`` stored on a row."""
+
+    DEFAULT = "default"
+    FLEX = "flex"
+
+
+class Queue(StrEnum):
+    """procrastinate queues."""
+
+    FLEX = "flex"
+    REALTIME = "realtime"  # background calls of the default tier
+    BATCH = "batch"
+
+
+class Task(StrEnum):
+    """procrastinate task names."""
+
+    RUN_REQUEST = "tiergate.run_request"
+    VALIDATE_BATCH = "tiergate.validate_batch"
+    RUN_BATCH = "tiergate.run_batch"
+    FINALIZE_BATCH = "tiergate.finalize_batch"
+
+
+class Priority(IntEnum):
+    """procrastinate priorities: higher runs first."""
+
+    BACKGROUND = 100  # background calls of the default tier: someone is polling
+    FLEX = 0
+    BATCH = 0
+
+
+class Channel(StrEnum):
+    """PostgreSQL NOTIFY channels."""
+
+    DONE = "tiergate_done"  # payload: the id of a request that reached a final status
+    KEYS = "tiergate_keys"  # payload: the id of a revoked key
+
+
+class ErrorCode(StrEnum):
+    """Error codes stored on rows by SQL as well as by Python."""
+
+    CANCELLED = "cancelled"
+    BATCH_CANCELLED = "batch_cancelled"
+    BATCH_EXPIRED = "batch_expired"
+    REQUEST_EXPIRED = "request_expired"
+    GATEWAY_INTERRUPTED = "gateway_interrupted"
+    PROCESSING_FAILED = "processing_failed"
+
+
+MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.CANCELLED: "Cancelled by the client.",
+    ErrorCode.BATCH_CANCELLED: "The batch was cancelled before this line ran.",
+    ErrorCode.BATCH_EXPIRED: "This line was not processed before the batch expired.",
+    ErrorCode.REQUEST_EXPIRED: "The request was not processed within its window.",
+    ErrorCode.GATEWAY_INTERRUPTED: "The gateway stopped before the call finished.",
+    ErrorCode.PROCESSING_FAILED: (
+        "tiergate could not process this request: its job failed again and again"
+        " (see the worker logs)."
+    ),
+}
+
+
+def error(code: ErrorCode) -> dict[str, Any]:
+    """The stored error object for ``code``: ``{"code", "message"}``."""
+    return {"code": str(code), "message": MESSAGES[code]}
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_in(values: Iterable[str]) -> str:
+    """A parenthesised list of SQL literals: ``('pending', 'in_progress')``."""
+    return "(" + ", ".join(_quote(str(v)) for v in values) + ")"
+
+
+def sql_error(code: ErrorCode) -> str:
+    """SQL building the same object as :func:`error`."""
+    return f"jsonb_build_object('code', {_quote(code)}, 'message', {_quote(MESSAGES[code])})"
