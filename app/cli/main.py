@@ -54,7 +54,7 @@ def _database(settings: Settings) -> DatabaseURL:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.gateway.application import create_app
+    from app.api.application import create_app
     from app.store.migrate import upgrade
 
     url = _database(settings)

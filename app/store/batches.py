@@ -27,6 +27,7 @@ from app.vocabulary import (
     BatchStatus,
     ErrorCode,
     FileStatus,
+    Priority,
     Queue,
     Status,
     Task,
@@ -47,8 +48,9 @@ def _defer(task: str, batch_sql: str, *, locked: bool = False) -> str:
     """
     lock = f"'finalize:' || {batch_sql}" if locked else "NULL"
     return (
-        f"procrastinate_defer_jobs_v1(ARRAY[ROW('{Queue.BATCH}', '{task}', 0, {lock}, NULL,"
-        f" jsonb_build_object('batch_id', {batch_sql}), NULL)::procrastinate_job_to_defer_v1])"
+        f"procrastinate_defer_jobs_v1(ARRAY[ROW('{Queue.BATCH}', '{task}', {Priority.BATCH},"
+        f" {lock}, NULL, jsonb_build_object('batch_id', {batch_sql}), NULL)"
+        "::procrastinate_job_to_defer_v1])"
     )
 
 

@@ -20,7 +20,6 @@ REGISTER = text(
     "INSERT INTO gateways (id, hostname, pid) VALUES (:id, :hostname, :pid)"
     " ON CONFLICT (id) DO UPDATE SET last_seen_at = now()"
 )
-HEARTBEAT = text("UPDATE gateways SET last_seen_at = now() WHERE id = :id")
 UNREGISTER = text("DELETE FROM gateways WHERE id = :id")
 # Forget gateways long gone (their orphaned rows are reaped by then).
 PRUNE = text("DELETE FROM gateways WHERE last_seen_at < now() - interval '1 day'")

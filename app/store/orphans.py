@@ -31,6 +31,7 @@ from app.vocabulary import (
     BatchStatus,
     Channel,
     ErrorCode,
+    Priority,
     Queue,
     Status,
     Task,
@@ -46,9 +47,12 @@ GAVE_UP = sql_error(ErrorCode.PROCESSING_FAILED)
 REQUEUE_REQUESTS = text(
     f"""
 WITH orphans AS (
-    SELECT r.id, r.attempts, coalesce(j.queue_name, CASE WHEN r.service_tier = '{Tier.FLEX}'
-                            THEN '{Queue.FLEX}' ELSE '{Queue.REALTIME}' END) AS queue,
-           coalesce(j.priority, 0) AS priority
+    SELECT r.id, r.attempts,
+           coalesce(j.queue_name, CASE WHEN r.service_tier = '{Tier.FLEX}'
+                                       THEN '{Queue.FLEX}' ELSE '{Queue.REALTIME}' END) AS queue,
+           coalesce(j.priority, CASE WHEN r.service_tier = '{Tier.FLEX}'
+                                     THEN {Priority.FLEX} ELSE {Priority.BACKGROUND} END)
+               AS priority
     FROM requests r LEFT JOIN procrastinate_jobs j ON j.id = r.job_id
     WHERE r.status IN {sql_in(LIVE)} AND r.custom_id IS NULL
       AND r.job_id IS NOT NULL AND (j.id IS NULL OR NOT ({LIVE_JOB}))
@@ -125,7 +129,7 @@ WITH stranded AS (
     FROM failed_batches f WHERE r.batch_id = f.id AND r.status IN {sql_in(LIVE)}
 )
 SELECT s.id, s.task, procrastinate_defer_jobs_v1(ARRAY[ROW(
-    '{Queue.BATCH}', s.task, 0,
+    '{Queue.BATCH}', s.task, {Priority.BATCH},
     CASE WHEN s.task = '{Task.FINALIZE_BATCH}' THEN 'finalize:' || s.id END, NULL,
     jsonb_build_object('batch_id', s.id), NULL)::procrastinate_job_to_defer_v1]) AS job
 FROM stranded s WHERE NOT s.give_up

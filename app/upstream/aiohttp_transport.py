@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator
 import aiohttp
 import httpx
 
-CHUNK_SIZE = 64 * 1024
-
 
 class _Body(httpx.AsyncByteStream):
     def __init__(self, response: aiohttp.ClientResponse) -> None:

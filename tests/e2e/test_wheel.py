@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -47,7 +48,7 @@ class Installed:
         return self.venv / "bin" / "tiergate"
 
 
-def run(args: list[str | Path], timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def run(args: list[str | Path], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure, fail the test with its whole output."""
     out = subprocess.run(
         [str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kwargs
@@ -220,21 +221,25 @@ def test_wheel_installs_migrates_and_serves_from_anywhere(
         assert key, "serve wrote an empty dev key"
 
         client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
-        result = client.responses.create(
-            model="mock", input="from the wheel", service_tier="flex"
-        )
+        result = client.responses.create(model="mock", input="from the wheel", service_tier="flex")
+        assert result.status == "completed"
+        assert result.service_tier == "flex"
+        assert result.output_text == "echo: from the wheel"
+        # The SDK builds its objects without validation: validate the whole object strictly.
         response = Response.model_validate(result.model_dump())
-        assert response.status == "completed"
-        assert response.service_tier == "flex"
         assert response.output_text == "echo: from the wheel"
     finally:
         server.send_signal(signal.SIGTERM)
         try:
-            code = server.wait(30)
+            code: int | None = server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
-            code = server.wait(30)
-    assert code == 0, f"serve exited with {code} on SIGTERM:\n{log.read_text()}"
+            server.wait(30)
+            code = None
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: -15 is a clean exit too.
+    assert code in (0, -signal.SIGTERM), (
+        f"serve did not stop on SIGTERM ({code}):\n{log.read_text()}"
+    )
 
     timings = {**installed.timings, "migrate+serve+call": time.monotonic() - started}
     print("wheel test timings (s):", {k: round(v, 1) for k, v in timings.items()})
