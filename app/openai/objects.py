@@ -31,7 +31,7 @@ def _usage(row: RowMapping) -> dict[str, Any] | None:
         return None
     return {
         "input_tokens": row["input_tokens"] or 0,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": row["output_tokens"] or 0,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": row["total_tokens"],
