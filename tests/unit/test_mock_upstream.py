@@ -71,7 +71,7 @@ async def test_responses_echo_and_usage(client: httpx.AsyncClient) -> None:
         "input_tokens": 3,
         "output_tokens": 4,
         "total_tokens": 7,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens_details": {"reasoning_tokens": 0},
     }
     assert body["error"] is None and body["tools"] == [] and body["tool_choice"] == "auto"
