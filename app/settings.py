@@ -69,6 +69,9 @@ class Limits(BaseModel):
     db_max_overflow: int = Field(default=12, ge=0)
     job_pool_size: int = Field(default=4, ge=2)
     waiter_recheck_s: float = Field(default=5.0, gt=0)
+    flex_poll_s: float = Field(
+        default=2.0, gt=0, description="a worker looks for deferred requests at least this often"
+    )
     retry_base_s: float = Field(default=1.0, ge=0)
     retry_max_s: float = Field(default=60.0, ge=0)
     heartbeat_s: float = Field(default=10.0, gt=0)

@@ -74,34 +74,39 @@ class Tier(StrEnum):
 
 
 class Queue(StrEnum):
-    """procrastinate queues."""
+    """procrastinate queues (single requests are claimed from ``requests``, not queued)."""
 
-    FLEX = "flex"
-    REALTIME = "realtime"  # background calls of the default tier
     BATCH = "batch"
 
 
 class Task(StrEnum):
     """procrastinate task names."""
 
-    RUN_REQUEST = "tiergate.run_request"
     VALIDATE_BATCH = "tiergate.validate_batch"
     RUN_BATCH = "tiergate.run_batch"
     FINALIZE_BATCH = "tiergate.finalize_batch"
 
 
 class Priority(IntEnum):
-    """procrastinate priorities: higher runs first."""
+    """Higher runs first: ``requests.priority`` of deferred requests, procrastinate's for jobs."""
 
     BACKGROUND = 100  # background calls of the default tier: someone is polling
     FLEX = 0
     BATCH = 0
 
 
+class ProcessKind(StrEnum):
+    """What a row of ``processes`` is."""
+
+    GATEWAY = "gateway"
+    WORKER = "worker"
+
+
 class Channel(StrEnum):
     """PostgreSQL NOTIFY channels."""
 
     DONE = "tiergate_done"  # payload: the id of a request that reached a final status
+    WORK = "tiergate_work"  # payload: a model whose deferred requests became claimable
     KEYS = "tiergate_keys"  # payload: the id of a revoked key
 
 

@@ -18,7 +18,7 @@ from app.store.db import database_unavailable
 from app.store.dburl import DatabaseURL
 from app.vocabulary import Queue, Task
 from worker.batches import BatchJobs
-from worker.execute import RequestRunner, RetryLater
+from worker.execute import RetryLater
 from worker.wake import Waker
 
 log = logging.getLogger("tiergate.worker")
@@ -30,7 +30,7 @@ POOL_TIMEOUT_S = 10.0
 
 
 class UpstreamRetry(BaseRetryStrategy):
-    """Retry what ``RequestRunner`` asked to retry, when it asked (waking a worker then:
+    """Retry what a batch job asked to retry, when it asked (waking a worker then:
     procrastinate itself would only notice at its next poll), and any task that lost its
     database."""
 
@@ -53,10 +53,9 @@ def build_job_app(
     url: DatabaseURL,
     settings: Settings,
     *,
-    runner: RequestRunner,
     batch_jobs: BatchJobs,
 ) -> procrastinate.App:
-    """The job app with tiergate's tasks bound to this worker's stores and runner."""
+    """The job app with tiergate's batch tasks bound to this worker's stores."""
     connector = procrastinate.PsycopgConnector(
         conninfo=url.libpq(),
         min_size=1,
@@ -66,10 +65,6 @@ def build_job_app(
     )
     app = procrastinate.App(connector=connector)
     retry = UpstreamRetry(Waker(connector))
-
-    @app.task(name=Task.RUN_REQUEST, retry=retry)
-    async def run_request(request_id: str) -> None:
-        await runner.run(request_id)
 
     @app.task(name=Task.VALIDATE_BATCH, queue=Queue.BATCH, retry=retry)
     async def validate_batch(batch_id: str) -> None:

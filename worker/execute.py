@@ -1,10 +1,10 @@
-"""Run one deferred request: claim its row, call the upstream, store the outcome.
+"""One upstream attempt at a request or a batch line, classified: an outcome, or a retry.
 
-Retryable upstream failures (429, 5xx, timeouts, dropped connections) put the row back to
-``pending`` and raise ``RetryLater``; the job is rescheduled by procrastinate after a backoff
-that honours ``Retry-After``. Other 4xx are final; so is the last of ``max_attempts``
-(``failed``), and a failure whose retry would start after the window (``expired``). Every
-write is guarded by status and by the attempt number, so a late or duplicate worker cannot
+Retryable upstream failures (429, 5xx, timeouts, dropped connections) ask for a retry after a
+backoff that honours ``Retry-After``. Other 4xx are final; so is the last of ``max_attempts``
+(``failed``), and a failure whose retry would start after the window (``expired``). The
+callers (``flex.py`` for single requests, ``batches.py`` for lines) store the outcome with
+writes guarded by status and by the attempt number, so a late or duplicate worker cannot
 overwrite a cancel or a result.
 """
 
@@ -20,7 +20,6 @@ from typing import Any
 from app.openai.usage import usage_of
 from app.settings import Settings
 from app.store.outcomes import Outcome
-from app.store.requests import RequestStore
 from app.upstream.client import UpstreamClient, UpstreamError
 from app.vocabulary import ErrorCode, Status, error
 
@@ -57,13 +56,10 @@ EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.REQUEST_EXPIRED))
 
 
 class RequestRunner:
-    """Executes request rows; one instance per worker process."""
+    """Makes upstream attempts under per-model caps; one instance per worker process."""
 
-    def __init__(
-        self, *, settings: Settings, store: RequestStore, upstream: UpstreamClient
-    ) -> None:
+    def __init__(self, *, settings: Settings, upstream: UpstreamClient) -> None:
         self.settings = settings
-        self.store = store
         self.upstream = upstream
         # Per-model cap on concurrent upstream calls from this worker process.
         self._slots = {
@@ -152,33 +148,6 @@ class RequestRunner:
                 },
             )
         )
-
-    async def run(self, request_id: str) -> None:
-        """Run a single flex/background request (its own procrastinate job)."""
-        row = await self.store.claim(request_id)
-        if row is None:
-            log.info("request %s is final or gone; nothing to do", request_id)
-            return
-        attempt = row["attempts"]
-        if row["expired"]:
-            await self.store.finish(request_id, attempt, EXPIRED)
-            return
-        result = await self.attempt(
-            row["model"], row["endpoint"], row["body"], attempt, row["expires_at"]
-        )
-        if result.outcome is not None:
-            await self.store.finish(request_id, attempt, result.outcome)
-            return
-        assert result.retry_in_s is not None and result.error is not None
-        if await self.store.requeue(request_id, attempt, result.error):
-            log.info(
-                "request %s attempt %d failed (%s); retry in %.1fs",
-                request_id,
-                attempt,
-                result.error["code"],
-                result.retry_in_s,
-            )
-            raise RetryLater(result.retry_in_s, result.error["code"])
 
 
 def _failed(exc: UpstreamError, message: str) -> Outcome:

@@ -62,23 +62,29 @@ class Maintenance:
         return rescued
 
     async def sweep(self) -> None:
-        """Expire queued work past its window, close realtime rows of dead gateways, drop
-        files whose upload or finalize died half-way, requeue work whose job ended early."""
+        """Expire queued work past its window, close realtime rows of dead gateways, give the
+        requests of dead workers back, drop files whose upload or finalize died half-way,
+        requeue batch work whose job ended early."""
         expired = await self.requests.expire_overdue()
         expired += await self.batches.expire_overdue()
         await self.files.prune_abandoned(ABANDONED_UPLOAD_S)
         reaped = await self.requests.reap_realtime(self.limits.stalled_after_s)
         if expired or reaped:
             log.info("sweep: %d expired, %d interrupted realtime rows", len(expired), len(reaped))
+        rescued, gave_up = await self.requests.rescue_claimed(self.limits.stalled_after_s)
+        if rescued or gave_up:
+            log.warning(
+                "requests of dead workers: %d back in the queue, %d given up (%s)",
+                len(rescued),
+                len(gave_up),
+                gave_up,
+            )
         requeued = await self.orphans.requeue()
         if requeued:
             log.warning(
-                "requeued work whose job had ended: %d requests, %d batch lines, batches %s;"
-                " gave up on %s",
-                len(requeued.requests),
+                "requeued work whose job had ended: %d batch lines, batches %s",
                 len(requeued.lines),
                 requeued.batches,
-                requeued.gave_up,
             )
 
     async def run(self, jobs: JobManager) -> None:

@@ -9,17 +9,20 @@ import time
 
 from app.settings import Settings
 from app.store.batches import BatchStore
-from app.store.db import create_engine
+from app.store.db import create_engine, database_unavailable
 from app.store.dburl import DatabaseURL
 from app.store.files import FileStore
 from app.store.keys import KeyStore
 from app.store.orphans import OrphanStore
+from app.store.presence import Presence
 from app.store.requests import RequestStore
 from app.store.sweeps import RequestSweeps
 from app.upstream.client import build_upstream
+from app.vocabulary import ProcessKind
 from worker.app import build_job_app
 from worker.batches import BatchJobs
 from worker.execute import RequestRunner
+from worker.flex import FlexDispatcher
 from worker.maintenance import Maintenance
 
 log = logging.getLogger("tiergate.worker")
@@ -48,8 +51,7 @@ async def run_worker(
         application_name="tiergate-worker",
     )
     upstream = build_upstream(settings)
-    store = RequestStore(engine)
-    runner = RequestRunner(settings=settings, store=store, upstream=upstream)
+    runner = RequestRunner(settings=settings, upstream=upstream)
     batch_jobs = BatchJobs(
         settings=settings,
         batches=BatchStore(engine),
@@ -57,7 +59,7 @@ async def run_worker(
         keys=KeyStore(engine),
         runner=runner,
     )
-    job_app = build_job_app(url, settings, runner=runner, batch_jobs=batch_jobs)
+    job_app = build_job_app(url, settings, batch_jobs=batch_jobs)
     maintenance = Maintenance(
         limits=settings.limits,
         requests=RequestSweeps(engine),
@@ -65,7 +67,19 @@ async def run_worker(
         files=batch_jobs.files,
         orphans=OrphanStore(engine),
     )
-    log.info("worker starting (concurrency %d)", concurrency)
+    presence = Presence(engine, kind=ProcessKind.WORKER, every_s=settings.limits.heartbeat_s)
+    # Rows this worker claims name it: it must be registered first, or the sweep would take
+    # them for a dead worker's.
+    await _register(presence)
+    flex = FlexDispatcher(
+        settings=settings,
+        url=url,
+        store=RequestStore(engine),
+        runner=runner,
+        worker_id=presence.id,
+    )
+    flex_task = asyncio.create_task(flex.run(), name="flex-dispatcher")
+    log.info("worker %s starting (concurrency %d)", presence.id, concurrency)
     delay = RESTART_MIN_S
     try:
         while True:
@@ -96,5 +110,24 @@ async def run_worker(
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
     finally:
+        flex_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flex_task
+        await presence.stop()
         await upstream.aclose()
         await engine.dispose()
+
+
+async def _register(presence: Presence) -> None:
+    """Register the worker's presence, waiting for the database if it is not up yet."""
+    delay = RESTART_MIN_S
+    while True:
+        try:
+            await presence.start()
+            return
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            log.warning("worker cannot register yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)

@@ -1,7 +1,7 @@
 """Flex and background calls: accept durably, then wait (blocking flex) or return at once.
 
-Accepting is one statement (request row + single-request batch + procrastinate job), shared
-by the submissions that arrive together (group commit). A blocking client waits on the LISTEN
+Accepting is one INSERT of the request row (the workers claim it from the table), shared by
+the submissions that arrive together (group commit). A blocking client waits on the LISTEN
 hub; if it disconnects, the work goes on and the result stays readable by the id sent in
 ``x-request-id``.
 """
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sqlalchemy.engine import RowMapping
 from starlette.responses import Response
 from starlette.types import Receive
 
 from app.gateway.waiters import WaiterHub
-from app.ids import new_id, request_id
+from app.ids import request_id
 from app.metrics import Metrics
 from app.openai.errors import APIError, json_response
 from app.openai.objects import response_object, row_error, stored_result
@@ -29,7 +31,7 @@ from app.store.group_commit import GroupCommit
 from app.store.keys import ApiKey
 from app.store.requests import RequestStore, Submission
 from app.upstream.client import RETRYABLE_STATUSES
-from app.vocabulary import LIVE, Priority, Queue, Status, Tier
+from app.vocabulary import LIVE, Priority, Status, Tier
 
 # A blocking client gives up this long after the window, should no worker ever come.
 WAIT_GRACE_S = 30.0
@@ -67,10 +69,8 @@ class DeferredCalls:
         await self.reading.stop()
 
     def _submission(self, call: Call, key: ApiKey, rid: str) -> Submission:
-        flex = call.tier == Tier.FLEX
         return Submission(
             id=rid,
-            batch_id=new_id("batch_"),
             owner=key.id,
             endpoint=call.endpoint,
             model=call.model.name,
@@ -79,9 +79,8 @@ class DeferredCalls:
             stream=call.stream,
             body=call.body,
             window_s=self.settings.limits.flex_window_s,
-            queue=Queue.FLEX if flex else Queue.REALTIME,
-            # Background calls of the default tier jump ahead of flex work on the same workers.
-            priority=Priority.FLEX if flex else Priority.BACKGROUND,
+            # Background calls of the default tier are claimed before flex work.
+            priority=Priority.FLEX if call.tier == Tier.FLEX else Priority.BACKGROUND,
         )
 
     async def handle(
@@ -99,11 +98,11 @@ class DeferredCalls:
         del call
         if background:
             await self.accepting.submit(submission)
+            # What was accepted, as a queued Response (a worker may have claimed it already).
+            created = response_object(queued_row(submission))
             del submission
             accepted()
-            row = await self.reading.submit((rid, key.id))
-            assert row is not None
-            return json_response(response_object(row), headers={"x-request-id": rid})
+            return json_response(created, headers={"x-request-id": rid})
 
         started = time.perf_counter()
         async with self.hub.waiter(rid) as wait:
@@ -127,6 +126,25 @@ class DeferredCalls:
             )
         self.metrics.observe_request(endpoint, "flex", row["status"], time.perf_counter() - started)
         return result_response(row)
+
+
+def queued_row(sub: Submission) -> dict[str, Any]:
+    """The row a submission has just become, without reading it back."""
+    return {
+        "id": sub.id,
+        "endpoint": sub.endpoint,
+        "body": sub.body,
+        "status": Status.PENDING,
+        "background": sub.background,
+        "service_tier": sub.tier,
+        "created_at": dt.datetime.now(dt.UTC),
+        "finished_at": None,
+        "response_body": None,
+        "error": None,
+        "input_tokens": None,
+        "output_tokens": None,
+        "total_tokens": None,
+    }
 
 
 def result_response(row: RowMapping) -> Response:

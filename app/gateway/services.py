@@ -17,11 +17,12 @@ from app.store.batches import BatchStore
 from app.store.db import create_engine
 from app.store.dburl import DatabaseURL
 from app.store.files import FileStore
-from app.store.gateways import GatewayPresence
 from app.store.keys import KeyStore
+from app.store.presence import Presence
 from app.store.realtime import RealtimeTracker
 from app.store.requests import RequestStore
 from app.upstream.client import build_upstream
+from app.vocabulary import ProcessKind
 
 log = logging.getLogger("tiergate")
 
@@ -49,7 +50,7 @@ class Services:
             on_key_revoked=self.key_cache.revoke,
             recheck_s=limits.waiter_recheck_s,
         )
-        self.presence = GatewayPresence(self.engine, every_s=limits.heartbeat_s)
+        self.presence = Presence(self.engine, kind=ProcessKind.GATEWAY, every_s=limits.heartbeat_s)
         self.proxy = RealtimeProxy(
             store=RealtimeTracker(self.engine),
             upstream=self.upstream,

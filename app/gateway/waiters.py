@@ -12,11 +12,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
-import asyncpg
 
 from app.store.dburl import DatabaseURL
+from app.store.listener import Listener
 from app.vocabulary import Channel
 
 log = logging.getLogger("tiergate.waiters")
@@ -35,34 +33,47 @@ class WaiterHub:
         on_key_revoked: Callable[[str], None],
         recheck_s: float = 5.0,
     ) -> None:
-        self._url = url
         self._final_among = final_among
         self._on_key_revoked = on_key_revoked
         self._recheck_s = recheck_s
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._conn: asyncpg.Connection | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lost = asyncio.Event()
-        self.connected = asyncio.Event()
-        self.connections = 0  # how many times the LISTEN connection was (re)established
+        self._task: asyncio.Task[None] | None = None
+        # Anything that finished while nobody listened is found by the re-check on connect.
+        self._listener = Listener(
+            url,
+            [Channel.DONE, Channel.KEYS],
+            self._on_notify,
+            on_connected=self._recheck,
+            name="tiergate-listen",
+        )
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while the LISTEN connection is up."""
+        return self._listener.connected
+
+    @property
+    def connections(self) -> int:
+        """How many times the LISTEN connection was (re)established."""
+        return self._listener.connections
 
     @property
     def waiting(self) -> int:
+        """How many clients are waiting."""
         return sum(len(futures) for futures in self._waiters.values())
 
     async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._keep_listening(), name="waiters-listen"),
-            asyncio.create_task(self._recheck_loop(), name="waiters-recheck"),
-        ]
+        """Start listening, and the safety-net re-check."""
+        self._listener.start()
+        self._task = asyncio.create_task(self._recheck_loop(), name="waiters-recheck")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        """Stop listening (waiting clients are not woken)."""
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._close()
+                await self._task
+        await self._listener.stop()
 
     @contextlib.asynccontextmanager
     async def waiter(
@@ -104,46 +115,15 @@ class WaiterHub:
             if not future.done():
                 future.set_result(None)
 
-    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, channel: str, payload: str) -> None:
         if channel == Channel.DONE:
             self._wake(payload)
         elif channel == Channel.KEYS:
             self._on_key_revoked(payload)
 
-    async def _keep_listening(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                conn = await asyncpg.connect(
-                    **self._url.asyncpg_kwargs(),
-                    server_settings={"application_name": "tiergate-listen"},
-                )
-                conn.add_termination_listener(lambda _c: self._lost.set())
-                await conn.add_listener(Channel.DONE, self._on_notify)
-                await conn.add_listener(Channel.KEYS, self._on_notify)
-                self._conn, self._lost = conn, asyncio.Event()
-                self.connected.set()
-                self.connections += 1
-                log.info("listening for request completions")
-                delay = 0.2
-                # Anything that finished while we were not listening: check now.
-                await self._recheck()
-                await self._lost.wait()
-                log.warning("listen connection lost; reconnecting")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # connection refused, database restarting, ...
-                log.warning("listen connection failed (%s); retrying in %.1fs", exc, delay)
-            self.connected.clear()
-            await self._close()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
     async def _recheck_loop(self) -> None:
         while True:
             await asyncio.sleep(self._recheck_s)
-            if self._conn is not None and self._conn.is_closed():
-                self._lost.set()
             try:
                 await self._recheck()
             except asyncio.CancelledError:
@@ -156,9 +136,3 @@ class WaiterHub:
         if ids:
             for request_id in await self._final_among(ids):
                 self._wake(request_id)
-
-    async def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2)

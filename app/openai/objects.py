@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from typing import Any
-
-from sqlalchemy.engine import RowMapping
 
 from app.ids import new_id
 from app.vocabulary import MESSAGES, ErrorCode, Status
+
+# A request, batch or file row (SQLAlchemy's RowMapping, or a dict of the same keys).
+Row = Mapping[Any, Any]
 
 # Row status -> Response.status
 RESPONSE_STATUS = {
@@ -26,7 +28,7 @@ def _ts(value: Any) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
-def _usage(row: RowMapping) -> dict[str, Any] | None:
+def _usage(row: Row) -> dict[str, Any] | None:
     if row["total_tokens"] is None:
         return None
     return {
@@ -55,7 +57,7 @@ def _output_from_chat(body: Any) -> list[dict[str, Any]]:
     ]
 
 
-def row_error(row: RowMapping) -> dict[str, Any] | None:
+def row_error(row: Row) -> dict[str, Any] | None:
     if row["status"] == Status.EXPIRED:  # the stored message says why (e.g. a Retry-After too far)
         return {
             "code": ErrorCode.REQUEST_EXPIRED,
@@ -69,7 +71,7 @@ def row_error(row: RowMapping) -> dict[str, Any] | None:
     return None
 
 
-def response_object(row: RowMapping) -> dict[str, Any]:
+def response_object(row: Row) -> dict[str, Any]:
     """The Response object a client sees for any request row, at any status."""
     body = row["body"] or {}
     stored = row["response_body"]
@@ -111,7 +113,7 @@ def response_object(row: RowMapping) -> dict[str, Any]:
     return obj
 
 
-def stored_result(row: RowMapping) -> dict[str, Any]:
+def stored_result(row: Row) -> dict[str, Any]:
     """The upstream body of a completed request, stamped with our id and the tier used."""
     body: dict[str, Any] = copy.deepcopy(row["response_body"])
     if isinstance(body, dict) and row["endpoint"] != "/v1/embeddings":
@@ -124,7 +126,7 @@ def deleted_object(request_id: str) -> dict[str, Any]:
     return {"id": request_id, "object": "response", "deleted": True}
 
 
-def file_object(row: RowMapping) -> dict[str, Any]:
+def file_object(row: Row) -> dict[str, Any]:
     """The OpenAI FileObject."""
     return {
         "id": row["id"],
@@ -150,7 +152,7 @@ def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     }
 
 
-def batch_object(row: RowMapping) -> dict[str, Any]:
+def batch_object(row: Row) -> dict[str, Any]:
     """The OpenAI Batch object; counts are live while the batch runs."""
     usage = None
     if row["total_tokens"] is not None:
@@ -190,7 +192,7 @@ def batch_object(row: RowMapping) -> dict[str, Any]:
     }
 
 
-def result_line(row: RowMapping) -> tuple[bool, str]:
+def result_line(row: Row) -> tuple[bool, str]:
     """One JSONL line of a batch's output (True) or error (False) file.
 
     ``row["response_body"]`` is the stored body as JSON text: it is spliced in as it is.

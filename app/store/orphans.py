@@ -4,15 +4,15 @@ A job can end while its rows are still live: it failed on an error that outlived
 retry (a database that went away while the job was writing its result), or an admin deleted
 it. Nothing would ever run those rows again, so the sweep calls ``OrphanStore.requeue``:
 
-- a live single request whose job is gone or final gets a new job, on the same queue;
 - a batch line left ``in_progress`` by a job that is no longer running goes back to
   ``pending`` (any run job of its batch may claim it);
 - a live batch with no live job of its own gets the job its state calls for: validation,
   a run job while lines are left, else finalization.
 
 A job that fails every time (a bug, input that crashes the worker) must not loop forever:
-a request or line that has already been run ``MAX_RUNS`` times, or a batch whose jobs have
-failed ``MAX_RUNS`` times, ends ``failed`` with ``processing_failed`` instead.
+a line that has already been run ``MAX_RUNS`` times, or a batch whose jobs have failed
+``MAX_RUNS`` times, ends ``failed`` with ``processing_failed`` instead. (Single requests have
+no job: the sweep gives the rows of a dead worker back, see ``sweeps.py``.)
 
 Every statement only looks at live rows and live jobs (small, indexed sets).
 """
@@ -29,13 +29,11 @@ from app.vocabulary import (
     LIVE_BATCH,
     BatchKind,
     BatchStatus,
-    Channel,
     ErrorCode,
     Priority,
     Queue,
     Status,
     Task,
-    Tier,
     sql_error,
     sql_in,
 )
@@ -43,48 +41,6 @@ from app.vocabulary import (
 LIVE_JOB = "j.status IN ('todo', 'doing')"
 MAX_RUNS = 10
 GAVE_UP = sql_error(ErrorCode.PROCESSING_FAILED)
-
-REQUEUE_REQUESTS = text(
-    f"""
-WITH orphans AS (
-    SELECT r.id, r.attempts,
-           coalesce(j.queue_name, CASE WHEN r.service_tier = '{Tier.FLEX}'
-                                       THEN '{Queue.FLEX}' ELSE '{Queue.REALTIME}' END) AS queue,
-           coalesce(j.priority, CASE WHEN r.service_tier = '{Tier.FLEX}'
-                                     THEN {Priority.FLEX} ELSE {Priority.BACKGROUND} END)
-               AS priority
-    FROM requests r LEFT JOIN procrastinate_jobs j ON j.id = r.job_id
-    WHERE r.status IN {sql_in(LIVE)} AND r.custom_id IS NULL
-      AND r.job_id IS NOT NULL AND (j.id IS NULL OR NOT ({LIVE_JOB}))
-    LIMIT 1000
-), again AS (
-    SELECT o.*, row_number() OVER (ORDER BY o.id) AS n FROM orphans o
-    WHERE o.attempts < {MAX_RUNS}
-), job AS (
-    SELECT j.id, j.n FROM unnest(procrastinate_defer_jobs_v1(ARRAY(
-        SELECT ROW(a.queue, '{Task.RUN_REQUEST}', a.priority, NULL, NULL,
-                   jsonb_build_object('request_id', a.id), NULL)::procrastinate_job_to_defer_v1
-        FROM again a ORDER BY a.n
-    ))) WITH ORDINALITY AS j(id, n)
-), requeued AS (
-    UPDATE requests r SET status = '{Status.PENDING}', job_id = job.id
-    FROM again a JOIN job ON job.n = a.n
-    WHERE r.id = a.id AND r.status IN {sql_in(LIVE)}
-    RETURNING r.id
-), given_up AS (
-    UPDATE requests r SET status = '{Status.FAILED}', finished_at = now(), error = {GAVE_UP}
-    FROM orphans o
-    WHERE r.id = o.id AND o.attempts >= {MAX_RUNS} AND r.status IN {sql_in(LIVE)}
-    RETURNING r.id, r.batch_id
-), single AS (
-    UPDATE batches b SET status = '{BatchStatus.COMPLETED}', completed_at = now()
-    FROM given_up g WHERE b.id = g.batch_id AND b.kind = '{BatchKind.SINGLE}'
-)
-SELECT id, false AS gave_up FROM requeued
-UNION ALL
-SELECT g.id, true AS gave_up FROM given_up g, LATERAL pg_notify('{Channel.DONE}', g.id)
-"""
-)
 
 RELEASE_LINES = text(
     f"""
@@ -141,13 +97,11 @@ FROM stranded s WHERE NOT s.give_up
 class Requeued:
     """What one pass of the safety net put back to work."""
 
-    requests: list[str]
     lines: list[str]
     batches: list[str]
-    gave_up: list[str]
 
     def __bool__(self) -> bool:
-        return bool(self.requests or self.lines or self.batches or self.gave_up)
+        return bool(self.lines or self.batches)
 
 
 class OrphanStore:
@@ -157,13 +111,8 @@ class OrphanStore:
         self.engine = engine
 
     async def requeue(self) -> Requeued:
+        """Put orphaned batch lines and stranded batches back to work (see above)."""
         async with self.engine.connect() as conn:
-            singles = list(await conn.execute(REQUEUE_REQUESTS))
             lines = list((await conn.execute(RELEASE_LINES)).scalars())
             batches = [row.id for row in await conn.execute(RESTART_BATCHES)]
-        return Requeued(
-            requests=[r.id for r in singles if not r.gave_up],
-            lines=lines,
-            batches=batches,
-            gave_up=[r.id for r in singles if r.gave_up],
-        )
+        return Requeued(lines=lines, batches=batches)

@@ -1,11 +1,13 @@
 """SQL for deferred requests (flex and background) and reads of any request row.
 
-A flex or background request is a row, its single-request ``batches`` row and a procrastinate
-job, accepted together. Every status transition is one guarded UPDATE (``WHERE status =
-...``) so that a late worker can never overwrite a cancel. Final transitions NOTIFY
-``Channel.DONE`` with the request id in the same statement, which wakes blocking clients (see
-``app/gateway/waiters.py``). Realtime tracking rows are written by ``realtime.py``; the
-maintenance sweeps live in ``sweeps.py``.
+The ``requests`` table is the queue of deferred requests: accepting one is a single INSERT
+(many share it: group commit) that NOTIFYs ``Channel.WORK``; workers claim due rows of a model
+in chunks (``FOR UPDATE SKIP LOCKED``), highest ``priority`` first, and write the results of
+many attempts with one statement. Every status transition is one guarded UPDATE (``WHERE
+status = ...``, and the attempt number as a fencing token), so a late worker can never
+overwrite a cancel. Final transitions NOTIFY ``Channel.DONE`` with the request id in the same
+statement, which wakes blocking clients (see ``app/gateway/waiters.py``). Realtime tracking
+rows are written by ``realtime.py``; the maintenance sweeps live in ``sweeps.py``.
 """
 
 from __future__ import annotations
@@ -13,115 +15,124 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, select, text
+from sqlalchemy import Float, bindparam, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.outcomes import Outcome, dumps
+from app.store.outcomes import Outcome, dumps, outcome_arrays
 from app.store.schema import requests
-from app.vocabulary import (
-    FINAL,
-    LIVE,
-    BatchKind,
-    BatchStatus,
-    Channel,
-    ErrorCode,
-    Status,
-    Task,
-    sql_error,
-    sql_in,
-)
+from app.vocabulary import FINAL, LIVE, BatchKind, Channel, ErrorCode, Status, sql_error, sql_in
 
-# Rows, their single-request batches and their procrastinate jobs in one statement, hence one
-# transaction: an accepted request always has a job (procrastinate's versioned SQL defer
-# function). Many submissions share it (group commit): a burst of blocking clients costs a few
-# statements, not one pool checkout each. The function returns the job ids in input order
-# (procrastinate's own batch_defer relies on that too); ordinality pairs them with the rows.
+# Deferred requests that a worker may claim now (the partial index requests_deferred_ready_idx).
+READY = f"status = '{Status.PENDING}' AND custom_id IS NULL AND not_before IS NULL"
+# ... and those waiting for a retry's backoff (requests_deferred_later_idx).
+LATER = f"status = '{Status.PENDING}' AND custom_id IS NULL AND not_before IS NOT NULL"
+
+# Many submissions, one statement; one NOTIFY per model (PostgreSQL folds duplicates).
 SUBMIT_MANY = text(
     f"""
 WITH input AS (
     SELECT * FROM unnest(
-        CAST(:ids AS text[]), CAST(:batch_ids AS text[]), CAST(:owners AS text[]),
-        CAST(:endpoints AS text[]), CAST(:models AS text[]), CAST(:tiers AS text[]),
-        CAST(:backgrounds AS boolean[]), CAST(:streams AS boolean[]), CAST(:bodies AS text[]),
-        CAST(:windows_s AS integer[]), CAST(:queues AS text[]), CAST(:priorities AS integer[])
-    ) WITH ORDINALITY AS u(id, batch_id, owner, endpoint, model, tier, background, stream,
-                           body, window_s, queue, priority, n)
-), job AS (
-    SELECT j.id, j.n FROM unnest(procrastinate_defer_jobs_v1(ARRAY(
-        SELECT ROW(queue, '{Task.RUN_REQUEST}', priority, NULL, NULL,
-                   jsonb_build_object('request_id', id), NULL)::procrastinate_job_to_defer_v1
-        FROM input ORDER BY n
-    ))) WITH ORDINALITY AS j(id, n)
-), batch AS (
-    INSERT INTO batches (id, owner_key_id, kind, endpoint, status, completion_window, total,
-                         expires_at, in_progress_at)
-    SELECT batch_id, owner, '{BatchKind.SINGLE}', endpoint, '{BatchStatus.IN_PROGRESS}',
-           window_s || 's', 1, now() + make_interval(secs => window_s), now()
+        CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:endpoints AS text[]),
+        CAST(:models AS text[]), CAST(:tiers AS text[]), CAST(:backgrounds AS boolean[]),
+        CAST(:streams AS boolean[]), CAST(:bodies AS text[]), CAST(:windows_s AS integer[]),
+        CAST(:priorities AS smallint[])
+    ) AS u(id, owner, endpoint, model, tier, background, stream, body, window_s, priority)
+), inserted AS (
+    INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
+                          status, body, expires_at, priority)
+    SELECT id, owner, endpoint, model, tier, background, stream, '{Status.PENDING}',
+           CAST(body AS jsonb), now() + make_interval(secs => window_s), priority
     FROM input
+    RETURNING model
 )
-INSERT INTO requests (id, batch_id, owner_key_id, endpoint, model, service_tier, background,
-                      stream, status, body, expires_at, job_id)
-SELECT i.id, i.batch_id, i.owner, i.endpoint, i.model, i.tier, i.background, i.stream,
-       '{Status.PENDING}', CAST(i.body AS jsonb), now() + make_interval(secs => i.window_s),
-       job.id
-FROM input i JOIN job ON job.n = i.n
+SELECT pg_notify('{Channel.WORK}', model) FROM (SELECT DISTINCT model FROM inserted) AS m
 """
 )
 
-# Worker claim. 'in_progress' is claimable too: procrastinate runs one job per request at a
-# time, so an in_progress row seen here was left by a dead worker whose job was rescued.
-# ``attempts`` is the fencing token that later updates must match.
+# A worker claims due requests of several models at once, up to its free slots for each.
+# ``attempts`` is the fencing token that later updates must match; ``claimed_by`` names the
+# worker process, so that the sweep can give the rows of a dead one back to the queue.
 CLAIM = text(
     f"""
-UPDATE requests
-SET status = '{Status.IN_PROGRESS}', attempts = attempts + 1,
-    started_at = coalesce(started_at, now())
-WHERE id = :id AND status IN {sql_in(LIVE)}
-RETURNING id, endpoint, model, body, attempts, expires_at, service_tier, background,
-          expires_at < now() AS expired
+WITH picked AS (
+    SELECT r.id
+    FROM unnest(CAST(:models AS text[]), CAST(:counts AS integer[])) AS want(model, n),
+    LATERAL (
+        SELECT id FROM requests
+        WHERE {READY} AND model = want.model
+        ORDER BY priority DESC, created_at
+        LIMIT want.n
+        FOR UPDATE SKIP LOCKED
+    ) AS r
+)
+UPDATE requests AS r
+SET status = '{Status.IN_PROGRESS}', attempts = r.attempts + 1,
+    started_at = coalesce(r.started_at, now()), claimed_by = :worker
+FROM picked
+WHERE r.id = picked.id
+RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
+          r.expires_at < now() AS expired
 """
 ).columns(body=JSONB)
 
-FINISH = text(
+# Results of many attempts, one statement; each final row wakes its blocking client.
+FINISH_MANY = text(
     f"""
 WITH done AS (
-    UPDATE requests
-    SET status = :status, response_status = :response_status, response_body = :response_body,
-        error = :error, input_tokens = :input_tokens, output_tokens = :output_tokens,
-        total_tokens = :total_tokens, finished_at = now()
-    WHERE id = :id AND status = '{Status.IN_PROGRESS}' AND attempts = :attempt
-    RETURNING id, batch_id
-), batch AS (
-    UPDATE batches SET
-        status = CASE WHEN :status = '{Status.EXPIRED}' THEN '{BatchStatus.EXPIRED}'
-                      WHEN :status = '{Status.CANCELLED}' THEN '{BatchStatus.CANCELLED}'
-                      ELSE '{BatchStatus.COMPLETED}' END,
-        completed_at = CASE WHEN :status IN {sql_in([Status.COMPLETED, Status.FAILED])}
-                            THEN now() END,
-        expired_at = CASE WHEN :status = '{Status.EXPIRED}' THEN now() END
-    FROM done WHERE batches.id = done.batch_id AND batches.kind = '{BatchKind.SINGLE}'
+    UPDATE requests AS r
+    SET status = u.status, response_status = u.response_status,
+        response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
+        input_tokens = u.input_tokens, output_tokens = u.output_tokens,
+        total_tokens = u.total_tokens, finished_at = now()
+    FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
+                CAST(:response_statuses AS int[]), CAST(:response_bodies AS text[]),
+                CAST(:errors AS text[]), CAST(:input_tokens AS int[]),
+                CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]))
+         AS u(id, attempt, status, response_status, response_body, error, input_tokens,
+              output_tokens, total_tokens)
+    WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
+    RETURNING r.id
 )
-SELECT pg_notify('{Channel.DONE}', done.id) FROM done
+SELECT id, pg_notify('{Channel.DONE}', id) FROM done
 """
-).bindparams(
-    bindparam("response_body", type_=JSONB),
-    bindparam("error", type_=JSONB),
-    bindparam("input_tokens", type_=Integer),
-    bindparam("output_tokens", type_=Integer),
-    bindparam("total_tokens", type_=Integer),
-    bindparam("response_status", type_=Integer),
 )
 
-# A retryable failure puts the row back in the queue; the job is rescheduled by procrastinate.
+# A retryable failure puts the row back in the queue, due after its backoff.
 REQUEUE = text(
     f"""
-UPDATE requests SET status = '{Status.PENDING}', error = :error
+UPDATE requests SET status = '{Status.PENDING}', error = :error, claimed_by = NULL,
+    not_before = now() + make_interval(secs => :delay_s)
 WHERE id = :id AND status = '{Status.IN_PROGRESS}' AND attempts = :attempt
 RETURNING id
 """
-).bindparams(bindparam("error", type_=JSONB))
+).bindparams(bindparam("error", type_=JSONB), bindparam("delay_s", type_=Float))
+
+# Retries whose backoff has passed become claimable; returns when the next one falls due.
+PROMOTE_DUE = text(
+    f"""
+WITH due AS (
+    UPDATE requests SET not_before = NULL
+    WHERE {LATER} AND not_before <= now()
+    RETURNING model
+), woken AS (
+    SELECT pg_notify('{Channel.WORK}', model) FROM (SELECT DISTINCT model FROM due) AS m
+)
+SELECT (SELECT count(*) FROM woken) AS models,
+       extract(epoch FROM (SELECT min(not_before) FROM requests
+                           WHERE {LATER} AND not_before > now()) - now()) AS next_in_s
+"""
+)
+
+# A worker that stops gives its unfinished rows back at once (no need to wait for the sweep).
+RELEASE = text(
+    f"""
+UPDATE requests SET status = '{Status.PENDING}', claimed_by = NULL
+WHERE claimed_by = :worker AND status = '{Status.IN_PROGRESS}' AND custom_id IS NULL
+RETURNING id
+"""
+)
 
 CANCEL = text(
     f"""
@@ -129,29 +140,23 @@ WITH c AS (
     UPDATE requests SET status = '{Status.CANCELLED}', finished_at = now(),
         error = {sql_error(ErrorCode.CANCELLED)}
     WHERE id = :id AND owner_key_id = :owner AND status IN {sql_in(LIVE)}
-    RETURNING id, batch_id, job_id
-), batch AS (
-    UPDATE batches SET status = '{BatchStatus.CANCELLED}', cancelled_at = now()
-    FROM c WHERE batches.id = c.batch_id AND batches.kind = '{BatchKind.SINGLE}'
+    RETURNING id
 )
-SELECT c.id, pg_notify('{Channel.DONE}', c.id),
-       procrastinate_cancel_job_v1(c.job_id, true, false) AS job
-FROM c
+SELECT c.id, pg_notify('{Channel.DONE}', c.id) FROM c
 """
 )
 
+# Rows accepted before revision 0005 had a single-request batch: it goes with its row.
 DELETE = text(
     f"""
 WITH r AS (
     DELETE FROM requests WHERE id = :id AND owner_key_id = :owner
-    RETURNING id, batch_id, job_id, status
+    RETURNING id, batch_id
 ), b AS (
     DELETE FROM batches USING r
     WHERE batches.id = r.batch_id AND batches.kind = '{BatchKind.SINGLE}'
 )
-SELECT r.id, CASE WHEN r.job_id IS NOT NULL AND r.status IN {sql_in(LIVE)}
-                  THEN procrastinate_cancel_job_v1(r.job_id, true, true) END AS job
-FROM r
+SELECT id FROM r
 """
 )
 
@@ -168,7 +173,6 @@ class Submission:
     """A flex or background request about to be accepted."""
 
     id: str
-    batch_id: str
     owner: str
     endpoint: str
     model: str
@@ -177,8 +181,16 @@ class Submission:
     stream: bool
     body: dict[str, Any]
     window_s: int
-    queue: str
     priority: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of one attempt at a deferred request, to be stored with others."""
+
+    id: str
+    attempt: int
+    outcome: Outcome
 
 
 class RequestStore:
@@ -188,17 +200,16 @@ class RequestStore:
         self.engine = engine
 
     async def submit(self, sub: Submission) -> None:
-        """Insert the row, its single-request batch and its job, atomically."""
+        """Accept one request (see :meth:`submit_many`)."""
         await self.submit_many([sub])
 
     async def submit_many(self, subs: list[Submission]) -> None:
-        """Accept many submissions in one statement (all or none)."""
+        """Accept many requests in one statement (all or none) and wake the workers."""
         async with self.engine.connect() as conn:
             await conn.execute(
                 SUBMIT_MANY,
                 {
                     "ids": [s.id for s in subs],
-                    "batch_ids": [s.batch_id for s in subs],
                     "owners": [s.owner for s in subs],
                     "endpoints": [s.endpoint for s in subs],
                     "models": [s.model for s in subs],
@@ -207,27 +218,48 @@ class RequestStore:
                     "streams": [s.stream for s in subs],
                     "bodies": [dumps(s.body) for s in subs],
                     "windows_s": [s.window_s for s in subs],
-                    "queues": [s.queue for s in subs],
                     "priorities": [s.priority for s in subs],
                 },
             )
 
-    async def claim(self, id: str) -> RowMapping | None:
-        """Take a request for one attempt; None when it is no longer live."""
+    async def claim(self, wanted: dict[str, int], worker: str) -> list[RowMapping]:
+        """Claim up to ``wanted[model]`` due requests of each model for ``worker``."""
+        wanted = {model: n for model, n in wanted.items() if n > 0}
+        if not wanted:
+            return []
+        params = {"models": list(wanted), "counts": list(wanted.values()), "worker": worker}
         async with self.engine.connect() as conn:
-            return (await conn.execute(CLAIM, {"id": id})).mappings().first()
+            return list((await conn.execute(CLAIM, params)).mappings())
+
+    async def finish_many(self, items: list[Finish]) -> list[str]:
+        """Store the outcomes of many attempts; returns the ids stored (a row that moved on,
+        cancelled or deleted meanwhile, is left as it is)."""
+        columns = outcome_arrays([i.outcome for i in items])
+        params = {"ids": [i.id for i in items], "attempts": [i.attempt for i in items], **columns}
+        async with self.engine.connect() as conn:
+            return [row.id for row in await conn.execute(FINISH_MANY, params)]
 
     async def finish(self, id: str, attempt: int, outcome: Outcome) -> bool:
-        """Store the final outcome; False when the row moved on (cancelled, deleted)."""
-        async with self.engine.connect() as conn:
-            result = await conn.execute(FINISH, {"id": id, "attempt": attempt, **outcome.params()})
-            return result.first() is not None
+        """Store one outcome; False when the row moved on (cancelled, deleted)."""
+        return bool(await self.finish_many([Finish(id, attempt, outcome)]))
 
-    async def requeue(self, id: str, attempt: int, error: dict[str, Any]) -> bool:
-        """Put a request back in the queue after a retryable failure of ``attempt``."""
+    async def requeue(self, id: str, attempt: int, error: dict[str, Any], delay_s: float) -> bool:
+        """Put a request back in the queue after a retryable failure, due in ``delay_s``."""
+        params = {"id": id, "attempt": attempt, "error": error, "delay_s": delay_s}
         async with self.engine.connect() as conn:
-            result = await conn.execute(REQUEUE, {"id": id, "attempt": attempt, "error": error})
-            return result.first() is not None
+            return (await conn.execute(REQUEUE, params)).first() is not None
+
+    async def promote_due(self) -> float | None:
+        """Make retries whose backoff passed claimable (and wake the workers); returns the
+        seconds until the next retry falls due, or None if none waits."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(PROMOTE_DUE)).one()
+        return None if row.next_in_s is None else max(0.0, float(row.next_in_s))
+
+    async def release(self, worker: str) -> list[str]:
+        """Give the unfinished rows of ``worker`` back to the queue (it is stopping)."""
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(RELEASE, {"worker": worker})).scalars())
 
     async def get(self, id: str, owner: str) -> RowMapping | None:
         """The row, if it exists and belongs to ``owner``."""

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     func,
@@ -38,10 +39,11 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
 
-gateways = Table(
-    "gateways",
+processes = Table(
+    "processes",
     metadata,
-    Column("id", Text, primary_key=True, comment="one row per running gateway process"),
+    Column("id", Text, primary_key=True, comment="one row per running gateway or worker process"),
+    Column("kind", Text, nullable=False, server_default="gateway", comment="'gateway' or 'worker'"),
     Column("hostname", Text, nullable=False),
     Column("pid", Integer, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -129,6 +131,19 @@ requests = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("not_before", DateTime(timezone=True), nullable=True, comment="retry backoff"),
+    Column(
+        "priority",
+        SmallInteger,
+        nullable=False,
+        server_default="0",
+        comment="deferred requests: higher is claimed first",
+    ),
+    Column(
+        "claimed_by",
+        Text,
+        nullable=True,
+        comment="the worker process running a deferred request's attempt",
+    ),
     # Batch lines in input order (result files); also serves lookups by batch_id alone.
     Index("requests_batch_line_idx", "batch_id", "line_no"),
     # Batch workers claim chunks of pending lines of one batch.
@@ -139,6 +154,30 @@ requests = Table(
         postgresql_where=text(f"status = '{Status.PENDING}'"),
     ),
     Index("requests_owner_created_idx", "owner_key_id", "created_at"),
+    # Workers claim deferred requests that are due, per model, highest priority first ...
+    Index(
+        "requests_deferred_ready_idx",
+        "model",
+        text("priority DESC"),
+        "created_at",
+        postgresql_where=text(
+            f"status = '{Status.PENDING}' AND custom_id IS NULL AND not_before IS NULL"
+        ),
+    ),
+    # ... expire those whose window passed ...
+    Index(
+        "requests_deferred_expiry_idx",
+        "expires_at",
+        postgresql_where=text(f"status = '{Status.PENDING}' AND custom_id IS NULL"),
+    ),
+    # ... and make retries due when their backoff has passed.
+    Index(
+        "requests_deferred_later_idx",
+        "not_before",
+        postgresql_where=text(
+            f"status = '{Status.PENDING}' AND custom_id IS NULL AND not_before IS NOT NULL"
+        ),
+    ),
     # Hot queries (queue depth, rescue, expiry) only look at live rows: keep them small.
     Index(
         "requests_live_idx",

@@ -1,5 +1,8 @@
 """The sweeps the workers' maintenance runs over request rows (``worker/maintenance.py``).
 
+Each looks only at live rows through a partial index, so it costs the same with millions of
+finished rows.
+
 Batch windows are swept in ``batches.py`` and orphaned work in ``orphans.py``.
 """
 
@@ -8,33 +11,62 @@ from __future__ import annotations
 from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.vocabulary import BatchKind, BatchStatus, Channel, ErrorCode, Status, Tier, sql_error
+from app.vocabulary import Channel, ErrorCode, Status, Tier, sql_error
+
+# A request run this many times without an end (its worker died each time) is given up.
+MAX_RUNS = 10
 
 # Queued work whose window has passed (a retry that came too late, or no worker at all).
+# Batch API lines expire with their batch ({ErrorCode.BATCH_EXPIRED}, see batches.py).
 EXPIRE_OVERDUE = text(
     f"""
 WITH e AS (
     UPDATE requests SET status = '{Status.EXPIRED}', finished_at = now(),
         error = {sql_error(ErrorCode.REQUEST_EXPIRED)}
-    WHERE status = '{Status.PENDING}' AND expires_at < now()
-      AND custom_id IS NULL  -- Batch API lines expire with their batch ({ErrorCode.BATCH_EXPIRED})
-    RETURNING id, batch_id, job_id
-), b AS (
-    UPDATE batches SET status = '{BatchStatus.EXPIRED}', expired_at = now()
-    FROM e WHERE batches.id = e.batch_id AND batches.kind = '{BatchKind.SINGLE}'
+    WHERE status = '{Status.PENDING}' AND custom_id IS NULL AND expires_at < now()
+    RETURNING id
 )
-SELECT e.id, pg_notify('{Channel.DONE}', e.id),
-       procrastinate_cancel_job_v1(e.job_id, false, false) AS job
-FROM e
+SELECT e.id, pg_notify('{Channel.DONE}', e.id) FROM e
 """
 )
+
+# Deferred requests claimed by a worker that fell silent (SIGKILL, a lost host): nobody will
+# finish them, so they go back to the queue, or end after MAX_RUNS attempts.
+RESCUE_CLAIMED = text(
+    f"""
+WITH dead AS (
+    SELECT r.id, r.attempts FROM requests r
+    LEFT JOIN processes p ON p.id = r.claimed_by
+    WHERE r.status = '{Status.IN_PROGRESS}' AND r.custom_id IS NULL AND r.claimed_by IS NOT NULL
+      AND (p.id IS NULL OR p.last_seen_at < now() - make_interval(secs => :silent_s))
+), back AS (
+    UPDATE requests r SET status = '{Status.PENDING}', claimed_by = NULL, not_before = NULL
+    FROM dead WHERE r.id = dead.id AND r.status = '{Status.IN_PROGRESS}'
+      AND dead.attempts < {MAX_RUNS}
+    RETURNING r.id, r.model
+), given_up AS (
+    UPDATE requests r SET status = '{Status.FAILED}', finished_at = now(),
+        error = {sql_error(ErrorCode.PROCESSING_FAILED)}
+    FROM dead WHERE r.id = dead.id AND r.status = '{Status.IN_PROGRESS}'
+      AND dead.attempts >= {MAX_RUNS}
+    RETURNING r.id
+), woken AS (
+    SELECT pg_notify('{Channel.WORK}', model) FROM (SELECT DISTINCT model FROM back) AS m
+)
+SELECT x.id, x.gave_up, (SELECT count(*) FROM woken) AS woken FROM (
+    SELECT id, false AS gave_up FROM back
+    UNION ALL
+    SELECT g.id, true AS gave_up FROM given_up g, LATERAL pg_notify('{Channel.DONE}', g.id)
+) AS x
+"""
+).bindparams(bindparam("silent_s", type_=Integer))
 
 # Realtime rows whose gateway died mid-call (its heartbeat stopped): nobody will finish them.
 REAP_REALTIME = text(
     f"""
 WITH dead AS (
     SELECT r.id FROM requests r
-    LEFT JOIN gateways g ON g.id = r.gateway_id
+    LEFT JOIN processes g ON g.id = r.gateway_id
     WHERE r.status = '{Status.IN_PROGRESS}' AND r.service_tier = '{Tier.DEFAULT}'
       AND NOT r.background AND r.job_id IS NULL
       AND r.started_at < now() - make_interval(secs => :silent_s)
@@ -59,6 +91,13 @@ class RequestSweeps:
         async with self.engine.connect() as conn:
             result = await conn.execute(EXPIRE_OVERDUE)
             return [row.id for row in result]
+
+    async def rescue_claimed(self, silent_s: int) -> tuple[list[str], list[str]]:
+        """Give back the requests of workers silent for ``silent_s`` seconds: (requeued,
+        given up after ``MAX_RUNS`` attempts)."""
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(RESCUE_CLAIMED, {"silent_s": silent_s}))
+        return [r.id for r in rows if not r.gave_up], [r.id for r in rows if r.gave_up]
 
     async def reap_realtime(self, silent_s: int) -> list[str]:
         """Fail realtime rows whose gateway has not been seen for ``silent_s`` seconds."""

@@ -22,9 +22,9 @@ def test_blocking_flex_response(client: openai.OpenAI, db: psycopg.Connection):
     assert response.service_tier == "flex"
     tracked = row(db, rid)
     assert tracked["status"] == "completed" and tracked["attempts"] == 1
-    assert tracked["job_id"] is not None and tracked["batch_id"].startswith("batch_")
-    batch = db.execute("SELECT kind, status FROM batches WHERE id = %s", (tracked["batch_id"],))
-    assert batch.fetchone() == ("single", "completed")
+    # a request is not a job: a worker claimed the row itself
+    assert tracked["job_id"] is None and tracked["batch_id"] is None
+    assert tracked["claimed_by"].startswith("wk_")
     fetched = client.responses.retrieve(rid)
     assert fetched.status == "completed" and fetched.output_text == "echo: flex please"
     assert fetched.service_tier == "flex"
@@ -92,10 +92,11 @@ def test_admin_views_answer_in_sql(client: openai.OpenAI, db: psycopg.Connection
         "SELECT requests FROM tiergate_failures WHERE error_code = 'upstream_418'"
     ).fetchone()
     assert failures is not None and failures[0] >= 1
-    progress = db.execute(
-        "SELECT total, completed + failed FROM tiergate_batch_progress WHERE kind = 'single'"
-    ).fetchall()
-    assert progress and all(total == 1 and done <= 1 for total, done in progress)
+    # A flex request is a row, not a batch: the batch view lists Batch API batches only.
+    assert db.execute("SELECT count(*) FROM batches WHERE kind = 'single'").fetchone() == (0,)
+    assert db.execute(
+        "SELECT count(*) FROM tiergate_batch_progress WHERE kind <> 'file'"
+    ).fetchone() == (0,)
     usage = db.execute("SELECT sum(total_tokens) FROM tiergate_usage_by_key").fetchone()
     assert usage[0] > 0
     db.execute("SELECT * FROM tiergate_queue_depth").fetchall()

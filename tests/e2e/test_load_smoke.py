@@ -15,7 +15,7 @@ def test_flex_clients_and_a_batch_at_once_all_complete_within_the_pool(
     database: DatabaseURL, tmp_path: Path
 ) -> None:
     cfg = LoadConfig(
-        clients=200, lines=300, workers=1, latency_ms=50, deadline_s=60, baselines=False
+        clients=200, lines=300, workers=1, latency_ms=300, deadline_s=60, baselines=False
     )
     report = run_load(database, tmp_path, cfg, log=lambda _: None)
     both = report.combined

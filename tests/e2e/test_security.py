@@ -229,7 +229,7 @@ def test_secrets_never_reach_a_row_or_a_log_line(
     assert set(provider.authorizations) == {f"Bearer {PROVIDER_SECRET}"}
 
     dump = dump_database(db)
-    expected_tables = {"api_keys", "requests", "batches", "files", "file_parts", "gateways"}
+    expected_tables = {"api_keys", "requests", "batches", "files", "file_parts", "processes"}
     assert expected_tables | {"procrastinate_jobs", "procrastinate_events"} <= set(dump)
     everything = "\n".join(dump.values())
     assert "echo: realtime" in everything and "recorded" in everything  # the traffic is there
@@ -289,7 +289,7 @@ def test_internal_looking_headers_bypass_nothing(
     assert flex.status_code == 200 and flex.json()["service_tier"] == "flex"
     realtime = http.post("/responses", json={"model": "mock", "input": "x"}).json()
     tracked = db.execute(
-        "SELECT id, service_tier, job_id IS NOT NULL FROM requests WHERE id = ANY(%s)"
+        "SELECT id, service_tier, claimed_by IS NOT NULL FROM requests WHERE id = ANY(%s)"
         " ORDER BY service_tier",
         ([flex.json()["id"], realtime["id"]],),
     ).fetchall()

@@ -22,11 +22,11 @@ from tests.support.waiting import wait_until
 TIMEOUT_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def fast_rescue_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Path:
+def rescue_config(path: Path, mock_upstream: str, long_cap: int = 2) -> Path:
+    """Fast heartbeats and rescue; ``long`` runs at most ``long_cap`` calls per worker."""
     upstream = f"{mock_upstream}/v1"
     return write_config(
-        tmp_path_factory.mktemp("config") / "tiergate.yaml",
+        path,
         [
             {"name": "remote", "upstream": upstream, "timeout_s": 5},
             {
@@ -35,10 +35,15 @@ def fast_rescue_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: 
                 "upstream_model": "capped-upstream",
                 "flex_concurrency": 2,
             },
-            {"name": "long", "upstream": upstream, "timeout_s": 60},
+            {"name": "long", "upstream": upstream, "timeout_s": 60, "flex_concurrency": long_cap},
         ],
         {"heartbeat_s": 0.5, "stalled_after_s": 2, "maintenance_every_s": 1},
     )
+
+
+@pytest.fixture(scope="module")
+def fast_rescue_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Path:
+    return rescue_config(tmp_path_factory.mktemp("config") / "tiergate.yaml", mock_upstream)
 
 
 @pytest.fixture(scope="module")
@@ -144,16 +149,17 @@ def test_rescue_does_not_wait_for_busy_slots_or_a_backlog(
     client: openai.OpenAI,
     database: DatabaseURL,
     fast_rescue_config: Path,
+    mock_upstream: str,
     logs: Path,
     db: psycopg.Connection,
 ):
-    """The only live worker has every slot busy with long calls and a backlog queued behind
-    them: the dead worker's job is still rescued at once (rescue is not a queued job)."""
+    """The only live worker has every slot of the model busy with long calls and a backlog
+    queued behind them: the request the dead worker had claimed is still given back at once
+    (the sweep runs on each worker's own timer, not behind its work)."""
     doomed = start_worker(
         database_url=database.libpq(),
-        config=fast_rescue_config,
+        config=rescue_config(logs / "doomed.yaml", mock_upstream, long_cap=1),
         log=logs / "worker-doomed.log",
-        concurrency=1,
     )
     busy: Process | None = None
     try:
@@ -164,46 +170,41 @@ def test_rescue_does_not_wait_for_busy_slots_or_a_backlog(
             lambda: client.responses.retrieve(orphan.id).status == "in_progress",
             "the doomed worker to start it",
         )
-        job_id = row(db, orphan.id)["job_id"]
+        doomed_id = row(db, orphan.id)["claimed_by"]
+        busy = start_worker(
+            database_url=database.libpq(), config=fast_rescue_config, log=logs / "worker-busy.log"
+        )
         long_calls = [
             client.responses.create(
                 model="long", input="mock:sleep_ms=30000", background=True, service_tier="flex"
             ).id
             for _ in range(2)
         ]
-        busy = start_worker(
-            database_url=database.libpq(),
-            config=fast_rescue_config,
-            log=logs / "worker-busy.log",
-            concurrency=2,
-        )
         wait_until(
             lambda: all(client.responses.retrieve(i).status == "in_progress" for i in long_calls),
             "the live worker's slots to fill",
         )
+        assert all(row(db, i)["claimed_by"] != doomed_id for i in long_calls)  # the doomed is full
         backlog = [
             client.responses.create(
-                model="remote", input="backlog", background=True, service_tier="flex"
+                model="long", input="backlog", background=True, service_tier="flex"
             ).id
-            for _ in range(20)
+            for _ in range(5)
         ]
         doomed.kill()  # now: the only live worker has no free slot, and a backlog waits
         wait_until(
-            lambda: (
-                db.execute(
-                    "SELECT status FROM procrastinate_jobs WHERE id = %s", (job_id,)
-                ).fetchone()[0]
-                == "todo"
-            ),
-            "the orphaned job to be rescued",
+            lambda: row(db, orphan.id)["claimed_by"] is None,
+            "the dead worker's request to be given back",
         )
-        # Rescued while both slots were still busy and the backlog still queued.
+        rescued = row(db, orphan.id)
+        assert rescued["status"] == "pending" and rescued["attempts"] == 1
+        # Given back while both slots were still busy and the backlog still queued.
         assert [client.responses.retrieve(i).status for i in long_calls] == ["in_progress"] * 2
         assert client.responses.retrieve(backlog[-1]).status == "queued"
     finally:
         doomed.kill()
         if busy is not None:
-            busy.kill()  # its jobs are rescued later and find their rows gone
+            busy.kill()  # its requests are given back later and find their rows gone
     for request_id in [orphan.id, *long_calls, *backlog]:
         client.responses.delete(request_id)
 
@@ -236,7 +237,7 @@ def test_per_model_cap_holds_while_the_worker_has_room(
     finally:
         worker.stop()
     peaks = httpx.get(mock_upstream + "/_mock/peaks").json()
-    assert peaks["capped-upstream"] == 2  # flex_concurrency, though 8 job slots were free
+    assert peaks["capped-upstream"] == 2  # flex_concurrency, though 6 requests were ready
 
 
 def test_gateway_killed_mid_flight_loses_nothing(

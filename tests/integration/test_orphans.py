@@ -10,10 +10,8 @@ from app.ids import new_id
 from app.store.batches import COPY_COLUMNS, BatchStore
 from app.store.keys import ApiKey
 from app.store.orphans import MAX_RUNS, OrphanStore
-from app.store.requests import RequestStore
 from app.vocabulary import Task
 from tests.integration.conftest import insert_file_batch
-from tests.integration.test_request_store import submission
 
 
 async def scalar(engine, sql: str, **params):  # type: ignore[no-untyped-def]
@@ -27,32 +25,6 @@ async def fail_job(engine, job_id: int) -> None:  # type: ignore[no-untyped-def]
         await conn.execute(
             text("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = :id"), {"id": job_id}
         )
-
-
-async def test_a_request_whose_job_failed_gets_a_new_job(
-    engine, store: RequestStore, owner: ApiKey
-):
-    orphan, healthy = submission(owner), submission(owner)
-    await store.submit(orphan)
-    await store.submit(healthy)
-    assert await store.claim(orphan.id) is not None  # in_progress when its job failed
-    old_job = await scalar(engine, "SELECT job_id FROM requests WHERE id = :id", id=orphan.id)
-    await fail_job(engine, old_job)
-
-    requeued = await OrphanStore(engine).requeue()
-
-    assert requeued.requests == [orphan.id]
-    status, new_job, job_status, queue = (
-        await scalar(
-            engine,
-            "SELECT ROW(r.status, r.job_id, j.status::text, j.queue_name) FROM requests r"
-            " JOIN procrastinate_jobs j ON j.id = r.job_id WHERE r.id = :id",
-            id=orphan.id,
-        )
-    )  # fmt: skip
-    assert (status, job_status, queue) == ("pending", "todo", "flex")
-    assert int(new_job) != old_job
-    assert not (await OrphanStore(engine).requeue()).requests  # once is enough
 
 
 async def test_lines_of_a_failed_run_job_go_back_and_the_batch_gets_a_run_job(
@@ -103,25 +75,6 @@ async def test_lines_of_a_failed_run_job_go_back_and_the_batch_gets_a_run_job(
         )
         == 1
     )
-
-
-async def test_a_request_that_keeps_failing_is_given_up(engine, store: RequestStore, owner: ApiKey):
-    doomed = submission(owner)
-    await store.submit(doomed)
-    async with engine.connect() as conn:  # as if it had been run (and crashed) MAX_RUNS times
-        await conn.execute(
-            text("UPDATE requests SET status = 'in_progress', attempts = :n WHERE id = :id"),
-            {"n": MAX_RUNS, "id": doomed.id},
-        )
-    await fail_job(
-        engine, await scalar(engine, "SELECT job_id FROM requests WHERE id = :id", id=doomed.id)
-    )
-
-    requeued = await OrphanStore(engine).requeue()
-
-    assert requeued.gave_up == [doomed.id] and doomed.id not in requeued.requests
-    row = await store.get(doomed.id, owner.id)
-    assert row["status"] == "failed" and row["error"]["code"] == "processing_failed"
 
 
 async def test_a_batch_whose_jobs_keep_failing_is_given_up(engine, owner: ApiKey):

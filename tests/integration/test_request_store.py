@@ -1,77 +1,56 @@
-"""Request rows: atomic accept, guarded transitions, expiry, the realtime reaper."""
+"""Request rows: guarded transitions, expiry, the realtime reaper (the queue: test_flex_queue)."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 
-from app.ids import new_id, request_id
+from app.ids import request_id
 from app.store.keys import ApiKey
 from app.store.outcomes import Outcome
 from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker
 from app.store.requests import RequestStore, Submission
 from app.store.sweeps import RequestSweeps
-from app.vocabulary import Status
+from app.vocabulary import Priority, Status
 from tests.integration.conftest import insert_file_batch
 
 
-def submission(owner: ApiKey, window_s: int = 3600) -> Submission:
+def submission(
+    owner: ApiKey, window_s: int = 3600, priority: int = Priority.FLEX, model: str = "mock"
+) -> Submission:
     return Submission(
         id=request_id("/v1/responses"),
-        batch_id=new_id("batch_"),
         owner=owner.id,
         endpoint="/v1/responses",
-        model="mock",
-        tier="flex",
+        model=model,
+        tier="flex" if priority == Priority.FLEX else "default",
         background=True,
         stream=False,
         body={"model": "mock", "input": "x"},
         window_s=window_s,
-        queue="flex",
-        priority=0,
+        priority=priority,
     )
-
-
-async def test_submit_creates_row_batch_and_job_together(store: RequestStore, owner: ApiKey):
-    sub = submission(owner)
-    await store.submit(sub)
-    async with store.engine.connect() as conn:
-        job = (
-            await conn.execute(
-                text(
-                    "SELECT j.status, j.queue_name, j.args->>'request_id' FROM requests r"
-                    " JOIN procrastinate_jobs j ON j.id = r.job_id WHERE r.id = :id"
-                ),
-                {"id": sub.id},
-            )
-        ).one()
-        batch = (
-            await conn.execute(
-                text("SELECT kind, total, status FROM batches WHERE id = :id"), {"id": sub.batch_id}
-            )
-        ).one()
-    assert tuple(job) == ("todo", "flex", sub.id)
-    assert tuple(batch) == ("single", 1, "in_progress")
 
 
 async def test_a_late_worker_cannot_overwrite_a_cancel(store: RequestStore, owner: ApiKey):
     sub = submission(owner)
     await store.submit(sub)
-    claimed = await store.claim(sub.id)
-    assert claimed is not None and claimed["attempts"] == 1
+    (claimed,) = await store.claim({"mock": 1}, "wk_a")
+    assert claimed["id"] == sub.id and claimed["attempts"] == 1
     assert await store.cancel(sub.id, owner.id)
     assert not await store.finish(
         sub.id, 1, Outcome(status=Status.COMPLETED, response_body={"x": 1})
     )
     row = await store.get(sub.id, owner.id)
     assert row["status"] == "cancelled" and row["response_body"] is None
-    assert await store.claim(sub.id) is None  # final rows are never claimed again
+    assert await store.claim({"mock": 1}, "wk_a") == []  # final rows are never claimed again
 
 
 async def test_attempt_number_fences_a_stale_worker(store: RequestStore, owner: ApiKey):
     sub = submission(owner)
     await store.submit(sub)
-    await store.claim(sub.id)  # worker A, presumed dead
-    second = await store.claim(sub.id)  # worker B after the rescue
+    await store.claim({"mock": 1}, "wk_a")  # worker A, presumed dead ...
+    assert await store.release("wk_a") == [sub.id]  # ... its row given back
+    (second,) = await store.claim({"mock": 1}, "wk_b")
     assert second["attempts"] == 2
     assert not await store.finish(sub.id, 1, Outcome(status=Status.COMPLETED))  # A wakes up late
     assert await store.finish(sub.id, 2, Outcome(status=Status.COMPLETED))
@@ -157,9 +136,10 @@ async def test_realtime_rows_of_a_dead_gateway_are_reaped(
 async def test_rows_of_a_live_gateway_are_never_reaped(
     store: RequestStore, tracker: RealtimeTracker, sweeps: RequestSweeps, owner: ApiKey
 ):
-    from app.store.gateways import GatewayPresence
+    from app.store.presence import Presence
+    from app.vocabulary import ProcessKind
 
-    presence = GatewayPresence(store.engine, every_s=3600)
+    presence = Presence(store.engine, kind=ProcessKind.GATEWAY, every_s=3600)
     await presence.start()
     start = realtime_start(owner, gateway_id=presence.id)
     rid = start.id
@@ -174,7 +154,7 @@ async def test_rows_of_a_live_gateway_are_never_reaped(
         async with store.engine.connect() as conn:  # the gateway falls silent
             await conn.execute(
                 text(
-                    "UPDATE gateways SET last_seen_at = now() - interval '1 minute' WHERE id = :id"
+                    "UPDATE processes SET last_seen_at = now() - interval '1 minute' WHERE id = :id"
                 ),
                 {"id": presence.id},
             )

@@ -1,0 +1,100 @@
+"""One LISTEN connection per process, kept open across database restarts.
+
+Notifications go to a callback; ``on_connected`` runs after each (re)connection, so a caller
+can look for anything that happened while nobody was listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from app.store.dburl import DatabaseURL
+
+log = logging.getLogger("tiergate.listener")
+
+OnNotify = Callable[[str, str], None]  # (channel, payload)
+# A closed connection is not always reported at once: look this often.
+HEALTH_CHECK_S = 5.0
+
+
+class Listener:
+    """LISTENs on ``channels`` through one asyncpg connection, reconnecting with backoff."""
+
+    def __init__(
+        self,
+        url: DatabaseURL,
+        channels: list[str],
+        on_notify: OnNotify,
+        *,
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+        name: str = "tiergate-listen",
+    ) -> None:
+        self._url = url
+        self._channels = channels
+        self._on_notify = on_notify
+        self._on_connected = on_connected
+        self._name = name
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.connections = 0  # how many times the connection was (re)established
+
+    def start(self) -> None:
+        """Connect and keep listening in the background."""
+        self._task = asyncio.create_task(self._keep_listening(), name=self._name)
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close()
+
+    def _notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        self._on_notify(channel, payload)
+
+    async def _keep_listening(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    **self._url.asyncpg_kwargs(), server_settings={"application_name": self._name}
+                )
+                conn.add_termination_listener(lambda _c: self._lost.set())
+                for channel in self._channels:
+                    await conn.add_listener(channel, self._notify)
+                self._conn, self._lost = conn, asyncio.Event()
+                self.connected.set()
+                self.connections += 1
+                log.info("%s: listening on %s", self._name, ", ".join(self._channels))
+                delay = 0.2
+                if self._on_connected is not None:
+                    await self._on_connected()
+                while not self._lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._lost.wait(), HEALTH_CHECK_S)
+                    if conn.is_closed():
+                        self._lost.set()
+                log.warning("%s: connection lost; reconnecting", self._name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection refused, database restarting, ...
+                log.warning("%s: connection failed (%s); retrying in %.1fs", self._name, exc, delay)
+            self.connected.clear()
+            await self._close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)

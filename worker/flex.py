@@ -1,0 +1,245 @@
+"""Single flex and background requests: claimed from the table in chunks, run concurrently.
+
+A request is not a procrastinate job: the ``requests`` table is its queue (as it is for batch
+lines). Each worker process runs one dispatcher that
+
+- wakes on ``NOTIFY tiergate_work`` (sent by the statement that accepts requests), when one of
+  its calls ends (a slot is free), when a retry of its own falls due, and every ``poll_s`` as a
+  safety net (a lost notification, a retry scheduled by a process that died);
+- claims, in one statement, up to its free slots of every model (``flex_concurrency`` calls
+  per model and process, the cap the batch lines of that model share), highest priority
+  first: background calls of the default tier before flex;
+- runs each claimed request as one upstream attempt and stores the results of attempts that end
+  together with one statement (group commit), which also wakes their blocking clients.
+
+A retryable failure goes back to the queue with ``not_before`` set by the backoff; the
+dispatcher makes it claimable when it falls due. The rows of a worker that dies stay claimed
+by it until the sweep sees its presence row fall silent (``stalled_after_s``) and gives them
+back; a worker that stops gracefully gives back what it could not finish at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, defaultdict
+from typing import Any
+
+from app.settings import Settings
+from app.store.db import database_unavailable
+from app.store.dburl import DatabaseURL
+from app.store.group_commit import GroupCommit
+from app.store.listener import Listener
+from app.store.outcomes import Outcome
+from app.store.requests import Finish, RequestStore
+from app.vocabulary import Channel, ErrorCode, Status, error
+from worker.execute import EXPIRED, RequestRunner
+
+log = logging.getLogger("tiergate.flex")
+
+# A result the database could not take (it is restarting) is tried again this often.
+STORE_RETRY_S = 1.0
+PROCESSING_FAILED = Outcome(status=Status.FAILED, error=error(ErrorCode.PROCESSING_FAILED))
+
+
+class FlexDispatcher:
+    """Claims and runs single deferred requests for one worker process."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        url: DatabaseURL,
+        store: RequestStore,
+        runner: RequestRunner,
+        worker_id: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.runner = runner
+        self.worker_id = worker_id
+        self.poll_s = settings.limits.flex_poll_s
+        self._inflight: dict[str, int] = defaultdict(int)
+        self._calls: set[asyncio.Task[None]] = set()
+        # Requests whose upstream call is under way: a cancel (NOTIFY done) abandons the call.
+        self._calling: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._due: asyncio.TimerHandle | None = None
+        self._check_due = True
+        self._listener = Listener(
+            url,
+            [Channel.WORK, Channel.DONE],
+            self._on_notify,
+            on_connected=self._on_connected,
+            name="tiergate-work",
+        )
+        self._finishing: GroupCommit[Finish, None] = GroupCommit(
+            self._store_results,
+            name="flex-finish",
+            item_may_be_at_fault=lambda exc: not database_unavailable(exc),
+        )
+
+    @property
+    def inflight(self) -> int:
+        """Requests this process is running now."""
+        return len(self._calls)
+
+    async def run(self) -> None:
+        """Claim and run requests until cancelled; then give back what is unfinished."""
+        self._listener.start()
+        self._finishing.start()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                self._wake.clear()
+                try:
+                    await self._dispatch()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if database_unavailable(exc):
+                        log.warning("flex dispatch skipped: database unavailable (%s)", exc)
+                    else:
+                        log.exception("flex dispatch failed")
+        finally:
+            await self._stop()
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == Channel.WORK:
+            self._wake.set()
+        elif (call := self._calling.pop(payload, None)) is not None:
+            # Final while its call runs: cancelled (or deleted) by its owner. Its result could
+            # not be stored anyway; stop paying for it.
+            log.info("request %s is final: its upstream call is abandoned", payload)
+            call.cancel()
+
+    async def _on_connected(self) -> None:
+        # Anything accepted while nobody listened is claimed now.
+        self._check_due = True
+        self._wake.set()
+
+    async def _dispatch(self) -> None:
+        if self._check_due:
+            self._check_due = False
+            self._schedule_due(await self.store.promote_due())
+        while True:
+            wanted = self._free_slots()
+            if not wanted:
+                return
+            rows = await self.store.claim(wanted, self.worker_id)
+            for row in rows:
+                self._start(row)
+            # A model that filled its free slots may have more waiting: claim again.
+            got = Counter(row["model"] for row in rows)
+            if not any(got[model] == n for model, n in wanted.items()):
+                return
+
+    def _free_slots(self) -> dict[str, int]:
+        return {
+            name: model.flex_concurrency - self._inflight[name]
+            for name, model in self.settings.models.items()
+            if model.flex_concurrency > self._inflight[name]
+        }
+
+    def _schedule_due(self, in_s: float | None) -> None:
+        """Wake up (and promote retries) when the next retry falls due."""
+        if in_s is None:
+            return
+        if self._due is not None:
+            self._due.cancel()
+        self._due = asyncio.get_running_loop().call_later(in_s, self._promote_soon)
+
+    def _promote_soon(self) -> None:
+        self._check_due = True
+        self._wake.set()
+
+    def _start(self, row: Any) -> None:
+        self._inflight[row["model"]] += 1
+        task = asyncio.create_task(self._run(row), name=f"flex-{row['id']}")
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _run(self, row: Any) -> None:
+        request_id, attempt, model = row["id"], row["attempts"], row["model"]
+        try:
+            if row["expired"]:
+                await self._finish(Finish(request_id, attempt, EXPIRED))
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self._calling[request_id] = task
+            try:
+                result = await self.runner.attempt(
+                    model, row["endpoint"], row["body"], attempt, row["expires_at"]
+                )
+            finally:
+                self._calling.pop(request_id, None)
+            del row  # the body: a waiting retry or a slow store keeps only the outcome
+            if result.outcome is not None:
+                await self._finish(Finish(request_id, attempt, result.outcome))
+                return
+            assert result.retry_in_s is not None and result.error is not None
+            await self._requeue(request_id, attempt, result.error, result.retry_in_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug must not leave the row claimed by this live worker (nobody would ever
+            # finish it), nor loop by claiming it again and again: it fails, saying so.
+            log.exception("request %s: attempt %d failed unexpectedly", request_id, attempt)
+            with contextlib.suppress(Exception):
+                await self._finish(Finish(request_id, attempt, PROCESSING_FAILED))
+        finally:
+            self._inflight[model] -= 1
+            self._wake.set()  # a slot is free
+
+    async def _finish(self, finish: Finish) -> None:
+        """Store an outcome, waiting out a database restart (the call is not made twice)."""
+        while True:
+            try:
+                await self._finishing.submit(finish)
+                return
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                log.warning("request %s: result not stored yet (%s)", finish.id, exc)
+                await asyncio.sleep(STORE_RETRY_S)
+
+    async def _requeue(self, id: str, attempt: int, error: dict[str, Any], delay_s: float) -> None:
+        while True:
+            try:
+                if await self.store.requeue(id, attempt, error, delay_s):
+                    log.info(
+                        "request %s attempt %d failed (%s); retry in %.1fs",
+                        id,
+                        attempt,
+                        error["code"],
+                        delay_s,
+                    )
+                    self._schedule_due(delay_s)
+                return
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                await asyncio.sleep(STORE_RETRY_S)
+
+    async def _store_results(self, items: list[Finish]) -> None:
+        await self.store.finish_many(items)
+
+    async def _stop(self) -> None:
+        """Give running calls a moment, then give their rows back to the queue."""
+        if self._due is not None:
+            self._due.cancel()
+        calls = list(self._calls)
+        if calls:
+            await asyncio.wait(calls, timeout=10.0)
+            for task in calls:
+                task.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            released = await self.store.release(self.worker_id)
+            if released:
+                log.info("gave %d unfinished requests back to the queue", len(released))
+        await self._finishing.stop()
+        await self._listener.stop()
