@@ -88,9 +88,7 @@ def upgrade() -> None:
         "requests_deferred_ready_idx",
         "requests",
         ["model", sa.text("priority DESC"), "created_at"],
-        postgresql_where=sa.text(
-            "status = 'pending' AND custom_id IS NULL AND not_before IS NULL"
-        ),
+        postgresql_where=sa.text("status = 'pending' AND custom_id IS NULL AND not_before IS NULL"),
     )
     op.create_index(
         "requests_deferred_later_idx",
