@@ -81,7 +81,9 @@ class Limits(BaseModel):
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     max_batch_lines: int = Field(default=50_000, ge=1)
     batch_windows: dict[str, int] = Field(default_factory=lambda: {"24h": 86_400})
-    batch_chunk: int = Field(default=200, ge=1, description="lines a batch job claims at once")
+    batch_chunk: int = Field(
+        default=200, ge=1, description="most lines a batch job has in flight (and flex_concurrency)"
+    )
     batch_jobs: int = Field(default=4, ge=1, description="parallel jobs per batch")
 
 

@@ -59,7 +59,8 @@ from app.testing.processes import (
 
 MODEL = "remote"
 GATEWAY_APPS = ("tiergate", "tiergate-listen")  # the gateway's pool and its LISTEN hub
-WORKER_APP = "tiergate-worker"
+TIERGATE_PARTS = ("gateway", "workers", "postgres")  # the CPU a flex request costs tiergate
+WORKER_APPS = ("tiergate-worker", "tiergate-work")  # engine + procrastinate; flex LISTEN
 MB = 1024 * 1024
 JOB_POOL_SIZE = 4
 
@@ -87,8 +88,9 @@ class LoadConfig:
 
     @property
     def worker_connections(self) -> int:
-        """What one worker process may hold: its engine, procrastinate's pool and LISTEN."""
-        return min(self.worker_concurrency, 10) + JOB_POOL_SIZE + 1 + 1
+        """What one worker process may hold: its engine, procrastinate's pool and LISTEN, and
+        the flex dispatcher's LISTEN."""
+        return min(self.worker_concurrency, 10) + JOB_POOL_SIZE + 1 + 1 + 1
 
     def config_data(self, upstream: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The tiergate config of this run (models, limits), for ``write_config``."""
@@ -217,7 +219,7 @@ class Probes:
             t=time.perf_counter(),
             gateway_conns=len(gateway),
             gateway_busy=sum(1 for state in gateway if state not in ("idle", None)),
-            worker_conns=sum(1 for app, _ in rows if app == WORKER_APP),
+            worker_conns=sum(1 for app, _ in rows if app in WORKER_APPS),
             gateway_rss=rss(self.gateway_pid),
             worker_rss=tuple(rss(pid) for pid in self.worker_pids),
         )
@@ -730,7 +732,17 @@ def phase_lines(phase: Phase, report: LoadReport) -> list[str]:
             + ", ".join(f"{name} {value:.2f} s" for name, value in phase.anatomy.items()),
             f"  concurrency   {phase.peak_client_sockets} sockets open to the gateway at once "
             f"(client side); peak {phase.peak_waiting} clients waiting at once in the gateway",
+            f"  drain         {flex.clients / max(flex.ended - flex.started, 1e-9):.0f} requests/s"
+            " (clients / first submit to last answer)",
         ]
+        if batch is None and flex.clients:
+            ours = sum(phase.cpu.get(part, 0.0) for part in TIERGATE_PARTS)
+            every = sum(phase.cpu.values())
+            out.append(
+                f"  CPU/request   {1000 * ours / flex.clients:.1f} ms in tiergate's processes "
+                f"({' + '.join(TIERGATE_PARTS)}), {1000 * every / flex.clients:.1f} ms with the"
+                " mock and the load generator"
+            )
     if batch is not None:
         tail = ""
         if flex is not None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,9 @@ from app.openai.objects import result_line
 from app.openai.validation import classify_body, parse_json
 from app.settings import Settings
 from app.store.batches import BatchStore, LineResult
+from app.store.db import database_unavailable
 from app.store.files import FileStore
+from app.store.group_commit import GroupCommit
 from app.store.keys import KeyStore
 from app.store.outcomes import Outcome
 from app.vocabulary import CLOSABLE_BATCH, BatchStatus, ErrorCode, Status, Tier, error
@@ -58,6 +61,20 @@ class BatchJobs:
         self.files = files
         self.keys = keys
         self.runner = runner
+        # Lines of every batch job of this process that end together share one statement.
+        self._recording: GroupCommit[LineResult, None] = GroupCommit(
+            batches.record,
+            name="batch-lines",
+            item_may_be_at_fault=lambda exc: not database_unavailable(exc),
+        )
+
+    def start(self) -> None:
+        """Start storing line results (call from the running event loop)."""
+        self._recording.start()
+
+    async def stop(self) -> None:
+        """Stop storing line results."""
+        await self._recording.stop()
 
     # --- validation ---------------------------------------------------------------------
 
@@ -152,22 +169,53 @@ class BatchJobs:
     # --- running ------------------------------------------------------------------------
 
     async def run(self, batch_id: str, job_id: int) -> None:
-        """Claim chunks of lines until none is left, then hand over to finalization."""
-        chunk = self.settings.limits.batch_chunk
-        while rows := await self.batches.claim(batch_id, job_id, chunk):
-            cancelled = asyncio.Event()
-            watcher = asyncio.create_task(self._watch_cancel(batch_id, cancelled))
-            try:
-                results = await asyncio.gather(*(self._line(row, cancelled) for row in rows))
-            finally:
-                watcher.cancel()
-            await self.batches.record(list(results))
+        """Run the batch's lines until none is left, then hand over to finalization.
+
+        The job keeps at most the model's ``flex_concurrency`` lines (capped by
+        ``batch_chunk``) in flight and claims more as they end; each line's result is stored
+        when it ends (results that end together share one statement), so progress is live and
+        a crash repeats at most the calls in flight.
+        """
+        window = await self._window(batch_id)
+        cancelled = asyncio.Event()
+        watcher = asyncio.create_task(self._watch_cancel(batch_id, cancelled))
+        running: dict[str, asyncio.Task[None]] = {}
+        resume, drained = True, False
+        try:
+            while True:
+                free = window - len(running)
+                # Claim when a quarter of the window is free (not once per line), or when
+                # nothing runs: a claim is a query.
+                if not drained and (free >= max(1, window // 4) or not running):
+                    rows = await self.batches.claim(batch_id, job_id, free, resume=resume)
+                    resume, drained = False, len(rows) < free
+                    for row in rows:
+                        running[row["id"]] = asyncio.create_task(self._line(row, cancelled))
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running.values(), return_when=FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a line that could not be stored fails the job (retried)
+                for line_id in [i for i, task in running.items() if task in done]:
+                    del running[line_id]
+                drained = drained and len(running) > 0
+        finally:
+            watcher.cancel()
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
         progress = await self.batches.progress(batch_id)
         if progress["pending"]:
             # Lines wait for a retry (or another job is claiming them): come back then.
             raise RetryLater(max(0.05, float(progress["next_in_s"] or 0)), "lines pending")
         if not progress["running"]:
             await self.batches.defer_finalize(batch_id)
+
+    async def _window(self, batch_id: str) -> int:
+        """How many lines a run job keeps in flight: what the model can run at once here."""
+        chunk = self.settings.limits.batch_chunk
+        model = self.settings.models.get(await self.batches.model(batch_id) or "")
+        return min(chunk, model.flex_concurrency) if model is not None else chunk
 
     async def _watch_cancel(self, batch_id: str, cancelled: asyncio.Event) -> None:
         """While a chunk runs, notice a cancel (one query per CANCEL_POLL_S, not per line):
@@ -177,7 +225,7 @@ class BatchJobs:
             if await self.batches.status(batch_id) != BatchStatus.IN_PROGRESS:
                 cancelled.set()
 
-    async def _line(self, row: Any, cancelled: asyncio.Event) -> LineResult:
+    async def _line(self, row: Any, cancelled: asyncio.Event) -> None:
         attempt = await self.runner.attempt(
             row["model"],
             row["endpoint"],
@@ -188,9 +236,11 @@ class BatchJobs:
             stop=cancelled,
             stopped=LINE_CANCELLED,
         )
-        return LineResult(
+        result = LineResult(
             row["id"], row["attempts"], attempt.outcome, attempt.retry_in_s, attempt.error
         )
+        del row  # the body
+        await self._recording.submit(result)
 
     # --- finalizing ---------------------------------------------------------------------
 

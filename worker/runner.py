@@ -79,6 +79,7 @@ async def run_worker(
         worker_id=presence.id,
     )
     flex_task = asyncio.create_task(flex.run(), name="flex-dispatcher")
+    batch_jobs.start()
     log.info("worker %s starting (concurrency %d)", presence.id, concurrency)
     delay = RESTART_MIN_S
     try:
@@ -113,6 +114,7 @@ async def run_worker(
         flex_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flex_task
+        await batch_jobs.stop()
         await presence.stop()
         await upstream.aclose()
         await engine.dispose()

@@ -148,6 +148,8 @@ WHERE id = :id AND status = '{BatchStatus.CANCELLING}'
 """
 )
 
+# A run job claims pending lines that are due, in input order, over the partial index of
+# pending lines (finished lines are never walked) ...
 CLAIM = text(
     f"""
 UPDATE requests AS r
@@ -155,9 +157,8 @@ SET status = '{Status.IN_PROGRESS}', attempts = r.attempts + 1,
     started_at = coalesce(r.started_at, now()), job_id = :job
 FROM (
     SELECT id FROM requests
-    WHERE batch_id = :batch
-      AND ((status = '{Status.PENDING}' AND (not_before IS NULL OR not_before <= now()))
-           OR (status = '{Status.IN_PROGRESS}' AND job_id = :job))
+    WHERE batch_id = :batch AND status = '{Status.PENDING}'
+      AND (not_before IS NULL OR not_before <= now())
     ORDER BY line_no
     LIMIT :n
     FOR UPDATE SKIP LOCKED
@@ -167,6 +168,25 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
+# ... and, when it starts, takes back the lines it had claimed in a run that died (a job
+# rescued from a dead worker keeps its id).
+RESUME = text(
+    f"""
+UPDATE requests AS r
+SET attempts = r.attempts + 1
+FROM (
+    SELECT id FROM requests
+    WHERE batch_id = :batch AND status = '{Status.IN_PROGRESS}' AND job_id = :job
+    ORDER BY line_no
+    LIMIT :n
+    FOR UPDATE SKIP LOCKED
+) AS claimed
+WHERE r.id = claimed.id
+RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
+          r.expires_at < now() AS expired
+"""
+).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
+BATCH_MODEL = text("SELECT model FROM requests WHERE batch_id = :batch LIMIT 1")
 
 FINISH_MANY = text(
     f"""
@@ -373,10 +393,24 @@ class BatchStore:
 
     # --- running ------------------------------------------------------------------------
 
-    async def claim(self, batch: str, job: int, n: int) -> list[RowMapping]:
+    async def claim(
+        self, batch: str, job: int, n: int, *, resume: bool = False
+    ) -> list[RowMapping]:
+        """Claim up to ``n`` due pending lines for ``job``; with ``resume``, first the lines
+        this job had claimed in a run that died."""
+        params = {"batch": batch, "job": job, "n": n}
         async with self.engine.connect() as conn:
-            params = {"batch": batch, "job": job, "n": n}
-            return list((await conn.execute(CLAIM, params)).mappings())
+            rows = list((await conn.execute(RESUME, params)).mappings()) if resume else []
+            if len(rows) < n:
+                params["n"] = n - len(rows)
+                rows += (await conn.execute(CLAIM, params)).mappings()
+            return rows
+
+    async def model(self, batch: str) -> str | None:
+        """The model of a batch's lines (one per batch)."""
+        async with self.engine.connect() as conn:
+            model: str | None = (await conn.execute(BATCH_MODEL, {"batch": batch})).scalar()
+            return model
 
     async def record(self, results: list[LineResult]) -> None:
         """Store finished lines and requeue retryable ones: at most two statements."""
