@@ -46,6 +46,23 @@ class ModelConfig(BaseModel):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+class Retention(BaseModel):
+    """How long finished history is kept, in days (None: for ever)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_days: int | None = Field(
+        default=None, ge=1, description="finished requests, and finished batches with their lines"
+    )
+    files_days: int | None = Field(default=None, ge=1, description="processed files")
+    events_days: int | None = Field(
+        default=7, ge=1, description="procrastinate's finished jobs and their events"
+    )
+    chunks_per_pass: int = Field(
+        default=10, ge=1, description="chunks of each kind a worker deletes per maintenance run"
+    )
+
+
 class Limits(BaseModel):
     """Tunables that a config file may override."""
 
@@ -69,6 +86,9 @@ class Limits(BaseModel):
     db_max_overflow: int = Field(default=12, ge=0)
     job_pool_size: int = Field(default=4, ge=2)
     waiter_recheck_s: float = Field(default=5.0, gt=0)
+    metrics_max_age_s: float = Field(
+        default=10.0, ge=0, description="/metrics counts the queue at most this often"
+    )
     flex_poll_s: float = Field(
         default=2.0, gt=0, description="a worker looks for deferred requests at least this often"
     )
@@ -85,6 +105,7 @@ class Limits(BaseModel):
         default=200, ge=1, description="most lines a batch job has in flight (and flex_concurrency)"
     )
     batch_jobs: int = Field(default=4, ge=1, description="parallel jobs per batch")
+    retention: Retention = Field(default_factory=Retention)
 
 
 def mock_model() -> ModelConfig:

@@ -20,6 +20,7 @@ from app.store.batches import BatchStore
 from app.store.db import database_unavailable
 from app.store.files import FileStore
 from app.store.orphans import OrphanStore
+from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
 
 log = logging.getLogger("tiergate.maintenance")
@@ -39,12 +40,14 @@ class Maintenance:
         batches: BatchStore,
         files: FileStore,
         orphans: OrphanStore,
+        retention: RetentionStore,
     ) -> None:
         self.limits = limits
         self.requests = requests
         self.batches = batches
         self.files = files
         self.orphans = orphans
+        self.retention = retention
 
     async def rescue(self, jobs: JobManager) -> int:
         """Re-queue the running jobs of workers silent for ``stalled_after_s``; prune those
@@ -64,7 +67,8 @@ class Maintenance:
     async def sweep(self) -> None:
         """Expire queued work past its window, close realtime rows of dead gateways, give the
         requests of dead workers back, drop files whose upload or finalize died half-way,
-        requeue batch work whose job ended early."""
+        requeue batch work whose job ended early, delete a bounded part of the history past
+        its retention."""
         expired = await self.requests.expire_overdue()
         expired += await self.batches.expire_overdue()
         await self.files.prune_abandoned(ABANDONED_UPLOAD_S)
@@ -86,6 +90,9 @@ class Maintenance:
                 len(requeued.lines),
                 requeued.batches,
             )
+        pruned = await self.retention.prune(self.limits.retention.chunks_per_pass)
+        if pruned:
+            log.info("retention: deleted %s", pruned)
 
     async def run(self, jobs: JobManager) -> None:
         """Rescue and sweep every ``maintenance_every_s`` until cancelled."""

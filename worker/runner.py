@@ -7,6 +7,8 @@ import contextlib
 import logging
 import time
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from app.settings import Settings
 from app.store.batches import BatchStore
 from app.store.db import create_engine, database_unavailable
@@ -16,6 +18,7 @@ from app.store.keys import KeyStore
 from app.store.orphans import OrphanStore
 from app.store.presence import Presence
 from app.store.requests import RequestStore
+from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
 from app.upstream.client import build_upstream
 from app.vocabulary import ProcessKind
@@ -60,13 +63,7 @@ async def run_worker(
         runner=runner,
     )
     job_app = build_job_app(url, settings, batch_jobs=batch_jobs)
-    maintenance = Maintenance(
-        limits=settings.limits,
-        requests=RequestSweeps(engine),
-        batches=batch_jobs.batches,
-        files=batch_jobs.files,
-        orphans=OrphanStore(engine),
-    )
+    maintenance = maintenance_for(engine, settings)
     presence = Presence(engine, kind=ProcessKind.WORKER, every_s=settings.limits.heartbeat_s)
     # Rows this worker claims name it: it must be registered first, or the sweep would take
     # them for a dead worker's.
@@ -133,3 +130,15 @@ async def _register(presence: Presence) -> None:
             log.warning("worker cannot register yet (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
+
+
+def maintenance_for(engine: AsyncEngine, settings: Settings) -> Maintenance:
+    """The rescue and sweep of one worker process, on its engine."""
+    return Maintenance(
+        limits=settings.limits,
+        requests=RequestSweeps(engine),
+        batches=BatchStore(engine),
+        files=FileStore(engine),
+        orphans=OrphanStore(engine),
+        retention=RetentionStore(engine, settings.limits.retention),
+    )

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.gateway.bodies import ByteBudget
 from app.gateway.deferred import DeferredCalls
 from app.gateway.middleware.auth import KeyCache
+from app.gateway.queue_depth import QueueDepth
 from app.gateway.realtime import RealtimeProxy
 from app.gateway.waiters import WaiterHub
 from app.metrics import Metrics
@@ -23,6 +24,9 @@ from app.store.realtime import RealtimeTracker
 from app.store.requests import RequestStore
 from app.upstream.client import build_upstream
 from app.vocabulary import ProcessKind
+
+# The first /metrics of a process waits this long at most for the queue's count.
+QUEUE_DEPTH_TIMEOUT_S = 2.0
 
 log = logging.getLogger("tiergate")
 
@@ -40,7 +44,7 @@ class Services:
         self.metrics = Metrics()
         self.keys = KeyStore(self.engine)
         self.key_cache = KeyCache(self.keys)
-        self.requests = RequestStore(self.engine)
+        self.requests = RequestStore(self.engine, retention_days=limits.retention.requests_days)
         self.files = FileStore(self.engine)
         self.batches = BatchStore(self.engine)
         self.upstream = build_upstream(settings)
@@ -60,6 +64,9 @@ class Services:
         self.deferred = DeferredCalls(
             settings=settings, store=self.requests, hub=self.hub, metrics=self.metrics
         )
+        self.queue_depth = QueueDepth(
+            self.engine, max_age_s=limits.metrics_max_age_s, timeout_s=QUEUE_DEPTH_TIMEOUT_S
+        )
         self.body_budget = ByteBudget(limits.inflight_body_bytes, wait_s=limits.body_wait_s)
         self.metrics.large_body_bytes.set_function(lambda: self.body_budget.in_use)
         self.metrics.large_bodies_waiting.set_function(lambda: self.body_budget.waiting)
@@ -71,6 +78,7 @@ class Services:
         await self.hub.start()
 
     async def stop(self) -> None:
+        await self.queue_depth.stop()
         await self.hub.stop()
         await self.deferred.stop()
         await self.proxy.stop()

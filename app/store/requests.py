@@ -13,9 +13,10 @@ rows are written by ``realtime.py``; the maintenance sweeps live in ``sweeps.py`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Float, bindparam, select, text
+from sqlalchemy import ColumnElement, Float, bindparam, func, or_, select, text, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -196,8 +197,18 @@ class Finish:
 class RequestStore:
     """Deferred requests' life (submit, claim, finish, requeue, cancel, delete) and reads."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, retention_days: int | None = None) -> None:
+        """``retention_days``: a finished request older than this reads as gone (a 404)."""
         self.engine = engine
+        self.retention_days = retention_days
+
+    def _visible(self) -> ColumnElement[bool]:
+        if self.retention_days is None:
+            return true()
+        return or_(
+            requests.c.status.in_([str(s) for s in LIVE]),
+            requests.c.created_at >= func.now() - timedelta(days=self.retention_days),
+        )
 
     async def submit(self, sub: Submission) -> None:
         """Accept one request (see :meth:`submit_many`)."""
@@ -263,14 +274,16 @@ class RequestStore:
 
     async def get(self, id: str, owner: str) -> RowMapping | None:
         """The row, if it exists and belongs to ``owner``."""
-        query = select(requests).where(requests.c.id == id, requests.c.owner_key_id == owner)
+        query = select(requests).where(
+            requests.c.id == id, requests.c.owner_key_id == owner, self._visible()
+        )
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).mappings().first()
 
     async def get_many(self, wanted: list[tuple[str, str]]) -> list[RowMapping | None]:
         """``get`` for many (id, owner) pairs in one query, in order (woken waiters read
         their answers together)."""
-        query = select(requests).where(requests.c.id.in_({id for id, _ in wanted}))
+        query = select(requests).where(requests.c.id.in_({id for id, _ in wanted}), self._visible())
         async with self.engine.connect() as conn:
             found = {row["id"]: row for row in (await conn.execute(query)).mappings()}
         rows = [found.get(id) for id, _ in wanted]

@@ -100,6 +100,8 @@ batches = Table(
     Column("cancelling_at", DateTime(timezone=True), nullable=True),
     Column("cancelled_at", DateTime(timezone=True), nullable=True),
     Index("batches_owner_idx", "owner_key_id", "id"),
+    # Retention deletes the oldest finished batches first.
+    Index("batches_created_idx", "created_at"),
 )
 
 requests = Table(
@@ -154,6 +156,8 @@ requests = Table(
         postgresql_where=text(f"status = '{Status.PENDING}'"),
     ),
     Index("requests_owner_created_idx", "owner_key_id", "created_at"),
+    # Retention deletes the oldest finished requests first.
+    Index("requests_created_idx", "created_at"),
     # Workers claim deferred requests that are due, per model, highest priority first ...
     Index(
         "requests_deferred_ready_idx",

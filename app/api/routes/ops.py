@@ -13,7 +13,6 @@ from app.api.openapi import openapi_document
 from app.api.routes.params import services
 from app.gateway.middleware.auth import current_key
 from app.openai.errors import error_body, json_response
-from app.store.requests import queue_depth
 
 READY_TIMEOUT_S = 2.0
 
@@ -39,12 +38,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     gateway = services(request)
-    try:
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            depth = await queue_depth(gateway.engine)
-    except Exception:
-        depth = []
-    body = gateway.metrics.render(depth, gateway.hub.waiting)
+    body = gateway.metrics.render(await gateway.queue_depth.read(), gateway.hub.waiting)
     return Response(body, media_type="text/plain; version=0.0.4")
 
 
