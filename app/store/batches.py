@@ -149,21 +149,21 @@ WHERE id = :id AND status = '{BatchStatus.CANCELLING}'
 )
 
 # A run job claims pending lines that are due, in input order, over the partial index of
-# pending lines (finished lines are never walked) ...
+# pending lines (finished lines are never walked; ``id = ANY(ARRAY(...))`` keeps the update
+# on the primary key whatever the planner guesses of the LIMIT) ...
 CLAIM = text(
     f"""
 UPDATE requests AS r
 SET status = '{Status.IN_PROGRESS}', attempts = r.attempts + 1,
     started_at = coalesce(r.started_at, now()), job_id = :job
-FROM (
+WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
     SELECT id FROM requests
     WHERE batch_id = :batch AND status = '{Status.PENDING}'
       AND (not_before IS NULL OR not_before <= now())
     ORDER BY line_no
     LIMIT :n
     FOR UPDATE SKIP LOCKED
-) AS claimed
-WHERE r.id = claimed.id
+))
 RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired
 """
@@ -174,14 +174,13 @@ RESUME = text(
     f"""
 UPDATE requests AS r
 SET attempts = r.attempts + 1
-FROM (
+WHERE r.id = ANY(ARRAY(
     SELECT id FROM requests
     WHERE batch_id = :batch AND status = '{Status.IN_PROGRESS}' AND job_id = :job
     ORDER BY line_no
     LIMIT :n
     FOR UPDATE SKIP LOCKED
-) AS claimed
-WHERE r.id = claimed.id
+))
 RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired
 """

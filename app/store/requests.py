@@ -55,10 +55,15 @@ SELECT pg_notify('{Channel.WORK}', model) FROM (SELECT DISTINCT model FROM inser
 # A worker claims due requests of several models at once, up to its free slots for each.
 # ``attempts`` is the fencing token that later updates must match; ``claimed_by`` names the
 # worker process, so that the sweep can give the rows of a dead one back to the queue.
+# (``id = ANY(ARRAY(...))``, not a join: the planner cannot know how many rows the LIMITs
+# let through, and a hash join would scan the whole table to update a few rows.)
 CLAIM = text(
     f"""
-WITH picked AS (
-    SELECT r.id
+UPDATE requests AS r
+SET status = '{Status.IN_PROGRESS}', attempts = r.attempts + 1,
+    started_at = coalesce(r.started_at, now()), claimed_by = :worker
+WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
+    SELECT picked.id
     FROM unnest(CAST(:models AS text[]), CAST(:counts AS integer[])) AS want(model, n),
     LATERAL (
         SELECT id FROM requests
@@ -66,13 +71,8 @@ WITH picked AS (
         ORDER BY priority DESC, created_at
         LIMIT want.n
         FOR UPDATE SKIP LOCKED
-    ) AS r
-)
-UPDATE requests AS r
-SET status = '{Status.IN_PROGRESS}', attempts = r.attempts + 1,
-    started_at = coalesce(r.started_at, now()), claimed_by = :worker
-FROM picked
-WHERE r.id = picked.id
+    ) AS picked
+))
 RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired
 """

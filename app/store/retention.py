@@ -54,13 +54,14 @@ JOBS_WHERE = f"""
         WHERE e.job_id = j.id AND e.at >= now() - make_interval(days => :days))
 """
 
+# Each delete names its rows by ``id = ANY(ARRAY(...))``, not by a join: the planner cannot
+# know how few the LIMIT lets through, and a hash join would scan the whole table.
 PRUNE_REQUESTS = text(
     f"""
-WITH old AS (
+DELETE FROM requests WHERE id = ANY(ARRAY(
     SELECT id FROM requests WHERE {REQUESTS_WHERE}
     ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED
-)
-DELETE FROM requests r USING old WHERE r.id = old.id
+))
 """
 )
 # The oldest expired batch: its lines go a chunk at a time, then (none left) the batch.
@@ -68,10 +69,12 @@ PRUNE_BATCH_LINES = text(
     f"""
 WITH b AS (
     SELECT id FROM batches WHERE {BATCHES_WHERE} ORDER BY created_at LIMIT 1
-), old AS (
-    SELECT r.id FROM requests r JOIN b ON r.batch_id = b.id LIMIT :n FOR UPDATE SKIP LOCKED
 ), gone AS (
-    DELETE FROM requests r USING old WHERE r.id = old.id RETURNING 1
+    DELETE FROM requests WHERE id = ANY(ARRAY(
+        SELECT r.id FROM requests r WHERE r.batch_id = (SELECT id FROM b)
+        LIMIT :n FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING 1
 )
 SELECT (SELECT id FROM b) AS batch, (SELECT count(*) FROM gone) AS lines
 """
@@ -82,36 +85,34 @@ DELETE_BATCH = text(
 )
 PRUNE_SINGLES = text(
     f"""
-WITH old AS (
+DELETE FROM batches WHERE id = ANY(ARRAY(
     SELECT id FROM batches WHERE {SINGLES_WHERE}
     ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED
-)
-DELETE FROM batches USING old WHERE batches.id = old.id
+))
 """
 )
 PRUNE_FILES = text(
     f"""
-WITH old AS (
+DELETE FROM files WHERE id = ANY(ARRAY(
     SELECT f.id FROM files f WHERE {FILES_WHERE}
     ORDER BY f.created_at LIMIT :n FOR UPDATE SKIP LOCKED
-)
-DELETE FROM files USING old WHERE files.id = old.id
+))
 """
 )
 # Job ids grow with time: the oldest finished jobs are looked at, and only they. When even they
 # are too recent, nothing is (a pass costs a bounded number of rows, not the whole history).
 PRUNE_JOBS = text(
     f"""
-WITH oldest AS (
-    SELECT j.id FROM procrastinate_jobs j WHERE {FINISHED_JOB} ORDER BY j.id LIMIT :n
-), old AS (
-    SELECT j.id FROM procrastinate_jobs j JOIN oldest USING (id)
-    WHERE NOT EXISTS (
+DELETE FROM procrastinate_jobs WHERE id = ANY(ARRAY(
+    SELECT j.id FROM procrastinate_jobs j
+    WHERE j.id = ANY(ARRAY(
+        SELECT o.id FROM procrastinate_jobs o WHERE {FINISHED_JOB.replace("j.", "o.")}
+        ORDER BY o.id LIMIT :n))
+      AND NOT EXISTS (
         SELECT 1 FROM procrastinate_events e
         WHERE e.job_id = j.id AND e.at >= now() - make_interval(days => :days))
-    FOR UPDATE OF j SKIP LOCKED
-)
-DELETE FROM procrastinate_jobs j USING old WHERE j.id = old.id
+    FOR UPDATE SKIP LOCKED
+))
 """
 )
 

@@ -34,22 +34,22 @@ SELECT e.id, pg_notify('{Channel.DONE}', e.id) FROM e
 # finish them, so they go back to the queue, or end after MAX_RUNS attempts.
 RESCUE_CLAIMED = text(
     f"""
-WITH dead AS (
+WITH dead AS MATERIALIZED (
     SELECT r.id, r.attempts FROM requests r
     LEFT JOIN processes p ON p.id = r.claimed_by
     WHERE r.status = '{Status.IN_PROGRESS}' AND r.custom_id IS NULL AND r.claimed_by IS NOT NULL
       AND (p.id IS NULL OR p.last_seen_at < now() - make_interval(secs => :silent_s))
 ), back AS (
-    UPDATE requests r SET status = '{Status.PENDING}', claimed_by = NULL, not_before = NULL
-    FROM dead WHERE r.id = dead.id AND r.status = '{Status.IN_PROGRESS}'
-      AND dead.attempts < {MAX_RUNS}
-    RETURNING r.id, r.model
+    UPDATE requests SET status = '{Status.PENDING}', claimed_by = NULL, not_before = NULL
+    WHERE status = '{Status.IN_PROGRESS}'
+      AND id = ANY(ARRAY(SELECT id FROM dead WHERE attempts < {MAX_RUNS}))
+    RETURNING id, model
 ), given_up AS (
-    UPDATE requests r SET status = '{Status.FAILED}', finished_at = now(),
+    UPDATE requests SET status = '{Status.FAILED}', finished_at = now(),
         error = {sql_error(ErrorCode.PROCESSING_FAILED)}
-    FROM dead WHERE r.id = dead.id AND r.status = '{Status.IN_PROGRESS}'
-      AND dead.attempts >= {MAX_RUNS}
-    RETURNING r.id
+    WHERE status = '{Status.IN_PROGRESS}'
+      AND id = ANY(ARRAY(SELECT id FROM dead WHERE attempts >= {MAX_RUNS}))
+    RETURNING id
 ), woken AS (
     SELECT pg_notify('{Channel.WORK}', model) FROM (SELECT DISTINCT model FROM back) AS m
 )
@@ -64,18 +64,17 @@ SELECT x.id, x.gave_up, (SELECT count(*) FROM woken) AS woken FROM (
 # Realtime rows whose gateway died mid-call (its heartbeat stopped): nobody will finish them.
 REAP_REALTIME = text(
     f"""
-WITH dead AS (
+UPDATE requests SET status = '{Status.FAILED}', finished_at = now(),
+    error = {sql_error(ErrorCode.GATEWAY_INTERRUPTED)}
+WHERE status = '{Status.IN_PROGRESS}' AND id = ANY(ARRAY(
     SELECT r.id FROM requests r
     LEFT JOIN processes g ON g.id = r.gateway_id
     WHERE r.status = '{Status.IN_PROGRESS}' AND r.service_tier = '{Tier.DEFAULT}'
       AND NOT r.background AND r.job_id IS NULL
       AND r.started_at < now() - make_interval(secs => :silent_s)
       AND (g.id IS NULL OR g.last_seen_at < now() - make_interval(secs => :silent_s))
-)
-UPDATE requests SET status = '{Status.FAILED}', finished_at = now(),
-    error = {sql_error(ErrorCode.GATEWAY_INTERRUPTED)}
-FROM dead WHERE requests.id = dead.id AND requests.status = '{Status.IN_PROGRESS}'
-RETURNING requests.id
+))
+RETURNING id
 """
 ).bindparams(bindparam("silent_s", type_=Integer))
 
