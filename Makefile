@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve worker test test-unit lint typecheck format bench clean
+.PHONY: install serve worker test test-unit lint typecheck format bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench: install ## figures for the README (see bench/)
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/batch.py --workers 2
 	$(BIN)/python bench/load.py
+
+bench-scale: install ## 5M finished + 1M queued requests of history: before/after ratios (minutes, ~4 GB)
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -95,19 +95,16 @@ def seed(db: str, rows: int, pending: int, jobs: int, log: bool = True) -> dict[
                 " FROM generate_series(1, %(n)s) AS n",
                 pending,
             ),
-            "procrastinate jobs": (
-                "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
+            # Jobs and their events in one statement: a job without events would look
+            # finished long ago to the retention pass running meanwhile.
+            "procrastinate jobs and events": (
+                "WITH j AS ("
+                " INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
                 " SELECT 'batch', 'tiergate.run_batch', jsonb_build_object('batch_id', 'b' || n),"
-                " 'succeeded' FROM generate_series(1, %(n)s) AS n",
-                jobs,
-            ),
-            "procrastinate events": (
-                "INSERT INTO procrastinate_events (job_id, type, at)"
+                " 'succeeded' FROM generate_series(1, %(n)s) AS n RETURNING id)"
+                " INSERT INTO procrastinate_events (job_id, type, at)"
                 " SELECT j.id, e.type::procrastinate_job_event_type, now()"
-                " FROM procrastinate_jobs j,"
-                " unnest(ARRAY['deferred', 'started', 'succeeded']) AS e(type)"
-                " WHERE j.task_name = 'tiergate.run_batch' AND j.args ? 'batch_id'"
-                " AND j.status = 'succeeded'",
+                " FROM j, unnest(ARRAY['deferred', 'started', 'succeeded']) AS e(type)",
                 jobs,
             ),
         }

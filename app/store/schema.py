@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 
-from app.vocabulary import LIVE, Status, sql_in
+from app.vocabulary import FINAL, LIVE, Status, sql_in
 
 metadata = MetaData()
 
@@ -147,7 +147,12 @@ requests = Table(
         comment="the worker process running a deferred request's attempt",
     ),
     # Batch lines in input order (result files); also serves lookups by batch_id alone.
-    Index("requests_batch_line_idx", "batch_id", "line_no"),
+    Index(
+        "requests_batch_line_idx",
+        "batch_id",
+        "line_no",
+        postgresql_where=text("batch_id IS NOT NULL"),
+    ),
     # Batch workers claim chunks of pending lines of one batch.
     Index(
         "requests_batch_pending_idx",
@@ -156,8 +161,13 @@ requests = Table(
         postgresql_where=text(f"status = '{Status.PENDING}'"),
     ),
     Index("requests_owner_created_idx", "owner_key_id", "created_at"),
-    # Retention deletes the oldest finished requests first.
-    Index("requests_created_idx", "created_at"),
+    # Retention deletes the oldest finished requests first (finished rows only: the versions
+    # of a live request do not pay for it).
+    Index(
+        "requests_finished_created_idx",
+        "created_at",
+        postgresql_where=text(f"status IN {sql_in(FINAL)}"),
+    ),
     # Workers claim deferred requests that are due, per model, highest priority first ...
     Index(
         "requests_deferred_ready_idx",

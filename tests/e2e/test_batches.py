@@ -276,3 +276,29 @@ def test_limits_and_model_permissions(client: openai.OpenAI, gateway: Gateway, d
     with pytest.raises(openai.APIStatusError) as info:
         upload(client, b"x" * 5_100_000)
     assert info.value.status_code == 413
+
+
+def test_lines_finish_one_by_one(client: openai.OpenAI, db):
+    """Each line's result is stored when it ends: request_counts move while the batch runs,
+    and every line has timestamps of its own (the model runs 2 calls at a time)."""
+    lines = [chat_line(f"s-{i}", "mock:sleep_ms=200", model="slow-batch") for i in range(12)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    seen: set[int] = set()
+    deadline = time.monotonic() + TIMEOUT_S
+    while (current := client.batches.retrieve(batch.id)).status not in FINAL:
+        assert time.monotonic() < deadline, current.status
+        assert current.request_counts is not None
+        seen.add(current.request_counts.completed)
+        time.sleep(0.05)
+    assert current.status == "completed"
+    # Six rounds of two 200 ms calls: the counts were seen strictly between 0 and 12.
+    assert len({n for n in seen if 0 < n < 12}) >= 3, sorted(seen)
+    finished = db.execute(
+        "SELECT finished_at FROM requests WHERE batch_id = %s ORDER BY finished_at", (batch.id,)
+    ).fetchall()
+    spread = finished[-1][0] - finished[0][0]
+    assert len({row[0] for row in finished}) >= 6 and spread.total_seconds() >= 0.8
