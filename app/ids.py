@@ -1,9 +1,10 @@
-"""Identifiers clients see. Random, unguessable, prefixed like OpenAI's."""
+"""Identifiers clients see: unguessable, prefixed like OpenAI's, ordered by time."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import time
 
 ENDPOINT_PREFIX = {
     "/v1/responses": "resp_",
@@ -23,7 +24,12 @@ def plausible_id(value: str) -> bool:
 
 
 def new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(16)
+    """``prefix``, the time in microseconds (13 hex digits), then 80 random bits.
+
+    Still unguessable, but ids made later sort later: a new row's primary-key entry lands at
+    the right edge of the index, not on a random page of a table of millions of rows.
+    """
+    return f"{prefix}{time.time_ns() // 1000:013x}{secrets.token_hex(10)}"
 
 
 def request_id(endpoint: str) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import io
 import json
@@ -222,12 +223,29 @@ async def sweep_ms(url: DatabaseURL, settings: Settings) -> float:
         await engine.dispose()
 
 
+def settle(db: str) -> None:
+    """Let the database come to rest: a checkpoint, and no autovacuum at work (a seeded
+    history otherwise bills its own clean-up to the first measurements)."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        with contextlib.suppress(psycopg.Error):  # needs a superuser (the embedded server)
+            conn.execute("CHECKPOINT")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            found = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            ).fetchone()
+            if not found or not found[0]:
+                return
+            time.sleep(0.5)
+
+
 def measure(ctx: dict[str, object], flex: int, lines: int) -> Figures:
     api, url, key = str(ctx["api"]), str(ctx["url"]), str(ctx["key"])
     db: DatabaseURL = ctx["db"]  # type: ignore[assignment]
     settings: Settings = ctx["settings"]  # type: ignore[assignment]
     meter: CpuMeter = ctx["meter"]  # type: ignore[assignment]
     figures = Figures()
+    settle(db.libpq())
     figures.flex_p50_ms, ids = asyncio.run(flex_p50(api, key, flex))
     figures.get_p50_ms = asyncio.run(get_p50(api, key, ids))
     before = meter.read().get("postgres", 0.0)

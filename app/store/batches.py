@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.outcomes import Outcome, outcome_arrays
+from app.store.outcomes import STORE_OUTCOMES, Outcome, outcome_arrays
 from app.vocabulary import (
     CLOSABLE_BATCH,
     LIVE,
@@ -187,22 +187,7 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 BATCH_MODEL = text("SELECT model FROM requests WHERE batch_id = :batch LIMIT 1")
 
-FINISH_MANY = text(
-    f"""
-UPDATE requests AS r
-SET status = u.status, response_status = u.response_status,
-    response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
-    input_tokens = u.input_tokens, output_tokens = u.output_tokens,
-    total_tokens = u.total_tokens, finished_at = now()
-FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
-            CAST(:response_statuses AS int[]), CAST(:response_bodies AS text[]),
-            CAST(:errors AS text[]), CAST(:input_tokens AS int[]),
-            CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]))
-     AS u(id, attempt, status, response_status, response_body, error, input_tokens,
-          output_tokens, total_tokens)
-WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
-"""
-)
+FINISH_MANY = text(STORE_OUTCOMES)
 REQUEUE_MANY = text(
     f"""
 UPDATE requests AS r

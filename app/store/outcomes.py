@@ -8,6 +8,24 @@ from typing import Any
 
 from app.vocabulary import Status
 
+# The outcomes of many attempts, one row each, guarded by status and by the attempt number
+# (a late or rescued-from worker cannot overwrite anything). Its arrays: ``ids``,
+# ``attempts`` and those of :func:`outcome_arrays`.
+STORE_OUTCOMES = f"""
+UPDATE requests AS r
+SET status = u.status, response_status = u.response_status,
+    response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
+    input_tokens = u.input_tokens, output_tokens = u.output_tokens,
+    total_tokens = u.total_tokens, finished_at = now()
+FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
+            CAST(:response_statuses AS int[]), CAST(:response_bodies AS text[]),
+            CAST(:errors AS text[]), CAST(:input_tokens AS int[]),
+            CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]))
+     AS u(id, attempt, status, response_status, response_body, error, input_tokens,
+          output_tokens, total_tokens)
+WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
+"""
+
 
 @dataclass(frozen=True)
 class Outcome:

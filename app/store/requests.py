@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.outcomes import Outcome, dumps, outcome_arrays
+from app.store.outcomes import STORE_OUTCOMES, Outcome, dumps, outcome_arrays
 from app.store.schema import requests
 from app.vocabulary import FINAL, LIVE, BatchKind, Channel, ErrorCode, Status, sql_error, sql_in
 
@@ -80,24 +80,8 @@ RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
 
 # Results of many attempts, one statement; each final row wakes its blocking client.
 FINISH_MANY = text(
-    f"""
-WITH done AS (
-    UPDATE requests AS r
-    SET status = u.status, response_status = u.response_status,
-        response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
-        input_tokens = u.input_tokens, output_tokens = u.output_tokens,
-        total_tokens = u.total_tokens, finished_at = now()
-    FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
-                CAST(:response_statuses AS int[]), CAST(:response_bodies AS text[]),
-                CAST(:errors AS text[]), CAST(:input_tokens AS int[]),
-                CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]))
-         AS u(id, attempt, status, response_status, response_body, error, input_tokens,
-              output_tokens, total_tokens)
-    WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
-    RETURNING r.id
-)
-SELECT id, pg_notify('{Channel.DONE}', id) FROM done
-"""
+    f"WITH done AS ({STORE_OUTCOMES} RETURNING r.id)"
+    f" SELECT id, pg_notify('{Channel.DONE}', id) FROM done"
 )
 
 # A retryable failure puts the row back in the queue, due after its backoff.
