@@ -65,7 +65,7 @@ class FlexDispatcher:
         # Requests whose upstream call is under way: a cancel (NOTIFY done) abandons the call.
         self._calling: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
-        self._due: asyncio.TimerHandle | None = None
+        self._due: asyncio.TimerHandle | None = None  # the next retry of ours falls due
         self._check_due = True
         self._listener = Listener(
             url,
@@ -80,19 +80,17 @@ class FlexDispatcher:
             item_may_be_at_fault=lambda exc: not database_unavailable(exc),
         )
 
-    @property
-    def inflight(self) -> int:
-        """Requests this process is running now."""
-        return len(self._calls)
-
     async def run(self) -> None:
         """Claim and run requests until cancelled; then give back what is unfinished."""
         self._listener.start()
         self._finishing.start()
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                except TimeoutError:
+                    # The safety net: retries put back by a process that died are due too.
+                    self._check_due = True
                 self._wake.clear()
                 try:
                     await self._dispatch()
@@ -110,8 +108,8 @@ class FlexDispatcher:
         if channel == Channel.WORK:
             self._wake.set()
         elif (call := self._calling.pop(payload, None)) is not None:
-            # Final while its call runs: cancelled (or deleted) by its owner. Its result could
-            # not be stored anyway; stop paying for it.
+            # Final while its call runs: cancelled by its owner. Its result could not be
+            # stored anyway; stop paying for it.
             log.info("request %s is final: its upstream call is abandoned", payload)
             call.cancel()
 
@@ -144,14 +142,19 @@ class FlexDispatcher:
         }
 
     def _schedule_due(self, in_s: float | None) -> None:
-        """Wake up (and promote retries) when the next retry falls due."""
+        """Wake up (and promote retries) when the next retry falls due, unless an earlier
+        wake-up is set already (it reschedules the next one then)."""
         if in_s is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._due is not None and self._due.when() <= loop.time() + in_s:
             return
         if self._due is not None:
             self._due.cancel()
-        self._due = asyncio.get_running_loop().call_later(in_s, self._promote_soon)
+        self._due = loop.call_later(in_s, self._promote_soon)
 
     def _promote_soon(self) -> None:
+        self._due = None
         self._check_due = True
         self._wake.set()
 

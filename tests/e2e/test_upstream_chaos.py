@@ -580,3 +580,36 @@ def test_batch_retry_after_beyond_the_window_is_not_scheduled(
         (done.id,),
     ).fetchall()
     assert tracked == [("expired", 1)]
+
+
+def test_a_due_retry_is_not_held_behind_a_later_one(
+    sdk: openai.OpenAI, db: psycopg.Connection
+) -> None:
+    """A worker wakes for the earliest of its retries: a retry due in 1 s put back before one
+    due in 30 s still runs after about 1 s, not after 30 s."""
+
+    def requeued(request_id: str) -> bool:
+        tracked = row(db, request_id)
+        return tracked["attempts"] == 1 and tracked["status"] == "pending"
+
+    soon = sdk.responses.create(
+        model="chaos-long",
+        input=f"mock:status=503,retry_after=1,fail_times=1,key=soon-{RUN}",
+        background=True,
+        service_tier="flex",
+    )
+    wait_until(lambda: requeued(soon.id), "the first request to be put back (due in 1 s)")
+    later = sdk.responses.create(
+        model="chaos-long",
+        input=f"mock:status=503,retry_after=30,fail_times=1,key=later-{RUN}",
+        background=True,
+        service_tier="flex",
+    )
+    wait_until(lambda: requeued(later.id), "the second request to be put back (due in 30 s)")
+    done = wait_until(
+        lambda: row(db, soon.id)["status"] == "completed" and row(db, soon.id),
+        "the retry due first to run",
+        timeout=10.0,  # far from the 30 s it would take behind the later retry's timer
+    )
+    assert done["attempts"] == 2
+    sdk.responses.cancel(later.id)
