@@ -158,7 +158,7 @@ requests = Table(
         "requests_batch_pending_idx",
         "batch_id",
         "line_no",
-        postgresql_where=text(f"status = '{Status.PENDING}'"),
+        postgresql_where=text(f"status = '{Status.PENDING}' AND batch_id IS NOT NULL"),
     ),
     Index("requests_owner_created_idx", "owner_key_id", "created_at"),
     # Retention deletes the oldest finished requests first (finished rows only: the versions
