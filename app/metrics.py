@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.vocabulary import DeploymentState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
@@ -49,6 +54,10 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch_deployments(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
+        """Export every deployment's state, as this process sees it, at each scrape."""
+        self.registry.register(DeploymentCollector(snapshot))
+
     def observe_request(self, endpoint: str, tier: str, status: str, seconds: float) -> None:
         self.requests.labels(endpoint, tier, status).inc()
         self.latency.labels(endpoint, tier).observe(seconds)
@@ -59,3 +68,35 @@ class Metrics:
             self.queue_depth.labels(model, tier, status).set(count)
         self.waiting_clients.set(waiting)
         return generate_latest(self.registry)
+
+
+class DeploymentCollector(Collector):
+    """``tiergate_deployment_*``: state, calls in flight and calls made, per deployment."""
+
+    def __init__(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "deployment"]
+        state = GaugeMetricFamily(
+            "tiergate_deployment_state",
+            "1 for each deployment's state (healthy, out, probing) as this process sees it.",
+            labels=[*labels, "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "tiergate_deployment_in_flight",
+            "Calls in flight from this process to each deployment.",
+            labels=labels,
+        )
+        calls = CounterMetricFamily(
+            "tiergate_deployment_calls",
+            "Calls this process made to each deployment.",
+            labels=labels,
+        )
+        for d in self.snapshot():
+            names = [d["model"], d["deployment"]]
+            for each in DeploymentState:
+                state.add_metric([*names, str(each)], 1.0 if d["state"] == each else 0.0)
+            in_flight.add_metric(names, d["in_flight"])
+            calls.add_metric(names, d["calls"])
+        yield from (state, in_flight, calls)

@@ -11,39 +11,103 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app import config_file
+from app.config_file import ConfigError, from_validation
 
 MOCK_UPSTREAM = "mock://in-process"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
 
-class ModelConfig(BaseModel):
-    """One model a client can name, and where its traffic goes."""
+Endpoint = Literal["responses", "chat", "embeddings"]
+ENDPOINT_PATHS: dict[str, Endpoint] = {
+    "/v1/responses": "responses",
+    "/v1/chat/completions": "chat",
+    "/v1/embeddings": "embeddings",
+}
+
+
+class DeploymentConfig(BaseModel):
+    """One server (or provider account) that serves a model."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(min_length=1, description="unique within the model")
     upstream: str = Field(description="Base URL of an OpenAI-compatible API, ending in /v1")
-    upstream_model: str | None = None
-    api_key_env: str | None = None
-    flex_concurrency: int = Field(default=8, ge=1)
-    timeout_s: float = Field(default=600.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1)
+    upstream_model: str | None = Field(default=None, description="the model name it knows")
+    api_key_env: str | None = Field(default=None, description="env var holding its key")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="extra headers; ${VAR} is read from the environment"
+    )
+    weight: float = Field(default=1.0, gt=0, description="share of traffic when all are healthy")
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="calls in flight to it from one process"
+    )
 
     @field_validator("upstream")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+        return MOCK_UPSTREAM if value == "mock" else value.rstrip("/")
 
-    @property
-    def target_model(self) -> str:
-        return self.upstream_model or self.name
 
-    def api_key(self) -> str | None:
-        """The provider key, read from the environment at call time (never stored)."""
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+class ModelConfig(BaseModel):
+    """One model a client can name, and the deployments that serve it.
+
+    The single-upstream form (``upstream``, ``upstream_model``, ``api_key_env`` on the model)
+    stays valid and means one deployment named ``default``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    upstream: str | None = Field(default=None, description="single-deployment shorthand")
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    fallbacks: list[str] = Field(
+        default_factory=list, description="models tried, in order, when no deployment can answer"
+    )
+    route_timeout_s: float = Field(
+        default=10.0, gt=0, description="longest a realtime call waits for a usable deployment"
+    )
+    endpoints: list[Endpoint] | None = Field(
+        default=None, description="the APIs it serves (all when unset)"
+    )
+    flex_concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelConfig:
+        if self.upstream is not None:
+            if self.deployments:
+                raise ValueError("give either 'upstream' or 'deployments', not both")
+            self.deployments = [
+                DeploymentConfig(
+                    name="default",
+                    upstream=self.upstream,
+                    upstream_model=self.upstream_model,
+                    api_key_env=self.api_key_env,
+                )
+            ]
+            self.upstream = self.deployments[0].upstream
+        elif not self.deployments:
+            raise ValueError("a model needs 'upstream' or at least one of 'deployments'")
+        elif self.upstream_model is not None or self.api_key_env is not None:
+            raise ValueError("with 'deployments', set upstream_model and api_key_env on each")
+        return self
+
+    def duplicate_deployment(self) -> int | None:
+        """The index of the first deployment whose name an earlier one has, if any."""
+        names = [d.name for d in self.deployments]
+        return next((i for i, name in enumerate(names) if name in names[:i]), None)
+
+    def serves(self, endpoint: str) -> bool:
+        """Whether a call to this API path may go to this model."""
+        kind = ENDPOINT_PATHS.get(endpoint)
+        return self.endpoints is None or kind is None or kind in self.endpoints
 
 
 class Retention(BaseModel):
@@ -61,6 +125,16 @@ class Retention(BaseModel):
     chunks_per_pass: int = Field(
         default=10, ge=1, description="chunks of each kind a worker deletes per maintenance run"
     )
+
+
+class HealthLimits(BaseModel):
+    """When a deployment is taken out of rotation, and for how long."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failures_to_trip: int = Field(default=3, ge=1, description="faults in a row that take it out")
+    cooldown_s: float = Field(default=5.0, gt=0, description="the first cool-down")
+    max_cooldown_s: float = Field(default=300.0, gt=0, description="the cool-down's ceiling")
 
 
 class Limits(BaseModel):
@@ -106,6 +180,7 @@ class Limits(BaseModel):
     )
     batch_jobs: int = Field(default=4, ge=1, description="parallel jobs per batch")
     retention: Retention = Field(default_factory=Retention)
+    health: HealthLimits = Field(default_factory=HealthLimits)
 
 
 def mock_model() -> ModelConfig:
@@ -132,18 +207,65 @@ class Settings:
             config_path=config_path,
         )
         if config_path is not None:
-            settings.apply_config(yaml.safe_load(config_path.read_text()) or {})
+            config_file.read(config_path, settings.apply_config)
         return settings
 
     def apply_config(self, data: dict[str, Any]) -> None:
-        """Merge a parsed config file (see README, "Configuration") into these settings."""
+        """Merge a parsed config file (see README, "Configuration") into these settings.
+
+        Raises ``ConfigError`` naming where the problem is.
+        """
         unknown = set(data) - {"models", "limits"}
         if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        for raw in data.get("models") or []:
-            model = ModelConfig.model_validate(raw)
-            if model.upstream == "mock":
-                model.upstream = MOCK_UPSTREAM
+            raise ConfigError(f"unknown config keys: {sorted(unknown)}", (sorted(unknown)[0],))
+        raw_models = data.get("models") or []
+        if not isinstance(raw_models, list):
+            raise ConfigError("'models' must be a list", ("models",))
+        where: dict[str, int] = {}
+        for index, raw in enumerate(raw_models):
+            try:
+                model = ModelConfig.model_validate(raw)
+            except ValidationError as exc:
+                raise from_validation(exc, ("models", index)) from None
+            if (twin := model.duplicate_deployment()) is not None:
+                raise ConfigError(
+                    f"two deployments are named '{model.deployments[twin].name}'",
+                    ("models", index, "deployments", twin, "name"),
+                )
+            if model.name in where:
+                raise ConfigError(f"two models are named '{model.name}'", ("models", index))
+            where[model.name] = index
             self.models[model.name] = model
+        self._check_fallbacks(where)
         if data.get("limits"):
-            self.limits = Limits.model_validate({**self.limits.model_dump(), **data["limits"]})
+            try:
+                self.limits = Limits.model_validate({**self.limits.model_dump(), **data["limits"]})
+            except ValidationError as exc:
+                raise from_validation(exc, ("limits",)) from None
+
+    def _check_fallbacks(self, where: dict[str, int]) -> None:
+        """Every fallback names another known model, and no chain comes back on itself."""
+        for name, model in self.models.items():
+            at = ("models", where[name]) if name in where else ()
+            for n, fallback in enumerate(model.fallbacks):
+                if fallback not in self.models:
+                    raise ConfigError(
+                        f"fallback '{fallback}' is not a model", (*at, "fallbacks", n)
+                    )
+            if cycle := self._fallback_cycle(name):
+                raise ConfigError(
+                    f"fallbacks form a cycle: {' -> '.join(cycle)}", (*at, "fallbacks")
+                )
+
+    def _fallback_cycle(self, start: str) -> list[str] | None:
+        """A chain of fallbacks from ``start`` back to a model already on it, if any."""
+
+        def walk(name: str, chain: list[str]) -> list[str] | None:
+            for fallback in self.models[name].fallbacks:
+                if fallback in chain:
+                    return [*chain, fallback]
+                if found := walk(fallback, [*chain, fallback]):
+                    return found
+            return None
+
+        return walk(start, [start])

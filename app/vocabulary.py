@@ -102,6 +102,20 @@ class ProcessKind(StrEnum):
     WORKER = "worker"
 
 
+class DeploymentState(StrEnum):
+    """A deployment's circuit as one process sees it (``app/upstream/health.py``)."""
+
+    HEALTHY = "healthy"
+    OUT = "out"  # cooling down after faults, or resting after a 429
+    PROBING = "probing"  # cool-down over: one trial call decides
+
+
+class Header(StrEnum):
+    """HTTP headers tiergate reads or writes (besides OpenAI's own)."""
+
+    DEPLOYMENT = "x-tiergate-deployment"  # request: pin one; answer: which one served
+
+
 class Channel(StrEnum):
     """PostgreSQL NOTIFY channels."""
 
@@ -119,6 +133,7 @@ class ErrorCode(StrEnum):
     REQUEST_EXPIRED = "request_expired"
     GATEWAY_INTERRUPTED = "gateway_interrupted"
     PROCESSING_FAILED = "processing_failed"
+    NO_CAPACITY = "no_capacity"
 
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -130,6 +145,9 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.PROCESSING_FAILED: (
         "tiergate could not process this request: its job failed again and again"
         " (see the worker logs)."
+    ),
+    ErrorCode.NO_CAPACITY: (
+        "No deployment of this model can take the call now (all out of rotation or busy)."
     ),
 }
 

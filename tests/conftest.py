@@ -56,6 +56,9 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
         ],
         {
             "max_body_bytes": 65536,
+            # Failures these tests ask the mock for are per request, not an unhealthy provider:
+            # the circuit breaker (tests/e2e/test_fleet.py) must not take it out of rotation.
+            "health": {"failures_to_trip": 1000},
             "retry_base_s": 0.05,
             "retry_max_s": 0.5,
             "waiter_recheck_s": 1.0,

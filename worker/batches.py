@@ -235,9 +235,16 @@ class BatchJobs:
             expired=LINE_EXPIRED,
             stop=cancelled,
             stopped=LINE_CANCELLED,
+            last=row["deployment"],
         )
         result = LineResult(
-            row["id"], row["attempts"], attempt.outcome, attempt.retry_in_s, attempt.error
+            row["id"],
+            row["attempts"],
+            attempt.outcome,
+            attempt.retry_in_s,
+            attempt.error,
+            deployment=attempt.deployment,
+            counted=attempt.counted,
         )
         del row  # the body
         await self._recording.submit(result)

@@ -11,6 +11,7 @@ overwrite a cancel or a result.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.openai.usage import usage_of
-from app.settings import Settings
+from app.settings import ModelConfig, Settings
 from app.store.outcomes import Outcome
 from app.upstream.client import UpstreamClient, UpstreamError
+from app.upstream.deployment import Deployment
+from app.upstream.router import NoCapacity, Router
 from app.vocabulary import ErrorCode, Status, error
 
 log = logging.getLogger("tiergate.worker")
@@ -45,11 +48,18 @@ def backoff_s(attempt: int, retry_after_s: float | None, base_s: float, max_s: f
 
 @dataclass(frozen=True)
 class Attempt:
-    """How one attempt ended: a final ``outcome``, or a retry in ``retry_in_s``."""
+    """How one attempt ended: a final ``outcome``, or a retry in ``retry_in_s``.
+
+    ``deployment`` names the deployment that was called (the retry prefers another);
+    ``counted`` is False when no call was made because no deployment could take it (that
+    wait does not use up one of ``max_attempts``).
+    """
 
     outcome: Outcome | None = None
     retry_in_s: float | None = None
     error: dict[str, Any] | None = None
+    deployment: str | None = None
+    counted: bool = True
 
 
 EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.REQUEST_EXPIRED))
@@ -58,9 +68,10 @@ EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.REQUEST_EXPIRED))
 class RequestRunner:
     """Makes upstream attempts under per-model caps; one instance per worker process."""
 
-    def __init__(self, *, settings: Settings, upstream: UpstreamClient) -> None:
+    def __init__(self, *, settings: Settings, upstream: UpstreamClient, router: Router) -> None:
         self.settings = settings
         self.upstream = upstream
+        self.router = router
         # Per-model cap on concurrent upstream calls from this worker process.
         self._slots = {
             name: asyncio.Semaphore(model.flex_concurrency)
@@ -78,11 +89,15 @@ class RequestRunner:
         expired: Outcome | None = None,
         stop: asyncio.Event | None = None,
         stopped: Outcome | None = None,
+        pin: str | None = None,
+        last: str | None = None,
     ) -> Attempt:
         """One upstream call under the model's cap, classified: an outcome, or a retry.
 
         Waiting for a slot can take a while: if the window passed meanwhile the call is not
-        made (``expired``), nor if ``stop`` was set (``stopped``, e.g. a batch cancel).
+        made (``expired``), nor if ``stop`` was set (``stopped``, e.g. a batch cancel). The
+        call goes to ``pin`` if set, else preferably not to ``last`` (the deployment that
+        failed the previous attempt), falling back to other models as the config says.
         """
         model = self.settings.models.get(model_name)
         if model is None:
@@ -100,22 +115,73 @@ class RequestRunner:
                 return Attempt(stopped)
             if dt.datetime.now(dt.UTC) >= expires_at:
                 return Attempt(expired or EXPIRED)
+            deployment = await self._deployment(model, pin, last)
+            if isinstance(deployment, Attempt):
+                return deployment
+            served = deployment.label(model.name)
             try:
-                reply = await self.upstream.call(model, endpoint, body)
+                reply = await self.upstream.call(deployment, endpoint, body)
             except UpstreamError as exc:
-                return self._after_failure(exc, attempt, model.max_attempts, expires_at, expired)
-        given, produced, total = usage_of(reply.body)
+                self._ended(deployment, exc)
+                failure = self._after_failure(exc, attempt, model.max_attempts, expires_at, expired)
+                return dataclasses.replace(
+                    failure,
+                    deployment=served,
+                    outcome=failure.outcome
+                    and dataclasses.replace(failure.outcome, deployment=served),
+                )
+            except BaseException:
+                self.router.end(deployment, telling=False)
+                raise
+            self.router.end(deployment)
+        body, text = reply.body, reply.text
+        if deployment.model is not model and isinstance(body, dict) and "model" in body:
+            body, text = {**body, "model": model.name}, ""  # a fallback answers as asked
+        given, produced, total = usage_of(body)
         return Attempt(
             Outcome(
                 status=Status.COMPLETED,
                 response_status=reply.status,
-                response_body=reply.body,
+                response_body=body,
                 input_tokens=given,
                 output_tokens=produced,
                 total_tokens=total,
-                response_text=reply.text,
-            )
+                response_text=text or None,
+                deployment=served,
+            ),
+            deployment=served,
         )
+
+    async def _deployment(
+        self, model: ModelConfig, pin: str | None, last: str | None
+    ) -> Deployment | Attempt:
+        """The deployment to call, begun; or, when none can take a call for a while, a
+        retry that does not count as an attempt (deferred work is never refused for this)."""
+        avoid = self.router.by_label(model.name, last)
+        chosen = self.router.pick(model.name, pin=pin, avoid=[avoid] if avoid else [])
+        if chosen is not None:
+            self.router.begin(chosen)
+            return chosen
+        try:
+            found = await self.router.acquire(
+                model.name, pin=pin, deadline=self.router.clock() + model.route_timeout_s
+            )
+        except NoCapacity as exc:
+            return Attempt(
+                retry_in_s=exc.retry_after_s, error=error(ErrorCode.NO_CAPACITY), counted=False
+            )
+        assert found is not None  # nothing was tried yet
+        return found
+
+    def _ended(self, deployment: Deployment, exc: UpstreamError) -> None:
+        """Tell the router how the deployment did: a 429 rests it, other retryable
+        failures count against it, a client error says nothing against it."""
+        if exc.status == 429:
+            self.router.end(deployment, rest_s=exc.retry_after_s or 1.0)
+        elif exc.retryable:
+            self.router.end(deployment, fault=exc.code)
+        else:
+            self.router.end(deployment)
 
     def _after_failure(
         self,

@@ -34,7 +34,7 @@ from app.store.listener import Listener
 from app.store.outcomes import Outcome
 from app.store.requests import Finish, RequestStore
 from app.vocabulary import Channel, ErrorCode, Status, error
-from worker.execute import EXPIRED, RequestRunner
+from worker.execute import EXPIRED, Attempt, RequestRunner
 
 log = logging.getLogger("tiergate.flex")
 
@@ -175,7 +175,13 @@ class FlexDispatcher:
             self._calling[request_id] = task
             try:
                 result = await self.runner.attempt(
-                    model, row["endpoint"], row["body"], attempt, row["expires_at"]
+                    model,
+                    row["endpoint"],
+                    row["body"],
+                    attempt,
+                    row["expires_at"],
+                    pin=row["pinned_deployment"],
+                    last=row["deployment"],
                 )
             finally:
                 self._calling.pop(request_id, None)
@@ -184,7 +190,7 @@ class FlexDispatcher:
                 await self._finish(Finish(request_id, attempt, result.outcome))
                 return
             assert result.retry_in_s is not None and result.error is not None
-            await self._requeue(request_id, attempt, result.error, result.retry_in_s)
+            await self._requeue(request_id, attempt, result)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -209,14 +215,24 @@ class FlexDispatcher:
                 log.warning("request %s: result not stored yet (%s)", finish.id, exc)
                 await asyncio.sleep(STORE_RETRY_S)
 
-    async def _requeue(self, id: str, attempt: int, error: dict[str, Any], delay_s: float) -> None:
+    async def _requeue(self, id: str, attempt: int, result: Attempt) -> None:
+        error, delay_s = result.error, result.retry_in_s
+        assert error is not None and delay_s is not None
         while True:
             try:
-                if await self.store.requeue(id, attempt, error, delay_s):
+                if await self.store.requeue(
+                    id,
+                    attempt,
+                    error,
+                    delay_s,
+                    deployment=result.deployment,
+                    counted=result.counted,
+                ):
                     log.info(
-                        "request %s attempt %d failed (%s); retry in %.1fs",
+                        "request %s attempt %d %s (%s); retry in %.1fs",
                         id,
                         attempt,
+                        "failed" if result.counted else "found no deployment",
                         error["code"],
                         delay_s,
                     )

@@ -21,6 +21,7 @@ from app.store.requests import RequestStore
 from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
 from app.upstream.client import build_upstream
+from app.upstream.router import Router
 from app.vocabulary import ProcessKind
 from worker.app import build_job_app
 from worker.batches import BatchJobs
@@ -39,8 +40,12 @@ async def run_worker(
     url: DatabaseURL,
     *,
     concurrency: int | None = None,
+    router: Router | None = None,
 ) -> None:
     """Work until cancelled. Cancellation stops gracefully (running jobs get 10 s).
+
+    ``router`` is the gateway's when the worker runs inside it (one view of the fleet, one
+    count of calls in flight per process).
 
     procrastinate's worker stops itself when its LISTEN connection fails (a database
     restart); it is started again here, with a growing delay, as long as nobody cancelled us.
@@ -54,7 +59,9 @@ async def run_worker(
         application_name="tiergate-worker",
     )
     upstream = build_upstream(settings)
-    runner = RequestRunner(settings=settings, upstream=upstream)
+    own_router = router is None
+    router = router or Router(settings)
+    runner = RequestRunner(settings=settings, upstream=upstream, router=router)
     batch_jobs = BatchJobs(
         settings=settings,
         batches=BatchStore(engine),
@@ -64,7 +71,14 @@ async def run_worker(
     )
     job_app = build_job_app(url, settings, batch_jobs=batch_jobs)
     maintenance = maintenance_for(engine, settings)
-    presence = Presence(engine, kind=ProcessKind.WORKER, every_s=settings.limits.heartbeat_s)
+    presence = Presence(
+        engine,
+        kind=ProcessKind.WORKER,
+        every_s=settings.limits.heartbeat_s,
+        # Inside a gateway, the gateway's presence already publishes the shared router.
+        report=router.snapshot if own_router else None,
+        learn=router.learn if own_router else None,
+    )
     # Rows this worker claims name it: it must be registered first, or the sweep would take
     # them for a dead worker's.
     await _register(presence)

@@ -37,7 +37,9 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
         if with_worker:
             from worker.runner import run_worker
 
-            worker_task = asyncio.create_task(run_worker(settings, url), name="worker")
+            worker_task = asyncio.create_task(
+                run_worker(settings, url, router=services.router), name="worker"
+            )
         log.info("tiergate gateway ready (models: %s)", ", ".join(settings.models))
         try:
             yield {"services": services}

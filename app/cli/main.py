@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from app.cli import batch as batch_cli
+from app.cli import deployments as deployments_cli
 from app.cli import keys as keys_cli
 from app.cli import prune as prune_cli
 from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.add_parser(sub)
     batch_cli.add_parser(sub)
     prune_cli.add_parser(sub)
+    deployments_cli.add_parser(sub)
 
     mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
     mock.add_argument("--host", default=DEFAULT_HOST)

@@ -31,7 +31,7 @@ from app.store.group_commit import GroupCommit
 from app.store.keys import ApiKey
 from app.store.requests import RequestStore, Submission
 from app.upstream.client import RETRYABLE_STATUSES
-from app.vocabulary import LIVE, Priority, Status, Tier
+from app.vocabulary import LIVE, Header, Priority, Status, Tier
 
 # A blocking client gives up this long after the window, should no worker ever come.
 WAIT_GRACE_S = 30.0
@@ -81,6 +81,7 @@ class DeferredCalls:
             window_s=self.settings.limits.flex_window_s,
             # Background calls of the default tier are claimed before flex work.
             priority=Priority.FLEX if call.tier == Tier.FLEX else Priority.BACKGROUND,
+            pin=call.pin,
         )
 
     async def handle(
@@ -151,6 +152,8 @@ def result_response(row: RowMapping) -> Response:
     """What a blocking client gets: the upstream body on success, an OpenAI error otherwise."""
     rid = row["id"]
     headers = {"x-request-id": rid}
+    if row["deployment"]:
+        headers[Header.DEPLOYMENT] = row["deployment"]
     status = row["status"]
     if status == Status.COMPLETED:
         return json_response(stored_result(row), row["response_status"] or 200, headers)

@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from starlette.responses import Response, StreamingResponse
 
 from app.ids import request_id
@@ -27,14 +30,30 @@ from app.store.group_commit import GroupCommit
 from app.store.keys import ApiKey
 from app.store.outcomes import Outcome
 from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker
-from app.upstream.client import UpstreamClient, UpstreamError, read_all, within
-from app.vocabulary import Status
+from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_after, within
+from app.upstream.deployment import Deployment
+from app.upstream.router import NoCapacity, Router
+from app.vocabulary import ErrorCode, Header, Status, error
 
 log = logging.getLogger("tiergate.proxy")
 
 # Embedding vectors are bulky and rarely worth keeping; their usage is stored all the same.
 STORE_BODY_ENDPOINTS = frozenset({"/v1/responses", "/v1/chat/completions"})
 PASS_HEADERS = ("content-type", "retry-after", "retry-after-ms", "openai-processing-ms")
+
+
+# Failures of a call whose request never got an answer: another deployment may take it.
+RETRY_ELSEWHERE = frozenset({"upstream_unreachable", "upstream_timeout"})
+
+
+@dataclass
+class Opened:
+    """A deployment's answer: ``content`` read whole, or ``None`` for a stream to relay."""
+
+    deployment: Deployment
+    response: httpx.Response
+    stack: contextlib.AsyncExitStack
+    content: bytes | None
 
 
 class RealtimeProxy:
@@ -45,10 +64,12 @@ class RealtimeProxy:
         *,
         store: RealtimeTracker,
         upstream: UpstreamClient,
+        router: Router,
         metrics: Metrics,
         gateway_id: str | None = None,
     ) -> None:
         self.gateway_id = gateway_id
+        self.router = router
         self.store = store
         self.upstream = upstream
         self.metrics = metrics
@@ -80,56 +101,145 @@ class RealtimeProxy:
                 gateway_id=self.gateway_id,
             )
         )
+        try:
+            opened = await self._route(call)
+        except (UpstreamError, NoCapacity) as exc:
+            await record
+            raise await self._failed(rid, call, started, exc) from None
+        except BaseException:
+            await _settle(record)
+            raise
+        try:
+            await record
+        except BaseException:
+            await opened.stack.aclose()
+            self.router.end(opened.deployment, telling=False)
+            raise
+        upstream, deployment = opened.response, opened.deployment
+        served = deployment.label(call.model.name)
+        headers = {k: v for k, v in upstream.headers.items() if k in PASS_HEADERS}
+        headers["x-request-id"] = rid
+        headers[Header.DEPLOYMENT] = served
+        # A fallback model's answer names the model the client asked for.
+        fallback = deployment.model is not call.model
+        renamed = (
+            deployment.target_model,
+            call.model.name if fallback else deployment.target_model,
+        )
+        if opened.content is None:
+            return StreamingResponse(
+                self._relay(rid, call, started, opened, renamed),
+                status_code=upstream.status_code,
+                headers=headers,
+            )
+        content = _renamed(opened.content, *renamed)
+        outcome, content = _outcome(call, rid, upstream.status_code, content, served)
+        # Recorded before answering: once the client has its answer, so has the row.
+        await self._finish(rid, call, started, outcome)
+        return Response(content, status_code=upstream.status_code, headers=headers)
+
+    async def _route(self, call: Call) -> Opened:
+        """The first answer worth giving, trying deployments then fallback models.
+
+        A deployment that fails before any byte reached the client (no connection, a timeout,
+        a 429 or a 5xx) is left for the next candidate, within ``max_attempts`` calls and
+        ``route_timeout_s`` of waiting for a usable one. The last failure is the answer when
+        no candidate is left; ``NoCapacity`` when none could be tried at all.
+        """
+        model = call.model
+        deadline = self.router.clock() + model.route_timeout_s
+        tried: list[Deployment] = []
+        failure: Opened | UpstreamError | None = None
+        while len(tried) < model.max_attempts:
+            try:
+                deployment = await self.router.acquire(
+                    model.name, pin=call.pin, tried=tried, deadline=deadline
+                )
+            except NoCapacity:
+                if failure is None:
+                    raise
+                break
+            if deployment is None:
+                break
+            tried.append(deployment)
+            try:
+                opened = await self._open(call, deployment)
+            except UpstreamError as exc:
+                self.router.end(deployment, fault=exc.code)
+                failure = exc
+                if exc.code in RETRY_ELSEWHERE:
+                    continue
+                raise
+            except BaseException:
+                self.router.end(deployment, telling=False)
+                raise
+            status = opened.response.status_code
+            if status == 429 or status >= 500:
+                rest = retry_after(opened.response.headers) or 1.0
+                if status == 429:
+                    self.router.end(deployment, rest_s=rest)
+                else:
+                    self.router.end(deployment, fault=f"HTTP {status}")
+                failure = opened
+                continue
+            if opened.content is not None:
+                self.router.end(deployment)
+            return opened
+        if isinstance(failure, UpstreamError):
+            raise failure
+        if failure is None:
+            raise NoCapacity(retry_after_s=1.0)
+        return failure
+
+    async def _open(self, call: Call, deployment: Deployment) -> Opened:
+        """One call to one deployment: a stream to relay, or the whole answer read."""
         stack = contextlib.AsyncExitStack()
         try:
             # A stream's timeout_s bounds each wait for a chunk; any other call's, the whole of it.
             async with contextlib.nullcontext() if call.stream else within(call.model.timeout_s):
                 upstream = await stack.enter_async_context(
-                    self.upstream.open(call.model, call.endpoint, call.body)
+                    self.upstream.open(deployment, call.endpoint, call.body)
                 )
                 relay = call.stream and upstream.status_code < 400
                 content = None if relay else await read_all(upstream)
-        except UpstreamError as exc:
-            await stack.aclose()
-            await record
-            await self._finish(
-                rid, call, started, Outcome(status=Status.FAILED, error=exc.as_error())
-            )
-            raise APIError(
-                502, exc.message, type="server_error", code=exc.code, headers={"x-request-id": rid}
-            ) from exc
         except BaseException:
             await stack.aclose()
-            await _settle(record)
             raise
         if content is not None:
             await stack.aclose()
-        try:
-            await record
-        except BaseException:
-            await stack.aclose()
-            raise
-        headers = {k: v for k, v in upstream.headers.items() if k in PASS_HEADERS}
-        headers["x-request-id"] = rid
-        if content is None:
-            return StreamingResponse(
-                self._relay(rid, call, started, upstream, stack),
-                status_code=upstream.status_code,
-                headers=headers,
+        return Opened(deployment, upstream, stack, content)
+
+    async def _failed(
+        self, rid: str, call: Call, started: float, exc: UpstreamError | NoCapacity
+    ) -> APIError:
+        """Record a call no deployment answered; the error the client gets."""
+        headers = {"x-request-id": rid}
+        if isinstance(exc, NoCapacity):
+            retry_s = max(1, math.ceil(exc.retry_after_s))
+            body = error(ErrorCode.NO_CAPACITY)
+            await self._finish(rid, call, started, Outcome(status=Status.FAILED, error=body))
+            return APIError(
+                503,
+                body["message"],
+                type="server_error",
+                code=ErrorCode.NO_CAPACITY,
+                headers={**headers, "retry-after": str(retry_s)},
             )
-        outcome, content = _outcome(call, rid, upstream.status_code, content)
-        # Recorded before answering: once the client has its answer, so has the row.
-        await self._finish(rid, call, started, outcome)
-        return Response(content, status_code=upstream.status_code, headers=headers)
+        await self._finish(rid, call, started, Outcome(status=Status.FAILED, error=exc.as_error()))
+        return APIError(502, exc.message, type="server_error", code=exc.code, headers=headers)
 
     async def _relay(
-        self, rid: str, call: Call, started: float, upstream: Any, stack: contextlib.AsyncExitStack
+        self, rid: str, call: Call, started: float, opened: Opened, renamed: tuple[str, str]
     ) -> AsyncIterator[bytes]:
+        upstream, deployment = opened.response, opened.deployment
+        served = deployment.label(call.model.name)
+        fault: str | None = None
         watcher = StreamUsage()
         outcome = Outcome(
             status=Status.FAILED,
             response_status=upstream.status_code,
             error={"code": "client_disconnected", "message": "The client went away mid-stream."},
+            deployment=served,
         )
         pending = b""  # the start of an event whose end has not arrived
         relayed = 0  # whole events sent
@@ -141,9 +251,9 @@ class RealtimeProxy:
                 pending = data[cut:]
                 if cut:
                     relayed += events_in(data, cut)
-                    yield data[:cut]
+                    yield _renamed(data[:cut], *renamed)
             if pending:
-                yield pending
+                yield _renamed(pending, *renamed)
             given, produced, total = watcher.usage
             outcome = Outcome(
                 status=Status.FAILED if watcher.failed else Status.COMPLETED,
@@ -151,18 +261,22 @@ class RealtimeProxy:
                 input_tokens=given,
                 output_tokens=produced,
                 total_tokens=total,
+                deployment=served,
             )
         except Exception as exc:
+            fault = "upstream_stream_broken"
             outcome = Outcome(
                 status=Status.FAILED,
                 response_status=upstream.status_code,
                 error={"code": "upstream_stream_broken", "message": repr(exc)},
+                deployment=served,
             )
             # The status line is gone already: tell the client in-band, as OpenAI does. Only
             # whole events were relayed, so the error is an event of its own.
             yield _sse_error(call.endpoint, f"The upstream stream broke: {exc!r}", relayed)
         finally:
-            await stack.aclose()
+            await opened.stack.aclose()
+            self.router.end(deployment, fault=fault, telling=outcome.status == Status.COMPLETED)
             await asyncio.shield(self._finish(rid, call, started, outcome))
 
     async def _finish(self, rid: str, call: Call, started: float, outcome: Outcome) -> None:
@@ -175,7 +289,20 @@ class RealtimeProxy:
             log.warning("could not record the end of %s: %s", rid, exc)
 
 
-def _outcome(call: Call, rid: str, status: int, content: bytes) -> tuple[Outcome, bytes]:
+def _renamed(content: bytes, served: str, asked: str) -> bytes:
+    """``content`` naming the model the client asked for, not the deployment's own name."""
+    if served == asked:
+        return content
+    for sep in (b'":"', b'": "'):
+        content = content.replace(
+            b'"model' + sep + served.encode() + b'"', b'"model' + sep + asked.encode() + b'"'
+        )
+    return content
+
+
+def _outcome(
+    call: Call, rid: str, status: int, content: bytes, deployment: str
+) -> tuple[Outcome, bytes]:
     """The row's outcome, and the body to send (stamped with our id, so it can be fetched)."""
     try:
         body = json.loads(content)
@@ -193,6 +320,7 @@ def _outcome(call: Call, rid: str, status: int, content: bytes) -> tuple[Outcome
                 "code": error.get("code") or f"upstream_{status}",
                 "message": error.get("message") or f"HTTP {status}",
             },
+            deployment=deployment,
         )
         return outcome, content
     keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
@@ -205,6 +333,7 @@ def _outcome(call: Call, rid: str, status: int, content: bytes) -> tuple[Outcome
         input_tokens=given,
         output_tokens=produced,
         total_tokens=total,
+        deployment=deployment,
     )
     return outcome, content
 

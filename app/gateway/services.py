@@ -23,6 +23,7 @@ from app.store.presence import Presence
 from app.store.realtime import RealtimeTracker
 from app.store.requests import RequestStore
 from app.upstream.client import build_upstream
+from app.upstream.router import Router
 from app.vocabulary import ProcessKind
 
 # The first /metrics of a process waits this long at most for the queue's count.
@@ -48,16 +49,25 @@ class Services:
         self.files = FileStore(self.engine)
         self.batches = BatchStore(self.engine)
         self.upstream = build_upstream(settings)
+        self.router = Router(settings)  # shared with an in-process worker
+        self.metrics.watch_deployments(self.router.snapshot)
         self.hub = WaiterHub(
             url,
             final_among=self.requests.final_among,
             on_key_revoked=self.key_cache.revoke,
             recheck_s=limits.waiter_recheck_s,
         )
-        self.presence = Presence(self.engine, kind=ProcessKind.GATEWAY, every_s=limits.heartbeat_s)
+        self.presence = Presence(
+            self.engine,
+            kind=ProcessKind.GATEWAY,
+            every_s=limits.heartbeat_s,
+            report=self.router.snapshot,
+            learn=self.router.learn,
+        )
         self.proxy = RealtimeProxy(
             store=RealtimeTracker(self.engine),
             upstream=self.upstream,
+            router=self.router,
             metrics=self.metrics,
             gateway_id=self.presence.id,
         )

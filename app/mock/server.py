@@ -5,7 +5,9 @@ with deterministic echo output (``"echo: " + <last user text>``), plus ``GET /he
 ``GET /_mock/stats`` (requests per path), ``GET /_mock/attempts/{key}`` (every request that
 carried ``key=NAME``, in arrival order: ``{"at": unix seconds, "path", "status", "drop",
 "sleep_ms", "trickle_ms"}``, i.e. when it arrived and what it was answered) and
-``POST /_mock/reset`` (clears all counters and records).
+``POST /_mock/reset`` (clears all counters and records) and ``POST /_mock/outage``
+(``{"status": 503}``: every API call fails so until ``{"status": null}``). Keyed attempts
+also record the request's headers (tests check what reached the provider).
 
 Behaviour can be forced per request with magic controls, read from the ``x-mock-behavior``
 header and/or from the input text when it starts with ``mock:`` (header values win).
@@ -41,6 +43,7 @@ Tokens without ``=`` are ignored (so prose may follow); unknown keys or bad valu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -171,6 +174,10 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
         await asyncio.sleep(state.config.latency_ms / 1000)
         return _error_response(400, exc.message, exc.param)
     plan = plan_for(state, controls)
+    if state.outage is not None:
+        plan = dataclasses.replace(
+            plan, status=state.outage, drop=False, message="The mock provider is in an outage."
+        )
     if controls.key is not None:
         state.attempts.setdefault(controls.key, []).append(
             {
@@ -180,6 +187,9 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
                 "drop": plan.drop,
                 "sleep_ms": plan.sleep_ms,
                 "trickle_ms": plan.trickle_ms,
+                "headers": {
+                    k: v for k, v in request.headers.items() if k not in ("host", "content-length")
+                },
             }
         )
     model = str(body.get("model"))
@@ -270,6 +280,15 @@ async def _peaks(request: Request) -> Response:
     return JSONResponse(dict(request.app.state.peaks))
 
 
+async def _outage(request: Request) -> Response:
+    """``{"status": 503}`` makes every API call fail with that status; ``null`` ends it."""
+    status = (await _read_json(request)).get("status")
+    if status is not None and not (isinstance(status, int) and 400 <= status <= 599):
+        return _error_response(400, "status must be null or 400-599", "status")
+    request.app.state.outage = status
+    return JSONResponse({"outage": status})
+
+
 async def _reset(request: Request) -> Response:
     request.app.state.peaks.clear()
     request.app.state.counts.clear()
@@ -306,6 +325,7 @@ def create_mock_app(
         Route("/_mock/attempts/{key}", _attempts, methods=["GET"]),
         Route("/_mock/release/{name}", _release, methods=["POST"]),
         Route("/_mock/reset", _reset, methods=["POST"]),
+        Route("/_mock/outage", _outage, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.config = MockConfig(latency_ms=latency_ms, fail_rate=fail_rate)
@@ -316,6 +336,7 @@ def create_mock_app(
     app.state.inflight = {}
     app.state.peaks = {}
     app.state.holds = {}
+    app.state.outage = None
     return app
 
 

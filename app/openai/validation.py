@@ -10,6 +10,7 @@ from typing import Any
 from app.openai.errors import APIError, bad_request
 from app.settings import ModelConfig, Settings
 from app.store.keys import ApiKey
+from app.vocabulary import Header
 
 INFERENCE_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
 REALTIME_TIERS = frozenset({"auto", "default", "priority", "scale"})
@@ -30,6 +31,7 @@ class Call:
     tier: str  # "default" (realtime) or "flex"
     background: bool
     stream: bool
+    pin: str | None = None  # x-tiergate-deployment: the one deployment that may serve it
 
     @property
     def deferred(self) -> bool:
@@ -151,12 +153,29 @@ def _check_endpoint_fields(endpoint: str, body: dict[str, Any]) -> None:
         _require(body, "input", (str, list), "a string or a non-empty list")
 
 
-def classify(endpoint: str, raw: bytes | bytearray, settings: Settings, key: ApiKey) -> Call:
-    """Validate the body and decide realtime vs flex vs background. Raises ``APIError``."""
-    return classify_body(endpoint, parse_json(raw), settings, key)
+def classify(
+    endpoint: str,
+    raw: bytes | bytearray,
+    settings: Settings,
+    key: ApiKey,
+    *,
+    pin: str | None = None,
+) -> Call:
+    """Validate the body and decide realtime vs flex vs background. Raises ``APIError``.
+
+    ``pin`` is the ``x-tiergate-deployment`` header: a deployment of the model, or a 400.
+    """
+    return classify_body(endpoint, parse_json(raw), settings, key, pin=pin)
 
 
-def classify_body(endpoint: str, body: dict[str, Any], settings: Settings, key: ApiKey) -> Call:
+def classify_body(
+    endpoint: str,
+    body: dict[str, Any],
+    settings: Settings,
+    key: ApiKey,
+    *,
+    pin: str | None = None,
+) -> Call:
     """``classify`` for an already parsed body (batch lines come parsed)."""
     model_name = _require(body, "model", (str,), "a model name")
     _check_endpoint_fields(endpoint, body)
@@ -196,6 +215,25 @@ def classify_body(endpoint: str, body: dict[str, Any], settings: Settings, key: 
             param="model",
             code="model_not_allowed",
         )
+    if not model.serves(endpoint):
+        served = ", ".join(model.endpoints or [])
+        raise bad_request(
+            f"The model '{model_name}' does not serve {endpoint} (it serves: {served}).",
+            param="model",
+            code="model_not_supported",
+        )
+    if pin is not None and pin not in (names := [d.name for d in model.deployments]):
+        raise bad_request(
+            f"The model '{model_name}' has no deployment '{pin}' (header {Header.DEPLOYMENT});"
+            f" its deployments are: {', '.join(names)}.",
+            code="unknown_deployment",
+        )
     return Call(
-        endpoint=endpoint, body=body, model=model, tier=tier, background=background, stream=stream
+        endpoint=endpoint,
+        body=body,
+        model=model,
+        tier=tier,
+        background=background,
+        stream=stream,
+        pin=pin,
     )

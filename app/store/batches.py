@@ -165,7 +165,7 @@ WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
-          r.expires_at < now() AS expired
+          r.expires_at < now() AS expired, r.deployment
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 # ... and, when it starts, takes back the lines it had claimed in a run that died (a job
@@ -182,7 +182,7 @@ WHERE r.id = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
-          r.expires_at < now() AS expired
+          r.expires_at < now() AS expired, r.deployment
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 BATCH_MODEL = text("SELECT model FROM requests WHERE batch_id = :batch LIMIT 1")
@@ -192,9 +192,11 @@ REQUEUE_MANY = text(
     f"""
 UPDATE requests AS r
 SET status = '{Status.PENDING}', error = CAST(u.error AS jsonb),
-    not_before = now() + make_interval(secs => u.delay_s)
+    not_before = now() + make_interval(secs => u.delay_s),
+    deployment = coalesce(u.deployment, r.deployment), attempts = r.attempts - u.refund
 FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:errors AS text[]),
-            CAST(:delays AS float8[])) AS u(id, attempt, error, delay_s)
+            CAST(:delays AS float8[]), CAST(:deployments AS text[]), CAST(:refunds AS int[]))
+     AS u(id, attempt, error, delay_s, deployment, refund)
 WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
 """
 )
@@ -290,6 +292,8 @@ class LineResult:
     outcome: Outcome | None = None
     retry_in_s: float | None = None
     error: dict[str, Any] | None = None
+    deployment: str | None = None  # the one called (a retry prefers another)
+    counted: bool = True  # False: no call was made (no deployment could take it)
 
 
 class BatchStore:
@@ -419,6 +423,8 @@ class BatchStore:
                         "attempts": [r.attempt for r in again],
                         "errors": [_json(r.error) for r in again],
                         "delays": [r.retry_in_s for r in again],
+                        "deployments": [r.deployment for r in again],
+                        "refunds": [0 if r.counted else 1 for r in again],
                     },
                 )
 

@@ -16,13 +16,15 @@ UPDATE requests AS r
 SET status = u.status, response_status = u.response_status,
     response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
     input_tokens = u.input_tokens, output_tokens = u.output_tokens,
-    total_tokens = u.total_tokens, finished_at = now()
+    total_tokens = u.total_tokens, deployment = COALESCE(u.deployment, r.deployment),
+    finished_at = now()
 FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
             CAST(:response_statuses AS int[]), CAST(:response_bodies AS text[]),
             CAST(:errors AS text[]), CAST(:input_tokens AS int[]),
-            CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]))
+            CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]),
+            CAST(:deployments AS text[]))
      AS u(id, attempt, status, response_status, response_body, error, input_tokens,
-          output_tokens, total_tokens)
+          output_tokens, total_tokens, deployment)
 WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
 """
 
@@ -40,6 +42,8 @@ class Outcome:
     total_tokens: int | None = None
     # The body as the upstream sent it, when known: bulk writes store it without re-encoding.
     response_text: str | None = None
+    # The deployment that answered (``model/deployment`` when a fallback model did).
+    deployment: str | None = None
 
     def params(self) -> dict[str, Any]:
         """Bind parameters of a one-row UPDATE (``status``, ``response_body``, ...)."""
@@ -51,6 +55,7 @@ class Outcome:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "total_tokens": self.total_tokens,
+            "deployment": self.deployment,
         }
 
 
@@ -74,4 +79,5 @@ def outcome_arrays(outcomes: list[Outcome]) -> dict[str, list[Any]]:
         "input_tokens": [o.input_tokens for o in outcomes],
         "output_tokens": [o.output_tokens for o in outcomes],
         "total_tokens": [o.total_tokens for o in outcomes],
+        "deployments": [o.deployment for o in outcomes],
     }

@@ -31,17 +31,17 @@ FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[],
 
 
 def _finish_sql(n: int) -> str:
-    """UPDATE of realtime rows that ended, its 8 arrays as $n..$n+7 (asyncpg placeholders)."""
+    """UPDATE of realtime rows that ended, its 9 arrays as $n..$n+8 (asyncpg placeholders)."""
     return f"""
 UPDATE requests AS r
 SET status = u.status, response_status = u.response_status,
     response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
     input_tokens = u.input_tokens, output_tokens = u.output_tokens,
-    total_tokens = u.total_tokens, finished_at = now()
+    total_tokens = u.total_tokens, deployment = u.deployment, finished_at = now()
 FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::int[], ${n + 3}::text[], ${n + 4}::text[],
-            ${n + 5}::int[], ${n + 6}::int[], ${n + 7}::int[])
+            ${n + 5}::int[], ${n + 6}::int[], ${n + 7}::int[], ${n + 8}::text[])
      AS u(id, status, response_status, response_body, error, input_tokens, output_tokens,
-          total_tokens)
+          total_tokens, deployment)
 WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}'
 """
 

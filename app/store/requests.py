@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, bindparam, func, or_, select, text, true
+from sqlalchemy import ColumnElement, Float, Integer, Text, bindparam, func, or_, select, text, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,13 +38,13 @@ WITH input AS (
         CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:endpoints AS text[]),
         CAST(:models AS text[]), CAST(:tiers AS text[]), CAST(:backgrounds AS boolean[]),
         CAST(:streams AS boolean[]), CAST(:bodies AS text[]), CAST(:windows_s AS integer[]),
-        CAST(:priorities AS smallint[])
-    ) AS u(id, owner, endpoint, model, tier, background, stream, body, window_s, priority)
+        CAST(:priorities AS smallint[]), CAST(:pins AS text[])
+    ) AS u(id, owner, endpoint, model, tier, background, stream, body, window_s, priority, pin)
 ), inserted AS (
     INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
-                          status, body, expires_at, priority)
+                          status, body, expires_at, priority, pinned_deployment)
     SELECT id, owner, endpoint, model, tier, background, stream, '{Status.PENDING}',
-           CAST(body AS jsonb), now() + make_interval(secs => window_s), priority
+           CAST(body AS jsonb), now() + make_interval(secs => window_s), priority, pin
     FROM input
     RETURNING model
 )
@@ -74,7 +74,7 @@ WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
     ) AS picked
 ))
 RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
-          r.expires_at < now() AS expired
+          r.expires_at < now() AS expired, r.deployment, r.pinned_deployment
 """
 ).columns(body=JSONB)
 
@@ -88,11 +88,17 @@ FINISH_MANY = text(
 REQUEUE = text(
     f"""
 UPDATE requests SET status = '{Status.PENDING}', error = :error, claimed_by = NULL,
-    not_before = now() + make_interval(secs => :delay_s)
+    not_before = now() + make_interval(secs => :delay_s),
+    deployment = coalesce(:deployment, deployment), attempts = attempts - :refund
 WHERE id = :id AND status = '{Status.IN_PROGRESS}' AND attempts = :attempt
 RETURNING id
 """
-).bindparams(bindparam("error", type_=JSONB), bindparam("delay_s", type_=Float))
+).bindparams(
+    bindparam("error", type_=JSONB),
+    bindparam("delay_s", type_=Float),
+    bindparam("deployment", type_=Text),
+    bindparam("refund", type_=Integer),
+)
 
 # Retries whose backoff has passed become claimable; returns when the next one falls due.
 PROMOTE_DUE = text(
@@ -167,6 +173,7 @@ class Submission:
     body: dict[str, Any]
     window_s: int
     priority: int
+    pin: str | None = None  # x-tiergate-deployment
 
 
 @dataclass(frozen=True)
@@ -214,6 +221,7 @@ class RequestStore:
                     "bodies": [dumps(s.body) for s in subs],
                     "windows_s": [s.window_s for s in subs],
                     "priorities": [s.priority for s in subs],
+                    "pins": [s.pin for s in subs],
                 },
             )
 
@@ -238,9 +246,29 @@ class RequestStore:
         """Store one outcome; False when the row moved on (cancelled, deleted)."""
         return bool(await self.finish_many([Finish(id, attempt, outcome)]))
 
-    async def requeue(self, id: str, attempt: int, error: dict[str, Any], delay_s: float) -> bool:
-        """Put a request back in the queue after a retryable failure, due in ``delay_s``."""
-        params = {"id": id, "attempt": attempt, "error": error, "delay_s": delay_s}
+    async def requeue(
+        self,
+        id: str,
+        attempt: int,
+        error: dict[str, Any],
+        delay_s: float,
+        *,
+        deployment: str | None = None,
+        counted: bool = True,
+    ) -> bool:
+        """Put a request back in the queue after a retryable failure, due in ``delay_s``.
+
+        ``deployment`` failed it (the retry prefers another); an attempt that made no call
+        (``counted=False``) is given back.
+        """
+        params = {
+            "id": id,
+            "attempt": attempt,
+            "error": error,
+            "delay_s": delay_s,
+            "deployment": deployment,
+            "refund": 0 if counted else 1,
+        }
         async with self.engine.connect() as conn:
             return (await conn.execute(REQUEUE, params)).first() is not None
 

@@ -48,6 +48,7 @@ processes = Table(
     Column("pid", Integer, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("deployments", JSONB, nullable=True, comment="its view of every deployment"),
 )
 
 files = Table(
@@ -139,6 +140,18 @@ requests = Table(
         nullable=False,
         server_default="0",
         comment="deferred requests: higher is claimed first",
+    ),
+    Column(
+        "deployment",
+        Text,
+        nullable=True,
+        comment="the deployment that answered (model/deployment for a fallback model)",
+    ),
+    Column(
+        "pinned_deployment",
+        Text,
+        nullable=True,
+        comment="x-tiergate-deployment of a deferred call",
     ),
     Column(
         "claimed_by",

@@ -19,8 +19,9 @@ import httpx
 from starlette.types import ASGIApp
 
 from app.mock.server import create_mock_app
-from app.settings import MOCK_UPSTREAM, ModelConfig, Settings
+from app.settings import MOCK_UPSTREAM, Settings
 from app.upstream.aiohttp_transport import AiohttpTransport
+from app.upstream.deployment import Deployment
 
 # Fields that mean something to tiergate and must not reach the provider.
 GATEWAY_FIELDS = ("service_tier", "background")
@@ -52,10 +53,10 @@ class UpstreamReply:
     text: str
 
 
-def prepare_body(model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+def prepare_body(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
     """The body the provider sees: its own model name, no gateway-only fields."""
     out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
-    out["model"] = model.target_model
+    out["model"] = deployment.target_model
     return out
 
 
@@ -122,21 +123,19 @@ class UpstreamClient:
             await self._mock.aclose()
 
     def _request(
-        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+        self, deployment: Deployment, endpoint: str, body: dict[str, Any]
     ) -> tuple[httpx.AsyncBaseTransport, httpx.Request]:
         transport: httpx.AsyncBaseTransport
-        if model.upstream == MOCK_UPSTREAM:
+        if deployment.upstream == MOCK_UPSTREAM:
             if self._mock is None:
                 raise UpstreamError("upstream_unavailable", "mock upstream not enabled", False)
             transport, base = self._mock, "http://mock/v1"
         else:
-            transport, base = next(self._next), model.upstream
-        headers = {"content-type": "application/json", "accept": "*/*"}
-        key = model.api_key()
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        content = json.dumps(prepare_body(model, body), separators=(",", ":")).encode()
-        timeout = httpx.Timeout(model.timeout_s, connect=min(10.0, model.timeout_s))
+            transport, base = next(self._next), deployment.upstream
+        headers = {"content-type": "application/json", "accept": "*/*", **deployment.headers()}
+        content = json.dumps(prepare_body(deployment, body), separators=(",", ":")).encode()
+        timeout_s = deployment.model.timeout_s
+        timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
         request = httpx.Request(
             "POST",
             _url(base + endpoint.removeprefix("/v1")),
@@ -146,11 +145,13 @@ class UpstreamClient:
         )
         return transport, request
 
-    async def call(self, model: ModelConfig, endpoint: str, body: dict[str, Any]) -> UpstreamReply:
+    async def call(
+        self, deployment: Deployment, endpoint: str, body: dict[str, Any]
+    ) -> UpstreamReply:
         """One non-streaming call; raises ``UpstreamError`` unless the provider said 2xx."""
         async with (
-            within(model.timeout_s),
-            self.open(model, endpoint, {**body, "stream": False}) as response,
+            within(deployment.model.timeout_s),
+            self.open(deployment, endpoint, {**body, "stream": False}) as response,
         ):
             content = await read_all(response)
         if response.status_code >= 400:
@@ -165,10 +166,10 @@ class UpstreamClient:
 
     @contextlib.asynccontextmanager
     async def open(
-        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+        self, deployment: Deployment, endpoint: str, body: dict[str, Any]
     ) -> AsyncIterator[httpx.Response]:
         """A call whose body is read by the caller (the realtime proxy relays it)."""
-        transport, request = self._request(model, endpoint, body)
+        transport, request = self._request(deployment, endpoint, body)
         with _mapped_errors():
             response = await transport.handle_async_request(request)
         response.request = request
@@ -225,7 +226,9 @@ def _mapped_errors() -> Iterator[None]:
 
 def build_upstream(settings: Settings) -> UpstreamClient:
     """The client for these settings; the in-process mock provider only if a model uses it."""
-    uses_mock = any(m.upstream == MOCK_UPSTREAM for m in settings.models.values())
+    uses_mock = any(
+        d.upstream == MOCK_UPSTREAM for m in settings.models.values() for d in m.deployments
+    )
     return UpstreamClient(
         mock_app=create_mock_app() if uses_mock else None,
         transport=settings.limits.upstream_transport,

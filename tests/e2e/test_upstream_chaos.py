@@ -62,6 +62,9 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
         ],
         {
             "retry_base_s": RETRY_BASE_S,
+            # Failures these tests ask the mock for are per request, not an unhealthy provider:
+            # the circuit breaker (tests/e2e/test_fleet.py) must not take it out of rotation.
+            "health": {"failures_to_trip": 1000},
             "retry_max_s": 10,
             "waiter_recheck_s": 1.0,
             "maintenance_every_s": 1,

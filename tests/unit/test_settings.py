@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import MOCK_UPSTREAM, Settings
+from app.upstream.deployment import Deployment
 
 
 def test_defaults_have_the_mock_model():
@@ -27,12 +28,16 @@ def test_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     )
     settings = Settings.from_env({"TIERGATE_CONFIG": str(path), "DATABASE_URL": "postgresql://x/y"})
     big = settings.models["big"]
-    assert (big.upstream, big.target_model, big.flex_concurrency) == (
+    (default,) = big.deployments
+    assert (default.name, default.upstream, default.upstream_model, big.flex_concurrency) == (
+        "default",
         "http://h:8000/v1",
         "llama",
         3,
     )
-    assert big.api_key() == "sk-123"
+    assert Deployment.of(big, default, settings.limits.health).headers() == {
+        "authorization": "Bearer sk-123"
+    }
     assert settings.limits.max_body_bytes == 2048
     assert "mock" in settings.models
     assert settings.database_url == "postgresql://x/y"

@@ -18,6 +18,7 @@ from app.gateway.realtime import RealtimeProxy
 from app.openai.errors import APIError
 from app.openai.validation import INFERENCE_ENDPOINTS, classify
 from app.settings import Settings
+from app.vocabulary import Header
 
 
 class TierMiddleware:
@@ -58,7 +59,7 @@ class TierMiddleware:
         hold = await self.budget.take(self.budget.cost(declared, self.limit))
         try:
             raw = await read_body(receive, headers, self.limit, self.read_timeout_s)
-            call = classify(endpoint, raw, self.settings, key)
+            call = classify(endpoint, raw, self.settings, key, pin=headers.get(Header.DEPLOYMENT))
             del raw
             # The handler's frame owns the body from here, so it can drop it once it is stored
             # (deferred) or sent (realtime); a stream still refers to it until it ends.

@@ -1,0 +1,78 @@
+"""Config mistakes stop tiergate at start with a message naming the file's line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.config_file import ConfigError
+from app.settings import Settings
+
+FLEET = """\
+models:
+  - name: big
+    deployments:
+      - name: gpu-a
+        upstream: http://10.0.0.5:8000/v1
+        weight: {weight}
+      - name: {second}
+        upstream: http://10.0.0.6:8000/v1
+    fallbacks: [{fallback}]
+  - name: small
+    upstream: http://10.0.0.7:8000/v1
+    fallbacks: [{back}]
+"""
+
+
+def load(tmp_path: Path, **values: str) -> Settings:
+    fields = {"weight": "2", "second": "gpu-b", "fallback": "small", "back": ""} | values
+    path = tmp_path / "tiergate.yaml"
+    path.write_text(FLEET.format(**fields))
+    return Settings.from_env({"TIERGATE_CONFIG": str(path)})
+
+
+def test_a_good_fleet_loads(tmp_path: Path):
+    big = load(tmp_path).models["big"]
+    assert [d.name for d in big.deployments] == ["gpu-a", "gpu-b"]
+    assert big.deployments[0].weight == 2 and big.fallbacks == ["small"]
+
+
+@pytest.mark.parametrize(
+    ("values", "line", "words"),
+    [
+        ({"weight": "0"}, 6, "greater than 0"),
+        ({"second": "gpu-a"}, 7, "two deployments are named 'gpu-a'"),
+        ({"fallback": "nope"}, 9, "fallback 'nope' is not a model"),
+        ({"back": "big"}, 9, "fallbacks form a cycle: big -> small -> big"),
+    ],
+)
+def test_mistakes_name_their_line(tmp_path: Path, values: dict[str, str], line: int, words: str):
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, **values)
+    message = str(caught.value)
+    assert f"tiergate.yaml line {line}" in message and words in message
+
+
+def test_yaml_syntax_error_names_its_line(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("models:\n  - name: x\n    upstream: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line \d+: not valid YAML"):
+        Settings.from_env({"TIERGATE_CONFIG": str(path)})
+
+
+def test_serve_stops_with_the_message_and_no_traceback(tmp_path: Path):
+    path = tmp_path / "tiergate.yaml"
+    path.write_text(FLEET.format(weight="-1", second="gpu-b", fallback="small", back=""))
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve"],
+        env={"TIERGATE_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "line 6 (models[0].deployments[0].weight)" in done.stderr
+    assert "Traceback" not in done.stderr
