@@ -45,6 +45,12 @@ class DeploymentConfig(BaseModel):
     max_concurrency: int | None = Field(
         default=None, ge=1, description="calls in flight to it from one process"
     )
+    capacity: int | None = Field(
+        default=None,
+        ge=1,
+        description="calls it runs at once from all processes (vLLM's max_num_seqs): with it,"
+        " flex and batch calls use only what realtime calls leave",
+    )
 
     @field_validator("upstream")
     @classmethod

@@ -62,6 +62,9 @@ class Attempt:
     counted: bool = True
 
 
+# How long a deferred attempt waits for a deployment with room before going back to the queue.
+DEFERRED_ROUTE_WAIT_S = 30.0
+
 EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.REQUEST_EXPIRED))
 
 
@@ -131,9 +134,9 @@ class RequestRunner:
                     and dataclasses.replace(failure.outcome, deployment=served),
                 )
             except BaseException:
-                self.router.end(deployment, telling=False)
+                self.router.end(deployment, telling=False, realtime=False)
                 raise
-            self.router.end(deployment)
+            self.router.end(deployment, realtime=False)
         body, text = reply.body, reply.text
         if deployment.model is not model and isinstance(body, dict) and "model" in body:
             body, text = {**body, "model": model.name}, ""  # a fallback answers as asked
@@ -158,13 +161,17 @@ class RequestRunner:
         """The deployment to call, begun; or, when none can take a call for a while, a
         retry that does not count as an attempt (deferred work is never refused for this)."""
         avoid = self.router.by_label(model.name, last)
-        chosen = self.router.pick(model.name, pin=pin, avoid=[avoid] if avoid else [])
+        chosen = self.router.pick(
+            model.name, pin=pin, avoid=[avoid] if avoid else [], realtime=False
+        )
         if chosen is not None:
-            self.router.begin(chosen)
+            self.router.begin(chosen, realtime=False)
             return chosen
         try:
+            # Waiting here (the model's slot held) picks up room the moment it frees.
+            wait_s = max(model.route_timeout_s, DEFERRED_ROUTE_WAIT_S)
             found = await self.router.acquire(
-                model.name, pin=pin, deadline=self.router.clock() + model.route_timeout_s
+                model.name, pin=pin, deadline=self.router.clock() + wait_s, realtime=False
             )
         except NoCapacity as exc:
             return Attempt(
@@ -177,11 +184,11 @@ class RequestRunner:
         """Tell the router how the deployment did: a 429 rests it, other retryable
         failures count against it, a client error says nothing against it."""
         if exc.status == 429:
-            self.router.end(deployment, rest_s=exc.retry_after_s or 1.0)
+            self.router.end(deployment, rest_s=exc.retry_after_s or 1.0, realtime=False)
         elif exc.retryable:
-            self.router.end(deployment, fault=exc.code)
+            self.router.end(deployment, fault=exc.code, realtime=False)
         else:
-            self.router.end(deployment)
+            self.router.end(deployment, realtime=False)
 
     def _after_failure(
         self,

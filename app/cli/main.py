@@ -130,7 +130,7 @@ def cmd_mock_upstream(args: argparse.Namespace, settings: Settings) -> int:
     from app.mock.server import run
 
     log.info("mock upstream on http://%s:%d/v1", args.host, args.port)
-    run(args.host, args.port, args.latency_ms, args.fail_rate)
+    run(args.host, args.port, args.latency_ms, args.fail_rate, args.capacity)
     return 0
 
 
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--port", type=int, default=9090)
     mock.add_argument("--latency-ms", type=float, default=0.0)
     mock.add_argument("--fail-rate", type=float, default=0.0)
+    mock.add_argument(
+        "--capacity", type=int, default=None, help="calls served at once; the rest queue inside"
+    )
     mock.set_defaults(func=cmd_mock_upstream)
     return parser
 

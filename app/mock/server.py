@@ -43,6 +43,7 @@ Tokens without ``=`` are ignored (so prose may follow); unknown keys or bad valu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -196,7 +197,9 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
     state.inflight[model] = state.inflight.get(model, 0) + 1
     state.peaks[model] = max(state.peaks.get(model, 0), state.inflight[model])
     try:
-        await asyncio.sleep((state.config.latency_ms + plan.sleep_ms) / 1000)
+        # Beyond ``capacity`` calls wait their turn inside, as in a saturated inference server.
+        async with state.capacity or contextlib.nullcontext():
+            await asyncio.sleep((state.config.latency_ms + plan.sleep_ms) / 1000)
     finally:
         state.inflight[model] -= 1
     if plan.status is not None:
@@ -304,12 +307,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_mock_app(
-    *, latency_ms: float = 0.0, fail_rate: float = 0.0, seed: int | None = None
+    *,
+    latency_ms: float = 0.0,
+    fail_rate: float = 0.0,
+    seed: int | None = None,
+    capacity: int | None = None,
 ) -> Starlette:
     """Build the mock provider app.
 
     ``latency_ms`` delays every API answer; ``fail_rate`` is the probability of a 500;
-    ``seed`` seeds the RNG used for ``fail_rate``.
+    ``seed`` seeds the RNG used for ``fail_rate``; ``capacity`` is how many calls it serves at
+    once (the others queue, so latency grows, as a saturated vLLM's does).
     """
     if latency_ms < 0:
         raise ValueError("latency_ms must be >= 0")
@@ -337,6 +345,7 @@ def create_mock_app(
     app.state.peaks = {}
     app.state.holds = {}
     app.state.outage = None
+    app.state.capacity = asyncio.Semaphore(capacity) if capacity else None
     return app
 
 
@@ -347,9 +356,11 @@ class _HideDrops(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], MockDropError))
 
 
-def run(host: str, port: int, latency_ms: float, fail_rate: float) -> None:
+def run(
+    host: str, port: int, latency_ms: float, fail_rate: float, capacity: int | None = None
+) -> None:
     """Serve the mock provider with uvicorn (log level "warning") until interrupted."""
-    app = create_mock_app(latency_ms=latency_ms, fail_rate=fail_rate)
+    app = create_mock_app(latency_ms=latency_ms, fail_rate=fail_rate, capacity=capacity)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning")
     logging.getLogger("uvicorn.error").addFilter(_HideDrops())
     uvicorn.Server(config).run()

@@ -29,11 +29,15 @@ REGISTER = text(
     " ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), deployments = EXCLUDED.deployments"
 ).bindparams(bindparam("deployments", type_=JSONB(none_as_null=True)))
 # What the other live processes last saw of the deployments.
-PEERS = text(
-    "SELECT deployments FROM processes"
-    " WHERE id <> :id AND deployments IS NOT NULL"
-    " AND last_seen_at > now() - make_interval(secs => :fresh_s)"
-).bindparams(bindparam("fresh_s", type_=Float)).columns(deployments=JSONB)
+PEERS = (
+    text(
+        "SELECT deployments FROM processes"
+        " WHERE id <> :id AND deployments IS NOT NULL"
+        " AND last_seen_at > now() - make_interval(secs => :fresh_s)"
+    )
+    .bindparams(bindparam("fresh_s", type_=Float))
+    .columns(deployments=JSONB)
+)
 # Every live process's view, for ``tiergate deployments``.
 VIEWS = text(
     "SELECT id, kind, hostname, pid, last_seen_at, deployments FROM processes"

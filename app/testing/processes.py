@@ -121,11 +121,14 @@ def start_worker(*, database_url: str, config: Path, log: Path, concurrency: int
     ).start()
 
 
-def start_mock_upstream(log: Path, latency_ms: float = 0.0) -> tuple[str, Process]:
+def start_mock_upstream(
+    log: Path, latency_ms: float = 0.0, capacity: int | None = None
+) -> tuple[str, Process]:
     port = free_port()
-    process = Process(
-        ["mock-upstream", "--port", str(port), "--latency-ms", str(latency_ms)], base_env(), log
-    ).start()
+    args = ["mock-upstream", "--port", str(port), "--latency-ms", str(latency_ms)]
+    if capacity:
+        args += ["--capacity", str(capacity)]
+    process = Process(args, base_env(), log).start()
     url = f"http://127.0.0.1:{port}"
     assert process.proc is not None
     wait_http(url + "/healthz", process.proc, log, START_TIMEOUT_S)

@@ -14,15 +14,78 @@ from app.upstream.health import Health
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+# How long a burst of realtime calls keeps deferred calls away from a deployment.
+REALTIME_MEMORY_S = 5
+
+
+class RecentMax:
+    """The largest value noted in the last ``window_s`` seconds (one bucket per second)."""
+
+    def __init__(self, window_s: int = REALTIME_MEMORY_S) -> None:
+        self.window_s = window_s
+        self._buckets: dict[int, int] = {}
+
+    def note(self, now: float, value: int) -> None:
+        second = int(now)
+        if value > self._buckets.get(second, -1):
+            self._buckets[second] = value
+            if len(self._buckets) > 2 * self.window_s:
+                self._buckets = {
+                    s: v for s, v in self._buckets.items() if s > second - self.window_s
+                }
+
+    def value(self, now: float) -> int:
+        first = int(now) - self.window_s
+        return max((v for s, v in self._buckets.items() if s > first), default=0)
+
+
 @dataclass(eq=False)
 class Deployment:
-    """One deployment of one model, as this process routes to it."""
+    """One deployment of one model, as this process routes to it.
+
+    Calls in flight are counted by kind: realtime calls, and deferred ones (flex, background,
+    batch lines), which may only use what realtime calls leave of ``capacity``.
+    """
 
     model: ModelConfig
     config: DeploymentConfig
     health: Health
-    in_flight: int = 0
+    realtime_in_flight: int = 0
+    deferred_in_flight: int = 0
     calls: int = 0
+    realtime_peak: RecentMax = field(default_factory=RecentMax)
+    # What the other live processes last published (their heartbeats).
+    others_realtime: int = 0
+    others_deferred: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.realtime_in_flight + self.deferred_in_flight
+
+    def begin(self, now: float, *, realtime: bool) -> None:
+        self.calls += 1
+        if realtime:
+            self.realtime_in_flight += 1
+            self.realtime_peak.note(now, self.realtime_in_flight)
+        else:
+            self.deferred_in_flight += 1
+
+    def end(self, *, realtime: bool) -> None:
+        if realtime:
+            self.realtime_in_flight -= 1
+        else:
+            self.deferred_in_flight -= 1
+
+    def realtime_load(self, now: float) -> int:
+        """Realtime calls to reckon with: this process's recent peak plus the others'."""
+        return max(self.realtime_peak.value(now), self.realtime_in_flight) + self.others_realtime
+
+    def deferred_room(self, now: float) -> int | None:
+        """How many more deferred calls it may take now (None: no ``capacity``, no bound)."""
+        if self.config.capacity is None:
+            return None
+        used = self.realtime_load(now) + self.deferred_in_flight + self.others_deferred
+        return self.config.capacity - used
 
     @classmethod
     def of(cls, model: ModelConfig, config: DeploymentConfig, limits: HealthLimits) -> Deployment:
@@ -45,9 +108,13 @@ class Deployment:
         """How answers and rows name it: ``gpu-a``, or ``llama-8b/gpu-a`` for a fallback."""
         return self.name if self.model.name == asked else f"{self.model.name}/{self.name}"
 
-    def has_room(self) -> bool:
+    def has_room(self, now: float, *, realtime: bool) -> bool:
+        """Under ``max_concurrency``; and, for a deferred call, under what realtime leaves."""
         limit = self.config.max_concurrency
-        return limit is None or self.in_flight < limit
+        if limit is not None and self.in_flight >= limit:
+            return False
+        room = None if realtime else self.deferred_room(now)
+        return room is None or room > 0
 
     def headers(self) -> dict[str, str]:
         """What the provider wants to see, read from the environment at call time."""
@@ -66,6 +133,8 @@ class Deployment:
             "deployment": self.name,
             "state": str(self.health.state(now)),
             "in_flight": self.in_flight,
+            "realtime_in_flight": max(self.realtime_peak.value(now), self.realtime_in_flight),
+            "deferred_in_flight": self.deferred_in_flight,
             "calls": self.calls,
             "trips": self.health.trips,
             "out_until": round(time.time() + out_for_s, 3) if out_for_s else None,

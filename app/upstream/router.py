@@ -86,9 +86,18 @@ class Router:
         return fleet.named(name) if fleet is not None else None
 
     def pick(
-        self, asked: str, *, pin: str | None = None, avoid: Iterable[Deployment] = ()
+        self,
+        asked: str,
+        *,
+        pin: str | None = None,
+        avoid: Iterable[Deployment] = (),
+        realtime: bool = True,
     ) -> Deployment | None:
-        """A usable deployment now, from the first model of the chain that has one."""
+        """A usable deployment now, from the first model of the chain that has one.
+
+        A deferred call (``realtime=False``) also needs room under the deployment's
+        ``capacity`` after the realtime calls of every process: flex yields to realtime.
+        """
         now = self.clock()
         avoided = set(avoid)
         if pin is not None:
@@ -97,7 +106,9 @@ class Router:
             fleets = [fleet.deployments for fleet in self.chain(asked)]
         for deployments in fleets:
             usable = [
-                d for d in deployments if d not in avoided and d.health.usable(now) and d.has_room()
+                d
+                for d in deployments
+                if d not in avoided and d.health.usable(now) and d.has_room(now, realtime=realtime)
             ]
             if usable:
                 return self._choose(usable)
@@ -110,11 +121,11 @@ class Router:
         first, second = self.rng.choices(usable, weights, k=2)
         return first if _load(first) <= _load(second) else second
 
-    def begin(self, deployment: Deployment) -> None:
+    def begin(self, deployment: Deployment, *, realtime: bool = True) -> None:
         """A call to ``deployment`` starts (its probe, if it is probing)."""
-        deployment.in_flight += 1
-        deployment.calls += 1
-        deployment.health.begin(self.clock())
+        now = self.clock()
+        deployment.begin(now, realtime=realtime)
+        deployment.health.begin(now)
 
     def end(
         self,
@@ -123,10 +134,11 @@ class Router:
         fault: str | None = None,
         rest_s: float | None = None,
         telling: bool = True,
+        realtime: bool = True,
     ) -> None:
         """A call ends: ``fault`` counts against the deployment, ``rest_s`` rests it (429),
         neither is a success; ``telling=False`` says nothing either way (a cancelled call)."""
-        deployment.in_flight -= 1
+        deployment.end(realtime=realtime)
         now = self.clock()
         if fault is not None:
             deployment.health.failed(now, fault)
@@ -145,6 +157,7 @@ class Router:
         pin: str | None = None,
         tried: Iterable[Deployment] = (),
         deadline: float,
+        realtime: bool = True,
     ) -> Deployment | None:
         """A deployment not yet ``tried``, waiting for one until ``deadline``.
 
@@ -153,9 +166,9 @@ class Router:
         """
         tried = set(tried)
         while True:
-            chosen = self.pick(asked, pin=pin, avoid=tried)
+            chosen = self.pick(asked, pin=pin, avoid=tried, realtime=realtime)
             if chosen is not None:
-                self.begin(chosen)
+                self.begin(chosen, realtime=realtime)
                 return chosen
             left = [d for d in self.candidates(asked, pin) if d not in tried]
             if not left:
@@ -164,7 +177,9 @@ class Router:
             back_in = [d.health.out_until - now for d in left if d.health.out_until > now]
             if now >= deadline:
                 raise NoCapacity(retry_after_s=max(1.0, min(back_in, default=1.0)))
-            wait_s = min([deadline - now, *back_in])
+            # Calls ending wake waiters; a deferred one also looks again each second, as the
+            # realtime peak it yields to fades.
+            wait_s = min([deadline - now, *back_in, *([] if realtime else [1.0])])
             changed = self._event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), wait_s)
@@ -185,23 +200,37 @@ class Router:
         return [d.snapshot(now) for fleet in self.fleets.values() for d in fleet.deployments]
 
     def learn(self, others: list[list[dict[str, Any]]]) -> None:
-        """Take the cool-downs other processes are sitting out, from their snapshots.
+        """Take the other processes' calls in flight per deployment (what flex yields to)
+        and the cool-downs they are sitting out, from their snapshots.
 
         Only a cool-down a process earned by its own faults (``trips``) is taken, and only
         as a rest until the same moment: what was learnt is not passed on as news, and no
         process pays the connect timeouts of a deployment another one has found down.
         """
         now, wall = self.clock(), time.time()
+        loads: dict[Deployment, tuple[int, int]] = {}
         for snapshot in others:
             for seen in snapshot:
                 fleet = self.fleets.get(seen.get("model", ""))
                 deployment = fleet.named(seen.get("deployment", "")) if fleet else None
+                if deployment is None:
+                    continue
+                realtime, deferred = loads.get(deployment, (0, 0))
+                loads[deployment] = (
+                    realtime + int(seen.get("realtime_in_flight") or 0),
+                    deferred + int(seen.get("deferred_in_flight") or 0),
+                )
                 until = seen.get("out_until")
-                if deployment is None or not seen.get("trips") or not until or until <= wall:
+                if not seen.get("trips") or not until or until <= wall:
                     continue
                 if deployment.health.state(now) == DeploymentState.HEALTHY:
                     deployment.health.rest(now, until - wall)
                     deployment.health.last_error = seen.get("last_error")
+        for fleet in self.fleets.values():
+            for deployment in fleet.deployments:
+                deployment.others_realtime, deployment.others_deferred = loads.get(
+                    deployment, (0, 0)
+                )
 
 
 def _load(deployment: Deployment) -> float:

@@ -156,3 +156,48 @@ def _settings_one_slot() -> Settings:
         }
     )
     return settings
+
+
+def _settings_with_capacity() -> Settings:
+    settings = Settings()
+    settings.apply_config(
+        {
+            "models": [
+                {
+                    "name": "shared",
+                    "deployments": [{"name": "gpu", "upstream": "http://g/v1", "capacity": 4}],
+                }
+            ]
+        }
+    )
+    return settings
+
+
+def test_deferred_calls_use_only_what_realtime_leaves():
+    clock = Clock()
+    router = Router(_settings_with_capacity(), clock=clock)
+    (gpu,) = router.fleets["shared"].deployments
+    for _ in range(3):
+        router.begin(gpu, realtime=True)
+    assert router.pick("shared", realtime=False) is gpu  # 4 - 3 realtime: room for one
+    router.begin(gpu, realtime=False)
+    assert router.pick("shared", realtime=False) is None
+    assert router.pick("shared", realtime=True) is gpu  # realtime is never held back
+    for _ in range(3):
+        router.end(gpu, realtime=True)
+    # The realtime burst is remembered for a few seconds, then its room goes back to flex.
+    assert router.pick("shared", realtime=False) is None
+    clock.now += 6
+    assert router.pick("shared", realtime=False) is gpu
+    assert gpu.deferred_room(clock.now) == 3
+
+
+def test_other_processes_realtime_counts_too():
+    clock = Clock()
+    router = Router(_settings_with_capacity(), clock=clock)
+    (gpu,) = router.fleets["shared"].deployments
+    peer = {"model": "shared", "deployment": "gpu", "realtime_in_flight": 2}
+    router.learn([[peer], [{**peer, "deferred_in_flight": 1}]])
+    assert gpu.deferred_room(clock.now) == 4 - 4 - 1
+    router.learn([])  # they went quiet (or away)
+    assert gpu.deferred_room(clock.now) == 4

@@ -1,0 +1,202 @@
+"""Flex yields to realtime: one deployment's capacity shared by realtime calls and a batch.
+
+The mock provider runs with ``--capacity 32`` (calls beyond 32 queue inside it, so latency
+grows, as a saturated vLLM's does) and ``--latency-ms 100``. Three phases, each on a fresh
+database and gateway (with its in-process worker), same processes otherwise:
+
+1. realtime alone: ``--realtime`` closed-loop clients (default 16, half the capacity) for
+   ``--seconds``; realtime p50 and p99;
+2. feature on (the deployment declares ``capacity: 32``): the same realtime load while a
+   ``--lines`` batch (default 10,000) runs from submission to completion; realtime p50 and
+   p99 meanwhile, and the batch's lines per second against the spare capacity
+   ((32 - realtime clients) / latency);
+3. feature off (no ``capacity``): the same as 2.
+
+Targets: with the feature on, realtime p50 and p99 within 1.25x of realtime alone, and the
+batch using at least 70 % of the spare capacity.
+
+Usage: python bench/yielding.py [--realtime N] [--lines N] [--seconds S] [--capacity C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from app.testing.config import write_config
+from app.testing.postgres import database_server
+from app.testing.processes import Process, create_key, start_gateway, start_mock_upstream
+
+MODEL = "shared"
+LATENCY_MS = 100.0
+
+
+@dataclass
+class Phase:
+    """One phase's figures."""
+
+    name: str
+    realtime_p50_ms: float = 0.0
+    realtime_p99_ms: float = 0.0
+    realtime_calls: int = 0
+    batch_lines_per_s: float = 0.0
+    batch_s: float = 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def realtime_load(api: str, key: str, clients: int, stop: asyncio.Event) -> list[float]:
+    """Closed-loop chat calls from ``clients`` loops until ``stop``; latencies in ms."""
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "realtime"}]}
+    took: list[float] = []
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+    async def loop() -> None:
+        async with httpx.AsyncClient(base_url=api, timeout=60, limits=limits) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                response = await client.post("/chat/completions", json=body, headers=headers)
+                response.raise_for_status()
+                took.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    return took
+
+
+def batch_input(lines: int) -> bytes:
+    out = io.StringIO()
+    for i in range(lines):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"line {i}"}]}
+        line = {"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions"}
+        out.write(json.dumps({**line, "body": body}) + "\n")
+    return out.getvalue().encode()
+
+
+async def run_batch(api: str, key: str, lines: int) -> float:
+    """Seconds from the batch's lines being runnable to the batch completed."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=api, timeout=60, headers=headers) as http:
+        uploaded = await http.post(
+            "/files", data={"purpose": "batch"}, files={"file": ("y.jsonl", batch_input(lines))}
+        )
+        uploaded.raise_for_status()
+        created = await http.post(
+            "/batches",
+            json={
+                "input_file_id": uploaded.json()["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+        )
+        created.raise_for_status()
+        batch = created.json()
+        started = None
+        while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+            await asyncio.sleep(0.2)
+            batch = (await http.get(f"/batches/{batch['id']}")).json()
+            if started is None and batch["status"] == "in_progress":
+                started = time.perf_counter()
+        assert batch["status"] == "completed", batch
+        counts = batch["request_counts"]
+        assert counts["completed"] == lines, counts
+        return time.perf_counter() - (started or time.perf_counter())
+
+
+async def phase(name: str, api: str, key: str, clients: int, seconds: float, lines: int) -> Phase:
+    stop = asyncio.Event()
+    load = asyncio.create_task(realtime_load(api, key, clients, stop))
+    figures = Phase(name)
+    if lines:
+        await asyncio.sleep(1.0)  # realtime steady before the batch arrives
+        figures.batch_s = await run_batch(api, key, lines)
+        figures.batch_lines_per_s = lines / figures.batch_s
+    else:
+        await asyncio.sleep(seconds)
+    stop.set()
+    took = await load
+    figures.realtime_p50_ms = pct(took, 0.5)
+    figures.realtime_p99_ms = pct(took, 0.99)
+    figures.realtime_calls = len(took)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--realtime", type=int, default=16, help="closed-loop realtime clients")
+    parser.add_argument("--lines", type=int, default=10_000, help="lines of the batch")
+    parser.add_argument("--seconds", type=float, default=20.0, help="realtime-alone phase")
+    parser.add_argument("--capacity", type=int, default=32, help="the mock's capacity")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="tiergate-yield-"))
+    processes: list[Process] = []
+    phases: list[Phase] = []
+    with database_server(work / "home") as factory:
+        try:
+            url, mock = start_mock_upstream(
+                work / "mock.log", latency_ms=LATENCY_MS, capacity=args.capacity
+            )
+            processes.append(mock)
+            for name, capacity, lines in (
+                ("realtime alone", args.capacity, 0),
+                ("with a batch, flex yields", args.capacity, args.lines),
+                ("with a batch, feature off", None, args.lines),
+            ):
+                deployment = {"name": "gpu", "upstream": f"{url}/v1"}
+                if capacity:
+                    deployment["capacity"] = capacity
+                config = write_config(
+                    work / f"tiergate-{len(phases)}.yaml",
+                    [{"name": MODEL, "deployments": [deployment], "flex_concurrency": 64}],
+                    {"batch_chunk": 64, "worker_concurrency": 16},
+                )
+                db = factory.create().libpq()
+                key = create_key(db, "bench")
+                gateway = start_gateway(
+                    database_url=db, config=config, log=work / f"gw-{len(phases)}.log"
+                )
+                processes.append(gateway.process)
+                phases.append(
+                    asyncio.run(phase(name, gateway.api, key, args.realtime, args.seconds, lines))
+                )
+                gateway.process.stop()
+        finally:
+            for process in processes:
+                process.stop()
+
+    alone = phases[0]
+    spare = (args.capacity - args.realtime) / (LATENCY_MS / 1000)
+    print(
+        f"flex yields to realtime (mock: capacity {args.capacity}, {LATENCY_MS:.0f} ms a call;"
+        f" {args.realtime} closed-loop realtime clients; {args.lines}-line batch)"
+    )
+    print(f"  spare capacity: {spare:.0f} calls/s")
+    for p in phases:
+        line = (
+            f"  {p.name:<27} realtime p50 {p.realtime_p50_ms:6.1f} ms"
+            f" ({p.realtime_p50_ms / alone.realtime_p50_ms:4.2f}x)"
+            f"  p99 {p.realtime_p99_ms:6.1f} ms ({p.realtime_p99_ms / alone.realtime_p99_ms:4.2f}x)"
+            f"  [{p.realtime_calls} calls]"
+        )
+        if p.batch_s:
+            line += (
+                f"  batch {p.batch_s:5.1f} s, {p.batch_lines_per_s:5.1f} lines/s"
+                f" = {p.batch_lines_per_s / spare:4.0%} of spare"
+            )
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
