@@ -14,7 +14,8 @@ the gateways: they share one name) and their RSS, and every 0.25 s each gateway'
 
 Exits non-zero if a promise is broken: a client failed or got no answer within ``--deadline``,
 the gateways held more PostgreSQL connections than N x (``db_pool_size + db_max_overflow`` + 1
-LISTEN), a batch line is missing or doubled, or a gateway's RSS passed ``--max-rss-mb``.
+LISTEN), the workers more than N x (``min(concurrency, 10) + job_pool_size`` + 2 LISTEN), a
+batch line is missing or doubled, or a gateway's RSS passed ``--max-rss-mb``.
 Timings are printed, never asserted.
 
 Usage: python bench/load.py [--clients 2000] [--lines 10000] [--gateways 1] [--workers 2]
@@ -103,7 +104,7 @@ class LoadConfig:
     def worker_connections(self) -> int:
         """What one worker process may hold: its engine, procrastinate's pool and LISTEN, and
         the flex dispatcher's LISTEN."""
-        return min(self.worker_concurrency, 10) + JOB_POOL_SIZE + 1 + 1 + 1
+        return min(self.worker_concurrency, 10) + JOB_POOL_SIZE + 1 + 1
 
     def config_data(self, upstream: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The tiergate config of this run (models, limits), for ``write_config``."""
@@ -707,6 +708,12 @@ def problems(report: LoadReport) -> list[str]:
         found.append(
             f"{plural(cfg.gateways)} held {report.peak_gateway_conns} PostgreSQL connections "
             f"(bound {cfg.gateways_connection_bound})"
+        )
+    peak_workers = max((s.worker_conns for s in report.all_samples), default=0)
+    if peak_workers > cfg.workers * cfg.worker_connections:
+        found.append(
+            f"the {cfg.workers} workers held {peak_workers} PostgreSQL connections "
+            f"(bound {cfg.workers} x {cfg.worker_connections})"
         )
     if report.fast_samples < 10:
         found.append(f"only {report.fast_samples} connection samples were taken")
