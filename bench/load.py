@@ -1,22 +1,28 @@
 """Load benchmark: thousands of blocking flex clients while a Batch API batch runs.
 
 Topology, as a user would run it (all real processes on loopback): PostgreSQL (embedded unless
-``DATABASE_URL`` is set), ``tiergate mock-upstream --latency-ms L``, one gateway
-``tiergate serve --no-worker`` with explicit ``limits``, and ``--workers N`` processes of
-``tiergate worker``. On one set of processes it runs three phases: the flex clients alone, the
-batch alone, then both at once (a batch is submitted, and once it is ``in_progress`` the
-clients open their connections and wait for their answers). A sampler thread reads, every
-0.1 s, the gateway's and workers' PostgreSQL connections (``pg_stat_activity`` by
-``application_name``) and their RSS, and every 0.25 s the gateway's ``/metrics`` (blocking
-clients waiting) and the sockets this process holds open to the gateway.
+``DATABASE_URL`` is set), ``tiergate mock-upstream --latency-ms L``, ``--gateways N`` processes
+of ``tiergate serve --no-worker`` (one by default) with explicit ``limits``, and ``--workers N``
+processes of ``tiergate worker``, all on one database. On one set of processes it runs three
+phases: the flex clients alone, the batch alone, then both at once (a batch is submitted, and
+once it is ``in_progress`` the clients open their connections and wait for their answers).
+Clients go to the gateways in turn (client i to gateway i mod N); the batch is created at the
+first gateway and polled at each in turn. A sampler thread reads, every 0.1 s, the gateways'
+and workers' PostgreSQL connections (``pg_stat_activity`` by ``application_name``, summed over
+the gateways: they share one name) and their RSS, and every 0.25 s each gateway's ``/metrics``
+(blocking clients waiting) and the sockets this process holds open to the gateways.
 
 Exits non-zero if a promise is broken: a client failed or got no answer within ``--deadline``,
-the gateway held more PostgreSQL connections than ``db_pool_size + db_max_overflow + 1``
-(LISTEN), a batch line is missing or doubled, or the gateway's RSS passed ``--max-rss-mb``.
+the gateways held more PostgreSQL connections than N x (``db_pool_size + db_max_overflow`` + 1
+LISTEN), the workers more than N x (``min(concurrency, 10) + job_pool_size`` + 2 LISTEN), a
+batch line is missing or doubled, or a gateway's RSS passed ``--max-rss-mb``.
 Timings are printed, never asserted.
 
-Usage: python bench/load.py [--clients 2000] [--lines 10000] [--workers 2] [--latency-ms 100]
+Usage: python bench/load.py [--clients 2000] [--lines 10000] [--gateways 1] [--workers 2]
+                            [--latency-ms 100] [--compare-default]
        python bench/load.py --quick     # 200 clients, 1,000 lines: a smoke run
+``--compare-default`` first runs the default topology (1 gateway, 2 workers) on a database of
+its own, then the one asked for, and prints the ratios of their figures.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -60,7 +67,7 @@ from app.testing.processes import (
 
 MODEL = "remote"
 GATEWAY_APPS = ("tiergate", "tiergate-listen")  # the gateway's pool and its LISTEN hub
-TIERGATE_PARTS = ("gateway", "workers", "postgres")  # the CPU a flex request costs tiergate
+TIERGATE_PARTS = ("workers", "postgres")  # with the gateway(s): what a flex request costs tiergate
 WORKER_APPS = ("tiergate-worker", "tiergate-work")  # engine + procrastinate; flex LISTEN
 MB = 1024 * 1024
 JOB_POOL_SIZE = 4
@@ -72,6 +79,7 @@ class LoadConfig:
 
     clients: int = 2000
     lines: int = 10_000
+    gateways: int = 1
     workers: int = 2
     worker_concurrency: int = 16
     flex_concurrency: int = 64
@@ -79,19 +87,24 @@ class LoadConfig:
     deadline_s: float = 180.0
     db_pool_size: int = 4
     db_max_overflow: int = 12
-    max_rss_mb: float = 512.0  # the gateway's RSS must stay under this
+    max_rss_mb: float = 512.0  # each gateway's RSS must stay under this
     baselines: bool = True
 
     @property
     def connection_bound(self) -> int:
-        """The gateway's promise: its pool, its overflow and one LISTEN connection."""
+        """One gateway's promise: its pool, its overflow and one LISTEN connection."""
         return self.db_pool_size + self.db_max_overflow + 1
+
+    @property
+    def gateways_connection_bound(self) -> int:
+        """What all the gateways together may hold."""
+        return self.gateways * self.connection_bound
 
     @property
     def worker_connections(self) -> int:
         """What one worker process may hold: its engine, procrastinate's pool and LISTEN, and
         the flex dispatcher's LISTEN."""
-        return min(self.worker_concurrency, 10) + JOB_POOL_SIZE + 1 + 1 + 1
+        return min(self.worker_concurrency, 10) + JOB_POOL_SIZE + 1 + 1
 
     def config_data(self, upstream: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The tiergate config of this run (models, limits), for ``write_config``."""
@@ -118,14 +131,15 @@ class Sample:
     """One look at the processes, ``t`` seconds (perf_counter) in."""
 
     t: float
-    gateway_conns: int = 0
+    gateway_conns: int = 0  # all gateways'
     gateway_busy: int = 0
     worker_conns: int = 0
-    gateway_rss: int = 0
+    gateway_rss: tuple[int, ...] = ()  # each gateway's
     worker_rss: tuple[int, ...] = ()
-    waiting: int | None = None  # tiergate_waiting_clients (gateway's /metrics)
-    client_sockets: int | None = None  # this process's ESTABLISHED sockets to the gateway
-    metrics_s: float | None = None  # how long the gateway took to answer /metrics
+    waiting: int | None = None  # tiergate_waiting_clients, summed over the gateways' /metrics
+    waiting_each: tuple[int, ...] = ()  # ... and each gateway's
+    client_sockets: int | None = None  # this process's ESTABLISHED sockets to the gateways
+    metrics_s: float | None = None  # how long the slowest gateway took to answer /metrics
 
 
 class Poller(threading.Thread):
@@ -158,12 +172,12 @@ class Poller(threading.Thread):
 class Probes:
     """The two probes: database + memory (cheap, 0.1 s) and HTTP + sockets (0.25 s)."""
 
-    def __init__(self, db: str, gateway: Gateway, gateway_pid: int, worker_pids: list[int]):
+    def __init__(self, db: str, gateways: list[Gateway], worker_pids: list[int]):
         self.db = db
-        self.gateway = gateway
-        self.gateway_pid = gateway_pid
+        self.gateways = gateways
+        self.gateway_pids = [pid(g.process) for g in gateways]
         self.worker_pids = worker_pids
-        self.gateway_port = int(gateway.url.rsplit(":", 1)[1])
+        self.gateway_ports = {int(g.url.rsplit(":", 1)[1]) for g in gateways}
         self._conn: psycopg.Connection | None = None
         self._http = httpx.Client(timeout=5)
 
@@ -180,25 +194,32 @@ class Probes:
             gateway_conns=len(gateway),
             gateway_busy=sum(1 for state in gateway if state not in ("idle", None)),
             worker_conns=sum(1 for app, _ in rows if app in WORKER_APPS),
-            gateway_rss=rss(self.gateway_pid),
-            worker_rss=tuple(rss(pid) for pid in self.worker_pids),
+            gateway_rss=tuple(rss(p) for p in self.gateway_pids),
+            worker_rss=tuple(rss(p) for p in self.worker_pids),
         )
 
     def http(self) -> Sample:
-        waiting = None
-        asked = time.perf_counter()
-        text = self._http.get(self.gateway.url + "/metrics").text
-        answered = time.perf_counter() - asked
-        for line in text.splitlines():
-            if line.startswith("tiergate_waiting_clients "):
-                waiting = int(float(line.split()[1]))
+        each: list[int] = []
+        answered = 0.0
+        for gateway in self.gateways:
+            asked = time.perf_counter()
+            text = self._http.get(gateway.url + "/metrics").text
+            answered = max(answered, time.perf_counter() - asked)
+            for line in text.splitlines():
+                if line.startswith("tiergate_waiting_clients "):
+                    each.append(int(float(line.split()[1])))
+        waiting = sum(each) if each else None
         sockets = sum(
             1
             for c in psutil.Process().net_connections("tcp")
-            if c.raddr and c.raddr.port == self.gateway_port and c.status == "ESTABLISHED"
+            if c.raddr and c.raddr.port in self.gateway_ports and c.status == "ESTABLISHED"
         )
         return Sample(
-            t=time.perf_counter(), waiting=waiting, client_sockets=sockets, metrics_s=answered
+            t=time.perf_counter(),
+            waiting=waiting,
+            waiting_each=tuple(each) if len(each) == len(self.gateways) else (),
+            client_sockets=sockets,
+            metrics_s=answered,
         )
 
     def close(self) -> None:
@@ -249,8 +270,9 @@ def raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def flex_clients(api: str, key: str, clients: int, deadline_s: float) -> FlexResult:
-    """``clients`` blocking flex requests at once, one HTTP connection each."""
+async def flex_clients(apis: list[str], key: str, clients: int, deadline_s: float) -> FlexResult:
+    """``clients`` blocking flex requests at once, one HTTP connection each; client ``i``
+    calls ``apis[i % len(apis)]``."""
     raise_fd_limit(clients + 256)
     result = FlexResult(clients=clients)
     headers = {"Authorization": f"Bearer {key}"}
@@ -261,6 +283,7 @@ async def flex_clients(api: str, key: str, clients: int, deadline_s: float) -> F
         body = {"model": MODEL, "input": f"flex client {i}", "service_tier": "flex"}
         start = time.perf_counter()
         try:
+            api = apis[i % len(apis)]
             async with session.post(api + "/responses", json=body, headers=headers) as resp:
                 payload = await resp.read()
             if resp.status != 200:
@@ -343,12 +366,16 @@ async def start_batch(http: httpx.AsyncClient, lines: int) -> tuple[str, BatchRe
 
 
 async def follow_batch(
-    http: httpx.AsyncClient, batch_id: str, result: BatchResult, deadline_s: float
+    https: list[httpx.AsyncClient], batch_id: str, result: BatchResult, deadline_s: float
 ) -> BatchResult:
-    """Poll twice a second until the batch ends, then check every custom_id came back once."""
+    """Poll twice a second, at each gateway in turn, until the batch ends; then check every
+    custom_id came back once."""
     deadline = time.perf_counter() + deadline_s
     batch: dict[str, Any] = {"status": "unknown"}
+    polls = 0
     while True:
+        http = https[polls % len(https)]
+        polls += 1
         try:
             polled = await http.get(f"/batches/{batch_id}")
             if polled.status_code == 200:
@@ -430,7 +457,7 @@ class Phase:
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used, by part
     client_lag_s: float = 0.0  # the load generator's worst event-loop lag
     anatomy: dict[str, float] = field(default_factory=dict)  # flex rows: seconds
-    gateway_rss_end: int = 0
+    gateway_rss_end: tuple[int, ...] = ()  # each gateway's
     sessions: int = 0  # connections opened to the database during the phase (all clients)
 
     @property
@@ -454,12 +481,25 @@ class Phase:
         return max((s.waiting or 0 for s in self.http_samples), default=0)
 
     @property
+    def peak_waiting_each(self) -> list[int]:
+        """Each gateway's peak of clients waiting at once."""
+        rows = [s.waiting_each for s in self.http_samples if s.waiting_each]
+        return [max(column) for column in zip(*rows, strict=True)] if rows else []
+
+    @property
     def peak_client_sockets(self) -> int:
         return max((s.client_sockets or 0 for s in self.http_samples), default=0)
 
     @property
     def peak_gateway_rss(self) -> int:
-        return max((s.gateway_rss for s in self.samples), default=0)
+        """The largest RSS any gateway reached."""
+        return max((max(s.gateway_rss, default=0) for s in self.samples), default=0)
+
+    @property
+    def peak_gateways_rss(self) -> list[int]:
+        """Each gateway's peak RSS."""
+        rows = [s.gateway_rss for s in self.samples if s.gateway_rss]
+        return [max(column) for column in zip(*rows, strict=True)] if rows else []
 
     @property
     def peak_worker_rss(self) -> list[int]:
@@ -476,26 +516,32 @@ async def loop_lag(worst: list[float]) -> None:
 
 
 async def run_phase(
-    gateway: Gateway, key: str, cfg: LoadConfig, *, flex: bool, batch: bool
+    gateways: list[Gateway], key: str, cfg: LoadConfig, *, flex: bool, batch: bool
 ) -> tuple[FlexResult | None, BatchResult | None, float]:
-    """Optionally start a batch; once it runs, optionally open the flex clients. Also returns
-    the client's worst event-loop lag (seconds)."""
+    """Optionally start a batch (at the first gateway); once it runs, optionally open the flex
+    clients (spread over the gateways). Also returns the client's worst event-loop lag
+    (seconds)."""
     headers = {"Authorization": f"Bearer {key}"}
     worst = [0.0]
     lag = asyncio.create_task(loop_lag(worst))
     # A fresh connection per call: when this busy process polls late, it must not reuse a
     # connection the gateway is just closing as idle (uvicorn's keep-alive is 5 s).
     fresh = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(
-        base_url=gateway.api, headers=headers, timeout=120, limits=fresh
-    ) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        https = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=g.api, headers=headers, timeout=120, limits=fresh)
+            )
+            for g in gateways
+        ]
         following: asyncio.Task[BatchResult] | None = None
         if batch:
-            batch_id, started = await start_batch(http, cfg.lines)
-            following = asyncio.create_task(follow_batch(http, batch_id, started, cfg.deadline_s))
+            batch_id, started = await start_batch(https[0], cfg.lines)
+            following = asyncio.create_task(follow_batch(https, batch_id, started, cfg.deadline_s))
         flex_result = None
         if flex:
-            flex_result = await flex_clients(gateway.api, key, cfg.clients, cfg.deadline_s)
+            apis = [g.api for g in gateways]
+            flex_result = await flex_clients(apis, key, cfg.clients, cfg.deadline_s)
         batch_result = await following if following is not None else None
     lag.cancel()
     return flex_result, batch_result, worst[0]
@@ -511,7 +557,7 @@ class LoadReport:
     config: LoadConfig
     topology: str
     phases: dict[str, Phase]
-    gateway_rss_before: int
+    gateway_rss_before: tuple[int, ...]  # each gateway's
     sampler_errors: list[str]
     fast_samples: int
     all_samples: list[Sample]
@@ -522,11 +568,13 @@ class LoadReport:
 
     @property
     def peak_gateway_conns(self) -> int:
+        """All gateways' connections at once, at their peak."""
         return max((s.gateway_conns for s in self.all_samples), default=0)
 
     @property
     def peak_gateway_rss(self) -> int:
-        return max((s.gateway_rss for s in self.all_samples), default=0)
+        """The largest RSS any gateway reached."""
+        return max((max(s.gateway_rss, default=0) for s in self.all_samples), default=0)
 
 
 def pid(process: Process) -> int:
@@ -557,8 +605,14 @@ def run_load(
         processes.append(mock)
         config = write_config(work / "tiergate.yaml", *cfg.config_data(upstream))
         key = create_key(db, "load")
-        gateway = start_gateway(database_url=db, config=config, log=work / "gw.log", worker=False)
-        processes.append(gateway.process)
+        gateways = []
+        for n in range(cfg.gateways):  # gw.log for the first: the one-gateway run's name
+            log_name = "gw.log" if n == 0 else f"gw{n}.log"
+            gateway = start_gateway(
+                database_url=db, config=config, log=work / log_name, worker=False
+            )
+            processes.append(gateway.process)
+            gateways.append(gateway)
         workers = [
             start_worker(
                 database_url=db,
@@ -571,16 +625,17 @@ def run_load(
         processes += workers
         wait_for_workers(db, cfg.workers)
         # No warm-up: the first burst meets a cold gateway (key cache, pool), as after a restart.
-        probes = Probes(db, gateway, pid(gateway.process), [pid(w) for w in workers])
+        gateway_pids = [pid(g.process) for g in gateways]
+        probes = Probes(db, gateways, [pid(w) for w in workers])
         meter = CpuMeter(
             db,
             {
-                "gateway": [pid(gateway.process)],
+                gateway_part(cfg): gateway_pids,
                 "workers": [pid(w) for w in workers],
                 "mock": [pid(mock)],
             },
         )
-        rss_before = rss(pid(gateway.process))
+        rss_before = tuple(rss(p) for p in gateway_pids)
         plan = [("flex + batch", True, True)]
         if cfg.baselines:
             plan = [("flex alone", True, False), ("batch alone", False, True), *plan]
@@ -591,7 +646,7 @@ def run_load(
                 start, cpu_start, since = time.perf_counter(), meter.read(), db_now(db)
                 opened = sessions_opened(db)
                 flex_result, batch_result, lag = asyncio.run(
-                    run_phase(gateway, key, cfg, flex=flex, batch=batch)
+                    run_phase(gateways, key, cfg, flex=flex, batch=batch)
                 )
                 end, cpu_end = time.perf_counter(), meter.read()
                 phases[name] = Phase(
@@ -604,11 +659,12 @@ def run_load(
                     {part: cpu_end[part] - cpu_start[part] for part in cpu_end},
                     lag,
                     flex_anatomy(db, since) if flex else {},
-                    rss(pid(gateway.process)),
+                    tuple(rss(p) for p in gateway_pids),
                     sessions_opened(db) - opened - 2,  # less this loop's own two
                 )
+        gateways_text = "gateway" if cfg.gateways == 1 else f"{cfg.gateways} x gateway"
         topology = (
-            f"gateway `tiergate serve --no-worker` + {cfg.workers} x "
+            f"{gateways_text} `tiergate serve --no-worker` + {cfg.workers} x "
             f"`tiergate worker --concurrency {cfg.worker_concurrency}`, "
             f"model flex_concurrency {cfg.flex_concurrency}, mock upstream at "
             f"{cfg.latency_ms:.0f} ms"
@@ -648,16 +704,22 @@ def problems(report: LoadReport) -> list[str]:
                 found.append(
                     f"{phase.name}: {batch.missing} custom_ids missing, {batch.doubled} doubled"
                 )
-    if report.peak_gateway_conns > cfg.connection_bound:
+    if report.peak_gateway_conns > cfg.gateways_connection_bound:
         found.append(
-            f"gateway held {report.peak_gateway_conns} PostgreSQL connections "
-            f"(bound {cfg.connection_bound})"
+            f"{plural(cfg.gateways)} held {report.peak_gateway_conns} PostgreSQL connections "
+            f"(bound {cfg.gateways_connection_bound})"
+        )
+    peak_workers = max((s.worker_conns for s in report.all_samples), default=0)
+    if peak_workers > cfg.workers * cfg.worker_connections:
+        found.append(
+            f"the {cfg.workers} workers held {peak_workers} PostgreSQL connections "
+            f"(bound {cfg.workers} x {cfg.worker_connections})"
         )
     if report.fast_samples < 10:
         found.append(f"only {report.fast_samples} connection samples were taken")
     if report.peak_gateway_rss > cfg.max_rss_mb * MB:
         found.append(
-            f"gateway RSS peaked at {report.peak_gateway_rss / MB:.0f} MB "
+            f"a gateway's RSS peaked at {report.peak_gateway_rss / MB:.0f} MB "
             f"(limit {cfg.max_rss_mb:.0f} MB)"
         )
     return found
@@ -675,10 +737,40 @@ def mb(n: float) -> str:
     return f"{n / MB:.0f} MB"
 
 
+def mbs(values: tuple[int, ...] | list[int]) -> str:
+    return ", ".join(mb(v) for v in values)
+
+
+def gateway_part(cfg: LoadConfig) -> str:
+    """The gateways' name in the CPU figures: ``gateway``, or ``gateways`` (their sum)."""
+    return "gateway" if cfg.gateways == 1 else "gateways"
+
+
+def tiergate_parts(cfg: LoadConfig) -> tuple[str, ...]:
+    """The parts whose CPU is tiergate's own (not the mock's, not the load generator's)."""
+    return (gateway_part(cfg), *TIERGATE_PARTS)
+
+
+def plural(n: int) -> str:
+    return "the gateway" if n == 1 else f"the {n} gateways"
+
+
+def drain_rate(flex: FlexResult) -> float:
+    return flex.clients / max(flex.ended - flex.started, 1e-9)
+
+
+def cpu_per_request_ms(phase: Phase, cfg: LoadConfig) -> float:
+    """CPU milliseconds in tiergate's processes per flex client (a flex-only phase)."""
+    assert phase.flex is not None
+    ours = sum(phase.cpu.get(part, 0.0) for part in tiergate_parts(cfg))
+    return 1000 * ours / max(phase.flex.clients, 1)
+
+
 def phase_lines(phase: Phase, report: LoadReport) -> list[str]:
     """The figures of one phase, one topic a line."""
     cfg = report.config
     out = [phase.name]
+    where = gateway_part(cfg)
     flex, batch = phase.flex, phase.batch
     if flex is not None:
         lat = flex.latencies
@@ -690,18 +782,22 @@ def phase_lines(phase: Phase, report: LoadReport) -> list[str]:
             f" (all answered within {flex.ended - flex.started:.1f} s)",
             "  flex rows     "
             + ", ".join(f"{name} {value:.2f} s" for name, value in phase.anatomy.items()),
-            f"  concurrency   {phase.peak_client_sockets} sockets open to the gateway at once "
-            f"(client side); peak {phase.peak_waiting} clients waiting at once in the gateway",
-            f"  drain         {flex.clients / max(flex.ended - flex.started, 1e-9):.0f} requests/s"
+            f"  concurrency   {phase.peak_client_sockets} sockets open to the {where} at once "
+            f"(client side); peak {phase.peak_waiting} clients waiting at once in the {where}"
+            + (
+                f" (each: {', '.join(map(str, phase.peak_waiting_each))})"
+                if cfg.gateways > 1
+                else ""
+            ),
+            f"  drain         {drain_rate(flex):.0f} requests/s"
             " (clients / first submit to last answer)",
         ]
         if batch is None and flex.clients:
-            ours = sum(phase.cpu.get(part, 0.0) for part in TIERGATE_PARTS)
             every = sum(phase.cpu.values())
             out.append(
-                f"  CPU/request   {1000 * ours / flex.clients:.1f} ms in tiergate's processes "
-                f"({' + '.join(TIERGATE_PARTS)}), {1000 * every / flex.clients:.1f} ms with the"
-                " mock and the load generator"
+                f"  CPU/request   {cpu_per_request_ms(phase, cfg):.1f} ms in tiergate's processes "
+                f"({' + '.join(tiergate_parts(cfg))}), {1000 * every / flex.clients:.1f} ms with "
+                "the mock and the load generator"
             )
     if batch is not None:
         tail = ""
@@ -712,14 +808,19 @@ def phase_lines(phase: Phase, report: LoadReport) -> list[str]:
             f"create ({batch.lines / batch.seconds:.0f} lines/s); {batch.missing} custom_ids "
             f"missing, {batch.doubled} doubled{tail}"
         )
+    bound = str(cfg.connection_bound)
+    if cfg.gateways > 1:
+        bound = f"{cfg.gateways} x {cfg.connection_bound}"
     out += [
-        f"  connections   gateway peak {phase.peak_gateway_conns} (busy {phase.peak_gateway_busy})"
-        f" <= bound {cfg.connection_bound}; workers peak {phase.peak_worker_conns} (bound "
+        f"  connections   {where} peak {phase.peak_gateway_conns} (busy {phase.peak_gateway_busy})"
+        f" <= bound {bound}; workers peak {phase.peak_worker_conns} (bound "
         f"{cfg.workers} x {cfg.worker_connections}); {phase.sessions} connections opened in "
         "the phase, all processes",
-        f"  memory        gateway RSS peak {mb(phase.peak_gateway_rss)}, at the end "
-        f"{mb(phase.gateway_rss_end)}; workers' RSS peak "
-        + ", ".join(mb(r) for r in phase.peak_worker_rss),
+        f"  memory        {where}' RSS peak {mbs(phase.peak_gateways_rss)}, at the end "
+        f"{mbs(phase.gateway_rss_end)}; workers' RSS peak {mbs(phase.peak_worker_rss)}"
+        if cfg.gateways > 1
+        else f"  memory        gateway RSS peak {mb(phase.peak_gateway_rss)}, at the end "
+        f"{mbs(phase.gateway_rss_end)}; workers' RSS peak {mbs(phase.peak_worker_rss)}",
     ]
     total = sum(phase.cpu.values())
     cores = os.cpu_count() or 1
@@ -737,16 +838,24 @@ def phase_lines(phase: Phase, report: LoadReport) -> list[str]:
 def render(report: LoadReport) -> str:
     cfg = report.config
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    owner = "gateway" if cfg.gateways == 1 else "gateways'"
     out = [
         f"tiergate load bench ({when}, {os.cpu_count()} cores): {cfg.clients} blocking flex "
         f"clients during a {cfg.lines}-line batch",
         f"topology: {report.topology}",
         f"promises: gateway connections <= db_pool_size {cfg.db_pool_size} + db_max_overflow "
-        f"{cfg.db_max_overflow} + 1 LISTEN = {cfg.connection_bound}; gateway RSS <= "
-        f"{cfg.max_rss_mb:.0f} MB; every client answered within {cfg.deadline_s:.0f} s",
-        f"gateway RSS before the first phase {mb(report.gateway_rss_before)}, peak "
-        f"{mb(report.peak_gateway_rss)}; gateway connections peak {report.peak_gateway_conns} "
-        f"({report.fast_samples} samples, every 0.1 s)",
+        f"{cfg.db_max_overflow} + 1 LISTEN = {cfg.connection_bound}"
+        + (
+            f" each, {cfg.gateways_connection_bound} for the {cfg.gateways} gateways together "
+            "(checked on their sum: they share one application_name)"
+            if cfg.gateways > 1
+            else ""
+        )
+        + f"; gateway RSS <= {cfg.max_rss_mb:.0f} MB; every client answered within "
+        f"{cfg.deadline_s:.0f} s",
+        f"gateway RSS before the first phase {mbs(report.gateway_rss_before)}, peak "
+        f"{mb(report.peak_gateway_rss)}; {owner} connections peak "
+        f"{report.peak_gateway_conns} ({report.fast_samples} samples, every 0.1 s)",
     ]
     for phase in report.phases.values():
         out += phase_lines(phase, report)
@@ -768,6 +877,39 @@ def render(report: LoadReport) -> str:
     return "\n".join(out)
 
 
+def comparison(base: LoadReport, other: LoadReport) -> list[str]:
+    """The second topology's figures against the first's (other / base), phase by phase."""
+
+    def ratio(a: float, b: float) -> str:
+        return f"{b:.2f} / {a:.2f} = x{b / a:.2f}" if a else f"{b:.2f} / {a:.2f}"
+
+    out = [f"{other.topology}\n  versus {base.topology} (this / that):"]
+    for name, phase in other.phases.items():
+        before = base.phases.get(name)
+        if before is None:
+            continue
+        figures = []
+        if phase.flex is not None and before.flex is not None:
+            a, b = before.flex.latencies, phase.flex.latencies
+            figures += [
+                f"drain req/s {ratio(drain_rate(before.flex), drain_rate(phase.flex))}",
+                f"flex p50 s {ratio(pct(a, 0.5), pct(b, 0.5))}",
+                f"flex p99 s {ratio(pct(a, 0.99), pct(b, 0.99))}",
+            ]
+            if phase.batch is None:
+                figures.append(
+                    "CPU/request ms "
+                    + ratio(
+                        cpu_per_request_ms(before, base.config),
+                        cpu_per_request_ms(phase, other.config),
+                    )
+                )
+        if phase.batch is not None and before.batch is not None:
+            figures.append(f"batch s {ratio(before.batch.seconds, phase.batch.seconds)}")
+        out.append(f"  {name}: " + "; ".join(figures))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -775,6 +917,7 @@ def main() -> None:
     defaults = LoadConfig()
     parser.add_argument("--clients", type=int, default=defaults.clients)
     parser.add_argument("--lines", type=int, default=defaults.lines)
+    parser.add_argument("--gateways", type=int, default=defaults.gateways)
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--worker-concurrency", type=int, default=defaults.worker_concurrency)
     parser.add_argument("--flex-concurrency", type=int, default=defaults.flex_concurrency)
@@ -785,10 +928,16 @@ def main() -> None:
     parser.add_argument("--max-rss-mb", type=float, default=defaults.max_rss_mb)
     parser.add_argument("--no-baselines", action="store_true", help="only the combined phase")
     parser.add_argument("--quick", action="store_true", help="200 clients, 1,000 lines")
+    parser.add_argument(
+        "--compare-default",
+        action="store_true",
+        help="first run the default topology (1 gateway, 2 workers), then print the ratios",
+    )
     args = parser.parse_args()
     cfg = LoadConfig(
         clients=200 if args.quick else args.clients,
         lines=1000 if args.quick else args.lines,
+        gateways=args.gateways,
         workers=args.workers,
         worker_concurrency=args.worker_concurrency,
         flex_concurrency=args.flex_concurrency,
@@ -799,11 +948,25 @@ def main() -> None:
         max_rss_mb=args.max_rss_mb,
         baselines=not args.no_baselines,
     )
+    configs = [cfg]
+    if args.compare_default:
+        configs.insert(
+            0, dataclasses.replace(cfg, gateways=defaults.gateways, workers=defaults.workers)
+        )
     work = Path(tempfile.mkdtemp(prefix="tiergate-load-"))
+    reports: list[LoadReport] = []
+    broken: list[str] = []
     with database_server(work / "home") as factory:
-        report = run_load(factory.create(), work, cfg, log=lambda m: print(m, file=sys.stderr))
-    print(render(report))
-    broken = problems(report)
+        for n, each in enumerate(configs):  # each topology on a database of its own
+            run_dir = work if len(configs) == 1 else work / f"topology-{n}"
+            report = run_load(
+                factory.create(), run_dir, each, log=lambda m: print(m, file=sys.stderr)
+            )
+            reports.append(report)
+            print(render(report), flush=True)
+            broken += problems(report)
+    if len(reports) > 1:
+        print("\n".join(comparison(reports[0], reports[-1])))
     for problem in broken:
         print(f"FAILED: {problem}")
     if broken:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,6 +16,7 @@ from app.store.db import create_engine, database_unavailable
 from app.store.dburl import DatabaseURL
 from app.store.files import FileStore
 from app.store.keys import KeyStore
+from app.store.listener import require_notifications
 from app.store.orphans import OrphanStore
 from app.store.presence import Presence
 from app.store.requests import RequestStore
@@ -79,9 +81,10 @@ async def run_worker(
         report=router.snapshot if own_router else None,
         learn=router.learn if own_router else None,
     )
+    await _when_database_up(lambda: require_notifications(url), "check LISTEN/NOTIFY")
     # Rows this worker claims name it: it must be registered first, or the sweep would take
     # them for a dead worker's.
-    await _register(presence)
+    await _when_database_up(presence.start, "register")
     flex = FlexDispatcher(
         settings=settings,
         url=url,
@@ -131,17 +134,17 @@ async def run_worker(
         await engine.dispose()
 
 
-async def _register(presence: Presence) -> None:
-    """Register the worker's presence, waiting for the database if it is not up yet."""
+async def _when_database_up(step: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``step``, waiting for the database (retrying with backoff) if it is not up yet."""
     delay = RESTART_MIN_S
     while True:
         try:
-            await presence.start()
+            await step()
             return
         except Exception as exc:
             if not database_unavailable(exc):
                 raise
-            log.warning("worker cannot register yet (%s); retrying in %.1fs", exc, delay)
+            log.warning("worker cannot %s yet (%s); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
 

@@ -114,7 +114,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             await run_worker(settings, url, concurrency=args.concurrency)
         log.info("worker stopped")
 
-    asyncio.run(main())
+    from app.store.listener import NotificationsLost
+
+    try:
+        asyncio.run(main())
+    except NotificationsLost as exc:
+        log.error("worker cannot run: %s", exc)
+        return 1
     return 0
 
 

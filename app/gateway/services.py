@@ -19,6 +19,7 @@ from app.store.db import create_engine
 from app.store.dburl import DatabaseURL
 from app.store.files import FileStore
 from app.store.keys import KeyStore
+from app.store.listener import require_notifications
 from app.store.presence import Presence
 from app.store.realtime import RealtimeTracker
 from app.store.requests import RequestStore
@@ -82,6 +83,7 @@ class Services:
         self.metrics.large_bodies_waiting.set_function(lambda: self.body_budget.waiting)
 
     async def start(self) -> None:
+        await require_notifications(self.url)  # a gateway without them cannot answer
         await self.presence.start()
         self.proxy.start()
         self.deferred.start()

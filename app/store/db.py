@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import asyncpg
+import psycopg
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -45,6 +46,7 @@ def database_unavailable(exc: BaseException) -> bool:
         exc,
         OSError
         | ConnectionError
+        | psycopg.OperationalError  # procrastinate's driver, and the LISTEN/NOTIFY check's
         | asyncpg.PostgresConnectionError
         | asyncpg.CannotConnectNowError
         | asyncpg.InterfaceError

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import psycopg
 
 from app.store.dburl import DatabaseURL
 
@@ -21,6 +23,41 @@ log = logging.getLogger("tiergate.listener")
 OnNotify = Callable[[str, str], None]  # (channel, payload)
 # A closed connection is not always reported at once: look this often.
 HEALTH_CHECK_S = 5.0
+# A notification takes a millisecond to arrive; this long means it never will.
+PROBE_TIMEOUT_S = 5.0
+
+
+class NotificationsLost(RuntimeError):
+    """Notifications sent to the database never reach a LISTEN connection."""
+
+
+async def require_notifications(url: DatabaseURL, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Show that ``url`` carries LISTEN/NOTIFY: LISTEN on one connection, NOTIFY from a
+    second one, wait for the notification; raise ``NotificationsLost`` if it does not come.
+
+    PgBouncer in transaction (or statement) pool mode gives the LISTEN's server connection
+    back to its pool when the statement ends, so nothing ever arrives (measured with 1.18).
+    psycopg sends statements without parameters by the simple protocol, so no prepared
+    statement is involved (asyncpg's LISTEN is prepared). Connection errors propagate.
+    """
+    channel = f"tiergate_probe_{secrets.token_hex(6)}"
+    async with await _probe_connection(url) as listener:
+        await listener.execute(f"LISTEN {channel}")
+        async with await _probe_connection(url) as notifier:
+            await notifier.execute(f"NOTIFY {channel}")
+        async for _ in listener.notifies(timeout=timeout_s, stop_after=1):
+            return
+    raise NotificationsLost(
+        f"a NOTIFY did not reach a LISTEN connection within {timeout_s:g} s: tiergate needs "
+        "session connections (PostgreSQL directly, or PgBouncer with pool_mode = session; "
+        "transaction and statement modes do not work, see docs/scaling.md)"
+    )
+
+
+async def _probe_connection(url: DatabaseURL) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    return await psycopg.AsyncConnection.connect(
+        url.libpq(), autocommit=True, application_name="tiergate-probe"
+    )
 
 
 class Listener:
