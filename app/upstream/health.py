@@ -4,7 +4,7 @@
 take the deployment out for ``cooldown_s``; when that ends one call, the probe, is let
 through; its success brings the deployment back, its failure takes it out again for twice as
 long (up to ``max_cooldown_s``). A 429 is not a fault: it only rests the deployment for its
-``Retry-After``. Times are ``time.monotonic()`` seconds.
+``Retry-After`` (at most ``cooldown_s``). Times are ``time.monotonic()`` seconds.
 """
 
 from __future__ import annotations
@@ -61,8 +61,12 @@ class Health:
         self.probing = False
 
     def rest(self, now: float, seconds: float) -> None:
-        """The deployment asked for a pause (429): no calls until then, no fault counted."""
-        self.out_until = max(self.out_until, now + seconds)
+        """The deployment asked for a pause (429): no calls until then, no fault counted.
+
+        The pause is at most ``cooldown_s``: one call's long ``Retry-After`` (its own retry
+        honours it) must not keep a whole deployment out for hours.
+        """
+        self.out_until = max(self.out_until, now + min(seconds, self.limits.cooldown_s))
         self.probing = False
 
     def ended(self) -> None:

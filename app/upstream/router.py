@@ -52,9 +52,12 @@ class Router:
         self.clock = clock
         self.rng = rng or random.Random()
         self._changed: asyncio.Event | None = None
+        self._chains: dict[str, list[Fleet]] = {}  # the config is fixed: computed once
 
     def chain(self, asked: str) -> list[Fleet]:
         """The model's fleet, then its fallbacks' (depth first, each model once)."""
+        if (known := self._chains.get(asked)) is not None:
+            return known
         out: list[Fleet] = []
 
         def visit(name: str) -> None:
@@ -66,6 +69,7 @@ class Router:
                 visit(fallback)
 
         visit(asked)
+        self._chains[asked] = out
         return out
 
     def candidates(self, asked: str, pin: str | None = None) -> list[Deployment]:
@@ -99,9 +103,9 @@ class Router:
         ``capacity`` after the realtime calls of every process: flex yields to realtime.
         """
         now = self.clock()
-        avoided = set(avoid)
+        avoided = set(avoid) if avoid else ()
         if pin is not None:
-            fleets = [[d] for d in self.candidates(asked, pin)]
+            fleets = [self.candidates(asked, pin)]
         else:
             fleets = [fleet.deployments for fleet in self.chain(asked)]
         for deployments in fleets:
@@ -117,9 +121,18 @@ class Router:
     def _choose(self, usable: list[Deployment]) -> Deployment:
         if len(usable) == 1:
             return usable[0]
-        weights = [d.config.weight for d in usable]
-        first, second = self.rng.choices(usable, weights, k=2)
+        total = sum(d.config.weight for d in usable)
+        first, second = self._draw(usable, total), self._draw(usable, total)
         return first if _load(first) <= _load(second) else second
+
+    def _draw(self, usable: list[Deployment], total: float) -> Deployment:
+        """One deployment, drawn with probability proportional to its weight."""
+        point = self.rng.random() * total
+        for deployment in usable:
+            point -= deployment.config.weight
+            if point < 0:
+                return deployment
+        return usable[-1]
 
     def begin(self, deployment: Deployment, *, realtime: bool = True) -> None:
         """A call to ``deployment`` starts (its probe, if it is probing)."""

@@ -6,8 +6,10 @@ providers on loopback (plus a port nobody listens on); the official SDK as the c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -54,12 +56,33 @@ def mocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
+def black_hole() -> Iterator[int]:
+    """A port whose accept queue is full: connecting there hangs until the client's timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for each in (*fillers, server):
+        each.close()
+
+
+@pytest.fixture(scope="module")
 def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fleet-logs")
 
 
 @pytest.fixture(scope="module")
-def gateway_config(tmp_path_factory: pytest.TempPathFactory, mocks: dict[str, str]) -> Path:
+def gateway_config(
+    tmp_path_factory: pytest.TempPathFactory, mocks: dict[str, str], black_hole: int
+) -> Path:
     v1 = {name: url + "/v1" for name, url in mocks.items()}
     closed = f"http://127.0.0.1:{free_port()}/v1"
     return write_config(
@@ -100,6 +123,18 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mocks: dict[str, st
                 ],
             },
             {"name": "chatonly", "upstream": v1["e"], "endpoints": ["chat"]},
+            {
+                "name": "holey",
+                "deployments": [
+                    {
+                        "name": "hole",
+                        "upstream": f"http://127.0.0.1:{black_hole}/v1",
+                        "weight": 1000,
+                    },
+                    {"name": "ok", "upstream": v1["e"]},
+                ],
+                "timeout_s": 1,  # the connect timeout too
+            },
         ],
         {
             "retry_base_s": 0.05,
@@ -213,6 +248,26 @@ def test_a_failing_deployment_is_taken_out_then_tried_again(
     # Once it answers again, a probe brings it back into rotation.
     wait_for(lambda: chat(client, "fleet")[1] == "gpu-b")
     assert state_of(gateway, "fleet", "gpu-b") == "healthy"
+
+
+def test_no_call_waits_for_a_deployment_that_is_out(client: openai.OpenAI):
+    def timed() -> tuple[float, str]:
+        started = time.monotonic()
+        _, deployment = chat(client, "holey")
+        return time.monotonic() - started, deployment
+
+    # The first calls go to "hole" (weight 1000 to 1), wait out its 1 s connect timeout, and
+    # are answered by "ok"; two such faults take "hole" out ...
+    first = [timed() for _ in range(2)]
+    assert [deployment for _, deployment in first] == ["ok", "ok"]
+    assert all(seconds >= 0.9 for seconds, _ in first)
+    # ... and while it is out no call pays that timeout again. Only a probe may, once a
+    # cool-down (1 s, then 2 s) has ended: at most one per second spent here.
+    tripped = time.monotonic()
+    then = [timed() for _ in range(10)]
+    assert {deployment for _, deployment in then} == {"ok"}
+    slow = [seconds for seconds, _ in then if seconds >= 0.5]
+    assert len(slow) <= int(time.monotonic() - tripped) and len(slow) < 10
 
 
 def test_unreachable_model_falls_back_and_keeps_the_asked_name(
