@@ -3,7 +3,8 @@
 Hand-written and kept truthful: a request schema states only what tiergate itself checks
 (``app/validation.py`` and the routes); every other field of an inference body passes to the
 upstream untouched, so it is allowed but not described. Realtime calls relay the upstream's
-status and body, hence the ``4XX``/``5XX`` ranges on the inference operations.
+error status (its body in OpenAI's error shape), hence the ``4XX``/``5XX`` ranges on the
+inference operations.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def _inference_operation(settings: Settings, endpoint: str) -> Schema:
         },
     }
     responses = _responses(ok, "400", "403", "404", "413", "429", "502", "504")
-    upstream = {"description": "The upstream's own error, relayed", "content": {"*/*": {}}}
+    upstream = _error("The upstream's error status; its text (JSON, plain text, HTML) as message")
     responses |= {"4XX": upstream, "5XX": upstream}
     return {
         "post": {

@@ -20,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from app.ids import request_id
 from app.metrics import Metrics
 from app.openai.errors import APIError, error_body
+from app.openai.upstream_errors import normalize_error
 from app.openai.usage import StreamUsage, usage_of
 from app.openai.validation import Call
 from app.store.db import database_unavailable
@@ -28,7 +29,8 @@ from app.store.keys import ApiKey
 from app.store.outcomes import Outcome
 from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker
 from app.upstream.client import UpstreamClient, UpstreamError, read_all, within
-from app.vocabulary import Status
+from app.upstream.reasons import reason
+from app.vocabulary import ErrorCode, Status, upstream_status
 
 log = logging.getLogger("tiergate.proxy")
 
@@ -117,7 +119,9 @@ class RealtimeProxy:
                 status_code=upstream.status_code,
                 headers=headers,
             )
-        outcome, content = _outcome(call, rid, upstream.status_code, content)
+        if upstream.status_code >= 400:  # in OpenAI's shape, whatever the provider sent
+            headers["content-type"] = "application/json"
+        outcome, content = _outcome(call, rid, upstream.status_code, content, headers)
         # Recorded before answering: once the client has its answer, so has the row.
         await self._finish(rid, call, started, outcome)
         return Response(content, status_code=upstream.status_code, headers=headers)
@@ -129,7 +133,10 @@ class RealtimeProxy:
         outcome = Outcome(
             status=Status.FAILED,
             response_status=upstream.status_code,
-            error={"code": "client_disconnected", "message": "The client went away mid-stream."},
+            error={
+                "code": ErrorCode.CLIENT_DISCONNECTED,
+                "message": "The client went away mid-stream.",
+            },
         )
         pending = b""  # the start of an event whose end has not arrived
         relayed = 0  # whole events sent
@@ -153,14 +160,16 @@ class RealtimeProxy:
                 total_tokens=total,
             )
         except Exception as exc:
+            message = f"The upstream stream broke: {reason(exc)}"
             outcome = Outcome(
                 status=Status.FAILED,
                 response_status=upstream.status_code,
-                error={"code": "upstream_stream_broken", "message": repr(exc)},
+                error={"code": ErrorCode.UPSTREAM_STREAM_BROKEN, "message": message},
             )
+            log.info("stream %s broke: %r", rid, exc)
             # The status line is gone already: tell the client in-band, as OpenAI does. Only
             # whole events were relayed, so the error is an event of its own.
-            yield _sse_error(call.endpoint, f"The upstream stream broke: {exc!r}", relayed)
+            yield _sse_error(call.endpoint, message, relayed)
         finally:
             await stack.aclose()
             await asyncio.shield(self._finish(rid, call, started, outcome))
@@ -175,26 +184,28 @@ class RealtimeProxy:
             log.warning("could not record the end of %s: %s", rid, exc)
 
 
-def _outcome(call: Call, rid: str, status: int, content: bytes) -> tuple[Outcome, bytes]:
-    """The row's outcome, and the body to send (stamped with our id, so it can be fetched)."""
+def _outcome(
+    call: Call, rid: str, status: int, content: bytes, headers: dict[str, str]
+) -> tuple[Outcome, bytes]:
+    """The row's outcome, and the body to send: stamped with our id (so it can be fetched),
+    or, for an error, in OpenAI's shape."""
     try:
         body = json.loads(content)
     except ValueError:
         body = None
-    given, produced, total = usage_of(body)
     if status >= 400:
-        detail = body.get("error") if isinstance(body, dict) else None
-        error = detail if isinstance(detail, dict) else {"message": f"HTTP {status}"}
+        normalized = normalize_error(status, content, headers.get("content-type"))
+        if normalized != body:
+            content = json.dumps(normalized, separators=(",", ":")).encode()
+        error = normalized["error"]
         outcome = Outcome(
             status=Status.FAILED,
             response_status=status,
-            response_body=body,
-            error={
-                "code": error.get("code") or f"upstream_{status}",
-                "message": error.get("message") or f"HTTP {status}",
-            },
+            response_body=normalized,
+            error={"code": error["code"] or upstream_status(status), "message": error["message"]},
         )
         return outcome, content
+    given, produced, total = usage_of(body)
     keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
     if keep:
         content = _stamp_id(content, body, rid)
@@ -238,7 +249,7 @@ def events_in(data: bytes, end: int) -> int:
 def _sse_error(endpoint: str, message: str, events_sent: int) -> bytes:
     """An in-band error as each API sends it: a Responses ``error`` event, or a chat chunk
     holding ``error`` (which the SDK raises as ``APIError``)."""
-    code = "upstream_stream_broken"
+    code = ErrorCode.UPSTREAM_STREAM_BROKEN
     if endpoint == "/v1/responses":
         event = {
             "type": "error",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import math
 import re
 import secrets
 import struct
 import time
+from http import HTTPStatus
 from typing import Any
 
 from app.mock.controls import BadRequestError
@@ -60,6 +62,31 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
     default_kind = ("server_error", None) if status >= 500 else ("invalid_request_error", None)
     err_type, code = _ERROR_KINDS.get(status, default_kind)
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def error_payload(status: int, message: str, error_format: str = "openai") -> tuple[bytes, str]:
+    """An error answer's bytes and media type: OpenAI's body, or as other servers answer
+    (``detail``: llama-cpp-python's FastAPI ``{"detail": ...}``; ``text``; ``html``: a
+    proxy's error page)."""
+    if error_format == "detail":
+        return dumps({"detail": message}).encode(), "application/json"
+    if error_format == "text":
+        return message.encode(), "text/plain; charset=utf-8"
+    if error_format == "html":
+        title = f"{status} {_phrase(status)}".strip()
+        page = (
+            f"<html><head><title>{title}</title><style>body {{ margin: 0 }}</style></head>"
+            f"<body><h1>{title}</h1><p>{html.escape(message)}</p></body></html>"
+        )
+        return page.encode(), "text/html; charset=utf-8"
+    return dumps(error_body(status, message)).encode(), "application/json"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _parts_text(parts: list[Any], types: frozenset[str]) -> str:

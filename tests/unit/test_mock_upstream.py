@@ -352,3 +352,22 @@ async def test_controls_without_fail_times_apply_every_time(client: httpx.AsyncC
     codes = [(await client.post("/v1/responses", json=req)).status_code for _ in range(3)]
     assert codes == [500, 500, 500]
     assert len((await client.get("/_mock/attempts/always")).json()["attempts"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("error_format", "media_type", "body"),
+    [
+        ("detail", "application/json", '{"detail":"mock status 404"}'),
+        ("text", "text/plain", "mock status 404"),
+        ("html", "text/html", "<h1>404 Not Found</h1><p>mock status 404</p>"),
+    ],
+)
+async def test_error_format_answers_like_other_servers(
+    client: httpx.AsyncClient, error_format: str, media_type: str, body: str
+) -> None:
+    req = {"model": MODEL, "input": f"mock:status=404,error_format={error_format} x"}
+    r = await client.post("/v1/responses", json=req)
+    assert r.status_code == 404 and r.headers["content-type"].startswith(media_type)
+    assert body in r.text
+    bad = {"model": MODEL, "input": "mock:status=404,error_format=xml x"}
+    assert (await client.post("/v1/responses", json=bad)).status_code == 400
