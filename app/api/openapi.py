@@ -317,6 +317,21 @@ def _paths(settings: Settings) -> dict[str, Any]:
     paths["/v1/models"] = {
         "get": {"operationId": "list_models", "responses": _responses(_ok(ref("ModelList")))}
     }
+    paths["/v1/models/{model}"] = {
+        "parameters": [
+            {
+                "name": "model",
+                "in": "path",
+                "required": True,
+                "description": "A model the caller's key may use (any other name is a 404)",
+                "schema": {"type": "string"},
+            }
+        ],
+        "get": {
+            "operationId": "retrieve_model",
+            "responses": _responses(_ok(ref("Model")), "404"),
+        },
+    }
     return paths | _ops_paths()
 
 
@@ -437,13 +452,17 @@ def _components() -> dict[str, Any]:
             metadata={"type": ["object", "null"]},
         ),
         "BatchList": page("Batch"),
+        "Model": obj(
+            ["id", "object", "created", "owned_by"],
+            id={"type": "string"},
+            object={"const": "model"},
+            created={"type": "integer"},
+            owned_by={"type": "string"},
+        ),
         "ModelList": obj(
             ["object", "data"],
             object={"const": "list"},
-            data={
-                "type": "array",
-                "items": obj(["id", "object"], id={"type": "string"}, object={"const": "model"}),
-            },
+            data={"type": "array", "items": ref("Model")},
         ),
     }
     return {
