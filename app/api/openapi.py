@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.api.routes.params import MAX_EXPIRY_S, MIN_EXPIRY_S
 from app.ids import ID_PATTERN
 from app.openai.validation import INFERENCE_ENDPOINTS, MAX_METADATA_PAIRS, SERVICE_TIERS
 from app.settings import Settings
@@ -241,6 +242,18 @@ def _paths(settings: Settings) -> dict[str, Any]:
                             "properties": {
                                 "file": {"type": "string", "format": "binary"},
                                 "purpose": {"type": "string", "enum": ["batch"]},
+                                "expires_after[anchor]": {"enum": ["created_at"]},
+                                "expires_after[seconds]": {
+                                    "type": "integer",
+                                    "minimum": MIN_EXPIRY_S,
+                                    "maximum": MAX_EXPIRY_S,
+                                    "description": "The file is a 404 this long after its "
+                                    "upload, and deleted by the workers",
+                                },
+                            },
+                            "dependentRequired": {
+                                "expires_after[anchor]": ["expires_after[seconds]"],
+                                "expires_after[seconds]": ["expires_after[anchor]"],
                             },
                         }
                     }
@@ -252,6 +265,12 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "operationId": "list_files",
             "parameters": [
                 {"name": "purpose", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "order",
+                    "in": "query",
+                    "description": "By creation time; `after` pages on in the same order",
+                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
+                },
                 *_page_params(10_000),
             ],
             "responses": _responses(_ok(ref("FileList")), "400"),
