@@ -444,6 +444,7 @@ def _components() -> dict[str, Any]:
             id={"type": "string"},
             object={"const": "batch"},
             endpoint={"type": "string"},
+            model={**NULLABLE_STRING, "description": "The model of its lines"},
             input_file_id=NULLABLE_STRING,
             completion_window={"type": "string"},
             status={

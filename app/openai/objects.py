@@ -185,6 +185,7 @@ def batch_object(row: Row) -> dict[str, Any]:
         "id": row["id"],
         "object": "batch",
         "endpoint": row["endpoint"],
+        "model": row["model"],
         "errors": row["errors"],
         "input_file_id": row["input_file_id"],
         "completion_window": row["completion_window"],
