@@ -13,7 +13,7 @@ import secrets
 import struct
 import time
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeGuard
 
 from app.mock.controls import BadRequestError
 
@@ -140,20 +140,55 @@ def chat_text(body: dict[str, Any]) -> str:
     return _last_user_text(messages, frozenset({"text", "input_text"}))
 
 
-def _embedding_inputs(body: dict[str, Any]) -> list[str]:
+# One embedding input: a text, or a token array (``[1, 2, 3]``, as LangChain's default
+# embeddings client sends its texts, tokenized).
+EmbeddingInput = str | list[int]
+INPUT_FORMS = (
+    "'input' must be a string, a token array, or a non-empty list of strings or of token "
+    "arrays (non-empty lists of non-negative integers)."
+)
+
+
+def _is_tokens(value: Any) -> TypeGuard[list[int]]:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    )
+
+
+def _embedding_inputs(body: dict[str, Any]) -> list[EmbeddingInput]:
     value = body.get("input")
-    if isinstance(value, str):
+    if isinstance(value, str) or _is_tokens(value):
         return [value]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise BadRequestError("'input' must be a string or a non-empty list of strings.", "input")
+    if not isinstance(value, list) or not value:
+        raise BadRequestError(INPUT_FORMS, "input")
+    inputs: list[EmbeddingInput] = []
+    for item in value:
+        if not (isinstance(item, str) or _is_tokens(item)):
+            raise BadRequestError(INPUT_FORMS, "input")
+        inputs.append(item)
+    if len({isinstance(item, str) for item in inputs}) > 1:  # texts and token arrays mixed
+        raise BadRequestError(INPUT_FORMS, "input")
+    return inputs
+
+
+def _input_text(value: EmbeddingInput) -> str:
+    """What an input's vector is derived from (a token array's ids, spelled out)."""
+    return value if isinstance(value, str) else "tokens:" + ",".join(map(str, value))
+
+
+def _input_tokens(value: EmbeddingInput) -> int:
+    return _word_count(value) if isinstance(value, str) else len(value)
 
 
 def embeddings_text(body: dict[str, Any]) -> str:
-    """Validate an embeddings request and return its first input text."""
+    """Validate an embeddings request and return its first input text (controls are read
+    from it; a token array has none)."""
     _require_model(body)
     _embedding_options(body)
-    return _embedding_inputs(body)[0]
+    first = _embedding_inputs(body)[0]
+    return first if isinstance(first, str) else ""
 
 
 def _usage(in_text: str, reply: str) -> tuple[int, int]:
@@ -343,16 +378,16 @@ def _embedding_options(body: dict[str, Any]) -> tuple[int, str]:
 
 def embeddings_payload(body: dict[str, Any]) -> dict[str, Any]:
     """A CreateEmbeddingResponse for a validated request body."""
-    texts = _embedding_inputs(body)
+    inputs = _embedding_inputs(body)
     dim, encoding = _embedding_options(body)
     data = [
         {
             "object": "embedding",
             "index": i,
-            "embedding": _encode_vector(embedding_vector(t, dim), encoding),
+            "embedding": _encode_vector(embedding_vector(_input_text(v), dim), encoding),
         }
-        for i, t in enumerate(texts)
+        for i, v in enumerate(inputs)
     ]
-    tokens = sum(_word_count(t) for t in texts)
+    tokens = sum(_input_tokens(v) for v in inputs)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return {"object": "list", "data": data, "model": body["model"], "usage": usage}

@@ -1,11 +1,12 @@
 """A fake OpenAI-compatible provider for demos, tests and load tests.
 
 Serves ``POST /v1/responses``, ``POST /v1/chat/completions`` and ``POST /v1/embeddings``
-with deterministic echo output (``"echo: " + <last user text>``), plus ``GET /healthz``,
-``GET /_mock/stats`` (requests per path), ``GET /_mock/attempts/{key}`` (every request that
-carried ``key=NAME``, in arrival order: ``{"at": unix seconds, "path", "status", "drop",
-"sleep_ms", "trickle_ms"}``, i.e. when it arrived and what it was answered) and
-``POST /_mock/reset`` (clears all counters and records).
+(texts or token arrays, ``[1, 2, 3]`` or ``[[1, 2], [3]]``) with deterministic echo output
+(``"echo: " + <last user text>``), plus ``GET /healthz``, ``GET /_mock/stats`` (requests
+per path), ``GET /_mock/attempts/{key}`` (every request that carried ``key=NAME``, in arrival
+order: ``{"at": unix seconds, "path", "status", "drop", "sleep_ms", "trickle_ms"}``, i.e.
+when it arrived and what it was answered) and ``POST /_mock/reset`` (clears all counters and
+records).
 
 Behaviour can be forced per request with magic controls, read from the ``x-mock-behavior``
 header and/or from the input text when it starts with ``mock:`` (header values win).

@@ -354,6 +354,25 @@ async def test_controls_without_fail_times_apply_every_time(client: httpx.AsyncC
     assert len((await client.get("/_mock/attempts/always")).json()["attempts"]) == 3
 
 
+async def test_token_array_embedding_inputs(client: httpx.AsyncClient) -> None:
+    """LangChain's default embeddings client sends its texts as token arrays."""
+
+    async def embed(value: Any) -> httpx.Response:
+        return await client.post("/v1/embeddings", json={"model": MODEL, "input": value})
+
+    one = await embed([1, 2, 3])
+    many = await embed([[1, 2, 3], [4, 5]])
+    assert one.status_code == many.status_code == 200
+    assert one.json()["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+    assert many.json()["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
+    vectors = [d["embedding"] for d in many.json()["data"]]
+    assert vectors[0] == one.json()["data"][0]["embedding"] != vectors[1]
+    for bad in ([], [[]], [[1, "a"]], [[1, 2], "text"], [-1], [True], [1.5]):
+        refused = await embed(bad)
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["param"] == "input"
+
+
 @pytest.mark.parametrize(
     ("error_format", "media_type", "body"),
     [
