@@ -125,7 +125,13 @@ class Channel(StrEnum):
 
 
 class ErrorCode(StrEnum):
-    """Error codes stored on rows by SQL as well as by Python."""
+    """Error codes stored on rows (``requests.error``) by SQL as well as by Python.
+
+    Admins group failures by them (the ``tiergate_failures`` view), so they say exactly what
+    went wrong; a Response object shows OpenAI's name for each (:func:`response_error_code`).
+    An upstream that answered an error status is stored as ``upstream_<status>``
+    (:func:`upstream_status`); a realtime row keeps the upstream's own code if it sent one.
+    """
 
     CANCELLED = "cancelled"
     BATCH_CANCELLED = "batch_cancelled"
@@ -134,6 +140,71 @@ class ErrorCode(StrEnum):
     GATEWAY_INTERRUPTED = "gateway_interrupted"
     PROCESSING_FAILED = "processing_failed"
     NO_CAPACITY = "no_capacity"
+    MODEL_NOT_CONFIGURED = "model_not_configured"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"  # the request never reached the provider
+    UPSTREAM_CONNECTION_BROKEN = "upstream_connection_broken"  # it may have
+    UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_STREAM_BROKEN = "upstream_stream_broken"
+    CLIENT_DISCONNECTED = "client_disconnected"
+
+
+UPSTREAM_STATUS_PREFIX = "upstream_"
+
+
+def upstream_status(status: int) -> str:
+    """The stored code of an upstream's error answer: ``upstream_503``."""
+    return f"{UPSTREAM_STATUS_PREFIX}{status}"
+
+
+class ResponseErrorCode(StrEnum):
+    """The codes of OpenAI's ``ResponseError`` that tiergate's failures map to."""
+
+    SERVER_ERROR = "server_error"
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    INVALID_PROMPT = "invalid_prompt"
+
+
+# Every code OpenAI's ResponseError allows (the SDK's type rejects any other): an upstream's
+# own code that is one of them is shown as it is.
+OPENAI_RESPONSE_CODES = frozenset(
+    {
+        "server_error", "rate_limit_exceeded", "invalid_prompt", "vector_store_timeout",
+        "invalid_image", "invalid_image_format", "invalid_base64_image", "invalid_image_url",
+        "image_too_large", "image_too_small", "image_parse_error",
+        "image_content_policy_violation", "invalid_image_mode", "image_file_too_large",
+        "unsupported_image_media_type", "empty_image_file", "failed_to_download_image",
+        "image_file_not_found",
+    }
+)  # fmt: skip
+# A flex request that expired did not get capacity in time: OpenAI's flex tier says 429.
+RESPONSE_CODES: dict[str, ResponseErrorCode] = {
+    ErrorCode.REQUEST_EXPIRED: ResponseErrorCode.RATE_LIMIT_EXCEEDED,
+    ErrorCode.BATCH_EXPIRED: ResponseErrorCode.RATE_LIMIT_EXCEEDED,
+}
+# An upstream's error status, by what it says about the request.
+STATUS_RESPONSE_CODES: dict[int, ResponseErrorCode] = {
+    400: ResponseErrorCode.INVALID_PROMPT,
+    413: ResponseErrorCode.INVALID_PROMPT,
+    422: ResponseErrorCode.INVALID_PROMPT,
+    429: ResponseErrorCode.RATE_LIMIT_EXCEEDED,
+}
+
+
+def response_error_code(code: str | None, status: int | None = None) -> str:
+    """OpenAI's ResponseError code for a stored ``code`` (and the upstream's ``status``, if
+    it answered): one of OpenAI's codes stays; every other failure is a ``server_error``
+    unless it was a rate limit or a request the upstream refused as invalid."""
+    if code is not None:
+        if code in OPENAI_RESPONSE_CODES:
+            return code
+        if code in RESPONSE_CODES:
+            return RESPONSE_CODES[code]
+        digits = code.removeprefix(UPSTREAM_STATUS_PREFIX)
+        if code.startswith(UPSTREAM_STATUS_PREFIX) and digits.isdigit():
+            status = int(digits)
+    return STATUS_RESPONSE_CODES.get(status or 0, ResponseErrorCode.SERVER_ERROR)
 
 
 MESSAGES: dict[ErrorCode, str] = {

@@ -108,7 +108,7 @@ class RequestRunner:
                 Outcome(
                     status=Status.FAILED,
                     error={
-                        "code": "model_not_configured",
+                        "code": ErrorCode.MODEL_NOT_CONFIGURED,
                         "message": f"The model '{model_name}' is no longer configured.",
                     },
                 )

@@ -3,13 +3,15 @@
 Hand-written and kept truthful: a request schema states only what tiergate itself checks
 (``app/validation.py`` and the routes); every other field of an inference body passes to the
 upstream untouched, so it is allowed but not described. Realtime calls relay the upstream's
-status and body, hence the ``4XX``/``5XX`` ranges on the inference operations.
+error status (its body in OpenAI's error shape), hence the ``4XX``/``5XX`` ranges on the
+inference operations.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from app.api.routes.params import MAX_EXPIRY_S, MIN_EXPIRY_S
 from app.ids import ID_PATTERN
 from app.openai.validation import INFERENCE_ENDPOINTS, MAX_METADATA_PAIRS, SERVICE_TIERS
 from app.settings import Settings
@@ -172,7 +174,7 @@ def _inference_operation(settings: Settings, endpoint: str) -> Schema:
         },
     }
     responses = _responses(ok, "400", "403", "404", "413", "429", "502", "504")
-    upstream = {"description": "The upstream's own error, relayed", "content": {"*/*": {}}}
+    upstream = _error("The upstream's error status; its text (JSON, plain text, HTML) as message")
     responses |= {"4XX": upstream, "5XX": upstream}
     return {
         "post": {
@@ -240,6 +242,18 @@ def _paths(settings: Settings) -> dict[str, Any]:
                             "properties": {
                                 "file": {"type": "string", "format": "binary"},
                                 "purpose": {"type": "string", "enum": ["batch"]},
+                                "expires_after[anchor]": {"enum": ["created_at"]},
+                                "expires_after[seconds]": {
+                                    "type": "integer",
+                                    "minimum": MIN_EXPIRY_S,
+                                    "maximum": MAX_EXPIRY_S,
+                                    "description": "The file is a 404 this long after its "
+                                    "upload, and deleted by the workers",
+                                },
+                            },
+                            "dependentRequired": {
+                                "expires_after[anchor]": ["expires_after[seconds]"],
+                                "expires_after[seconds]": ["expires_after[anchor]"],
                             },
                         }
                     }
@@ -251,6 +265,12 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "operationId": "list_files",
             "parameters": [
                 {"name": "purpose", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "order",
+                    "in": "query",
+                    "description": "By creation time; `after` pages on in the same order",
+                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
+                },
                 *_page_params(10_000),
             ],
             "responses": _responses(_ok(ref("FileList")), "400"),
@@ -315,6 +335,21 @@ def _paths(settings: Settings) -> dict[str, Any]:
     }
     paths["/v1/models"] = {
         "get": {"operationId": "list_models", "responses": _responses(_ok(ref("ModelList")))}
+    }
+    paths["/v1/models/{model}"] = {
+        "parameters": [
+            {
+                "name": "model",
+                "in": "path",
+                "required": True,
+                "description": "A model the caller's key may use (any other name is a 404)",
+                "schema": {"type": "string"},
+            }
+        ],
+        "get": {
+            "operationId": "retrieve_model",
+            "responses": _responses(_ok(ref("Model")), "404"),
+        },
     }
     return paths | _ops_paths()
 
@@ -409,6 +444,7 @@ def _components() -> dict[str, Any]:
             id={"type": "string"},
             object={"const": "batch"},
             endpoint={"type": "string"},
+            model={**NULLABLE_STRING, "description": "The model of its lines"},
             input_file_id=NULLABLE_STRING,
             completion_window={"type": "string"},
             status={
@@ -436,13 +472,17 @@ def _components() -> dict[str, Any]:
             metadata={"type": ["object", "null"]},
         ),
         "BatchList": page("Batch"),
+        "Model": obj(
+            ["id", "object", "created", "owned_by"],
+            id={"type": "string"},
+            object={"const": "model"},
+            created={"type": "integer"},
+            owned_by={"type": "string"},
+        ),
         "ModelList": obj(
             ["object", "data"],
             object={"const": "list"},
-            data={
-                "type": "array",
-                "items": obj(["id", "object"], id={"type": "string"}, object={"const": "model"}),
-            },
+            data={"type": "array", "items": ref("Model")},
         ),
     }
     return {

@@ -144,7 +144,23 @@ def submit(args: argparse.Namespace) -> int:
             if download(client, batch["error_file_id"], errors):
                 print(f"errors: {errors}", file=sys.stderr)
         print(batch["id"])
-        return 0 if batch["status"] == "completed" else 1
+        return exit_code(batch, allow_failures=args.allow_failures)
+
+
+def exit_code(batch: dict[str, Any], *, allow_failures: bool) -> int:
+    """0 for a batch that completed with every line answered; 1 if it did not complete, or
+    if lines failed (unless ``allow_failures``), saying how many."""
+    if batch["status"] != "completed":
+        return 1
+    failed, total = batch["request_counts"]["failed"], batch["request_counts"]["total"]
+    if failed and not allow_failures:
+        print(
+            f"tiergate: {failed} of {total} lines failed (error file {batch['error_file_id']});"
+            " pass --allow-failures to exit 0 anyway",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def list_batches(args: argparse.Namespace) -> int:
@@ -184,6 +200,11 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--completion-window", default="24h")
     run.add_argument("--wait", action="store_true", help="follow it with a progress bar")
     run.add_argument("--output", default=None, help="write the output file here (implies --wait)")
+    run.add_argument(
+        "--allow-failures",
+        action="store_true",
+        help="exit 0 when the batch completed even if some lines failed",
+    )
     run.set_defaults(func=lambda args, settings: submit(args))
 
     listing = commands.add_parser("list", parents=[common], help="recent batches")

@@ -21,6 +21,7 @@ WHAT = {
     "requests": "finished requests (single and realtime)",
     "batches": "finished Batch API batches (their lines go with them)",
     "files": "processed files no live batch reads",
+    "expired": "files whose expires_after has passed (deleted whatever the retention)",
     "jobs": "procrastinate's finished jobs and their events",
 }
 

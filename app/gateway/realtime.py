@@ -23,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from app.ids import request_id
 from app.metrics import Metrics
 from app.openai.errors import APIError, error_body
+from app.openai.upstream_errors import normalize_error
 from app.openai.usage import StreamUsage, usage_of
 from app.openai.validation import Call
 from app.store.db import database_unavailable
@@ -32,8 +33,9 @@ from app.store.outcomes import Outcome
 from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker
 from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_after, within
 from app.upstream.deployment import Deployment
+from app.upstream.reasons import reason
 from app.upstream.router import NoCapacity, Router
-from app.vocabulary import ErrorCode, Header, Status, error
+from app.vocabulary import ErrorCode, Header, Status, error, upstream_status
 
 log = logging.getLogger("tiergate.proxy")
 
@@ -43,7 +45,7 @@ PASS_HEADERS = ("content-type", "retry-after", "retry-after-ms", "openai-process
 
 
 # Failures of a call whose request never got an answer: another deployment may take it.
-RETRY_ELSEWHERE = frozenset({"upstream_unreachable", "upstream_timeout"})
+RETRY_ELSEWHERE = frozenset({ErrorCode.UPSTREAM_UNREACHABLE, ErrorCode.UPSTREAM_TIMEOUT})
 
 
 @dataclass
@@ -133,7 +135,9 @@ class RealtimeProxy:
                 headers=headers,
             )
         content = _renamed(opened.content, *renamed)
-        outcome, content = _outcome(call, rid, upstream.status_code, content, served)
+        if upstream.status_code >= 400:  # in OpenAI's shape, whatever the provider sent
+            headers["content-type"] = "application/json"
+        outcome, content = _outcome(call, rid, upstream.status_code, content, served, headers)
         # Recorded before answering: once the client has its answer, so has the row.
         await self._finish(rid, call, started, outcome)
         return Response(content, status_code=upstream.status_code, headers=headers)
@@ -238,7 +242,10 @@ class RealtimeProxy:
         outcome = Outcome(
             status=Status.FAILED,
             response_status=upstream.status_code,
-            error={"code": "client_disconnected", "message": "The client went away mid-stream."},
+            error={
+                "code": ErrorCode.CLIENT_DISCONNECTED,
+                "message": "The client went away mid-stream.",
+            },
             deployment=served,
         )
         pending = b""  # the start of an event whose end has not arrived
@@ -264,16 +271,18 @@ class RealtimeProxy:
                 deployment=served,
             )
         except Exception as exc:
-            fault = "upstream_stream_broken"
+            fault = ErrorCode.UPSTREAM_STREAM_BROKEN
+            message = f"The upstream stream broke: {reason(exc)}"
             outcome = Outcome(
                 status=Status.FAILED,
                 response_status=upstream.status_code,
-                error={"code": "upstream_stream_broken", "message": repr(exc)},
+                error={"code": ErrorCode.UPSTREAM_STREAM_BROKEN, "message": message},
                 deployment=served,
             )
+            log.info("stream %s broke: %r", rid, exc)
             # The status line is gone already: tell the client in-band, as OpenAI does. Only
             # whole events were relayed, so the error is an event of its own.
-            yield _sse_error(call.endpoint, f"The upstream stream broke: {exc!r}", relayed)
+            yield _sse_error(call.endpoint, message, relayed)
         finally:
             await opened.stack.aclose()
             self.router.end(deployment, fault=fault, telling=outcome.status == Status.COMPLETED)
@@ -301,28 +310,33 @@ def _renamed(content: bytes, served: str, asked: str) -> bytes:
 
 
 def _outcome(
-    call: Call, rid: str, status: int, content: bytes, deployment: str
+    call: Call,
+    rid: str,
+    status: int,
+    content: bytes,
+    deployment: str,
+    headers: dict[str, str],
 ) -> tuple[Outcome, bytes]:
-    """The row's outcome, and the body to send (stamped with our id, so it can be fetched)."""
+    """The row's outcome, and the body to send: stamped with our id (so it can be fetched),
+    or, for an error, in OpenAI's shape."""
     try:
         body = json.loads(content)
     except ValueError:
         body = None
-    given, produced, total = usage_of(body)
     if status >= 400:
-        detail = body.get("error") if isinstance(body, dict) else None
-        error = detail if isinstance(detail, dict) else {"message": f"HTTP {status}"}
+        normalized = normalize_error(status, content, headers.get("content-type"))
+        if normalized != body:
+            content = json.dumps(normalized, separators=(",", ":")).encode()
+        error = normalized["error"]
         outcome = Outcome(
             status=Status.FAILED,
             response_status=status,
-            response_body=body,
-            error={
-                "code": error.get("code") or f"upstream_{status}",
-                "message": error.get("message") or f"HTTP {status}",
-            },
+            response_body=normalized,
+            error={"code": error["code"] or upstream_status(status), "message": error["message"]},
             deployment=deployment,
         )
         return outcome, content
+    given, produced, total = usage_of(body)
     keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
     if keep:
         content = _stamp_id(content, body, rid)
@@ -367,7 +381,7 @@ def events_in(data: bytes, end: int) -> int:
 def _sse_error(endpoint: str, message: str, events_sent: int) -> bytes:
     """An in-band error as each API sends it: a Responses ``error`` event, or a chat chunk
     holding ``error`` (which the SDK raises as ``APIError``)."""
-    code = "upstream_stream_broken"
+    code = ErrorCode.UPSTREAM_STREAM_BROKEN
     if endpoint == "/v1/responses":
         event = {
             "type": "error",

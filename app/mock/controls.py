@@ -12,8 +12,13 @@ from typing import Any
 BEHAVIOR_HEADER = "x-mock-behavior"
 INPUT_PREFIX = "mock:"
 _CONTROL_KEYS = frozenset(
-    {"status", "retry_after", "sleep_ms", "trickle_ms", "fail_times", "key", "drop", "hold"}
-)
+    {
+        "status", "retry_after", "sleep_ms", "trickle_ms", "fail_times", "key", "drop", "hold",
+        "error_format",
+    }
+)  # fmt: skip
+# How an error answer is shaped: OpenAI's own, or as other servers answer (see payloads.py).
+ERROR_FORMATS = ("openai", "detail", "text", "html")
 
 
 class BadRequestError(Exception):
@@ -37,6 +42,7 @@ class Controls:
     key: str | None = None
     drop: bool = False
     hold: str | None = None
+    error_format: str = "openai"
 
 
 def _control_pairs(spec: str) -> Iterator[tuple[str, str]]:
@@ -67,6 +73,10 @@ def _apply_control(fields: dict[str, Any], key: str, value: str) -> None:
         fields["fail_times"] = _int_value(key, value, 0, 1_000_000)
     elif key == "drop":
         fields["drop"] = _int_value(key, value, 0, 1) == 1
+    elif key == "error_format":
+        if value not in ERROR_FORMATS:
+            raise BadRequestError(f"mock control 'error_format' must be one of {ERROR_FORMATS}")
+        fields[key] = value
     else:  # retry_after, key, hold: free-form strings
         fields[key] = value
 
@@ -92,6 +102,7 @@ class Plan:
     retry_after: str | None = None
     message: str = ""
     trickle_ms: float = 0.0
+    error_format: str = "openai"
 
 
 def plan_for(state: Any, controls: Controls) -> Plan:
@@ -110,10 +121,18 @@ def plan_for(state: Any, controls: Controls) -> Plan:
             retry_after=controls.retry_after,
             message=f"mock failure {seen}/{controls.fail_times} for key {key!r}",
             trickle_ms=controls.trickle_ms,
+            error_format=controls.error_format,
         )
     if controls.status is not None:
         status = controls.status
-        return Plan(controls.sleep_ms, status, False, controls.retry_after, f"mock status {status}")
+        return Plan(
+            controls.sleep_ms,
+            status,
+            False,
+            controls.retry_after,
+            f"mock status {status}",
+            error_format=controls.error_format,
+        )
     if state.config.fail_rate > 0 and state.rng.random() < state.config.fail_rate:
         message = "The server had an error while processing your request. Sorry about that!"
         return Plan(controls.sleep_ms, 500, False, None, message)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import math
 import re
 import secrets
 import struct
 import time
-from typing import Any
+from http import HTTPStatus
+from typing import Any, TypeGuard
 
 from app.mock.controls import BadRequestError
 
@@ -60,6 +62,31 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
     default_kind = ("server_error", None) if status >= 500 else ("invalid_request_error", None)
     err_type, code = _ERROR_KINDS.get(status, default_kind)
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def error_payload(status: int, message: str, error_format: str = "openai") -> tuple[bytes, str]:
+    """An error answer's bytes and media type: OpenAI's body, or as other servers answer
+    (``detail``: llama-cpp-python's FastAPI ``{"detail": ...}``; ``text``; ``html``: a
+    proxy's error page)."""
+    if error_format == "detail":
+        return dumps({"detail": message}).encode(), "application/json"
+    if error_format == "text":
+        return message.encode(), "text/plain; charset=utf-8"
+    if error_format == "html":
+        title = f"{status} {_phrase(status)}".strip()
+        page = (
+            f"<html><head><title>{title}</title><style>body {{ margin: 0 }}</style></head>"
+            f"<body><h1>{title}</h1><p>{html.escape(message)}</p></body></html>"
+        )
+        return page.encode(), "text/html; charset=utf-8"
+    return dumps(error_body(status, message)).encode(), "application/json"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _parts_text(parts: list[Any], types: frozenset[str]) -> str:
@@ -113,20 +140,55 @@ def chat_text(body: dict[str, Any]) -> str:
     return _last_user_text(messages, frozenset({"text", "input_text"}))
 
 
-def _embedding_inputs(body: dict[str, Any]) -> list[str]:
+# One embedding input: a text, or a token array (``[1, 2, 3]``, as LangChain's default
+# embeddings client sends its texts, tokenized).
+EmbeddingInput = str | list[int]
+INPUT_FORMS = (
+    "'input' must be a string, a token array, or a non-empty list of strings or of token "
+    "arrays (non-empty lists of non-negative integers)."
+)
+
+
+def _is_tokens(value: Any) -> TypeGuard[list[int]]:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    )
+
+
+def _embedding_inputs(body: dict[str, Any]) -> list[EmbeddingInput]:
     value = body.get("input")
-    if isinstance(value, str):
+    if isinstance(value, str) or _is_tokens(value):
         return [value]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise BadRequestError("'input' must be a string or a non-empty list of strings.", "input")
+    if not isinstance(value, list) or not value:
+        raise BadRequestError(INPUT_FORMS, "input")
+    inputs: list[EmbeddingInput] = []
+    for item in value:
+        if not (isinstance(item, str) or _is_tokens(item)):
+            raise BadRequestError(INPUT_FORMS, "input")
+        inputs.append(item)
+    if len({isinstance(item, str) for item in inputs}) > 1:  # texts and token arrays mixed
+        raise BadRequestError(INPUT_FORMS, "input")
+    return inputs
+
+
+def _input_text(value: EmbeddingInput) -> str:
+    """What an input's vector is derived from (a token array's ids, spelled out)."""
+    return value if isinstance(value, str) else "tokens:" + ",".join(map(str, value))
+
+
+def _input_tokens(value: EmbeddingInput) -> int:
+    return _word_count(value) if isinstance(value, str) else len(value)
 
 
 def embeddings_text(body: dict[str, Any]) -> str:
-    """Validate an embeddings request and return its first input text."""
+    """Validate an embeddings request and return its first input text (controls are read
+    from it; a token array has none)."""
     _require_model(body)
     _embedding_options(body)
-    return _embedding_inputs(body)[0]
+    first = _embedding_inputs(body)[0]
+    return first if isinstance(first, str) else ""
 
 
 def _usage(in_text: str, reply: str) -> tuple[int, int]:
@@ -316,16 +378,16 @@ def _embedding_options(body: dict[str, Any]) -> tuple[int, str]:
 
 def embeddings_payload(body: dict[str, Any]) -> dict[str, Any]:
     """A CreateEmbeddingResponse for a validated request body."""
-    texts = _embedding_inputs(body)
+    inputs = _embedding_inputs(body)
     dim, encoding = _embedding_options(body)
     data = [
         {
             "object": "embedding",
             "index": i,
-            "embedding": _encode_vector(embedding_vector(t, dim), encoding),
+            "embedding": _encode_vector(embedding_vector(_input_text(v), dim), encoding),
         }
-        for i, t in enumerate(texts)
+        for i, v in enumerate(inputs)
     ]
-    tokens = sum(_word_count(t) for t in texts)
+    tokens = sum(_input_tokens(v) for v in inputs)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return {"object": "list", "data": data, "model": body["model"], "usage": usage}

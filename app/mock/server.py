@@ -1,13 +1,13 @@
 """A fake OpenAI-compatible provider for demos, tests and load tests.
 
 Serves ``POST /v1/responses``, ``POST /v1/chat/completions`` and ``POST /v1/embeddings``
-with deterministic echo output (``"echo: " + <last user text>``), plus ``GET /healthz``,
-``GET /_mock/stats`` (requests per path), ``GET /_mock/attempts/{key}`` (every request that
-carried ``key=NAME``, in arrival order: ``{"at": unix seconds, "path", "status", "drop",
-"sleep_ms", "trickle_ms"}``, i.e. when it arrived and what it was answered) and
+(texts or token arrays, ``[1, 2, 3]`` or ``[[1, 2], [3]]``) with deterministic echo output
+(``"echo: " + <last user text>``), plus ``GET /healthz``, ``GET /_mock/stats`` (requests
+per path), ``GET /_mock/attempts/{key}`` (every request that carried ``key=NAME``, in arrival
+order: ``{"at": unix seconds, "path", "status", "drop", "sleep_ms", "trickle_ms", "headers"}``,
+i.e. when it arrived, what it was answered and the headers it came with),
 ``POST /_mock/reset`` (clears all counters and records) and ``POST /_mock/outage``
-(``{"status": 503}``: every API call fails so until ``{"status": null}``). Keyed attempts
-also record the request's headers (tests check what reached the provider).
+(``{"status": 503}``: every API call fails so until ``{"status": null}``).
 
 Behaviour can be forced per request with magic controls, read from the ``x-mock-behavior``
 header and/or from the input text when it starts with ``mock:`` (header values win).
@@ -15,6 +15,9 @@ Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
 ``x-mock-behavior: status=429,retry_after=1`` or input ``"mock:fail_times=2,key=a hello"``:
 
 * ``status=N`` (400-599): answer N with an OpenAI error body.
+* ``error_format=F``: the shape of error answers: ``openai`` (the default), ``detail``
+  (``{"detail": "..."}`` as llama-cpp-python's server answers), ``text`` (plain text) or
+  ``html`` (an error page, as a proxy in front of a provider answers).
 * ``retry_after=S``: add ``Retry-After: S`` to error answers.
 * ``sleep_ms=N``: extra latency for this request (before the answer's status line).
 * ``trickle_ms=N``: send the answer in 8 parts, N ms apart (each gap can be shorter than a
@@ -70,6 +73,7 @@ from app.mock.payloads import (
     embeddings_payload,
     embeddings_text,
     error_body,
+    error_payload,
     responses_payload,
     responses_sse,
     responses_text,
@@ -89,10 +93,17 @@ class MockConfig:
 
 
 def _error_response(
-    status: int, message: str, param: str | None = None, retry_after: str | None = None
-) -> JSONResponse:
+    status: int,
+    message: str,
+    param: str | None = None,
+    retry_after: str | None = None,
+    error_format: str = "openai",
+) -> Response:
     headers = {"retry-after": retry_after} if retry_after is not None else None
-    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+    if error_format == "openai":
+        return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+    content, media_type = error_payload(status, message, error_format)
+    return Response(content, status_code=status, headers=headers, media_type=media_type)
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
@@ -203,7 +214,9 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
     finally:
         state.inflight[model] -= 1
     if plan.status is not None:
-        return _error_response(plan.status, plan.message, retry_after=plan.retry_after)
+        return _error_response(
+            plan.status, plan.message, retry_after=plan.retry_after, error_format=plan.error_format
+        )
     response = reply(body, text, plan.drop)
     if plan.trickle_ms:
         response = _trickled(response, plan.trickle_ms / 1000)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.ids import new_id
-from app.vocabulary import MESSAGES, ErrorCode, Status
+from app.vocabulary import MESSAGES, ErrorCode, Status, response_error_code
 
 # A request, batch or file row (SQLAlchemy's RowMapping, or a dict of the same keys).
 Row = Mapping[Any, Any]
@@ -52,12 +52,17 @@ def _output_from_chat(body: Any) -> list[dict[str, Any]]:
             "type": "message",
             "role": "assistant",
             "status": "completed",
-            "content": [{"type": "output_text", "text": text, "annotations": []}],
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
         }
     ]
 
 
 def row_error(row: Row) -> dict[str, Any] | None:
+    """What went wrong, as tiergate stored it: ``{"code", "message"}`` (None if nothing did).
+
+    Clients of the blocking flex path get these codes in their HTTP errors; a Response object
+    shows OpenAI's names instead (:func:`response_error`).
+    """
     if row["status"] == Status.EXPIRED:  # the stored message says why (e.g. a Retry-After too far)
         return {
             "code": ErrorCode.REQUEST_EXPIRED,
@@ -69,6 +74,19 @@ def row_error(row: Row) -> dict[str, Any] | None:
             "message": row["error"].get("message") or "The request failed.",
         }
     return None
+
+
+def response_error(row: Row) -> dict[str, Any] | None:
+    """A Response object's ``error``: one of OpenAI's ResponseError codes, tiergate's own code
+    kept at the start of the message (``upstream_503: ...``). A cancelled Response has none."""
+    stored = row_error(row)
+    if stored is None or row["status"] == Status.CANCELLED:
+        return None
+    code = response_error_code(stored["code"], row.get("response_status"))
+    message = stored["message"]
+    if code != stored["code"]:
+        message = f"{stored['code']}: {message}"
+    return {"code": code, "message": message}
 
 
 def response_object(row: Row) -> dict[str, Any]:
@@ -103,7 +121,7 @@ def response_object(row: Row) -> dict[str, Any]:
         status=RESPONSE_STATUS[row["status"]],
         background=row["background"],
         service_tier=row["service_tier"],
-        error=row_error(row),
+        error=response_error(row),
         metadata=body.get("metadata") or {},
     )
     if obj.get("usage") is None:
@@ -167,6 +185,7 @@ def batch_object(row: Row) -> dict[str, Any]:
         "id": row["id"],
         "object": "batch",
         "endpoint": row["endpoint"],
+        "model": row["model"],
         "errors": row["errors"],
         "input_file_id": row["input_file_id"],
         "completion_window": row["completion_window"],

@@ -67,11 +67,13 @@ FROM job
 """
 ).bindparams(bindparam("metadata", type_=JSONB), bindparam("window_s", type_=Integer))
 
-# Live counts for running batches; frozen counts once a batch has ended.
+# Live counts for running batches; frozen counts once a batch has ended. The model is its
+# first line's (one model per batch; none before validation has stored the lines).
 BATCH_COLUMNS = """
 b.*, coalesce(b.completed_count, c.completed) AS completed,
 coalesce(b.failed_count, c.failed) AS failed,
-c.input_tokens, c.output_tokens, c.total_tokens
+c.input_tokens, c.output_tokens, c.total_tokens,
+(SELECT r.model FROM requests r WHERE r.batch_id = b.id ORDER BY r.line_no LIMIT 1) AS model
 """
 COUNTS = f"""
 LEFT JOIN LATERAL (

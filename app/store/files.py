@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import LargeBinary, bindparam, text
 from sqlalchemy.engine import RowMapping
@@ -18,8 +19,9 @@ PART_BYTES = 1024 * 1024
 PARTS_PER_QUERY = 8
 
 CREATE = text(
-    "INSERT INTO files (id, owner_key_id, filename, purpose, status)"
-    f" VALUES (:id, :owner, :filename, :purpose, '{FileStatus.UPLOADING}')"
+    "INSERT INTO files (id, owner_key_id, filename, purpose, status, expires_at)"
+    f" VALUES (:id, :owner, :filename, :purpose, '{FileStatus.UPLOADING}',"
+    " now() + CAST(:expires_s AS integer) * interval '1 second')"
 )
 ADD_PART = text(
     "INSERT INTO file_parts (file_id, part, data) VALUES (:id, :part, :data)"
@@ -29,23 +31,34 @@ SEAL_PUBLISH = text(
     f"UPDATE files SET status = '{FileStatus.PROCESSED}', bytes = :bytes WHERE id = :id"
 )
 DISCARD = text("DELETE FROM files WHERE id = :id")
+# What a key sees: its processed files whose expiry (if any) has not passed; an expired file
+# is gone for its owner at once, before the workers' sweep deletes it.
+VISIBLE = (
+    f"owner_key_id = :owner AND status = '{FileStatus.PROCESSED}'"
+    " AND (expires_at IS NULL OR expires_at > now())"
+)
 GET = text(
     "SELECT id, owner_key_id, filename, purpose, bytes, status, created_at, expires_at"
-    f" FROM files WHERE id = :id AND owner_key_id = :owner AND status = '{FileStatus.PROCESSED}'"
+    f" FROM files WHERE id = :id AND {VISIBLE}"
 )
-# Newest first; ``after`` is the id of the last file of the previous page.
-LIST = text(
-    f"""
+# ``after`` is the id of the last file of the previous page, in the same order.
+LIST = {
+    order: text(
+        f"""
 SELECT id, filename, purpose, bytes, status, created_at, expires_at FROM files
-WHERE owner_key_id = :owner AND status = '{FileStatus.PROCESSED}'
+WHERE {VISIBLE}
   AND (CAST(:purpose AS text) IS NULL OR purpose = :purpose)
-  AND (CAST(:after AS text) IS NULL OR (created_at, id) < (
+  AND (CAST(:after AS text) IS NULL OR (created_at, id) {cmp} (
         SELECT created_at, id FROM files WHERE id = :after AND owner_key_id = :owner))
-ORDER BY created_at DESC, id DESC
+ORDER BY created_at {order}, id {order}
 LIMIT :limit
 """
-)
-DELETE = text("DELETE FROM files WHERE id = :id AND owner_key_id = :owner RETURNING id")
+    )
+    for order, cmp in (("desc", "<"), ("asc", ">"))
+}
+DELETE = text(f"DELETE FROM files WHERE id = :id AND {VISIBLE} RETURNING id")
+# The owner's delete of a file not yet processed (an upload that failed half-way).
+DROP_UPLOAD = text("DELETE FROM files WHERE id = :id AND owner_key_id = :owner")
 # Uploads that never finished (a crashed gateway, a crashed batch finalize) are invisible;
 # after a while nobody can be writing them any more.
 PRUNE_ABANDONED = text(
@@ -100,12 +113,20 @@ class FileStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def create(self, *, id: str, owner: str, filename: str, purpose: str) -> FileWriter:
-        """A new, still invisible file; write to it, then ``close()`` it."""
+    async def create(
+        self, *, id: str, owner: str, filename: str, purpose: str, expires_s: int | None = None
+    ) -> FileWriter:
+        """A new, still invisible file; write to it, then ``close()`` it. It expires
+        ``expires_s`` seconds after its creation (never if None)."""
+        params = {
+            "id": id,
+            "owner": owner,
+            "filename": filename,
+            "purpose": purpose,
+            "expires_s": expires_s,
+        }
         async with self.engine.connect() as conn:
-            await conn.execute(
-                CREATE, {"id": id, "owner": owner, "filename": filename, "purpose": purpose}
-            )
+            await conn.execute(CREATE, params)
         return FileWriter(self, id)
 
     async def get(self, id: str, owner: str) -> RowMapping | None:
@@ -113,15 +134,28 @@ class FileStore:
             return (await conn.execute(GET, {"id": id, "owner": owner})).mappings().first()
 
     async def page(
-        self, owner: str, *, purpose: str | None, after: str | None, limit: int
+        self,
+        owner: str,
+        *,
+        purpose: str | None,
+        after: str | None,
+        limit: int,
+        order: Literal["asc", "desc"] = "desc",
     ) -> list[RowMapping]:
+        """A page of the owner's files by creation time (``desc``: newest first)."""
         params = {"owner": owner, "purpose": purpose, "after": after, "limit": limit}
         async with self.engine.connect() as conn:
-            return list((await conn.execute(LIST, params)).mappings())
+            return list((await conn.execute(LIST[order], params)).mappings())
 
     async def delete(self, id: str, owner: str) -> bool:
+        """Delete a file its owner can see; False if there is none (expired ones included)."""
         async with self.engine.connect() as conn:
             return (await conn.execute(DELETE, {"id": id, "owner": owner})).first() is not None
+
+    async def drop_upload(self, id: str, owner: str) -> None:
+        """Delete an upload that failed before it was processed."""
+        async with self.engine.connect() as conn:
+            await conn.execute(DROP_UPLOAD, {"id": id, "owner": owner})
 
     async def discard(self, id: str) -> None:
         """Remove a file nobody will see (an empty or superseded batch result)."""

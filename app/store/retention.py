@@ -1,6 +1,6 @@
 """Retention: history older than ``limits.retention`` is deleted, a bounded chunk at a time.
 
-Four kinds of history, each deleted oldest first by one short statement per chunk (``FOR
+Five kinds of history, each deleted oldest first by one short statement per chunk (``FOR
 UPDATE SKIP LOCKED``, so that several workers pruning at once never wait on each other and no
 statement holds many locks for long):
 
@@ -9,6 +9,9 @@ statement holds many locks for long):
   time, then the batch (``requests_days``); and the single-request batches of revisions
   before 0005;
 - ``files``: processed files that no live batch reads, with their parts (``files_days``);
+- ``expired``: files whose ``expires_at`` (set by ``expires_after`` at upload) has passed,
+  whatever the retention, unless a live batch reads them; they are 404s already
+  (``FileStore.get``);
 - ``jobs``: procrastinate's finished jobs with their events (``events_days``).
 
 Live work is never deleted, however old. A request past its retention is already a 404
@@ -45,6 +48,11 @@ SINGLES_WHERE = f"""
 """
 FILES_WHERE = f"""
     f.status = '{FileStatus.PROCESSED}' AND f.created_at < now() - make_interval(days => :days)
+    AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.input_file_id = f.id
+                    AND b.status IN {sql_in(LIVE_BATCH)})
+"""
+EXPIRED_FILES_WHERE = f"""
+    f.expires_at < now() AND f.status = '{FileStatus.PROCESSED}'
     AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.input_file_id = f.id
                     AND b.status IN {sql_in(LIVE_BATCH)})
 """
@@ -99,6 +107,15 @@ DELETE FROM files WHERE id = ANY(ARRAY(
 ))
 """
 )
+# Over the partial index of files that expire (files_expires_idx).
+PRUNE_EXPIRED_FILES = text(
+    f"""
+DELETE FROM files WHERE id = ANY(ARRAY(
+    SELECT f.id FROM files f WHERE {EXPIRED_FILES_WHERE}
+    ORDER BY f.expires_at LIMIT :n FOR UPDATE SKIP LOCKED
+))
+"""
+)
 # Job ids grow with time: the oldest finished jobs are looked at, and only they. When even they
 # are too recent, nothing is (a pass costs a bounded number of rows, not the whole history).
 PRUNE_JOBS = text(
@@ -120,6 +137,7 @@ COUNTS = {
     "requests": f"SELECT count(*) FROM requests WHERE {REQUESTS_WHERE}",
     "batches": f"SELECT count(*) FROM batches WHERE ({BATCHES_WHERE}) OR ({SINGLES_WHERE})",
     "files": f"SELECT count(*) FROM files f WHERE {FILES_WHERE}",
+    "expired": f"SELECT count(*) FROM files f WHERE {EXPIRED_FILES_WHERE}",
     "jobs": f"SELECT count(*) FROM procrastinate_jobs j WHERE {JOBS_WHERE}",
 }
 KINDS = tuple(COUNTS)
@@ -133,10 +151,11 @@ class Pruned:
     batches: int = 0
     lines: int = 0
     files: int = 0
+    expired: int = 0
     jobs: int = 0
 
     def __bool__(self) -> bool:
-        return any((self.requests, self.batches, self.lines, self.files, self.jobs))
+        return any((self.requests, self.batches, self.lines, self.files, self.expired, self.jobs))
 
 
 class RetentionStore:
@@ -147,10 +166,13 @@ class RetentionStore:
         self.retention = retention
 
     def _days(self, kind: str) -> int | None:
+        """The retention of ``kind`` (``expired`` files have their own: 0 days past it)."""
         if kind in ("requests", "batches"):
             return self.retention.requests_days
         if kind == "files":
             return self.retention.files_days
+        if kind == "expired":
+            return 0
         return self.retention.events_days
 
     async def count(self, kind: str) -> int | None:
@@ -177,6 +199,9 @@ class RetentionStore:
             if kind == "files":
                 result = await conn.execute(PRUNE_FILES, {"days": days, "n": FILES_CHUNK})
                 return result.rowcount, 0
+            if kind == "expired":
+                result = await conn.execute(PRUNE_EXPIRED_FILES, {"n": FILES_CHUNK})
+                return result.rowcount, 0
             if kind == "jobs":
                 result = await conn.execute(PRUNE_JOBS, {"days": days, "n": CHUNK})
                 return result.rowcount, 0
@@ -191,7 +216,7 @@ class RetentionStore:
 
     async def prune(self, max_chunks: int) -> Pruned:
         """Delete up to ``max_chunks`` chunks of each kind (a bounded pass)."""
-        totals = dict.fromkeys(("requests", "batches", "lines", "files", "jobs"), 0)
+        totals = dict.fromkeys(("requests", "batches", "lines", *KINDS), 0)
         for kind in KINDS:
             for _ in range(max_chunks):
                 rows, lines = await self.prune_chunk(kind)

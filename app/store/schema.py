@@ -61,8 +61,15 @@ files = Table(
     Column("bytes", BigInteger, nullable=False, server_default="0"),
     Column("status", Text, nullable=False, comment="uploading, processed"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column(
+        "expires_at",
+        DateTime(timezone=True),
+        nullable=True,
+        comment="from expires_after at upload; the workers delete the file once it passed",
+    ),
     Index("files_owner_idx", "owner_key_id", "created_at"),
+    # The sweep finds expired files without walking the ones kept for ever.
+    Index("files_expires_idx", "expires_at", postgresql_where=text("expires_at IS NOT NULL")),
 )
 
 # File contents, in parts of about 1 MiB: uploads and downloads stream part by part.

@@ -24,9 +24,9 @@ class _Body(httpx.AsyncByteStream):
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except TimeoutError as exc:
-            raise httpx.ReadTimeout(f"upstream read timed out: {exc!r}") from exc
+            raise httpx.ReadTimeout("upstream read timed out") from exc
         except aiohttp.ClientError as exc:
-            raise httpx.ReadError(f"upstream connection broke: {exc!r}") from exc
+            raise httpx.ReadError("upstream connection broke") from exc
 
     async def aclose(self) -> None:
         self._response.release()
@@ -68,12 +68,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     sock_read=timeout.get("read"),
                 ),
             )
+        # aiohttp's texts quote the upstream's address: they stay in the chain (for logs),
+        # not in the messages (see reasons.py).
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise httpx.ConnectTimeout("upstream connect timed out") from exc
         except TimeoutError as exc:
-            raise httpx.TimeoutException(f"upstream timed out: {exc!r}") from exc
+            raise httpx.ReadTimeout("upstream timed out") from exc
         except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(f"cannot reach upstream: {exc!r}") from exc
+            raise httpx.ConnectError("cannot reach upstream") from exc
         except aiohttp.ClientError as exc:
-            raise httpx.RemoteProtocolError(f"upstream connection failed: {exc!r}") from exc
+            raise httpx.RemoteProtocolError("upstream connection failed") from exc
         headers = [
             (k, v)
             for k, v in response.raw_headers

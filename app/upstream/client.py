@@ -19,9 +19,12 @@ import httpx
 from starlette.types import ASGIApp
 
 from app.mock.server import create_mock_app
+from app.openai.upstream_errors import normalize_error
 from app.settings import MOCK_UPSTREAM, Settings
 from app.upstream.aiohttp_transport import AiohttpTransport
 from app.upstream.deployment import Deployment
+from app.upstream.reasons import reason
+from app.vocabulary import ErrorCode, upstream_status
 
 # Fields that mean something to tiergate and must not reach the provider.
 GATEWAY_FIELDS = ("service_tier", "background")
@@ -71,15 +74,12 @@ def retry_after(headers: httpx.Headers) -> float | None:
 
 
 def error_from_status(status: int, headers: httpx.Headers, content: bytes) -> UpstreamError:
-    try:
-        body = json.loads(content)
-    except ValueError:
-        body = {"error": {"message": content[:500].decode(errors="replace")}}
-    detail = body.get("error") if isinstance(body, dict) else None
-    message = (detail or {}).get("message") if isinstance(detail, dict) else None
+    """The failure an error answer stands for; its body in OpenAI's shape whatever the
+    provider sent (``{"detail": ...}``, text, HTML), its text as the message."""
+    body = normalize_error(status, content, headers.get("content-type"))
     return UpstreamError(
-        code=f"upstream_{status}",
-        message=message or f"upstream answered HTTP {status}",
+        code=upstream_status(status),
+        message=body["error"]["message"],
         retryable=status in RETRYABLE_STATUSES,
         status=status,
         body=body,
@@ -128,7 +128,9 @@ class UpstreamClient:
         transport: httpx.AsyncBaseTransport
         if deployment.upstream == MOCK_UPSTREAM:
             if self._mock is None:
-                raise UpstreamError("upstream_unavailable", "mock upstream not enabled", False)
+                raise UpstreamError(
+                    ErrorCode.UPSTREAM_UNAVAILABLE, "mock upstream not enabled", False
+                )
             transport, base = self._mock, "http://mock/v1"
         else:
             transport, base = next(self._next), deployment.upstream
@@ -161,7 +163,7 @@ class UpstreamClient:
             return UpstreamReply(response.status_code, json.loads(text), text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise UpstreamError(
-                "upstream_bad_response", "upstream sent invalid JSON", True
+                ErrorCode.UPSTREAM_BAD_RESPONSE, "upstream sent invalid JSON", True
             ) from exc
 
     @contextlib.asynccontextmanager
@@ -197,7 +199,9 @@ async def within(timeout_s: float) -> AsyncIterator[None]:
             yield
     except TimeoutError:
         raise UpstreamError(
-            "upstream_timeout", f"upstream timed out: no whole answer within {timeout_s:g} s", True
+            ErrorCode.UPSTREAM_TIMEOUT,
+            f"upstream timed out: no whole answer within {timeout_s:g} s",
+            True,
         ) from None
 
 
@@ -209,18 +213,23 @@ async def read_all(response: httpx.Response) -> bytes:
 
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
-    """httpx transport errors as retryable ``UpstreamError``s."""
+    """httpx transport errors as retryable ``UpstreamError``s whose messages name no address
+    (see ``reasons.py``)."""
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise UpstreamError("upstream_timeout", f"upstream timed out: {exc!r}", True) from exc
+        raise UpstreamError(
+            ErrorCode.UPSTREAM_TIMEOUT, f"upstream timed out: {reason(exc)}", True
+        ) from exc
     except httpx.ConnectError as exc:  # the request never reached the provider
         raise UpstreamError(
-            "upstream_unreachable", f"cannot reach upstream: {exc!r}", True
+            ErrorCode.UPSTREAM_UNREACHABLE, f"cannot reach the upstream: {reason(exc)}", True
         ) from exc
     except httpx.HTTPError as exc:  # it may have: the provider may have done (and billed) it
         raise UpstreamError(
-            "upstream_connection_broken", f"upstream connection broke: {exc!r}", True
+            ErrorCode.UPSTREAM_CONNECTION_BROKEN,
+            f"upstream connection broke: {reason(exc)}",
+            True,
         ) from exc
 
 

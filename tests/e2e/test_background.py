@@ -54,7 +54,9 @@ def test_background_failure_is_shown_in_error(client: openai.OpenAI):
     )
     done = poll(client, created.id, {"completed", "failed"})
     assert done.status == "failed"
-    assert done.error is not None and done.error.code == "upstream_404"
+    # OpenAI's code on the object; tiergate's (the row's) leads the message.
+    assert done.error is not None and done.error.code == "server_error"
+    assert done.error.message == "upstream_404: mock status 404"
 
 
 def wait_worker_done(gateway: Gateway, db: psycopg.Connection, request_id: str) -> None:

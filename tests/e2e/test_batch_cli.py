@@ -36,6 +36,7 @@ def test_submit_waits_with_progress_and_downloads(gateway: Gateway, key: str, tm
         "/v1/chat/completions",
         "--output",
         str(out),
+        "--allow-failures",
         "--url",
         gateway.url,
         "--api-key",
@@ -57,6 +58,34 @@ def test_submit_waits_with_progress_and_downloads(gateway: Gateway, key: str, tm
     assert batch_id in listed.stdout
     shown = tiergate("batch", "status", batch_id, "--url", gateway.url, "--api-key", key)
     assert "completed" in shown.stdout and "output_file_id" in shown.stdout
+
+
+def test_submit_fails_when_lines_failed_unless_allowed(gateway: Gateway, key: str, tmp_path: Path):
+    source = tmp_path / "some-fail.jsonl"
+    lines = [chat_line("fine", "fine"), chat_line("bad-1", "mock:status=400")]
+    source.write_bytes(jsonl([*lines, chat_line("bad-2", "mock:status=404")]))
+    out = tmp_path / "out.jsonl"
+    run = tiergate(
+        "batch",
+        "submit",
+        str(source),
+        "--endpoint",
+        "/v1/chat/completions",
+        "--output",
+        str(out),
+        "--url",
+        gateway.url,
+        "--api-key",
+        key,
+    )
+    assert run.returncode == 1, run.stderr
+    batch_id = run.stdout.strip().splitlines()[-1]
+    assert batch_id.startswith("batch_")  # the batch itself completed ...
+    assert "completed" in run.stderr and "1/3 done, 2 failed" in run.stderr
+    assert "2 of 3 lines failed" in run.stderr and "--allow-failures" in run.stderr
+    assert [json.loads(line)["custom_id"] for line in out.read_text().splitlines()] == ["fine"]
+    errors = tmp_path / "out.errors.jsonl"  # ... and its files were written all the same
+    assert len(errors.read_text().splitlines()) == 2
 
 
 def test_submit_reports_validation_errors(gateway: Gateway, key: str, tmp_path: Path):

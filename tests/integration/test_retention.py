@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.ids import new_id
 from app.settings import Retention
 from app.store import retention as retention_sql
+from app.store.files import FileStore
 from app.store.keys import ApiKey
 from app.store.requests import RequestStore
 from app.store.retention import RetentionStore
@@ -132,3 +133,41 @@ async def test_nothing_goes_without_a_retention(engine: AsyncEngine, owner: ApiK
     assert await retention.count("requests") is None
     assert not await retention.prune(max_chunks=100)
     assert await store.get(old, owner.id) is not None
+
+
+async def test_expired_files_go_whatever_the_retention_unless_a_live_batch_reads_them(
+    engine: AsyncEngine, owner: ApiKey
+):
+    files = FileStore(engine)
+    ids = {}
+    for name, expires_s in (("expired", 3600), ("read", 3600), ("later", 3600), ("kept", None)):
+        writer = await files.create(
+            id=new_id("file-"), owner=owner.id, filename=name, purpose="batch", expires_s=expires_s
+        )
+        await writer.write(b"{}\n")
+        await writer.close()
+        ids[name] = writer.id
+    await sql(
+        engine,
+        "UPDATE files SET expires_at = now() - interval '1 second' WHERE id = ANY(:ids)",
+        ids=[ids["expired"], ids["read"]],
+    )
+    batch = await insert_file_batch(engine, owner, "validating")
+    await sql(engine, "UPDATE batches SET input_file_id = :f WHERE id = :b", f=ids["read"], b=batch)
+
+    # Expired reads as gone at once, before any sweep.
+    assert await files.get(ids["expired"], owner.id) is None
+    assert await files.get(ids["later"], owner.id) is not None
+    retention = RetentionStore(engine, Retention(requests_days=None, events_days=None))
+    assert await retention.count("files") is None  # no files_days: no retention of files ...
+    assert await retention.count("expired") == 1  # ... but expiry is the file's own
+    assert (await retention.prune(max_chunks=10)).expired == 1
+    left = await sql(
+        engine,
+        "SELECT array_agg(id ORDER BY id) FROM files WHERE id = ANY(:ids)",
+        ids=[*ids.values()],
+    )
+    assert left == sorted([ids["read"], ids["later"], ids["kept"]])
+    parts = "SELECT count(*) FROM file_parts WHERE file_id = :id"
+    assert await sql(engine, parts, id=ids["expired"]) == 0
+    assert await retention.count("expired") == 0

@@ -352,3 +352,41 @@ async def test_controls_without_fail_times_apply_every_time(client: httpx.AsyncC
     codes = [(await client.post("/v1/responses", json=req)).status_code for _ in range(3)]
     assert codes == [500, 500, 500]
     assert len((await client.get("/_mock/attempts/always")).json()["attempts"]) == 3
+
+
+async def test_token_array_embedding_inputs(client: httpx.AsyncClient) -> None:
+    """LangChain's default embeddings client sends its texts as token arrays."""
+
+    async def embed(value: Any) -> httpx.Response:
+        return await client.post("/v1/embeddings", json={"model": MODEL, "input": value})
+
+    one = await embed([1, 2, 3])
+    many = await embed([[1, 2, 3], [4, 5]])
+    assert one.status_code == many.status_code == 200
+    assert one.json()["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+    assert many.json()["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
+    vectors = [d["embedding"] for d in many.json()["data"]]
+    assert vectors[0] == one.json()["data"][0]["embedding"] != vectors[1]
+    for bad in ([], [[]], [[1, "a"]], [[1, 2], "text"], [-1], [True], [1.5]):
+        refused = await embed(bad)
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["param"] == "input"
+
+
+@pytest.mark.parametrize(
+    ("error_format", "media_type", "body"),
+    [
+        ("detail", "application/json", '{"detail":"mock status 404"}'),
+        ("text", "text/plain", "mock status 404"),
+        ("html", "text/html", "<h1>404 Not Found</h1><p>mock status 404</p>"),
+    ],
+)
+async def test_error_format_answers_like_other_servers(
+    client: httpx.AsyncClient, error_format: str, media_type: str, body: str
+) -> None:
+    req = {"model": MODEL, "input": f"mock:status=404,error_format={error_format} x"}
+    r = await client.post("/v1/responses", json=req)
+    assert r.status_code == 404 and r.headers["content-type"].startswith(media_type)
+    assert body in r.text
+    bad = {"model": MODEL, "input": "mock:status=404,error_format=xml x"}
+    assert (await client.post("/v1/responses", json=bad)).status_code == 400

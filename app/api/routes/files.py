@@ -1,4 +1,8 @@
-"""``/v1/files``: upload (multipart, streamed into PostgreSQL), list, read, delete."""
+"""``/v1/files``: upload (multipart, streamed into PostgreSQL), list, read, delete.
+
+A file uploaded with ``expires_after`` is a 404 once that has passed; the workers' sweep
+deletes it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
-from app.api.routes.params import page_params, path_id, services
+from app.api.routes.params import expires_after, page_params, path_id, services, sort_order
 from app.gateway.middleware.auth import current_key
 from app.ids import new_id
 from app.openai.errors import APIError, bad_request, json_response, not_found
@@ -60,6 +64,7 @@ async def upload(request: Request) -> Response:
     async with request.form(max_files=1, max_fields=8) as form:
         purpose = form.get("purpose")
         upload = form.get("file")
+        expires_s = expires_after(form)
         if not isinstance(purpose, str) or purpose not in UPLOAD_PURPOSES:
             raise bad_request(
                 f"'purpose' must be one of {sorted(UPLOAD_PURPOSES)}.", param="purpose"
@@ -75,6 +80,7 @@ async def upload(request: Request) -> Response:
             owner=current_key(request.scope).id,
             filename=upload.filename or "upload.jsonl",
             purpose=purpose,
+            expires_s=expires_s,
         )
         try:
             while chunk := await upload.read(READ_BYTES):
@@ -83,7 +89,7 @@ async def upload(request: Request) -> Response:
                 await writer.write(chunk)
             await writer.close()
         except BaseException:
-            await store.delete(file_id, current_key(request.scope).id)
+            await store.drop_upload(file_id, current_key(request.scope).id)
             raise
     row = await store.get(file_id, current_key(request.scope).id)
     assert row is not None
@@ -92,6 +98,7 @@ async def upload(request: Request) -> Response:
 
 async def list_files(request: Request) -> Response:
     after, limit = page_params(request, default=10_000, maximum=10_000)
+    order = sort_order(request)
     purpose = request.query_params.get("purpose") or None
     if purpose is not None and purpose not in FILE_PURPOSES:
         return json_response(list_object([], False))  # no file has any other purpose
@@ -100,6 +107,7 @@ async def list_files(request: Request) -> Response:
         purpose=purpose,
         after=after,
         limit=limit + 1,
+        order=order,
     )
     return json_response(list_object([file_object(r) for r in rows[:limit]], len(rows) > limit))
 

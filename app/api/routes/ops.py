@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from sqlalchemy import text
 from starlette.requests import Request
@@ -12,7 +13,7 @@ from starlette.routing import Route
 from app.api.openapi import openapi_document
 from app.api.routes.params import services
 from app.gateway.middleware.auth import current_key
-from app.openai.errors import error_body, json_response
+from app.openai.errors import MAX_SHOWN_ID, APIError, error_body, json_response
 
 READY_TIMEOUT_S = 2.0
 
@@ -42,14 +43,31 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type="text/plain; version=0.0.4")
 
 
+def model_object(name: str) -> dict[str, Any]:
+    """The OpenAI Model object of a configured model."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "tiergate"}
+
+
 async def list_models(request: Request) -> Response:
     key = current_key(request.scope)
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "tiergate"}
-        for name in services(request).settings.models
-        if key.may_use(name)
-    ]
+    data = [model_object(name) for name in services(request).settings.models if key.may_use(name)]
     return json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """One model the caller's key may use; any other name is a 404 (whether it exists is not
+    told to a key that may not use it)."""
+    name: str = request.path_params["model"]
+    key = current_key(request.scope)
+    if name not in services(request).settings.models or not key.may_use(name):
+        shown = name if len(name) <= MAX_SHOWN_ID else name[:MAX_SHOWN_ID] + "..."
+        raise APIError(
+            404,
+            f"The model '{shown}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return json_response(model_object(name))
 
 
 async def openapi(request: Request) -> Response:
@@ -63,4 +81,6 @@ routes = [
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    # ``path``: model names may hold slashes (the SDK sends them as %2F).
+    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from starlette.datastructures import FormData
 from starlette.requests import Request
 
 from app.gateway.services import Services
@@ -36,3 +39,50 @@ def services(request: Request) -> Services:
     """The gateway's services (stores, settings), set on the app at start-up."""
     found: Services = request.app.state.services
     return found
+
+
+ORDERS = ("asc", "desc")
+
+
+def sort_order(request: Request) -> Literal["asc", "desc"]:
+    """``order`` of a list call: ``desc`` (newest first, the default) or ``asc``."""
+    raw = request.query_params.get("order") or "desc"
+    if raw == "asc":
+        return "asc"
+    if raw == "desc":
+        return "desc"
+    raise bad_request("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
+
+
+# OpenAI accepts expiries from an hour to 30 days after the anchor.
+MIN_EXPIRY_S = 3600
+MAX_EXPIRY_S = 30 * 86400
+MAX_EXPIRY_DIGITS = len(str(MAX_EXPIRY_S))
+
+
+def expires_after(form: FormData) -> int | None:
+    """Seconds until an upload expires, from ``expires_after[anchor]`` and
+    ``expires_after[seconds]`` (the SDK's multipart encoding); None if not given."""
+    anchor = form.get("expires_after[anchor]")
+    seconds = form.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise bad_request(
+            "'expires_after[anchor]' must be 'created_at'.",
+            param="expires_after.anchor",
+            code="invalid_value",
+        )
+    if not (
+        isinstance(seconds, str)
+        and seconds.isascii()
+        and seconds.isdigit()
+        and len(seconds) <= MAX_EXPIRY_DIGITS
+        and MIN_EXPIRY_S <= int(seconds) <= MAX_EXPIRY_S
+    ):
+        raise bad_request(
+            f"'expires_after[seconds]' must be an integer from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}.",
+            param="expires_after.seconds",
+            code="invalid_value",
+        )
+    return int(seconds)
