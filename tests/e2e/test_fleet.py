@@ -293,6 +293,8 @@ def test_no_deployment_left_is_a_502_naming_no_address(client: openai.OpenAI):
         client.chat.completions.create(model="lonely-only", messages=MESSAGES)
     assert caught.value.status_code == 502
     assert caught.value.response.headers["x-request-id"]
+    text = caught.value.response.text
+    assert "127.0.0.1" not in text and "ConnectionKey" not in text  # no provider address
 
 
 def test_pinning_header(client: openai.OpenAI, mocks: dict[str, str], db: psycopg.Connection):

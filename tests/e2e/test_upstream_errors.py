@@ -52,7 +52,14 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
                 "timeout_s": 5,
             },
         ],
-        {"retry_base_s": 0.05, "retry_max_s": 0.2, "maintenance_every_s": 1},
+        {
+            "retry_base_s": 0.05,
+            "retry_max_s": 0.2,
+            "maintenance_every_s": 1,
+            # Each test's failures are its own: the circuit breaker (docs/fleet.md) must not
+            # hold the next test's calls back for a cool-down.
+            "health": {"failures_to_trip": 1000},
+        },
     )
 
 

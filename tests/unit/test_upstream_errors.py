@@ -13,9 +13,10 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
 from app.openai.upstream_errors import MAX_MESSAGE_CHARS, normalize_error
-from app.settings import ModelConfig
+from app.settings import HealthLimits, ModelConfig
 from app.testing.processes import free_port
 from app.upstream.client import UpstreamClient, UpstreamError, error_from_status
+from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
 
 NGINX_502 = (
@@ -157,7 +158,8 @@ async def test_a_closed_port_is_unreachable_without_its_address(transport: str):
     client = UpstreamClient(transport=transport)
     try:
         with pytest.raises(UpstreamError) as failed:
-            await client.call(model, "/v1/chat/completions", {"messages": []})
+            deployment = Deployment.of(model, model.deployments[0], HealthLimits())
+            await client.call(deployment, "/v1/chat/completions", {"messages": []})
     finally:
         await client.aclose()
     assert failed.value.code == "upstream_unreachable" and failed.value.retryable
