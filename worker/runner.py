@@ -19,6 +19,7 @@ from app.store.keys import KeyStore
 from app.store.listener import require_notifications
 from app.store.orphans import OrphanStore
 from app.store.presence import Presence
+from app.store.queue_depth import QueueDepthStore
 from app.store.requests import RequestStore
 from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
@@ -158,4 +159,5 @@ def maintenance_for(engine: AsyncEngine, settings: Settings) -> Maintenance:
         files=FileStore(engine),
         orphans=OrphanStore(engine),
         retention=RetentionStore(engine, settings.limits.retention),
+        queue_depth=QueueDepthStore(engine),
     )
