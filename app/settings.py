@@ -167,7 +167,9 @@ class Limits(BaseModel):
     job_pool_size: int = Field(default=4, ge=2)
     waiter_recheck_s: float = Field(default=5.0, gt=0)
     metrics_max_age_s: float = Field(
-        default=10.0, ge=0, description="the queue depth /metrics shows is counted at most this often"
+        default=10.0,
+        ge=0,
+        description="the queue depth /metrics shows is counted at most this often",
     )
     flex_poll_s: float = Field(
         default=2.0, gt=0, description="a worker looks for deferred requests at least this often"
