@@ -33,6 +33,8 @@ Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
   ``drop=1,fail_times=2,key=k`` drops twice. Counters live in
   ``app.state.fail_counts``.
 * ``hold=NAME``: streaming only; after the first frame, wait for ``POST /_mock/release/NAME``.
+* ``linger=NAME``: streaming only; after the last frame, keep the body open until
+  ``POST /_mock/release/NAME`` (a server slow to end its body after ``[DONE]``).
 * ``drop=1``: send the status line and headers, part of the body, then abort the connection
   (the ASGI app raises :class:`MockDropError` mid-body, so uvicorn closes the socket and a
   client sees an incomplete body, e.g. ``httpx.RemoteProtocolError``; in-process
@@ -222,6 +224,8 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
         response = _trickled(response, plan.trickle_ms / 1000)
     if controls.hold and isinstance(response, StreamingResponse):
         response.body_iterator = _held(response.body_iterator, state.holds, controls.hold)
+    if controls.linger and isinstance(response, StreamingResponse):
+        response.body_iterator = _lingering(response.body_iterator, state.holds, controls.linger)
     return response
 
 
@@ -258,6 +262,15 @@ async def _held(
         if first:
             first = False
             await event.wait()
+
+
+async def _lingering(
+    frames: AsyncIterable[Any], holds: dict[str, asyncio.Event], name: str
+) -> AsyncIterator[Any]:
+    """Send every frame, then wait for ``POST /_mock/release/{name}`` (``linger=NAME``)."""
+    async for frame in frames:
+        yield frame
+    await holds.setdefault(name, asyncio.Event()).wait()
 
 
 async def _release(request: Request) -> Response:

@@ -118,7 +118,7 @@ def response_object(row: Row) -> dict[str, Any]:
         object="response",
         created_at=_ts(row["created_at"]),
         model=body.get("model"),
-        status=RESPONSE_STATUS[row["status"]],
+        status=_status(row, obj),
         background=row["background"],
         service_tier=row["service_tier"],
         error=response_error(row),
@@ -129,6 +129,13 @@ def response_object(row: Row) -> dict[str, Any]:
     if row["status"] == Status.COMPLETED:
         obj["completed_at"] = _ts(row["finished_at"])
     return obj
+
+
+def _status(row: Row, obj: dict[str, Any]) -> str:
+    # A stream that ended with ``response.incomplete`` is a finished row holding that object.
+    if row["status"] == Status.COMPLETED and obj.get("status") == "incomplete":
+        return "incomplete"
+    return RESPONSE_STATUS[row["status"]]
 
 
 def stored_result(row: Row) -> dict[str, Any]:
