@@ -106,10 +106,15 @@ class _Choice:
 def chat_completion(payloads: list[bytes]) -> dict[str, Any] | None:
     """The ``ChatCompletion`` that the chunks ``payloads`` (JSON texts) spell out; None if
     there is not one chunk."""
+    return chat_completion_of(_parse_all(payloads))
+
+
+def chat_completion_of(chunks: list[Any]) -> dict[str, Any] | None:
+    """The ``ChatCompletion`` that parsed ``chunks`` spell out; None if there is none."""
     head: dict[str, Any] = {}
     choices: dict[int, _Choice] = {}
     usage = None
-    for chunk in _parse_all(payloads):
+    for chunk in chunks:
         if not isinstance(chunk, dict):
             continue
         if not head:
