@@ -238,14 +238,20 @@ class RealtimeProxy:
     ) -> AsyncIterator[bytes]:
         """Send the upstream's events on as they arrive, whole events only, with our id.
 
-        The row is ``completed`` once the final event (``[DONE]``, ``response.completed``)
-        has been handed to the client's connection, whatever happens next: the SDK closes
-        the connection right after it, often before the upstream has ended its body.
+        When the final event (``[DONE]``, ``response.completed``) arrives, the row is
+        finished with the assembled object, then the event is sent and the stream ends:
+        whatever the connection does next (the SDK closes it right after ``[DONE]``, often
+        before the upstream has ended its body) cannot make it ``client_disconnected``.
         """
         upstream, deployment = opened.response, opened.deployment
         served = deployment.label(call.model.name)
         fault: str | None = None
-        relay = relay_for(call.endpoint, rid, strip_usage=_adds_usage(call))
+        relay = relay_for(
+            call.endpoint,
+            rid,
+            strip_usage=_adds_usage(call),
+            previous=call.body.get("previous_response_id"),
+        )
         outcome = Outcome(
             status=Status.FAILED,
             response_status=upstream.status_code,
@@ -257,6 +263,7 @@ class RealtimeProxy:
         )
         pending = b""  # the start of an event whose end has not arrived
         relayed = 0  # whole events sent
+        recorded = False
         try:
             async for chunk in upstream.aiter_bytes():
                 data = pending + chunk
@@ -264,10 +271,17 @@ class RealtimeProxy:
                 pending = data[cut:]
                 if cut:
                     relayed += events_in(data, cut)
-                    yield relay.feed(_renamed(data[:cut], *renamed))
-                    if relay.done:  # nothing follows the final event: answer, and end the row
+                    events = relay.feed(_renamed(data[:cut], *renamed))
+                    if relay.done:
+                        # Recorded before the final event is sent: once the client has it, a
+                        # GET by the id it saw finds the whole object, and whatever the
+                        # connection does next (the SDK hangs up at once) changes nothing.
                         outcome = _stream_outcome(relay, upstream.status_code, served)
-                        break
+                        recorded = True
+                        await self._end_stream(rid, call, started, opened, outcome)
+                    yield events
+                    if relay.done:
+                        break  # nothing follows the final event
             if not relay.done:
                 if pending:
                     yield relay.feed(_renamed(pending, *renamed))
@@ -285,9 +299,22 @@ class RealtimeProxy:
                 # Only whole events were relayed, so the error is an event of its own.
                 yield sse_error(call.endpoint, message, relayed)
         finally:
-            await opened.stack.aclose()
-            self.router.end(deployment, fault=fault, telling=outcome.status == Status.COMPLETED)
-            await asyncio.shield(self._finish(rid, call, started, outcome))
+            if not recorded:
+                await self._end_stream(rid, call, started, opened, outcome, fault)
+
+    async def _end_stream(
+        self,
+        rid: str,
+        call: Call,
+        started: float,
+        opened: Opened,
+        outcome: Outcome,
+        fault: str | None = None,
+    ) -> None:
+        await opened.stack.aclose()
+        telling = outcome.status == Status.COMPLETED
+        self.router.end(opened.deployment, fault=fault, telling=telling)
+        await asyncio.shield(self._finish(rid, call, started, outcome))
 
     async def _finish(self, rid: str, call: Call, started: float, outcome: Outcome) -> None:
         self.metrics.observe_request(
@@ -341,6 +368,10 @@ def _outcome(
     keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
     if keep:
         content = _stamp_id(content, body, rid)
+        previous = call.body.get("previous_response_id")
+        if previous is not None and call.endpoint == "/v1/responses":  # the upstream never saw it
+            body["previous_response_id"] = previous
+            content = json.dumps(body, separators=(",", ":")).encode()
     outcome = Outcome(
         status=Status.COMPLETED,
         response_status=status,

@@ -4,8 +4,8 @@ Serves ``POST /v1/responses``, ``POST /v1/chat/completions`` and ``POST /v1/embe
 (texts or token arrays, ``[1, 2, 3]`` or ``[[1, 2], [3]]``) with deterministic echo output
 (``"echo: " + <last user text>``), plus ``GET /healthz``, ``GET /_mock/stats`` (requests
 per path), ``GET /_mock/attempts/{key}`` (every request that carried ``key=NAME``, in arrival
-order: ``{"at": unix seconds, "path", "status", "drop", "sleep_ms", "trickle_ms", "headers"}``,
-i.e. when it arrived, what it was answered and the headers it came with),
+order: ``{"at": unix seconds, "path", "status", "drop", "sleep_ms", "trickle_ms", "headers",
+"body"}``, i.e. when it arrived, what it was answered, the headers and body it came with),
 ``POST /_mock/reset`` (clears all counters and records) and ``POST /_mock/outage``
 (``{"status": 503}``: every API call fails so until ``{"status": null}``).
 
@@ -204,6 +204,7 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
                 "headers": {
                     k: v for k, v in request.headers.items() if k not in ("host", "content-length")
                 },
+                "body": body,
             }
         )
     model = str(body.get("model"))

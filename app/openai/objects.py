@@ -124,6 +124,8 @@ def response_object(row: Row) -> dict[str, Any]:
         error=response_error(row),
         metadata=body.get("metadata") or {},
     )
+    if body.get("previous_response_id") is not None:  # the upstream never saw it
+        obj["previous_response_id"] = body["previous_response_id"]
     if obj.get("usage") is None:
         obj["usage"] = _usage(row)
     if row["status"] == Status.COMPLETED:
@@ -144,6 +146,9 @@ def stored_result(row: Row) -> dict[str, Any]:
     if isinstance(body, dict) and row["endpoint"] != "/v1/embeddings":
         body["id"] = row["id"]
         body["service_tier"] = row["service_tier"]
+        previous = (row["body"] or {}).get("previous_response_id")
+        if previous is not None and row["endpoint"] == "/v1/responses":
+            body["previous_response_id"] = previous
     return body
 
 

@@ -188,12 +188,22 @@ class ResponsesRelay(StreamRelay):
     ``response.completed``, ``response.failed`` or ``response.incomplete`` is the final event,
     and its ``response`` is the object."""
 
-    def __init__(self, rid: str) -> None:
+    def __init__(self, rid: str, previous: str | None = None) -> None:
         super().__init__(rid)
         self.final: dict[str, Any] | None = None
+        # The upstream never saw the previous_response_id that tiergate resolved: put it back.
+        self._previous = None
+        if previous is not None:
+            self._previous = b'"previous_response_id":' + json.dumps(previous).encode()
 
     def feed(self, block: bytes) -> bytes:
         block = self._splice(_lf(block), _response_id)
+        if self._previous is not None:
+            if b'"previous_response_id"' in block:
+                for null in (b'"previous_response_id":null', b'"previous_response_id": null'):
+                    block = block.replace(null, self._previous)
+            else:  # an upstream that leaves the field out: after the response's id
+                block = block.replace(self.rid, self.rid + b"," + self._previous)
         if FINAL_OR_ERROR.search(block):
             for event in block.split(b"\n\n"):
                 if FINAL_OR_ERROR.search(event):
@@ -227,8 +237,10 @@ def _response_id(event: Any) -> Any:
     return event["response"]["id"]
 
 
-def relay_for(endpoint: str, rid: str, *, strip_usage: bool) -> StreamRelay:
-    """The relay of one stream of ``endpoint``."""
+def relay_for(
+    endpoint: str, rid: str, *, strip_usage: bool, previous: str | None = None
+) -> StreamRelay:
+    """The relay of one stream of ``endpoint`` (``previous``: its previous_response_id)."""
     if endpoint == "/v1/responses":
-        return ResponsesRelay(rid)
+        return ResponsesRelay(rid, previous)
     return ChatRelay(rid, strip_usage=strip_usage)

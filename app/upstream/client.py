@@ -27,7 +27,8 @@ from app.upstream.reasons import reason
 from app.vocabulary import ErrorCode, upstream_status
 
 # Fields that mean something to tiergate and must not reach the provider.
-GATEWAY_FIELDS = ("service_tier", "background")
+# previous_response_id names a tiergate Response, resolved into the input at acceptance.
+GATEWAY_FIELDS = ("service_tier", "background", "previous_response_id")
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
