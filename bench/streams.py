@@ -5,7 +5,10 @@ without its worker). ``--concurrency`` clients each run streamed chat completion
 ``--words``-word answer back to back; the figure is the gateway process's CPU time (user +
 system) divided by the number of streams, next to the same for non-streamed calls.
 
-Usage: python bench/streams.py [--calls N] [--concurrency C] [--words W]
+``--compare DIR`` also runs a gateway from another checkout (e.g. ``/work/main``) on its
+own database and alternates the two in every round, so both see the same machine load.
+
+Usage: python bench/streams.py [--calls N] [--concurrency C] [--words W] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -59,11 +62,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--words", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compare", help="another checkout to run side by side")
     args = parser.parse_args()
 
+    here = str(Path(__file__).resolve().parent.parent)
+    sides = {"this": here, **({"compare": args.compare} if args.compare else {})}
     work = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
     processes = []
-    figures: dict[bool, list[float]] = {True: [], False: []}
+    figures: dict[tuple[str, bool], list[float]] = {}
     events = 0
     with database_server(work / "home") as factory:
         try:
@@ -72,34 +78,45 @@ def main() -> None:
             config = write_config(
                 work / "tiergate.yaml", [{"name": "remote", "upstream": f"{upstream_url}/v1"}]
             )
-            db = factory.create().libpq()
-            key = create_key(db, "bench")
-            gw = start_gateway(database_url=db, config=config, log=work / "gw.log", worker=False)
-            processes.append(gw.process)
-            assert gw.process.proc is not None
-            pid = gw.process.proc.pid
-            url = gw.api + "/chat/completions"
-            asyncio.run(run_calls(url, key, 100, args.concurrency, args.words, True))  # warm up
+            gateways = {}
+            for side, root in sides.items():
+                db = factory.create().libpq()
+                key = create_key(db, "bench")
+                gw = start_gateway(
+                    database_url=db,
+                    config=config,
+                    log=work / f"gw-{side}.log",
+                    worker=False,
+                    env={"PYTHONPATH": root},
+                    cwd=work,  # so that PYTHONPATH, not the current directory, names the code
+                )
+                processes.append(gw.process)
+                assert gw.process.proc is not None
+                gateways[side] = (gw.api + "/chat/completions", key, gw.process.proc.pid)
+                asyncio.run(run_calls(gateways[side][0], key, 100, args.concurrency, 5, True))
             for _ in range(args.rounds):  # alternating, as this VM's speed drifts
-                for stream in (True, False):
-                    before = cpu_seconds(pid)
-                    got = asyncio.run(
-                        run_calls(url, key, args.calls, args.concurrency, args.words, stream)
-                    )
-                    figures[stream].append((cpu_seconds(pid) - before) / args.calls * 1000)
-                    events = got or events
+                for side, (url, key, pid) in gateways.items():
+                    for stream in (True, False):
+                        before = cpu_seconds(pid)
+                        got = asyncio.run(
+                            run_calls(url, key, args.calls, args.concurrency, args.words, stream)
+                        )
+                        used = (cpu_seconds(pid) - before) / args.calls * 1000
+                        figures.setdefault((side, stream), []).append(used)
+                        events = got or events
         finally:
             for process in processes:
                 process.stop()
 
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     print(f"tiergate stream bench ({when}, {os.cpu_count()} cores, mock upstream at 0 ms)")
-    for stream, name in ((True, "streamed"), (False, "non-streamed")):
-        runs = ", ".join(f"{v:.2f}" for v in figures[stream])
+    for (side, stream), values in figures.items():
+        name = "streamed" if stream else "non-streamed"
+        runs = ", ".join(f"{v:.2f}" for v in values)
         print(
-            f"gateway CPU per {name:12} chat call  median"
-            f" {statistics.median(figures[stream]):.2f} ms"
-            f"  ({args.rounds} runs of {args.calls} calls, concurrency {args.concurrency}: {runs})"
+            f"{sides[side]}: gateway CPU per {name:12} chat call  median"
+            f" {statistics.median(values):.2f} ms  ({args.rounds} runs of {args.calls} calls,"
+            f" concurrency {args.concurrency}: {runs})"
         )
     print(f"events per stream: {events / args.calls:.0f} ({args.words}-word prompts)")
 
