@@ -64,6 +64,11 @@ def prepare_body(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def _not_streamed(body: dict[str, Any]) -> dict[str, Any]:
+    """A (flex) body that asked for a stream, as a plain call: tiergate replays the result."""
+    return {**{k: v for k, v in body.items() if k != "stream_options"}, "stream": False}
+
+
 def retry_after(headers: httpx.Headers) -> float | None:
     """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds form only)."""
     with contextlib.suppress(ValueError):
@@ -154,7 +159,7 @@ class UpstreamClient:
         """One non-streaming call; raises ``UpstreamError`` unless the provider said 2xx."""
         async with (
             within(deployment.model.timeout_s),
-            self.open(deployment, endpoint, {**body, "stream": False}) as response,
+            self.open(deployment, endpoint, _not_streamed(body)) as response,
         ):
             content = await read_all(response)
         if response.status_code >= 400:
