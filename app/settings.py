@@ -166,6 +166,9 @@ class Limits(BaseModel):
     db_max_overflow: int = Field(default=12, ge=0)
     job_pool_size: int = Field(default=4, ge=2)
     waiter_recheck_s: float = Field(default=5.0, gt=0)
+    stream_keepalive_s: float = Field(
+        default=5.0, gt=0, description="a waiting flex stream sends a keep-alive comment this often"
+    )
     metrics_max_age_s: float = Field(
         default=10.0,
         ge=0,

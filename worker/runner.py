@@ -10,8 +10,10 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.gateway.conversations import Conversations
 from app.settings import Settings
 from app.store.batches import BatchStore
+from app.store.conversations import ConversationStore
 from app.store.db import create_engine, database_unavailable
 from app.store.dburl import DatabaseURL
 from app.store.files import FileStore
@@ -71,6 +73,7 @@ async def run_worker(
         files=FileStore(engine),
         keys=KeyStore(engine),
         runner=runner,
+        conversations=Conversations(ConversationStore(engine)),
     )
     job_app = build_job_app(url, settings, batch_jobs=batch_jobs)
     maintenance = maintenance_for(engine, settings)
