@@ -153,7 +153,19 @@ def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             )
         else:
             raise _refuse(f"{param}.type", f"An input item of type '{kind}'")
-    return out
+    return _one_leading_system(out)
+
+
+def _one_leading_system(out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Leading system messages (instructions, developer items) merged into one: many chat
+    templates refuse a second system message."""
+    if len(out) < 2 or out[1]["role"] != "system" or out[0]["role"] != "system":
+        return out
+    count = 0
+    while count < len(out) and out[count]["role"] == "system":
+        count += 1
+    merged = "\n\n".join(m["content"] for m in out[:count])
+    return [{"role": "system", "content": merged}, *out[count:]]
 
 
 def _str(item: dict[str, Any], name: str, param: str) -> str:

@@ -124,8 +124,7 @@ def test_items_and_instructions(client: openai.OpenAI, mocks):
     )
     assert validated(raw).output_text == "echo: mock:key=items-1 second"
     assert only_body(mocks, "items-1")["messages"] == [
-        {"role": "system", "content": "be brief"},
-        {"role": "system", "content": "house rules"},
+        {"role": "system", "content": "be brief\n\nhouse rules"},  # one system message
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "earlier answer"},
         {"role": "user", "content": "mock:key=items-1 second"},

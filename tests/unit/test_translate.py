@@ -62,8 +62,8 @@ def test_items_roles_parts_and_a_function_call_round_trip():
             {"type": "function_call_output", "call_id": "c2", "output": "rain"},
         ],
     }
-    messages = chat_request(body)["messages"]
-    assert messages[0] == {"role": "system", "content": "dev note"}
+    messages = chat_request({**body, "instructions": "rules"})["messages"]
+    assert messages[0] == {"role": "system", "content": "rules\n\ndev note"}  # one system turn
     assert messages[1]["content"] == [
         {"type": "text", "text": "look"},
         {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
@@ -319,3 +319,44 @@ def test_an_error_chunk_fails_the_response():
     event = EVENTS.validate_python(failed)
     assert event.type == "response.failed" and event.response.error is not None
     assert translator.finish() == []
+
+
+def test_a_later_system_message_stays_in_place():
+    messages = chat_request(
+        {
+            "model": "m",
+            "input": [
+                {"role": "user", "content": "a"},
+                {"role": "developer", "content": "b"},
+            ],
+        }
+    )["messages"]
+    assert [m["role"] for m in messages] == ["user", "system"]
+
+
+def test_reasoning_content_streams_as_a_reasoning_item_first():
+    translator = StreamTranslator(_request())
+    events = translator.start()
+    for delta in (
+        {"reasoning_content": "think "},
+        {"reasoning_content": "more"},
+        {"content": "ok"},
+    ):
+        events += translator.feed({"choices": [{"index": 0, "delta": delta}]})
+    events += translator.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events += translator.finish()
+    for event in events:
+        EVENTS.validate_python(event)
+    final = Response.model_validate(events[-1]["response"])
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output_text == "ok"
+    reasoning = final.output[0]
+    assert reasoning.type == "reasoning" and reasoning.content is not None
+    assert reasoning.content[0].text == "think more"
+    kinds = [e["type"] for e in events]
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    whole = {"choices": [{"message": {"content": "ok", "reasoning_content": "hm"}}]}
+    assert [i["type"] for i in response_from_chat(_request(), whole)["output"]] == [
+        "reasoning",
+        "message",
+    ]
