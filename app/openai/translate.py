@@ -151,6 +151,10 @@ def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(
                 {"role": "tool", "tool_call_id": _str(item, "call_id", param), "content": output}
             )
+        elif kind == "reasoning":
+            # A reasoning model's earlier thinking, replayed with the output it came with:
+            # chat takes none back (servers' templates strip it), so it is not sent.
+            continue
         else:
             raise _refuse(f"{param}.type", f"An input item of type '{kind}'")
     return _one_leading_system(out)

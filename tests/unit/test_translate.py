@@ -56,6 +56,7 @@ def test_items_roles_parts_and_a_function_call_round_trip():
                 ],
             },
             {"role": "assistant", "content": [{"type": "output_text", "text": "calling"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},  # not sent back
             {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
             {"type": "function_call", "call_id": "c2", "name": "weather", "arguments": "{}"},
             {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
