@@ -558,6 +558,22 @@ class StreamTranslator:
         return self._message, events
 
     def _text_delta(self, text: str) -> list[dict[str, Any]]:
+        message = self._message
+        if message is not None and message.item["content"][-1]["type"] == "output_text":
+            # The usual case, once per token: the text part is open already.
+            parts = message.item["content"]
+            parts[-1]["text"] += text
+            event = {
+                "type": "response.output_text.delta",
+                "item_id": message.item["id"],
+                "output_index": message.index,
+                "content_index": len(parts) - 1,
+                "delta": text,
+                "logprobs": [],
+                "sequence_number": self.sequence,
+            }
+            self.sequence += 1
+            return [event]
         message, events = self._open_message()
         loc = {"item_id": message.item["id"], "output_index": message.index}
         parts = message.item["content"]
@@ -722,16 +738,15 @@ class StreamTranslator:
         return [self._event("response.failed", response=final)]
 
 
+# One encoder for every event (json.dumps with separators builds a new one per call).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def sse(events: list[dict[str, Any]]) -> bytes:
     """Responses stream events as server-sent event frames."""
-    return b"".join(
-        b"event: "
-        + event["type"].encode()
-        + b"\ndata: "
-        + json.dumps(event, separators=(",", ":")).encode()
-        + b"\n\n"
-        for event in events
-    )
+    return "".join(
+        f"event: {event['type']}\ndata: {_encode(event)}\n\n" for event in events
+    ).encode()
 
 
 def chat_events(data: bytes) -> Iterator[dict[str, Any] | None]:
