@@ -340,6 +340,20 @@ def usage_from_chat(usage: Any) -> dict[str, Any] | None:
     }
 
 
+def _calls(value: Any) -> list[Any]:
+    """A message's tool calls (some TGI versions send one call as an object, not a list)."""
+    if isinstance(value, dict):
+        return [value]
+    return value if isinstance(value, list) else []
+
+
+def _arguments(value: Any) -> str:
+    """A call's arguments as the JSON text Responses carries (TGI sends an object)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
 def _ending(finish_reason: Any) -> tuple[str, dict[str, Any] | None]:
     """The Response's status and incomplete_details for a chat ``finish_reason``."""
     if finish_reason == "length":
@@ -428,14 +442,14 @@ def response_from_chat(request: dict[str, Any], chat: dict[str, Any]) -> dict[st
         parts.append({"type": "refusal", "refusal": message["refusal"]})
     if parts:
         output.append(_message_item(new_id("msg_"), parts, "completed"))
-    for call in message.get("tool_calls") or []:
+    for call in _calls(message.get("tool_calls")):
         function = call.get("function") or {}
         output.append(
             _call_item(
                 new_id("fc_"),
                 call.get("id") or new_id("call_"),
                 function.get("name") or "",
-                function.get("arguments") or "",
+                _arguments(function.get("arguments")),
                 "completed",
             )
         )
@@ -523,7 +537,7 @@ class StreamTranslator:
                 events += self._text_delta(delta["content"])
             if isinstance(delta.get("refusal"), str) and delta["refusal"]:
                 events += self._refusal_delta(delta["refusal"])
-            for call in delta.get("tool_calls") or []:
+            for call in _calls(delta.get("tool_calls")):
                 events += self._call_delta(call)
             if choice.get("finish_reason") is not None:
                 self.finish_reason = choice["finish_reason"]
@@ -639,8 +653,8 @@ class StreamTranslator:
             events.append(added)
         elif function.get("name") and not opened.item["name"]:
             opened.item["name"] = function["name"]
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
+        arguments = _arguments(function.get("arguments"))
+        if arguments:
             opened.text += arguments
             events.append(
                 self._event(

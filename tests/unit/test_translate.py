@@ -361,3 +361,25 @@ def test_reasoning_content_streams_as_a_reasoning_item_first():
         "reasoning",
         "message",
     ]
+
+
+def test_tgi_style_tool_calls_an_object_with_object_arguments():
+    chat = {
+        "choices": [
+            {
+                "message": {
+                    "content": None,
+                    "tool_calls": {
+                        "id": "c9",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": {"city": "Paris"}},
+                    },
+                },
+                "finish_reason": "tool_calls",
+            }
+        ]
+    }
+    response = Response.model_validate(response_from_chat(_request(), chat))
+    (call,) = response.output
+    assert call.type == "function_call" and call.call_id == "c9"
+    assert json.loads(call.arguments) == {"city": "Paris"}
