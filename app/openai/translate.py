@@ -71,8 +71,10 @@ def chat_request(body: dict[str, Any], max_tokens_field: str = "max_tokens") -> 
         value = body.get(name)
         if value is not None and value not in neutral:
             raise _refuse(name, f"'{name}'")
-    out: dict[str, Any] = {
-        k: v for k, v in body.items() if k not in _KEPT_BY_GATEWAY and k not in _REFUSED
+    out: dict[str, Any] = {  # an explicit null means "not set": some servers refuse nulls
+        k: v
+        for k, v in body.items()
+        if v is not None and k not in _KEPT_BY_GATEWAY and k not in _REFUSED
     }
     for name in ("text", "tools", "tool_choice", "reasoning", "max_output_tokens"):
         out.pop(name, None)
@@ -92,8 +94,11 @@ def chat_request(body: dict[str, Any], max_tokens_field: str = "max_tokens") -> 
         out["tools"] = [_tool(t, i) for i, t in enumerate(_list(tools, "tools"))]
     elif "parallel_tool_calls" in out:
         del out["parallel_tool_calls"]  # chat servers refuse it without tools
-    if body.get("tool_choice") is not None:
-        out["tool_choice"] = _tool_choice(body["tool_choice"])
+    choice = body.get("tool_choice")
+    if choice is not None and (tools or choice not in ("auto", "none")):
+        # Without tools, "auto" and "none" mean the same as leaving it out, which chat
+        # servers prefer (some refuse tool_choice without tools).
+        out["tool_choice"] = _tool_choice(choice)
     fmt = _response_format(body.get("text"))
     if fmt is not None:
         out["response_format"] = fmt

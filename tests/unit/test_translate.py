@@ -383,3 +383,12 @@ def test_tgi_style_tool_calls_an_object_with_object_arguments():
     (call,) = response.output
     assert call.type == "function_call" and call.call_id == "c9"
     assert json.loads(call.arguments) == {"city": "Paris"}
+
+
+def test_nulls_and_a_tool_choice_without_tools_are_left_out():
+    chat = chat_request(
+        {"model": "m", "input": "x", "temperature": None, "tool_choice": "auto", "top_k": None}
+    )
+    assert not {"temperature", "tool_choice", "top_k"} & set(chat)
+    forced = chat_request({"model": "m", "input": "x", "tool_choice": "required"})
+    assert forced["tool_choice"] == "required"  # the server says what it thinks of that
