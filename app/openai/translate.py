@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.ids import new_id
@@ -480,7 +480,20 @@ class _Open:
 
     index: int
     item: dict[str, Any]
-    text: str = ""  # a message's text, a call's arguments, a reasoning item's text
+    # The text so far of a call's arguments, a reasoning item, or a message's current part,
+    # in pieces (joined once: += on a string held elsewhere copies it every token).
+    pieces: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def settle_part(self) -> None:
+        """Write the current part's text into the message item's last part."""
+        parts = self.item["content"]
+        if parts:
+            parts[-1]["text" if parts[-1]["type"] == "output_text" else "refusal"] = self.text
+        self.pieces = []
 
 
 class StreamTranslator:
@@ -561,7 +574,7 @@ class StreamTranslator:
             item = {"id": new_id("rs_"), "type": "reasoning", "summary": []}
             self._reasoning, added = self._add(item)
             events.append(added)
-        self._reasoning.text += text
+        self._reasoning.pieces.append(text)
         loc = {"item_id": self._reasoning.item["id"], "output_index": self._reasoning.index}
         events.append(
             self._event("response.reasoning_text.delta", **loc, content_index=0, delta=text)
@@ -578,10 +591,10 @@ class StreamTranslator:
 
     def _text_delta(self, text: str) -> list[dict[str, Any]]:
         message = self._message
-        if message is not None and message.item["content"][-1]["type"] == "output_text":
+        parts = message.item["content"] if message is not None else None
+        if message is not None and parts and parts[-1]["type"] == "output_text":
             # The usual case, once per token: the text part is open already.
-            parts = message.item["content"]
-            parts[-1]["text"] += text
+            message.pieces.append(text)
             event = {
                 "type": "response.output_text.delta",
                 "item_id": message.item["id"],
@@ -597,6 +610,7 @@ class StreamTranslator:
         loc = {"item_id": message.item["id"], "output_index": message.index}
         parts = message.item["content"]
         if not parts or parts[-1]["type"] != "output_text":
+            message.settle_part()
             parts.append(text_part(""))
             events.append(
                 self._event(
@@ -606,7 +620,7 @@ class StreamTranslator:
                     part=text_part(""),
                 )
             )
-        parts[-1]["text"] += text
+        message.pieces.append(text)
         events.append(
             self._event(
                 "response.output_text.delta",
@@ -623,6 +637,7 @@ class StreamTranslator:
         loc = {"item_id": message.item["id"], "output_index": message.index}
         parts = message.item["content"]
         if not parts or parts[-1]["type"] != "refusal":
+            message.settle_part()
             parts.append({"type": "refusal", "refusal": ""})
             events.append(
                 self._event(
@@ -632,7 +647,7 @@ class StreamTranslator:
                     part={"type": "refusal", "refusal": ""},
                 )
             )
-        parts[-1]["refusal"] += text
+        message.pieces.append(text)
         events.append(
             self._event("response.refusal.delta", **loc, content_index=len(parts) - 1, delta=text)
         )
@@ -660,7 +675,7 @@ class StreamTranslator:
             opened.item["name"] = function["name"]
         arguments = _arguments(function.get("arguments"))
         if arguments:
-            opened.text += arguments
+            opened.pieces.append(arguments)
             events.append(
                 self._event(
                     "response.function_call_arguments.delta",
@@ -687,6 +702,7 @@ class StreamTranslator:
         opened, self._message = self._message, None
         if opened is None:
             return []
+        opened.settle_part()
         loc = {"item_id": opened.item["id"], "output_index": opened.index}
         events = []
         for i, part in enumerate(opened.item["content"]):

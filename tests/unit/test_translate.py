@@ -392,3 +392,22 @@ def test_nulls_and_a_tool_choice_without_tools_are_left_out():
     assert not {"temperature", "tool_choice", "top_k"} & set(chat)
     forced = chat_request({"model": "m", "input": "x", "tool_choice": "required"})
     assert forced["tool_choice"] == "required"  # the server says what it thinks of that
+
+
+def test_text_then_refusal_parts_keep_their_own_text():
+    translator = StreamTranslator(_request())
+    events = translator.start()
+    for delta in ({"content": "a"}, {"content": "b"}, {"refusal": "no"}, {"refusal": "pe"}):
+        events += translator.feed({"choices": [{"index": 0, "delta": delta}]})
+    events += translator.finish()
+    for event in events:
+        EVENTS.validate_python(event)
+    (message,) = events[-1]["response"]["output"]
+    assert message["content"] == [
+        {"type": "output_text", "text": "ab", "annotations": [], "logprobs": []},
+        {"type": "refusal", "refusal": "nope"},
+    ]
+    done = [
+        e for e in events if e["type"] in ("response.output_text.done", "response.refusal.done")
+    ]
+    assert [e.get("text", e.get("refusal")) for e in done] == ["ab", "nope"]
