@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app import config_file
 from app.config_file import ConfigError, from_validation
+from app.vocabulary import TokenField, UpstreamApi
 
 MOCK_UPSTREAM = "mock://in-process"
 DEFAULT_HOST = "127.0.0.1"
@@ -51,6 +52,12 @@ class DeploymentConfig(BaseModel):
         description="calls it runs at once from all processes (vLLM's max_num_seqs): with it,"
         " flex and batch calls use only what realtime calls leave",
     )
+    api: UpstreamApi | None = Field(
+        default=None, description="the API it speaks (the model's when unset)"
+    )
+    max_tokens_field: TokenField | None = Field(
+        default=None, description="the chat token-limit field it reads (the model's when unset)"
+    )
 
     @field_validator("upstream")
     @classmethod
@@ -81,6 +88,17 @@ class ModelConfig(BaseModel):
     endpoints: list[Endpoint] | None = Field(
         default=None, description="the APIs it serves (all when unset)"
     )
+    api: UpstreamApi = Field(
+        default=UpstreamApi.RESPONSES,
+        description="responses: /v1/responses passed through; chat: the upstream speaks only"
+        " /v1/chat/completions and Responses calls are translated (docs/chat-upstreams.md)",
+    )
+    max_tokens_field: TokenField | None = Field(
+        default=None,
+        description="the chat field its deployments read the token limit from; unset:"
+        " max_tokens for api: chat (every chat server knows it), the client's own for"
+        " api: responses",
+    )
     flex_concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
@@ -109,6 +127,15 @@ class ModelConfig(BaseModel):
         """The index of the first deployment whose name an earlier one has, if any."""
         names = [d.name for d in self.deployments]
         return next((i for i, name in enumerate(names) if name in names[:i]), None)
+
+    def speaks_chat(self, pin: str | None = None) -> bool:
+        """Whether a deployment that may serve a call (the pinned one, if any) speaks only
+        chat, so that Responses calls must be translatable."""
+        return any(
+            (d.api or self.api) == UpstreamApi.CHAT
+            for d in self.deployments
+            if pin is None or d.name == pin
+        )
 
     def serves(self, endpoint: str) -> bool:
         """Whether a call to this API path may go to this model."""
@@ -253,6 +280,25 @@ class Settings:
                 self.limits = Limits.model_validate({**self.limits.model_dump(), **data["limits"]})
             except ValidationError as exc:
                 raise from_validation(exc, ("limits",)) from None
+
+    def reaches_chat(self, model: ModelConfig, pin: str | None = None) -> bool:
+        """Whether a call to ``model`` may be served by a chat-only deployment: one of its
+        own (the pinned one, if any) or, unpinned, one of a fallback model's."""
+        if model.speaks_chat(pin):
+            return True
+        if pin is not None:
+            return False
+        seen, todo = {model.name}, list(model.fallbacks)
+        while todo:
+            name = todo.pop()
+            fallback = self.models.get(name)
+            if name in seen or fallback is None:
+                continue
+            if fallback.speaks_chat():
+                return True
+            seen.add(name)
+            todo.extend(fallback.fallbacks)
+        return False
 
     def _check_fallbacks(self, where: dict[str, int]) -> None:
         """Every fallback names another known model, and no chain comes back on itself."""

@@ -148,6 +148,23 @@ class ErrorCode(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_STREAM_BROKEN = "upstream_stream_broken"
     CLIENT_DISCONNECTED = "client_disconnected"
+    # A Responses call a chat-only deployment cannot take (e.g. a config changed since it
+    # was accepted; acceptance refuses such calls with a 400 naming the field).
+    UNTRANSLATABLE = "untranslatable_request"
+
+
+class UpstreamApi(StrEnum):
+    """Which API a deployment speaks (``api:`` in the config)."""
+
+    RESPONSES = "responses"  # /v1/responses passed through as it is
+    CHAT = "chat"  # only /v1/chat/completions: Responses calls are translated
+
+
+class TokenField(StrEnum):
+    """The chat field a deployment reads the token limit from (``max_tokens_field:``)."""
+
+    MAX_TOKENS = "max_tokens"
+    MAX_COMPLETION_TOKENS = "max_completion_tokens"
 
 
 UPSTREAM_STATUS_PREFIX = "upstream_"

@@ -136,7 +136,7 @@ def cmd_mock_upstream(args: argparse.Namespace, settings: Settings) -> int:
     from app.mock.server import run
 
     log.info("mock upstream on http://%s:%d/v1", args.host, args.port)
-    run(args.host, args.port, args.latency_ms, args.fail_rate, args.capacity)
+    run(args.host, args.port, args.latency_ms, args.fail_rate, args.capacity, args.api)
     return 0
 
 
@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--fail-rate", type=float, default=0.0)
     mock.add_argument(
         "--capacity", type=int, default=None, help="calls served at once; the rest queue inside"
+    )
+    mock.add_argument(
+        "--api",
+        choices=("responses", "chat", "legacy"),
+        default="responses",
+        help="chat: no /v1/responses (404), as llama.cpp's server; legacy: chat, and"
+        " max_completion_tokens is refused (only max_tokens is known)",
     )
     mock.set_defaults(func=cmd_mock_upstream)
     return parser

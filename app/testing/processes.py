@@ -126,10 +126,11 @@ def start_worker(*, database_url: str, config: Path, log: Path, concurrency: int
 
 
 def start_mock_upstream(
-    log: Path, latency_ms: float = 0.0, capacity: int | None = None
+    log: Path, latency_ms: float = 0.0, capacity: int | None = None, api: str = "responses"
 ) -> tuple[str, Process]:
     port = free_port()
     args = ["mock-upstream", "--port", str(port), "--latency-ms", str(latency_ms)]
+    args += ["--api", api]
     if capacity:
         args += ["--capacity", str(capacity)]
     process = Process(args, base_env(), log).start()
