@@ -73,6 +73,19 @@ class Tier(StrEnum):
     FLEX = "flex"
 
 
+class PriceTier(StrEnum):
+    """The tier a call is priced and counted at (``limits.tier_price``, metrics, usage):
+    Batch API lines are stored as ``flex`` rows but priced as ``batch``."""
+
+    DEFAULT = "default"
+    FLEX = "flex"
+    BATCH = "batch"
+
+
+# The pricing tier of a ``requests`` row, in SQL.
+SQL_PRICE_TIER = f"CASE WHEN batch_id IS NULL THEN service_tier ELSE '{PriceTier.BATCH}' END"
+
+
 class Queue(StrEnum):
     """procrastinate queues (single requests are claimed from ``requests``, not queued)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -24,8 +25,9 @@ from app.ids import request_id
 from app.metrics import Metrics
 from app.openai.errors import APIError, error_body
 from app.openai.upstream_errors import normalize_error
-from app.openai.usage import StreamUsage, usage_of
+from app.openai.usage import StreamUsage, estimate_usage, usage_of
 from app.openai.validation import Call
+from app.pricing import PriceBook
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
 from app.store.keys import ApiKey
@@ -35,7 +37,7 @@ from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_a
 from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
 from app.upstream.router import NoCapacity, Router
-from app.vocabulary import ErrorCode, Header, Status, error, upstream_status
+from app.vocabulary import ErrorCode, Header, PriceTier, Status, error, upstream_status
 
 log = logging.getLogger("tiergate.proxy")
 
@@ -68,9 +70,11 @@ class RealtimeProxy:
         upstream: UpstreamClient,
         router: Router,
         metrics: Metrics,
+        prices: PriceBook,
         gateway_id: str | None = None,
     ) -> None:
         self.gateway_id = gateway_id
+        self.prices = prices
         self.router = router
         self.store = store
         self.upstream = upstream
@@ -261,13 +265,10 @@ class RealtimeProxy:
                     yield _renamed(data[:cut], *renamed)
             if pending:
                 yield _renamed(pending, *renamed)
-            given, produced, total = watcher.usage
             outcome = Outcome(
                 status=Status.FAILED if watcher.failed else Status.COMPLETED,
                 response_status=upstream.status_code,
-                input_tokens=given,
-                output_tokens=produced,
-                total_tokens=total,
+                usage=watcher.usage,
                 deployment=served,
             )
         except Exception as exc:
@@ -288,10 +289,23 @@ class RealtimeProxy:
             self.router.end(deployment, fault=fault, telling=outcome.status == Status.COMPLETED)
             await asyncio.shield(self._finish(rid, call, started, outcome))
 
+    def _priced(self, call: Call, outcome: Outcome) -> Outcome:
+        """The outcome with its usage (estimated if the upstream reported none) and cost,
+        counted in the metrics."""
+        usage = outcome.usage
+        if not usage.known:
+            usage = estimate_usage(call.body, outcome.response_body)
+        tier = PriceTier.DEFAULT
+        cost = self.prices.cost(call.model.name, outcome.deployment, tier, usage)
+        self.metrics.observe_usage(call.model.name, tier, call.key_name, usage, cost)
+        return dataclasses.replace(outcome, usage=usage, cost_usd=cost)
+
     async def _finish(self, rid: str, call: Call, started: float, outcome: Outcome) -> None:
         self.metrics.observe_request(
             call.endpoint, "default", outcome.status, time.perf_counter() - started
         )
+        if outcome.status == Status.COMPLETED:
+            outcome = self._priced(call, outcome)
         try:
             await self.tracking.submit(RealtimeEnd(rid, outcome))
         except Exception as exc:  # the reaper will close the row
@@ -336,7 +350,6 @@ def _outcome(
             deployment=deployment,
         )
         return outcome, content
-    given, produced, total = usage_of(body)
     keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
     if keep:
         content = _stamp_id(content, body, rid)
@@ -344,9 +357,7 @@ def _outcome(
         status=Status.COMPLETED,
         response_status=status,
         response_body=body if keep else None,
-        input_tokens=given,
-        output_tokens=produced,
-        total_tokens=total,
+        usage=usage_of(body),
         deployment=deployment,
     )
     return outcome, content
