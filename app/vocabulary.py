@@ -163,6 +163,13 @@ class ErrorCode(StrEnum):
     CLIENT_DISCONNECTED = "client_disconnected"
 
 
+class AccessCode(StrEnum):
+    """Codes of errors about what a key may do (answered, never stored)."""
+
+    # A key not created with ``--admin`` asked for the organization usage or costs.
+    INSUFFICIENT_PERMISSIONS = "insufficient_permissions"
+
+
 UPSTREAM_STATUS_PREFIX = "upstream_"
 
 

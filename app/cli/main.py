@@ -15,6 +15,7 @@ from app.cli import batch as batch_cli
 from app.cli import deployments as deployments_cli
 from app.cli import keys as keys_cli
 from app.cli import prune as prune_cli
+from app.cli import usage as usage_cli
 from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 from app.store.dburl import DatabaseURL
 from app.store.embedded import resolve_database
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch_cli.add_parser(sub)
     prune_cli.add_parser(sub)
     deployments_cli.add_parser(sub)
+    usage_cli.add_parser(sub)
 
     mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
     mock.add_argument("--host", default=DEFAULT_HOST)
