@@ -96,9 +96,11 @@ class Metrics:
             )
         given, cached, output, reasoning, spent, estimated = children
         given.inc(usage.input or 0)
-        cached.inc(usage.cached or 0)
         output.inc(usage.output or 0)
-        reasoning.inc(usage.reasoning or 0)
+        if usage.cached:
+            cached.inc(usage.cached)
+        if usage.reasoning:
+            reasoning.inc(usage.reasoning)
         if cost is not None:
             spent.inc(float(cost))
         if usage.estimated:
