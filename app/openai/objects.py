@@ -126,7 +126,9 @@ def response_object(row: Row) -> dict[str, Any]:
         metadata=body.get("metadata") or {},
     )
     if obj.get("usage") is None:
-        obj["usage"] = usage_object(row)
+        obj["usage"] = usage = usage_object(row)
+        if usage is not None:
+            usage["input_tokens_details"]["cache_write_tokens"] = 0  # a Response's usage has it
     if row["status"] == Status.COMPLETED:
         obj["completed_at"] = _ts(row["finished_at"])
     return obj
