@@ -253,6 +253,15 @@ def test_usage_cli_prints_the_sums(database: DatabaseURL, db: psycopg.Connection
         assert lines[tier][1] == f"{n:,}" and lines[tier][2] == f"{given:,}"
         assert lines[tier][6].startswith(str(cost.quantize(Decimal("0.0001"))))
     assert "usage estimated" in out
+    in_view = db.execute(
+        "SELECT sum(cost_usd), sum(cached_tokens), sum(estimated_requests)"
+        " FROM tiergate_usage_by_key WHERE key_name = 'alice'"
+    ).fetchone()
+    in_table = db.execute(
+        "SELECT sum(cost_usd), sum(cached_tokens), count(*) FILTER (WHERE usage_estimated)"
+        " FROM requests"
+    ).fetchone()
+    assert in_view == in_table and in_view[2] >= 2
 
 
 def test_organization_endpoints_are_for_admin_keys(
@@ -299,6 +308,13 @@ def test_organization_endpoints_are_for_admin_keys(
     amounts = [r["amount"] for b in costs["data"] for r in b["results"]]
     assert {a["currency"] for a in amounts} == {"usd"}
     assert sum(a["value"] for a in amounts) == pytest.approx(float(total))
+    items: Any = admin.get(
+        "/organization/costs",
+        cast_to=object,
+        options={"params": {**params, "group_by": "line_item"}},
+    )
+    line_items = {r["line_item"] for b in items["data"] for r in b["results"]}
+    assert line_items == {"priced, default", "priced, flex", "priced, batch"}
     # One bucket per page: the cursor walks the same four days.
     walked, cursor = 0, None
     while True:
