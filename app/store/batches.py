@@ -200,6 +200,9 @@ WITH done AS ({STORE_OUTCOMES}
            sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens,
            sum(total_tokens) AS total_tokens, sum(cost_usd) AS cost_usd
     FROM done WHERE total_tokens IS NOT NULL GROUP BY batch_id
+), locked AS (
+    -- Batch rows locked in id order: flushes naming the same batches cannot deadlock.
+    SELECT id FROM batches WHERE id IN (SELECT batch_id FROM sums) ORDER BY id FOR UPDATE
 )
 UPDATE batches AS b
 SET input_tokens = coalesce(b.input_tokens, 0) + coalesce(s.input_tokens, 0),
@@ -209,7 +212,7 @@ SET input_tokens = coalesce(b.input_tokens, 0) + coalesce(s.input_tokens, 0),
     total_tokens = coalesce(b.total_tokens, 0) + s.total_tokens,
     cost_usd = CASE WHEN s.cost_usd IS NULL THEN b.cost_usd
                     ELSE coalesce(b.cost_usd, 0) + s.cost_usd END
-FROM sums s WHERE b.id = s.batch_id
+FROM sums s WHERE b.id = s.batch_id AND b.id IN (SELECT id FROM locked)
 """
 )
 REQUEUE_MANY = text(
