@@ -109,6 +109,52 @@ def test_a_realtime_stream_stores_its_final_usage(client: openai.OpenAI, db: psy
     check_row(row(db, rid), "default", final.usage)
 
 
+def finished_chat_stream(db: psycopg.Connection, marker: str) -> dict[str, Any]:
+    found = wait_until(
+        lambda: db.execute(
+            "SELECT id FROM requests WHERE stream AND endpoint = '/v1/chat/completions'"
+            " AND status = 'completed' AND body::text LIKE %s",
+            (f"%{marker}%",),
+        ).fetchone(),
+        "the chat stream's row",
+    )
+    return row(db, found[0])
+
+
+def test_a_chat_stream_stores_its_usage_chunk(client: openai.OpenAI, db: psycopg.Connection):
+    chunks = list(
+        client.chat.completions.create(
+            model="priced",
+            messages=[{"role": "user", "content": f"{DETAILS} chunked answer"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    r = finished_chat_stream(db, "chunked answer")
+    assert (r["input_tokens"], r["output_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)
+    assert r["cached_tokens"] == usage.prompt_tokens_details.cached_tokens == 2
+    assert r["usage_estimated"] is False and r["cost_usd"] == expected_cost(r, "default")
+
+
+def test_a_stream_without_usage_is_estimated(client: openai.OpenAI, db: psycopg.Connection):
+    text = "mock:usage=0 no usage reported in this stream"
+    chunks = list(
+        client.chat.completions.create(
+            model="priced",
+            messages=[{"role": "user", "content": text}],
+            stream=True,
+            stream_options={"include_usage": True},  # ignored, as llama.cpp's server does
+        )
+    )
+    assert all(chunk.usage is None for chunk in chunks)
+    r = finished_chat_stream(db, "no usage reported")
+    assert r["usage_estimated"] is True
+    assert r["input_tokens"] == math.ceil(len(text) / 4)
+    assert r["cost_usd"] == expected_cost(r, "default")
+
+
 def test_embeddings_cost_their_input(client: openai.OpenAI, db: psycopg.Connection):
     vectors = client.embeddings.create(model="priced", input=["a b c", "d e"])
     r = wait_until(
