@@ -40,15 +40,11 @@ NO_USAGE = TokenUsage()
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if type(value) is int else None
 
 
-def _detail(usage: dict[str, Any], names: tuple[str, str], field: str) -> int | None:
-    for name in names:
-        details = usage.get(name)
-        if isinstance(details, dict) and (found := _int(details.get(field))) is not None:
-            return found
-    return None
+def _field(details: Any, name: str) -> int | None:
+    return _int(details.get(name)) if isinstance(details, dict) else None
 
 
 def usage_of(body: Any) -> TokenUsage:
@@ -56,22 +52,20 @@ def usage_of(body: Any) -> TokenUsage:
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return NO_USAGE
-    given = _int(usage.get("input_tokens", usage.get("prompt_tokens")))
-    produced = _int(usage.get("output_tokens", usage.get("completion_tokens")))
+    if "input_tokens" in usage or "output_tokens" in usage:  # the Responses API's names
+        given, produced = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
+        cached = _field(usage.get("input_tokens_details"), "cached_tokens")
+        reasoning = _field(usage.get("output_tokens_details"), "reasoning_tokens")
+    else:  # chat completions and embeddings
+        given, produced = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+        cached = _field(usage.get("prompt_tokens_details"), "cached_tokens")
+        reasoning = _field(usage.get("completion_tokens_details"), "reasoning_tokens")
     total = _int(usage.get("total_tokens"))
-    if total is None and given is None and produced is None:
-        return NO_USAGE
     if total is None:
+        if given is None and produced is None:
+            return NO_USAGE
         total = (given or 0) + (produced or 0)
-    return TokenUsage(
-        input=given,
-        output=produced,
-        total=total,
-        cached=_detail(usage, ("input_tokens_details", "prompt_tokens_details"), "cached_tokens"),
-        reasoning=_detail(
-            usage, ("output_tokens_details", "completion_tokens_details"), "reasoning_tokens"
-        ),
-    )
+    return TokenUsage(given, produced, total, cached, reasoning)
 
 
 # Keys whose string values are names, not text the model read or wrote.
