@@ -38,6 +38,11 @@ class Metrics:
             ["model", "tier", "status"],
             registry=self.registry,
         )
+        self.queue_depth_age = Gauge(
+            "tiergate_queue_depth_age_seconds",
+            "Age of the tiergate_queue_depth count (-1: never counted).",
+            registry=self.registry,
+        )
         self.waiting_clients = Gauge(
             "tiergate_waiting_clients",
             "Blocking flex clients waiting in this process.",
@@ -62,10 +67,13 @@ class Metrics:
         self.requests.labels(endpoint, tier, status).inc()
         self.latency.labels(endpoint, tier).observe(seconds)
 
-    def render(self, depth: Iterable[tuple[str, str, str, int]], waiting: int) -> bytes:
+    def render(
+        self, depth: Iterable[tuple[str, str, str, int]], depth_age_s: float | None, waiting: int
+    ) -> bytes:
         self.queue_depth.clear()
         for model, tier, status, count in depth:
             self.queue_depth.labels(model, tier, status).set(count)
+        self.queue_depth_age.set(-1.0 if depth_age_s is None else depth_age_s)
         self.waiting_clients.set(waiting)
         return generate_latest(self.registry)
 

@@ -193,8 +193,13 @@ class Limits(BaseModel):
     db_max_overflow: int = Field(default=12, ge=0)
     job_pool_size: int = Field(default=4, ge=2)
     waiter_recheck_s: float = Field(default=5.0, gt=0)
+    stream_keepalive_s: float = Field(
+        default=5.0, gt=0, description="a waiting flex stream sends a keep-alive comment this often"
+    )
     metrics_max_age_s: float = Field(
-        default=10.0, ge=0, description="/metrics counts the queue at most this often"
+        default=10.0,
+        ge=0,
+        description="the queue depth /metrics shows is counted at most this often",
     )
     flex_poll_s: float = Field(
         default=2.0, gt=0, description="a worker looks for deferred requests at least this often"

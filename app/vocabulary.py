@@ -257,3 +257,10 @@ def sql_in(values: Iterable[str]) -> str:
 def sql_error(code: ErrorCode) -> str:
     """SQL building the same object as :func:`error`."""
     return f"jsonb_build_object('code', {_quote(code)}, 'message', {_quote(MESSAGES[code])})"
+
+
+class RequestErrorCode(StrEnum):
+    """Codes of client errors that a request is refused with (never stored on a row)."""
+
+    PREVIOUS_RESPONSE_NOT_FOUND = "previous_response_not_found"
+    PREVIOUS_RESPONSE_NOT_FINISHED = "previous_response_not_finished"

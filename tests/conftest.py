@@ -62,6 +62,7 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
             "retry_base_s": 0.05,
             "retry_max_s": 0.5,
             "waiter_recheck_s": 1.0,
+            "stream_keepalive_s": 0.3,
             "maintenance_every_s": 1,
             "batch_chunk": 16,
             "max_batch_lines": 100,

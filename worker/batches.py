@@ -10,6 +10,7 @@ from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.gateway.conversations import Conversations
 from app.ids import new_id
 from app.openai.errors import APIError
 from app.openai.objects import result_line
@@ -55,12 +56,14 @@ class BatchJobs:
         files: FileStore,
         keys: KeyStore,
         runner: RequestRunner,
+        conversations: Conversations,
     ) -> None:
         self.settings = settings
         self.batches = batches
         self.files = files
         self.keys = keys
         self.runner = runner
+        self.conversations = conversations
         # Lines of every batch job of this process that end together share one statement.
         self._recording: GroupCommit[LineResult, None] = GroupCommit(
             batches.record,
@@ -100,6 +103,7 @@ class BatchJobs:
             return found
         endpoint, batch_id = batch["endpoint"], batch["id"]
         seen: set[str] = set()
+        continuing: list[tuple[int, int, dict[str, Any]]] = []  # record, line, body
         model: str | None = None
         line_no = 0
         async for raw in self.files.lines(batch["input_file_id"]):
@@ -147,6 +151,8 @@ class BatchJobs:
                 )
                 continue
             if not found.errors:
+                if "previous_response_id" in call.body:
+                    continuing.append((len(found.records), line_no, call.body))
                 found.records.append(
                     (
                         new_id("batch_req_"),
@@ -164,7 +170,26 @@ class BatchJobs:
                 )
         if not seen and not found.errors:
             found.error("empty_file", "The input file has no lines.", None)
+        if continuing and not found.errors:
+            await self._continue(continuing, key.id, found)
         return found
+
+    async def _continue(
+        self, continuing: list[tuple[int, int, dict[str, Any]]], owner: str, found: Validation
+    ) -> None:
+        """Lines naming a ``previous_response_id`` get its history (one query for all)."""
+        bodies = await self.conversations.resolve_many([b for _, _, b in continuing], owner)
+        for (index, line_no, _), body in zip(continuing, bodies, strict=True):
+            if isinstance(body, APIError):
+                param = f"body.{body.param}" if body.param else None
+                found.error(body.code or "invalid_request", body.message, line_no, param)
+                continue
+            record = found.records[index]
+            found.records[index] = (
+                *record[:9],
+                json.dumps(body, separators=(",", ":")),
+                *record[10:],
+            )
 
     # --- running ------------------------------------------------------------------------
 

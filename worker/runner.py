@@ -10,8 +10,10 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.gateway.conversations import Conversations
 from app.settings import Settings
 from app.store.batches import BatchStore
+from app.store.conversations import ConversationStore
 from app.store.db import create_engine, database_unavailable
 from app.store.dburl import DatabaseURL
 from app.store.files import FileStore
@@ -19,6 +21,7 @@ from app.store.keys import KeyStore
 from app.store.listener import require_notifications
 from app.store.orphans import OrphanStore
 from app.store.presence import Presence
+from app.store.queue_depth import QueueDepthStore
 from app.store.requests import RequestStore
 from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
@@ -70,6 +73,7 @@ async def run_worker(
         files=FileStore(engine),
         keys=KeyStore(engine),
         runner=runner,
+        conversations=Conversations(ConversationStore(engine)),
     )
     job_app = build_job_app(url, settings, batch_jobs=batch_jobs)
     maintenance = maintenance_for(engine, settings)
@@ -158,4 +162,5 @@ def maintenance_for(engine: AsyncEngine, settings: Settings) -> Maintenance:
         files=FileStore(engine),
         orphans=OrphanStore(engine),
         retention=RetentionStore(engine, settings.limits.retention),
+        queue_depth=QueueDepthStore(engine),
     )

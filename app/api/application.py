@@ -60,6 +60,7 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
                 settings=settings,
                 proxy=services.proxy,
                 deferred=services.deferred,
+                conversations=services.conversations,
                 budget=services.body_budget,
             ),
         ],

@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.engine import RowMapping
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
 from app.gateway.waiters import WaiterHub
@@ -24,6 +24,7 @@ from app.ids import request_id
 from app.metrics import Metrics
 from app.openai.errors import APIError, json_response
 from app.openai.objects import response_object, row_error, stored_result
+from app.openai.replay import KEEP_ALIVE, replayed, stream_error
 from app.openai.validation import Call
 from app.settings import Settings
 from app.store.db import database_unavailable
@@ -94,6 +95,7 @@ class DeferredCalls:
         """
         rid = request_id(call.endpoint)
         endpoint, background = call.endpoint, call.background
+        include_usage = _wants_usage(call.body) if call.stream else None
         submission = self._submission(call, key, rid)
         window_s = submission.window_s
         del call
@@ -105,6 +107,8 @@ class DeferredCalls:
             accepted()
             return json_response(created, headers={"x-request-id": rid})
 
+        if include_usage is not None:
+            return await self._stream(submission, key.id, accepted, include_usage)
         started = time.perf_counter()
         async with self.hub.waiter(rid) as wait:
             await self.accepting.submit(submission)
@@ -127,6 +131,66 @@ class DeferredCalls:
             )
         self.metrics.observe_request(endpoint, "flex", row["status"], time.perf_counter() - started)
         return result_response(row)
+
+    async def _stream(
+        self,
+        sub: Submission,
+        owner: str,
+        accepted: Callable[[], None],
+        include_usage: bool,
+    ) -> Response:
+        """A blocking flex stream: accepted like any flex call, then keep-alive comments while
+        it waits, then the stored result replayed as events (see ``app/openai/replay.py``)."""
+        stack = contextlib.AsyncExitStack()
+        wait = await stack.enter_async_context(self.hub.waiter(sub.id))
+        try:
+            await self.accepting.submit(sub)
+        except BaseException:
+            await stack.aclose()
+            raise
+        accepted()
+        events = self._replay(sub.id, owner, sub.endpoint, sub.window_s, include_usage, wait, stack)
+        headers = {"x-request-id": sub.id, "cache-control": "no-cache"}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+    async def _replay(
+        self,
+        rid: str,
+        owner: str,
+        endpoint: str,
+        window_s: float,
+        include_usage: bool,
+        wait: Callable[[float | None], Awaitable[bool]],
+        stack: contextlib.AsyncExitStack,
+    ) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        deadline = time.monotonic() + window_s + WAIT_GRACE_S
+        every = self.settings.limits.stream_keepalive_s
+        finished = False
+        self.metrics.waiting_clients.inc()
+        try:
+            while not finished and (left := deadline - time.monotonic()) > 0:
+                finished = await wait(min(every, left))
+                if not finished:
+                    yield KEEP_ALIVE
+        finally:
+            self.metrics.waiting_clients.dec()
+            await stack.aclose()
+        row = await self.reading.submit((rid, owner)) if finished else None
+        if row is None:
+            message = f"Request {rid} did not finish in time; fetch it later by id."
+            if finished:
+                message = f"Request {rid} was deleted before it finished."
+            yield stream_error(endpoint, {"code": "still_running", "message": message})
+            return
+        self.metrics.observe_request(endpoint, "flex", row["status"], time.perf_counter() - started)
+        for part in replayed(row, include_usage=include_usage):
+            yield part
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def queued_row(sub: Submission) -> dict[str, Any]:

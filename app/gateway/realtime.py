@@ -22,9 +22,10 @@ from starlette.responses import Response, StreamingResponse
 
 from app.ids import request_id
 from app.metrics import Metrics
-from app.openai.errors import APIError, error_body
+from app.openai.errors import APIError
+from app.openai.sse import StreamRelay, events_end, events_in, relay_for, sse_error
 from app.openai.upstream_errors import normalize_error
-from app.openai.usage import StreamUsage, usage_of
+from app.openai.usage import usage_of
 from app.openai.validation import Call
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
@@ -202,7 +203,7 @@ class RealtimeProxy:
             # A stream's timeout_s bounds each wait for a chunk; any other call's, the whole of it.
             async with contextlib.nullcontext() if call.stream else within(call.model.timeout_s):
                 upstream = await stack.enter_async_context(
-                    self.upstream.open(deployment, call.endpoint, call.body)
+                    self.upstream.open(deployment, call.endpoint, upstream_body(call))
                 )
                 relay = call.stream and upstream.status_code < 400
                 content = None if relay else await read_all(upstream)
@@ -235,10 +236,22 @@ class RealtimeProxy:
     async def _relay(
         self, rid: str, call: Call, started: float, opened: Opened, renamed: tuple[str, str]
     ) -> AsyncIterator[bytes]:
+        """Send the upstream's events on as they arrive, whole events only, with our id.
+
+        When the final event (``[DONE]``, ``response.completed``) arrives, the row is
+        finished with the assembled object, then the event is sent and the stream ends:
+        whatever the connection does next (the SDK closes it right after ``[DONE]``, often
+        before the upstream has ended its body) cannot make it ``client_disconnected``.
+        """
         upstream, deployment = opened.response, opened.deployment
         served = deployment.label(call.model.name)
         fault: str | None = None
-        watcher = StreamUsage()
+        relay = relay_for(
+            call.endpoint,
+            rid,
+            strip_usage=_adds_usage(call),
+            previous=call.body.get("previous_response_id"),
+        )
         outcome = Outcome(
             status=Status.FAILED,
             response_status=upstream.status_code,
@@ -250,43 +263,58 @@ class RealtimeProxy:
         )
         pending = b""  # the start of an event whose end has not arrived
         relayed = 0  # whole events sent
+        recorded = False
         try:
             async for chunk in upstream.aiter_bytes():
-                watcher.feed(chunk)
                 data = pending + chunk
                 cut = events_end(data)
                 pending = data[cut:]
                 if cut:
                     relayed += events_in(data, cut)
-                    yield _renamed(data[:cut], *renamed)
-            if pending:
-                yield _renamed(pending, *renamed)
-            given, produced, total = watcher.usage
-            outcome = Outcome(
-                status=Status.FAILED if watcher.failed else Status.COMPLETED,
-                response_status=upstream.status_code,
-                input_tokens=given,
-                output_tokens=produced,
-                total_tokens=total,
-                deployment=served,
-            )
+                    events = relay.feed(_renamed(data[:cut], *renamed))
+                    if relay.done:
+                        # Recorded before the final event is sent: once the client has it, a
+                        # GET by the id it saw finds the whole object, and whatever the
+                        # connection does next (the SDK hangs up at once) changes nothing.
+                        outcome = _stream_outcome(relay, upstream.status_code, served)
+                        recorded = True
+                        await self._end_stream(rid, call, started, opened, outcome)
+                    yield events
+                    if relay.done:
+                        break  # nothing follows the final event
+            if not relay.done:
+                if pending:
+                    yield relay.feed(_renamed(pending, *renamed))
+                outcome = _stream_outcome(relay, upstream.status_code, served)
+                if outcome.status != Status.COMPLETED and relay.error is None:
+                    message = "The upstream stream ended before its final event."
+                    yield sse_error(call.endpoint, message, relayed)
         except Exception as exc:
-            fault = ErrorCode.UPSTREAM_STREAM_BROKEN
-            message = f"The upstream stream broke: {reason(exc)}"
-            outcome = Outcome(
-                status=Status.FAILED,
-                response_status=upstream.status_code,
-                error={"code": ErrorCode.UPSTREAM_STREAM_BROKEN, "message": message},
-                deployment=served,
-            )
-            log.info("stream %s broke: %r", rid, exc)
-            # The status line is gone already: tell the client in-band, as OpenAI does. Only
-            # whole events were relayed, so the error is an event of its own.
-            yield _sse_error(call.endpoint, message, relayed)
+            if not relay.done:  # else the client has its answer: only the upstream's tail broke
+                fault = ErrorCode.UPSTREAM_STREAM_BROKEN
+                message = f"The upstream stream broke: {reason(exc)}"
+                outcome = _broken(upstream.status_code, message, served)
+                log.info("stream %s broke: %r", rid, exc)
+                # The status line is gone already: tell the client in-band, as OpenAI does.
+                # Only whole events were relayed, so the error is an event of its own.
+                yield sse_error(call.endpoint, message, relayed)
         finally:
-            await opened.stack.aclose()
-            self.router.end(deployment, fault=fault, telling=outcome.status == Status.COMPLETED)
-            await asyncio.shield(self._finish(rid, call, started, outcome))
+            if not recorded:
+                await self._end_stream(rid, call, started, opened, outcome, fault)
+
+    async def _end_stream(
+        self,
+        rid: str,
+        call: Call,
+        started: float,
+        opened: Opened,
+        outcome: Outcome,
+        fault: str | None = None,
+    ) -> None:
+        await opened.stack.aclose()
+        telling = outcome.status == Status.COMPLETED
+        self.router.end(opened.deployment, fault=fault, telling=telling)
+        await asyncio.shield(self._finish(rid, call, started, outcome))
 
     async def _finish(self, rid: str, call: Call, started: float, outcome: Outcome) -> None:
         self.metrics.observe_request(
@@ -340,6 +368,10 @@ def _outcome(
     keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
     if keep:
         content = _stamp_id(content, body, rid)
+        previous = call.body.get("previous_response_id")
+        if previous is not None and call.endpoint == "/v1/responses":  # the upstream never saw it
+            body["previous_response_id"] = previous
+            content = json.dumps(body, separators=(",", ":")).encode()
     outcome = Outcome(
         status=Status.COMPLETED,
         response_status=status,
@@ -367,32 +399,53 @@ def _stamp_id(content: bytes, body: dict[str, Any], rid: str) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def events_end(data: bytes) -> int:
-    """The index just past the last complete server-sent event in ``data`` (0 if none)."""
-    ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n") if (i := data.rfind(sep)) >= 0]
-    return max(ends, default=0)
+def _adds_usage(call: Call) -> bool:
+    """Whether tiergate asks the upstream for a usage chunk the client did not ask for."""
+    if call.endpoint != "/v1/chat/completions":
+        return False
+    options = call.body.get("stream_options")
+    return not (isinstance(options, dict) and options.get("include_usage") is True)
 
 
-def events_in(data: bytes, end: int) -> int:
-    """How many events end in ``data[:end]`` (each ends with a blank line)."""
-    return data.count(b"\n\n", 0, end) + data.count(b"\r\n\r\n", 0, end)
+def upstream_body(call: Call) -> dict[str, Any]:
+    """The body sent to the upstream: a chat stream always asks for its usage chunk."""
+    if call.stream and _adds_usage(call):
+        options = call.body.get("stream_options")
+        options = options if isinstance(options, dict) else {}
+        return {**call.body, "stream_options": {**options, "include_usage": True}}
+    return call.body
 
 
-def _sse_error(endpoint: str, message: str, events_sent: int) -> bytes:
-    """An in-band error as each API sends it: a Responses ``error`` event, or a chat chunk
-    holding ``error`` (which the SDK raises as ``APIError``)."""
-    code = ErrorCode.UPSTREAM_STREAM_BROKEN
-    if endpoint == "/v1/responses":
-        event = {
-            "type": "error",
-            "code": code,
-            "message": message,
-            "param": None,
-            "sequence_number": events_sent,
+def _broken(status: int, message: str, served: str) -> Outcome:
+    return Outcome(
+        status=Status.FAILED,
+        response_status=status,
+        error={"code": ErrorCode.UPSTREAM_STREAM_BROKEN, "message": message},
+        deployment=served,
+    )
+
+
+def _stream_outcome(relay: StreamRelay, status: int, served: str) -> Outcome:
+    """How a stream ended, with the object it built (usage read as for any other call)."""
+    body = relay.result()
+    if relay.error is not None:
+        error = {
+            "code": relay.error.get("code") or ErrorCode.UPSTREAM_STREAM_BROKEN,
+            "message": relay.error.get("message") or "The stream failed.",
         }
-        return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
-    chunk = error_body(message, type="server_error", code=code)
-    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        return Outcome(status=Status.FAILED, response_status=status, error=error, deployment=served)
+    if not relay.done and not (body and body.get("object") == "chat.completion"):
+        return _broken(status, "The upstream stream ended before its final event.", served)
+    given, produced, total = usage_of(body)
+    return Outcome(
+        status=Status.COMPLETED,
+        response_status=status,
+        response_body=body,
+        input_tokens=given,
+        output_tokens=produced,
+        total_tokens=total,
+        deployment=served,
+    )
 
 
 async def _settle(task: asyncio.Future[None]) -> None:

@@ -7,6 +7,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.gateway.bodies import ByteBudget
+from app.gateway.conversations import Conversations
 from app.gateway.deferred import DeferredCalls
 from app.gateway.middleware.auth import KeyCache
 from app.gateway.queue_depth import QueueDepth
@@ -15,6 +16,7 @@ from app.gateway.waiters import WaiterHub
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store.batches import BatchStore
+from app.store.conversations import ConversationStore
 from app.store.db import create_engine
 from app.store.dburl import DatabaseURL
 from app.store.files import FileStore
@@ -75,6 +77,7 @@ class Services:
         self.deferred = DeferredCalls(
             settings=settings, store=self.requests, hub=self.hub, metrics=self.metrics
         )
+        self.conversations = Conversations(ConversationStore(self.engine))
         self.queue_depth = QueueDepth(
             self.engine, max_age_s=limits.metrics_max_age_s, timeout_s=QUEUE_DEPTH_TIMEOUT_S
         )

@@ -14,7 +14,7 @@ INPUT_PREFIX = "mock:"
 _CONTROL_KEYS = frozenset(
     {
         "status", "retry_after", "sleep_ms", "trickle_ms", "fail_times", "key", "drop", "hold",
-        "error_format",
+        "error_format", "linger",
     }
 )  # fmt: skip
 # How an error answer is shaped: OpenAI's own, or as other servers answer (see payloads.py).
@@ -42,6 +42,7 @@ class Controls:
     key: str | None = None
     drop: bool = False
     hold: str | None = None
+    linger: str | None = None
     error_format: str = "openai"
 
 
@@ -77,7 +78,7 @@ def _apply_control(fields: dict[str, Any], key: str, value: str) -> None:
         if value not in ERROR_FORMATS:
             raise BadRequestError(f"mock control 'error_format' must be one of {ERROR_FORMATS}")
         fields[key] = value
-    else:  # retry_after, key, hold: free-form strings
+    else:  # retry_after, key, hold, linger: free-form strings
         fields[key] = value
 
 

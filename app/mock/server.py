@@ -4,8 +4,8 @@ Serves ``POST /v1/responses``, ``POST /v1/chat/completions`` and ``POST /v1/embe
 (texts or token arrays, ``[1, 2, 3]`` or ``[[1, 2], [3]]``) with deterministic echo output
 (``"echo: " + <last user text>``), plus ``GET /healthz``, ``GET /_mock/stats`` (requests
 per path), ``GET /_mock/attempts/{key}`` (every request that carried ``key=NAME``, in arrival
-order: ``{"at": unix seconds, "path", "status", "drop", "sleep_ms", "trickle_ms", "body",
-"headers"}``, i.e. when it arrived, what it was answered, the body and headers it came with),
+order: ``{"at": unix seconds, "path", "status", "drop", "sleep_ms", "trickle_ms", "headers",
+"body"}``, i.e. when it arrived, what it was answered, the headers and body it came with),
 ``POST /_mock/reset`` (clears all counters and records) and ``POST /_mock/outage``
 (``{"status": 503}``: every API call fails so until ``{"status": null}``).
 
@@ -33,6 +33,8 @@ Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
   ``drop=1,fail_times=2,key=k`` drops twice. Counters live in
   ``app.state.fail_counts``.
 * ``hold=NAME``: streaming only; after the first frame, wait for ``POST /_mock/release/NAME``.
+* ``linger=NAME``: streaming only; after the last frame, keep the body open until
+  ``POST /_mock/release/NAME`` (a server slow to end its body after ``[DONE]``).
 * ``drop=1``: send the status line and headers, part of the body, then abort the connection
   (the ASGI app raises :class:`MockDropError` mid-body, so uvicorn closes the socket and a
   client sees an incomplete body, e.g. ``httpx.RemoteProtocolError``; in-process
@@ -228,10 +230,10 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
                 "drop": plan.drop,
                 "sleep_ms": plan.sleep_ms,
                 "trickle_ms": plan.trickle_ms,
-                "body": body,
                 "headers": {
                     k: v for k, v in request.headers.items() if k not in ("host", "content-length")
                 },
+                "body": body,
             }
         )
     model = str(body.get("model"))
@@ -252,6 +254,8 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
         response = _trickled(response, plan.trickle_ms / 1000)
     if controls.hold and isinstance(response, StreamingResponse):
         response.body_iterator = _held(response.body_iterator, state.holds, controls.hold)
+    if controls.linger and isinstance(response, StreamingResponse):
+        response.body_iterator = _lingering(response.body_iterator, state.holds, controls.linger)
     return response
 
 
@@ -288,6 +292,15 @@ async def _held(
         if first:
             first = False
             await event.wait()
+
+
+async def _lingering(
+    frames: AsyncIterable[Any], holds: dict[str, asyncio.Event], name: str
+) -> AsyncIterator[Any]:
+    """Send every frame, then wait for ``POST /_mock/release/{name}`` (``linger=NAME``)."""
+    async for frame in frames:
+        yield frame
+    await holds.setdefault(name, asyncio.Event()).wait()
 
 
 async def _release(request: Request) -> Response:

@@ -118,17 +118,26 @@ def response_object(row: Row) -> dict[str, Any]:
         object="response",
         created_at=_ts(row["created_at"]),
         model=body.get("model"),
-        status=RESPONSE_STATUS[row["status"]],
+        status=_status(row, obj),
         background=row["background"],
         service_tier=row["service_tier"],
         error=response_error(row),
         metadata=body.get("metadata") or {},
     )
+    if body.get("previous_response_id") is not None:  # the upstream never saw it
+        obj["previous_response_id"] = body["previous_response_id"]
     if obj.get("usage") is None:
         obj["usage"] = _usage(row)
     if row["status"] == Status.COMPLETED:
         obj["completed_at"] = _ts(row["finished_at"])
     return obj
+
+
+def _status(row: Row, obj: dict[str, Any]) -> str:
+    # A stream that ended with ``response.incomplete`` is a finished row holding that object.
+    if row["status"] == Status.COMPLETED and obj.get("status") == "incomplete":
+        return "incomplete"
+    return RESPONSE_STATUS[row["status"]]
 
 
 def stored_result(row: Row) -> dict[str, Any]:
@@ -137,6 +146,9 @@ def stored_result(row: Row) -> dict[str, Any]:
     if isinstance(body, dict) and row["endpoint"] != "/v1/embeddings":
         body["id"] = row["id"]
         body["service_tier"] = row["service_tier"]
+        previous = (row["body"] or {}).get("previous_response_id")
+        if previous is not None and row["endpoint"] == "/v1/responses":
+            body["previous_response_id"] = previous
     return body
 
 

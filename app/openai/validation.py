@@ -204,9 +204,9 @@ def classify_body(
     if stream and endpoint == "/v1/embeddings":
         raise bad_request("'stream' is not supported on /v1/embeddings.", param="stream")
     tier = "flex" if tier == "flex" else "default"
-    if stream and (tier == "flex" or background):
+    if stream and background:
         raise bad_request(
-            "'stream' cannot be combined with service_tier='flex' or background=true yet; "
+            "'stream' cannot be combined with background=true yet; "
             "send a non-streaming request and read the result by id.",
             param="stream",
             code="unsupported_parameter",

@@ -153,11 +153,6 @@ SELECT id FROM r
 
 FINAL_AMONG = text(f"SELECT id FROM requests WHERE id = ANY(:ids) AND status IN {sql_in(FINAL)}")
 
-QUEUE_DEPTH = text(
-    "SELECT model, service_tier, status, count(*) AS n FROM requests"
-    f" WHERE status IN {sql_in(LIVE)} GROUP BY model, service_tier, status"
-)
-
 
 @dataclass(frozen=True)
 class Submission:
@@ -319,9 +314,3 @@ class RequestStore:
         """Which of these requests are already final (the waiters' safety net: one query)."""
         async with self.engine.connect() as conn:
             return list((await conn.execute(FINAL_AMONG, {"ids": ids})).scalars())
-
-
-async def queue_depth(engine: AsyncEngine) -> list[tuple[str, str, str, int]]:
-    """Live rows by model, tier and status (served by the partial index on live statuses)."""
-    async with engine.connect() as conn:
-        return [(r.model, r.service_tier, r.status, r.n) for r in await conn.execute(QUEUE_DEPTH)]

@@ -8,8 +8,10 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -220,4 +222,27 @@ requests = Table(
         "service_tier",
         postgresql_where=text(f"status IN {sql_in(LIVE)}"),
     ),
+)
+
+
+# /metrics' queue depth: the last count of live rows, taken by one process at a time (see
+# app/store/queue_depth.py), so scrapes read a few rows instead of counting a large queue.
+queue_depth = Table(
+    "queue_depth",
+    metadata,
+    Column("model", Text, primary_key=True),
+    Column("service_tier", Text, primary_key=True),
+    Column("status", Text, primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    comment="live requests by model, tier and status, as last counted",
+)
+
+queue_depth_counted = Table(
+    "queue_depth_counted",
+    metadata,
+    Column("one", Boolean, primary_key=True, server_default=text("true")),
+    Column("counted_at", DateTime(timezone=True), nullable=True, comment="NULL: never"),
+    Column("took_s", Float, nullable=False, server_default=text("0"), comment="last count's time"),
+    CheckConstraint("one", name="queue_depth_counted_one_row"),
+    comment="when queue_depth was last counted (one row)",
 )

@@ -47,6 +47,7 @@ class Process:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
 
     def start(self) -> Process:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +55,7 @@ class Process:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", *self.args],
                 env=self.env,
+                cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -99,6 +101,7 @@ def start_gateway(
     worker: bool = True,
     port: int | None = None,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Gateway:
     port = port or free_port()
     args = ["serve", "--port", str(port)] + ([] if worker else ["--no-worker"])
@@ -106,6 +109,7 @@ def start_gateway(
         args,
         base_env(DATABASE_URL=database_url, TIERGATE_CONFIG=str(config), **(env or {})),
         log,
+        cwd=cwd,
     ).start()
     url = f"http://127.0.0.1:{port}"
     assert process.proc is not None

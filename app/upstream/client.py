@@ -30,7 +30,8 @@ from app.upstream.reasons import reason
 from app.vocabulary import ErrorCode, upstream_status
 
 # Fields that mean something to tiergate and must not reach the provider.
-GATEWAY_FIELDS = ("service_tier", "background")
+# previous_response_id names a tiergate Response, resolved into the input at acceptance.
+GATEWAY_FIELDS = ("service_tier", "background", "previous_response_id")
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 RESPONSES_PATH = "/v1/responses"
 CHAT_PATH = "/v1/chat/completions"
@@ -71,6 +72,11 @@ def prepare_body(
     if deployment.token_field is not None and endpoint == CHAT_PATH:
         out = rename_token_limit(out, deployment.token_field)
     return out
+
+
+def _not_streamed(body: dict[str, Any]) -> dict[str, Any]:
+    """A (flex) body that asked for a stream, as a plain call: tiergate replays the result."""
+    return {**{k: v for k, v in body.items() if k != "stream_options"}, "stream": False}
 
 
 def untranslatable(exc: Untranslatable) -> UpstreamError:
@@ -171,7 +177,7 @@ class UpstreamClient:
         """One non-streaming call; raises ``UpstreamError`` unless the provider said 2xx."""
         async with (
             within(deployment.model.timeout_s),
-            self.open(deployment, endpoint, {**body, "stream": False}) as response,
+            self.open(deployment, endpoint, _not_streamed(body)) as response,
         ):
             content = await read_all(response)
         if response.status_code >= 400:

@@ -26,5 +26,7 @@ def test_readme_python_example_runs(gateway: Gateway, key: str, tmp_path: Path):
     assert out.stdout.splitlines() == [
         "echo: hi",
         "echo: cheap and durable flex",
+        "3",
+        "echo: streamed",
         "completed echo: later",
     ]

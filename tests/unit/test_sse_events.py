@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.gateway.realtime import events_end, events_in
+from app.openai.sse import events_end, events_in
 
 
 def test_events_end_is_after_the_last_blank_line():

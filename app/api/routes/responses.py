@@ -6,10 +6,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.api.routes.params import path_id, services
+from app.api.routes.params import page_params, path_id, services, sort_order
 from app.gateway.middleware.auth import current_key
 from app.openai.errors import APIError, bad_request, json_response, not_found
-from app.openai.objects import deleted_object, response_object, stored_result
+from app.openai.items import listed_items
+from app.openai.objects import deleted_object, list_object, response_object, stored_result
 from app.store.requests import RequestStore
 from app.vocabulary import Status
 
@@ -57,6 +58,29 @@ async def delete(request: Request) -> Response:
     return json_response(deleted_object(rid))
 
 
+async def input_items(request: Request) -> Response:
+    """A Response's input items, a conversation's history included (the SDK's
+    ``responses.input_items.list``), newest first unless ``order=asc``."""
+    rid = path_id(request, "response")
+    after, limit = page_params(request, default=20, maximum=100)
+    order = sort_order(request)
+    row = await _store(request).get(rid, current_key(request.scope).id)
+    if row is None or row["endpoint"] != "/v1/responses":
+        raise not_found("response", rid)
+    items = listed_items(rid, (row["body"] or {}).get("input"))
+    if order == "desc":
+        items.reverse()
+    start = 0
+    if after is not None:
+        start = next((i + 1 for i, item in enumerate(items) if item.get("id") == after), -1)
+        if start < 0:
+            raise bad_request(f"No input item '{after}' in response {rid}.", param="after")
+    page = items[start : start + limit]
+    return json_response(
+        list_object(page, start + limit < len(items)), headers={"x-request-id": rid}
+    )
+
+
 async def retrieve_chat(request: Request) -> Response:
     """A finished chat completion by id (the SDK's ``chat.completions.retrieve``)."""
     rid = path_id(request, "chat completion")
@@ -77,5 +101,6 @@ routes = [
     Route("/v1/responses/{id}", retrieve, methods=["GET"]),
     Route("/v1/responses/{id}", delete, methods=["DELETE"]),
     Route("/v1/responses/{id}/cancel", cancel, methods=["POST"]),
+    Route("/v1/responses/{id}/input_items", input_items, methods=["GET"]),
     Route("/v1/chat/completions/{id}", retrieve_chat, methods=["GET"]),
 ]

@@ -12,6 +12,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.gateway.bodies import ByteBudget, declared_size, read_body
+from app.gateway.conversations import Conversations
 from app.gateway.deferred import DeferredCalls
 from app.gateway.middleware.auth import current_key
 from app.gateway.realtime import RealtimeProxy
@@ -31,12 +32,14 @@ class TierMiddleware:
         settings: Settings,
         proxy: RealtimeProxy,
         deferred: DeferredCalls,
+        conversations: Conversations,
         budget: ByteBudget,
     ) -> None:
         self.app = app
         self.settings = settings
         self.proxy = proxy
         self.deferred = deferred
+        self.conversations = conversations
         self.budget = budget
         self.limit = settings.limits.max_body_bytes
         self.read_timeout_s = settings.limits.body_read_timeout_s
@@ -61,6 +64,8 @@ class TierMiddleware:
             raw = await read_body(receive, headers, self.limit, self.read_timeout_s)
             call = classify(endpoint, raw, self.settings, key, pin=headers.get(Header.DEPLOYMENT))
             del raw
+            if "previous_response_id" in call.body:  # the history, for every tier alike
+                call = await self.conversations.resolve(call, key)
             # The handler's frame owns the body from here, so it can drop it once it is stored
             # (deferred) or sent (realtime); a stream still refers to it until it ends.
             streaming = call.stream
