@@ -429,3 +429,16 @@ def test_a_history_chat_cannot_take_is_refused_at_acceptance(client: openai.Open
         client.responses.create(model="llama", previous_response_id=first.id, input="more")
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["param"] == "input[0].type"
+
+
+def test_flex_stream(client: openai.OpenAI, mocks):
+    stream = client.responses.create(
+        model="llama", input="mock:key=flex-stream-1 later", service_tier="flex", stream=True
+    )
+    events = list(stream)
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    final = Response.model_validate(events[-1].response.model_dump(mode="json", exclude_unset=True))
+    assert final.output_text == "echo: mock:key=flex-stream-1 later"
+    assert final.service_tier == "flex"
+    assert only_body(mocks, "flex-stream-1")["messages"][-1]["role"] == "user"
+    assert client.responses.retrieve(final.id).output_text == final.output_text
