@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,34 @@ ENDPOINT_PATHS: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat",
     "/v1/embeddings": "embeddings",
 }
+
+
+# USD amounts: exact decimals, never negative, never NaN or infinite.
+def _usd(default: Decimal | None = None, description: str = "") -> Any:
+    return Field(default=default, ge=0, allow_inf_nan=False, description=description)
+
+
+class Pricing(BaseModel):
+    """What a model (or one deployment) costs, in USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: Decimal = _usd(description="uncached input tokens")
+    output_per_mtok: Decimal = _usd(description="output tokens (reasoning included)")
+    cached_input_per_mtok: Decimal | None = _usd(
+        description="cached input tokens (the input rate when unset)"
+    )
+
+
+class TierPrice(BaseModel):
+    """Multipliers of the price by tier: realtime and background calls pay ``default``,
+    flex calls ``flex``, Batch API lines ``batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: Decimal = _usd(Decimal(1))
+    flex: Decimal = _usd(Decimal(1))
+    batch: Decimal = _usd(Decimal(1))
 
 
 class DeploymentConfig(BaseModel):
@@ -58,6 +87,7 @@ class DeploymentConfig(BaseModel):
     max_tokens_field: TokenField | None = Field(
         default=None, description="the chat token-limit field it reads (the model's when unset)"
     )
+    pricing: Pricing | None = Field(default=None, description="overrides the model's pricing")
 
     @field_validator("upstream")
     @classmethod
@@ -102,6 +132,7 @@ class ModelConfig(BaseModel):
     flex_concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
+    pricing: Pricing | None = Field(default=None, description="no pricing: cost is unknown")
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelConfig:
@@ -219,6 +250,7 @@ class Limits(BaseModel):
     batch_jobs: int = Field(default=4, ge=1, description="parallel jobs per batch")
     retention: Retention = Field(default_factory=Retention)
     health: HealthLimits = Field(default_factory=HealthLimits)
+    tier_price: TierPrice = Field(default_factory=TierPrice)
 
 
 def mock_model() -> ModelConfig:

@@ -73,6 +73,19 @@ class Tier(StrEnum):
     FLEX = "flex"
 
 
+class PriceTier(StrEnum):
+    """The tier a call is priced and counted at (``limits.tier_price``, metrics, usage):
+    Batch API lines are stored as ``flex`` rows but priced as ``batch``."""
+
+    DEFAULT = "default"
+    FLEX = "flex"
+    BATCH = "batch"
+
+
+# The pricing tier of a ``requests`` row, in SQL.
+SQL_PRICE_TIER = f"CASE WHEN batch_id IS NULL THEN service_tier ELSE '{PriceTier.BATCH}' END"
+
+
 class Queue(StrEnum):
     """procrastinate queues (single requests are claimed from ``requests``, not queued)."""
 
@@ -165,6 +178,13 @@ class TokenField(StrEnum):
 
     MAX_TOKENS = "max_tokens"
     MAX_COMPLETION_TOKENS = "max_completion_tokens"
+
+
+class AccessCode(StrEnum):
+    """Codes of errors about what a key may do (answered, never stored)."""
+
+    # A key not created with ``--admin`` asked for the organization usage or costs.
+    INSUFFICIENT_PERMISSIONS = "insufficient_permissions"
 
 
 UPSTREAM_STATUS_PREFIX = "upstream_"

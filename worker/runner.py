@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.gateway.conversations import Conversations
+from app.metrics import Metrics
 from app.settings import Settings
 from app.store.batches import BatchStore
 from app.store.conversations import ConversationStore
@@ -46,11 +47,12 @@ async def run_worker(
     *,
     concurrency: int | None = None,
     router: Router | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
     """Work until cancelled. Cancellation stops gracefully (running jobs get 10 s).
 
-    ``router`` is the gateway's when the worker runs inside it (one view of the fleet, one
-    count of calls in flight per process).
+    ``router`` and ``metrics`` are the gateway's when the worker runs inside it (one view of
+    the fleet, one count of calls in flight per process, one /metrics).
 
     procrastinate's worker stops itself when its LISTEN connection fails (a database
     restart); it is started again here, with a growing delay, as long as nobody cancelled us.
@@ -66,7 +68,7 @@ async def run_worker(
     upstream = build_upstream(settings)
     own_router = router is None
     router = router or Router(settings)
-    runner = RequestRunner(settings=settings, upstream=upstream, router=router)
+    runner = RequestRunner(settings=settings, upstream=upstream, router=router, metrics=metrics)
     batch_jobs = BatchJobs(
         settings=settings,
         batches=BatchStore(engine),

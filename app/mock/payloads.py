@@ -4,6 +4,7 @@ completions and embeddings APIs, their SSE frames, and OpenAI-format error bodie
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import html
 import json
@@ -12,6 +13,7 @@ import re
 import secrets
 import struct
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, TypeGuard
 
@@ -191,6 +193,30 @@ def embeddings_text(body: dict[str, Any]) -> str:
     return first if isinstance(first, str) else ""
 
 
+def shape_usage(obj: Any, report: bool, cached: int, reasoning: int) -> None:
+    """Make ``obj`` (a Response, ChatCompletion or chunk) report no usage, or ``cached``
+    input and ``reasoning`` output tokens (capped at the totals). In place."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return
+    if not report:
+        if "prompt_tokens" in usage:
+            del obj["usage"]
+        else:
+            obj["usage"] = None
+        return
+    given = int(usage.get("input_tokens", usage.get("prompt_tokens")) or 0)
+    produced = int(usage.get("output_tokens", usage.get("completion_tokens")) or 0)
+    for name, field, value in (
+        ("input_tokens_details", "cached_tokens", min(cached, given)),
+        ("prompt_tokens_details", "cached_tokens", min(cached, given)),
+        ("output_tokens_details", "reasoning_tokens", min(reasoning, produced)),
+        ("completion_tokens_details", "reasoning_tokens", min(reasoning, produced)),
+    ):
+        if isinstance(usage.get(name), dict):
+            usage[name] = {**usage[name], field: value}
+
+
 def _usage(in_text: str, reply: str) -> tuple[int, int]:
     return _word_count(in_text), _word_count(reply)
 
@@ -280,11 +306,16 @@ def responses_events(model: str, in_text: str) -> list[dict[str, Any]]:
     ]
 
 
-def responses_sse(model: str, in_text: str) -> list[bytes]:
-    """SSE frames for a streamed Response, numbered from 0."""
+def responses_sse(
+    model: str, in_text: str, shape: Callable[[Any], None] | None = None
+) -> list[bytes]:
+    """SSE frames for a streamed Response, numbered from 0 (``shape`` edits the usage)."""
     frames = []
     for seq, event in enumerate(responses_events(model, in_text)):
         event = {**event, "sequence_number": seq}
+        if shape is not None and isinstance(event.get("response"), dict):
+            event["response"] = copy.deepcopy(event["response"])
+            shape(event["response"])
         frames.append(f"event: {event['type']}\ndata: {dumps(event)}\n\n".encode())
     return frames
 
@@ -344,9 +375,15 @@ def chat_chunks(model: str, in_text: str, include_usage: bool) -> list[dict[str,
     return chunks
 
 
-def chat_sse(model: str, in_text: str, include_usage: bool) -> list[bytes]:
+def chat_sse(
+    model: str, in_text: str, include_usage: bool, shape: Callable[[Any], None] | None = None
+) -> list[bytes]:
     """SSE frames for a streamed chat answer, ending with ``[DONE]``."""
-    frames = [f"data: {dumps(c)}\n\n".encode() for c in chat_chunks(model, in_text, include_usage)]
+    chunks = chat_chunks(model, in_text, include_usage)
+    if shape is not None:
+        for chunk in chunks:
+            shape(chunk)
+    frames = [f"data: {dumps(c)}\n\n".encode() for c in chunks]
     return [*frames, b"data: [DONE]\n\n"]
 
 

@@ -35,6 +35,8 @@ Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
 * ``hold=NAME``: streaming only; after the first frame, wait for ``POST /_mock/release/NAME``.
 * ``linger=NAME``: streaming only; after the last frame, keep the body open until
   ``POST /_mock/release/NAME`` (a server slow to end its body after ``[DONE]``).
+* ``usage=0``: the answer reports no usage (as llama.cpp's server); ``cached=N`` and
+  ``reasoning=N``: that many input tokens were cached and output tokens were reasoning.
 * ``drop=1``: send the status line and headers, part of the body, then abort the connection
   (the ASGI app raises :class:`MockDropError` mid-body, so uvicorn closes the socket and a
   client sees an incomplete body, e.g. ``httpx.RemoteProtocolError``; in-process
@@ -72,7 +74,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.mock.controls import BEHAVIOR_HEADER, BadRequestError, parse_controls, plan_for
+from app.mock.controls import (
+    BEHAVIOR_HEADER,
+    BadRequestError,
+    Controls,
+    parse_controls,
+    plan_for,
+)
 from app.mock.payloads import (
     SSE_MEDIA_TYPE,
     chat_only_payload,
@@ -88,6 +96,7 @@ from app.mock.payloads import (
     responses_payload,
     responses_sse,
     responses_text,
+    shape_usage,
 )
 
 
@@ -168,40 +177,57 @@ def _json_or_drop(payload: dict[str, Any], drop: bool) -> Response:
     return JSONResponse(payload)
 
 
-def _reply_responses(body: dict[str, Any], text: str, drop: bool) -> Response:
+def _shaper(controls: Controls) -> Callable[[Any], None]:
+    return lambda obj: shape_usage(obj, controls.usage, controls.cached, controls.reasoning)
+
+
+def _reply_responses(body: dict[str, Any], text: str, drop: bool, controls: Controls) -> Response:
+    shape = _shaper(controls)
     if body.get("stream") is True:
-        return _stream(responses_sse(body["model"], text), SSE_MEDIA_TYPE, drop)
-    return _json_or_drop(responses_payload(body["model"], text), drop)
+        frames = responses_sse(body["model"], text, shape=shape)
+        return _stream(frames, SSE_MEDIA_TYPE, drop)
+    payload = responses_payload(body["model"], text)
+    shape(payload)
+    return _json_or_drop(payload, drop)
 
 
-def _reply_chat(body: dict[str, Any], text: str, drop: bool) -> Response:
+def _reply_chat(body: dict[str, Any], text: str, drop: bool, controls: Controls) -> Response:
+    shape = _shaper(controls)
     if body.get("stream") is True:
         options = body.get("stream_options") or {}
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return _stream(chat_sse(body["model"], text, include_usage), SSE_MEDIA_TYPE, drop)
-    return _json_or_drop(chat_payload(body["model"], text), drop)
+        include_usage = include_usage and controls.usage
+        frames = chat_sse(body["model"], text, include_usage, shape=shape)
+        return _stream(frames, SSE_MEDIA_TYPE, drop)
+    payload = chat_payload(body["model"], text)
+    shape(payload)
+    return _json_or_drop(payload, drop)
 
 
 def _reply_chat_only(legacy: bool) -> ReplyFn:
-    def reply(body: dict[str, Any], text: str, drop: bool) -> Response:
+    def reply(body: dict[str, Any], text: str, drop: bool, controls: Controls) -> Response:
         try:
             if body.get("stream") is True:
                 return _stream(chat_only_sse(body, text, legacy), SSE_MEDIA_TYPE, drop)
-            return _json_or_drop(chat_only_payload(body, text, legacy), drop)
+            payload = chat_only_payload(body, text, legacy)
+            _shaper(controls)(payload)
+            return _json_or_drop(payload, drop)
         except BadRequestError as exc:
             return _error_response(400, exc.message, exc.param)
 
     return reply
 
 
-def _reply_embeddings(body: dict[str, Any], text: str, drop: bool) -> Response:
-    return _json_or_drop(embeddings_payload(body), drop)
+def _reply_embeddings(body: dict[str, Any], text: str, drop: bool, controls: Controls) -> Response:
+    payload = embeddings_payload(body)
+    _shaper(controls)(payload)
+    return _json_or_drop(payload, drop)
 
 
 TextFn = Callable[[dict[str, Any]], str]
 
 
-ReplyFn = Callable[[dict[str, Any], str, bool], Response]
+ReplyFn = Callable[[dict[str, Any], str, bool, Controls], Response]
 
 
 async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
@@ -249,7 +275,7 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
         return _error_response(
             plan.status, plan.message, retry_after=plan.retry_after, error_format=plan.error_format
         )
-    response = reply(body, text, plan.drop)
+    response = reply(body, text, plan.drop, controls)
     if plan.trickle_ms:
         response = _trickled(response, plan.trickle_ms / 1000)
     if controls.hold and isinstance(response, StreamingResponse):

@@ -33,6 +33,7 @@ class Call:
     background: bool
     stream: bool
     pin: str | None = None  # x-tiergate-deployment: the one deployment that may serve it
+    key_name: str = ""  # the caller's key, as metrics name it
 
     @property
     def deferred(self) -> bool:
@@ -257,4 +258,5 @@ def classify_body(
         background=background,
         stream=stream,
         pin=pin,
+        key_name=key.name,
     )

@@ -74,7 +74,8 @@ WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
     ) AS picked
 ))
 RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
-          r.expires_at < now() AS expired, r.deployment, r.pinned_deployment
+          r.expires_at < now() AS expired, r.deployment, r.pinned_deployment, r.service_tier,
+          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name
 """
 ).columns(body=JSONB)
 

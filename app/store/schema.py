@@ -16,9 +16,11 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     SmallInteger,
     Table,
     Text,
+    false,
     func,
     text,
 )
@@ -37,6 +39,13 @@ api_keys = Table(
     Column("key_hash", Text, nullable=False, unique=True, comment="sha256 of the secret key"),
     Column("key_prefix", Text, nullable=False, comment="first characters, for humans"),
     Column("models", ARRAY(Text), nullable=True, comment="allowed models; NULL means all"),
+    Column(
+        "is_admin",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="may read every key's usage and costs",
+    ),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
@@ -109,6 +118,17 @@ batches = Table(
     Column("expired_at", DateTime(timezone=True), nullable=True),
     Column("cancelling_at", DateTime(timezone=True), nullable=True),
     Column("cancelled_at", DateTime(timezone=True), nullable=True),
+    *(
+        Column(name, BigInteger, nullable=True, comment="sum over the lines")
+        for name in (
+            "input_tokens",
+            "cached_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "total_tokens",
+        )
+    ),
+    Column("cost_usd", Numeric, nullable=True, comment="sum over the priced lines"),
     Index("batches_owner_idx", "owner_key_id", "id"),
     # Retention deletes the oldest finished batches first.
     Index("batches_created_idx", "created_at"),
@@ -168,6 +188,26 @@ requests = Table(
         nullable=True,
         comment="the worker process running a deferred request's attempt",
     ),
+    Column(
+        "cached_tokens",
+        Integer,
+        nullable=True,
+        comment="input tokens read from the provider's prompt cache",
+    ),
+    Column("reasoning_tokens", Integer, nullable=True, comment="output tokens spent on reasoning"),
+    Column(
+        "usage_estimated",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="tiergate counted the tokens (the upstream reported none)",
+    ),
+    Column(
+        "cost_usd",
+        Numeric,
+        nullable=True,
+        comment="USD, exact; NULL when unknown (no usage or no price configured)",
+    ),
     # Batch lines in input order (result files); also serves lookups by batch_id alone.
     Index(
         "requests_batch_line_idx",
@@ -213,6 +253,12 @@ requests = Table(
         postgresql_where=text(
             f"status = '{Status.PENDING}' AND custom_id IS NULL AND not_before IS NOT NULL"
         ),
+    ),
+    # Usage reports bucket finished requests by their finish time.
+    Index(
+        "requests_finished_at_idx",
+        "finished_at",
+        postgresql_where=text("finished_at IS NOT NULL"),
     ),
     # Hot queries (queue depth, rescue, expiry) only look at live rows: keep them small.
     Index(
