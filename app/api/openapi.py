@@ -98,16 +98,12 @@ def _flag() -> Schema:
     return {"type": ["boolean", "null"]}
 
 
-def _no_stream_with_deferred() -> Schema:
-    """``stream: true`` together with flex or background is a 400 (not supported yet)."""
+def _no_stream_with_background() -> Schema:
+    """``stream: true`` together with background is a 400 (not supported yet)."""
     return {
         "not": {
-            "required": ["stream"],
-            "properties": {"stream": {"const": True}},
-            "anyOf": [
-                {"required": ["service_tier"], "properties": {"service_tier": {"const": "flex"}}},
-                {"required": ["background"], "properties": {"background": {"const": True}}},
-            ],
+            "required": ["stream", "background"],
+            "properties": {"stream": {"const": True}, "background": {"const": True}},
         }
     }
 
@@ -135,7 +131,10 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
         properties |= {
             "input": {"anyOf": [*non_empty, {"type": "null"}]},
             "prompt": {},
-            "previous_response_id": {},
+            "previous_response_id": {
+                "description": "An earlier Response of the same key: its input and output go "
+                "before this input (404 `previous_response_not_found` otherwise)"
+            },
             "background": _flag(),
             "metadata": _metadata(),
         }
@@ -144,7 +143,7 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
             {"required": [name], "properties": {name: NOT_NULL}}
             for name in ("input", "prompt", "previous_response_id")
         ]
-        schema |= _no_stream_with_deferred()
+        schema |= _no_stream_with_background()
     elif endpoint == "/v1/chat/completions":
         properties |= {
             "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
@@ -152,7 +151,6 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
             "metadata": _metadata(),
         }
         schema["required"] = ["model", "messages"]
-        schema |= _no_stream_with_deferred()
     else:
         properties |= {
             "input": {"anyOf": non_empty},
@@ -220,6 +218,22 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "operationId": "cancel_response",
             "description": "Background requests only (400 otherwise); idempotent.",
             "responses": _responses(_ok(ref("Response")), "400", "404"),
+        },
+    }
+    paths["/v1/responses/{id}/input_items"] = {
+        "parameters": [_id_param("response")],
+        "get": {
+            "operationId": "list_input_items",
+            "description": "The Response's input, its conversation's history included.",
+            "parameters": [
+                {
+                    "name": "order",
+                    "in": "query",
+                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
+                },
+                *_page_params(100),
+            ],
+            "responses": _responses(_ok(ref("InputItemList")), "400", "404"),
         },
     }
     paths["/v1/chat/completions/{id}"] = {
@@ -439,6 +453,7 @@ def _components() -> dict[str, Any]:
             expires_at=TIMESTAMP,
         ),
         "FileList": page("File"),
+        "InputItemList": page("UpstreamObject"),
         "Batch": obj(
             ["id", "object", "endpoint", "input_file_id", "completion_window", "status"],
             id={"type": "string"},
