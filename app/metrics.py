@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.openai.usage import TokenUsage
 from app.vocabulary import DeploymentState
 
+TOKEN_KINDS = ("input", "cached", "output", "reasoning")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
@@ -38,6 +41,11 @@ class Metrics:
             ["model", "tier", "status"],
             registry=self.registry,
         )
+        self.queue_depth_age = Gauge(
+            "tiergate_queue_depth_age_seconds",
+            "Age of the tiergate_queue_depth count (-1: never counted).",
+            registry=self.registry,
+        )
         self.waiting_clients = Gauge(
             "tiergate_waiting_clients",
             "Blocking flex clients waiting in this process.",
@@ -54,6 +62,55 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.tokens = Counter(
+            "tiergate_tokens",
+            "Tokens of finished requests by model, pricing tier, key name and kind (input,"
+            " cached, output, reasoning; cached is part of input, reasoning of output).",
+            ["model", "tier", "key", "kind"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "tiergate_cost_usd",
+            "Cost in USD of finished requests by model, pricing tier and key name"
+            " (priced models only).",
+            ["model", "tier", "key"],
+            registry=self.registry,
+        )
+        self.estimated = Counter(
+            "tiergate_usage_estimated_requests",
+            "Finished requests whose usage tiergate estimated (the upstream reported none).",
+            ["model", "tier", "key"],
+            registry=self.registry,
+        )
+        # The children of each (model, tier, key): label lookups are kept off the hot path.
+        self._usage_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+
+    def observe_usage(
+        self, model: str, tier: str, key: str, usage: TokenUsage, cost: Decimal | None
+    ) -> None:
+        """Count a finished request's tokens and cost (in the process that finished it)."""
+        if not usage.known:
+            return
+        labels = (model, tier, key)
+        children = self._usage_children.get(labels)
+        if children is None:
+            children = self._usage_children[labels] = (
+                *(self.tokens.labels(*labels, kind) for kind in TOKEN_KINDS),
+                self.cost.labels(*labels),
+                self.estimated.labels(*labels),
+            )
+        given, cached, output, reasoning, spent, estimated = children
+        given.inc(usage.input or 0)
+        output.inc(usage.output or 0)
+        if usage.cached:
+            cached.inc(usage.cached)
+        if usage.reasoning:
+            reasoning.inc(usage.reasoning)
+        if cost is not None:
+            spent.inc(float(cost))
+        if usage.estimated:
+            estimated.inc()
+
     def watch_deployments(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
         """Export every deployment's state, as this process sees it, at each scrape."""
         self.registry.register(DeploymentCollector(snapshot))
@@ -62,10 +119,13 @@ class Metrics:
         self.requests.labels(endpoint, tier, status).inc()
         self.latency.labels(endpoint, tier).observe(seconds)
 
-    def render(self, depth: Iterable[tuple[str, str, str, int]], waiting: int) -> bytes:
+    def render(
+        self, depth: Iterable[tuple[str, str, str, int]], depth_age_s: float | None, waiting: int
+    ) -> bytes:
         self.queue_depth.clear()
         for model, tier, status, count in depth:
             self.queue_depth.labels(model, tier, status).set(count)
+        self.queue_depth_age.set(-1.0 if depth_age_s is None else depth_age_s)
         self.waiting_clients.set(waiting)
         return generate_latest(self.registry)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app import config_file
 from app.config_file import ConfigError, from_validation
+from app.vocabulary import TokenField, UpstreamApi
 
 MOCK_UPSTREAM = "mock://in-process"
 DEFAULT_HOST = "127.0.0.1"
@@ -27,6 +29,34 @@ ENDPOINT_PATHS: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat",
     "/v1/embeddings": "embeddings",
 }
+
+
+# USD amounts: exact decimals, never negative, never NaN or infinite.
+def _usd(default: Decimal | None = None, description: str = "") -> Any:
+    return Field(default=default, ge=0, allow_inf_nan=False, description=description)
+
+
+class Pricing(BaseModel):
+    """What a model (or one deployment) costs, in USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: Decimal = _usd(description="uncached input tokens")
+    output_per_mtok: Decimal = _usd(description="output tokens (reasoning included)")
+    cached_input_per_mtok: Decimal | None = _usd(
+        description="cached input tokens (the input rate when unset)"
+    )
+
+
+class TierPrice(BaseModel):
+    """Multipliers of the price by tier: realtime and background calls pay ``default``,
+    flex calls ``flex``, Batch API lines ``batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: Decimal = _usd(Decimal(1))
+    flex: Decimal = _usd(Decimal(1))
+    batch: Decimal = _usd(Decimal(1))
 
 
 class DeploymentConfig(BaseModel):
@@ -51,6 +81,13 @@ class DeploymentConfig(BaseModel):
         description="calls it runs at once from all processes (vLLM's max_num_seqs): with it,"
         " flex and batch calls use only what realtime calls leave",
     )
+    api: UpstreamApi | None = Field(
+        default=None, description="the API it speaks (the model's when unset)"
+    )
+    max_tokens_field: TokenField | None = Field(
+        default=None, description="the chat token-limit field it reads (the model's when unset)"
+    )
+    pricing: Pricing | None = Field(default=None, description="overrides the model's pricing")
 
     @field_validator("upstream")
     @classmethod
@@ -81,9 +118,21 @@ class ModelConfig(BaseModel):
     endpoints: list[Endpoint] | None = Field(
         default=None, description="the APIs it serves (all when unset)"
     )
+    api: UpstreamApi = Field(
+        default=UpstreamApi.RESPONSES,
+        description="responses: /v1/responses passed through; chat: the upstream speaks only"
+        " /v1/chat/completions and Responses calls are translated (docs/chat-upstreams.md)",
+    )
+    max_tokens_field: TokenField | None = Field(
+        default=None,
+        description="the chat field its deployments read the token limit from; unset:"
+        " max_tokens for api: chat (every chat server knows it), the client's own for"
+        " api: responses",
+    )
     flex_concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
+    pricing: Pricing | None = Field(default=None, description="no pricing: cost is unknown")
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelConfig:
@@ -109,6 +158,15 @@ class ModelConfig(BaseModel):
         """The index of the first deployment whose name an earlier one has, if any."""
         names = [d.name for d in self.deployments]
         return next((i for i, name in enumerate(names) if name in names[:i]), None)
+
+    def speaks_chat(self, pin: str | None = None) -> bool:
+        """Whether a deployment that may serve a call (the pinned one, if any) speaks only
+        chat, so that Responses calls must be translatable."""
+        return any(
+            (d.api or self.api) == UpstreamApi.CHAT
+            for d in self.deployments
+            if pin is None or d.name == pin
+        )
 
     def serves(self, endpoint: str) -> bool:
         """Whether a call to this API path may go to this model."""
@@ -170,7 +228,9 @@ class Limits(BaseModel):
         default=5.0, gt=0, description="a waiting flex stream sends a keep-alive comment this often"
     )
     metrics_max_age_s: float = Field(
-        default=10.0, ge=0, description="/metrics counts the queue at most this often"
+        default=10.0,
+        ge=0,
+        description="the queue depth /metrics shows is counted at most this often",
     )
     flex_poll_s: float = Field(
         default=2.0, gt=0, description="a worker looks for deferred requests at least this often"
@@ -190,6 +250,7 @@ class Limits(BaseModel):
     batch_jobs: int = Field(default=4, ge=1, description="parallel jobs per batch")
     retention: Retention = Field(default_factory=Retention)
     health: HealthLimits = Field(default_factory=HealthLimits)
+    tier_price: TierPrice = Field(default_factory=TierPrice)
 
 
 def mock_model() -> ModelConfig:
@@ -251,6 +312,25 @@ class Settings:
                 self.limits = Limits.model_validate({**self.limits.model_dump(), **data["limits"]})
             except ValidationError as exc:
                 raise from_validation(exc, ("limits",)) from None
+
+    def reaches_chat(self, model: ModelConfig, pin: str | None = None) -> bool:
+        """Whether a call to ``model`` may be served by a chat-only deployment: one of its
+        own (the pinned one, if any) or, unpinned, one of a fallback model's."""
+        if model.speaks_chat(pin):
+            return True
+        if pin is not None:
+            return False
+        seen, todo = {model.name}, list(model.fallbacks)
+        while todo:
+            name = todo.pop()
+            fallback = self.models.get(name)
+            if name in seen or fallback is None:
+                continue
+            if fallback.speaks_chat():
+                return True
+            seen.add(name)
+            todo.extend(fallback.fallbacks)
+        return False
 
     def _check_fallbacks(self, where: dict[str, int]) -> None:
         """Every fallback names another known model, and no chain comes back on itself."""

@@ -73,6 +73,19 @@ class Tier(StrEnum):
     FLEX = "flex"
 
 
+class PriceTier(StrEnum):
+    """The tier a call is priced and counted at (``limits.tier_price``, metrics, usage):
+    Batch API lines are stored as ``flex`` rows but priced as ``batch``."""
+
+    DEFAULT = "default"
+    FLEX = "flex"
+    BATCH = "batch"
+
+
+# The pricing tier of a ``requests`` row, in SQL.
+SQL_PRICE_TIER = f"CASE WHEN batch_id IS NULL THEN service_tier ELSE '{PriceTier.BATCH}' END"
+
+
 class Queue(StrEnum):
     """procrastinate queues (single requests are claimed from ``requests``, not queued)."""
 
@@ -148,6 +161,30 @@ class ErrorCode(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_STREAM_BROKEN = "upstream_stream_broken"
     CLIENT_DISCONNECTED = "client_disconnected"
+    # A Responses call a chat-only deployment cannot take (e.g. a config changed since it
+    # was accepted; acceptance refuses such calls with a 400 naming the field).
+    UNTRANSLATABLE = "untranslatable_request"
+
+
+class UpstreamApi(StrEnum):
+    """Which API a deployment speaks (``api:`` in the config)."""
+
+    RESPONSES = "responses"  # /v1/responses passed through as it is
+    CHAT = "chat"  # only /v1/chat/completions: Responses calls are translated
+
+
+class TokenField(StrEnum):
+    """The chat field a deployment reads the token limit from (``max_tokens_field:``)."""
+
+    MAX_TOKENS = "max_tokens"
+    MAX_COMPLETION_TOKENS = "max_completion_tokens"
+
+
+class AccessCode(StrEnum):
+    """Codes of errors about what a key may do (answered, never stored)."""
+
+    # A key not created with ``--admin`` asked for the organization usage or costs.
+    INSUFFICIENT_PERMISSIONS = "insufficient_permissions"
 
 
 UPSTREAM_STATUS_PREFIX = "upstream_"

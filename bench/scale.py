@@ -18,6 +18,7 @@ model no worker serves (default 1,000,000; one in ten waiting for a retry), and
 procrastinate history (``--jobs`` finished jobs, default 1,000,000, three events each).
 
 Usage: python bench/scale.py [--rows N] [--pending N] [--jobs N] [--flex N] [--lines N]
+       [--explain FILE]
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ from app.testing.measure import CpuMeter
 from app.testing.postgres import database_server
 from app.testing.processes import create_key, start_gateway, start_mock_upstream
 from worker.runner import maintenance_for
+
+try:  # run as a script (python bench/scale.py) or imported as bench.scale (the smoke test)
+    from bench.explain import explain
+except ModuleNotFoundError:
+    from explain import explain  # type: ignore[no-redef]
 
 IDLE_S = float(os.environ.get("TIERGATE_SCALE_IDLE_S", "30"))
 
@@ -282,7 +288,13 @@ def report(before: Figures, after: Figures, sizes: dict[str, int], rows: int) ->
 
 
 def run_scale(
-    work: Path, rows: int, pending: int, jobs: int, flex: int, lines: int
+    work: Path,
+    rows: int,
+    pending: int,
+    jobs: int,
+    flex: int,
+    lines: int,
+    explain_to: str | None = None,
 ) -> tuple[Figures, Figures, list[str]]:
     """The whole bench; returns (before, after, report lines)."""
     processes = []
@@ -318,6 +330,11 @@ def run_scale(
             sizes = table_bytes(db.libpq())
             print("measuring again", flush=True)
             after = measure(ctx, flex, lines)
+            if explain_to:
+                plans = explain(db.libpq())
+                Path(explain_to).write_text("\n".join(plans) + "\n")
+                print(f"plans of the hot statements in {explain_to}:")
+                print("\n".join(line for line in plans if line.startswith("-- ")), flush=True)
             when = dt.date.today().isoformat()
             lines_out = [
                 f"tiergate scale bench ({when}, {os.cpu_count()} cores): {rows} finished and"
@@ -340,9 +357,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000, help="finished procrastinate jobs")
     parser.add_argument("--flex", type=int, default=200, help="sequential flex calls")
     parser.add_argument("--lines", type=int, default=10_000, help="lines of the batch")
+    parser.add_argument(
+        "--explain",
+        metavar="FILE",
+        help="write EXPLAIN ANALYZE of the hot"
+        " statements on the seeded database to FILE (bench/explain.py)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tiergate-scale-"))
-    _, _, out = run_scale(work, args.rows, args.pending, args.jobs, args.flex, args.lines)
+    _, _, out = run_scale(
+        work, args.rows, args.pending, args.jobs, args.flex, args.lines, args.explain
+    )
     print("\n".join(out))
 
 

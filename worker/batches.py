@@ -22,7 +22,7 @@ from app.store.files import FileStore
 from app.store.group_commit import GroupCommit
 from app.store.keys import KeyStore
 from app.store.outcomes import Outcome
-from app.vocabulary import CLOSABLE_BATCH, BatchStatus, ErrorCode, Status, Tier, error
+from app.vocabulary import CLOSABLE_BATCH, BatchStatus, ErrorCode, PriceTier, Status, Tier, error
 from worker.execute import RequestRunner, RetryLater
 
 log = logging.getLogger("tiergate.batches")
@@ -261,6 +261,8 @@ class BatchJobs:
             stop=cancelled,
             stopped=LINE_CANCELLED,
             last=row["deployment"],
+            tier=PriceTier.BATCH,
+            key=row["key_name"] or "",
         )
         result = LineResult(
             row["id"],

@@ -18,13 +18,15 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from app.openai.usage import usage_of
+from app.metrics import Metrics
+from app.openai.usage import measured
+from app.pricing import PriceBook
 from app.settings import ModelConfig, Settings
 from app.store.outcomes import Outcome
 from app.upstream.client import UpstreamClient, UpstreamError
 from app.upstream.deployment import Deployment
 from app.upstream.router import NoCapacity, Router
-from app.vocabulary import ErrorCode, Status, error
+from app.vocabulary import ErrorCode, PriceTier, Status, error
 
 log = logging.getLogger("tiergate.worker")
 
@@ -71,10 +73,19 @@ EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.REQUEST_EXPIRED))
 class RequestRunner:
     """Makes upstream attempts under per-model caps; one instance per worker process."""
 
-    def __init__(self, *, settings: Settings, upstream: UpstreamClient, router: Router) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        upstream: UpstreamClient,
+        router: Router,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.router = router
+        self.prices = PriceBook(settings)
+        self.metrics = metrics
         # Per-model cap on concurrent upstream calls from this worker process.
         self._slots = {
             name: asyncio.Semaphore(model.flex_concurrency)
@@ -94,6 +105,8 @@ class RequestRunner:
         stopped: Outcome | None = None,
         pin: str | None = None,
         last: str | None = None,
+        tier: str = PriceTier.FLEX,
+        key: str = "",
     ) -> Attempt:
         """One upstream call under the model's cap, classified: an outcome, or a retry.
 
@@ -101,6 +114,8 @@ class RequestRunner:
         made (``expired``), nor if ``stop`` was set (``stopped``, e.g. a batch cancel). The
         call goes to ``pin`` if set, else preferably not to ``last`` (the deployment that
         failed the previous attempt), falling back to other models as the config says.
+        A completed call carries its usage (estimated if the upstream reported none) and its
+        cost at pricing ``tier``; both are counted in the metrics under ``key``'s name.
         """
         model = self.settings.models.get(model_name)
         if model is None:
@@ -122,6 +137,7 @@ class RequestRunner:
             if isinstance(deployment, Attempt):
                 return deployment
             served = deployment.label(model.name)
+            request = body
             try:
                 reply = await self.upstream.call(deployment, endpoint, body)
             except UpstreamError as exc:
@@ -140,15 +156,17 @@ class RequestRunner:
         body, text = reply.body, reply.text
         if deployment.model is not model and isinstance(body, dict) and "model" in body:
             body, text = {**body, "model": model.name}, ""  # a fallback answers as asked
-        given, produced, total = usage_of(body)
+        usage = measured(request, body)
+        cost = self.prices.cost(model.name, served, tier, usage)
+        if self.metrics is not None:
+            self.metrics.observe_usage(model.name, tier, key, usage, cost)
         return Attempt(
             Outcome(
                 status=Status.COMPLETED,
                 response_status=reply.status,
                 response_body=body,
-                input_tokens=given,
-                output_tokens=produced,
-                total_tokens=total,
+                usage=usage,
+                cost_usd=cost,
                 response_text=text or None,
                 deployment=served,
             ),

@@ -182,6 +182,8 @@ class FlexDispatcher:
                     row["expires_at"],
                     pin=row["pinned_deployment"],
                     last=row["deployment"],
+                    tier=row["service_tier"],
+                    key=row["key_name"] or "",
                 )
             finally:
                 self._calling.pop(request_id, None)

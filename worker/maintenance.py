@@ -20,6 +20,7 @@ from app.store.batches import BatchStore
 from app.store.db import database_unavailable
 from app.store.files import FileStore
 from app.store.orphans import OrphanStore
+from app.store.queue_depth import QueueDepthStore
 from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
 
@@ -41,6 +42,7 @@ class Maintenance:
         files: FileStore,
         orphans: OrphanStore,
         retention: RetentionStore,
+        queue_depth: QueueDepthStore,
     ) -> None:
         self.limits = limits
         self.requests = requests
@@ -48,6 +50,7 @@ class Maintenance:
         self.files = files
         self.orphans = orphans
         self.retention = retention
+        self.queue_depth = queue_depth
 
     async def rescue(self, jobs: JobManager) -> int:
         """Re-queue the running jobs of workers silent for ``stalled_after_s``; prune those
@@ -68,7 +71,7 @@ class Maintenance:
         """Expire queued work past its window, close realtime rows of dead gateways, give the
         requests of dead workers back, drop files whose upload or finalize died half-way,
         requeue batch work whose job ended early, delete a bounded part of the history past
-        its retention."""
+        its retention; count the live queue for /metrics when no process has lately."""
         expired = await self.requests.expire_overdue()
         expired += await self.batches.expire_overdue()
         await self.files.prune_abandoned(ABANDONED_UPLOAD_S)
@@ -93,6 +96,7 @@ class Maintenance:
         pruned = await self.retention.prune(self.limits.retention.chunks_per_pass)
         if pruned:
             log.info("retention: deleted %s", pruned)
+        await self.queue_depth.count_if_stale(self.limits.metrics_max_age_s)
 
     async def run(self, jobs: JobManager) -> None:
         """Rescue and sweep every ``maintenance_every_s`` until cancelled."""

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.gateway.conversations import Conversations
+from app.metrics import Metrics
 from app.settings import Settings
 from app.store.batches import BatchStore
 from app.store.conversations import ConversationStore
@@ -21,6 +22,7 @@ from app.store.keys import KeyStore
 from app.store.listener import require_notifications
 from app.store.orphans import OrphanStore
 from app.store.presence import Presence
+from app.store.queue_depth import QueueDepthStore
 from app.store.requests import RequestStore
 from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
@@ -45,11 +47,12 @@ async def run_worker(
     *,
     concurrency: int | None = None,
     router: Router | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
     """Work until cancelled. Cancellation stops gracefully (running jobs get 10 s).
 
-    ``router`` is the gateway's when the worker runs inside it (one view of the fleet, one
-    count of calls in flight per process).
+    ``router`` and ``metrics`` are the gateway's when the worker runs inside it (one view of
+    the fleet, one count of calls in flight per process, one /metrics).
 
     procrastinate's worker stops itself when its LISTEN connection fails (a database
     restart); it is started again here, with a growing delay, as long as nobody cancelled us.
@@ -65,7 +68,7 @@ async def run_worker(
     upstream = build_upstream(settings)
     own_router = router is None
     router = router or Router(settings)
-    runner = RequestRunner(settings=settings, upstream=upstream, router=router)
+    runner = RequestRunner(settings=settings, upstream=upstream, router=router, metrics=metrics)
     batch_jobs = BatchJobs(
         settings=settings,
         batches=BatchStore(engine),
@@ -161,4 +164,5 @@ def maintenance_for(engine: AsyncEngine, settings: Settings) -> Maintenance:
         files=FileStore(engine),
         orphans=OrphanStore(engine),
         retention=RetentionStore(engine, settings.limits.retention),
+        queue_depth=QueueDepthStore(engine),
     )

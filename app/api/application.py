@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from app.api.routes import batches, files, ops, responses
+from app.api.routes import batches, files, ops, organization, responses
 from app.gateway.middleware.auth import AuthMiddleware
 from app.gateway.middleware.errors import ErrorMiddleware
 from app.gateway.middleware.tiers import TierMiddleware
@@ -38,7 +38,8 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
             from worker.runner import run_worker
 
             worker_task = asyncio.create_task(
-                run_worker(settings, url, router=services.router), name="worker"
+                run_worker(settings, url, router=services.router, metrics=services.metrics),
+                name="worker",
             )
         log.info("tiergate gateway ready (models: %s)", ", ".join(settings.models))
         try:
@@ -51,7 +52,13 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
             await services.stop()
 
     app = Starlette(
-        routes=[*ops.routes, *responses.routes, *files.routes, *batches.routes],
+        routes=[
+            *ops.routes,
+            *responses.routes,
+            *files.routes,
+            *batches.routes,
+            *organization.routes,
+        ],
         middleware=[
             Middleware(ErrorMiddleware),
             Middleware(AuthMiddleware, keys=services.key_cache),

@@ -38,7 +38,8 @@ def _error(description: str) -> dict[str, Any]:
 ERRORS = {
     "400": "Invalid request (OpenAI error body; `param` names the field)",
     "401": "Missing or unknown API key (`invalid_api_key`)",
-    "403": "The key may not use this model (`model_not_allowed`)",
+    "403": "The key may not use this model (`model_not_allowed`), or is not an admin key"
+    " (`insufficient_permissions`, organization endpoints)",
     "404": "No such object for this key, or unknown model (`model_not_found`)",
     "413": "Body or file larger than the configured limit",
     "429": "A flex request whose completion window passed (`request_expired`)",
@@ -365,7 +366,55 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "responses": _responses(_ok(ref("Model")), "404"),
         },
     }
-    return paths | _ops_paths()
+    return paths | _organization_paths() | _ops_paths()
+
+
+def _organization_paths() -> dict[str, Any]:
+    """Every key's usage and costs, in OpenAI's organization shapes: admin keys only."""
+
+    def query(name: str, schema: Schema, description: str, required: bool = False) -> Schema:
+        found: Schema = {"name": name, "in": "query", "schema": schema}
+        found["description"] = description
+        if required:
+            found["required"] = True
+        return found
+
+    def operation(operation_id: str, widths: list[str], groups: list[str]) -> dict[str, Any]:
+        parameters = [
+            query("start_time", {"type": "integer", "minimum": 0}, "Unix seconds", True),
+            query("end_time", {"type": "integer", "minimum": 1}, "Unix seconds (default: now)"),
+            query("bucket_width", {"enum": widths}, "bucket width (default 1d)"),
+            query(
+                "group_by",
+                {"type": "array", "items": {"enum": groups}},
+                "group each bucket's results by these fields",
+            ),
+            query("limit", {"type": "integer", "minimum": 1}, "buckets per page"),
+            query("page", {"type": "string"}, "a previous page's next_page"),
+            query("models", {"type": "array", "items": {"type": "string"}}, "only these"),
+            query("api_key_ids", {"type": "array", "items": {"type": "string"}}, "only these"),
+        ]
+        ok = _ok(ref("UsagePage"), "A page of time buckets")
+        return {
+            "get": {
+                "operationId": operation_id,
+                "parameters": parameters,
+                "responses": _responses(ok, "400", "403"),
+            }
+        }
+
+    usage_groups = ["model", "api_key_id", "project_id"]
+    return {
+        "/v1/organization/usage/completions": operation(
+            "usage_completions", ["1m", "1h", "1d"], [*usage_groups, "batch"]
+        ),
+        "/v1/organization/usage/embeddings": operation(
+            "usage_embeddings", ["1m", "1h", "1d"], usage_groups
+        ),
+        "/v1/organization/costs": operation(
+            "costs", ["1d"], ["project_id", "line_item", "model", "api_key_id"]
+        ),
+    }
 
 
 def _ops_paths() -> dict[str, Any]:
@@ -409,8 +458,22 @@ def _components() -> dict[str, Any]:
         param=NULLABLE_STRING,
         code=NULLABLE_STRING,
     )
+    bucket = obj(
+        ["object", "start_time", "end_time", "results"],
+        object={"const": "bucket"},
+        start_time={"type": "integer"},
+        end_time={"type": "integer"},
+        results={"type": "array", "items": {"type": "object"}},
+    )
     schemas = {
         "Error": obj(["error"], error=detail),
+        "UsagePage": obj(
+            ["object", "data", "has_more", "next_page"],
+            object={"const": "page"},
+            data={"type": "array", "items": bucket},
+            has_more={"type": "boolean"},
+            next_page=NULLABLE_STRING,
+        ),
         "UpstreamObject": obj(["id"], id={"type": "string"}),
         "Embeddings": {"type": "object", "description": "The upstream's embeddings list"},
         "Response": obj(

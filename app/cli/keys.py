@@ -36,8 +36,14 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     unknown = [m for m in models or [] if m not in settings.models]
     if unknown:
         print(f"warning: not configured here: {', '.join(unknown)}", file=sys.stderr)
-    key, secret = with_keys(settings, lambda store: store.create(args.name, models))
-    print(f"created key {key.id} ({key.name}); models: {', '.join(models) if models else 'all'}")
+    key, secret = with_keys(
+        settings, lambda store: store.create(args.name, models, admin=args.admin)
+    )
+    admin = "; admin (organization usage and costs)" if key.is_admin else ""
+    print(
+        f"created key {key.id} ({key.name}); models: {', '.join(models) if models else 'all'}"
+        + admin
+    )
     print("the secret is shown once; store it now:")
     print(secret)
     return 0
@@ -48,7 +54,11 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         state = "revoked" if row["revoked_at"] else "active"
         models = ",".join(row["models"]) if row["models"] else "all"
-        print(f"{row['id']}  {row['name']:<20} {row['key_prefix']}…  {state:<8} models={models}")
+        admin = " admin" if row["is_admin"] else ""
+        print(
+            f"{row['id']}  {row['name']:<20} {row['key_prefix']}…  {state:<8} models={models}"
+            + admin
+        )
     return 0
 
 
@@ -67,6 +77,11 @@ def add_parser(sub: Any) -> None:
     create = keys.add_parser("create", help="create a key; prints the secret as the last line")
     create.add_argument("--name", required=True)
     create.add_argument("--models", default=None, help="comma-separated allowed models")
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="may read every key's usage and costs (/v1/organization/usage/*, /costs)",
+    )
     create.set_defaults(func=cmd_keys_create)
     keys.add_parser("list", help="list keys").set_defaults(func=cmd_keys_list)
     revoke = keys.add_parser("revoke", help="revoke a key by id or name")

@@ -15,6 +15,7 @@ from app.cli import batch as batch_cli
 from app.cli import deployments as deployments_cli
 from app.cli import keys as keys_cli
 from app.cli import prune as prune_cli
+from app.cli import usage as usage_cli
 from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 from app.store.dburl import DatabaseURL
 from app.store.embedded import resolve_database
@@ -110,8 +111,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
+        metrics = None
+        if args.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            from app.metrics import Metrics
+
+            metrics = Metrics()
+            start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+            log.info("worker metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         with contextlib.suppress(asyncio.CancelledError):
-            await run_worker(settings, url, concurrency=args.concurrency)
+            await run_worker(settings, url, concurrency=args.concurrency, metrics=metrics)
         log.info("worker stopped")
 
     from app.store.listener import NotificationsLost
@@ -136,7 +146,7 @@ def cmd_mock_upstream(args: argparse.Namespace, settings: Settings) -> int:
     from app.mock.server import run
 
     log.info("mock upstream on http://%s:%d/v1", args.host, args.port)
-    run(args.host, args.port, args.latency_ms, args.fail_rate, args.capacity)
+    run(args.host, args.port, args.latency_ms, args.fail_rate, args.capacity, args.api)
     return 0
 
 
@@ -153,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker that executes flex/background work")
     worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve this worker's Prometheus metrics (tokens, cost) on this port",
+    )
+    worker.add_argument("--metrics-host", default=DEFAULT_HOST)
     worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
@@ -162,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch_cli.add_parser(sub)
     prune_cli.add_parser(sub)
     deployments_cli.add_parser(sub)
+    usage_cli.add_parser(sub)
 
     mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
     mock.add_argument("--host", default=DEFAULT_HOST)
@@ -170,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--fail-rate", type=float, default=0.0)
     mock.add_argument(
         "--capacity", type=int, default=None, help="calls served at once; the rest queue inside"
+    )
+    mock.add_argument(
+        "--api",
+        choices=("responses", "chat", "legacy"),
+        default="responses",
+        help="chat: no /v1/responses (404), as llama.cpp's server; legacy: chat, and"
+        " max_completion_tokens is refused (only max_tokens is known)",
     )
     mock.set_defaults(func=cmd_mock_upstream)
     return parser

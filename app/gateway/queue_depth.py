@@ -1,9 +1,11 @@
-"""Queue depth for ``/metrics``, counted at most once per ``max_age_s`` while it is scraped.
+"""Queue depth for ``/metrics``: the last count in the database, read at each scrape.
 
-Counting the live rows is a scan of the live partial index: a few milliseconds with a small
-queue, about 0.1 s with a million requests queued. A scrape therefore gets the last count
-(at most ``max_age_s`` plus one count old) and, when that is stale, starts the next count in
-the background; nothing is counted while nobody scrapes.
+Workers count the live queue in their maintenance, one process at a time, at most once per
+``max_age_s``, less often when the queue is so large that counting it takes long
+(app/store/queue_depth.py); a scrape reads those few rows and never counts, so
+scrapes cost the same whatever the queue holds. When no worker has counted for
+``STEP_IN_AFTER`` such periods (a gateway running alone), the gateway counts in the
+background, through the same guard; the very first scrape waits for that count.
 """
 
 from __future__ import annotations
@@ -11,37 +13,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.requests import queue_depth
+from app.store.queue_depth import Counted, QueueDepthStore
 
 log = logging.getLogger("tiergate.metrics")
 
-Depth = list[tuple[str, str, str, int]]
+# Workers count every max_age_s (plus up to one maintenance period); a gateway steps in after
+# this many periods without a count.
+STEP_IN_AFTER = 3.0
 
 
 class QueueDepth:
-    """The last count of live rows by model, tier and status."""
+    """The last count of live rows by model, tier and status, as stored."""
 
     def __init__(self, engine: AsyncEngine, *, max_age_s: float, timeout_s: float) -> None:
-        self.engine = engine
+        self.store = QueueDepthStore(engine)
         self.max_age_s = max_age_s
         self.timeout_s = timeout_s
-        self._depth: Depth | None = None
-        self._at = 0.0
+        self._last = Counted([], None)
         self._counting: asyncio.Task[None] | None = None
 
-    async def read(self) -> Depth:
-        """The last count; the first read waits for one (an empty list if it fails)."""
-        stale = self._depth is None or time.monotonic() - self._at >= self.max_age_s
-        if stale and (self._counting is None or self._counting.done()):
-            self._counting = asyncio.create_task(self._count(), name="queue-depth")
-        if self._depth is None and self._counting is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._counting), self.timeout_s)
-        return self._depth or []
+    async def read(self) -> Counted:
+        """The stored count; starts one in the background when nobody counted for a while."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                self._last = await self.store.read()
+        except Exception as exc:  # the database is down: /metrics still answers
+            log.warning("queue depth not read: %s", exc)
+            return self._last
+        age = self._last.age_s
+        if age is None or age >= STEP_IN_AFTER * self._last.every_s(max(self.max_age_s, 1.0)):
+            if self._counting is None or self._counting.done():
+                self._counting = asyncio.create_task(self._count(), name="queue-depth")
+            if age is None:  # never counted: this first answer waits for the count
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._counting), self.timeout_s)
+                with contextlib.suppress(Exception):
+                    self._last = await self.store.read()
+        return self._last
 
     async def stop(self) -> None:
         """Cancel a count under way."""
@@ -52,7 +63,6 @@ class QueueDepth:
 
     async def _count(self) -> None:
         try:
-            self._depth = await queue_depth(self.engine)
-            self._at = time.monotonic()
-        except Exception as exc:  # the database is down: /metrics still answers
+            await self.store.count_if_stale(self.max_age_s)
+        except Exception as exc:
             log.warning("queue depth not counted: %s", exc)

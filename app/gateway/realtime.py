@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -25,8 +26,9 @@ from app.metrics import Metrics
 from app.openai.errors import APIError
 from app.openai.sse import StreamRelay, events_end, events_in, relay_for, sse_error
 from app.openai.upstream_errors import normalize_error
-from app.openai.usage import usage_of
+from app.openai.usage import estimate_usage, usage_of
 from app.openai.validation import Call
+from app.pricing import PriceBook
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
 from app.store.keys import ApiKey
@@ -36,7 +38,7 @@ from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_a
 from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
 from app.upstream.router import NoCapacity, Router
-from app.vocabulary import ErrorCode, Header, Status, error, upstream_status
+from app.vocabulary import ErrorCode, Header, PriceTier, Status, error, upstream_status
 
 log = logging.getLogger("tiergate.proxy")
 
@@ -69,9 +71,11 @@ class RealtimeProxy:
         upstream: UpstreamClient,
         router: Router,
         metrics: Metrics,
+        prices: PriceBook,
         gateway_id: str | None = None,
     ) -> None:
         self.gateway_id = gateway_id
+        self.prices = prices
         self.router = router
         self.store = store
         self.upstream = upstream
@@ -316,10 +320,23 @@ class RealtimeProxy:
         self.router.end(opened.deployment, fault=fault, telling=telling)
         await asyncio.shield(self._finish(rid, call, started, outcome))
 
+    def _priced(self, call: Call, outcome: Outcome) -> Outcome:
+        """The outcome with its usage (estimated if the upstream reported none) and cost,
+        counted in the metrics."""
+        usage = outcome.usage
+        if not usage.known:
+            usage = estimate_usage(call.body, outcome.response_body)
+        tier = PriceTier.DEFAULT
+        cost = self.prices.cost(call.model.name, outcome.deployment, tier, usage)
+        self.metrics.observe_usage(call.model.name, tier, call.key_name, usage, cost)
+        return dataclasses.replace(outcome, usage=usage, cost_usd=cost)
+
     async def _finish(self, rid: str, call: Call, started: float, outcome: Outcome) -> None:
         self.metrics.observe_request(
             call.endpoint, "default", outcome.status, time.perf_counter() - started
         )
+        if outcome.status == Status.COMPLETED:
+            outcome = self._priced(call, outcome)
         try:
             await self.tracking.submit(RealtimeEnd(rid, outcome))
         except Exception as exc:  # the reaper will close the row
@@ -364,7 +381,6 @@ def _outcome(
             deployment=deployment,
         )
         return outcome, content
-    given, produced, total = usage_of(body)
     keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
     if keep:
         content = _stamp_id(content, body, rid)
@@ -376,9 +392,7 @@ def _outcome(
         status=Status.COMPLETED,
         response_status=status,
         response_body=body if keep else None,
-        input_tokens=given,
-        output_tokens=produced,
-        total_tokens=total,
+        usage=usage_of(body),
         deployment=deployment,
     )
     return outcome, content
@@ -436,14 +450,11 @@ def _stream_outcome(relay: StreamRelay, status: int, served: str) -> Outcome:
         return Outcome(status=Status.FAILED, response_status=status, error=error, deployment=served)
     if not relay.done and not (body and body.get("object") == "chat.completion"):
         return _broken(status, "The upstream stream ended before its final event.", served)
-    given, produced, total = usage_of(body)
     return Outcome(
         status=Status.COMPLETED,
         response_status=status,
         response_body=body,
-        input_tokens=given,
-        output_tokens=produced,
-        total_tokens=total,
+        usage=usage_of(body),
         deployment=served,
     )
 

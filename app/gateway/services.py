@@ -14,6 +14,7 @@ from app.gateway.queue_depth import QueueDepth
 from app.gateway.realtime import RealtimeProxy
 from app.gateway.waiters import WaiterHub
 from app.metrics import Metrics
+from app.pricing import PriceBook
 from app.settings import Settings
 from app.store.batches import BatchStore
 from app.store.conversations import ConversationStore
@@ -46,6 +47,7 @@ class Services:
             url, pool_size=limits.db_pool_size, max_overflow=limits.db_max_overflow
         )
         self.metrics = Metrics()
+        self.prices = PriceBook(settings)
         self.keys = KeyStore(self.engine)
         self.key_cache = KeyCache(self.keys)
         self.requests = RequestStore(self.engine, retention_days=limits.retention.requests_days)
@@ -72,6 +74,7 @@ class Services:
             upstream=self.upstream,
             router=self.router,
             metrics=self.metrics,
+            prices=self.prices,
             gateway_id=self.presence.id,
         )
         self.deferred = DeferredCalls(

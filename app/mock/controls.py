@@ -14,7 +14,7 @@ INPUT_PREFIX = "mock:"
 _CONTROL_KEYS = frozenset(
     {
         "status", "retry_after", "sleep_ms", "trickle_ms", "fail_times", "key", "drop", "hold",
-        "error_format", "linger",
+        "error_format", "linger", "usage", "cached", "reasoning",
     }
 )  # fmt: skip
 # How an error answer is shaped: OpenAI's own, or as other servers answer (see payloads.py).
@@ -44,6 +44,9 @@ class Controls:
     hold: str | None = None
     linger: str | None = None
     error_format: str = "openai"
+    usage: bool = True  # usage=0: the answer reports no usage (as llama.cpp's server)
+    cached: int = 0  # cached=N: N of the input tokens were cached (at most all of them)
+    reasoning: int = 0  # reasoning=N: N of the output tokens were reasoning (at most all)
 
 
 def _control_pairs(spec: str) -> Iterator[tuple[str, str]]:
@@ -72,8 +75,10 @@ def _apply_control(fields: dict[str, Any], key: str, value: str) -> None:
         fields[key] = float(_int_value(key, value, 0, 3_600_000))
     elif key == "fail_times":
         fields["fail_times"] = _int_value(key, value, 0, 1_000_000)
-    elif key == "drop":
-        fields["drop"] = _int_value(key, value, 0, 1) == 1
+    elif key in ("drop", "usage"):
+        fields[key] = _int_value(key, value, 0, 1) == 1
+    elif key in ("cached", "reasoning"):
+        fields[key] = _int_value(key, value, 0, 1_000_000)
     elif key == "error_format":
         if value not in ERROR_FORMATS:
             raise BadRequestError(f"mock control 'error_format' must be one of {ERROR_FORMATS}")

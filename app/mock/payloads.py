@@ -4,6 +4,7 @@ completions and embeddings APIs, their SSE frames, and OpenAI-format error bodie
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import html
 import json
@@ -12,6 +13,7 @@ import re
 import secrets
 import struct
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, TypeGuard
 
@@ -191,6 +193,30 @@ def embeddings_text(body: dict[str, Any]) -> str:
     return first if isinstance(first, str) else ""
 
 
+def shape_usage(obj: Any, report: bool, cached: int, reasoning: int) -> None:
+    """Make ``obj`` (a Response, ChatCompletion or chunk) report no usage, or ``cached``
+    input and ``reasoning`` output tokens (capped at the totals). In place."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return
+    if not report:
+        if "prompt_tokens" in usage:
+            del obj["usage"]
+        else:
+            obj["usage"] = None
+        return
+    given = int(usage.get("input_tokens", usage.get("prompt_tokens")) or 0)
+    produced = int(usage.get("output_tokens", usage.get("completion_tokens")) or 0)
+    for name, field, value in (
+        ("input_tokens_details", "cached_tokens", min(cached, given)),
+        ("prompt_tokens_details", "cached_tokens", min(cached, given)),
+        ("output_tokens_details", "reasoning_tokens", min(reasoning, produced)),
+        ("completion_tokens_details", "reasoning_tokens", min(reasoning, produced)),
+    ):
+        if isinstance(usage.get(name), dict):
+            usage[name] = {**usage[name], field: value}
+
+
 def _usage(in_text: str, reply: str) -> tuple[int, int]:
     return _word_count(in_text), _word_count(reply)
 
@@ -280,11 +306,16 @@ def responses_events(model: str, in_text: str) -> list[dict[str, Any]]:
     ]
 
 
-def responses_sse(model: str, in_text: str) -> list[bytes]:
-    """SSE frames for a streamed Response, numbered from 0."""
+def responses_sse(
+    model: str, in_text: str, shape: Callable[[Any], None] | None = None
+) -> list[bytes]:
+    """SSE frames for a streamed Response, numbered from 0 (``shape`` edits the usage)."""
     frames = []
     for seq, event in enumerate(responses_events(model, in_text)):
         event = {**event, "sequence_number": seq}
+        if shape is not None and isinstance(event.get("response"), dict):
+            event["response"] = copy.deepcopy(event["response"])
+            shape(event["response"])
         frames.append(f"event: {event['type']}\ndata: {dumps(event)}\n\n".encode())
     return frames
 
@@ -344,9 +375,15 @@ def chat_chunks(model: str, in_text: str, include_usage: bool) -> list[dict[str,
     return chunks
 
 
-def chat_sse(model: str, in_text: str, include_usage: bool) -> list[bytes]:
+def chat_sse(
+    model: str, in_text: str, include_usage: bool, shape: Callable[[Any], None] | None = None
+) -> list[bytes]:
     """SSE frames for a streamed chat answer, ending with ``[DONE]``."""
-    frames = [f"data: {dumps(c)}\n\n".encode() for c in chat_chunks(model, in_text, include_usage)]
+    chunks = chat_chunks(model, in_text, include_usage)
+    if shape is not None:
+        for chunk in chunks:
+            shape(chunk)
+    frames = [f"data: {dumps(c)}\n\n".encode() for c in chunks]
     return [*frames, b"data: [DONE]\n\n"]
 
 
@@ -391,3 +428,111 @@ def embeddings_payload(body: dict[str, Any]) -> dict[str, Any]:
     tokens = sum(_input_tokens(v) for v in inputs)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return {"object": "list", "data": data, "model": body["model"], "usage": usage}
+
+
+# --- chat-only mode (``--api chat`` / ``--api legacy``): tool calls, token limits, formats ---
+
+LEGACY_REFUSED = "max_completion_tokens"
+
+
+def _last_message(body: dict[str, Any]) -> dict[str, Any]:
+    messages = body.get("messages") or [{}]
+    last = messages[-1]
+    return last if isinstance(last, dict) else {}
+
+
+def _tool_to_call(body: dict[str, Any]) -> str | None:
+    """The function the answer calls: with tools, unless the last message is a tool's result
+    (then the answer is text) or ``tool_choice`` is ``none``."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    choice = body.get("tool_choice")
+    if not tools or choice == "none" or _last_message(body).get("role") == "tool":
+        return None
+    if isinstance(choice, dict):
+        return str((choice.get("function") or {}).get("name"))
+    return str((tools[0].get("function") or {}).get("name"))
+
+
+def chat_answer(body: dict[str, Any], in_text: str, legacy: bool) -> tuple[Any, str | None, str]:
+    """What a chat-only server answers: (text, or None for a tool call; the function called;
+    finish_reason). The reply is ``echo: <text>``, ``tool said: <result>`` after a tool
+    message, or ``{"echo": <text>}`` when a JSON ``response_format`` is asked for; cut to
+    ``max_tokens`` words (also ``max_completion_tokens`` unless ``legacy``)."""
+    if legacy and LEGACY_REFUSED in body:
+        raise BadRequestError(
+            f"Unrecognized request argument supplied: {LEGACY_REFUSED}", LEGACY_REFUSED
+        )
+    function = _tool_to_call(body)
+    if function is not None:
+        return None, function, "tool_calls"
+    last = _last_message(body)
+    if last.get("role") == "tool":
+        reply = "tool said: " + _content_text(last.get("content"), frozenset({"text"}))
+    elif (body.get("response_format") or {}).get("type") in ("json_schema", "json_object"):
+        reply = dumps({"echo": in_text})
+    else:
+        reply = "echo: " + in_text
+    limit = body.get("max_tokens")
+    if limit is None and not legacy:
+        limit = body.get("max_completion_tokens")
+    words = _split_words(reply)
+    if isinstance(limit, int) and 0 < limit < len(words):
+        return "".join(words[:limit]), None, "length"
+    return reply, None, "stop"
+
+
+def _call(function: str, in_text: str) -> dict[str, Any]:
+    return {
+        "id": f"call_{_hex(8)}",
+        "type": "function",
+        "function": {"name": function, "arguments": dumps({"text": in_text})},
+    }
+
+
+def chat_only_payload(body: dict[str, Any], in_text: str, legacy: bool) -> dict[str, Any]:
+    """A ChatCompletion as a chat-only server answers it (see :func:`chat_answer`)."""
+    reply, function, finish = chat_answer(body, in_text, legacy)
+    payload = chat_payload(body["model"], in_text)
+    message = payload["choices"][0]["message"]
+    message["content"] = reply
+    if function is not None:
+        message["tool_calls"] = [_call(function, in_text)]
+    payload["choices"][0]["finish_reason"] = finish
+    payload["usage"] = _chat_usage(_word_count(in_text), _word_count(reply or in_text))
+    return payload
+
+
+def chat_only_sse(body: dict[str, Any], in_text: str, legacy: bool) -> list[bytes]:
+    """SSE frames of a streamed chat-only answer; the usage chunk only when
+    ``stream_options.include_usage`` is set."""
+    reply, function, finish = chat_answer(body, in_text, legacy)
+    options = body.get("stream_options") or {}
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    head = {
+        "id": f"chatcmpl-mock{_hex()}",
+        "object": "chat.completion.chunk",
+        "created": _now(),
+        "model": body["model"],
+    }
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {**head, "choices": [choice]}
+
+    chunks = [chunk({"role": "assistant", "content": "" if function is None else None})]
+    if function is None:
+        chunks += [chunk({"content": word}) for word in _split_words(reply)]
+    else:
+        call = _call(function, in_text)
+        arguments = call["function"]["arguments"]
+        opening = {**call, "index": 0, "function": {"name": function, "arguments": ""}}
+        chunks.append(chunk({"tool_calls": [opening]}))
+        half = len(arguments) // 2
+        for piece in (arguments[:half], arguments[half:]):
+            chunks.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+    chunks.append(chunk({}, finish))
+    if include_usage:
+        usage = _chat_usage(_word_count(in_text), _word_count(reply or in_text))
+        chunks.append({**head, "choices": [], "usage": usage})
+    frames = [f"data: {dumps(c)}\n\n".encode() for c in chunks]
+    return [*frames, b"data: [DONE]\n\n"]

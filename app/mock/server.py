@@ -35,12 +35,21 @@ Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
 * ``hold=NAME``: streaming only; after the first frame, wait for ``POST /_mock/release/NAME``.
 * ``linger=NAME``: streaming only; after the last frame, keep the body open until
   ``POST /_mock/release/NAME`` (a server slow to end its body after ``[DONE]``).
+* ``usage=0``: the answer reports no usage (as llama.cpp's server); ``cached=N`` and
+  ``reasoning=N``: that many input tokens were cached and output tokens were reasoning.
 * ``drop=1``: send the status line and headers, part of the body, then abort the connection
   (the ASGI app raises :class:`MockDropError` mid-body, so uvicorn closes the socket and a
   client sees an incomplete body, e.g. ``httpx.RemoteProtocolError``; in-process
   ``httpx.ASGITransport`` re-raises the error instead). A status line cannot be withheld:
   uvicorn answers 500 if an app fails before starting its response. :func:`run` hides the
   resulting uvicorn tracebacks; other servers will log them.
+
+``mock-upstream --api chat`` is a chat-only server (see ``MOCK_APIS``): ``/v1/responses``
+answers 404 ``{"detail": "Not Found"}``; a chat request with ``tools`` is answered with a call
+of the first (or the ``tool_choice``) function, arguments ``{"text": <last user text>}``; after
+a ``tool`` message the answer is ``tool said: <its content>``; a JSON ``response_format`` gets
+``{"echo": <text>}``; ``max_tokens`` cuts the answer to that many words (``finish_reason:
+length``). ``--api legacy`` also refuses ``max_completion_tokens`` (400).
 
 Tokens without ``=`` are ignored (so prose may follow); unknown keys or bad values are a 400.
 """
@@ -65,9 +74,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.mock.controls import BEHAVIOR_HEADER, BadRequestError, parse_controls, plan_for
+from app.mock.controls import (
+    BEHAVIOR_HEADER,
+    BadRequestError,
+    Controls,
+    parse_controls,
+    plan_for,
+)
 from app.mock.payloads import (
     SSE_MEDIA_TYPE,
+    chat_only_payload,
+    chat_only_sse,
     chat_payload,
     chat_sse,
     chat_text,
@@ -79,6 +96,7 @@ from app.mock.payloads import (
     responses_payload,
     responses_sse,
     responses_text,
+    shape_usage,
 )
 
 
@@ -92,6 +110,14 @@ class MockConfig:
 
     latency_ms: float
     fail_rate: float
+    api: str = "responses"  # or "chat" / "legacy": see MOCK_APIS
+
+
+# ``responses``: both APIs, as OpenAI and recent vLLM. ``chat``: no /v1/responses (404
+# ``{"detail": "Not Found"}``, as llama-cpp-python's server), chat answers with tool calls,
+# JSON formats and token limits. ``legacy``: ``chat``, and ``max_completion_tokens`` is an
+# unknown field (400), as servers that only know ``max_tokens``.
+MOCK_APIS = ("responses", "chat", "legacy")
 
 
 def _error_response(
@@ -151,28 +177,57 @@ def _json_or_drop(payload: dict[str, Any], drop: bool) -> Response:
     return JSONResponse(payload)
 
 
-def _reply_responses(body: dict[str, Any], text: str, drop: bool) -> Response:
+def _shaper(controls: Controls) -> Callable[[Any], None]:
+    return lambda obj: shape_usage(obj, controls.usage, controls.cached, controls.reasoning)
+
+
+def _reply_responses(body: dict[str, Any], text: str, drop: bool, controls: Controls) -> Response:
+    shape = _shaper(controls)
     if body.get("stream") is True:
-        return _stream(responses_sse(body["model"], text), SSE_MEDIA_TYPE, drop)
-    return _json_or_drop(responses_payload(body["model"], text), drop)
+        frames = responses_sse(body["model"], text, shape=shape)
+        return _stream(frames, SSE_MEDIA_TYPE, drop)
+    payload = responses_payload(body["model"], text)
+    shape(payload)
+    return _json_or_drop(payload, drop)
 
 
-def _reply_chat(body: dict[str, Any], text: str, drop: bool) -> Response:
+def _reply_chat(body: dict[str, Any], text: str, drop: bool, controls: Controls) -> Response:
+    shape = _shaper(controls)
     if body.get("stream") is True:
         options = body.get("stream_options") or {}
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return _stream(chat_sse(body["model"], text, include_usage), SSE_MEDIA_TYPE, drop)
-    return _json_or_drop(chat_payload(body["model"], text), drop)
+        include_usage = include_usage and controls.usage
+        frames = chat_sse(body["model"], text, include_usage, shape=shape)
+        return _stream(frames, SSE_MEDIA_TYPE, drop)
+    payload = chat_payload(body["model"], text)
+    shape(payload)
+    return _json_or_drop(payload, drop)
 
 
-def _reply_embeddings(body: dict[str, Any], text: str, drop: bool) -> Response:
-    return _json_or_drop(embeddings_payload(body), drop)
+def _reply_chat_only(legacy: bool) -> ReplyFn:
+    def reply(body: dict[str, Any], text: str, drop: bool, controls: Controls) -> Response:
+        try:
+            if body.get("stream") is True:
+                return _stream(chat_only_sse(body, text, legacy), SSE_MEDIA_TYPE, drop)
+            payload = chat_only_payload(body, text, legacy)
+            _shaper(controls)(payload)
+            return _json_or_drop(payload, drop)
+        except BadRequestError as exc:
+            return _error_response(400, exc.message, exc.param)
+
+    return reply
+
+
+def _reply_embeddings(body: dict[str, Any], text: str, drop: bool, controls: Controls) -> Response:
+    payload = embeddings_payload(body)
+    _shaper(controls)(payload)
+    return _json_or_drop(payload, drop)
 
 
 TextFn = Callable[[dict[str, Any]], str]
 
 
-ReplyFn = Callable[[dict[str, Any], str, bool], Response]
+ReplyFn = Callable[[dict[str, Any], str, bool, Controls], Response]
 
 
 async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
@@ -220,7 +275,7 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
         return _error_response(
             plan.status, plan.message, retry_after=plan.retry_after, error_format=plan.error_format
         )
-    response = reply(body, text, plan.drop)
+    response = reply(body, text, plan.drop, controls)
     if plan.trickle_ms:
         response = _trickled(response, plan.trickle_ms / 1000)
     if controls.hold and isinstance(response, StreamingResponse):
@@ -280,11 +335,18 @@ async def _release(request: Request) -> Response:
 
 
 async def _responses(request: Request) -> Response:
+    state = request.app.state
+    if state.config.api != "responses":  # a chat-only server has no such route
+        path = request.url.path
+        state.counts[path] = state.counts.get(path, 0) + 1
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
     return await _serve(request, responses_text, _reply_responses)
 
 
 async def _chat(request: Request) -> Response:
-    return await _serve(request, chat_text, _reply_chat)
+    api = request.app.state.config.api
+    reply = _reply_chat if api == "responses" else _reply_chat_only(api == "legacy")
+    return await _serve(request, chat_text, reply)
 
 
 async def _embeddings(request: Request) -> Response:
@@ -339,13 +401,17 @@ def create_mock_app(
     fail_rate: float = 0.0,
     seed: int | None = None,
     capacity: int | None = None,
+    api: str = "responses",
 ) -> Starlette:
     """Build the mock provider app.
 
     ``latency_ms`` delays every API answer; ``fail_rate`` is the probability of a 500;
     ``seed`` seeds the RNG used for ``fail_rate``; ``capacity`` is how many calls it serves at
-    once (the others queue, so latency grows, as a saturated vLLM's does).
+    once (the others queue, so latency grows, as a saturated vLLM's does); ``api`` is one
+    of ``MOCK_APIS``.
     """
+    if api not in MOCK_APIS:
+        raise ValueError(f"api must be one of {MOCK_APIS}")
     if latency_ms < 0:
         raise ValueError("latency_ms must be >= 0")
     if not 0.0 <= fail_rate <= 1.0:
@@ -363,7 +429,7 @@ def create_mock_app(
         Route("/_mock/outage", _outage, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
-    app.state.config = MockConfig(latency_ms=latency_ms, fail_rate=fail_rate)
+    app.state.config = MockConfig(latency_ms=latency_ms, fail_rate=fail_rate, api=api)
     app.state.rng = random.Random(seed)
     app.state.counts = {}
     app.state.fail_counts = {}
@@ -384,10 +450,15 @@ class _HideDrops(logging.Filter):
 
 
 def run(
-    host: str, port: int, latency_ms: float, fail_rate: float, capacity: int | None = None
+    host: str,
+    port: int,
+    latency_ms: float,
+    fail_rate: float,
+    capacity: int | None = None,
+    api: str = "responses",
 ) -> None:
     """Serve the mock provider with uvicorn (log level "warning") until interrupted."""
-    app = create_mock_app(latency_ms=latency_ms, fail_rate=fail_rate, capacity=capacity)
+    app = create_mock_app(latency_ms=latency_ms, fail_rate=fail_rate, capacity=capacity, api=api)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning")
     logging.getLogger("uvicorn.error").addFilter(_HideDrops())
     uvicorn.Server(config).run()

@@ -28,15 +28,16 @@ def _ts(value: Any) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
-def _usage(row: Row) -> dict[str, Any] | None:
+def usage_object(row: Row) -> dict[str, Any] | None:
+    """Responses-style ``usage`` of a request or batch row (None before any is known)."""
     if row["total_tokens"] is None:
         return None
     return {
-        "input_tokens": row["input_tokens"] or 0,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-        "output_tokens": row["output_tokens"] or 0,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": row["total_tokens"],
+        "input_tokens": int(row["input_tokens"] or 0),
+        "input_tokens_details": {"cached_tokens": int(row["cached_tokens"] or 0)},
+        "output_tokens": int(row["output_tokens"] or 0),
+        "output_tokens_details": {"reasoning_tokens": int(row["reasoning_tokens"] or 0)},
+        "total_tokens": int(row["total_tokens"]),
     }
 
 
@@ -127,7 +128,9 @@ def response_object(row: Row) -> dict[str, Any]:
     if body.get("previous_response_id") is not None:  # the upstream never saw it
         obj["previous_response_id"] = body["previous_response_id"]
     if obj.get("usage") is None:
-        obj["usage"] = _usage(row)
+        obj["usage"] = usage = usage_object(row)
+        if usage is not None:
+            usage["input_tokens_details"]["cache_write_tokens"] = 0  # a Response's usage has it
     if row["status"] == Status.COMPLETED:
         obj["completed_at"] = _ts(row["finished_at"])
     return obj
@@ -184,15 +187,6 @@ def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 def batch_object(row: Row) -> dict[str, Any]:
     """The OpenAI Batch object; counts are live while the batch runs."""
-    usage = None
-    if row["total_tokens"] is not None:
-        usage = {
-            "input_tokens": int(row["input_tokens"] or 0),
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": int(row["output_tokens"] or 0),
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": int(row["total_tokens"]),
-        }
     return {
         "id": row["id"],
         "object": "batch",
@@ -219,7 +213,7 @@ def batch_object(row: Row) -> dict[str, Any]:
             "failed": int(row["failed"] or 0),
         },
         "metadata": row["metadata"],
-        "usage": usage,
+        "usage": usage_object(row),
     }
 
 

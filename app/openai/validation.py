@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.openai.errors import APIError, bad_request
+from app.openai.translate import Untranslatable, chat_request
 from app.settings import ModelConfig, Settings
 from app.store.keys import ApiKey
 from app.vocabulary import Header
@@ -32,6 +33,7 @@ class Call:
     background: bool
     stream: bool
     pin: str | None = None  # x-tiergate-deployment: the one deployment that may serve it
+    key_name: str = ""  # the caller's key, as metrics name it
 
     @property
     def deferred(self) -> bool:
@@ -153,6 +155,15 @@ def _check_endpoint_fields(endpoint: str, body: dict[str, Any]) -> None:
         _require(body, "input", (str, list), "a string or a non-empty list")
 
 
+def check_translatable(body: dict[str, Any]) -> None:
+    """A Responses body a chat-only deployment can take, or a 400 naming what it cannot
+    (checked at acceptance, so flex, background and batch lines fail at once)."""
+    try:
+        chat_request(body)
+    except Untranslatable as exc:
+        raise bad_request(exc.message, param=exc.param, code=exc.code) from None
+
+
 def classify(
     endpoint: str,
     raw: bytes | bytearray,
@@ -228,6 +239,8 @@ def classify_body(
             f" its deployments are: {', '.join(names)}.",
             code="unknown_deployment",
         )
+    if endpoint == "/v1/responses" and settings.reaches_chat(model, pin):
+        check_translatable(body)
     return Call(
         endpoint=endpoint,
         body=body,
@@ -236,4 +249,5 @@ def classify_body(
         background=background,
         stream=stream,
         pin=pin,
+        key_name=key.name,
     )

@@ -72,15 +72,12 @@ FROM job
 BATCH_COLUMNS = """
 b.*, coalesce(b.completed_count, c.completed) AS completed,
 coalesce(b.failed_count, c.failed) AS failed,
-c.input_tokens, c.output_tokens, c.total_tokens,
 (SELECT r.model FROM requests r WHERE r.batch_id = b.id ORDER BY r.line_no LIMIT 1) AS model
 """
 COUNTS = f"""
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE r.status = '{Status.COMPLETED}') AS completed,
-           count(*) FILTER (WHERE r.status IN {sql_in(UNSUCCESSFUL)}) AS failed,
-           sum(r.input_tokens) AS input_tokens, sum(r.output_tokens) AS output_tokens,
-           sum(r.total_tokens) AS total_tokens
+           count(*) FILTER (WHERE r.status IN {sql_in(UNSUCCESSFUL)}) AS failed
     FROM requests r WHERE r.batch_id = b.id
 ) c ON true
 """
@@ -167,7 +164,8 @@ WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
-          r.expires_at < now() AS expired, r.deployment
+          r.expires_at < now() AS expired, r.deployment,
+          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 # ... and, when it starts, takes back the lines it had claimed in a run that died (a job
@@ -184,12 +182,39 @@ WHERE r.id = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
-          r.expires_at < now() AS expired, r.deployment
+          r.expires_at < now() AS expired, r.deployment,
+          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 BATCH_MODEL = text("SELECT model FROM requests WHERE batch_id = :batch LIMIT 1")
 
-FINISH_MANY = text(STORE_OUTCOMES)
+# Results of a chunk of lines, and their usage and cost added to their batch's running totals
+# (a Batch read never sums its lines). Only rows actually stored count.
+FINISH_MANY = text(
+    f"""
+WITH done AS ({STORE_OUTCOMES}
+    RETURNING r.batch_id, r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens,
+              r.total_tokens, r.cost_usd
+), sums AS (
+    SELECT batch_id, sum(input_tokens) AS input_tokens, sum(cached_tokens) AS cached_tokens,
+           sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens,
+           sum(total_tokens) AS total_tokens, sum(cost_usd) AS cost_usd
+    FROM done WHERE total_tokens IS NOT NULL GROUP BY batch_id
+), locked AS (
+    -- Batch rows locked in id order: flushes naming the same batches cannot deadlock.
+    SELECT id FROM batches WHERE id IN (SELECT batch_id FROM sums) ORDER BY id FOR UPDATE
+)
+UPDATE batches AS b
+SET input_tokens = coalesce(b.input_tokens, 0) + coalesce(s.input_tokens, 0),
+    cached_tokens = coalesce(b.cached_tokens, 0) + coalesce(s.cached_tokens, 0),
+    output_tokens = coalesce(b.output_tokens, 0) + coalesce(s.output_tokens, 0),
+    reasoning_tokens = coalesce(b.reasoning_tokens, 0) + coalesce(s.reasoning_tokens, 0),
+    total_tokens = coalesce(b.total_tokens, 0) + s.total_tokens,
+    cost_usd = CASE WHEN s.cost_usd IS NULL THEN b.cost_usd
+                    ELSE coalesce(b.cost_usd, 0) + s.cost_usd END
+FROM sums s WHERE b.id = s.batch_id AND b.id IN (SELECT id FROM locked)
+"""
+)
 REQUEUE_MANY = text(
     f"""
 UPDATE requests AS r

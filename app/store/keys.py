@@ -13,21 +13,25 @@ from app.ids import new_api_key, new_id
 from app.vocabulary import Channel
 
 INSERT_KEY = text(
-    "INSERT INTO api_keys (id, name, key_hash, key_prefix, models)"
-    " VALUES (:id, :name, :key_hash, :key_prefix, :models)"
+    "INSERT INTO api_keys (id, name, key_hash, key_prefix, models, is_admin)"
+    " VALUES (:id, :name, :key_hash, :key_prefix, :models, :is_admin)"
 )
 # Lookup by hash; revoked keys are simply not found.
 FIND_KEY = text(
-    "SELECT id, name, models FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL"
+    "SELECT id, name, models, is_admin FROM api_keys"
+    " WHERE key_hash = :key_hash AND revoked_at IS NULL"
 )
 REVOKE_KEY = text(
     "WITH r AS (UPDATE api_keys SET revoked_at = now()"
     " WHERE (id = :ident OR name = :ident) AND revoked_at IS NULL RETURNING id)"
     f" SELECT r.id, pg_notify('{Channel.KEYS}', r.id) FROM r"
 )
-GET_KEY = text("SELECT id, name, models FROM api_keys WHERE id = :id AND revoked_at IS NULL")
+GET_KEY = text(
+    "SELECT id, name, models, is_admin FROM api_keys WHERE id = :id AND revoked_at IS NULL"
+)
 LIST_KEYS = text(
-    "SELECT id, name, key_prefix, models, created_at, revoked_at FROM api_keys ORDER BY created_at"
+    "SELECT id, name, key_prefix, models, is_admin, created_at, revoked_at FROM api_keys"
+    " ORDER BY created_at"
 )
 
 
@@ -42,9 +46,19 @@ class ApiKey:
     id: str
     name: str
     models: tuple[str, ...] | None
+    is_admin: bool = False  # may read the organization usage and costs of every key
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        name=row.name,
+        models=tuple(row.models) if row.models else None,
+        is_admin=bool(row.is_admin),
+    )
 
 
 class KeyStore:
@@ -53,10 +67,14 @@ class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def create(self, name: str, models: list[str] | None) -> tuple[ApiKey, str]:
+    async def create(
+        self, name: str, models: list[str] | None, *, admin: bool = False
+    ) -> tuple[ApiKey, str]:
         """Create a key; returns it with its secret (never stored in clear)."""
         secret = new_api_key()
-        key = ApiKey(id=new_id("key_"), name=name, models=tuple(models) if models else None)
+        key = ApiKey(
+            id=new_id("key_"), name=name, models=tuple(models) if models else None, is_admin=admin
+        )
         async with self.engine.connect() as conn:
             await conn.execute(
                 INSERT_KEY,
@@ -66,6 +84,7 @@ class KeyStore:
                     "key_hash": hash_key(secret),
                     "key_prefix": secret[:7],
                     "models": list(models) if models else None,
+                    "is_admin": admin,
                 },
             )
         return key, secret
@@ -75,7 +94,7 @@ class KeyStore:
             row = (await conn.execute(FIND_KEY, {"key_hash": hash_key(secret)})).first()
         if row is None:
             return None
-        return ApiKey(id=row.id, name=row.name, models=tuple(row.models) if row.models else None)
+        return _key(row)
 
     async def get(self, id: str) -> ApiKey | None:
         """An active key by id (for work done on its behalf later, e.g. batch validation)."""
@@ -83,7 +102,7 @@ class KeyStore:
             row = (await conn.execute(GET_KEY, {"id": id})).first()
         if row is None:
             return None
-        return ApiKey(id=row.id, name=row.name, models=tuple(row.models) if row.models else None)
+        return _key(row)
 
     async def revoke(self, ident: str) -> list[str]:
         """Revoke by id or name; gateways drop the key from their caches via NOTIFY."""

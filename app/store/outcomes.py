@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
+from app.openai.usage import NO_USAGE, TokenUsage
 from app.vocabulary import Status
+
+# The usage columns an outcome sets, from the arrays of :func:`outcome_arrays` aliased ``u``.
+SET_USAGE = """input_tokens = u.input_tokens, output_tokens = u.output_tokens,
+    total_tokens = u.total_tokens, cached_tokens = u.cached_tokens,
+    reasoning_tokens = u.reasoning_tokens, usage_estimated = u.usage_estimated,
+    cost_usd = u.cost_usd"""
 
 # The outcomes of many attempts, one row each, guarded by status and by the attempt number
 # (a late or rescued-from worker cannot overwrite anything). Its arrays: ``ids``,
@@ -15,16 +23,18 @@ STORE_OUTCOMES = f"""
 UPDATE requests AS r
 SET status = u.status, response_status = u.response_status,
     response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
-    input_tokens = u.input_tokens, output_tokens = u.output_tokens,
-    total_tokens = u.total_tokens, deployment = COALESCE(u.deployment, r.deployment),
+    {SET_USAGE}, deployment = COALESCE(u.deployment, r.deployment),
     finished_at = now()
 FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
             CAST(:response_statuses AS int[]), CAST(:response_bodies AS text[]),
             CAST(:errors AS text[]), CAST(:input_tokens AS int[]),
             CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]),
+            CAST(:cached_tokens AS int[]), CAST(:reasoning_tokens AS int[]),
+            CAST(:usage_estimated AS boolean[]), CAST(:costs AS numeric[]),
             CAST(:deployments AS text[]))
      AS u(id, attempt, status, response_status, response_body, error, input_tokens,
-          output_tokens, total_tokens, deployment)
+          output_tokens, total_tokens, cached_tokens, reasoning_tokens, usage_estimated,
+          cost_usd, deployment)
 WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
 """
 
@@ -37,9 +47,9 @@ class Outcome:
     response_status: int | None = None
     response_body: Any = None
     error: dict[str, Any] | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    total_tokens: int | None = None
+    usage: TokenUsage = NO_USAGE
+    # USD, exact; None when unknown (no usage, or no price configured).
+    cost_usd: Decimal | None = None
     # The body as the upstream sent it, when known: bulk writes store it without re-encoding.
     response_text: str | None = None
     # The deployment that answered (``model/deployment`` when a fallback model did).
@@ -52,9 +62,13 @@ class Outcome:
             "response_status": self.response_status,
             "response_body": self.response_body,
             "error": self.error,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "total_tokens": self.total_tokens,
+            "input_tokens": self.usage.input,
+            "output_tokens": self.usage.output,
+            "total_tokens": self.usage.total,
+            "cached_tokens": self.usage.cached,
+            "reasoning_tokens": self.usage.reasoning,
+            "usage_estimated": self.usage.estimated,
+            "cost_usd": self.cost_usd,
             "deployment": self.deployment,
         }
 
@@ -76,8 +90,12 @@ def outcome_arrays(outcomes: list[Outcome]) -> dict[str, list[Any]]:
         "response_statuses": [o.response_status for o in outcomes],
         "response_bodies": [o.response_text or _json_or_none(o.response_body) for o in outcomes],
         "errors": [_json_or_none(o.error) for o in outcomes],
-        "input_tokens": [o.input_tokens for o in outcomes],
-        "output_tokens": [o.output_tokens for o in outcomes],
-        "total_tokens": [o.total_tokens for o in outcomes],
+        "input_tokens": [o.usage.input for o in outcomes],
+        "output_tokens": [o.usage.output for o in outcomes],
+        "total_tokens": [o.usage.total for o in outcomes],
+        "cached_tokens": [o.usage.cached for o in outcomes],
+        "reasoning_tokens": [o.usage.reasoning for o in outcomes],
+        "usage_estimated": [o.usage.estimated for o in outcomes],
+        "costs": [o.cost_usd for o in outcomes],
         "deployments": [o.deployment for o in outcomes],
     }

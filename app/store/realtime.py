@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.store.outcomes import Outcome, dumps, outcome_arrays
+from app.store.outcomes import SET_USAGE, Outcome, dumps, outcome_arrays
 from app.vocabulary import Status, Tier
 
 
@@ -31,17 +31,17 @@ FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[],
 
 
 def _finish_sql(n: int) -> str:
-    """UPDATE of realtime rows that ended, its 9 arrays as $n..$n+8 (asyncpg placeholders)."""
+    """UPDATE of realtime rows that ended, its 13 arrays as $n..$n+12 (asyncpg placeholders)."""
     return f"""
 UPDATE requests AS r
 SET status = u.status, response_status = u.response_status,
     response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
-    input_tokens = u.input_tokens, output_tokens = u.output_tokens,
-    total_tokens = u.total_tokens, deployment = u.deployment, finished_at = now()
+    {SET_USAGE}, deployment = u.deployment, finished_at = now()
 FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::int[], ${n + 3}::text[], ${n + 4}::text[],
-            ${n + 5}::int[], ${n + 6}::int[], ${n + 7}::int[], ${n + 8}::text[])
+            ${n + 5}::int[], ${n + 6}::int[], ${n + 7}::int[], ${n + 8}::int[], ${n + 9}::int[],
+            ${n + 10}::boolean[], ${n + 11}::numeric[], ${n + 12}::text[])
      AS u(id, status, response_status, response_body, error, input_tokens, output_tokens,
-          total_tokens, deployment)
+          total_tokens, cached_tokens, reasoning_tokens, usage_estimated, cost_usd, deployment)
 WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}'
 """
 

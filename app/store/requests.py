@@ -74,7 +74,8 @@ WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
     ) AS picked
 ))
 RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
-          r.expires_at < now() AS expired, r.deployment, r.pinned_deployment
+          r.expires_at < now() AS expired, r.deployment, r.pinned_deployment, r.service_tier,
+          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name
 """
 ).columns(body=JSONB)
 
@@ -152,11 +153,6 @@ SELECT id FROM r
 )
 
 FINAL_AMONG = text(f"SELECT id FROM requests WHERE id = ANY(:ids) AND status IN {sql_in(FINAL)}")
-
-QUEUE_DEPTH = text(
-    "SELECT model, service_tier, status, count(*) AS n FROM requests"
-    f" WHERE status IN {sql_in(LIVE)} GROUP BY model, service_tier, status"
-)
 
 
 @dataclass(frozen=True)
@@ -319,9 +315,3 @@ class RequestStore:
         """Which of these requests are already final (the waiters' safety net: one query)."""
         async with self.engine.connect() as conn:
             return list((await conn.execute(FINAL_AMONG, {"ids": ids})).scalars())
-
-
-async def queue_depth(engine: AsyncEngine) -> list[tuple[str, str, str, int]]:
-    """Live rows by model, tier and status (served by the partial index on live statuses)."""
-    async with engine.connect() as conn:
-        return [(r.model, r.service_tier, r.status, r.n) for r in await conn.execute(QUEUE_DEPTH)]

@@ -8,15 +8,19 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    Numeric,
     SmallInteger,
     Table,
     Text,
+    false,
     func,
     text,
 )
@@ -35,6 +39,13 @@ api_keys = Table(
     Column("key_hash", Text, nullable=False, unique=True, comment="sha256 of the secret key"),
     Column("key_prefix", Text, nullable=False, comment="first characters, for humans"),
     Column("models", ARRAY(Text), nullable=True, comment="allowed models; NULL means all"),
+    Column(
+        "is_admin",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="may read every key's usage and costs",
+    ),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
@@ -107,6 +118,17 @@ batches = Table(
     Column("expired_at", DateTime(timezone=True), nullable=True),
     Column("cancelling_at", DateTime(timezone=True), nullable=True),
     Column("cancelled_at", DateTime(timezone=True), nullable=True),
+    *(
+        Column(name, BigInteger, nullable=True, comment="sum over the lines")
+        for name in (
+            "input_tokens",
+            "cached_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "total_tokens",
+        )
+    ),
+    Column("cost_usd", Numeric, nullable=True, comment="sum over the priced lines"),
     Index("batches_owner_idx", "owner_key_id", "id"),
     # Retention deletes the oldest finished batches first.
     Index("batches_created_idx", "created_at"),
@@ -166,6 +188,26 @@ requests = Table(
         nullable=True,
         comment="the worker process running a deferred request's attempt",
     ),
+    Column(
+        "cached_tokens",
+        Integer,
+        nullable=True,
+        comment="input tokens read from the provider's prompt cache",
+    ),
+    Column("reasoning_tokens", Integer, nullable=True, comment="output tokens spent on reasoning"),
+    Column(
+        "usage_estimated",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="tiergate counted the tokens (the upstream reported none)",
+    ),
+    Column(
+        "cost_usd",
+        Numeric,
+        nullable=True,
+        comment="USD, exact; NULL when unknown (no usage or no price configured)",
+    ),
     # Batch lines in input order (result files); also serves lookups by batch_id alone.
     Index(
         "requests_batch_line_idx",
@@ -212,6 +254,12 @@ requests = Table(
             f"status = '{Status.PENDING}' AND custom_id IS NULL AND not_before IS NOT NULL"
         ),
     ),
+    # Usage reports bucket finished requests by their finish time.
+    Index(
+        "requests_finished_at_idx",
+        "finished_at",
+        postgresql_where=text("finished_at IS NOT NULL"),
+    ),
     # Hot queries (queue depth, rescue, expiry) only look at live rows: keep them small.
     Index(
         "requests_live_idx",
@@ -220,4 +268,27 @@ requests = Table(
         "service_tier",
         postgresql_where=text(f"status IN {sql_in(LIVE)}"),
     ),
+)
+
+
+# /metrics' queue depth: the last count of live rows, taken by one process at a time (see
+# app/store/queue_depth.py), so scrapes read a few rows instead of counting a large queue.
+queue_depth = Table(
+    "queue_depth",
+    metadata,
+    Column("model", Text, primary_key=True),
+    Column("service_tier", Text, primary_key=True),
+    Column("status", Text, primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    comment="live requests by model, tier and status, as last counted",
+)
+
+queue_depth_counted = Table(
+    "queue_depth_counted",
+    metadata,
+    Column("one", Boolean, primary_key=True, server_default=text("true")),
+    Column("counted_at", DateTime(timezone=True), nullable=True, comment="NULL: never"),
+    Column("took_s", Float, nullable=False, server_default=text("0"), comment="last count's time"),
+    CheckConstraint("one", name="queue_depth_counted_one_row"),
+    comment="when queue_depth was last counted (one row)",
 )

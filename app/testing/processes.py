@@ -117,19 +117,28 @@ def start_gateway(
     return Gateway(url=url, process=process)
 
 
-def start_worker(*, database_url: str, config: Path, log: Path, concurrency: int = 8) -> Process:
+def start_worker(
+    *,
+    database_url: str,
+    config: Path,
+    log: Path,
+    concurrency: int = 8,
+    metrics_port: int | None = None,
+) -> Process:
+    metrics = ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
     return Process(
-        ["worker", "--concurrency", str(concurrency)],
+        ["worker", "--concurrency", str(concurrency), *metrics],
         base_env(DATABASE_URL=database_url, TIERGATE_CONFIG=str(config)),
         log,
     ).start()
 
 
 def start_mock_upstream(
-    log: Path, latency_ms: float = 0.0, capacity: int | None = None
+    log: Path, latency_ms: float = 0.0, capacity: int | None = None, api: str = "responses"
 ) -> tuple[str, Process]:
     port = free_port()
     args = ["mock-upstream", "--port", str(port), "--latency-ms", str(latency_ms)]
+    args += ["--api", api]
     if capacity:
         args += ["--capacity", str(capacity)]
     process = Process(args, base_env(), log).start()
@@ -139,11 +148,15 @@ def start_mock_upstream(
     return url, process
 
 
-def create_key(database_url: str, name: str, models: str | None = None) -> str:
+def create_key(
+    database_url: str, name: str, models: str | None = None, *, admin: bool = False
+) -> str:
     """``tiergate keys create``: the secret is the last line of its output."""
     args = [sys.executable, "-m", "app.cli", "keys", "create", "--name", name]
     if models:
         args += ["--models", models]
+    if admin:
+        args.append("--admin")
     out = subprocess.run(
         args,
         env=base_env(DATABASE_URL=database_url),

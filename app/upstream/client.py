@@ -19,9 +19,12 @@ import httpx
 from starlette.types import ASGIApp
 
 from app.mock.server import create_mock_app
+from app.openai.errors import error_body
+from app.openai.translate import Untranslatable, chat_request, rename_token_limit
 from app.openai.upstream_errors import normalize_error
 from app.settings import MOCK_UPSTREAM, Settings
 from app.upstream.aiohttp_transport import AiohttpTransport
+from app.upstream.chat_api import BadChatAnswer, translated_reply, translated_stream
 from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
 from app.vocabulary import ErrorCode, upstream_status
@@ -30,6 +33,8 @@ from app.vocabulary import ErrorCode, upstream_status
 # previous_response_id names a tiergate Response, resolved into the input at acceptance.
 GATEWAY_FIELDS = ("service_tier", "background", "previous_response_id")
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+RESPONSES_PATH = "/v1/responses"
+CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass
@@ -57,16 +62,27 @@ class UpstreamReply:
     text: str
 
 
-def prepare_body(deployment: Deployment, body: dict[str, Any]) -> dict[str, Any]:
-    """The body the provider sees: its own model name, no gateway-only fields."""
+def prepare_body(
+    deployment: Deployment, body: dict[str, Any], endpoint: str = ""
+) -> dict[str, Any]:
+    """The body the provider sees: its own model name, no gateway-only fields, a chat
+    call's token limit in the field the deployment reads (if one is set)."""
     out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     out["model"] = deployment.target_model
+    if deployment.token_field is not None and endpoint == CHAT_PATH:
+        out = rename_token_limit(out, deployment.token_field)
     return out
 
 
 def _not_streamed(body: dict[str, Any]) -> dict[str, Any]:
     """A (flex) body that asked for a stream, as a plain call: tiergate replays the result."""
     return {**{k: v for k, v in body.items() if k != "stream_options"}, "stream": False}
+
+
+def untranslatable(exc: Untranslatable) -> UpstreamError:
+    """A Responses call a chat-only deployment cannot take: final, and the client's fault."""
+    body = error_body(exc.message, param=exc.param, code=exc.code)
+    return UpstreamError(ErrorCode.UNTRANSLATABLE, exc.message, False, status=400, body=body)
 
 
 def retry_after(headers: httpx.Headers) -> float | None:
@@ -141,7 +157,9 @@ class UpstreamClient:
         else:
             transport, base = next(self._next), deployment.upstream
         headers = {"content-type": "application/json", "accept": "*/*", **deployment.headers()}
-        content = json.dumps(prepare_body(deployment, body), separators=(",", ":")).encode()
+        content = json.dumps(
+            prepare_body(deployment, body, endpoint), separators=(",", ":")
+        ).encode()
         timeout_s = deployment.model.timeout_s
         timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
         request = httpx.Request(
@@ -176,13 +194,48 @@ class UpstreamClient:
     async def open(
         self, deployment: Deployment, endpoint: str, body: dict[str, Any]
     ) -> AsyncIterator[httpx.Response]:
-        """A call whose body is read by the caller (the realtime proxy relays it)."""
+        """A call whose body is read by the caller (the realtime proxy relays it).
+
+        A Responses call to a chat-only deployment goes out as a chat call; the caller gets
+        its answer as a Response object or Responses event stream (``chat_api.py``).
+        """
+        if deployment.speaks_chat and endpoint == RESPONSES_PATH:
+            async with self._open_translated(deployment, body) as translated:
+                yield translated
+            return
         transport, request = self._request(deployment, endpoint, body)
         with _mapped_errors():
             response = await transport.handle_async_request(request)
         response.request = request
         try:
             yield response
+        finally:
+            await response.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _open_translated(
+        self, deployment: Deployment, body: dict[str, Any]
+    ) -> AsyncIterator[httpx.Response]:
+        try:
+            chat = chat_request(body, deployment.token_field or "max_tokens")
+        except Untranslatable as exc:
+            raise untranslatable(exc) from None
+        transport, request = self._request(deployment, CHAT_PATH, chat)
+        with _mapped_errors():
+            response = await transport.handle_async_request(request)
+        response.request = request
+        try:
+            if response.status_code >= 400:
+                yield response  # errors as the upstream sent them (callers normalize them)
+            elif chat.get("stream"):
+                yield translated_stream(response, body)
+            else:
+                content = await read_all(response)
+                try:
+                    translated = translated_reply(response, body, content)
+                except BadChatAnswer as exc:
+                    raise UpstreamError(exc.code, str(exc), True) from None
+                yield translated
         finally:
             await response.aclose()
 

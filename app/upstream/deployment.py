@@ -10,6 +10,7 @@ from typing import Any
 
 from app.settings import DeploymentConfig, HealthLimits, ModelConfig
 from app.upstream.health import Health
+from app.vocabulary import TokenField, UpstreamApi
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -57,6 +58,14 @@ class Deployment:
     # What the other live processes last published (their heartbeats).
     others_realtime: int = 0
     others_deferred: int = 0
+    # From the config (the deployment's, else the model's), fixed for the process.
+    speaks_chat: bool = field(init=False)
+    token_field: TokenField | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.speaks_chat = (self.config.api or self.model.api) == UpstreamApi.CHAT
+        default = TokenField.MAX_TOKENS if self.speaks_chat else None
+        self.token_field = self.config.max_tokens_field or self.model.max_tokens_field or default
 
     @property
     def in_flight(self) -> int:

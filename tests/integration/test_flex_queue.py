@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
+from app.openai.usage import TokenUsage
 from app.store.dburl import DatabaseURL
 from app.store.keys import ApiKey
 from app.store.outcomes import Outcome
@@ -151,7 +152,7 @@ async def test_results_of_many_attempts_are_one_statement_that_wakes_their_clien
             Finish(
                 row["id"],
                 row["attempts"],
-                Outcome(status=Status.COMPLETED, response_body={"n": i}, total_tokens=i),
+                Outcome(status=Status.COMPLETED, response_body={"n": i}, usage=TokenUsage(total=i)),
             )
             for i, row in enumerate(rows)
         ]

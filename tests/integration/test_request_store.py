@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from sqlalchemy import text
 
 from app.ids import request_id
+from app.openai.usage import TokenUsage
 from app.store.keys import ApiKey
 from app.store.outcomes import Outcome
 from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker
@@ -173,17 +176,19 @@ async def test_realtime_starts_and_ends_share_one_statement(
         status=Status.COMPLETED,
         response_status=200,
         response_body={"ok": True},
-        input_tokens=1,
-        output_tokens=2,
-        total_tokens=3,
+        usage=TokenUsage(input=5, output=2, total=7, cached=3, reasoning=1, estimated=True),
+        cost_usd=Decimal("0.000012345678901234"),
     )
     await tracker.track([second_start, RealtimeEnd(first, done)])  # both kinds at once
     one, two = await store.get(first, owner.id), await store.get(second, owner.id)
     assert (one["status"], one["total_tokens"], one["response_body"]) == (
         "completed",
-        3,
+        7,
         {"ok": True},
     )
+    stored = [one[c] for c in ("input_tokens", "output_tokens", "cached_tokens")]
+    stored += [one[c] for c in ("reasoning_tokens", "usage_estimated", "cost_usd")]
+    assert stored == [5, 2, 3, 1, True, Decimal("0.000012345678901234")]
     assert two["status"] == "in_progress"
 
 

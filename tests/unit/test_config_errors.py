@@ -76,3 +76,53 @@ def test_serve_stops_with_the_message_and_no_traceback(tmp_path: Path):
     assert done.returncode == 2
     assert "line 6 (models[0].deployments[0].weight)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+CHAT = """\
+models:
+  - name: local
+    api: {api}
+    max_tokens_field: {field}
+    deployments:
+      - name: old
+        upstream: http://10.0.0.5:8000/v1
+      - name: new
+        upstream: http://10.0.0.6:8000/v1
+        api: responses
+        max_tokens_field: {deployment_field}
+"""
+
+
+def load_chat(tmp_path: Path, **values: str) -> Settings:
+    fields = {"api": "chat", "field": "max_tokens", "deployment_field": "max_completion_tokens"}
+    path = tmp_path / "tiergate.yaml"
+    path.write_text(CHAT.format(**(fields | values)))
+    return Settings.from_env({"TIERGATE_CONFIG": str(path)})
+
+
+def test_api_and_token_field_per_model_and_deployment(tmp_path: Path):
+    from app.upstream.deployment import Deployment
+
+    settings = load_chat(tmp_path)
+    model = settings.models["local"]
+    old, new = (Deployment.of(model, d, settings.limits.health) for d in model.deployments)
+    assert (old.speaks_chat, old.token_field) == (True, "max_tokens")
+    assert (new.speaks_chat, new.token_field) == (False, "max_completion_tokens")
+    assert model.speaks_chat() and model.speaks_chat("old") and not model.speaks_chat("new")
+
+
+@pytest.mark.parametrize(
+    ("values", "line", "words"),
+    [
+        ({"api": "chatty"}, 3, "'responses' or 'chat'"),
+        ({"field": "n_predict"}, 4, "'max_tokens' or 'max_completion_tokens'"),
+        ({"deployment_field": "tokens"}, 11, "'max_tokens' or 'max_completion_tokens'"),
+    ],
+)
+def test_chat_settings_mistakes_name_their_line(
+    tmp_path: Path, values: dict[str, str], line: int, words: str
+):
+    with pytest.raises(ConfigError) as caught:
+        load_chat(tmp_path, **values)
+    message = str(caught.value)
+    assert f"tiergate.yaml line {line}" in message and words in message

@@ -390,3 +390,69 @@ async def test_error_format_answers_like_other_servers(
     assert body in r.text
     bad = {"model": MODEL, "input": "mock:status=404,error_format=xml x"}
     assert (await client.post("/v1/responses", json=bad)).status_code == 400
+
+
+# --- chat-only mode (--api chat / legacy) ------------------------------------------------
+
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+
+
+async def test_chat_only_mode_has_no_responses_route() -> None:
+    async with _client(api="chat") as c:
+        r = await c.post("/v1/responses", json={"model": MODEL, "input": "hi"})
+        assert (r.status_code, r.json()) == (404, {"detail": "Not Found"})
+        stats = (await c.get("/_mock/stats")).json()
+        assert stats == {"/v1/responses": 1}
+
+
+async def test_chat_only_tool_call_then_tool_result() -> None:
+    async with _client(api="chat") as c:
+        ask = [{"role": "user", "content": "paris"}]
+        r = await c.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": ask, "tools": TOOLS}
+        )
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        (call,) = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "weather"
+        assert json.loads(call["function"]["arguments"]) == {"text": "paris"}
+        after = [
+            *ask,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "sunny"},
+        ]
+        r = await c.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": after, "tools": TOOLS}
+        )
+        assert r.json()["choices"][0]["message"]["content"] == "tool said: sunny"
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_chat_only_usage_chunk_only_when_asked(include_usage: bool) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "a b c"}],
+        "stream": True,
+        "stream_options": {"include_usage": include_usage},
+        "max_tokens": 2,
+    }
+    async with _client(api="chat") as c:
+        r = await c.post("/v1/chat/completions", json=body)
+    frames = _chat_frames(r.text)
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert any(c.get("usage") for c in chunks) is include_usage
+    finishes = [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch["finish_reason"]]
+    assert finishes == ["length"]
+    text = "".join(ch["delta"].get("content") or "" for c in chunks for ch in c["choices"])
+    assert text == "echo: a"  # two words
+
+
+async def test_legacy_mode_refuses_max_completion_tokens() -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+    async with _client(api="legacy") as c:
+        refused = await c.post("/v1/chat/completions", json={**body, "max_completion_tokens": 3})
+        known = await c.post("/v1/chat/completions", json={**body, "max_tokens": 3})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "max_completion_tokens"
+    assert known.status_code == 200

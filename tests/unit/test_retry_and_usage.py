@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from app.openai.usage import StreamUsage, usage_of
+from app.openai.usage import NO_USAGE, StreamUsage, TokenUsage, usage_of
 from app.upstream.client import error_from_status, retry_after
 from worker.execute import backoff_s
 
@@ -33,14 +33,24 @@ def test_status_classification():
 
 
 def test_usage_of_each_shape():
-    assert usage_of({"usage": {"input_tokens": 2, "output_tokens": 3, "total_tokens": 5}}) == (
-        2,
-        3,
-        5,
-    )
-    assert usage_of({"usage": {"prompt_tokens": 4, "completion_tokens": 1}}) == (4, 1, 5)
-    assert usage_of({"usage": {"prompt_tokens": 4, "total_tokens": 4}}) == (4, None, 4)
-    assert usage_of({"no": "usage"}) == (None, None, None)
+    responses = {
+        "input_tokens": 20,
+        "output_tokens": 30,
+        "total_tokens": 50,
+        "input_tokens_details": {"cached_tokens": 8},
+        "output_tokens_details": {"reasoning_tokens": 12},
+    }
+    assert usage_of({"usage": responses}) == TokenUsage(20, 30, 50, cached=8, reasoning=12)
+    chat = {
+        "prompt_tokens": 4,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 2},
+        "completion_tokens_details": {"reasoning_tokens": 1},
+    }
+    assert usage_of({"usage": chat}) == TokenUsage(4, 1, 5, cached=2, reasoning=1)
+    assert usage_of({"usage": {"prompt_tokens": 4, "total_tokens": 4}}) == TokenUsage(4, None, 4)
+    assert usage_of({"no": "usage"}) == NO_USAGE and not NO_USAGE.known
+    assert usage_of({"usage": None}) == NO_USAGE
 
 
 def test_stream_usage_across_chunk_boundaries():
@@ -51,4 +61,4 @@ def test_stream_usage_across_chunk_boundaries():
     watcher = StreamUsage()
     for i in range(0, len(event), 7):
         watcher.feed(event[i : i + 7])
-    assert watcher.usage == (1, 2, 3) and not watcher.failed
+    assert watcher.usage == TokenUsage(1, 2, 3) and not watcher.failed

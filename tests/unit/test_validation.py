@@ -67,3 +67,42 @@ def test_metadata_limits():
     with pytest.raises(APIError):
         call("/v1/responses", model="mock", input="x", metadata={"k" * 65: "v"})
     assert call("/v1/responses", model="mock", input="x", metadata={"k": "v" * 512})
+
+
+def chat_settings() -> Settings:
+    settings = Settings()
+    settings.apply_config(
+        {
+            "models": [
+                {"name": "local", "upstream": "http://127.0.0.1:1/v1", "api": "chat"},
+                {"name": "cloud", "upstream": "http://127.0.0.1:2/v1", "fallbacks": ["local"]},
+                {
+                    "name": "mixed",
+                    "deployments": [
+                        {"name": "a", "upstream": "http://127.0.0.1:3/v1"},
+                        {"name": "b", "upstream": "http://127.0.0.1:4/v1", "api": "chat"},
+                    ],
+                },
+            ]
+        }
+    )
+    return settings
+
+
+@pytest.mark.parametrize("model", ["local", "cloud", "mixed"])
+def test_a_chat_only_upstream_refuses_what_it_cannot_translate(model: str):
+    body = {"model": model, "input": "x", "tools": [{"type": "web_search"}]}
+    with pytest.raises(APIError) as info:
+        classify("/v1/responses", json.dumps(body).encode(), chat_settings(), ANY)
+    assert info.value.status == 400
+    assert info.value.param == "tools[0].type" and info.value.code == "unsupported_parameter"
+
+
+def test_only_calls_that_may_reach_chat_are_checked():
+    settings = chat_settings()
+    body = json.dumps({"model": "mixed", "input": "x", "include": ["reasoning"]}).encode()
+    assert classify("/v1/responses", body, settings, ANY, pin="a").model.name == "mixed"
+    with pytest.raises(APIError):
+        classify("/v1/responses", body, settings, ANY, pin="b")
+    fine = {"model": "local", "input": "x", "tools": [{"type": "function", "name": "f"}]}
+    assert classify("/v1/responses", json.dumps(fine).encode(), settings, ANY).stream is False

@@ -39,7 +39,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     gateway = services(request)
-    body = gateway.metrics.render(await gateway.queue_depth.read(), gateway.hub.waiting)
+    counted = await gateway.queue_depth.read()
+    body = gateway.metrics.render(counted.depth, counted.age_s, gateway.hub.waiting)
     return Response(body, media_type="text/plain; version=0.0.4")
 
 
