@@ -213,28 +213,40 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "responses": _responses(_ok(ref("Deleted")), "404"),
         },
     }
+    paths["/v1/responses/{id}/input_items"] = {
+        "parameters": [_id_param("request")],
+        "get": {
+            "operationId": "list_input_items",
+            "description": "A Response's input items, an earlier response's history included"
+            " when it was built with previous_response_id",
+            "parameters": [
+                {
+                    "name": "after",
+                    "in": "query",
+                    "description": "The id of the last item of the previous page (400 if the"
+                    " response has no such item)",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                },
+                {
+                    "name": "order",
+                    "in": "query",
+                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
+                },
+            ],
+            "responses": _responses(_ok(ref("InputItemList")), "400", "404"),
+        },
+    }
     paths["/v1/responses/{id}/cancel"] = {
         "parameters": [_id_param("request")],
         "post": {
             "operationId": "cancel_response",
             "description": "Background requests only (400 otherwise); idempotent.",
             "responses": _responses(_ok(ref("Response")), "400", "404"),
-        },
-    }
-    paths["/v1/responses/{id}/input_items"] = {
-        "parameters": [_id_param("response")],
-        "get": {
-            "operationId": "list_input_items",
-            "description": "The Response's input, its conversation's history included.",
-            "parameters": [
-                {
-                    "name": "order",
-                    "in": "query",
-                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
-                },
-                *_page_params(100),
-            ],
-            "responses": _responses(_ok(ref("InputItemList")), "400", "404"),
         },
     }
     paths["/v1/chat/completions/{id}"] = {
@@ -516,7 +528,13 @@ def _components() -> dict[str, Any]:
             expires_at=TIMESTAMP,
         ),
         "FileList": page("File"),
-        "InputItemList": page("UpstreamObject"),
+        "InputItem": {
+            "type": "object",
+            "required": ["id", "type"],
+            "properties": {"id": {"type": "string"}, "type": {"type": "string"}},
+            "description": "An input item as OpenAI's Responses API defines it",
+        },
+        "InputItemList": page("InputItem"),
         "Batch": obj(
             ["id", "object", "endpoint", "input_file_id", "completion_window", "status"],
             id={"type": "string"},
