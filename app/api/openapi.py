@@ -99,16 +99,12 @@ def _flag() -> Schema:
     return {"type": ["boolean", "null"]}
 
 
-def _no_stream_with_deferred() -> Schema:
-    """``stream: true`` together with flex or background is a 400 (not supported yet)."""
+def _no_stream_with_background() -> Schema:
+    """``stream: true`` together with background is a 400 (not supported yet)."""
     return {
         "not": {
-            "required": ["stream"],
-            "properties": {"stream": {"const": True}},
-            "anyOf": [
-                {"required": ["service_tier"], "properties": {"service_tier": {"const": "flex"}}},
-                {"required": ["background"], "properties": {"background": {"const": True}}},
-            ],
+            "required": ["stream", "background"],
+            "properties": {"stream": {"const": True}, "background": {"const": True}},
         }
     }
 
@@ -136,7 +132,10 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
         properties |= {
             "input": {"anyOf": [*non_empty, {"type": "null"}]},
             "prompt": {},
-            "previous_response_id": {},
+            "previous_response_id": {
+                "description": "An earlier Response of the same key: its input and output go "
+                "before this input (404 `previous_response_not_found` otherwise)"
+            },
             "background": _flag(),
             "metadata": _metadata(),
         }
@@ -145,7 +144,7 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
             {"required": [name], "properties": {name: NOT_NULL}}
             for name in ("input", "prompt", "previous_response_id")
         ]
-        schema |= _no_stream_with_deferred()
+        schema |= _no_stream_with_background()
     elif endpoint == "/v1/chat/completions":
         properties |= {
             "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
@@ -153,7 +152,6 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
             "metadata": _metadata(),
         }
         schema["required"] = ["model", "messages"]
-        schema |= _no_stream_with_deferred()
     else:
         properties |= {
             "input": {"anyOf": non_empty},

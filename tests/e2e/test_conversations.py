@@ -226,3 +226,18 @@ def test_input_items_list_the_whole_history_with_pagination(
         intruder.responses.input_items.list(second.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.input_items.list("resp_0000unknown")
+
+
+def test_a_response_still_running_cannot_be_continued_yet(client: openai.OpenAI):
+    running = client.responses.create(
+        model="remote", input="mock:sleep_ms=3000 still thinking", background=True
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="remote", input="next", previous_response_id=running.id)
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["code"] == "previous_response_not_finished"
+    assert caught.value.body["param"] == "previous_response_id"
+    done = poll(client, running.id)
+    assert done.status == "completed"
+    follow = client.responses.create(model="remote", input="next", previous_response_id=done.id)
+    assert follow.status == "completed"
