@@ -13,7 +13,6 @@ every model) and the row is marked ``usage_estimated``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -117,37 +116,3 @@ def measured(request: Any, response: Any) -> TokenUsage:
     """The usage the answer reports, else tiergate's estimate."""
     found = usage_of(response)
     return found if found.known else estimate_usage(request, response)
-
-
-class StreamUsage:
-    """Watches relayed SSE bytes for the event that carries usage.
-
-    Responses streams put it in ``response.completed``; chat streams in the last chunk when
-    ``stream_options.include_usage`` is set. Only lines mentioning ``"usage"`` are parsed.
-    """
-
-    def __init__(self) -> None:
-        self._tail = b""
-        self.usage: TokenUsage = NO_USAGE
-        self.failed = False
-
-    def feed(self, chunk: bytes) -> None:
-        data = self._tail + chunk
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
-        for line in lines:
-            if line.startswith(b"data:") and (b'"usage"' in line or b'"error"' in line):
-                self._inspect(line[5:].strip())
-
-    def _inspect(self, payload: bytes) -> None:
-        try:
-            event = json.loads(payload)
-        except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        if event.get("type") in ("response.failed", "error"):
-            self.failed = True
-        found = usage_of(event.get("response", event))
-        if found.known:
-            self.usage = found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from app.openai.usage import NO_USAGE, StreamUsage, TokenUsage, usage_of
+from app.openai.usage import NO_USAGE, TokenUsage, usage_of
 from app.upstream.client import error_from_status, retry_after
 from worker.execute import backoff_s
 
@@ -51,14 +51,3 @@ def test_usage_of_each_shape():
     assert usage_of({"usage": {"prompt_tokens": 4, "total_tokens": 4}}) == TokenUsage(4, None, 4)
     assert usage_of({"no": "usage"}) == NO_USAGE and not NO_USAGE.known
     assert usage_of({"usage": None}) == NO_USAGE
-
-
-def test_stream_usage_across_chunk_boundaries():
-    event = (
-        b'data: {"type":"response.completed","response":{"usage":{"input_tokens":1,'
-        b'"output_tokens":2,"total_tokens":3}}}\n\n'
-    )
-    watcher = StreamUsage()
-    for i in range(0, len(event), 7):
-        watcher.feed(event[i : i + 7])
-    assert watcher.usage == TokenUsage(1, 2, 3) and not watcher.failed
