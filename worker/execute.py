@@ -27,6 +27,7 @@ from app.upstream.client import UpstreamClient, UpstreamError
 from app.upstream.deployment import Deployment
 from app.upstream.router import NoCapacity, Router
 from app.vocabulary import ErrorCode, PriceTier, Status, error
+from worker.fair_gate import FairGate
 
 log = logging.getLogger("tiergate.worker")
 
@@ -86,11 +87,12 @@ class RequestRunner:
         self.router = router
         self.prices = PriceBook(settings)
         self.metrics = metrics
-        # Per-model cap on concurrent upstream calls from this worker process.
+        # Per-model cap on concurrent upstream calls from this worker process, shared fairly
+        # between keys (fair_gate.py); ``weights`` holds the keys whose weight is not 1.
         self._slots = {
-            name: asyncio.Semaphore(model.flex_concurrency)
-            for name, model in settings.models.items()
+            name: FairGate(model.flex_concurrency) for name, model in settings.models.items()
         }
+        self.weights: dict[str, float] = {}
 
     async def attempt(
         self,
@@ -115,7 +117,8 @@ class RequestRunner:
         call goes to ``pin`` if set, else preferably not to ``last`` (the deployment that
         failed the previous attempt), falling back to other models as the config says.
         A completed call carries its usage (estimated if the upstream reported none) and its
-        cost at pricing ``tier``; both are counted in the metrics under ``key``'s name.
+        cost at pricing ``tier``; both are counted in the metrics under ``key``'s name. The
+        model's slots are shared fairly between keys (by name, weighted by ``weights``).
         """
         model = self.settings.models.get(model_name)
         if model is None:
@@ -128,7 +131,7 @@ class RequestRunner:
                     },
                 )
             )
-        async with self._slots[model.name]:
+        async with self._slots[model.name].slot(key, self.weights.get(key, 1.0)):
             if stop is not None and stop.is_set() and stopped is not None:
                 return Attempt(stopped)
             if dt.datetime.now(dt.UTC) >= expires_at:

@@ -99,6 +99,9 @@ async def run_worker(
         worker_id=presence.id,
     )
     flex_task = asyncio.create_task(flex.run(), name="flex-dispatcher")
+    weights_task = asyncio.create_task(
+        _refresh_weights(runner, KeyStore(engine), settings.limits.heartbeat_s), name="key-weights"
+    )
     batch_jobs.start()
     log.info("worker %s starting (concurrency %d)", presence.id, concurrency)
     delay = RESTART_MIN_S
@@ -131,9 +134,10 @@ async def run_worker(
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
     finally:
-        flex_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flex_task
+        for task in (flex_task, weights_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await batch_jobs.stop()
         await presence.stop()
         await upstream.aclose()
@@ -153,6 +157,16 @@ async def _when_database_up(step: Callable[[], Awaitable[None]], what: str) -> N
             log.warning("worker cannot %s yet (%s); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
+
+
+async def _refresh_weights(runner: RequestRunner, keys: KeyStore, every_s: float) -> None:
+    """Keep the runner's view of the keys' fair-share weights at most ``every_s`` old."""
+    while True:
+        try:
+            runner.weights = await keys.weights()
+        except Exception as exc:  # the database is down: keep the last weights
+            log.debug("key weights not refreshed: %s", exc)
+        await asyncio.sleep(every_s)
 
 
 def maintenance_for(engine: AsyncEngine, settings: Settings) -> Maintenance:

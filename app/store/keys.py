@@ -29,8 +29,14 @@ REVOKE_KEY = text(
 GET_KEY = text(
     "SELECT id, name, models, is_admin FROM api_keys WHERE id = :id AND revoked_at IS NULL"
 )
+SET_WEIGHT = text(
+    "UPDATE api_keys SET weight = :weight WHERE (id = :ident OR name = :ident)"
+    " AND revoked_at IS NULL RETURNING id"
+)
+# The workers' fair shares: only keys whose weight is not the default (a short list).
+WEIGHTS = text("SELECT name, weight FROM api_keys WHERE revoked_at IS NULL AND weight <> 1")
 LIST_KEYS = text(
-    "SELECT id, name, key_prefix, models, is_admin, created_at, revoked_at FROM api_keys"
+    "SELECT id, name, key_prefix, models, is_admin, weight, created_at, revoked_at FROM api_keys"
     " ORDER BY created_at"
 )
 
@@ -109,6 +115,17 @@ class KeyStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(REVOKE_KEY, {"ident": ident})).all()
         return [row.id for row in rows]
+
+    async def set_weight(self, ident: str, weight: float) -> list[str]:
+        """Set the fair-share weight of the active key with this id or name."""
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(SET_WEIGHT, {"ident": ident, "weight": weight})).all()
+        return [row.id for row in rows]
+
+    async def weights(self) -> dict[str, float]:
+        """Active keys' weights by name, for those that are not 1."""
+        async with self.engine.connect() as conn:
+            return {row.name: float(row.weight) for row in await conn.execute(WEIGHTS)}
 
     async def list(self) -> list[dict[str, Any]]:
         """Every key (revoked ones too), oldest first; never a secret or a hash."""

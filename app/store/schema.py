@@ -48,6 +48,14 @@ api_keys = Table(
     ),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column(
+        "weight",
+        Float,
+        nullable=False,
+        server_default=text("1"),
+        comment="share of each model's flex and batch slots against other keys' (default 1)",
+    ),
+    CheckConstraint("weight > 0", name="api_keys_weight_positive"),
 )
 
 processes = Table(
