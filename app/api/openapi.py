@@ -99,16 +99,12 @@ def _flag() -> Schema:
     return {"type": ["boolean", "null"]}
 
 
-def _no_stream_with_deferred() -> Schema:
-    """``stream: true`` together with flex or background is a 400 (not supported yet)."""
+def _no_stream_with_background() -> Schema:
+    """``stream: true`` together with background is a 400 (not supported yet)."""
     return {
         "not": {
-            "required": ["stream"],
-            "properties": {"stream": {"const": True}},
-            "anyOf": [
-                {"required": ["service_tier"], "properties": {"service_tier": {"const": "flex"}}},
-                {"required": ["background"], "properties": {"background": {"const": True}}},
-            ],
+            "required": ["stream", "background"],
+            "properties": {"stream": {"const": True}, "background": {"const": True}},
         }
     }
 
@@ -136,7 +132,10 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
         properties |= {
             "input": {"anyOf": [*non_empty, {"type": "null"}]},
             "prompt": {},
-            "previous_response_id": {},
+            "previous_response_id": {
+                "description": "An earlier Response of the same key: its input and output go "
+                "before this input (404 `previous_response_not_found` otherwise)"
+            },
             "background": _flag(),
             "metadata": _metadata(),
         }
@@ -145,7 +144,7 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
             {"required": [name], "properties": {name: NOT_NULL}}
             for name in ("input", "prompt", "previous_response_id")
         ]
-        schema |= _no_stream_with_deferred()
+        schema |= _no_stream_with_background()
     elif endpoint == "/v1/chat/completions":
         properties |= {
             "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
@@ -153,7 +152,6 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
             "metadata": _metadata(),
         }
         schema["required"] = ["model", "messages"]
-        schema |= _no_stream_with_deferred()
     else:
         properties |= {
             "input": {"anyOf": non_empty},
@@ -215,40 +213,28 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "responses": _responses(_ok(ref("Deleted")), "404"),
         },
     }
-    paths["/v1/responses/{id}/input_items"] = {
-        "parameters": [_id_param("request")],
-        "get": {
-            "operationId": "list_input_items",
-            "description": "A Response's input items, an earlier response's history included"
-            " when it was built with previous_response_id",
-            "parameters": [
-                {
-                    "name": "after",
-                    "in": "query",
-                    "description": "The id of the last item of the previous page (400 if the"
-                    " response has no such item)",
-                    "schema": {"type": "string"},
-                },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                },
-                {
-                    "name": "order",
-                    "in": "query",
-                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
-                },
-            ],
-            "responses": _responses(_ok(ref("InputItemList")), "400", "404"),
-        },
-    }
     paths["/v1/responses/{id}/cancel"] = {
         "parameters": [_id_param("request")],
         "post": {
             "operationId": "cancel_response",
             "description": "Background requests only (400 otherwise); idempotent.",
             "responses": _responses(_ok(ref("Response")), "400", "404"),
+        },
+    }
+    paths["/v1/responses/{id}/input_items"] = {
+        "parameters": [_id_param("response")],
+        "get": {
+            "operationId": "list_input_items",
+            "description": "The Response's input, its conversation's history included.",
+            "parameters": [
+                {
+                    "name": "order",
+                    "in": "query",
+                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
+                },
+                *_page_params(100),
+            ],
+            "responses": _responses(_ok(ref("InputItemList")), "400", "404"),
         },
     }
     paths["/v1/chat/completions/{id}"] = {
@@ -530,13 +516,7 @@ def _components() -> dict[str, Any]:
             expires_at=TIMESTAMP,
         ),
         "FileList": page("File"),
-        "InputItem": {
-            "type": "object",
-            "required": ["id", "type"],
-            "properties": {"id": {"type": "string"}, "type": {"type": "string"}},
-            "description": "An input item as OpenAI's Responses API defines it",
-        },
-        "InputItemList": page("InputItem"),
+        "InputItemList": page("UpstreamObject"),
         "Batch": obj(
             ["id", "object", "endpoint", "input_file_id", "completion_window", "status"],
             id={"type": "string"},

@@ -9,9 +9,34 @@ so :mod:`app.openai.sse` keeps that one.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+# The chunk that most of a stream is made of (vLLM, SGLang, OpenAI and the mock all send it
+# in this form): one choice, a piece of content, nothing else. Its piece is read by a regex.
+CONTENT_ONLY = re.compile(
+    rb'"choices":\[\{"index":0,"delta":\{"content":("(?:[^"\\]|\\.)*")\},'
+    rb'"logprobs":null,"finish_reason":null\}\]'
+)
+CONTENT_MARK = b'"delta":{"content":'
+
+
+def chat_completion_of_stream(payloads: list[bytes]) -> dict[str, Any] | None:
+    """``chat_completion`` of a stream's chunks (JSON texts), reading the content-only chunks
+    with one regex over them all instead of parsing each."""
+    others = [p for p in payloads if CONTENT_MARK not in p]
+    pieces = CONTENT_ONLY.findall(b"\n".join(payloads))
+    if len(others) + len(pieces) != len(payloads):  # a chunk of another form: parse them all
+        return chat_completion(payloads)
+    assembled = chat_completion(others)
+    if assembled is None or len(assembled["choices"]) != 1 or not pieces:
+        return chat_completion(payloads) if pieces else assembled
+    message = assembled["choices"][0]["message"]
+    if message["content"]:  # content outside the content-only chunks: order would be lost
+        return chat_completion(payloads)
+    message["content"] = "".join(json.loads(b"[" + b",".join(pieces) + b"]"))
+    return assembled
 
 
 def _parse_all(payloads: list[bytes]) -> list[Any]:

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-from app.openai.assembly import chat_completion, chat_completion_of
+from app.openai.assembly import chat_completion_of_stream
 from app.openai.errors import error_body
 from app.vocabulary import ErrorCode
 
@@ -118,12 +118,19 @@ class ChatRelay(StreamRelay):
         self._usage_block: bytes | None = None
 
     def feed(self, block: bytes) -> bytes:
-        block = self._splice(_lf(block), _chunk_id)
-        if b"data: [DONE]" in block or b"data:[DONE]" in block:
+        # Called for every block of a stream: byte searches only, no call it can do without.
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+        old = self._old
+        if old is None:
+            old = self._old = self._learn(block, _chunk_id)
+        if old:
+            block = block.replace(old, self.rid)
+        if b"[DONE]" in block and (b"data: [DONE]" in block or b"data:[DONE]" in block):
             self.done = True
         if b'"error"' in block:
             self._find_error(block)
-        if self.strip_usage and (b'"choices":[]' in block or b'"choices": []' in block):
+        if self.strip_usage and b"[]" in block and any(m in block for m in USAGE_ONLY):
             block = self._strip_usage(block)
         self.blocks.append(block)
         return block
@@ -152,28 +159,25 @@ class ChatRelay(StreamRelay):
     def payloads(self) -> list[bytes]:
         """The JSON text of every chunk relayed (and of a stripped usage chunk)."""
         blocks = [*self.blocks, self._usage_block] if self._usage_block else self.blocks
+        whole = b"".join(blocks)
+        events = whole.split(b"\n\n")
+        # The usual stream: one-line ``data: {...}`` events and ``[DONE]``, nothing else.
+        found = [event[6:] for event in events if event.startswith(b"data: {")]
+        whole_events = len(events) - events.count(b"")
+        if (
+            len(found) + whole.count(b"data: [DONE]") == whole_events
+            and whole.count(b"\n") == 2 * whole_events
+        ):
+            return found
         found = []
-        for event in b"".join(blocks).split(b"\n\n"):
+        for event in events:
             data = event_data(event)
             if data is not None and data != DONE:
                 found.append(data)
         return found
 
     def result(self) -> dict[str, Any] | None:
-        whole = b"".join(self.blocks)
-        if self._usage_block:
-            whole += self._usage_block
-        # The usual stream is nothing but one-line ``data:`` events: one JSON array of them,
-        # by a byte replace, instead of an event-by-event walk.
-        body = whole.replace(b"data: [DONE]\n\n", b"")
-        if body.startswith(b"data: {") and body.endswith(b"}\n\n"):
-            joined = b"[" + body[6:-2].replace(b"\n\ndata: ", b",") + b"]"
-            if joined.count(b"\n") == 0:
-                try:
-                    return chat_completion_of(json.loads(joined))
-                except ValueError:
-                    pass
-        return chat_completion(self.payloads())
+        return chat_completion_of_stream(self.payloads())
 
 
 def _chunk_id(chunk: Any) -> Any:
