@@ -14,7 +14,7 @@ from app.gateway.conversations import Conversations
 from app.ids import new_id
 from app.openai.errors import APIError
 from app.openai.objects import result_line
-from app.openai.validation import classify_body, parse_json
+from app.openai.validation import check_for_chat, classify_body, parse_json
 from app.settings import Settings
 from app.store.batches import BatchStore, LineResult
 from app.store.db import database_unavailable
@@ -180,6 +180,13 @@ class BatchJobs:
         """Lines naming a ``previous_response_id`` get its history (one query for all)."""
         bodies = await self.conversations.resolve_many([b for _, _, b in continuing], owner)
         for (index, line_no, _), body in zip(continuing, bodies, strict=True):
+            if not isinstance(body, APIError):
+                model = self.settings.models.get(body.get("model") or "")
+                try:
+                    if model is not None:  # the history too must suit a chat-only upstream
+                        check_for_chat(body, self.settings, model)
+                except APIError as exc:
+                    body = exc
             if isinstance(body, APIError):
                 param = f"body.{body.param}" if body.param else None
                 found.error(body.code or "invalid_request", body.message, line_no, param)

@@ -23,6 +23,7 @@ _KEPT_BY_GATEWAY = frozenset(
     {
         "model", "input", "instructions", "service_tier", "background", "store", "metadata",
         "stream", "stream_options", "prompt_cache_key", "prompt_cache_retention",
+        "previous_response_id",  # resolved into the input by tiergate (conversations.py)
     }
 )  # fmt: skip
 # Responses fields with a chat equivalent of the same name and meaning.
@@ -33,7 +34,6 @@ _REFUSED: dict[str, tuple[Any, ...]] = {
     "truncation": ("disabled",),
     "prompt": (),
     "conversation": (),
-    "previous_response_id": (),
     "max_tool_calls": (),
     "top_logprobs": (0,),
 }
@@ -123,6 +123,8 @@ def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise _refuse("instructions", "'instructions' that are not a string")
         out.append({"role": "system", "content": instructions})
     given = body.get("input")
+    if given is None and body.get("previous_response_id") is not None:
+        return out  # checked at acceptance before the history is put in; again after
     if isinstance(given, str):
         out.append({"role": "user", "content": given})
         return out
@@ -312,7 +314,7 @@ def _echo(request: dict[str, Any]) -> dict[str, Any]:
         "max_output_tokens": request.get("max_output_tokens"),
         "metadata": request.get("metadata") or {},
         "parallel_tool_calls": request.get("parallel_tool_calls", True),
-        "previous_response_id": None,
+        "previous_response_id": request.get("previous_response_id"),
         "reasoning": {"effort": reasoning.get("effort"), "summary": None},
         "store": request.get("store", True),
         "temperature": request.get("temperature"),

@@ -164,6 +164,15 @@ def check_translatable(body: dict[str, Any]) -> None:
         raise bad_request(exc.message, param=exc.param, code=exc.code) from None
 
 
+def check_for_chat(
+    body: dict[str, Any], settings: Settings, model: ModelConfig, pin: str | None = None
+) -> None:
+    """``check_translatable`` when the call may reach a chat-only deployment. Run again once
+    ``previous_response_id`` has put the history into the input."""
+    if settings.reaches_chat(model, pin):
+        check_translatable(body)
+
+
 def classify(
     endpoint: str,
     raw: bytes | bytearray,
@@ -239,8 +248,8 @@ def classify_body(
             f" its deployments are: {', '.join(names)}.",
             code="unknown_deployment",
         )
-    if endpoint == "/v1/responses" and settings.reaches_chat(model, pin):
-        check_translatable(body)
+    if endpoint == "/v1/responses":
+        check_for_chat(body, settings, model, pin)
     return Call(
         endpoint=endpoint,
         body=body,

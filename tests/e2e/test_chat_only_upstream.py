@@ -205,6 +205,8 @@ def test_stream_through_the_sdk_helper(client: openai.OpenAI, mocks, db: psycopg
     assert final.usage.output_tokens == len(final.output_text.split())  # the mock counts words
     sent = only_body(mocks, "stream-1")
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    # The stream was recorded under the id the SDK saw.
+    assert client.responses.retrieve(final.id).output_text == final.output_text
 
 
 def test_raw_stream_events_are_valid_and_numbered(
@@ -387,3 +389,56 @@ def test_without_api_chat_the_server_404s_in_openais_shape(client: openai.OpenAI
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.create(model="legacy-raw", input="no such route")
     assert isinstance(caught.value.body, dict) and caught.value.body["message"] == "Not Found"
+
+
+def test_conversation_by_id_with_a_tool_call(client: openai.OpenAI, mocks):
+    first = client.responses.create(
+        model="llama", input="mock:key=conv-1 weather in Oslo?", tools=[WEATHER]
+    )
+    (call,) = first.output
+    assert call.type == "function_call"
+    second = client.responses.create(
+        model="llama",
+        previous_response_id=first.id,
+        tools=[WEATHER],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "snow"}],
+    )
+    assert second.output_text == "tool said: snow"
+    messages = received(mocks, "conv-1")[1]["body"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[1]["tool_calls"][0]["id"] == call.call_id
+    assert "previous_response_id" not in received(mocks, "conv-1")[1]["body"]
+    third = client.responses.create(
+        model="llama", previous_response_id=second.id, input="mock:key=conv-2 thanks"
+    )
+    assert third.output_text == "echo: mock:key=conv-2 thanks"
+    roles = [m["role"] for m in only_body(mocks, "conv-2")["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant", "user"]
+
+
+def test_a_history_chat_cannot_take_is_refused_at_acceptance(client: openai.OpenAI, db):
+    first = client.responses.create(model="llama", input="mock:key=conv-3 hi")
+    # A history item chat cannot express (as a Responses upstream's built-in tool call).
+    db.execute(
+        "UPDATE requests SET body = jsonb_set(body, '{input}', jsonb_build_array("
+        "jsonb_build_object('type', 'web_search_call', 'id', 'ws_1', 'status', 'completed')))"
+        " WHERE id = %s",
+        (first.id,),
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="llama", previous_response_id=first.id, input="more")
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["param"] == "input[0].type"
+
+
+def test_flex_stream(client: openai.OpenAI, mocks):
+    stream = client.responses.create(
+        model="llama", input="mock:key=flex-stream-1 later", service_tier="flex", stream=True
+    )
+    events = list(stream)
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    final = Response.model_validate(events[-1].response.model_dump(mode="json", exclude_unset=True))
+    assert final.output_text == "echo: mock:key=flex-stream-1 later"
+    assert final.service_tier == "flex"
+    assert only_body(mocks, "flex-stream-1")["messages"][-1]["role"] == "user"
+    assert client.responses.retrieve(final.id).output_text == final.output_text

@@ -155,7 +155,6 @@ def test_settings_tools_formats_and_limits():
         ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
         ({"conversation": "conv_1"}, "conversation"),
-        ({"previous_response_id": "resp_1"}, "previous_response_id"),
         ({"text": {"format": {"type": "grammar"}}}, "text.format.type"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
@@ -411,3 +410,16 @@ def test_text_then_refusal_parts_keep_their_own_text():
         e for e in events if e["type"] in ("response.output_text.done", "response.refusal.done")
     ]
     assert [e.get("text", e.get("refusal")) for e in done] == ["ab", "nope"]
+
+
+def test_previous_response_id_is_tiergates_own():
+    # Resolved into the input by the gateway (the upstream never sees it); before that, at
+    # acceptance, a body may have no input of its own.
+    chat = chat_request({"model": "m", "previous_response_id": "resp_1", "instructions": "i"})
+    assert chat["messages"] == [{"role": "system", "content": "i"}]
+    assert "previous_response_id" not in chat
+    echoed = response_from_chat(
+        {"model": "m", "input": "x", "previous_response_id": "resp_1"},
+        {"choices": [{"message": {"content": "ok"}}]},
+    )
+    assert echoed["previous_response_id"] == "resp_1"

@@ -17,7 +17,7 @@ from app.gateway.deferred import DeferredCalls
 from app.gateway.middleware.auth import current_key
 from app.gateway.realtime import RealtimeProxy
 from app.openai.errors import APIError
-from app.openai.validation import INFERENCE_ENDPOINTS, classify
+from app.openai.validation import INFERENCE_ENDPOINTS, check_for_chat, classify
 from app.settings import Settings
 from app.vocabulary import Header
 
@@ -66,6 +66,7 @@ class TierMiddleware:
             del raw
             if "previous_response_id" in call.body:  # the history, for every tier alike
                 call = await self.conversations.resolve(call, key)
+                check_for_chat(call.body, self.settings, call.model, call.pin)
             # The handler's frame owns the body from here, so it can drop it once it is stored
             # (deferred) or sent (realtime); a stream still refers to it until it ends.
             streaming = call.stream
