@@ -27,6 +27,7 @@ from app.upstream.client import UpstreamClient, UpstreamError
 from app.upstream.deployment import Deployment
 from app.upstream.router import NoCapacity, Router
 from app.vocabulary import ErrorCode, PriceTier, Status, error
+from worker.streaming import EventWriter, stream_call
 
 log = logging.getLogger("tiergate.worker")
 
@@ -107,6 +108,7 @@ class RequestRunner:
         last: str | None = None,
         tier: str = PriceTier.FLEX,
         key: str = "",
+        events: EventWriter | None = None,
     ) -> Attempt:
         """One upstream call under the model's cap, classified: an outcome, or a retry.
 
@@ -116,6 +118,8 @@ class RequestRunner:
         failed the previous attempt), falling back to other models as the config says.
         A completed call carries its usage (estimated if the upstream reported none) and its
         cost at pricing ``tier``; both are counted in the metrics under ``key``'s name.
+        With ``events``, the call streams and its events are stored as they come
+        (``streaming.py``).
         """
         model = self.settings.models.get(model_name)
         if model is None:
@@ -139,7 +143,10 @@ class RequestRunner:
             served = deployment.label(model.name)
             request = body
             try:
-                reply = await self.upstream.call(deployment, endpoint, body)
+                if events is None:
+                    reply = await self.upstream.call(deployment, endpoint, body)
+                else:
+                    reply = await stream_call(self.upstream, deployment, endpoint, body, events)
             except UpstreamError as exc:
                 self._ended(deployment, exc)
                 failure = self._after_failure(exc, attempt, model.max_attempts, expires_at, expired)

@@ -99,16 +99,6 @@ def _flag() -> Schema:
     return {"type": ["boolean", "null"]}
 
 
-def _no_stream_with_background() -> Schema:
-    """``stream: true`` together with background is a 400 (not supported yet)."""
-    return {
-        "not": {
-            "required": ["stream", "background"],
-            "properties": {"stream": {"const": True}, "background": {"const": True}},
-        }
-    }
-
-
 def _inference_body(settings: Settings, endpoint: str) -> Schema:
     """What the tier middleware checks; other fields go to the upstream as they are."""
     models = sorted(settings.models)
@@ -144,7 +134,6 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
             {"required": [name], "properties": {name: NOT_NULL}}
             for name in ("input", "prompt", "previous_response_id")
         ]
-        schema |= _no_stream_with_background()
     elif endpoint == "/v1/chat/completions":
         properties |= {
             "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
@@ -202,11 +191,26 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 {
                     "name": "stream",
                     "in": "query",
-                    "description": "`true` is not supported yet (400)",
-                    "schema": {"type": "boolean", "enum": [False]},
-                }
+                    "description": "`true`: the Response's events as server-sent events, "
+                    "the stored ones then the live ones until the terminal event",
+                    "schema": {"type": "boolean", "default": False},
+                },
+                {
+                    "name": "starting_after",
+                    "in": "query",
+                    "description": "With `stream`: only events whose `sequence_number` is "
+                    "greater (a client that dropped resumes with the last one it saw)",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
             ],
-            "responses": _responses(_ok(ref("Response")), "400", "404"),
+            "responses": _responses(
+                {
+                    "description": "The Response (`text/event-stream` with `stream=true`)",
+                    "content": {**json_content(ref("Response")), "text/event-stream": {}},
+                },
+                "400",
+                "404",
+            ),
         },
         "delete": {
             "operationId": "delete_response",
