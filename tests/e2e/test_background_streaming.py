@@ -192,3 +192,36 @@ def test_bad_starting_after_is_400(gateway: Gateway, key: str, client: openai.Op
     )
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "starting_after"
+
+
+def test_a_retried_attempt_goes_on_numbering(client: openai.OpenAI):
+    """The upstream drops the first attempt mid-stream: the events it stored stay, and the
+    retry goes on after them with a fresh ``response.in_progress`` (what docs/api.md says a
+    reader sees)."""
+    stream = client.responses.create(
+        model="remote",
+        input="mock:drop=1,fail_times=1,key=bg-retry-1 retried words",
+        background=True,
+        stream=True,
+    )
+    events = validated(list(stream))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    starts = [i for i, e in enumerate(events) if e.type == "response.in_progress"]
+    assert len(starts) == 2 and events[-1].type == "response.completed"
+    last_attempt = events[starts[1] :]
+    assert text_of(last_attempt) == events[-1].response.output_text
+    assert (
+        events[-1].response.output_text
+        == "echo: mock:drop=1,fail_times=1,key=bg-retry-1 retried words"
+    )
+
+
+def test_delete_removes_the_events(client: openai.OpenAI, db):
+    stream = client.responses.create(model="remote", input="deleted", background=True, stream=True)
+    rid = stream.response.headers["x-request-id"]
+    assert list(stream)[-1].type == "response.completed"
+    client.responses.delete(rid)
+    stored = db.execute("SELECT count(*) FROM response_events WHERE response_id = %s", (rid,))
+    assert stored.fetchone()[0] == 0
+    with pytest.raises(openai.NotFoundError):
+        list(client.responses.retrieve(rid, stream=True))
