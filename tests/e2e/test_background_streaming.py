@@ -156,6 +156,8 @@ def test_cancel_ends_every_follower_with_cancelled(
                 head.append(json.loads(line[5:]))
                 if head[-1]["type"] == "response.in_progress":
                     break
+        # The upstream holds: the stream waits, with keep-alive comments.
+        assert next(line for line in lines if line) == ": keep-alive"
         with http.stream("GET", f"/responses/{rid}", params={"stream": "true"}) as other:
             cancelled = client.responses.cancel(rid)
             assert cancelled.status == "cancelled"
