@@ -177,7 +177,7 @@ class FlexDispatcher:
                 return
             if wants_events(row):
                 # A retry or a rescued attempt goes on after what is stored.
-                writer = EventWriter(self.events, row, await self.events.last(request_id) + 1)
+                writer = await self._writer(row)
             task = asyncio.current_task()
             assert task is not None
             self._calling[request_id] = task
@@ -220,6 +220,16 @@ class FlexDispatcher:
                 writer.close()
             self._inflight[model] -= 1
             self._wake.set()  # a slot is free
+
+    async def _writer(self, row: Any) -> EventWriter:
+        """The event writer of a streamed attempt, numbering after the stored events."""
+        while True:
+            try:
+                return EventWriter(self.events, row, await self.events.last(row["id"]) + 1)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                await asyncio.sleep(STORE_RETRY_S)
 
     async def _finish_streamed(self, writer: EventWriter, outcome: Outcome) -> None:
         """Store a streamed attempt's outcome with its last events (one statement)."""

@@ -227,7 +227,7 @@ def _take(block: bytes, writer: EventWriter) -> dict[str, Any] | None:
             )
         return {**response, "id": writer.id}
     if kind in ("response.failed", "error"):
-        error = event.get("error") if kind == "error" else None
+        # Final: the upstream said so (retrying would stream the same failure again).
         if kind == "error":
             error = {"code": event.get("code"), "message": event.get("message")}
         else:
