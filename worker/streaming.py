@@ -99,6 +99,7 @@ class EventWriter:
         self._buffer: list[tuple[int, str]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._drain: asyncio.Task[None] | None = None
+        self._due = False
 
     def begin(self) -> None:
         """The attempt's first event: ``response.in_progress`` with tiergate's Response."""
@@ -115,15 +116,19 @@ class EventWriter:
             self._timer = asyncio.get_running_loop().call_later(self.flush_s, self._kick)
 
     def _kick(self) -> None:
+        """A flush is due (the timer fired, or the buffer is full)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._due = True
         if self._drain is None or self._drain.done():
             self._drain = asyncio.create_task(self._flush(), name=f"events-{self.id}")
 
     async def _flush(self) -> None:
-        # One flush at a time, in order; what arrives meanwhile goes in the next one.
-        while self._buffer:
+        # One flush at a time, in order. What arrives during one waits for its own due time
+        # (its timer, or a full buffer): a running flush does not turn into one per event.
+        while self._due and self._buffer:
+            self._due = False
             batch, self._buffer = self._buffer, []
             try:
                 await self.store.append(self.id, self.attempt, batch)
@@ -131,6 +136,8 @@ class EventWriter:
                 # Kept for the next flush or the final write (which then carries them).
                 log.warning("response %s: events not stored yet (%s)", self.id, exc)
                 self._buffer[:0] = batch
+                if self._timer is None:
+                    self._timer = asyncio.get_running_loop().call_later(self.flush_s, self._kick)
                 return
 
     async def _settle(self) -> list[tuple[int, str]]:
