@@ -126,7 +126,11 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
                 "description": "An earlier Response of the same key: its input and output go "
                 "before this input (404 `previous_response_not_found` otherwise)"
             },
-            "background": _flag(),
+            "background": {
+                **_flag(),
+                "description": "Run on a worker and answer at once: a queued Response, or "
+                "with `stream: true` its stored events as they are produced",
+            },
             "metadata": _metadata(),
         }
         # ``input`` may be left out when a prompt or a previous response stands in for it.
@@ -155,7 +159,8 @@ def _inference_operation(settings: Settings, endpoint: str) -> Schema:
     result = ref("Embeddings") if name == "embeddings" else ref("UpstreamObject")
     ok = {
         "description": "Realtime: the upstream's answer (SSE when streaming); flex: the same "
-        "once a worker ran it; background: a queued Response object",
+        "once a worker ran it; background: a queued Response object, or with `stream` its "
+        "events (stored, resumable with `GET /v1/responses/{id}?stream=true&starting_after=N`)",
         "content": {
             "application/json": {"schema": result},
             "text/event-stream": {},  # the upstream's events, relayed byte for byte
