@@ -172,6 +172,12 @@ def test_cancel_ends_every_follower_with_cancelled(
     assert final.status == "cancelled" and final.error is None and final.id == rid
     for event in events[:-1]:
         EVENT.validate_python(event)
+    # The SDK reads the cancelled stream too (it has no type for the last event: it keeps
+    # its fields as they came).
+    replayed = list(client.responses.retrieve(rid, stream=True, starting_after=len(events) - 2))
+    assert [(e.type, e.sequence_number) for e in replayed] == [
+        ("response.cancelled", len(events) - 1)
+    ]
 
 
 def test_another_keys_id_is_404(client: openai.OpenAI, other_client: openai.OpenAI):
