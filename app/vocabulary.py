@@ -135,6 +135,7 @@ class Channel(StrEnum):
     DONE = "tiergate_done"  # payload: the id of a request that reached a final status
     WORK = "tiergate_work"  # payload: a model whose deferred requests became claimable
     KEYS = "tiergate_keys"  # payload: the id of a revoked key
+    EVENTS = "tiergate_events"  # payload: a streamed background Response that stored events
 
 
 class ErrorCode(StrEnum):

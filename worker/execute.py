@@ -28,6 +28,7 @@ from app.upstream.deployment import Deployment
 from app.upstream.router import NoCapacity, Router
 from app.vocabulary import ErrorCode, PriceTier, Status, error
 from worker.fair_gate import FairGate
+from worker.streaming import EventWriter, stream_call
 
 log = logging.getLogger("tiergate.worker")
 
@@ -109,6 +110,7 @@ class RequestRunner:
         last: str | None = None,
         tier: str = PriceTier.FLEX,
         key: str = "",
+        events: EventWriter | None = None,
     ) -> Attempt:
         """One upstream call under the model's cap, classified: an outcome, or a retry.
 
@@ -119,6 +121,8 @@ class RequestRunner:
         A completed call carries its usage (estimated if the upstream reported none) and its
         cost at pricing ``tier``; both are counted in the metrics under ``key``'s name. The
         model's slots are shared fairly between keys (by name, weighted by ``weights``).
+        With ``events``, the call streams and its events are stored as they come
+        (``streaming.py``).
         """
         model = self.settings.models.get(model_name)
         if model is None:
@@ -142,7 +146,10 @@ class RequestRunner:
             served = deployment.label(model.name)
             request = body
             try:
-                reply = await self.upstream.call(deployment, endpoint, body)
+                if events is None:
+                    reply = await self.upstream.call(deployment, endpoint, body)
+                else:
+                    reply = await stream_call(self.upstream, deployment, endpoint, body, events)
             except UpstreamError as exc:
                 self._ended(deployment, exc)
                 failure = self._after_failure(exc, attempt, model.max_attempts, expires_at, expired)

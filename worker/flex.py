@@ -24,17 +24,20 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.settings import Settings
 from app.store.db import database_unavailable
 from app.store.dburl import DatabaseURL
+from app.store.events import EventStore
 from app.store.group_commit import GroupCommit
 from app.store.listener import Listener
 from app.store.outcomes import Outcome
 from app.store.requests import Finish, RequestStore
 from app.vocabulary import Channel, ErrorCode, Status, error
 from worker.execute import EXPIRED, Attempt, RequestRunner
+from worker.streaming import EventWriter, wants_events
 
 log = logging.getLogger("tiergate.flex")
 
@@ -57,6 +60,7 @@ class FlexDispatcher:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.events = EventStore(store.engine)
         self.runner = runner
         self.worker_id = worker_id
         self.poll_s = settings.limits.flex_poll_s
@@ -166,10 +170,14 @@ class FlexDispatcher:
 
     async def _run(self, row: Any) -> None:
         request_id, attempt, model = row["id"], row["attempts"], row["model"]
+        writer: EventWriter | None = None
         try:
             if row["expired"]:
                 await self._finish(Finish(request_id, attempt, EXPIRED))
                 return
+            if wants_events(row):
+                # A retry or a rescued attempt goes on after what is stored.
+                writer = await self._writer(row)
             task = asyncio.current_task()
             assert task is not None
             self._calling[request_id] = task
@@ -184,14 +192,20 @@ class FlexDispatcher:
                     last=row["deployment"],
                     tier=row["service_tier"],
                     key=row["key_name"] or "",
+                    events=writer,
                 )
             finally:
                 self._calling.pop(request_id, None)
             del row  # the body: a waiting retry or a slow store keeps only the outcome
             if result.outcome is not None:
-                await self._finish(Finish(request_id, attempt, result.outcome))
+                if writer is not None:
+                    await self._finish_streamed(writer, result.outcome)
+                else:
+                    await self._finish(Finish(request_id, attempt, result.outcome))
                 return
             assert result.retry_in_s is not None and result.error is not None
+            if writer is not None:
+                await self._store(writer.flush)
             await self._requeue(request_id, attempt, result)
         except asyncio.CancelledError:
             raise
@@ -202,8 +216,40 @@ class FlexDispatcher:
             with contextlib.suppress(Exception):
                 await self._finish(Finish(request_id, attempt, PROCESSING_FAILED))
         finally:
+            if writer is not None:
+                writer.close()
             self._inflight[model] -= 1
             self._wake.set()  # a slot is free
+
+    async def _writer(self, row: Any) -> EventWriter:
+        """The event writer of a streamed attempt, numbering after the stored events."""
+        while True:
+            try:
+                return EventWriter(self.events, row, await self.events.last(row["id"]) + 1)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                await asyncio.sleep(STORE_RETRY_S)
+
+    async def _finish_streamed(self, writer: EventWriter, outcome: Outcome) -> None:
+        """Store a streamed attempt's outcome with its last events (one statement)."""
+
+        async def finish() -> None:
+            await writer.finish(outcome)
+
+        await self._store(finish)
+
+    async def _store(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Run a write, waiting out a database restart."""
+        while True:
+            try:
+                await write()
+                return
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                log.warning("events not stored yet (%s)", exc)
+                await asyncio.sleep(STORE_RETRY_S)
 
     async def _finish(self, finish: Finish) -> None:
         """Store an outcome, waiting out a database restart (the call is not made twice)."""

@@ -99,16 +99,6 @@ def _flag() -> Schema:
     return {"type": ["boolean", "null"]}
 
 
-def _no_stream_with_background() -> Schema:
-    """``stream: true`` together with background is a 400 (not supported yet)."""
-    return {
-        "not": {
-            "required": ["stream", "background"],
-            "properties": {"stream": {"const": True}, "background": {"const": True}},
-        }
-    }
-
-
 def _inference_body(settings: Settings, endpoint: str) -> Schema:
     """What the tier middleware checks; other fields go to the upstream as they are."""
     models = sorted(settings.models)
@@ -136,7 +126,11 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
                 "description": "An earlier Response of the same key: its input and output go "
                 "before this input (404 `previous_response_not_found` otherwise)"
             },
-            "background": _flag(),
+            "background": {
+                **_flag(),
+                "description": "Run on a worker and answer at once: a queued Response, or "
+                "with `stream: true` its stored events as they are produced",
+            },
             "metadata": _metadata(),
         }
         # ``input`` may be left out when a prompt or a previous response stands in for it.
@@ -144,7 +138,6 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
             {"required": [name], "properties": {name: NOT_NULL}}
             for name in ("input", "prompt", "previous_response_id")
         ]
-        schema |= _no_stream_with_background()
     elif endpoint == "/v1/chat/completions":
         properties |= {
             "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
@@ -166,7 +159,8 @@ def _inference_operation(settings: Settings, endpoint: str) -> Schema:
     result = ref("Embeddings") if name == "embeddings" else ref("UpstreamObject")
     ok = {
         "description": "Realtime: the upstream's answer (SSE when streaming); flex: the same "
-        "once a worker ran it; background: a queued Response object",
+        "once a worker ran it; background: a queued Response object, or with `stream` its "
+        "events (stored, resumable with `GET /v1/responses/{id}?stream=true&starting_after=N`)",
         "content": {
             "application/json": {"schema": result},
             "text/event-stream": {},  # the upstream's events, relayed byte for byte
@@ -202,43 +196,30 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 {
                     "name": "stream",
                     "in": "query",
-                    "description": "`true` is not supported yet (400)",
-                    "schema": {"type": "boolean", "enum": [False]},
-                }
+                    "description": "`true`: the Response's events as server-sent events, "
+                    "the stored ones then the live ones until the terminal event",
+                    "schema": {"type": "boolean", "default": False},
+                },
+                {
+                    "name": "starting_after",
+                    "in": "query",
+                    "description": "With `stream`: only events whose `sequence_number` is "
+                    "greater (a client that dropped resumes with the last one it saw)",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
             ],
-            "responses": _responses(_ok(ref("Response")), "400", "404"),
+            "responses": _responses(
+                {
+                    "description": "The Response (`text/event-stream` with `stream=true`)",
+                    "content": {**json_content(ref("Response")), "text/event-stream": {}},
+                },
+                "400",
+                "404",
+            ),
         },
         "delete": {
             "operationId": "delete_response",
             "responses": _responses(_ok(ref("Deleted")), "404"),
-        },
-    }
-    paths["/v1/responses/{id}/input_items"] = {
-        "parameters": [_id_param("request")],
-        "get": {
-            "operationId": "list_input_items",
-            "description": "A Response's input items, an earlier response's history included"
-            " when it was built with previous_response_id",
-            "parameters": [
-                {
-                    "name": "after",
-                    "in": "query",
-                    "description": "The id of the last item of the previous page (400 if the"
-                    " response has no such item)",
-                    "schema": {"type": "string"},
-                },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                },
-                {
-                    "name": "order",
-                    "in": "query",
-                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
-                },
-            ],
-            "responses": _responses(_ok(ref("InputItemList")), "400", "404"),
         },
     }
     paths["/v1/responses/{id}/cancel"] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,12 +20,14 @@ from sqlalchemy.engine import RowMapping
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
+from app.gateway.follow import EventStreams
 from app.gateway.waiters import WaiterHub
 from app.ids import request_id
 from app.metrics import Metrics
 from app.openai.errors import APIError, json_response
 from app.openai.objects import response_object, row_error, stored_result
 from app.openai.replay import KEEP_ALIVE, replayed, stream_error
+from app.openai.stored_events import dumps, frame, opening_events
 from app.openai.validation import Call
 from app.settings import Settings
 from app.store.db import database_unavailable
@@ -42,9 +45,16 @@ class DeferredCalls:
     """Runs the flex/background side of the tier middleware."""
 
     def __init__(
-        self, *, settings: Settings, store: RequestStore, hub: WaiterHub, metrics: Metrics
+        self,
+        *,
+        settings: Settings,
+        store: RequestStore,
+        hub: WaiterHub,
+        metrics: Metrics,
+        streams: EventStreams,
     ) -> None:
         self.settings = settings
+        self.streams = streams
         self.store = store
         self.hub = hub
         self.metrics = metrics
@@ -100,9 +110,11 @@ class DeferredCalls:
         window_s = submission.window_s
         del call
         if background:
-            await self.accepting.submit(submission)
             # What was accepted, as a queued Response (a worker may have claimed it already).
             created = response_object(queued_row(submission))
+            if include_usage is not None:
+                return await self._background_stream(submission, key.id, created, accepted)
+            await self.accepting.submit(submission)
             del submission
             accepted()
             return json_response(created, headers={"x-request-id": rid})
@@ -131,6 +143,23 @@ class DeferredCalls:
             )
         self.metrics.observe_request(endpoint, "flex", row["status"], time.perf_counter() - started)
         return result_response(row)
+
+    async def _background_stream(
+        self,
+        sub: Submission,
+        owner: str,
+        created: dict[str, Any],
+        accepted: Callable[[], None],
+    ) -> Response:
+        """A background stream: its first events stored with the row, sent at once, then
+        what the worker stores, followed live (``follow.py``)."""
+        opening = opening_events(created)
+        await self.accepting.submit(dataclasses.replace(sub, events=dumps(opening)))
+        accepted()
+        frames = tuple(frame(e["type"], dumps(e)) for e in opening)
+        events = self.streams.follow(sub.id, owner, len(opening) - 1, opening=frames)
+        headers = {"x-request-id": sub.id, "cache-control": "no-cache"}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     async def _stream(
         self,

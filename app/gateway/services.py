@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.gateway.bodies import ByteBudget
 from app.gateway.conversations import Conversations
 from app.gateway.deferred import DeferredCalls
+from app.gateway.follow import EventStreams
 from app.gateway.middleware.auth import KeyCache
 from app.gateway.queue_depth import QueueDepth
 from app.gateway.realtime import RealtimeProxy
@@ -20,6 +21,7 @@ from app.store.batches import BatchStore
 from app.store.conversations import ConversationStore
 from app.store.db import create_engine
 from app.store.dburl import DatabaseURL
+from app.store.events import EventStore
 from app.store.files import FileStore
 from app.store.keys import KeyStore
 from app.store.listener import require_notifications
@@ -77,8 +79,19 @@ class Services:
             prices=self.prices,
             gateway_id=self.presence.id,
         )
+        self.events = EventStore(self.engine)
+        self.streams = EventStreams(
+            events=self.events,
+            requests=self.requests,
+            hub=self.hub,
+            keepalive_s=limits.stream_keepalive_s,
+        )
         self.deferred = DeferredCalls(
-            settings=settings, store=self.requests, hub=self.hub, metrics=self.metrics
+            settings=settings,
+            store=self.requests,
+            hub=self.hub,
+            metrics=self.metrics,
+            streams=self.streams,
         )
         self.conversations = Conversations(ConversationStore(self.engine))
         self.queue_depth = QueueDepth(

@@ -1,7 +1,8 @@
 """The per-process LISTEN hub that wakes blocking flex clients.
 
-One asyncpg connection LISTENs on ``tiergate_done`` (request finished) and
-``tiergate_keys`` (key revoked) and fans notifications out to asyncio futures. Thousands of
+One asyncpg connection LISTENs on ``tiergate_done`` (request finished),
+``tiergate_events`` (a streamed background Response stored events) and ``tiergate_keys``
+(key revoked) and fans notifications out to asyncio futures. Thousands of
 waiting clients cost one connection and, as a safety net against lost notifications (the
 connection dropped, the database restarted), one query every ``recheck_s`` for all of them.
 """
@@ -37,13 +38,15 @@ class WaiterHub:
         self._on_key_revoked = on_key_revoked
         self._recheck_s = recheck_s
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # Readers of stored event streams: woken by every flush, and when the request ends.
+        self._followers: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         # Anything that finished while nobody listened is found by the re-check on connect.
         self._listener = Listener(
             url,
-            [Channel.DONE, Channel.KEYS],
+            [Channel.DONE, Channel.KEYS, Channel.EVENTS],
             self._on_notify,
-            on_connected=self._recheck,
+            on_connected=self._on_reconnect,
             name="tiergate-listen",
         )
 
@@ -110,14 +113,36 @@ class WaiterHub:
                 return True
             return await wait(timeout)
 
+    @contextlib.asynccontextmanager
+    async def follower(self, request_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever ``request_id`` stores events or ends (and after the LISTEN
+        connection came back); the follower clears it before each read."""
+        woken = asyncio.Event()
+        self._followers.setdefault(request_id, set()).add(woken)
+        try:
+            yield woken
+        finally:
+            followers = self._followers.get(request_id)
+            if followers is not None:
+                followers.discard(woken)
+                if not followers:
+                    del self._followers[request_id]
+
     def _wake(self, request_id: str) -> None:
         for future in self._waiters.get(request_id, ()):
             if not future.done():
                 future.set_result(None)
+        self._wake_followers(request_id)
+
+    def _wake_followers(self, request_id: str) -> None:
+        for woken in self._followers.get(request_id, ()):
+            woken.set()
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == Channel.DONE:
             self._wake(payload)
+        elif channel == Channel.EVENTS:
+            self._wake_followers(payload)
         elif channel == Channel.KEYS:
             self._on_key_revoked(payload)
 
@@ -130,6 +155,12 @@ class WaiterHub:
                 raise
             except Exception as exc:
                 log.warning("waiter re-check failed: %s", exc)
+
+    async def _on_reconnect(self) -> None:
+        # Followers read again: events stored while nobody listened are found.
+        for request_id in list(self._followers):
+            self._wake_followers(request_id)
+        await self._recheck()
 
     async def _recheck(self) -> None:
         ids = list(self._waiters)

@@ -60,7 +60,11 @@ def response_events(response: dict[str, Any]) -> Iterator[bytes]:
             yield event("response.output_text.done", **where, text=text, logprobs=logprobs)
             yield event("response.content_part.done", **where, part=part)
         yield event("response.output_item.done", output_index=index, item=item)
-    final = {"failed": "response.failed", "incomplete": "response.incomplete"}
+    final = {
+        "failed": "response.failed",
+        "incomplete": "response.incomplete",
+        "cancelled": "response.cancelled",
+    }
     yield event(final.get(response.get("status") or "", "response.completed"), response=response)
 
 

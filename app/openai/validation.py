@@ -214,14 +214,6 @@ def classify_body(
     if stream and endpoint == "/v1/embeddings":
         raise bad_request("'stream' is not supported on /v1/embeddings.", param="stream")
     tier = "flex" if tier == "flex" else "default"
-    if stream and background:
-        raise bad_request(
-            "'stream' cannot be combined with background=true yet; "
-            "send a non-streaming request and read the result by id.",
-            param="stream",
-            code="unsupported_parameter",
-        )
-
     model = settings.models.get(model_name)
     if model is None:
         raise APIError(

@@ -38,8 +38,9 @@ WITH input AS (
         CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:endpoints AS text[]),
         CAST(:models AS text[]), CAST(:tiers AS text[]), CAST(:backgrounds AS boolean[]),
         CAST(:streams AS boolean[]), CAST(:bodies AS text[]), CAST(:windows_s AS integer[]),
-        CAST(:priorities AS smallint[]), CAST(:pins AS text[])
-    ) AS u(id, owner, endpoint, model, tier, background, stream, body, window_s, priority, pin)
+        CAST(:priorities AS smallint[]), CAST(:pins AS text[]), CAST(:events AS text[])
+    ) AS u(id, owner, endpoint, model, tier, background, stream, body, window_s, priority, pin,
+           events)
 ), inserted AS (
     INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
                           status, body, expires_at, priority, pinned_deployment)
@@ -47,6 +48,12 @@ WITH input AS (
            CAST(body AS jsonb), now() + make_interval(secs => window_s), priority, pin
     FROM input
     RETURNING model
+), opening AS (
+    -- a streamed background Response's first events (response_events), with its row
+    INSERT INTO response_events (response_id, sequence_number, event)
+    SELECT input.id, e.ord - 1, e.event
+    FROM input, jsonb_array_elements(CAST(input.events AS jsonb)) WITH ORDINALITY AS e(event, ord)
+    WHERE input.events IS NOT NULL
 )
 SELECT pg_notify('{Channel.WORK}', model) FROM (SELECT DISTINCT model FROM inserted) AS m
 """
@@ -75,6 +82,7 @@ WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
 ))
 RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired, r.deployment, r.pinned_deployment, r.service_tier,
+          r.background, r.stream, r.created_at,
           (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name
 """
 ).columns(body=JSONB)
@@ -170,6 +178,8 @@ class Submission:
     window_s: int
     priority: int
     pin: str | None = None  # x-tiergate-deployment
+    # A streamed background Response's first events (a JSON array), stored with the row.
+    events: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +228,7 @@ class RequestStore:
                     "windows_s": [s.window_s for s in subs],
                     "priorities": [s.priority for s in subs],
                     "pins": [s.pin for s in subs],
+                    "events": [s.events for s in subs],
                 },
             )
 

@@ -4,7 +4,8 @@ Five kinds of history, each deleted oldest first by one short statement per chun
 UPDATE SKIP LOCKED``, so that several workers pruning at once never wait on each other and no
 statement holds many locks for long):
 
-- ``requests``: finished single requests and realtime rows (``requests_days``);
+- ``requests``: finished single requests and realtime rows (``requests_days``), the stored
+  events of background streams with them (``response_events``: ``ON DELETE CASCADE``);
 - ``batches``: finished Batch API batches with their lines, the lines first, a chunk at a
   time, then the batch (``requests_days``); and the single-request batches of revisions
   before 0005;

@@ -300,3 +300,20 @@ queue_depth_counted = Table(
     CheckConstraint("one", name="queue_depth_counted_one_row"),
     comment="when queue_depth was last counted (one row)",
 )
+
+
+response_events = Table(
+    "response_events",
+    metadata,
+    Column(
+        "response_id",
+        Text,
+        ForeignKey("requests.id", ondelete="CASCADE"),
+        primary_key=True,
+        comment="a background Response created with stream=true",
+    ),
+    Column("sequence_number", Integer, primary_key=True, comment="0-based, consecutive"),
+    Column(
+        "event", JSONB, nullable=False, comment="the event as streamed, sequence_number included"
+    ),
+)

@@ -270,6 +270,13 @@ async def read_all(response: httpx.Response) -> bytes:
         return await response.aread()
 
 
+async def iter_bytes(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The answer's bytes as they arrive, transport failures mapped to ``UpstreamError``."""
+    with _mapped_errors():
+        async for chunk in response.aiter_bytes():
+            yield chunk
+
+
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
     """httpx transport errors as retryable ``UpstreamError``s whose messages name no address

@@ -442,3 +442,24 @@ def test_flex_stream(client: openai.OpenAI, mocks):
     assert final.service_tier == "flex"
     assert only_body(mocks, "flex-stream-1")["messages"][-1]["role"] == "user"
     assert client.responses.retrieve(final.id).output_text == final.output_text
+
+
+def test_background_stream(client: openai.OpenAI, mocks):
+    """A background stream on a chat-only model: the worker streams a chat call, translated
+    to Responses events as they come, and stores them; a resume reads the same events."""
+    stream = client.responses.create(
+        model="llama", input="mock:key=bg-stream-1 in the background", background=True, stream=True
+    )
+    events = [EVENTS.validate_python(e.model_dump()) for e in stream]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert kinds[-1] == "response.completed" and "response.output_text.delta" in kinds
+    final = events[-1].response
+    assert final.output_text == "echo: mock:key=bg-stream-1 in the background"
+    assert only_body(mocks, "bg-stream-1")["stream"] is True
+    resumed = [
+        EVENTS.validate_python(e.model_dump())
+        for e in client.responses.retrieve(final.id, stream=True, starting_after=2)
+    ]
+    assert [e.model_dump() for e in resumed] == [e.model_dump() for e in events[3:]]

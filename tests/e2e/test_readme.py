@@ -29,4 +29,5 @@ def test_readme_python_example_runs(gateway: Gateway, key: str, tmp_path: Path):
         "3",
         "echo: streamed",
         "completed echo: later",
+        "echo: resumable",
     ]

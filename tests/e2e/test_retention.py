@@ -73,3 +73,16 @@ def test_past_retention_a_response_is_gone_and_prune_deletes_it(
     assert db.execute("SELECT count(*) FROM requests WHERE id = %s", (old.id,)).fetchone() == (0,)
     assert "requests  0 past retention" in prune(database, config, "--dry-run")
     assert client.responses.retrieve(recent.id).status == "completed"
+
+
+def test_prune_deletes_a_streamed_responses_events(
+    client: openai.OpenAI, database: DatabaseURL, config: Path, db: psycopg.Connection
+):
+    stream = client.responses.create(model="mock", input="old stream", background=True, stream=True)
+    rid = stream.response.headers["x-request-id"]
+    assert list(stream)[-1].type == "response.completed"
+    count = "SELECT count(*) FROM response_events WHERE response_id = %s"
+    assert db.execute(count, (rid,)).fetchone()[0] > 3
+    db.execute("UPDATE requests SET created_at = now() - interval '31 days' WHERE id = %s", (rid,))
+    prune(database, config)
+    assert db.execute(count, (rid,)).fetchone() == (0,)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from app.api.routes.params import page_params, path_id, services, sort_order
@@ -20,17 +20,46 @@ def _store(request: Request) -> RequestStore:
 
 
 async def retrieve(request: Request) -> Response:
+    """A Response by id; with ``stream=true`` its events after ``starting_after``, then the
+    live ones until the terminal event (``app/gateway/follow.py``)."""
     rid = path_id(request, "response")
-    if request.query_params.get("stream") in ("true", "1"):
-        raise bad_request(
-            "Streaming a stored response is not supported yet; omit 'stream'.",
-            param="stream",
-            code="unsupported_parameter",
-        )
-    row = await _store(request).get(rid, current_key(request.scope).id)
+    stream = _flag(request, "stream")
+    after = _starting_after(request) if stream else -1
+    owner = current_key(request.scope).id
+    row = await _store(request).get(rid, owner)
     if row is None:
         raise not_found("response", rid)
-    return json_response(response_object(row), headers={"x-request-id": rid})
+    if not stream:
+        return json_response(response_object(row), headers={"x-request-id": rid})
+    events = services(request).streams.follow(rid, owner, after)
+    headers = {"x-request-id": rid, "cache-control": "no-cache"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw in (None, "", "false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise bad_request(f"'{name}' must be true or false.", param=name, code="invalid_value")
+
+
+MAX_SEQUENCE_DIGITS = 9
+
+
+def _starting_after(request: Request) -> int:
+    """``starting_after``: a sequence number (the stream goes on after it), -1 if absent."""
+    raw = request.query_params.get("starting_after")
+    if raw is None or raw == "":
+        return -1
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_SEQUENCE_DIGITS):
+        raise bad_request(
+            "'starting_after' must be a non-negative integer (a sequence number).",
+            param="starting_after",
+            code="invalid_value",
+        )
+    return int(raw)
 
 
 async def cancel(request: Request) -> Response:
