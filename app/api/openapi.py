@@ -222,6 +222,34 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "responses": _responses(_ok(ref("Deleted")), "404"),
         },
     }
+    paths["/v1/responses/{id}/input_items"] = {
+        "parameters": [_id_param("request")],
+        "get": {
+            "operationId": "list_input_items",
+            "description": "A Response's input items, an earlier response's history included"
+            " when it was built with previous_response_id",
+            "parameters": [
+                {
+                    "name": "after",
+                    "in": "query",
+                    "description": "The id of the last item of the previous page (400 if the"
+                    " response has no such item)",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                },
+                {
+                    "name": "order",
+                    "in": "query",
+                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
+                },
+            ],
+            "responses": _responses(_ok(ref("InputItemList")), "400", "404"),
+        },
+    }
     paths["/v1/responses/{id}/cancel"] = {
         "parameters": [_id_param("request")],
         "post": {
