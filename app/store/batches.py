@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.store.limits import add_spend
 from app.store.outcomes import STORE_OUTCOMES, Outcome, outcome_arrays
 from app.vocabulary import (
     CLOSABLE_BATCH,
@@ -194,7 +195,8 @@ FINISH_MANY = text(
     f"""
 WITH done AS ({STORE_OUTCOMES}
     RETURNING r.batch_id, r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens,
-              r.total_tokens, r.cost_usd
+              r.total_tokens, r.cost_usd, r.owner_key_id
+), spent AS ({add_spend("done")} RETURNING 1
 ), sums AS (
     SELECT batch_id, sum(input_tokens) AS input_tokens, sum(cached_tokens) AS cached_tokens,
            sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens,

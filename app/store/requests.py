@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.store.limits import add_spend
 from app.store.outcomes import STORE_OUTCOMES, Outcome, dumps, outcome_arrays
 from app.store.schema import requests
 from app.vocabulary import FINAL, LIVE, BatchKind, Channel, ErrorCode, Status, sql_error, sql_in
@@ -81,7 +82,8 @@ RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
 
 # Results of many attempts, one statement; each final row wakes its blocking client.
 FINISH_MANY = text(
-    f"WITH done AS ({STORE_OUTCOMES} RETURNING r.id)"
+    f"WITH done AS ({STORE_OUTCOMES} RETURNING r.id, r.owner_key_id, r.cost_usd),"
+    f" spent AS ({add_spend('done')} RETURNING 1)"
     f" SELECT id, pg_notify('{Channel.DONE}', id) FROM done"
 )
 
