@@ -48,7 +48,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         rpm=args.rpm,
         tpm=args.tpm,
         budget_usd=args.budget_usd,
-        budget_period=(args.budget_period or BudgetPeriod.MONTH)
+        budget_period=BudgetPeriod(args.budget_period or BudgetPeriod.MONTH)
         if args.budget_usd is not None
         else None,
     )
@@ -208,8 +208,7 @@ def _add_limit_options(parser: argparse.ArgumentParser, default: Any) -> None:
     )
     parser.add_argument(
         "--budget-period",
-        type=BudgetPeriod,
-        choices=list(BudgetPeriod),
+        choices=[str(p) for p in BudgetPeriod],
         default=None,
         help="day or month (calendar, UTC) or total; default month",
     )
