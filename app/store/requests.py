@@ -63,7 +63,8 @@ CLAIM = text(
 UPDATE requests AS r
 SET status = '{Status.IN_PROGRESS}', attempts = r.attempts + 1,
     started_at = coalesce(r.started_at, now()), claimed_by = :worker
-WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
+FROM api_keys k
+WHERE k.id = r.owner_key_id AND r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
     SELECT picked.id
     FROM unnest(CAST(:models AS text[]), CAST(:counts AS integer[])) AS want(model, n),
     LATERAL (
@@ -76,7 +77,7 @@ WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
 ))
 RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired, r.deployment, r.pinned_deployment, r.service_tier,
-          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name
+          r.owner_key_id, k.name AS key_name, k.rpm, k.tpm
 """
 ).columns(body=JSONB)
 

@@ -262,3 +262,45 @@ def test_a_spent_budget_refuses_new_work_on_every_tier(
     line = next(x for x in listed.stdout.splitlines() if " budgeted " in x)
     assert "budget=0.0002/day" in line and "remaining=0.0000" in line
     assert f"spent={spent_usd:.4f}" in line
+
+
+def finish_times(database: DatabaseURL, key_name: str, n: int) -> list[float]:
+    """Finish times (epoch s) of the key's ``n`` deferred requests, once all completed."""
+
+    def done() -> list[float] | None:
+        with psycopg.connect(database.libpq(), autocommit=True) as db:
+            rows = db.execute(
+                "SELECT extract(epoch FROM finished_at)::float8 FROM requests r"
+                " JOIN api_keys k ON k.id = r.owner_key_id"
+                " WHERE k.name = %s AND r.service_tier = 'flex' AND r.status = 'completed'"
+                " ORDER BY finished_at",
+                (key_name,),
+            ).fetchall()
+        return [t for (t,) in rows] if len(rows) == n else None
+
+    found = wait_until(done, f"{n} requests of {key_name} to complete", timeout=60)
+    return found
+
+
+def test_flex_over_the_limit_runs_at_the_keys_rate(gateway: Gateway, database: DatabaseURL):
+    # 30 rpm: a full bucket (30) at once, then one every 2 s.
+    client = sdk(gateway, create_key(database.libpq(), "paced", options=["--rpm", "30"]))
+    accepted = [ask(client, f"n{n}", service_tier="flex", background=True) for n in range(34)]
+    assert all(r.status in ("queued", "in_progress", "completed") for r in accepted)
+    times = finish_times(database, "paced", 34)
+    tail = times[-1] - times[29]  # the 4 beyond the burst, 2 s apart: about 8 s
+    assert 5.0 <= tail <= 20.0, f"the last 4 took {tail:.1f}s"
+    assert times[29] - times[0] < 5.0  # the burst ran at once
+
+
+def test_batch_lines_over_the_limit_run_at_the_keys_rate(gateway: Gateway, database: DatabaseURL):
+    # 60 rpm: 60 lines at once, then one a second.
+    client = sdk(gateway, create_key(database.libpq(), "paced-batch", options=["--rpm", "60"]))
+    batch = start_batch(client, [responses_line(f"l{n}", "x", "priced") for n in range(65)])
+    times = finish_times(database, "paced-batch", 65)
+    tail = times[-1] - times[59]  # 5 lines, 1 s apart: about 5 s
+    assert 3.0 <= tail <= 20.0, f"the last 5 lines took {tail:.1f}s"
+    wait_until(
+        lambda: client.batches.retrieve(batch.id).status == "completed",
+        "the paced batch to complete",
+    )
