@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.gateway.bodies import ByteBudget, declared_size, read_body
@@ -101,11 +101,11 @@ class TierMiddleware:
 def _with_headers(send: Send, extra: dict[str, str]) -> Send:
     """``send`` adding ``extra`` headers to the response's start."""
 
+    raw = [(name.encode(), value.encode()) for name, value in extra.items()]
+
     async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = MutableHeaders(scope=message)
-            for name, value in extra.items():
-                headers[name] = value
+        if message["type"] == "http.response.start":  # names tiergate alone sets: appended
+            message["headers"] = [*message.get("headers", ()), *raw]
         await send(message)
 
     return sending
