@@ -104,6 +104,15 @@ def test_rpm_over_the_limit_is_429_with_retry_after_and_headers_on_2xx(
         client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}])
 
 
+def test_streams_carry_the_headers_too(gateway: Gateway, database: DatabaseURL):
+    client = sdk(gateway, create_key(database.libpq(), "streamer", options=["--rpm", "50"]))
+    raw = client.responses.with_raw_response.create(model="priced", input="hi", stream=True)
+    assert raw.headers["x-ratelimit-limit-requests"] == "50"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "49"
+    events = list(raw.parse())
+    assert events[-1].type == "response.completed"
+
+
 def test_tpm_counts_estimated_tokens_and_corrects_them(gateway: Gateway, database: DatabaseURL):
     client = sdk(gateway, create_key(database.libpq(), "tpm", options=["--tpm", "300"]))
     # Estimated at 1 + 200 tokens; the call uses far fewer, which the key gets back.
@@ -262,6 +271,16 @@ def test_a_spent_budget_refuses_new_work_on_every_tier(
     line = next(x for x in listed.stdout.splitlines() if " budgeted " in x)
     assert "budget=0.0002/day" in line and "remaining=0.0000" in line
     assert f"spent={spent_usd:.4f}" in line
+    usage = subprocess.run(
+        [sys.executable, "-m", "app.cli", "usage", "--key", "budgeted"],
+        cwd=ROOT,
+        env=base_env(DATABASE_URL=database.libpq()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "budget of budgeted: 0.0002 USD per day" in usage.stdout
+    assert f"spent {spent_usd:.4f}, remaining 0.0000" in usage.stdout
 
 
 def finish_times(database: DatabaseURL, key_name: str, n: int) -> list[float]:
