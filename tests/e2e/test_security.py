@@ -259,7 +259,10 @@ def test_keys_are_stored_only_as_sha256_hashes(key: str, db: psycopg.Connection)
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'"
         )
     }
-    assert columns == {"id", "name", "key_hash", "key_prefix", "models", "created_at", "revoked_at"}
+    assert columns == {
+        "id", "name", "key_hash", "key_prefix", "models", "created_at", "revoked_at", "is_admin",
+        "rpm", "tpm", "budget_usd", "budget_period",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("header", BYPASS_HEADERS)
