@@ -139,3 +139,21 @@ def test_cli_limits_parse_or_say_why():
     for bad in ("-1", "nan", "inf", "lots"):
         with pytest.raises(argparse.ArgumentTypeError):
             budget(bad)
+
+
+async def test_the_pacer_runs_what_the_bucket_covers_and_spaces_the_rest():
+    from worker.pacing import Pacer
+
+    bucket = FakeBucket()
+    pacer = Pacer(bucket)  # type: ignore[arg-type]
+    rows = [
+        {"id": f"r{n}", "owner_key_id": "key_1", "rpm": 6, "tpm": None, "body": {"input": "x"}}
+        for n in range(9)
+    ] + [{"id": "free", "owner_key_id": "key_2", "rpm": None, "tpm": None, "body": {}}]
+    run, wait = await pacer.split(rows)
+    assert [r["id"] for r in run] == ["free", "r0", "r1", "r2", "r3", "r4", "r5"]
+    # The bucket is empty: one request every 10 s, booked one after the other.
+    assert [round(delay) for _, delay in wait] == [10, 20, 30]
+    later = [{**rows[0], "id": "r9"}]
+    _, wait = await pacer.split(later)  # booked after the three already waiting
+    assert round(wait[0][1]) == 40
