@@ -285,3 +285,37 @@ class RequestErrorCode(StrEnum):
 
     PREVIOUS_RESPONSE_NOT_FOUND = "previous_response_not_found"
     PREVIOUS_RESPONSE_NOT_FINISHED = "previous_response_not_finished"
+
+
+class LimitCode(StrEnum):
+    """Codes of 429s for a key over its limits (OpenAI's: the SDK retries the first only)."""
+
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    INSUFFICIENT_QUOTA = "insufficient_quota"
+
+
+class LimitKind(StrEnum):
+    """The ``type`` of a ``rate_limit_exceeded`` error: which limit was hit (as OpenAI)."""
+
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+
+
+class BudgetPeriod(StrEnum):
+    """``api_keys.budget_period``: calendar periods in UTC, or the key's whole life."""
+
+    DAY = "day"
+    MONTH = "month"
+    TOTAL = "total"
+
+
+class RateLimitHeader(StrEnum):
+    """OpenAI's rate-limit headers, on every answer to a realtime call of a limited key."""
+
+    LIMIT_REQUESTS = "x-ratelimit-limit-requests"
+    REMAINING_REQUESTS = "x-ratelimit-remaining-requests"
+    RESET_REQUESTS = "x-ratelimit-reset-requests"
+    LIMIT_TOKENS = "x-ratelimit-limit-tokens"
+    REMAINING_TOKENS = "x-ratelimit-remaining-tokens"
+    RESET_TOKENS = "x-ratelimit-reset-tokens"
+    RETRY_AFTER = "retry-after"

@@ -6,6 +6,10 @@ system, from /proc) by the calls. Run it from a checkout to measure that checkou
 (``cd /path/to/other/checkout && PYTHONPATH=. python /path/to/realtime_cpu.py``).
 
 Usage: python bench/realtime_cpu.py [--calls N] [--concurrency C] [--rounds R] [--priced]
+       [--key-options "--rpm 1000000 --tpm 100000000 --budget-usd 1000000"]
+
+``--key-options`` creates the bench key with rate limits and/or a budget (high enough that
+nothing is refused), to measure what enforcing them costs per call.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--priced", action="store_true", help="give the model a price")
+    parser.add_argument(
+        "--key-options", default="", help="options of keys create: --rpm, --tpm, --budget-usd"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tiergate-cpu-"))
     model: dict[str, object] = {"name": "remote", "upstream": ""}
@@ -65,7 +72,7 @@ def main() -> None:
                 model["pricing"] = {"input_per_mtok": 3, "output_per_mtok": 15}
             config = write_config(work / "tiergate.yaml", [model])
             db = factory.create().libpq()
-            key = create_key(db, "bench")
+            key = create_key(db, "bench", options=args.key_options.split())
             gw = start_gateway(database_url=db, config=config, log=work / "gw.log", worker=False)
             try:
                 assert gw.process.proc is not None
@@ -85,6 +92,7 @@ def main() -> None:
     print(
         f"gateway CPU per realtime call: median {statistics.median(per_call):.0f} us"
         f" ({args.rounds} rounds of {args.calls} calls at concurrency {args.concurrency}: {rounds})"
+        + (f" key: {args.key_options}" if args.key_options else "")
     )
 
 

@@ -24,6 +24,7 @@ from app.store.keys import KeyStore
 from app.store.outcomes import Outcome
 from app.vocabulary import CLOSABLE_BATCH, BatchStatus, ErrorCode, PriceTier, Status, Tier, error
 from worker.execute import RequestRunner, RetryLater
+from worker.pacing import PACED, Pacer
 
 log = logging.getLogger("tiergate.batches")
 
@@ -57,8 +58,10 @@ class BatchJobs:
         keys: KeyStore,
         runner: RequestRunner,
         conversations: Conversations,
+        pacer: Pacer,
     ) -> None:
         self.settings = settings
+        self.pacer = pacer
         self.batches = batches
         self.files = files
         self.keys = keys
@@ -221,6 +224,17 @@ class BatchJobs:
                 if not drained and (free >= max(1, window // 4) or not running):
                     rows = await self.batches.claim(batch_id, job_id, free, resume=resume)
                     resume, drained = False, len(rows) < free
+                    rows, waiting = await self.pacer.split(rows)
+                    if waiting:  # over the key's rate: they wait; the job comes back then
+                        drained = True
+                        await self.batches.record(
+                            [
+                                LineResult(
+                                    row["id"], row["attempts"], None, delay_s, PACED, counted=False
+                                )
+                                for row, delay_s in waiting
+                            ]
+                        )
                     for row in rows:
                         running[row["id"]] = asyncio.create_task(self._line(row, cancelled))
                 if not running:

@@ -37,6 +37,7 @@ from app.store.outcomes import Outcome
 from app.store.requests import Finish, RequestStore
 from app.vocabulary import Channel, ErrorCode, Status, error
 from worker.execute import EXPIRED, Attempt, RequestRunner
+from worker.pacing import PACED, Pacer
 from worker.streaming import EventWriter, wants_events
 
 log = logging.getLogger("tiergate.flex")
@@ -57,8 +58,10 @@ class FlexDispatcher:
         store: RequestStore,
         runner: RequestRunner,
         worker_id: str,
+        pacer: Pacer,
     ) -> None:
         self.settings = settings
+        self.pacer = pacer
         self.store = store
         self.events = EventStore(store.engine)
         self.runner = runner
@@ -131,8 +134,12 @@ class FlexDispatcher:
             if not wanted:
                 return
             rows = await self.store.claim(wanted, self.worker_id)
-            for row in rows:
+            ready, waiting = await self.pacer.split(rows)
+            for row in ready:
                 self._start(row)
+            for row, delay_s in waiting:  # over its key's rate: back in the queue till then
+                await self.store.requeue(row["id"], row["attempts"], PACED, delay_s, counted=False)
+                self._schedule_due(delay_s)
             # A model that filled its free slots may have more waiting: claim again.
             got = Counter(row["model"] for row in rows)
             if not any(got[model] == n for model, n in wanted.items()):

@@ -19,6 +19,7 @@ from app.store.db import create_engine, database_unavailable
 from app.store.dburl import DatabaseURL
 from app.store.files import FileStore
 from app.store.keys import KeyStore
+from app.store.limits import LimitStore
 from app.store.listener import require_notifications
 from app.store.orphans import OrphanStore
 from app.store.presence import Presence
@@ -34,6 +35,7 @@ from worker.batches import BatchJobs
 from worker.execute import RequestRunner
 from worker.flex import FlexDispatcher
 from worker.maintenance import Maintenance
+from worker.pacing import Pacer
 
 log = logging.getLogger("tiergate.worker")
 
@@ -69,8 +71,10 @@ async def run_worker(
     own_router = router is None
     router = router or Router(settings)
     runner = RequestRunner(settings=settings, upstream=upstream, router=router, metrics=metrics)
+    pacer = Pacer(LimitStore(engine))  # flex and batch work of limited keys, at their rate
     batch_jobs = BatchJobs(
         settings=settings,
+        pacer=pacer,
         batches=BatchStore(engine),
         files=FileStore(engine),
         keys=KeyStore(engine),
@@ -97,6 +101,7 @@ async def run_worker(
         store=RequestStore(engine),
         runner=runner,
         worker_id=presence.id,
+        pacer=pacer,
     )
     flex_task = asyncio.create_task(flex.run(), name="flex-dispatcher")
     weights_task = asyncio.create_task(

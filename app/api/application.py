@@ -69,6 +69,8 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
                 deferred=services.deferred,
                 conversations=services.conversations,
                 budget=services.body_budget,
+                limiter=services.rate_limiter,
+                budgets=services.budgets,
             ),
         ],
         exception_handlers={

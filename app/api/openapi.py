@@ -42,7 +42,9 @@ ERRORS = {
     " (`insufficient_permissions`, organization endpoints)",
     "404": "No such object for this key, or unknown model (`model_not_found`)",
     "413": "Body or file larger than the configured limit",
-    "429": "A flex request whose completion window passed (`request_expired`)",
+    "429": "The key is over its rpm/tpm (`rate_limit_exceeded`, with `retry-after`) or has"
+    " spent its budget (`insufficient_quota`); a flex request whose completion window passed"
+    " (`request_expired`)",
     "502": "The upstream failed and retries ran out",
     "503": "The database is unavailable; retry shortly",
     "504": "A blocking flex request still running when its wait ended",
@@ -353,7 +355,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                     }
                 ),
             },
-            "responses": _responses(_ok(ref("Batch")), "400", "404", "413"),
+            "responses": _responses(_ok(ref("Batch")), "400", "404", "413", "429"),
         },
         "get": {
             "operationId": "list_batches",

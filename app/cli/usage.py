@@ -12,6 +12,7 @@ from typing import Any
 from app.settings import Settings
 from app.store.db import create_engine
 from app.store.embedded import resolve_database
+from app.store.limits import LimitStore
 from app.store.usage import UsageRow, summary
 
 HEADERS = ("REQUESTS", "INPUT", "CACHED", "OUTPUT", "REASONING", "COST USD")
@@ -83,17 +84,26 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
         print("tiergate: --until must be after --since", file=sys.stderr)
         return 2
 
-    async def main() -> list[UsageRow]:
+    async def main() -> tuple[list[UsageRow], list[dict[str, Any]]]:
         url = resolve_database(settings.database_url, settings.home)
         engine = create_engine(url, pool_size=1, max_overflow=0, application_name="tiergate-cli")
         try:
-            return await summary(
+            rows = await summary(
                 engine, by=args.by, key=args.key, since=args.since, until=args.until
             )
+            return rows, await LimitStore(engine).budgets()
         finally:
             await engine.dispose()
 
-    print(table(asyncio.run(main()), args.by))
+    rows, budgets = asyncio.run(main())
+    print(table(rows, args.by))
+    for b in budgets:
+        if args.key in (None, b["key_name"], b["key_id"]):
+            print(
+                f"budget of {b['key_name']}: {b['budget_usd']} USD per {b['budget_period']}"
+                f" (since {b['period_start']}): spent {b['spent_usd']:.4f},"
+                f" remaining {b['remaining_usd']:.4f}"
+            )
     return 0
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,8 +73,10 @@ class RealtimeProxy:
         metrics: Metrics,
         prices: PriceBook,
         gateway_id: str | None = None,
+        settle: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.gateway_id = gateway_id
+        self.settle = settle  # corrects a rate-limited key's tokens once the usage is known
         self.prices = prices
         self.router = router
         self.store = store
@@ -337,6 +339,8 @@ class RealtimeProxy:
         )
         if outcome.status == Status.COMPLETED:
             outcome = self._priced(call, outcome)
+        if self.settle is not None and call.estimated_tokens:
+            self.settle(call.key_id, call.estimated_tokens, outcome.usage.total or 0)
         try:
             await self.tracking.submit(RealtimeEnd(rid, outcome))
         except Exception as exc:  # the reaper will close the row

@@ -10,6 +10,7 @@ from app.gateway.bodies import ByteBudget
 from app.gateway.conversations import Conversations
 from app.gateway.deferred import DeferredCalls
 from app.gateway.follow import EventStreams
+from app.gateway.limits import Budgets, RateLimiter
 from app.gateway.middleware.auth import KeyCache
 from app.gateway.queue_depth import QueueDepth
 from app.gateway.realtime import RealtimeProxy
@@ -24,6 +25,7 @@ from app.store.dburl import DatabaseURL
 from app.store.events import EventStore
 from app.store.files import FileStore
 from app.store.keys import KeyStore
+from app.store.limits import LimitStore
 from app.store.listener import require_notifications
 from app.store.presence import Presence
 from app.store.realtime import RealtimeTracker
@@ -52,6 +54,9 @@ class Services:
         self.prices = PriceBook(settings)
         self.keys = KeyStore(self.engine)
         self.key_cache = KeyCache(self.keys)
+        limit_store = LimitStore(self.engine)
+        self.rate_limiter = RateLimiter(limit_store)
+        self.budgets = Budgets(limit_store)
         self.requests = RequestStore(self.engine, retention_days=limits.retention.requests_days)
         self.files = FileStore(self.engine)
         self.batches = BatchStore(self.engine)
@@ -61,7 +66,7 @@ class Services:
         self.hub = WaiterHub(
             url,
             final_among=self.requests.final_among,
-            on_key_revoked=self.key_cache.revoke,
+            on_key_revoked=self._key_changed,
             recheck_s=limits.waiter_recheck_s,
         )
         self.presence = Presence(
@@ -78,6 +83,7 @@ class Services:
             metrics=self.metrics,
             prices=self.prices,
             gateway_id=self.presence.id,
+            settle=self.rate_limiter.settle,
         )
         self.events = EventStore(self.engine)
         self.streams = EventStreams(
@@ -100,6 +106,11 @@ class Services:
         self.body_budget = ByteBudget(limits.inflight_body_bytes, wait_s=limits.body_wait_s)
         self.metrics.large_body_bytes.set_function(lambda: self.body_budget.in_use)
         self.metrics.large_bodies_waiting.set_function(lambda: self.body_budget.waiting)
+
+    def _key_changed(self, key_id: str) -> None:
+        """A key was revoked or updated (limits, budget, models): read it again."""
+        self.key_cache.revoke(key_id)
+        self.budgets.forget(key_id)
 
     async def start(self) -> None:
         await require_notifications(self.url)  # a gateway without them cannot answer

@@ -34,6 +34,9 @@ class Call:
     stream: bool
     pin: str | None = None  # x-tiergate-deployment: the one deployment that may serve it
     key_name: str = ""  # the caller's key, as metrics name it
+    key_id: str = ""
+    # Tokens taken from the key's rate limit before the call (corrected after it).
+    estimated_tokens: int = 0
 
     @property
     def deferred(self) -> bool:
@@ -251,4 +254,5 @@ def classify_body(
         stream=stream,
         pin=pin,
         key_name=key.name,
+        key_id=key.id,
     )

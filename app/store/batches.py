@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.store.limits import add_spend
 from app.store.outcomes import STORE_OUTCOMES, Outcome, outcome_arrays
 from app.vocabulary import (
     CLOSABLE_BATCH,
@@ -164,8 +165,10 @@ WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
-          r.expires_at < now() AS expired, r.deployment,
-          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name
+          r.expires_at < now() AS expired, r.deployment, r.owner_key_id,
+          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name,
+          (SELECT k.rpm FROM api_keys k WHERE k.id = r.owner_key_id) AS rpm,
+          (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 # ... and, when it starts, takes back the lines it had claimed in a run that died (a job
@@ -182,8 +185,10 @@ WHERE r.id = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
-          r.expires_at < now() AS expired, r.deployment,
-          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name
+          r.expires_at < now() AS expired, r.deployment, r.owner_key_id,
+          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name,
+          (SELECT k.rpm FROM api_keys k WHERE k.id = r.owner_key_id) AS rpm,
+          (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 BATCH_MODEL = text("SELECT model FROM requests WHERE batch_id = :batch LIMIT 1")
@@ -194,7 +199,8 @@ FINISH_MANY = text(
     f"""
 WITH done AS ({STORE_OUTCOMES}
     RETURNING r.batch_id, r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens,
-              r.total_tokens, r.cost_usd
+              r.total_tokens, r.cost_usd, r.owner_key_id
+), spent AS ({add_spend("done")} RETURNING 1
 ), sums AS (
     SELECT batch_id, sum(input_tokens) AS input_tokens, sum(cached_tokens) AS cached_tokens,
            sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens,

@@ -3,31 +3,51 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ids import new_api_key, new_id
-from app.vocabulary import Channel
+from app.store.limits import SEED_SPEND
+from app.vocabulary import BudgetPeriod, Channel
 
 INSERT_KEY = text(
-    "INSERT INTO api_keys (id, name, key_hash, key_prefix, models, is_admin)"
-    " VALUES (:id, :name, :key_hash, :key_prefix, :models, :is_admin)"
+    "INSERT INTO api_keys (id, name, key_hash, key_prefix, models, is_admin, rpm, tpm,"
+    " budget_usd, budget_period) VALUES (:id, :name, :key_hash, :key_prefix, :models,"
+    " :is_admin, :rpm, :tpm, :budget_usd, :budget_period)"
 )
+KEY_COLUMNS = "id, name, models, is_admin, rpm, tpm, budget_usd, budget_period"
 # Lookup by hash; revoked keys are simply not found.
 FIND_KEY = text(
-    "SELECT id, name, models, is_admin FROM api_keys"
-    " WHERE key_hash = :key_hash AND revoked_at IS NULL"
+    f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL"
 )
 REVOKE_KEY = text(
     "WITH r AS (UPDATE api_keys SET revoked_at = now()"
     " WHERE (id = :ident OR name = :ident) AND revoked_at IS NULL RETURNING id)"
     f" SELECT r.id, pg_notify('{Channel.KEYS}', r.id) FROM r"
 )
-GET_KEY = text(
-    "SELECT id, name, models, is_admin FROM api_keys WHERE id = :id AND revoked_at IS NULL"
+GET_KEY = text(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = :id AND revoked_at IS NULL")
+# Changes only the columns flagged ``set_*``; every gateway drops the key from its cache.
+UPDATE_KEY = text(
+    f"""
+WITH u AS (
+    UPDATE api_keys SET
+        models = CASE WHEN :set_models THEN CAST(:models AS text[]) ELSE models END,
+        rpm = CASE WHEN :set_rpm THEN CAST(:rpm AS integer) ELSE rpm END,
+        tpm = CASE WHEN :set_tpm THEN CAST(:tpm AS bigint) ELSE tpm END,
+        budget_usd = CASE WHEN :set_budget THEN CAST(:budget_usd AS numeric) ELSE budget_usd END,
+        budget_period = CASE
+            WHEN :set_budget AND :budget_usd IS NULL THEN NULL
+            WHEN CAST(:budget_period AS text) IS NOT NULL THEN :budget_period
+            WHEN :set_budget THEN coalesce(budget_period, '{BudgetPeriod.MONTH}')
+            ELSE budget_period END
+    WHERE (id = :ident OR name = :ident) AND revoked_at IS NULL
+    RETURNING {KEY_COLUMNS}
+) SELECT u.*, pg_notify('{Channel.KEYS}', u.id) FROM u
+"""
 )
 SET_WEIGHT = text(
     "UPDATE api_keys SET weight = :weight WHERE (id = :ident OR name = :ident)"
@@ -36,13 +56,31 @@ SET_WEIGHT = text(
 # The workers' fair shares: only keys whose weight is not the default (a short list).
 WEIGHTS = text("SELECT name, weight FROM api_keys WHERE revoked_at IS NULL AND weight <> 1")
 LIST_KEYS = text(
-    "SELECT id, name, key_prefix, models, is_admin, weight, created_at, revoked_at FROM api_keys"
-    " ORDER BY created_at"
+    "SELECT k.id, k.name, k.key_prefix, k.models, k.is_admin, k.weight, k.created_at,"
+    " k.revoked_at, k.rpm, k.tpm, k.budget_usd, k.budget_period, b.spent_usd, b.remaining_usd"
+    " FROM api_keys k LEFT JOIN tiergate_budgets b ON b.key_id = k.id ORDER BY k.created_at"
 )
 
 
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """A key's rate limits (None: none) and budget (USD per period; None: none)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: Decimal | None = None
+    budget_period: BudgetPeriod | None = None
+
+    @property
+    def rated(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+
+NO_LIMITS = KeyLimits()
 
 
 @dataclass(frozen=True)
@@ -53,6 +91,7 @@ class ApiKey:
     name: str
     models: tuple[str, ...] | None
     is_admin: bool = False  # may read the organization usage and costs of every key
+    limits: KeyLimits = field(default_factory=lambda: NO_LIMITS)
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -64,6 +103,12 @@ def _key(row: Any) -> ApiKey:
         name=row.name,
         models=tuple(row.models) if row.models else None,
         is_admin=bool(row.is_admin),
+        limits=KeyLimits(
+            rpm=row.rpm,
+            tpm=row.tpm,
+            budget_usd=row.budget_usd,
+            budget_period=BudgetPeriod(row.budget_period) if row.budget_period else None,
+        ),
     )
 
 
@@ -74,12 +119,21 @@ class KeyStore:
         self.engine = engine
 
     async def create(
-        self, name: str, models: list[str] | None, *, admin: bool = False
+        self,
+        name: str,
+        models: list[str] | None,
+        *,
+        admin: bool = False,
+        limits: KeyLimits = NO_LIMITS,
     ) -> tuple[ApiKey, str]:
         """Create a key; returns it with its secret (never stored in clear)."""
         secret = new_api_key()
         key = ApiKey(
-            id=new_id("key_"), name=name, models=tuple(models) if models else None, is_admin=admin
+            id=new_id("key_"),
+            name=name,
+            models=tuple(models) if models else None,
+            is_admin=admin,
+            limits=limits,
         )
         async with self.engine.connect() as conn:
             await conn.execute(
@@ -91,6 +145,10 @@ class KeyStore:
                     "key_prefix": secret[:7],
                     "models": list(models) if models else None,
                     "is_admin": admin,
+                    "rpm": limits.rpm,
+                    "tpm": limits.tpm,
+                    "budget_usd": limits.budget_usd,
+                    "budget_period": limits.budget_period,
                 },
             )
         return key, secret
@@ -109,6 +167,27 @@ class KeyStore:
         if row is None:
             return None
         return _key(row)
+
+    async def update(self, ident: str, changes: dict[str, Any]) -> list[ApiKey]:
+        """Change a key's ``models``, ``rpm``, ``tpm``, ``budget_usd`` and ``budget_period``
+        (those present in ``changes``; None clears). Gateways drop it from their caches."""
+        params = {
+            "ident": ident,
+            "set_models": "models" in changes,
+            "models": changes.get("models"),
+            "set_rpm": "rpm" in changes,
+            "rpm": changes.get("rpm"),
+            "set_tpm": "tpm" in changes,
+            "tpm": changes.get("tpm"),
+            "set_budget": "budget_usd" in changes,
+            "budget_usd": changes.get("budget_usd"),
+            "budget_period": changes.get("budget_period"),
+        }
+        async with self.engine.begin() as conn:
+            keys = [_key(row) for row in await conn.execute(UPDATE_KEY, params)]
+            for key in keys:  # a new budget or period starts from what was spent in it
+                await conn.execute(SEED_SPEND, {"key": key.id})
+        return keys
 
     async def revoke(self, ident: str) -> list[str]:
         """Revoke by id or name; gateways drop the key from their caches via NOTIFY."""

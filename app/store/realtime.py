@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.store.limits import add_spend
 from app.store.outcomes import SET_USAGE, Outcome, dumps, outcome_arrays
 from app.vocabulary import Status, Tier
 
@@ -48,13 +49,20 @@ WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}'
 
 # Starts of new calls and ends of earlier ones, in one statement (one round trip per flush).
 # An end always belongs to a row committed by an earlier flush: the proxy awaits its start.
+# Ends add their cost to their budgeted keys' running spend in the same statement.
 TRACK = {
     (True, False): _start_sql(1),
-    (False, True): _finish_sql(1),
+    (False, True): (
+        f"WITH ended AS ({_finish_sql(1)} RETURNING r.owner_key_id, r.cost_usd),"
+        f" spent AS ({add_spend('ended')} RETURNING 1)"
+        " SELECT (SELECT count(*) FROM ended), (SELECT count(*) FROM spent)"
+    ),
     (True, True): (
         f"WITH started AS ({_start_sql(1)} RETURNING 1),"
-        f" ended AS ({_finish_sql(8)} RETURNING 1)"
-        " SELECT (SELECT count(*) FROM started), (SELECT count(*) FROM ended)"
+        f" ended AS ({_finish_sql(8)} RETURNING r.owner_key_id, r.cost_usd),"
+        f" spent AS ({add_spend('ended')} RETURNING 1)"
+        " SELECT (SELECT count(*) FROM started), (SELECT count(*) FROM ended),"
+        " (SELECT count(*) FROM spent)"
     ),
 }
 

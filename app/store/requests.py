@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.store.limits import add_spend
 from app.store.outcomes import STORE_OUTCOMES, Outcome, dumps, outcome_arrays
 from app.store.schema import requests
 from app.vocabulary import FINAL, LIVE, BatchKind, Channel, ErrorCode, Status, sql_error, sql_in
@@ -69,7 +70,8 @@ CLAIM = text(
 UPDATE requests AS r
 SET status = '{Status.IN_PROGRESS}', attempts = r.attempts + 1,
     started_at = coalesce(r.started_at, now()), claimed_by = :worker
-WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
+FROM api_keys k
+WHERE k.id = r.owner_key_id AND r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
     SELECT picked.id
     FROM unnest(CAST(:models AS text[]), CAST(:counts AS integer[])) AS want(model, n),
     LATERAL (
@@ -82,14 +84,15 @@ WHERE r.status = '{Status.PENDING}' AND r.id = ANY(ARRAY(
 ))
 RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired, r.deployment, r.pinned_deployment, r.service_tier,
-          r.background, r.stream, r.created_at,
-          (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name
+          r.background, r.stream, r.created_at, r.owner_key_id, k.name AS key_name, k.rpm,
+          k.tpm
 """
 ).columns(body=JSONB)
 
 # Results of many attempts, one statement; each final row wakes its blocking client.
 FINISH_MANY = text(
-    f"WITH done AS ({STORE_OUTCOMES} RETURNING r.id)"
+    f"WITH done AS ({STORE_OUTCOMES} RETURNING r.id, r.owner_key_id, r.cost_usd),"
+    f" spent AS ({add_spend('done')} RETURNING 1)"
     f" SELECT id, pg_notify('{Channel.DONE}', id) FROM done"
 )
 

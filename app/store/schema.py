@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -56,6 +57,39 @@ api_keys = Table(
         comment="share of each model's flex and batch slots against other keys' (default 1)",
     ),
     CheckConstraint("weight > 0", name="api_keys_weight_positive"),
+    Column("rpm", Integer, nullable=True, comment="requests per minute; NULL: none"),
+    Column("tpm", BigInteger, nullable=True, comment="tokens per minute; NULL: none"),
+    Column("budget_usd", Numeric, nullable=True, comment="USD per budget_period"),
+    Column("budget_period", Text, nullable=True, comment="day, month or total (UTC)"),
+    CheckConstraint("rpm > 0", name="api_keys_rpm_positive"),
+    CheckConstraint("tpm > 0", name="api_keys_tpm_positive"),
+    CheckConstraint(
+        "(budget_usd IS NULL) = (budget_period IS NULL) AND budget_usd >= 0"
+        " AND budget_period IN ('day', 'month', 'total')",
+        name="api_keys_budget_valid",
+    ),
+)
+
+# One token bucket per rate-limited key; gateways lease slices of it (app/store/limits.py).
+key_buckets = Table(
+    "key_buckets",
+    metadata,
+    Column("key_id", Text, ForeignKey("api_keys.id"), primary_key=True),
+    Column("requests", Float, nullable=False, comment="requests available"),
+    Column("tokens", Float, nullable=False, comment="tokens available"),
+    Column("granted_requests", Float, nullable=False, server_default="0"),
+    Column("granted_tokens", Float, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# What a budgeted key spent per period, added where costs are stored.
+key_spend = Table(
+    "key_spend",
+    metadata,
+    Column("key_id", Text, ForeignKey("api_keys.id"), primary_key=True),
+    Column("period", Text, primary_key=True),
+    Column("period_start", Date, primary_key=True),
+    Column("spent_usd", Numeric, nullable=False),
 )
 
 processes = Table(

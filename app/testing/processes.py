@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,10 +150,16 @@ def start_mock_upstream(
 
 
 def create_key(
-    database_url: str, name: str, models: str | None = None, *, admin: bool = False
+    database_url: str,
+    name: str,
+    models: str | None = None,
+    *,
+    admin: bool = False,
+    options: Sequence[str] = (),
 ) -> str:
-    """``tiergate keys create``: the secret is the last line of its output."""
-    args = [sys.executable, "-m", "app.cli", "keys", "create", "--name", name]
+    """``tiergate keys create`` (with ``options`` such as ``--rpm 5``): the secret is the last
+    line of its output."""
+    args = [sys.executable, "-m", "app.cli", "keys", "create", "--name", name, *options]
     if models:
         args += ["--models", models]
     if admin:

@@ -42,6 +42,7 @@ async def create(request: Request) -> Response:
     check_metadata(body)
     file_id = body.get("input_file_id")
     key = current_key(request.scope)
+    await services(request).budgets.check(key)  # a spent budget takes no new work
     if not isinstance(file_id, str):
         raise bad_request("Missing required parameter: 'input_file_id'.", param="input_file_id")
     found = await services(request).files.get(file_id, key.id) if plausible_id(file_id) else None

@@ -8,12 +8,15 @@ providers directly through ``app/upstream/client.py``, so no internal bypass hea
 
 from __future__ import annotations
 
+import dataclasses
+
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.gateway.bodies import ByteBudget, declared_size, read_body
 from app.gateway.conversations import Conversations
 from app.gateway.deferred import DeferredCalls
+from app.gateway.limits import Budgets, RateLimiter, estimate_tokens
 from app.gateway.middleware.auth import current_key
 from app.gateway.realtime import RealtimeProxy
 from app.openai.errors import APIError
@@ -34,7 +37,11 @@ class TierMiddleware:
         deferred: DeferredCalls,
         conversations: Conversations,
         budget: ByteBudget,
+        limiter: RateLimiter,
+        budgets: Budgets,
     ) -> None:
+        self.limiter = limiter
+        self.budgets = budgets
         self.app = app
         self.settings = settings
         self.proxy = proxy
@@ -67,17 +74,39 @@ class TierMiddleware:
             if "previous_response_id" in call.body:  # the history, for every tier alike
                 call = await self.conversations.resolve(call, key)
                 check_for_chat(call.body, self.settings, call.model, call.pin)
+            # Every tier: a spent budget takes no new work (work accepted before finishes).
+            await self.budgets.check(key)
             # The handler's frame owns the body from here, so it can drop it once it is stored
             # (deferred) or sent (realtime); a stream still refers to it until it ends.
             streaming = call.stream
-            if call.deferred:
+            limit_headers: dict[str, str] | None = None
+            if call.deferred:  # over its rate, such work waits in the queue: never refused
                 handler = self.deferred.handle(call, key, receive, accepted=hold.release)
             else:
+                if key.limits.rated:
+                    tokens = estimate_tokens(call.body)
+                    limit_headers = await self.limiter.admit(key, tokens)
+                    call = dataclasses.replace(call, estimated_tokens=tokens)
                 handler = self.proxy.handle(call, key)
             del call
             response = await handler
             if not streaming:
                 hold.release()
+            if limit_headers is not None:
+                send = _with_headers(send, limit_headers)
             await response(scope, receive, send)
         finally:
             hold.release()
+
+
+def _with_headers(send: Send, extra: dict[str, str]) -> Send:
+    """``send`` adding ``extra`` headers to the response's start."""
+
+    raw = [(name.encode(), value.encode()) for name, value in extra.items()]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":  # names tiergate alone sets: appended
+            message["headers"] = [*message.get("headers", ()), *raw]
+        await send(message)
+
+    return sending
