@@ -179,8 +179,15 @@ def _eta(p: RowMapping) -> str:
         return "—"
     if not rate:
         return "unknown"
-    seconds = int(left / float(rate))
-    return f"{seconds // 3600}h {seconds % 3600 // 60}m {seconds % 60}s"
+    return duration(int(left / float(rate)))
+
+
+def duration(seconds: int) -> str:
+    """``2h 5m``, ``5m 3s``, ``3s``."""
+    hours, minutes, secs = seconds // 3600, seconds % 3600 // 60, seconds % 60
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
 def batch(p: RowMapping, row: RowMapping, errors: Sequence[RowMapping]) -> Markup:
@@ -245,6 +252,7 @@ def batch_json(p: RowMapping) -> dict[str, Any]:
         "percent": _percent(p),
         "fields": {
             "Status": p["batch_status"],
+            "Total": text(p["total"]),
             "Pending": text(p["pending"]),
             "In progress": text(p["in_progress"]),
             "Completed": text(p["completed"]),
@@ -306,10 +314,13 @@ def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
     deferred = r["batch_id"] is not None or r["service_tier"] == "flex" or r["background"]
     error = r["error"] or {}
     steps: list[tuple[str, Any, Any]] = [("created", r["created_at"], None)]
-    if deferred:
-        steps.append(("queued", r["created_at"], f"priority queue of {r['model']}"))
+    if r["batch_id"] is not None:
+        steps.append(("queued", r["created_at"], f"line {text(r['line_no'])} of its batch"))
+    elif deferred:
+        steps.append(("queued", r["created_at"], f"{r['service_tier']} queue of {r['model']}"))
     if r["started_at"]:
-        steps.append(("started", r["started_at"], f"claimed by {text(r['claimed_by'])}"))
+        by = f"claimed by {r['claimed_by']}" if r["claimed_by"] else None
+        steps.append(("started", r["started_at"], by))
     steps.append(
         (
             f"attempts: {r['attempts']}",

@@ -33,7 +33,7 @@ function fillRows(table, rows, columns) {
   body.replaceChildren();
   if (rows.length === 0) {
     const tr = el("tr");
-    tr.appendChild(el("td", "nothing yet", { colspan: "99", class: "empty" }));
+    tr.appendChild(el("td", "none", { colspan: "99", class: "empty" }));
     body.appendChild(tr);
   }
   for (const row of rows) {
