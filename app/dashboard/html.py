@@ -51,10 +51,20 @@ def text(value: Any) -> str:
 
 
 def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], *, cls: str = "") -> Markup:
-    """A table in a horizontally scrolling box (narrow windows)."""
-    head = join(render("<th>{h}</th>", h=h) for h in headers)
+    """A table in a horizontally scrolling box; ``cls="stack"`` tables become one card per
+    row on narrow windows (each cell labelled by its header)."""
+    names = list(headers)
+    head = join(render("<th>{h}</th>", h=h) for h in names)
     body = join(
-        Markup("<tr>" + join(render("<td>{c}</td>", c=c) for c in row) + "</tr>") for row in rows
+        Markup(
+            "<tr>"
+            + join(
+                render('<td data-label="{h}">{c}</td>', h=h, c=c)
+                for h, c in zip(names, row, strict=True)
+            )
+            + "</tr>"
+        )
+        for row in rows
     )
     return render(
         '<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead>'

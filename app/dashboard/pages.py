@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -167,7 +168,7 @@ def batches(
             )
             for p in rows
         ),
-        cls="batches",
+        cls="batches stack",
     )
     return join((form, listing))
 
@@ -304,7 +305,7 @@ def requests(q: str, rows: Sequence[RowMapping] | None) -> Markup:
                     )
                     for r in rows
                 ),
-                cls="requests",
+                cls="requests stack",
             ),
         )
     )
@@ -391,11 +392,14 @@ def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
 
 
 def usage(rows: Sequence[RowMapping], days: int) -> Markup:
+    charts = [usage_chart(rows, days, "total_tokens", "tokens", "Total tokens")]
+    if any(r["cost_usd"] is not None for r in rows):
+        charts.append(usage_chart(rows, days, "cost_usd", "USD", "Cost (USD)"))
     return render(
         """<p class="meta">Last {days} days (UTC), from the view <code>tiergate_usage_by_key</code>.
-</p><div class="card"><h2>Total tokens per day and key</h2>{chart}</div>{table}""",
+</p><section class="cards">{charts}</section>{table}""",
         days=days,
-        chart=usage_chart(rows),
+        charts=join(charts),
         table=table(
             (
                 "Day",
@@ -424,7 +428,7 @@ def usage(rows: Sequence[RowMapping], days: int) -> Markup:
                 )
                 for r in rows
             ),
-            cls="usage",
+            cls="usage stack",
         ),
     )
 
@@ -432,69 +436,77 @@ def usage(rows: Sequence[RowMapping], days: int) -> Markup:
 PALETTE = ("#2563eb", "#16a34a", "#d97706", "#db2777", "#7c3aed", "#0891b2", "#65a30d")
 
 
-def usage_chart(rows: Sequence[RowMapping]) -> Markup:
-    """Stacked bars of total tokens per day, one colour per key (inline SVG)."""
-    days = sorted({r["day"] for r in rows})
-    keys = sorted({r["key_name"] for r in rows})
-    if not days:
-        return Markup('<p class="empty">no usage yet</p>')
-    per: dict[tuple[Any, str], int] = {}
+def usage_chart(rows: Sequence[RowMapping], days: int, field: str, unit: str, title: str) -> Markup:
+    """Stacked bars per day of the window, one colour per key and model (inline SVG)."""
+    today = dt.datetime.now(dt.UTC).date()
+    slots = [f"{today - dt.timedelta(days=i):%Y-%m-%d}" for i in range(days - 1, -1, -1)]
+    series = sorted({(r["key_name"], r["model"]) for r in rows})
+    per: dict[tuple[str, tuple[str, str]], float] = {}
     for r in rows:
-        per[(r["day"], r["key_name"])] = per.get((r["day"], r["key_name"]), 0) + int(
-            r["total_tokens"] or 0
-        )
-    top = max(sum(per.get((d, k), 0) for k in keys) for d in days) or 1
+        cell = (f"{r['day']:%Y-%m-%d}", (r["key_name"], r["model"]))
+        per[cell] = per.get(cell, 0.0) + float(r[field] or 0)
+    top = max((sum(per.get((d, s), 0.0) for s in series) for d in slots), default=0.0) or 1.0
     width, height, pad = 600, 220, 30
-    slot = (width - pad) / len(days)
-    bars: list[Markup] = []
-    for i, day in enumerate(days):
+    slot = (width - pad) / len(slots)
+    shapes: list[Markup] = []
+    for i, day in enumerate(slots):
         y = float(height - pad)
-        for j, key in enumerate(keys):
-            value = per.get((day, key), 0)
+        for j, name in enumerate(series):
+            value = per.get((day, name), 0.0)
             h = (height - 2 * pad) * value / top
             y -= h
-            bars.append(
+            if value:
+                shapes.append(
+                    render(
+                        '<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="{c}">'
+                        "<title>{t}</title></rect>",
+                        x=f"{pad + i * slot + slot * 0.15:.1f}",
+                        y=f"{y:.1f}",
+                        w=f"{slot * 0.7:.1f}",
+                        h=f"{h:.1f}",
+                        c=PALETTE[j % len(PALETTE)],
+                        t=f"{day} {name[0]} · {name[1]}: {_amount(value)} {unit}",
+                    )
+                )
+        if i % 3 == (len(slots) - 1) % 3:
+            shapes.append(
                 render(
-                    '<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="{c}">'
-                    "<title>{t}</title></rect>",
-                    x=f"{pad + i * slot + slot * 0.15:.1f}",
-                    y=f"{y:.1f}",
-                    w=f"{slot * 0.7:.1f}",
-                    h=f"{h:.1f}",
-                    c=PALETTE[j % len(PALETTE)],
-                    t=f"{day:%Y-%m-%d} {key}: {value:,} tokens",
+                    '<text x="{x}" y="{y}" text-anchor="middle">{d}</text>',
+                    x=f"{pad + i * slot + slot / 2:.1f}",
+                    y=height - 10,
+                    d=day[5:],
                 )
             )
-        bars.append(
-            render(
-                '<text x="{x}" y="{y}" text-anchor="middle">{d}</text>',
-                x=f"{pad + i * slot + slot / 2:.1f}",
-                y=height - 10,
-                d=f"{day:%m-%d}",
-            )
-        )
     legend = join(
         render(
             '<span><svg width="10" height="10" aria-hidden="true"><rect width="10" height="10"'
-            ' fill="{c}"/></svg> {k}</span>',
+            ' fill="{c}"/></svg> {k} · {m}</span>',
             c=PALETTE[j % len(PALETTE)],
             k=key,
+            m=model,
         )
-        for j, key in enumerate(keys)
+        for j, (key, model) in enumerate(series)
     )
     return render(
-        '<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="tokens per day">'
-        '<text x="{pad}" y="16">{top} tokens</text>'
-        '<line x1="{pad}" y1="{base}" x2="{w}" y2="{base}" stroke="#999"/>{bars}</svg>'
-        '<div class="legend">{legend}</div>',
+        '<div class="card"><h2>{title} per day, by key and model</h2>'
+        '<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{title} per day">'
+        '<text x="{pad}" y="16">{top} {unit}</text>'
+        '<line x1="{pad}" y1="{base}" x2="{w}" y2="{base}" stroke="#999"/>{shapes}</svg>'
+        '<div class="legend">{legend}</div></div>',
+        title=title,
         w=width,
         h=height,
         pad=pad,
         base=height - pad,
-        top=f"{top:,}",
-        bars=join(bars),
-        legend=legend,
+        top=_amount(top) if rows else "0",
+        unit=unit,
+        shapes=join(shapes),
+        legend=legend or Markup('<span class="empty">no usage yet</span>'),
     )
+
+
+def _amount(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 or value == int(value) else f"{value:.4g}"
 
 
 def keys(rows: Sequence[RowMapping]) -> Markup:
@@ -512,5 +524,5 @@ def keys(rows: Sequence[RowMapping]) -> Markup:
             )
             for k in rows
         ),
-        cls="keys",
+        cls="keys stack",
     )
