@@ -206,7 +206,8 @@ def test_batch_progress_advances_to_completed(
     signed_in: WebDriver, gateway: Gateway, client: openai.OpenAI, shots: Path
 ):
     browser = signed_in
-    lines = [chat_line(f"slow-{i}", "mock:sleep_ms=500", model="slow-batch") for i in range(16)]
+    # 20 lines of 0.8 s, at most 4 at once: at least 4 s to watch, polled every 1.5 s.
+    lines = [chat_line(f"slow-{i}", "mock:sleep_ms=800", model="slow-batch") for i in range(20)]
     lines.append(chat_line("bad-1", "mock:status=400", model="slow-batch"))
     batch = client.batches.create(
         input_file_id=upload(client, jsonl(lines)),
@@ -226,7 +227,7 @@ def test_batch_progress_advances_to_completed(
     wait = WebDriverWait(
         browser, TIMEOUT_S, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
     )
-    wait.until(lambda d: 0 < value(d) < 17)
+    wait.until(lambda d: 0 < value(d) < 21)
     screenshot(browser, shots, "batch-running")
 
     def completed(driver: WebDriver) -> bool:
@@ -236,7 +237,7 @@ def test_batch_progress_advances_to_completed(
 
     wait.until(completed)  # the page reloads itself once the batch ended: files are listed
     assert seen == sorted(seen) and len(set(seen)) >= 3, seen  # it moved, live, forwards
-    assert seen[-1] == 17
+    assert seen[-1] == 21
     assert browser.find_element(By.CSS_SELECTOR, ".pct").text == "100%"
     facts = browser.find_element(By.CSS_SELECTOR, ".facts").text
     assert EVIL in facts  # metadata shown as text
@@ -250,7 +251,7 @@ def test_batch_progress_advances_to_completed(
     link = browser.find_element(By.LINK_TEXT, "output file")
     cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
     body = httpx.get(str(link.get_attribute("href")), cookies=cookies).text
-    assert body.count("\n") == 16 and "slow-3" in body
+    assert body.count("\n") == 20 and "slow-3" in body
     assert httpx.get(str(link.get_attribute("href"))).status_code == 303  # no session
     browser.get(f"{gateway.url}/dashboard/batches?status=completed")
     rows = browser.find_elements(By.CSS_SELECTOR, "table.batches tbody tr")
@@ -355,7 +356,7 @@ def test_overview_numbers_are_the_views(
         httpx.post(f"{mock_upstream}/_mock/release/dash")
         held.close()
     rate = browser.find_element(By.ID, "error-rate")
-    assert int(rate.get_attribute("data-requests") or 0) >= 18  # the batches above
+    assert int(rate.get_attribute("data-requests") or 0) >= 22  # the batches above
     assert int(rate.get_attribute("data-errors") or 0) >= 1
     # Live: the page refreshes without reloading, and the call leaves the flight table.
     WebDriverWait(browser, TIMEOUT_S).until(

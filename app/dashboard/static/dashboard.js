@@ -153,7 +153,7 @@ document.addEventListener("DOMContentLoaded", () => {
     for (const bar of document.querySelectorAll("progress[data-batch]")) {
       const row = bar.closest("tr");
       const status = (row || document).querySelector(".status");
-      if (!status || !FINAL.has(status.textContent.trim())) every(2000, () => refreshBatch(bar));
+      if (!status || !FINAL.has(status.textContent.trim())) every(1500, () => refreshBatch(bar));
     }
   }
 });
