@@ -203,7 +203,11 @@ def test_no_route_writes(gateway: Gateway):
 
 
 def test_batch_progress_advances_to_completed(
-    signed_in: WebDriver, gateway: Gateway, client: openai.OpenAI, shots: Path
+    signed_in: WebDriver,
+    gateway: Gateway,
+    client: openai.OpenAI,
+    db: psycopg.Connection,
+    shots: Path,
 ):
     browser = signed_in
     # 20 lines of 0.8 s, at most 4 at once: at least 4 s to watch, polled every 1.5 s.
@@ -239,6 +243,18 @@ def test_batch_progress_advances_to_completed(
     assert seen == sorted(seen) and len(set(seen)) >= 3, seen  # it moved, live, forwards
     assert seen[-1] == 21
     assert browser.find_element(By.CSS_SELECTOR, ".pct").text == "100%"
+    # The page's numbers are the view's.
+    columns = ("total", "pending", "in_progress", "completed", "failed", "total_tokens")
+    view = db.execute(
+        f"SELECT {', '.join(columns)} FROM tiergate_batch_progress WHERE batch_id = %s",
+        (batch.id,),
+    ).fetchone()
+    shown = [
+        browser.find_element(By.CSS_SELECTOR, f'dd[data-field="{label}"]').text
+        for label in ("Total", "Pending", "In progress", "Completed", "Failed", "Total tokens")
+    ]
+    assert view is not None and shown == [f"{n:,}" for n in view]
+    assert view[3:5] == (20, 1)
     facts = browser.find_element(By.CSS_SELECTOR, ".facts").text
     assert EVIL in facts  # metadata shown as text
     no_alert(browser)
