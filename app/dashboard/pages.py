@@ -70,7 +70,7 @@ def sign_in(csrf: str, error: str | None) -> Markup:
 <input type="hidden" name="{field}" value="{csrf}">
 <label for="key">Admin API key</label>
 <input id="key" name="key" type="password" autocomplete="off" required
- placeholder="sk-tg-..." autofocus>
+ placeholder="tg-..." autofocus>
 <button type="submit">Sign in</button>
 <p class="hint">Only keys created with <code>tiergate keys create --admin</code> may sign in.
 The key is checked once; the browser keeps a session cookie, never the key.</p></form>""",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -29,7 +31,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
-from app.testing.processes import Gateway, create_key
+from app.testing.processes import Gateway, base_env, create_key
 from tests.support.batches import chat_line, jsonl, upload
 
 CHROMIUM = "/usr/bin/chromium"
@@ -176,6 +178,28 @@ def test_sign_in_is_csrf_proof(gateway: Gateway, admin_key: str):
             gateway.url + "/dashboard/api/overview", cookies={"tiergate_session": cookie.value}
         )
         assert replay.status_code == 401
+
+
+def test_revoking_the_key_ends_its_sessions(gateway: Gateway, database: DatabaseURL):
+    secret = create_key(database.libpq(), "short-lived-admin", admin=True)
+    with httpx.Client(base_url=gateway.url, follow_redirects=False) as http:
+        http.get("/dashboard/sign-in")
+        signed = http.post(
+            "/dashboard/sign-in",
+            data={"key": secret, "csrf": http.cookies["tiergate_csrf"]},
+            headers={"origin": gateway.url},
+        )
+        assert signed.status_code == 303
+        assert http.get("/dashboard/api/overview").status_code == 200
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "revoke", "short-lived-admin"],
+            env=base_env(DATABASE_URL=database.libpq()),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        assert http.get("/dashboard/api/overview").status_code == 401
+        assert http.get("/dashboard/keys").status_code == 303
 
 
 def test_no_route_writes(gateway: Gateway):
