@@ -88,7 +88,9 @@ def overview() -> Markup:
 <div class="card"><h2>Requests per minute</h2><div id="rpm-chart" class="chart"></div>
 <div id="rpm-legend" class="legend"></div></div>
 <div class="card"><h2>Error rate</h2><p class="big" id="error-rate">—</p>
-<p class="meta" id="error-detail"></p></div>
+<p class="meta" id="error-detail"></p><div class="scroll"><table id="by-tier">
+<thead><tr><th>Tier</th><th>Finished</th><th>Not completed</th></tr></thead>
+<tbody></tbody></table></div></div>
 </section>
 <section class="cards">
 <div class="card"><h2>Queue depth</h2><div class="scroll"><table id="queue-depth">

@@ -213,6 +213,14 @@ async def overview_json(request: Request, admin: Admin) -> Response:
             "requests": total,
             "errors": errors,
             "error_rate": errors / total if total else 0.0,
+            "by_tier": [
+                {
+                    "service_tier": tier,
+                    "requests": sum(r["requests"] for r in rows if r["service_tier"] == tier),
+                    "errors": sum(r["errors"] for r in rows if r["service_tier"] == tier),
+                }
+                for tier in tiers
+            ],
             "queue_depth": [
                 {
                     "model": model,

@@ -376,6 +376,13 @@ def test_overview_numbers_are_the_views(
                 " FROM tiergate_requests_per_minute"
                 " WHERE minute >= date_trunc('minute', now()) - interval '14 minutes'"
             ).fetchone()
+            tiers = db.execute(
+                "SELECT service_tier, sum(requests)::text, sum(errors)::text"
+                " FROM tiergate_requests_per_minute"
+                " WHERE minute >= date_trunc('minute', now()) - interval '14 minutes'"
+                " GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+            by_tier = [tuple(row) for row in _cells(driver, "#by-tier")]
             stored: dict[tuple[str, str], dict[str, int]] = {}
             for model, tier, status, n in db.execute("SELECT * FROM queue_depth"):
                 stored.setdefault((model, tier), {})[status] = n
@@ -385,6 +392,7 @@ def test_overview_numbers_are_the_views(
             )
             return (
                 shown == (str(requests), str(errors))
+                and by_tier == [tuple(row) for row in tiers]
                 and depth == expected
                 and ("remote", "default", "0", "1") in depth
                 and flights.get(("remote", "default")) == "1"

@@ -95,6 +95,8 @@ async function refreshOverview() {
   rate.dataset.requests = data.requests;
   document.getElementById("error-detail").textContent =
     `${data.errors} of ${data.requests} finished requests in the last ${data.window_minutes} min`;
+  fillRows(document.getElementById("by-tier"), data.by_tier,
+    ["service_tier", "requests", "errors"]);
   fillRows(document.getElementById("queue-depth"), data.queue_depth,
     ["model", "service_tier", "pending", "in_progress"]);
   const age = data.queue_depth_age_s;
