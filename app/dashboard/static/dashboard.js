@@ -71,8 +71,9 @@ function rpmChart(box, legend, data) {
       chart.appendChild(rect);
     });
     if (i % 5 === 0 || i === minutes.length - 1) {
-      const t = svg("text", { x: (pad + i * slot + slot / 2).toFixed(1), y: height - 8,
-        "text-anchor": "middle" });
+      const last = i === minutes.length - 1;  // the last label ends at the edge, not past it
+      const t = svg("text", { x: last ? width : (pad + i * slot + slot / 2).toFixed(1),
+        y: height - 8, "text-anchor": last ? "end" : "middle" });
       t.textContent = new Date(minute * 1000).toISOString().slice(11, 16);
       chart.appendChild(t);
     }
