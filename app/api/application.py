@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from app.api.routes import batches, files, ops, organization, responses
+from app.dashboard import routes as dashboard
 from app.gateway.middleware.auth import AuthMiddleware
 from app.gateway.middleware.errors import ErrorMiddleware
 from app.gateway.middleware.tiers import TierMiddleware
@@ -58,6 +59,7 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
             *files.routes,
             *batches.routes,
             *organization.routes,
+            *dashboard.routes,
         ],
         middleware=[
             Middleware(ErrorMiddleware),

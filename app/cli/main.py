@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         _ensure_dev_key(settings)
     app = create_app(settings, url, with_worker=not args.no_worker)
     log.info(
-        "serving on http://%s:%d (open files limit %d)",
+        "serving on http://%s:%d (open files limit %d); admin dashboard at /dashboard",
         args.host,
         args.port,
         _raise_open_files_limit(),

@@ -302,6 +302,12 @@ requests = Table(
         "finished_at",
         postgresql_where=text("finished_at IS NOT NULL"),
     ),
+    # The dashboard finds batch lines by custom_id.
+    Index(
+        "requests_custom_id_idx",
+        "custom_id",
+        postgresql_where=text("custom_id IS NOT NULL"),
+    ),
     # Hot queries (queue depth, rescue, expiry) only look at live rows: keep them small.
     Index(
         "requests_live_idx",
@@ -310,6 +316,18 @@ requests = Table(
         "service_tier",
         postgresql_where=text(f"status IN {sql_in(LIVE)}"),
     ),
+)
+
+
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("token_hash", Text, primary_key=True, comment="sha256 of the cookie"),
+    Column("key_id", Text, ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("dashboard_sessions_expires_idx", "expires_at"),
+    comment="admin dashboard sign-ins (the cookie holds the token, this table its hash)",
 )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai.types.responses import Response
@@ -29,6 +30,7 @@ BUILD_INPUTS = ("pyproject.toml", "README.md", "app", "worker", "migrations")
 # Checkout folder -> the package it becomes in site-packages.
 SHIPPED_TREES = {"app": "app", "worker": "worker", "migrations": "tiergate_migrations"}
 MIGRATION_DATA_SUFFIXES = (".sql", ".mako")
+DASHBOARD_STATIC = Path("app/dashboard/static")
 
 
 @dataclass
@@ -182,7 +184,9 @@ def missing_from(packages: Path, source: Path) -> list[str]:
         for path in sorted((source / tree).rglob("*")):
             if not path.is_file() or "__pycache__" in path.parts:
                 continue
-            data = tree == "migrations" and path.suffix in MIGRATION_DATA_SUFFIXES
+            data = (tree == "migrations" and path.suffix in MIGRATION_DATA_SUFFIXES) or (
+                path.parent == source / DASHBOARD_STATIC
+            )
             if path.suffix != ".py" and not data:
                 continue
             relative = path.relative_to(source / tree)
@@ -228,6 +232,9 @@ def test_wheel_installs_migrates_and_serves_from_anywhere(
         # The SDK builds its objects without validation: validate the whole object strictly.
         response = Response.model_validate(result.model_dump())
         assert response.output_text == "echo: from the wheel"
+        # The dashboard's script and stylesheet ship as package data.
+        for name in ("dashboard.js", "dashboard.css"):
+            assert httpx.get(f"{url}/dashboard/static/{name}").status_code == 200, name
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -1,0 +1,1 @@
+"""The admin dashboard (``/dashboard``): read-only pages over the admin views."""

@@ -1,0 +1,530 @@
+"""The dashboard's pages as HTML (server-rendered; dashboard.js adds the live parts)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import RowMapping
+
+from app.dashboard.html import Markup, join, link, render, table, text
+from app.dashboard.session import CSRF_FIELD
+from app.vocabulary import BatchStatus
+
+NAV = (
+    ("overview", "Overview", "/dashboard"),
+    ("batches", "Batches", "/dashboard/batches"),
+    ("requests", "Requests", "/dashboard/requests"),
+    ("usage", "Usage", "/dashboard/usage"),
+    ("keys", "Keys", "/dashboard/keys"),
+)
+
+LAYOUT = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · tiergate</title>
+<link rel="stylesheet" href="/dashboard/static/dashboard.css">
+<script src="/dashboard/static/dashboard.js" defer></script>
+</head><body data-page="{page}">
+<header><a class="brand" href="/dashboard">tiergate</a><nav>{nav}</nav>{account}</header>
+<main><h1>{title}</h1>{body}</main>
+</body></html>"""
+
+SIGN_OUT = """<form class="account" method="post" action="/dashboard/sign-out">
+<input type="hidden" name="{field}" value="{csrf}"><span>{name}</span>
+<button type="submit">Sign out</button></form>"""
+
+
+def layout(page: str, title: str, body: Markup, *, admin: str | None, csrf: str) -> str:
+    nav = join(
+        render(
+            '<a href="{href}"{current}>{label}</a>',
+            href=href,
+            label=label,
+            current=Markup(' aria-current="page"' if name == page else ""),
+        )
+        for name, label, href in NAV
+    )
+    account = (
+        render(SIGN_OUT, field=CSRF_FIELD, csrf=csrf, name=admin)
+        if admin is not None
+        else Markup("")
+    )
+    return render(
+        LAYOUT,
+        title=title,
+        page=page,
+        nav=nav if admin is not None else Markup(""),
+        account=account,
+        body=body,
+    )
+
+
+def sign_in(csrf: str, error: str | None) -> Markup:
+    message = render('<p class="error" role="alert">{e}</p>', e=error) if error else Markup("")
+    return render(
+        """{message}<form class="sign-in" method="post" action="/dashboard/sign-in">
+<input type="hidden" name="{field}" value="{csrf}">
+<label for="key">Admin API key</label>
+<input id="key" name="key" type="password" autocomplete="off" required
+ placeholder="tg-..." autofocus>
+<button type="submit">Sign in</button>
+<p class="hint">Only keys created with <code>tiergate keys create --admin</code> may sign in.
+The key is checked once; the browser keeps a session cookie, never the key.</p></form>""",
+        message=message,
+        field=CSRF_FIELD,
+        csrf=csrf,
+    )
+
+
+def overview() -> Markup:
+    """Filled in and refreshed by dashboard.js from /dashboard/api/overview."""
+    return Markup(
+        """<p class="meta">Live: refreshed every few seconds. <span id="updated"></span></p>
+<section class="cards">
+<div class="card"><h2>Requests per minute</h2><div id="rpm-chart" class="chart"></div>
+<div id="rpm-legend" class="legend"></div></div>
+<div class="card"><h2>Error rate</h2><p class="big" id="error-rate">—</p>
+<p class="meta" id="error-detail"></p><div class="scroll"><table id="by-tier">
+<thead><tr><th>Tier</th><th>Finished</th><th>Not completed</th></tr></thead>
+<tbody></tbody></table></div></div>
+</section>
+<section class="cards">
+<div class="card"><h2>Queue depth</h2><div class="scroll"><table id="queue-depth">
+<thead><tr><th>Model</th><th>Tier</th><th>Pending</th><th>In progress</th></tr></thead>
+<tbody></tbody></table></div><p class="meta" id="queue-age"></p></div>
+<div class="card"><h2>In flight per deployment</h2><div class="scroll">
+<table id="in-flight"><thead><tr><th>Model</th><th>Deployment</th><th>State</th>
+<th>In flight</th></tr></thead><tbody></tbody></table></div></div>
+</section>"""
+    )
+
+
+def _percent(p: RowMapping) -> int:
+    total = p["total"] or 0
+    done = (p["completed"] or 0) + (p["failed"] or 0)
+    return round(100 * done / total) if total else 0
+
+
+def progress_bar(p: RowMapping) -> Markup:
+    done = (p["completed"] or 0) + (p["failed"] or 0)
+    return render(
+        '<progress class="bar" max="{total}" value="{done}" data-batch="{id}"></progress>'
+        ' <span class="pct">{pct}%</span>',
+        total=max(p["total"] or 0, 1),
+        done=done,
+        id=p["batch_id"],
+        pct=_percent(p),
+    )
+
+
+def status(value: Any) -> Markup:
+    return render('<span class="status s-{v}">{v}</span>', v=value)
+
+
+def batches(
+    rows: Sequence[RowMapping],
+    keys: Sequence[RowMapping],
+    key_id: str | None,
+    chosen: str | None,
+) -> Markup:
+    key_options = join(
+        render(
+            '<option value="{id}"{sel}>{name}</option>',
+            id=k["id"],
+            name=k["name"],
+            sel=Markup(" selected" if k["id"] == key_id else ""),
+        )
+        for k in keys
+    )
+    status_options = join(
+        render(
+            '<option value="{s}"{sel}>{s}</option>',
+            s=s,
+            sel=Markup(" selected" if s == chosen else ""),
+        )
+        for s in BatchStatus
+    )
+    form = render(
+        """<form class="filters" method="get" action="/dashboard/batches">
+<label>Key <select name="key"><option value="">any</option>{keys}</select></label>
+<label>Status <select name="status"><option value="">any</option>{statuses}</select></label>
+<button type="submit">Filter</button></form>""",
+        keys=key_options,
+        statuses=status_options,
+    )
+    listing = table(
+        ("Batch", "Key", "Status", "Progress", "Done / total", "Failed", "Created"),
+        (
+            (
+                link(f"/dashboard/batches/{quote(p['batch_id'])}", p["batch_id"]),
+                p["key_name"],
+                status(p["batch_status"]),
+                progress_bar(p),
+                f"{text(p['completed'])} / {text(p['total'])}",
+                p["failed"],
+                p["created_at"],
+            )
+            for p in rows
+        ),
+        cls="batches stack",
+    )
+    return join((form, listing))
+
+
+def _eta(p: RowMapping) -> str:
+    left = (p["pending"] or 0) + (p["in_progress"] or 0)
+    rate = p["finished_per_second"]
+    if not left:
+        return "—"
+    if not rate:
+        return "unknown"
+    return duration(int(left / float(rate)))
+
+
+def duration(seconds: int) -> str:
+    """``2h 5m``, ``5m 3s``, ``3s``."""
+    hours, minutes, secs = seconds // 3600, seconds % 3600 // 60, seconds % 60
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def batch(p: RowMapping, row: RowMapping, errors: Sequence[RowMapping]) -> Markup:
+    files = [
+        (label, row[name])
+        for label, name in (
+            ("input", "input_file_id"),
+            ("output", "output_file_id"),
+            ("errors", "error_file_id"),
+        )
+        if row[name]
+    ]
+    downloads = join(
+        render(
+            '<li><a href="/dashboard/files/{id}" download>{label} file</a> <code>{id}</code></li>',
+            id=file_id,
+            label=label,
+        )
+        for label, file_id in files
+    )
+    facts = _facts(
+        (
+            ("Status", status(p["batch_status"])),
+            ("Key", p["key_name"]),
+            ("Endpoint", p["endpoint"]),
+            ("Window", row["completion_window"]),
+            ("Total", p["total"]),
+            ("Pending", p["pending"]),
+            ("In progress", p["in_progress"]),
+            ("Completed", p["completed"]),
+            ("Failed", p["failed"]),
+            ("Finished per second", p["finished_per_second"]),
+            ("ETA", _eta(p)),
+            ("Total tokens", p["total_tokens"]),
+            ("Cost (USD)", p["cost_usd"]),
+            ("Created", p["created_at"]),
+            ("Expires", p["expires_at"]),
+            ("Metadata", json.dumps(row["metadata"]) if row["metadata"] else None),
+        ),
+        live=True,
+    )
+    return render(
+        """<p class="meta"><code>{id}</code></p>
+<div class="progress">{bar}</div>{facts}
+<section class="cards"><div class="card"><h2>Errors by code</h2>{errors}</div>
+<div class="card"><h2>Files</h2><ul class="files">{downloads}</ul></div></section>""",
+        id=p["batch_id"],
+        bar=progress_bar(p),
+        facts=facts,
+        errors=table(("Code", "Requests"), ((e["code"], e["requests"]) for e in errors)),
+        downloads=downloads or Markup("<li>none yet</li>"),
+    )
+
+
+def batch_json(p: RowMapping) -> dict[str, Any]:
+    """The live parts of a batch page."""
+    return {
+        "batch_id": p["batch_id"],
+        "status": p["batch_status"],
+        "total": p["total"],
+        "done": (p["completed"] or 0) + (p["failed"] or 0),
+        "percent": _percent(p),
+        "fields": {
+            "Status": p["batch_status"],
+            "Total": text(p["total"]),
+            "Pending": text(p["pending"]),
+            "In progress": text(p["in_progress"]),
+            "Completed": text(p["completed"]),
+            "Failed": text(p["failed"]),
+            "Finished per second": text(p["finished_per_second"]),
+            "ETA": _eta(p),
+            "Total tokens": text(p["total_tokens"]),
+            "Cost (USD)": text(p["cost_usd"]),
+        },
+    }
+
+
+def _facts(pairs: Iterable[tuple[str, Any]], *, live: bool = False) -> Markup:
+    return render(
+        '<dl class="facts">{items}</dl>',
+        items=join(
+            render('<div><dt>{k}</dt><dd data-field="{k}">{v}</dd></div>', k=k, v=v)
+            for k, v in pairs
+        ),
+    )
+
+
+def requests(q: str, rows: Sequence[RowMapping] | None) -> Markup:
+    form = render(
+        """<form class="filters" method="get" action="/dashboard/requests">
+<label>Id or custom_id <input name="q" value="{q}" required></label>
+<button type="submit">Search</button></form>""",
+        q=q,
+    )
+    if rows is None:
+        return form
+    return join(
+        (
+            form,
+            table(
+                ("Request", "custom_id", "Batch", "Key", "Model", "Tier", "Status", "Created"),
+                (
+                    (
+                        link(f"/dashboard/requests/{quote(r['id'])}", r["id"]),
+                        r["custom_id"],
+                        link(f"/dashboard/batches/{quote(r['batch_id'])}", r["batch_id"])
+                        if r["batch_id"]
+                        else None,
+                        r["key_name"],
+                        r["model"],
+                        r["service_tier"],
+                        status(r["status"]),
+                        r["created_at"],
+                    )
+                    for r in rows
+                ),
+                cls="requests stack",
+            ),
+        )
+    )
+
+
+def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
+    deferred = r["batch_id"] is not None or r["service_tier"] == "flex" or r["background"]
+    error = r["error"] or {}
+    steps: list[tuple[str, Any, Any]] = [("created", r["created_at"], None)]
+    if r["batch_id"] is not None:
+        steps.append(("queued", r["created_at"], f"line {text(r['line_no'])} of its batch"))
+    elif deferred:
+        steps.append(("queued", r["created_at"], f"{r['service_tier']} queue of {r['model']}"))
+    if r["started_at"]:
+        by = f"claimed by {r['claimed_by']}" if r["claimed_by"] else None
+        steps.append(("started", r["started_at"], by))
+    steps.append(
+        (
+            f"attempts: {r['attempts']}",
+            None,
+            f"{error.get('code')}: {error.get('message')}" if error else "no error recorded",
+        )
+    )
+    if r["not_before"]:
+        steps.append(("retry due", r["not_before"], "backing off after a failed attempt"))
+    if r["finished_at"]:
+        steps.append((f"finished: {r['status']}", r["finished_at"], r["response_status"]))
+    timeline = render(
+        '<ol class="timeline">{items}</ol>',
+        items=join(
+            render(
+                "<li><strong>{what}</strong> <time>{when}</time><span>{detail}</span></li>",
+                what=what,
+                when=when if when is not None else Markup(""),
+                detail=detail if detail is not None else Markup(""),
+            )
+            for what, when, detail in steps
+        ),
+    )
+    facts = _facts(
+        (
+            ("Status", status(r["status"])),
+            ("Key", r["key_name"]),
+            ("Model", r["model"]),
+            ("Deployment", r["deployment"]),
+            ("Endpoint", r["endpoint"]),
+            ("Tier", r["service_tier"]),
+            ("Background", r["background"]),
+            ("Stream", r["stream"]),
+            (
+                "Batch",
+                link(f"/dashboard/batches/{quote(r['batch_id'])}", r["batch_id"])
+                if r["batch_id"]
+                else None,
+            ),
+            ("custom_id", r["custom_id"]),
+            ("Line", r["line_no"]),
+            ("Input tokens", r["input_tokens"]),
+            ("Cached tokens", r["cached_tokens"]),
+            ("Output tokens", r["output_tokens"]),
+            ("Reasoning tokens", r["reasoning_tokens"]),
+            ("Total tokens", r["total_tokens"]),
+            ("Cost (USD)", r["cost_usd"]),
+        )
+    )
+    if bodies is None:
+        shown = render(
+            '<p><a class="button" href="/dashboard/requests/{id}?bodies=1">Show bodies</a></p>',
+            id=quote(r["id"]),
+        )
+    else:
+        shown = render(
+            "<h2>Request body</h2><pre>{body}</pre><h2>Response body</h2><pre>{response}</pre>",
+            body=json.dumps(bodies["body"], indent=2, ensure_ascii=False),
+            response=json.dumps(bodies["response_body"], indent=2, ensure_ascii=False),
+        )
+    return render(
+        '<p class="meta"><code>{id}</code></p>{facts}<h2>Timeline</h2>{timeline}{shown}',
+        id=r["id"],
+        facts=facts,
+        timeline=timeline,
+        shown=shown,
+    )
+
+
+def usage(rows: Sequence[RowMapping], days: int) -> Markup:
+    charts = [usage_chart(rows, days, "total_tokens", "tokens", "Total tokens")]
+    if any(r["cost_usd"] is not None for r in rows):
+        charts.append(usage_chart(rows, days, "cost_usd", "USD", "Cost (USD)"))
+    return render(
+        """<p class="meta">Last {days} days (UTC), from the view <code>tiergate_usage_by_key</code>.
+</p><section class="cards">{charts}</section>{table}""",
+        days=days,
+        charts=join(charts),
+        table=table(
+            (
+                "Day",
+                "Key",
+                "Model",
+                "Requests",
+                "Input tokens",
+                "Cached",
+                "Output tokens",
+                "Reasoning",
+                "Total tokens",
+                "Cost (USD)",
+            ),
+            (
+                (
+                    r["day"].strftime("%Y-%m-%d"),
+                    r["key_name"],
+                    r["model"],
+                    r["requests"],
+                    r["input_tokens"],
+                    r["cached_tokens"],
+                    r["output_tokens"],
+                    r["reasoning_tokens"],
+                    r["total_tokens"],
+                    r["cost_usd"],
+                )
+                for r in rows
+            ),
+            cls="usage stack",
+        ),
+    )
+
+
+PALETTE = ("#2563eb", "#16a34a", "#d97706", "#db2777", "#7c3aed", "#0891b2", "#65a30d")
+
+
+def usage_chart(rows: Sequence[RowMapping], days: int, field: str, unit: str, title: str) -> Markup:
+    """Stacked bars per day of the window, one colour per key and model (inline SVG)."""
+    today = dt.datetime.now(dt.UTC).date()
+    slots = [f"{today - dt.timedelta(days=i):%Y-%m-%d}" for i in range(days - 1, -1, -1)]
+    series = sorted({(r["key_name"], r["model"]) for r in rows})
+    per: dict[tuple[str, tuple[str, str]], float] = {}
+    for r in rows:
+        cell = (f"{r['day']:%Y-%m-%d}", (r["key_name"], r["model"]))
+        per[cell] = per.get(cell, 0.0) + float(r[field] or 0)
+    top = max((sum(per.get((d, s), 0.0) for s in series) for d in slots), default=0.0) or 1.0
+    width, height, pad = 600, 220, 30
+    slot = (width - pad) / len(slots)
+    shapes: list[Markup] = []
+    for i, day in enumerate(slots):
+        y = float(height - pad)
+        for j, name in enumerate(series):
+            value = per.get((day, name), 0.0)
+            h = (height - 2 * pad) * value / top
+            y -= h
+            if value:
+                shapes.append(
+                    render(
+                        '<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="{c}">'
+                        "<title>{t}</title></rect>",
+                        x=f"{pad + i * slot + slot * 0.15:.1f}",
+                        y=f"{y:.1f}",
+                        w=f"{slot * 0.7:.1f}",
+                        h=f"{h:.1f}",
+                        c=PALETTE[j % len(PALETTE)],
+                        t=f"{day} {name[0]} · {name[1]}: {_amount(value)} {unit}",
+                    )
+                )
+        if i % 3 == (len(slots) - 1) % 3:
+            shapes.append(
+                render(
+                    '<text x="{x}" y="{y}" text-anchor="middle">{d}</text>',
+                    x=f"{pad + i * slot + slot / 2:.1f}",
+                    y=height - 10,
+                    d=day[5:],
+                )
+            )
+    legend = join(
+        render(
+            '<span><svg width="10" height="10" aria-hidden="true"><rect width="10" height="10"'
+            ' fill="{c}"/></svg> {k} · {m}</span>',
+            c=PALETTE[j % len(PALETTE)],
+            k=key,
+            m=model,
+        )
+        for j, (key, model) in enumerate(series)
+    )
+    return render(
+        '<div class="card"><h2>{title} per day, by key and model</h2>'
+        '<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{title} per day">'
+        '<text x="{pad}" y="16">{top} {unit}</text>'
+        '<line x1="{pad}" y1="{base}" x2="{w}" y2="{base}" stroke="#999"/>{shapes}</svg>'
+        '<div class="legend">{legend}</div></div>',
+        title=title,
+        w=width,
+        h=height,
+        pad=pad,
+        base=height - pad,
+        top=_amount(top) if rows else "0",
+        unit=unit,
+        shapes=join(shapes),
+        legend=legend or Markup('<span class="empty">no usage yet</span>'),
+    )
+
+
+def _amount(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 or value == int(value) else f"{value:.4g}"
+
+
+def keys(rows: Sequence[RowMapping]) -> Markup:
+    return table(
+        ("Name", "Prefix", "Models", "Admin", "Created", "Last used", "Revoked"),
+        (
+            (
+                k["name"],
+                render("<code>{p}…</code>", p=k["key_prefix"]),
+                ", ".join(k["models"]) if k["models"] else "all",
+                k["is_admin"],
+                k["created_at"],
+                k["last_used_at"],
+                k["revoked_at"],
+            )
+            for k in rows
+        ),
+        cls="keys stack",
+    )
