@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psycopg
 import pytest
 from openai.types.responses import Response
 
@@ -150,3 +151,25 @@ def test_batch_lines(client: openai.OpenAI):
     assert len(output) == 2
     for line in output:
         limited(Response.model_validate(json.loads(line)["response"]["body"]))
+
+
+def test_streams_the_sdk_read_to_the_end_are_all_recorded_completed(
+    client: openai.OpenAI, db: psycopg.Connection
+):
+    """The SDK hangs up right after ``[DONE]``, often before the server has ended its body:
+    none of 20 such streams may be stored as failed or as a client that went away."""
+    ids = []
+    for n in range(20):
+        stream = client.chat.completions.create(
+            model="smol",
+            messages=[{"role": "user", "content": f"Say the number {n}."}],
+            max_tokens=LIMIT,
+            stream=True,
+        )
+        chunks = list(stream)
+        assert chunks and len({c.id for c in chunks}) == 1
+        ids.append(chunks[0].id)
+    rows = db.execute(
+        "SELECT status, response_body IS NOT NULL FROM requests WHERE id = ANY(%s)", (ids,)
+    ).fetchall()
+    assert sorted(rows) == [("completed", True)] * 20
