@@ -511,14 +511,30 @@ def _amount(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 or value == int(value) else f"{value:.4g}"
 
 
+def _limits(key: RowMapping) -> str:
+    """``rpm 600, tpm 200,000, $12.50 of $50/month, weight 3`` (``none`` without any)."""
+    parts = []
+    if key["rpm"] is not None:
+        parts.append(f"rpm {key['rpm']:,}")
+    if key["tpm"] is not None:
+        parts.append(f"tpm {key['tpm']:,}")
+    if key["budget_usd"] is not None:
+        spent = key["spent_usd"] or 0
+        parts.append(f"${spent:,.2f} of ${key['budget_usd']:,.2f}/{key['budget_period']}")
+    if key["weight"] != 1:
+        parts.append(f"weight {key['weight']:g}")
+    return ", ".join(parts) or "none"
+
+
 def keys(rows: Sequence[RowMapping]) -> Markup:
     return table(
-        ("Name", "Prefix", "Models", "Admin", "Created", "Last used", "Revoked"),
+        ("Name", "Prefix", "Models", "Limits", "Admin", "Created", "Last used", "Revoked"),
         (
             (
                 k["name"],
                 render("<code>{p}…</code>", p=k["key_prefix"]),
                 ", ".join(k["models"]) if k["models"] else "all",
+                _limits(k),
                 k["is_admin"],
                 k["created_at"],
                 k["last_used_at"],

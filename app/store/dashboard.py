@@ -88,8 +88,9 @@ USAGE_BY_DAY = text(
 # Last use: the newest request of the key, one index probe per key.
 KEYS = text(
     "SELECT k.id, k.name, k.key_prefix, k.models, k.is_admin, k.created_at, k.revoked_at,"
+    " k.rpm, k.tpm, k.budget_usd, k.budget_period, k.weight, b.spent_usd,"
     " (SELECT max(r.created_at) FROM requests r WHERE r.owner_key_id = k.id) AS last_used_at"
-    " FROM api_keys k ORDER BY k.created_at"
+    " FROM api_keys k LEFT JOIN tiergate_budgets b ON b.key_id = k.id ORDER BY k.created_at"
 )
 FILE = text("SELECT id, filename, bytes, status FROM files WHERE id = :id")
 

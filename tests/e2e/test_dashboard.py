@@ -442,14 +442,24 @@ def test_usage_page_is_the_view(
 
 
 def test_keys_page_shows_no_secret(
-    signed_in: WebDriver, gateway: Gateway, admin_key: str, key: str, shots: Path
+    signed_in: WebDriver,
+    gateway: Gateway,
+    admin_key: str,
+    key: str,
+    shots: Path,
+    database: DatabaseURL,
 ):
+    options = ["--rpm", "600", "--tpm", "200000", "--budget-usd", "50", "--weight", "2"]
+    limited = create_key(database.libpq(), "limited", options=options)
     browser = signed_in
     browser.get(gateway.url + "/dashboard/keys")
     rows = _cells(browser, "table.keys")
     names = {row[0] for row in rows}
-    assert {"alice", "root-admin"} <= names
+    assert {"alice", "root-admin", "limited"} <= names
     alice = next(row for row in rows if row[0] == "alice")
-    assert alice[1] == key[:7] + "…" and alice[5] != "—"  # prefix, last used
+    assert alice[1] == key[:7] + "…" and alice[3] == "none" and alice[6] != "—"  # last used
+    limits = next(row for row in rows if row[0] == "limited")[3]
+    assert limits == "rpm 600, tpm 200,000, $0.00 of $50.00/month, weight 2"
+    assert limited not in browser.page_source
     assert admin_key not in browser.page_source and key not in browser.page_source
     screenshot(browser, shots, "keys")
