@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,9 +27,10 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from app.testing.batches import chat_lines, create_batch, upload
 from app.testing.config import write_config
 from app.testing.postgres import database_server
-from app.testing.processes import Process, base_env, create_key, start_gateway, start_mock_upstream
+from app.testing.processes import Process, create_key, start_gateway, start_mock_upstream
 
 MODEL = "shared"
 SLOTS = 32
@@ -44,34 +41,11 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def batch_input(lines: int, tag: str) -> bytes:
-    out = io.StringIO()
-    for i in range(lines):
-        body = {"model": MODEL, "messages": [{"role": "user", "content": f"{tag} {i}"}]}
-        line = {"custom_id": f"{tag}-{i}", "method": "POST", "url": "/v1/chat/completions"}
-        out.write(json.dumps({**line, "body": body}) + "\n")
-    return out.getvalue().encode()
-
-
 async def start_batch(api: str, key: str, lines: int, tag: str) -> str:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=api, timeout=120, headers=headers) as http:
-        uploaded = await http.post(
-            "/files",
-            data={"purpose": "batch"},
-            files={"file": ("f.jsonl", batch_input(lines, tag))},
-        )
-        uploaded.raise_for_status()
-        created = await http.post(
-            "/batches",
-            json={
-                "input_file_id": uploaded.json()["id"],
-                "endpoint": "/v1/chat/completions",
-                "completion_window": "24h",
-            },
-        )
-        created.raise_for_status()
-        return str(created.json()["id"])
+        file_id = await upload(http, chat_lines(lines, MODEL, tag))
+        return str((await create_batch(http, file_id))["id"])
 
 
 def completed(db: psycopg.Connection, batch_id: str) -> int:
@@ -134,27 +108,6 @@ async def pair(api: str, db: psycopg.Connection, first: str, second: str, lines:
     return ratio
 
 
-def weighted_key(db_url: str, name: str, weight: float) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "keys",
-            "create",
-            "--name",
-            name,
-            "--weight",
-            str(weight),
-        ],
-        env=base_env(DATABASE_URL=db_url),
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return out.strip().splitlines()[-1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=20_000, help="key A's batch")
@@ -174,7 +127,7 @@ def main() -> None:
             )
             db_url = factory.create().libpq()
             keys = {name: create_key(db_url, name) for name in ("a", "b", "c", "d")}
-            heavy = weighted_key(db_url, "heavy", 3)
+            heavy = create_key(db_url, "heavy", options=["--weight", "3"])
             gateway = start_gateway(database_url=db_url, config=config, log=work / "gw.log")
             processes.append(gateway.process)
             with psycopg.connect(db_url, autocommit=True) as db:

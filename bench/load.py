@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import io
 import json
 import os
 import resource
@@ -53,6 +52,7 @@ import psutil
 import psycopg
 
 from app.store.dburl import DatabaseURL
+from app.testing.batches import chat_lines, create_batch, upload
 from app.testing.config import write_config
 from app.testing.measure import CpuMeter, rss
 from app.testing.postgres import database_server
@@ -331,33 +331,12 @@ class BatchResult:
         return self.ended - self.created
 
 
-def batch_input(lines: int) -> bytes:
-    out = io.StringIO()
-    for i in range(lines):
-        body = {"model": MODEL, "messages": [{"role": "user", "content": f"line {i}"}]}
-        line = {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions"}
-        out.write(json.dumps({**line, "body": body}) + "\n")
-    return out.getvalue().encode()
-
-
 async def start_batch(http: httpx.AsyncClient, lines: int) -> tuple[str, BatchResult]:
     """Upload, create and wait until the batch's lines are ``in_progress``."""
     result = BatchResult(lines=lines)
-    uploaded = await http.post(
-        "/files", data={"purpose": "batch"}, files={"file": ("load.jsonl", batch_input(lines))}
-    )
-    uploaded.raise_for_status()
+    file_id = await upload(http, chat_lines(lines, MODEL, "req"), "load.jsonl")
     result.created = time.perf_counter()
-    created = await http.post(
-        "/batches",
-        json={
-            "input_file_id": uploaded.json()["id"],
-            "endpoint": "/v1/chat/completions",
-            "completion_window": "24h",
-        },
-    )
-    created.raise_for_status()
-    batch = created.json()
+    batch = await create_batch(http, file_id)
     while batch["status"] == "validating":
         await asyncio.sleep(0.1)
         batch = (await http.get(f"/batches/{batch['id']}")).json()

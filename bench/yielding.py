@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from app.testing.batches import chat_lines, create_batch, upload
 from app.testing.config import write_config
 from app.testing.postgres import database_server
 from app.testing.processes import Process, create_key, start_gateway, start_mock_upstream
@@ -75,33 +74,11 @@ async def realtime_load(api: str, key: str, clients: int, stop: asyncio.Event) -
     return took
 
 
-def batch_input(lines: int) -> bytes:
-    out = io.StringIO()
-    for i in range(lines):
-        body = {"model": MODEL, "messages": [{"role": "user", "content": f"line {i}"}]}
-        line = {"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions"}
-        out.write(json.dumps({**line, "body": body}) + "\n")
-    return out.getvalue().encode()
-
-
 async def run_batch(api: str, key: str, lines: int) -> float:
     """Seconds from the batch's lines being runnable to the batch completed."""
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=api, timeout=60, headers=headers) as http:
-        uploaded = await http.post(
-            "/files", data={"purpose": "batch"}, files={"file": ("y.jsonl", batch_input(lines))}
-        )
-        uploaded.raise_for_status()
-        created = await http.post(
-            "/batches",
-            json={
-                "input_file_id": uploaded.json()["id"],
-                "endpoint": "/v1/chat/completions",
-                "completion_window": "24h",
-            },
-        )
-        created.raise_for_status()
-        batch = created.json()
+        batch = await create_batch(http, await upload(http, chat_lines(lines, MODEL), "y.jsonl"))
         started = None
         while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
             await asyncio.sleep(0.2)

@@ -8,8 +8,6 @@ would wait behind all of them; served fairly, it takes the next free slot.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -20,7 +18,7 @@ from openai.types.responses import Response
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
-from app.testing.processes import Gateway, base_env, create_key
+from app.testing.processes import Gateway, create_key
 from tests.support.batches import chat_line, start_batch
 from tests.support.waiting import wait_until
 
@@ -35,29 +33,6 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
         [{"name": "shared", "upstream": f"{mock_upstream}/v1", "flex_concurrency": SLOTS}],
         {"batch_jobs": 4, "batch_chunk": 16, "max_batch_lines": 1000, "heartbeat_s": 0.5},
     )
-
-
-def key_with_weight(database: DatabaseURL, name: str, weight: float) -> str:
-    """``tiergate keys create --weight``: the secret is the last line of its output."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "keys",
-            "create",
-            "--name",
-            name,
-            "--weight",
-            str(weight),
-        ],
-        env=base_env(DATABASE_URL=database.libpq()),
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert f"weight {weight:g}" in out
-    return out.strip().splitlines()[-1]
 
 
 def sdk(gateway: Gateway, key: str) -> openai.OpenAI:
@@ -121,7 +96,7 @@ def test_two_keys_batches_progress_at_the_same_rate_and_weights_tilt_it(
 ):
     carol = sdk(gateway, create_key(database.libpq(), "fair-carol"))
     dave = sdk(gateway, create_key(database.libpq(), "fair-dave"))
-    heavy = sdk(gateway, key_with_weight(database, "fair-heavy", 3))
+    heavy = sdk(gateway, create_key(database.libpq(), "fair-heavy", options=["--weight", "3"]))
     lines = [chat_line(f"l-{i}", SLOW, model="shared") for i in range(200)]
 
     first, second = start_batch(carol, lines), start_batch(dave, lines)
