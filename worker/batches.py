@@ -294,6 +294,7 @@ class BatchJobs:
             deployment=attempt.deployment,
             counted=attempt.counted,
         )
+        self.pacer.settle(row, attempt.outcome)
         del row  # the body
         await self._recording.submit(result)
 

@@ -203,6 +203,7 @@ class FlexDispatcher:
                 )
             finally:
                 self._calling.pop(request_id, None)
+            self.pacer.settle(row, result.outcome)
             del row  # the body: a waiting retry or a slow store keeps only the outcome
             if result.outcome is not None:
                 if writer is not None:

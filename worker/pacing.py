@@ -6,6 +6,10 @@ limited key need from the key's bucket (the one realtime calls take from, see
 ``not_before`` spaced at the key's rate (one request per ``60/rpm`` s, or its estimated
 tokens at ``tpm``). At their time they are claimed and leased again, so the bucket, shared by
 every gateway and worker, decides; the spacing only saves claiming them too early.
+
+Tokens are leased by estimate and corrected once a call's real usage is known (``settle``):
+the difference is a credit (or a debt) of the key in this worker, spent on (or added to) what
+its next rows need before anything more is leased, as a gateway does with its slice.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any, TypeVar
 
 from app.gateway.limits import UNLIMITED, WINDOW_S, estimate_tokens, wait_s
 from app.store.limits import LimitStore
-from app.vocabulary import LimitCode
+from app.store.outcomes import Outcome
+from app.vocabulary import LimitCode, Status
 
 R = TypeVar("R", bound=Mapping[Any, Any])
 MIN_DELAY_S = 0.05
@@ -38,6 +43,7 @@ class Pacer:
     def __init__(self, store: LimitStore) -> None:
         self.store = store
         self._booked: dict[str, float] = {}  # per key: when its next waiting row is due
+        self._credit: dict[str, float] = {}  # per key: tokens leased but not used (< 0: owed)
 
     async def split(self, rows: Sequence[R]) -> tuple[list[R], list[tuple[R, float]]]:
         """(rows to run now, [(row, seconds it waits)]). Rows need ``owner_key_id``, ``rpm``,
@@ -54,10 +60,15 @@ class Pacer:
             rpm, tpm = _rate(group[0]["rpm"]), _rate(group[0]["tpm"])
             # A row estimated above a minute's worth runs once the bucket is full.
             estimates = [min(float(estimate_tokens(r["body"] or {})), tpm) for r in group]
+            credit = self._credit.pop(key_id, 0.0)
             lease = await self.store.lease(
-                key_id, rpm=rpm, tpm=tpm, need=(0.0, 0.0), want=(len(group), sum(estimates))
+                key_id,
+                rpm=rpm,
+                tpm=tpm,
+                need=(0.0, 0.0),
+                want=(len(group), max(0.0, sum(estimates) - credit)),
             )
-            requests, tokens = lease.requests, lease.tokens
+            requests, tokens = lease.requests, lease.tokens + credit
             now = time.monotonic()
             for row, estimate in zip(group, estimates, strict=True):
                 if requests >= 1 and tokens >= estimate:
@@ -71,4 +82,21 @@ class Pacer:
                 due = max(self._booked.get(key_id, 0.0), first)
                 self._booked[key_id] = due + max(WINDOW_S / rpm, estimate * WINDOW_S / tpm)
                 wait.append((row, max(MIN_DELAY_S, due - now)))
+            if tokens != 0 and tpm != UNLIMITED:  # unused (or owed) tokens stay with the key
+                self._credit[key_id] = min(tokens, tpm)
         return run, wait
+
+    def settle(self, row: Mapping[Any, Any], outcome: Outcome | None) -> None:
+        """Correct a run row's tokens by what its attempt used: a completed call's usage; a
+        failed or retried one used none (as a gateway gives a failed call's tokens back)."""
+        if row["tpm"] is None:
+            return
+        usage = outcome.usage if outcome is not None else None
+        completed = outcome is not None and outcome.status == Status.COMPLETED
+        actual = usage.total if completed and usage is not None and usage.known else 0
+        assert actual is not None
+        estimate = min(float(estimate_tokens(row["body"] or {})), float(row["tpm"]))
+        key_id = row["owner_key_id"]
+        self._credit[key_id] = min(
+            self._credit.get(key_id, 0.0) + estimate - actual, float(row["tpm"])
+        )

@@ -157,3 +157,34 @@ async def test_the_pacer_runs_what_the_bucket_covers_and_spaces_the_rest():
     later = [{**rows[0], "id": "r9"}]
     _, wait = await pacer.split(later)  # booked after the three already waiting
     assert round(wait[0][1]) == 40
+
+
+async def test_the_pacer_corrects_leased_tokens_by_what_calls_used():
+    from app.gateway.limits import estimate_tokens
+    from app.openai.usage import TokenUsage
+    from app.store.outcomes import Outcome
+    from app.vocabulary import Status
+    from worker.pacing import Pacer
+
+    bucket = FakeBucket()
+    pacer = Pacer(bucket)  # type: ignore[arg-type]
+    body = {"input": "x" * 400}
+    estimate = estimate_tokens(body)
+
+    def row(n: int) -> dict[str, object]:
+        return {"id": f"r{n}", "owner_key_id": "key_1", "rpm": None, "tpm": 6000, "body": body}
+
+    run, _ = await pacer.split([row(0)])
+    assert len(run) == 1 and bucket.tokens == 6000 - estimate
+    used = Outcome(status=Status.COMPLETED, usage=TokenUsage(total=estimate - 60))
+    pacer.settle(row(0), used)  # 60 tokens fewer than leased: the next row needs 60 less
+    await pacer.split([row(1)])
+    assert bucket.tokens == 6000 - estimate - (estimate - 60)
+    pacer.settle(row(1), None)  # retried: it used nothing, all of its estimate comes back
+    before = bucket.tokens
+    run, _ = await pacer.split([row(2)])
+    assert len(run) == 1 and bucket.tokens == before  # covered by the credit alone
+    over = Outcome(status=Status.COMPLETED, usage=TokenUsage(total=estimate + 500))
+    pacer.settle(row(2), over)  # 500 more than leased: owed, leased with the next row
+    await pacer.split([row(3)])
+    assert bucket.tokens == before - (estimate + 500)
