@@ -324,6 +324,16 @@ def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
     if r["started_at"]:
         by = f"claimed by {r['claimed_by']}" if r["claimed_by"] else None
         steps.append(("started", r["started_at"], by))
+    for failed in r["attempt_errors"] or []:  # each retried attempt, with its error
+        cause = failed.get("error") or {}
+        where = f" ({failed['deployment']})" if failed.get("deployment") else ""
+        steps.append(
+            (
+                f"attempt {failed.get('attempt')} failed",
+                failed.get("at"),
+                f"{cause.get('code')}: {cause.get('message')}{where}",
+            )
+        )
     steps.append(
         (
             f"attempts: {r['attempts']}",

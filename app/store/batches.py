@@ -19,7 +19,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.limits import add_spend
-from app.store.outcomes import STORE_OUTCOMES, Outcome, outcome_arrays
+from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, outcome_arrays
 from app.vocabulary import (
     CLOSABLE_BATCH,
     LIVE,
@@ -226,7 +226,8 @@ REQUEUE_MANY = text(
 UPDATE requests AS r
 SET status = '{Status.PENDING}', error = CAST(u.error AS jsonb),
     not_before = now() + make_interval(secs => u.delay_s),
-    deployment = coalesce(u.deployment, r.deployment), attempts = r.attempts - u.refund
+    deployment = coalesce(u.deployment, r.deployment), attempts = r.attempts - u.refund,
+    attempt_errors = {attempt_error("u.refund", "CAST(u.error AS jsonb)", "u.deployment", "r.")}
 FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:errors AS text[]),
             CAST(:delays AS float8[]), CAST(:deployments AS text[]), CAST(:refunds AS int[]))
      AS u(id, attempt, error, delay_s, deployment, refund)

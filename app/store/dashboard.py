@@ -66,7 +66,7 @@ FIND_REQUESTS = text(
 )
 REQUEST_COLUMNS = (
     "r.id, r.batch_id, r.custom_id, r.line_no, r.endpoint, r.model, r.service_tier,"
-    " r.background, r.stream, r.status, r.attempts, r.response_status, r.error,"
+    " r.background, r.stream, r.status, r.attempts, r.response_status, r.error, r.attempt_errors,"
     " r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens, r.total_tokens,"
     " r.cost_usd, r.deployment, r.claimed_by, r.created_at, r.started_at, r.finished_at,"
     " r.expires_at, r.not_before, k.name AS key_name"

@@ -99,3 +99,14 @@ def outcome_arrays(outcomes: list[Outcome]) -> dict[str, list[Any]]:
         "costs": [o.cost_usd for o in outcomes],
         "deployments": [o.deployment for o in outcomes],
     }
+
+
+def attempt_error(refund: str, error: str, deployment: str, row: str = "") -> str:
+    """SQL for ``attempt_errors`` when an attempt is requeued: its error joins the row's
+    history (``[{attempt, at, error, deployment}]``), unless it made no call (``refund``)."""
+    return (
+        f"CASE WHEN {refund} = 0 THEN coalesce({row}attempt_errors, '[]'::jsonb)"
+        f" || jsonb_build_array(jsonb_build_object('attempt', {row}attempts, 'at', now(),"
+        f" 'error', {error}, 'deployment', coalesce({deployment}, {row}deployment)))"
+        f" ELSE {row}attempt_errors END"
+    )

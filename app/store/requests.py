@@ -22,7 +22,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.limits import add_spend
-from app.store.outcomes import STORE_OUTCOMES, Outcome, dumps, outcome_arrays
+from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, dumps, outcome_arrays
 from app.store.schema import requests
 from app.vocabulary import FINAL, LIVE, BatchKind, Channel, ErrorCode, Status, sql_error, sql_in
 
@@ -101,7 +101,8 @@ REQUEUE = text(
     f"""
 UPDATE requests SET status = '{Status.PENDING}', error = :error, claimed_by = NULL,
     not_before = now() + make_interval(secs => :delay_s),
-    deployment = coalesce(:deployment, deployment), attempts = attempts - :refund
+    deployment = coalesce(:deployment, deployment), attempts = attempts - :refund,
+    attempt_errors = {attempt_error(":refund", ":error", ":deployment")}
 WHERE id = :id AND status = '{Status.IN_PROGRESS}' AND attempts = :attempt
 RETURNING id
 """

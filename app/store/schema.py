@@ -195,6 +195,12 @@ requests = Table(
     Column("response_status", Integer, nullable=True),
     Column("response_body", JSONB, nullable=True),
     Column("error", JSONB, nullable=True, comment="{code, message} of the final failure"),
+    Column(
+        "attempt_errors",
+        JSONB,
+        nullable=True,
+        comment="each retried attempt: [{attempt, at, error, deployment}]",
+    ),
     Column("input_tokens", Integer, nullable=True),
     Column("output_tokens", Integer, nullable=True),
     Column("total_tokens", Integer, nullable=True),

@@ -32,10 +32,17 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
+# Idle pooled connections are closed after this long: under uvicorn's default 5 s keep-alive
+# (vLLM, SGLang, llama-cpp-python's server), so a call never goes out on a connection the
+# server is closing that very moment (seen as ClientConnectionResetError on the first
+# write, an attempt lost to a retry).
+KEEPALIVE_S = 4.0
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """Plain HTTP/1.1 over one aiohttp session with a bounded connection pool."""
 
-    def __init__(self, *, max_connections: int = 512, keepalive_s: float = 30.0) -> None:
+    def __init__(self, *, max_connections: int = 512, keepalive_s: float = KEEPALIVE_S) -> None:
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None

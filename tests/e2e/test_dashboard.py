@@ -334,6 +334,22 @@ def test_find_a_request_by_custom_id(
     screenshot(browser, shots, "request")
 
 
+def test_the_timeline_shows_each_attempt_with_its_error(
+    signed_in: WebDriver, gateway: Gateway, client: openai.OpenAI
+):
+    # The provider fails the first attempt (a retryable 503), the retry answers.
+    answer = client.responses.create(
+        model="remote", input="mock:status=503,fail_times=1,key=dash-retry hi", service_tier="flex"
+    )
+    assert answer.status == "completed"
+    browser = signed_in
+    browser.get(f"{gateway.url}/dashboard/requests/{answer.id}")
+    WebDriverWait(browser, TIMEOUT_S).until(lambda d: d.find_elements(By.CLASS_NAME, "timeline"))
+    timeline = browser.find_element(By.CLASS_NAME, "timeline").text
+    assert "attempt 1 failed" in timeline and "upstream_503" in timeline, timeline
+    assert "attempts: 2" in timeline and "finished: completed" in timeline, timeline
+
+
 def _cells(browser: WebDriver, selector: str) -> list[list[str]]:
     """A table's cells, read at once (the live tables are replaced while a test reads)."""
     rows: list[list[str]] = browser.execute_script(

@@ -221,3 +221,29 @@ async def test_a_stopping_worker_gives_back_only_its_own_rows(
     (other,) = await store.claim({model: 1}, "wk_other")
     assert sorted(await store.release("wk_me")) == sorted(r["id"] for r in mine)
     assert (await store.get(other["id"], owner.id))["status"] == "in_progress"
+
+
+async def test_each_retried_attempt_keeps_its_error(model: str, store: RequestStore, owner: ApiKey):
+    sub = submission(owner, model=model)
+    await store.submit(sub)
+    await store.claim({model: 1}, "wk_a")
+    first = {"code": "upstream_503", "message": "mock status 503"}
+    assert await store.requeue(sub.id, 1, first, 0.0, deployment="gpu-a")
+    await sql(store, "UPDATE requests SET not_before = NULL WHERE id = :id", id=sub.id)
+    await store.claim({model: 1}, "wk_a")
+    # no deployment had room: not an attempt, so not in the history
+    assert await store.requeue(sub.id, 2, {"code": "no_capacity"}, 0.0, counted=False)
+    await sql(store, "UPDATE requests SET not_before = NULL WHERE id = :id", id=sub.id)
+    await store.claim({model: 1}, "wk_a")
+    second = {"code": "upstream_timeout", "message": "slow"}
+    assert await store.requeue(sub.id, 2, second, 0.0, deployment="gpu-b")
+    async with store.engine.connect() as conn:
+        (history,) = (
+            await conn.execute(
+                text("SELECT attempt_errors FROM requests WHERE id = :id"), {"id": sub.id}
+            )
+        ).one()
+    assert [(h["attempt"], h["error"], h["deployment"]) for h in history] == [
+        (1, first, "gpu-a"),
+        (2, second, "gpu-b"),
+    ]
