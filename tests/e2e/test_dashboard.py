@@ -23,7 +23,10 @@ import psycopg
 import pytest
 import yaml
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -252,8 +255,10 @@ def test_batch_progress_advances_to_completed(
             seen.append(done)
         return done
 
+    # The page reloads itself when the batch ends: an element read meanwhile may be gone,
+    # stale, or (in ChromeDriver) an "unhandled inspector error"; the next poll reads again.
     wait = WebDriverWait(
-        browser, TIMEOUT_S, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+        browser, TIMEOUT_S, poll_frequency=0.1, ignored_exceptions=[WebDriverException]
     )
     wait.until(lambda d: 0 < value(d) < 21)
     screenshot(browser, shots, "batch-running")
