@@ -82,6 +82,13 @@ class Metrics:
             ["model", "tier", "key"],
             registry=self.registry,
         )
+        self.cache = Counter(
+            "tiergate_cache",
+            "Calls of cache-enabled models by model and what the cache did (hit, semantic-hit,"
+            " miss, bypass).",
+            ["model", "result"],
+            registry=self.registry,
+        )
         # The children of each (model, tier, key): label lookups are kept off the hot path.
         self._usage_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
 

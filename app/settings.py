@@ -95,6 +95,80 @@ class DeploymentConfig(BaseModel):
         return MOCK_UPSTREAM if value == "mock" else value.rstrip("/")
 
 
+# Fields of a request that never change its answer: left out of the cache key.
+NOT_DECIDING = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "service_tier",
+        "background",
+        "store",
+        "metadata",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "previous_response_id",  # resolved: the whole conversation is in the input
+    }
+)
+# What decides the answer and so can never be ignored.
+ALWAYS_DECIDING = frozenset(
+    {
+        "model",
+        "input",
+        "messages",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "text",
+        "prompt",
+    }
+)
+
+
+class SemanticCache(BaseModel):
+    """A cached answer is also served to a request meaning the same (verified)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embedding_model: str = Field(
+        description="a tiergate model that serves /v1/embeddings, used to embed prompts"
+    )
+    min_similarity: float = Field(
+        default=0.92, gt=0, le=1, description="cosine similarity a candidate needs"
+    )
+    timeout_s: float = Field(
+        default=2.0, gt=0, description="longest wait for an embedding; then it is a miss"
+    )
+
+
+class CacheConfig(BaseModel):
+    """A model's response cache (``docs/cache.md``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exact: bool = Field(default=False, description="serve the same request's stored answer")
+    ttl_s: int = Field(default=86_400, ge=1, description="how long an answer is kept")
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="request fields left out of the cache key (e.g. temperature, max_tokens)",
+    )
+    semantic: SemanticCache | None = None
+
+    @field_validator("ignore")
+    @classmethod
+    def _only_sampling(cls, value: list[str]) -> list[str]:
+        deciding = sorted(set(value) & ALWAYS_DECIDING)
+        if deciding:
+            raise ValueError(f"{', '.join(deciding)} always decide the answer: not ignorable")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.exact or self.semantic is not None
+
+
 class ModelConfig(BaseModel):
     """One model a client can name, and the deployments that serve it.
 
@@ -133,6 +207,7 @@ class ModelConfig(BaseModel):
     timeout_s: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     pricing: Pricing | None = Field(default=None, description="no pricing: cost is unknown")
+    cache: CacheConfig | None = Field(default=None, description="the response cache (off)")
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelConfig:
@@ -307,6 +382,7 @@ class Settings:
             where[model.name] = index
             self.models[model.name] = model
         self._check_fallbacks(where)
+        self._check_caches(where)
         if data.get("limits"):
             try:
                 self.limits = Limits.model_validate({**self.limits.model_dump(), **data["limits"]})
@@ -345,6 +421,23 @@ class Settings:
                 raise ConfigError(
                     f"fallbacks form a cycle: {' -> '.join(cycle)}", (*at, "fallbacks")
                 )
+
+    def _check_caches(self, where: dict[str, int]) -> None:
+        """A semantic cache's embedding model is a known model that serves embeddings."""
+        for name, model in self.models.items():
+            semantic = model.cache.semantic if model.cache else None
+            if semantic is None:
+                continue
+            at = (
+                ("models", where[name], "cache", "semantic", "embedding_model")
+                if name in where
+                else ()
+            )
+            embedder = self.models.get(semantic.embedding_model)
+            if embedder is None:
+                raise ConfigError(f"'{semantic.embedding_model}' is not a model", at)
+            if not embedder.serves("/v1/embeddings"):
+                raise ConfigError(f"'{semantic.embedding_model}' does not serve /v1/embeddings", at)
 
     def _fallback_cycle(self, start: str) -> list[str] | None:
         """A chain of fallbacks from ``start`` back to a model already on it, if any."""

@@ -127,6 +127,16 @@ class Header(StrEnum):
     """HTTP headers tiergate reads or writes (besides OpenAI's own)."""
 
     DEPLOYMENT = "x-tiergate-deployment"  # request: pin one; answer: which one served
+    CACHE = "x-tiergate-cache"  # request: bypass; answer: a CacheResult
+
+
+class CacheResult(StrEnum):
+    """What the response cache did for a call (``requests.cache``, ``x-tiergate-cache``)."""
+
+    HIT = "hit"  # the same request's answer
+    SEMANTIC_HIT = "semantic-hit"  # a verified answer to a request meaning the same
+    MISS = "miss"  # asked the upstream; the answer is stored when it may be
+    BYPASS = "bypass"  # the client (header) or its key (cache off) skipped the cache
 
 
 class Channel(StrEnum):

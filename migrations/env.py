@@ -26,7 +26,13 @@ def _url() -> str:
 
 def _include_object(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
     # procrastinate's tables are owned by its own SQL (revision 0001), not by our metadata.
-    return not (type_ == "table" and name and name.startswith("procrastinate_"))
+    if type_ == "table" and name and name.startswith("procrastinate_"):
+        return False
+    # The semantic cache's pgvector column and index exist only where pgvector does (0016).
+    return not (
+        (type_ == "column" and name == "embedding" and obj.table.name == "cache_entries")
+        or (type_ == "index" and name == "cache_entries_semantic_idx")
+    )
 
 
 def run_migrations_offline() -> None:

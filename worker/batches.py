@@ -10,6 +10,7 @@ from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.cache.service import wanted_for
 from app.gateway.conversations import Conversations
 from app.ids import new_id
 from app.openai.errors import APIError
@@ -284,6 +285,8 @@ class BatchJobs:
             last=row["deployment"],
             tier=PriceTier.BATCH,
             key=row["key_name"] or "",
+            owner=row["owner_key_id"],
+            cached=wanted_for(row),
         )
         result = LineResult(
             row["id"],

@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import random
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
+from app.cache.service import BYPASSED, Lookup, ResponseCache, cache_of, hit_answer
 from app.metrics import Metrics
 from app.openai.usage import measured
 from app.pricing import PriceBook
@@ -26,7 +29,7 @@ from app.store.outcomes import Outcome
 from app.upstream.client import UpstreamClient, UpstreamError
 from app.upstream.deployment import Deployment
 from app.upstream.router import NoCapacity, Router
-from app.vocabulary import ErrorCode, PriceTier, Status, error
+from app.vocabulary import CacheResult, ErrorCode, PriceTier, Status, error
 from worker.fair_gate import FairGate
 from worker.streaming import EventWriter, stream_call
 
@@ -70,6 +73,7 @@ class Attempt:
 DEFERRED_ROUTE_WAIT_S = 30.0
 
 EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.REQUEST_EXPIRED))
+FREE = Decimal(0)
 
 
 class RequestRunner:
@@ -82,8 +86,13 @@ class RequestRunner:
         upstream: UpstreamClient,
         router: Router,
         metrics: Metrics | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.settings = settings
+        self.cache = cache
+        # Identical cacheable calls in flight in this process: the first one's outcome
+        # answers the others (a batch of repeated lines calls the upstream once per prompt).
+        self._flights: dict[tuple[str, str, bytes], asyncio.Future[Outcome | None]] = {}
         self.upstream = upstream
         self.router = router
         self.prices = PriceBook(settings)
@@ -111,6 +120,8 @@ class RequestRunner:
         tier: str = PriceTier.FLEX,
         key: str = "",
         events: EventWriter | None = None,
+        owner: str = "",
+        cached: bool = False,
     ) -> Attempt:
         """One upstream call under the model's cap, classified: an outcome, or a retry.
 
@@ -122,7 +133,8 @@ class RequestRunner:
         cost at pricing ``tier``; both are counted in the metrics under ``key``'s name. The
         model's slots are shared fairly between keys (by name, weighted by ``weights``).
         With ``events``, the call streams and its events are stored as they come
-        (``streaming.py``).
+        (``streaming.py``). ``cached``: the call may be answered from ``owner``'s response
+        cache (or an identical call in flight here), and its answer is remembered.
         """
         model = self.settings.models.get(model_name)
         if model is None:
@@ -135,6 +147,113 @@ class RequestRunner:
                     },
                 )
             )
+        lookup: Lookup | None = None
+        if self.cache is not None and cache_of(model) is not None:
+            if not cached:
+                lookup = BYPASSED
+            elif events is not None:  # a stream was looked up at the gateway: remember only
+                lookup = Lookup(CacheResult.MISS, self.cache.key_of(endpoint, body, model))
+            else:
+                lookup = await self.cache.lookup(endpoint, body, model, owner)
+                if tier == PriceTier.BATCH:  # single calls were counted at the gateway
+                    self.cache.count(model.name, lookup.result)
+                if not lookup.hit and lookup.key is not None:
+                    lookup = await self._follow(owner, model, lookup) or lookup
+                if lookup.hit:
+                    return Attempt(self._hit(model, endpoint, body, lookup, tier, key))
+        run = functools.partial(
+            self._attempt,
+            model,
+            endpoint,
+            body,
+            attempt,
+            expires_at,
+            expired=expired,
+            stop=stop,
+            stopped=stopped,
+            pin=pin,
+            last=last,
+            tier=tier,
+            key=key,
+            events=events,
+            cache=lookup.result if lookup is not None else None,
+        )
+        if lookup is None or lookup.key is None or lookup.hit:
+            return await run()
+        flight = (owner, model.name, lookup.key.exact)
+        leader = asyncio.get_running_loop().create_future()
+        self._flights.setdefault(flight, leader)
+        result: Attempt | None = None
+        try:
+            result = await run()
+        finally:
+            if self._flights.get(flight) is leader:
+                del self._flights[flight]
+            leader.set_result(result.outcome if result is not None else None)
+        if result.outcome is not None and result.outcome.status == Status.COMPLETED:
+            assert self.cache is not None
+            self.cache.remember(
+                lookup,
+                owner=owner,
+                model=model,
+                endpoint=endpoint,
+                request=body,
+                answer=result.outcome.response_body,
+            )
+        return result
+
+    async def _follow(self, owner: str, model: ModelConfig, lookup: Lookup) -> Lookup | None:
+        """A hit from an identical call in flight in this process, once it has ended."""
+        assert lookup.key is not None
+        leader = self._flights.get((owner, model.name, lookup.key.exact))
+        if leader is None:
+            return None
+        outcome = await asyncio.shield(leader)
+        if outcome is None or outcome.status != Status.COMPLETED:
+            return None
+        return Lookup(CacheResult.HIT, lookup.key, outcome.response_body)
+
+    def _hit(
+        self,
+        model: ModelConfig,
+        endpoint: str,
+        request: dict[str, Any],
+        lookup: Lookup,
+        tier: str,
+        key: str,
+    ) -> Outcome:
+        """A cached answer as this call's outcome: its input tokens cached, its cost 0."""
+        answer, usage = hit_answer(endpoint, request, lookup.answer, dt.datetime.now(dt.UTC))
+        if self.metrics is not None:
+            self.metrics.observe_usage(model.name, tier, key, usage, FREE)
+        return Outcome(
+            status=Status.COMPLETED,
+            response_status=200,
+            response_body=answer,
+            usage=usage,
+            cost_usd=FREE,
+            cache=lookup.result,
+        )
+
+    async def _attempt(
+        self,
+        model: ModelConfig,
+        endpoint: str,
+        body: dict[str, Any],
+        attempt: int,
+        expires_at: dt.datetime,
+        *,
+        expired: Outcome | None,
+        stop: asyncio.Event | None,
+        stopped: Outcome | None,
+        pin: str | None,
+        last: str | None,
+        tier: str,
+        key: str,
+        events: EventWriter | None,
+        cache: CacheResult | None,
+    ) -> Attempt:
+        """``attempt``'s upstream call, once the cache had no answer."""
         async with self._slots[model.name].slot(key, self.weights.get(key, 1.0)):
             if stop is not None and stop.is_set() and stopped is not None:
                 return Attempt(stopped)
@@ -179,6 +298,7 @@ class RequestRunner:
                 cost_usd=cost,
                 response_text=text or None,
                 deployment=served,
+                cache=cache,
             ),
             deployment=served,
         )

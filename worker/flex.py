@@ -27,6 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app.cache.service import wanted_for
 from app.settings import Settings
 from app.store.db import database_unavailable
 from app.store.dburl import DatabaseURL
@@ -200,6 +201,8 @@ class FlexDispatcher:
                     tier=row["service_tier"],
                     key=row["key_name"] or "",
                     events=writer,
+                    owner=row["owner_key_id"],
+                    cached=wanted_for(row),
                 )
             finally:
                 self._calling.pop(request_id, None)

@@ -17,6 +17,7 @@ from procrastinate.manager import JobManager
 
 from app.settings import Limits
 from app.store.batches import BatchStore
+from app.store.cache import CacheStore
 from app.store.db import database_unavailable
 from app.store.files import FileStore
 from app.store.orphans import OrphanStore
@@ -26,6 +27,8 @@ from app.store.sweeps import RequestSweeps
 
 log = logging.getLogger("tiergate.maintenance")
 
+# Expired cache entries deleted per statement (chunks_per_pass statements per sweep at most).
+CACHE_CHUNK = 1000
 # A half-written file older than this belongs to an upload or finalize that died.
 ABANDONED_UPLOAD_S = 3600
 
@@ -43,7 +46,9 @@ class Maintenance:
         orphans: OrphanStore,
         retention: RetentionStore,
         queue_depth: QueueDepthStore,
+        cache: CacheStore,
     ) -> None:
+        self.cache = cache
         self.limits = limits
         self.requests = requests
         self.batches = batches
@@ -71,7 +76,8 @@ class Maintenance:
         """Expire queued work past its window, close realtime rows of dead gateways, give the
         requests of dead workers back, drop files whose upload or finalize died half-way,
         requeue batch work whose job ended early, delete a bounded part of the history past
-        its retention; count the live queue for /metrics when no process has lately."""
+        its retention and of the cache's expired answers; count the live queue for /metrics
+        when no process has lately."""
         expired = await self.requests.expire_overdue()
         expired += await self.batches.expire_overdue()
         await self.files.prune_abandoned(ABANDONED_UPLOAD_S)
@@ -96,6 +102,14 @@ class Maintenance:
         pruned = await self.retention.prune(self.limits.retention.chunks_per_pass)
         if pruned:
             log.info("retention: deleted %s", pruned)
+        stale = 0
+        for _ in range(self.limits.retention.chunks_per_pass):
+            gone = await self.cache.prune_chunk(CACHE_CHUNK)
+            stale += gone
+            if gone < CACHE_CHUNK:
+                break
+        if stale:
+            log.info("cache: deleted %d expired answers", stale)
         await self.queue_depth.count_if_stale(self.limits.metrics_max_age_s)
 
     async def run(self, jobs: JobManager) -> None:

@@ -10,10 +10,13 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.cache.embedder import Embedder
+from app.cache.service import ResponseCache
 from app.gateway.conversations import Conversations
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store.batches import BatchStore
+from app.store.cache import CacheStore
 from app.store.conversations import ConversationStore
 from app.store.db import create_engine, database_unavailable
 from app.store.dburl import DatabaseURL
@@ -70,7 +73,10 @@ async def run_worker(
     upstream = build_upstream(settings)
     own_router = router is None
     router = router or Router(settings)
-    runner = RequestRunner(settings=settings, upstream=upstream, router=router, metrics=metrics)
+    cache = ResponseCache(settings, CacheStore(engine), Embedder(upstream, router), metrics)
+    runner = RequestRunner(
+        settings=settings, upstream=upstream, router=router, metrics=metrics, cache=cache
+    )
     pacer = Pacer(LimitStore(engine))  # flex and batch work of limited keys, at their rate
     batch_jobs = BatchJobs(
         settings=settings,
@@ -95,6 +101,7 @@ async def run_worker(
     # Rows this worker claims name it: it must be registered first, or the sweep would take
     # them for a dead worker's.
     await _when_database_up(presence.start, "register")
+    await cache.start()
     flex = FlexDispatcher(
         settings=settings,
         url=url,
@@ -144,6 +151,7 @@ async def run_worker(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await batch_jobs.stop()
+        await cache.stop()
         await presence.stop()
         await upstream.aclose()
         await engine.dispose()
@@ -184,4 +192,5 @@ def maintenance_for(engine: AsyncEngine, settings: Settings) -> Maintenance:
         orphans=OrphanStore(engine),
         retention=RetentionStore(engine, settings.limits.retention),
         queue_depth=QueueDepthStore(engine),
+        cache=CacheStore(engine),
     )

@@ -73,6 +73,8 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
                 budget=services.body_budget,
                 limiter=services.rate_limiter,
                 budgets=services.budgets,
+                cache=services.cache,
+                cached=services.cached,
             ),
         ],
         exception_handlers={

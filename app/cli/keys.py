@@ -65,7 +65,9 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     )
 
     async def create(store: KeyStore) -> tuple[ApiKey, str]:
-        key, secret = await store.create(args.name, models, admin=args.admin, limits=limits)
+        key, secret = await store.create(
+            args.name, models, admin=args.admin, limits=limits, cache_enabled=args.cache != "off"
+        )
         if args.weight is not None:
             await store.set_weight(key.id, args.weight)
         return key, secret
@@ -78,6 +80,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         + admin
         + describe(key.limits)
         + weight
+        + ("" if key.cache_enabled else "; response cache off")
     )
     print("the secret is shown once; store it now:")
     print(secret)
@@ -107,6 +110,8 @@ def cmd_keys_update(args: argparse.Namespace, settings: Settings) -> int:
             changes[name] = value
     if args.budget_period is not None:
         changes["budget_period"] = str(args.budget_period)
+    if args.cache is not None:
+        changes["cache_enabled"] = args.cache == "on"
     if not changes and args.weight is None:
         print("tiergate: nothing to change (see tiergate keys update --help)", file=sys.stderr)
         return 2
@@ -128,8 +133,12 @@ def cmd_keys_update(args: argparse.Namespace, settings: Settings) -> int:
     for key in keys:
         models = ", ".join(key.models) if key.models else "all"
         weight = f"; weight {args.weight:g}" if args.weight is not None else ""
+        cache = "" if key.cache_enabled else "; response cache off"
         print(
-            f"updated key {key.id} ({key.name}); models: {models}" + describe(key.limits) + weight
+            f"updated key {key.id} ({key.name}); models: {models}"
+            + describe(key.limits)
+            + weight
+            + cache
         )
     return 0
 
@@ -151,6 +160,8 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
             limits += f" rpm={row['rpm']}"
         if row["tpm"] is not None:
             limits += f" tpm={row['tpm']}"
+        if not row["cache_enabled"]:
+            limits += " cache=off"
         if row["budget_usd"] is not None:
             limits += (
                 f" budget={_money(row['budget_usd'])}/{row['budget_period']}"
@@ -245,6 +256,12 @@ def _add_limit_options(parser: argparse.ArgumentParser, default: Any) -> None:
         type=positive_weight,
         default=None,
         help="share of each model's flex and batch slots against other keys' (default 1)",
+    )
+    parser.add_argument(
+        "--cache",
+        choices=["on", "off"],
+        default=None,
+        help="off: the response cache is never read nor written for this key (default on)",
     )
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from app.cli import batch as batch_cli
+from app.cli import cache as cache_cli
 from app.cli import deployments as deployments_cli
 from app.cli import keys as keys_cli
 from app.cli import prune as prune_cli
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune_cli.add_parser(sub)
     deployments_cli.add_parser(sub)
     usage_cli.add_parser(sub)
+    cache_cli.add_parser(sub)
 
     mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
     mock.add_argument("--host", default=DEFAULT_HOST)

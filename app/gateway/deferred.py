@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from sqlalchemy.engine import RowMapping
@@ -93,6 +93,7 @@ class DeferredCalls:
             # Background calls of the default tier are claimed before flex work.
             priority=Priority.FLEX if call.tier == Tier.FLEX else Priority.BACKGROUND,
             pin=call.pin,
+            cache=call.cache,
         )
 
     async def handle(
@@ -241,12 +242,14 @@ def queued_row(sub: Submission) -> dict[str, Any]:
     }
 
 
-def result_response(row: RowMapping) -> Response:
+def result_response(row: Mapping[Any, Any]) -> Response:
     """What a blocking client gets: the upstream body on success, an OpenAI error otherwise."""
     rid = row["id"]
     headers = {"x-request-id": rid}
     if row["deployment"]:
         headers[Header.DEPLOYMENT] = row["deployment"]
+    if row.get("cache"):  # the worker may have answered from the cache after all
+        headers[Header.CACHE] = row["cache"]
     status = row["status"]
     if status == Status.COMPLETED:
         return json_response(stored_result(row), row["response_status"] or 200, headers)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from starlette.responses import Response, StreamingResponse
 
+from app.cache.service import Lookup, ResponseCache
 from app.ids import request_id
 from app.metrics import Metrics
 from app.openai.errors import APIError
@@ -72,9 +73,11 @@ class RealtimeProxy:
         router: Router,
         metrics: Metrics,
         prices: PriceBook,
+        cache: ResponseCache | None = None,
         gateway_id: str | None = None,
         settle: Callable[[str, int, int], None] | None = None,
     ) -> None:
+        self.cache = cache
         self.gateway_id = gateway_id
         self.settle = settle  # corrects a rate-limited key's tokens once the usage is known
         self.prices = prices
@@ -96,7 +99,9 @@ class RealtimeProxy:
         await self.tracking.stop()
         await self.store.release()
 
-    async def handle(self, call: Call, key: ApiKey) -> Response:
+    async def handle(self, call: Call, key: ApiKey, lookup: Lookup | None = None) -> Response:
+        """Answer ``call`` from the upstream; ``lookup`` is the cache's miss, remembered once
+        the answer is known."""
         rid = request_id(call.endpoint)
         started = time.perf_counter()
         record = self.tracking.enqueue(
@@ -137,7 +142,7 @@ class RealtimeProxy:
         )
         if opened.content is None:
             return StreamingResponse(
-                self._relay(rid, call, started, opened, renamed),
+                self._relay(rid, call, started, opened, renamed, key.id, lookup),
                 status_code=upstream.status_code,
                 headers=headers,
             )
@@ -147,7 +152,23 @@ class RealtimeProxy:
         outcome, content = _outcome(call, rid, upstream.status_code, content, served, headers)
         # Recorded before answering: once the client has its answer, so has the row.
         await self._finish(rid, call, started, outcome)
+        if lookup is not None and outcome.status == Status.COMPLETED:
+            answer = outcome.response_body
+            if answer is None:  # embeddings: their bodies are not kept on the row
+                answer = json.loads(content)
+            self._remember(call, key.id, lookup, answer)
         return Response(content, status_code=upstream.status_code, headers=headers)
+
+    def _remember(self, call: Call, owner: str, lookup: Lookup, answer: Any) -> None:
+        if self.cache is not None:
+            self.cache.remember(
+                lookup,
+                owner=owner,
+                model=call.model,
+                endpoint=call.endpoint,
+                request=call.body,
+                answer=answer,
+            )
 
     async def _route(self, call: Call) -> Opened:
         """The first answer worth giving, trying deployments then fallback models.
@@ -240,7 +261,14 @@ class RealtimeProxy:
         return APIError(502, exc.message, type="server_error", code=exc.code, headers=headers)
 
     async def _relay(
-        self, rid: str, call: Call, started: float, opened: Opened, renamed: tuple[str, str]
+        self,
+        rid: str,
+        call: Call,
+        started: float,
+        opened: Opened,
+        renamed: tuple[str, str],
+        owner: str,
+        lookup: Lookup | None,
     ) -> AsyncIterator[bytes]:
         """Send the upstream's events on as they arrive, whole events only, with our id.
 
@@ -307,6 +335,8 @@ class RealtimeProxy:
         finally:
             if not recorded:
                 await self._end_stream(rid, call, started, opened, outcome, fault)
+            if lookup is not None and outcome.status == Status.COMPLETED:
+                self._remember(call, owner, lookup, outcome.response_body)
 
     async def _end_stream(
         self,
@@ -334,6 +364,7 @@ class RealtimeProxy:
         return dataclasses.replace(outcome, usage=usage, cost_usd=cost)
 
     async def _finish(self, rid: str, call: Call, started: float, outcome: Outcome) -> None:
+        outcome = dataclasses.replace(outcome, cache=call.cache)
         self.metrics.observe_request(
             call.endpoint, "default", outcome.status, time.perf_counter() - started
         )

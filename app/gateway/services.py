@@ -6,7 +6,10 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.cache.embedder import Embedder
+from app.cache.service import ResponseCache
 from app.gateway.bodies import ByteBudget
+from app.gateway.cached import CachedAnswers
 from app.gateway.conversations import Conversations
 from app.gateway.deferred import DeferredCalls
 from app.gateway.follow import EventStreams
@@ -19,6 +22,7 @@ from app.metrics import Metrics
 from app.pricing import PriceBook
 from app.settings import Settings
 from app.store.batches import BatchStore
+from app.store.cache import CacheStore
 from app.store.conversations import ConversationStore
 from app.store.db import create_engine
 from app.store.dburl import DatabaseURL
@@ -76,7 +80,12 @@ class Services:
             report=self.router.snapshot,
             learn=self.router.learn,
         )
+        self.cache = ResponseCache(
+            settings, CacheStore(self.engine), Embedder(self.upstream, self.router), self.metrics
+        )
+        self.cached = CachedAnswers(self.cache, self.metrics)
         self.proxy = RealtimeProxy(
+            cache=self.cache,
             store=RealtimeTracker(self.engine),
             upstream=self.upstream,
             router=self.router,
@@ -117,6 +126,7 @@ class Services:
         await self.presence.start()
         self.proxy.start()
         self.deferred.start()
+        await self.cache.start()
         await self.hub.start()
 
     async def stop(self) -> None:
@@ -124,6 +134,7 @@ class Services:
         await self.hub.stop()
         await self.deferred.stop()
         await self.proxy.stop()
+        await self.cache.stop()
         await self.presence.stop()
         await self.upstream.aclose()
         await self.engine.dispose()

@@ -37,6 +37,7 @@ class Call:
     key_id: str = ""
     # Tokens taken from the key's rate limit before the call (corrected after it).
     estimated_tokens: int = 0
+    cache: str | None = None  # what the response cache did (a CacheResult), if the model has one
 
     @property
     def deferred(self) -> bool:

@@ -168,7 +168,9 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired, r.deployment, r.owner_key_id,
           (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name,
           (SELECT k.rpm FROM api_keys k WHERE k.id = r.owner_key_id) AS rpm,
-          (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm
+          (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm,
+          (SELECT k.cache_enabled FROM api_keys k WHERE k.id = r.owner_key_id) AS cache_enabled,
+          r.cache
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 # ... and, when it starts, takes back the lines it had claimed in a run that died (a job
@@ -188,7 +190,9 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired, r.deployment, r.owner_key_id,
           (SELECT k.name FROM api_keys k WHERE k.id = r.owner_key_id) AS key_name,
           (SELECT k.rpm FROM api_keys k WHERE k.id = r.owner_key_id) AS rpm,
-          (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm
+          (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm,
+          (SELECT k.cache_enabled FROM api_keys k WHERE k.id = r.owner_key_id) AS cache_enabled,
+          r.cache
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 BATCH_MODEL = text("SELECT model FROM requests WHERE batch_id = :batch LIMIT 1")

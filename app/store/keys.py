@@ -16,10 +16,10 @@ from app.vocabulary import BudgetPeriod, Channel
 
 INSERT_KEY = text(
     "INSERT INTO api_keys (id, name, key_hash, key_prefix, models, is_admin, rpm, tpm,"
-    " budget_usd, budget_period) VALUES (:id, :name, :key_hash, :key_prefix, :models,"
-    " :is_admin, :rpm, :tpm, :budget_usd, :budget_period)"
+    " budget_usd, budget_period, cache_enabled) VALUES (:id, :name, :key_hash, :key_prefix,"
+    " :models, :is_admin, :rpm, :tpm, :budget_usd, :budget_period, :cache_enabled)"
 )
-KEY_COLUMNS = "id, name, models, is_admin, rpm, tpm, budget_usd, budget_period"
+KEY_COLUMNS = "id, name, models, is_admin, rpm, tpm, budget_usd, budget_period, cache_enabled"
 # Lookup by hash; revoked keys are simply not found.
 FIND_KEY = text(
     f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL"
@@ -43,7 +43,9 @@ WITH u AS (
             WHEN :set_budget AND :budget_usd IS NULL THEN NULL
             WHEN CAST(:budget_period AS text) IS NOT NULL THEN :budget_period
             WHEN :set_budget THEN coalesce(budget_period, '{BudgetPeriod.MONTH}')
-            ELSE budget_period END
+            ELSE budget_period END,
+        cache_enabled = CASE WHEN :set_cache THEN CAST(:cache_enabled AS boolean)
+            ELSE cache_enabled END
     WHERE (id = :ident OR name = :ident) AND revoked_at IS NULL
     RETURNING {KEY_COLUMNS}
 ) SELECT u.*, pg_notify('{Channel.KEYS}', u.id) FROM u
@@ -57,7 +59,8 @@ SET_WEIGHT = text(
 WEIGHTS = text("SELECT name, weight FROM api_keys WHERE revoked_at IS NULL AND weight <> 1")
 LIST_KEYS = text(
     "SELECT k.id, k.name, k.key_prefix, k.models, k.is_admin, k.weight, k.created_at,"
-    " k.revoked_at, k.rpm, k.tpm, k.budget_usd, k.budget_period, b.spent_usd, b.remaining_usd"
+    " k.revoked_at, k.rpm, k.tpm, k.budget_usd, k.budget_period, b.spent_usd, b.remaining_usd,"
+    " k.cache_enabled"
     " FROM api_keys k LEFT JOIN tiergate_budgets b ON b.key_id = k.id ORDER BY k.created_at"
 )
 
@@ -92,6 +95,7 @@ class ApiKey:
     models: tuple[str, ...] | None
     is_admin: bool = False  # may read the organization usage and costs of every key
     limits: KeyLimits = field(default_factory=lambda: NO_LIMITS)
+    cache_enabled: bool = True  # False: the response cache is skipped for every call
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -103,6 +107,7 @@ def _key(row: Any) -> ApiKey:
         name=row.name,
         models=tuple(row.models) if row.models else None,
         is_admin=bool(row.is_admin),
+        cache_enabled=bool(row.cache_enabled),
         limits=KeyLimits(
             rpm=row.rpm,
             tpm=row.tpm,
@@ -125,6 +130,7 @@ class KeyStore:
         *,
         admin: bool = False,
         limits: KeyLimits = NO_LIMITS,
+        cache_enabled: bool = True,
     ) -> tuple[ApiKey, str]:
         """Create a key; returns it with its secret (never stored in clear)."""
         secret = new_api_key()
@@ -134,6 +140,7 @@ class KeyStore:
             models=tuple(models) if models else None,
             is_admin=admin,
             limits=limits,
+            cache_enabled=cache_enabled,
         )
         async with self.engine.connect() as conn:
             await conn.execute(
@@ -149,6 +156,7 @@ class KeyStore:
                     "tpm": limits.tpm,
                     "budget_usd": limits.budget_usd,
                     "budget_period": limits.budget_period,
+                    "cache_enabled": cache_enabled,
                 },
             )
         return key, secret
@@ -169,7 +177,8 @@ class KeyStore:
         return _key(row)
 
     async def update(self, ident: str, changes: dict[str, Any]) -> list[ApiKey]:
-        """Change a key's ``models``, ``rpm``, ``tpm``, ``budget_usd`` and ``budget_period``
+        """Change a key's ``models``, ``rpm``, ``tpm``, ``budget_usd``, ``budget_period`` and
+        ``cache_enabled``
         (those present in ``changes``; None clears). Gateways drop it from their caches."""
         params = {
             "ident": ident,
@@ -182,6 +191,8 @@ class KeyStore:
             "set_budget": "budget_usd" in changes,
             "budget_usd": changes.get("budget_usd"),
             "budget_period": changes.get("budget_period"),
+            "set_cache": "cache_enabled" in changes,
+            "cache_enabled": changes.get("cache_enabled"),
         }
         async with self.engine.begin() as conn:
             keys = [_key(row) for row in await conn.execute(UPDATE_KEY, params)]

@@ -24,17 +24,17 @@ UPDATE requests AS r
 SET status = u.status, response_status = u.response_status,
     response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
     {SET_USAGE}, deployment = COALESCE(u.deployment, r.deployment),
-    finished_at = now()
+    cache = COALESCE(u.cache, r.cache), finished_at = now()
 FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
             CAST(:response_statuses AS int[]), CAST(:response_bodies AS text[]),
             CAST(:errors AS text[]), CAST(:input_tokens AS int[]),
             CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]),
             CAST(:cached_tokens AS int[]), CAST(:reasoning_tokens AS int[]),
             CAST(:usage_estimated AS boolean[]), CAST(:costs AS numeric[]),
-            CAST(:deployments AS text[]))
+            CAST(:deployments AS text[]), CAST(:caches AS text[]))
      AS u(id, attempt, status, response_status, response_body, error, input_tokens,
           output_tokens, total_tokens, cached_tokens, reasoning_tokens, usage_estimated,
-          cost_usd, deployment)
+          cost_usd, deployment, cache)
 WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
 """
 
@@ -54,6 +54,8 @@ class Outcome:
     response_text: str | None = None
     # The deployment that answered (``model/deployment`` when a fallback model did).
     deployment: str | None = None
+    # What the response cache did (None: the row keeps what it has).
+    cache: str | None = None
 
     def params(self) -> dict[str, Any]:
         """Bind parameters of a one-row UPDATE (``status``, ``response_body``, ...)."""
@@ -70,6 +72,7 @@ class Outcome:
             "usage_estimated": self.usage.estimated,
             "cost_usd": self.cost_usd,
             "deployment": self.deployment,
+            "cache": self.cache,
         }
 
 
@@ -98,6 +101,7 @@ def outcome_arrays(outcomes: list[Outcome]) -> dict[str, list[Any]]:
         "usage_estimated": [o.usage.estimated for o in outcomes],
         "costs": [o.cost_usd for o in outcomes],
         "deployments": [o.deployment for o in outcomes],
+        "caches": [o.cache for o in outcomes],
     }
 
 

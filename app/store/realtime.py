@@ -32,17 +32,18 @@ FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[],
 
 
 def _finish_sql(n: int) -> str:
-    """UPDATE of realtime rows that ended, its 13 arrays as $n..$n+12 (asyncpg placeholders)."""
+    """UPDATE of realtime rows that ended, its 14 arrays as $n..$n+13 (asyncpg placeholders)."""
     return f"""
 UPDATE requests AS r
 SET status = u.status, response_status = u.response_status,
     response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
-    {SET_USAGE}, deployment = u.deployment, finished_at = now()
+    {SET_USAGE}, deployment = u.deployment, cache = u.cache, finished_at = now()
 FROM unnest(${n}::text[], ${n + 1}::text[], ${n + 2}::int[], ${n + 3}::text[], ${n + 4}::text[],
             ${n + 5}::int[], ${n + 6}::int[], ${n + 7}::int[], ${n + 8}::int[], ${n + 9}::int[],
-            ${n + 10}::boolean[], ${n + 11}::numeric[], ${n + 12}::text[])
+            ${n + 10}::boolean[], ${n + 11}::numeric[], ${n + 12}::text[], ${n + 13}::text[])
      AS u(id, status, response_status, response_body, error, input_tokens, output_tokens,
-          total_tokens, cached_tokens, reasoning_tokens, usage_estimated, cost_usd, deployment)
+          total_tokens, cached_tokens, reasoning_tokens, usage_estimated, cost_usd, deployment,
+          cache)
 WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}'
 """
 

@@ -39,14 +39,15 @@ WITH input AS (
         CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:endpoints AS text[]),
         CAST(:models AS text[]), CAST(:tiers AS text[]), CAST(:backgrounds AS boolean[]),
         CAST(:streams AS boolean[]), CAST(:bodies AS text[]), CAST(:windows_s AS integer[]),
-        CAST(:priorities AS smallint[]), CAST(:pins AS text[]), CAST(:events AS text[])
+        CAST(:priorities AS smallint[]), CAST(:pins AS text[]), CAST(:events AS text[]),
+        CAST(:caches AS text[])
     ) AS u(id, owner, endpoint, model, tier, background, stream, body, window_s, priority, pin,
-           events)
+           events, cache)
 ), inserted AS (
     INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
-                          status, body, expires_at, priority, pinned_deployment)
+                          status, body, expires_at, priority, pinned_deployment, cache)
     SELECT id, owner, endpoint, model, tier, background, stream, '{Status.PENDING}',
-           CAST(body AS jsonb), now() + make_interval(secs => window_s), priority, pin
+           CAST(body AS jsonb), now() + make_interval(secs => window_s), priority, pin, cache
     FROM input
     RETURNING model
 ), opening AS (
@@ -85,7 +86,7 @@ WHERE k.id = r.owner_key_id AND r.status = '{Status.PENDING}' AND r.id = ANY(ARR
 RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired, r.deployment, r.pinned_deployment, r.service_tier,
           r.background, r.stream, r.created_at, r.owner_key_id, k.name AS key_name, k.rpm,
-          k.tpm
+          k.tpm, r.cache, k.cache_enabled
 """
 ).columns(body=JSONB)
 
@@ -184,6 +185,7 @@ class Submission:
     pin: str | None = None  # x-tiergate-deployment
     # A streamed background Response's first events (a JSON array), stored with the row.
     events: str | None = None
+    cache: str | None = None  # the gateway's cache miss or bypass (a CacheResult)
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,7 @@ class RequestStore:
                     "priorities": [s.priority for s in subs],
                     "pins": [s.pin for s in subs],
                     "events": [s.events for s in subs],
+                    "caches": [s.cache for s in subs],
                 },
             )
 

@@ -61,6 +61,13 @@ api_keys = Table(
     Column("tpm", BigInteger, nullable=True, comment="tokens per minute; NULL: none"),
     Column("budget_usd", Numeric, nullable=True, comment="USD per budget_period"),
     Column("budget_period", Text, nullable=True, comment="day, month or total (UTC)"),
+    Column(
+        "cache_enabled",
+        Boolean,
+        nullable=False,
+        server_default=text("true"),
+        comment="false: the response cache is never read nor written for this key",
+    ),
     CheckConstraint("rpm > 0", name="api_keys_rpm_positive"),
     CheckConstraint("tpm > 0", name="api_keys_tpm_positive"),
     CheckConstraint(
@@ -256,6 +263,7 @@ requests = Table(
         nullable=True,
         comment="USD, exact; NULL when unknown (no usage or no price configured)",
     ),
+    Column("cache", Text, nullable=True, comment="hit, semantic-hit, miss or bypass"),
     # Batch lines in input order (result files); also serves lookups by batch_id alone.
     Index(
         "requests_batch_line_idx",
@@ -374,4 +382,31 @@ response_events = Table(
     Column(
         "event", JSONB, nullable=False, comment="the event as streamed, sequence_number included"
     ),
+)
+
+
+# The response cache (app/cache/): one answer per key, model and canonical request. With
+# pgvector, migration 0016 adds ``embedding vector`` (not declared here: it is optional, and
+# migrations/env.py leaves it out of the comparison) and cache_entries_semantic_idx.
+cache_entries = Table(
+    "cache_entries",
+    metadata,
+    Column("owner_key_id", Text, ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True),
+    Column("model", Text, primary_key=True),
+    Column("key", BYTEA, primary_key=True, comment="sha256 of the canonical request"),
+    Column("endpoint", Text, nullable=False),
+    Column(
+        "context",
+        BYTEA,
+        nullable=False,
+        comment="sha256 of the canonical request without its prompt (semantic matches"
+        " need the same one)",
+    ),
+    Column("prompt", Text, nullable=True, comment="the prompt's text, for verifying"),
+    Column("response_body", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("hits", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_hit_at", DateTime(timezone=True), nullable=True),
+    Index("cache_entries_expiry_idx", "expires_at"),
 )

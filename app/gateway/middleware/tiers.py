@@ -13,7 +13,9 @@ import dataclasses
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.cache.service import BYPASSED, Lookup, ResponseCache, cache_of, skips
 from app.gateway.bodies import ByteBudget, declared_size, read_body
+from app.gateway.cached import CachedAnswers
 from app.gateway.conversations import Conversations
 from app.gateway.deferred import DeferredCalls
 from app.gateway.limits import Budgets, RateLimiter, estimate_tokens
@@ -39,7 +41,11 @@ class TierMiddleware:
         budget: ByteBudget,
         limiter: RateLimiter,
         budgets: Budgets,
+        cache: ResponseCache,
+        cached: CachedAnswers,
     ) -> None:
+        self.cache = cache
+        self.cached = cached
         self.limiter = limiter
         self.budgets = budgets
         self.app = app
@@ -79,34 +85,52 @@ class TierMiddleware:
             # The handler's frame owns the body from here, so it can drop it once it is stored
             # (deferred) or sent (realtime); a stream still refers to it until it ends.
             streaming = call.stream
-            limit_headers: dict[str, str] | None = None
-            if call.deferred:  # over its rate, such work waits in the queue: never refused
+            extra: dict[str, str] = {}
+            if not call.deferred and key.limits.rated:
+                tokens = estimate_tokens(call.body)
+                extra = await self.limiter.admit(key, tokens)
+                call = dataclasses.replace(call, estimated_tokens=tokens)
+            lookup: Lookup | None = None
+            if cache_of(call.model) is not None:
+                lookup = BYPASSED
+                if not skips(headers.get(Header.CACHE), key.cache_enabled):
+                    lookup = await self.cache.lookup(call.endpoint, call.body, call.model, key.id)
+                self.cache.count(call.model.name, lookup.result)
+                call = dataclasses.replace(call, cache=lookup.result)
+                extra = {**extra, Header.CACHE: str(lookup.result)}
+            if lookup is not None and lookup.hit:
+                handler = self.cached.answer(call, key, lookup)
+            elif call.deferred:  # over its rate, such work waits in the queue: never refused
                 handler = self.deferred.handle(call, key, receive, accepted=hold.release)
             else:
-                if key.limits.rated:
-                    tokens = estimate_tokens(call.body)
-                    limit_headers = await self.limiter.admit(key, tokens)
-                    call = dataclasses.replace(call, estimated_tokens=tokens)
-                handler = self.proxy.handle(call, key)
-            del call
-            response = await handler
+                handler = self.proxy.handle(call, key, lookup)
+            del call, lookup
+            try:
+                response = await handler
+            except APIError as exc:  # the cache's word goes on errors too
+                if Header.CACHE in extra:
+                    exc.headers = {**exc.headers, Header.CACHE: extra[Header.CACHE]}
+                raise
             if not streaming:
                 hold.release()
-            if limit_headers is not None:
-                send = _with_headers(send, limit_headers)
+            if extra:
+                send = _with_headers(send, extra)
             await response(scope, receive, send)
         finally:
             hold.release()
 
 
 def _with_headers(send: Send, extra: dict[str, str]) -> Send:
-    """``send`` adding ``extra`` headers to the response's start."""
+    """``send`` adding ``extra`` headers to the response's start, unless the response set
+    them itself (a flex answer knows better what the cache did than its acceptance)."""
 
     raw = [(name.encode(), value.encode()) for name, value in extra.items()]
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":  # names tiergate alone sets: appended
-            message["headers"] = [*message.get("headers", ()), *raw]
+            headers = message.get("headers", ())
+            present = {name.lower() for name, _ in headers}
+            message["headers"] = [*headers, *(h for h in raw if h[0] not in present)]
         await send(message)
 
     return sending

@@ -1,0 +1,116 @@
+"""Calls answered from the response cache, on every tier, at once.
+
+A hit is recorded as a finished request row (``requests.cache`` says which kind of hit), its
+usage counted with every input token cached and its cost 0, then answered the way its tier
+and ``stream`` ask: a JSON body, a background Response already completed, or the stored
+answer replayed as a normal event stream.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from decimal import Decimal
+from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+
+from app.cache.service import Lookup, ResponseCache, hit_answer
+from app.gateway.deferred import result_response
+from app.ids import request_id
+from app.metrics import Metrics
+from app.openai.errors import json_response
+from app.openai.objects import response_object
+from app.openai.replay import replayed
+from app.openai.validation import Call
+from app.store.cache import HitRow
+from app.store.keys import ApiKey
+from app.vocabulary import PriceTier, Status
+
+FREE = Decimal(0)
+
+
+class CachedAnswers:
+    """Answers cache hits and records them."""
+
+    def __init__(self, cache: ResponseCache, metrics: Metrics) -> None:
+        self.cache = cache
+        self.metrics = metrics
+
+    async def answer(self, call: Call, key: ApiKey, lookup: Lookup) -> Response:
+        """The hit ``lookup`` as ``call``'s answer, once its row is stored."""
+        started = time.perf_counter()
+        now = dt.datetime.now(dt.UTC)
+        rid = request_id(call.endpoint)
+        body, usage = hit_answer(call.endpoint, call.body, lookup.answer, now)
+        row = HitRow(
+            id=rid,
+            owner=key.id,
+            endpoint=call.endpoint,
+            model=call.model.name,
+            tier=call.tier,
+            background=call.background,
+            stream=call.stream,
+            body=call.body,
+            response_body=body,
+            input_tokens=usage.input,
+            output_tokens=usage.output,
+            total_tokens=usage.total,
+            cached_tokens=usage.cached,
+            reasoning_tokens=usage.reasoning,
+            cost_usd=FREE,
+            cache=lookup.result,
+            at=now,
+        )
+        await self.cache.record_hit(row)
+        tier = PriceTier.FLEX if call.tier == "flex" else PriceTier.DEFAULT
+        self.metrics.observe_usage(call.model.name, tier, call.key_name, usage, FREE)
+        self.metrics.observe_request(
+            call.endpoint, call.tier, Status.COMPLETED, time.perf_counter() - started
+        )
+        view = _row_view(row)
+        headers = {"x-request-id": rid}  # x-tiergate-cache is added by the tier middleware
+        if call.stream:
+            options = call.body.get("stream_options")
+            wants = isinstance(options, dict) and options.get("include_usage") is True
+            events = iter(list(replayed(view, include_usage=wants)))
+            return StreamingResponse(
+                _aiter(events),
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-cache"},
+            )
+        if call.background:
+            return json_response(response_object(view), headers=headers)
+        response = result_response(view)
+        response.headers.update(headers)
+        return response
+
+
+async def _aiter(events: Any) -> Any:
+    for event in events:
+        yield event
+
+
+def _row_view(row: HitRow) -> dict[str, Any]:
+    """The stored row as the answer builders read it."""
+    return {
+        "id": row.id,
+        "endpoint": row.endpoint,
+        "body": row.body,
+        "status": Status.COMPLETED,
+        "background": row.background,
+        "service_tier": row.tier,
+        "stream": row.stream,
+        "created_at": row.at,
+        "finished_at": row.at,
+        "response_status": 200,
+        "response_body": row.response_body,
+        "error": None,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "total_tokens": row.total_tokens,
+        "cached_tokens": row.cached_tokens,
+        "reasoning_tokens": row.reasoning_tokens,
+        "deployment": None,
+        "cache": str(row.cache),
+    }

@@ -1,0 +1,291 @@
+"""SQL of the response cache (``cache_entries``, migration 0016).
+
+Lookups and writes of concurrent calls share statements (group commit, ``app/cache/``). A
+hit bumps the entry's ``hits`` in the statement that reads it. Semantic lookups need the
+``embedding vector`` column, which exists only where pgvector does; they read the entries of
+one key, model and context, nearest first, so their cost grows with what that one key has
+cached for that model and context, never with the table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.store.outcomes import dumps
+from app.vocabulary import CacheResult, Status
+
+# Found entries, and their hit counts bumped, in one statement; ``n`` is the asked position.
+LOOKUP = text(
+    """
+UPDATE cache_entries AS c SET hits = c.hits + 1, last_hit_at = now()
+FROM unnest(CAST(:owners AS text[]), CAST(:models AS text[]), CAST(:keys AS bytea[]))
+     WITH ORDINALITY AS w(owner, model, key, n)
+WHERE c.owner_key_id = w.owner AND c.model = w.model AND c.key = w.key
+  AND c.expires_at > now()
+RETURNING w.n, c.response_body
+"""
+).columns(response_body=JSONB)
+
+# The nearest entries of one key, model and context with embeddings of the same dimension.
+NEAREST = text(
+    """
+SELECT key, prompt, response_body, 1 - (embedding <=> CAST(:embedding AS vector)) AS similarity
+FROM cache_entries
+WHERE owner_key_id = :owner AND model = :model AND context = :context
+  AND embedding IS NOT NULL AND vector_dims(embedding) = :dims AND expires_at > now()
+ORDER BY embedding <=> CAST(:embedding AS vector)
+LIMIT :limit
+"""
+).columns(response_body=JSONB)
+
+BUMP = text(
+    "UPDATE cache_entries SET hits = hits + 1, last_hit_at = now()"
+    " WHERE owner_key_id = :owner AND model = :model AND key = :key"
+)
+
+
+def _put_sql(semantic: bool) -> str:
+    embedding = "CAST(u.embedding AS vector)" if semantic else "NULL"
+    column = ", embedding" if semantic else ""
+    updated = ", embedding = excluded.embedding" if semantic else ""
+    return f"""
+INSERT INTO cache_entries AS c (owner_key_id, model, key, endpoint, context, prompt,
+                                response_body, expires_at{column})
+SELECT u.owner, u.model, u.key, u.endpoint, u.context, u.prompt, CAST(u.body AS jsonb),
+       now() + make_interval(secs => u.ttl_s){", " + embedding if semantic else ""}
+FROM unnest(CAST(:owners AS text[]), CAST(:models AS text[]), CAST(:keys AS bytea[]),
+            CAST(:endpoints AS text[]), CAST(:contexts AS bytea[]), CAST(:prompts AS text[]),
+            CAST(:bodies AS text[]), CAST(:ttls_s AS integer[]), CAST(:embeddings AS text[]))
+     AS u(owner, model, key, endpoint, context, prompt, body, ttl_s, embedding)
+JOIN api_keys k ON k.id = u.owner AND k.revoked_at IS NULL
+ON CONFLICT (owner_key_id, model, key) DO UPDATE
+SET response_body = excluded.response_body, expires_at = excluded.expires_at,
+    prompt = excluded.prompt, created_at = now(){updated}
+"""
+
+
+# Rows of calls answered from the cache at the gateway: final when inserted.
+RECORD_HITS = text(
+    f"""
+INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
+                      status, attempts, body, response_status, response_body, input_tokens,
+                      output_tokens, total_tokens, cached_tokens, reasoning_tokens,
+                      usage_estimated, cost_usd, cache, created_at, started_at, finished_at)
+SELECT u.id, u.owner, u.endpoint, u.model, u.tier, u.background, u.stream,
+       '{Status.COMPLETED}', 0, CAST(u.body AS jsonb), 200, CAST(u.response_body AS jsonb),
+       u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens, u.reasoning_tokens,
+       false, u.cost_usd, u.cache, u.at, u.at, u.at
+FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:endpoints AS text[]),
+            CAST(:models AS text[]), CAST(:tiers AS text[]), CAST(:backgrounds AS boolean[]),
+            CAST(:streams AS boolean[]), CAST(:bodies AS text[]),
+            CAST(:response_bodies AS text[]), CAST(:input_tokens AS int[]),
+            CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]),
+            CAST(:cached_tokens AS int[]), CAST(:reasoning_tokens AS int[]),
+            CAST(:costs AS numeric[]), CAST(:caches AS text[]), CAST(:ats AS timestamptz[]))
+     AS u(id, owner, endpoint, model, tier, background, stream, body, response_body,
+          input_tokens, output_tokens, total_tokens, cached_tokens, reasoning_tokens, cost_usd,
+          cache, at)
+"""
+)
+
+CLEAR = text(
+    """
+DELETE FROM cache_entries AS c
+WHERE (CAST(:model AS text) IS NULL OR c.model = :model)
+  AND (CAST(:key_name AS text) IS NULL OR c.owner_key_id IN (
+        SELECT id FROM api_keys WHERE name = :key_name OR id = :key_name))
+"""
+)
+
+# Expired entries, a bounded chunk per statement (the sweep repeats while chunks are full).
+PRUNE = text(
+    """
+DELETE FROM cache_entries WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM cache_entries WHERE expires_at <= now() LIMIT :chunk))
+"""
+)
+
+HAS_EMBEDDINGS = text(
+    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('cache_entries')"
+    " AND attname = 'embedding' AND NOT attisdropped"
+)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One exact lookup."""
+
+    owner: str
+    model: str
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A semantic neighbour of a prompt."""
+
+    key: bytes
+    prompt: str | None
+    response_body: Any
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An answer to remember."""
+
+    owner: str
+    model: str
+    key: bytes
+    endpoint: str
+    context: bytes
+    prompt: str | None
+    response_body: Any
+    ttl_s: int
+    embedding: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class HitRow:
+    """The request row of a call answered from the cache."""
+
+    id: str
+    owner: str
+    endpoint: str
+    model: str
+    tier: str
+    background: bool
+    stream: bool
+    body: dict[str, Any]
+    response_body: Any
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: Decimal | None
+    cache: CacheResult
+    at: dt.datetime
+
+
+def vector_literal(vector: list[float]) -> str:
+    """pgvector's text form of a vector."""
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+class CacheStore:
+    """Reads and writes ``cache_entries``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def has_embeddings(self) -> bool:
+        """Whether this database can hold embeddings (pgvector was there at migration)."""
+        async with self.engine.connect() as conn:
+            return (await conn.execute(HAS_EMBEDDINGS)).first() is not None
+
+    async def lookup_many(self, wanted: list[Wanted]) -> list[Any | None]:
+        """Each wanted entry's answer if it is cached and fresh, in order (one statement;
+        repeated keys are looked up once)."""
+        first: dict[Wanted, int] = {}
+        for w in wanted:
+            first.setdefault(w, len(first))
+        unique = list(first)
+        params = {
+            "owners": [w.owner for w in unique],
+            "models": [w.model for w in unique],
+            "keys": [w.key for w in unique],
+        }
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(LOOKUP, params)).all()
+            await conn.commit()
+        found = {row.n - 1: row.response_body for row in rows}
+        return [found.get(first[w]) for w in wanted]
+
+    async def nearest(
+        self, owner: str, model: str, context: bytes, embedding: list[float], limit: int
+    ) -> list[Candidate]:
+        """The ``limit`` nearest cached prompts of this key, model and context."""
+        params = {
+            "owner": owner,
+            "model": model,
+            "context": context,
+            "embedding": vector_literal(embedding),
+            "dims": len(embedding),
+            "limit": limit,
+        }
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(NEAREST, params)).all()
+        return [Candidate(r.key, r.prompt, r.response_body, float(r.similarity)) for r in rows]
+
+    async def bump(self, owner: str, model: str, key: bytes) -> None:
+        """Count a semantic hit on an entry."""
+        async with self.engine.begin() as conn:
+            await conn.execute(BUMP, {"owner": owner, "model": model, "key": key})
+
+    async def put_many(self, entries: list[Entry]) -> None:
+        """Store answers (one statement per kind; the last of a repeated key wins).
+        Entries of revoked keys are dropped."""
+        latest = {(e.owner, e.model, e.key): e for e in entries}
+        for semantic in (False, True):
+            group = [e for e in latest.values() if (e.embedding is not None) == semantic]
+            if not group:
+                continue
+            params = {
+                "owners": [e.owner for e in group],
+                "models": [e.model for e in group],
+                "keys": [e.key for e in group],
+                "endpoints": [e.endpoint for e in group],
+                "contexts": [e.context for e in group],
+                "prompts": [e.prompt for e in group],
+                "bodies": [dumps(e.response_body) for e in group],
+                "ttls_s": [e.ttl_s for e in group],
+                "embeddings": [
+                    vector_literal(e.embedding) if e.embedding is not None else None for e in group
+                ],
+            }
+            async with self.engine.begin() as conn:
+                await conn.execute(text(_put_sql(semantic)), params)
+
+    async def record_hits(self, rows: list[HitRow]) -> None:
+        """Insert the final rows of calls answered from the cache (one statement)."""
+        params: dict[str, list[Any]] = {
+            "ids": [r.id for r in rows],
+            "owners": [r.owner for r in rows],
+            "endpoints": [r.endpoint for r in rows],
+            "models": [r.model for r in rows],
+            "tiers": [r.tier for r in rows],
+            "backgrounds": [r.background for r in rows],
+            "streams": [r.stream for r in rows],
+            "bodies": [dumps(r.body) for r in rows],
+            "response_bodies": [dumps(r.response_body) for r in rows],
+            "input_tokens": [r.input_tokens for r in rows],
+            "output_tokens": [r.output_tokens for r in rows],
+            "total_tokens": [r.total_tokens for r in rows],
+            "cached_tokens": [r.cached_tokens for r in rows],
+            "reasoning_tokens": [r.reasoning_tokens for r in rows],
+            "costs": [r.cost_usd for r in rows],
+            "caches": [str(r.cache) for r in rows],
+            "ats": [r.at for r in rows],
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(RECORD_HITS, params)
+
+    async def clear(self, model: str | None = None, key: str | None = None) -> int:
+        """Delete entries (of one model, of the keys with this name or id); how many."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(CLEAR, {"model": model, "key_name": key})
+        return result.rowcount or 0
+
+    async def prune_chunk(self, chunk: int) -> int:
+        """Delete up to ``chunk`` expired entries; how many."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(PRUNE, {"chunk": chunk})
+        return result.rowcount or 0
