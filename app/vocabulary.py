@@ -295,6 +295,9 @@ class RequestErrorCode(StrEnum):
 
     PREVIOUS_RESPONSE_NOT_FOUND = "previous_response_not_found"
     PREVIOUS_RESPONSE_NOT_FINISHED = "previous_response_not_finished"
+    # Chat's deprecated function calling (``functions``, ``function_call``, role
+    # ``function``): refused on every tier, never forwarded; ``tools`` replaces it.
+    LEGACY_FUNCTION_CALLING = "legacy_function_calling"
 
 
 class LimitCode(StrEnum):

@@ -13,6 +13,7 @@ from typing import Any
 
 from app.api.routes.params import MAX_EXPIRY_S, MIN_EXPIRY_S
 from app.ids import ID_PATTERN
+from app.openai.translate import LEGACY_CHAT_FIELDS
 from app.openai.validation import INFERENCE_ENDPOINTS, MAX_METADATA_PAIRS, SERVICE_TIERS
 from app.settings import Settings
 
@@ -101,6 +102,24 @@ def _flag() -> Schema:
     return {"type": ["boolean", "null"]}
 
 
+def _legacy(description: str) -> Schema:
+    """A deprecated function-calling field: refused (400 `legacy_function_calling`)."""
+    return {"type": "null", "description": f"{description} (400 `legacy_function_calling`)"}
+
+
+def _chat_message() -> Schema:
+    return {
+        "type": "object",
+        "properties": {
+            "role": {
+                "not": {"const": "function"},
+                "description": "Not `function`: use `tool` (400 `legacy_function_calling`)",
+            },
+            "function_call": _legacy("Deprecated: use `tool_calls`"),
+        },
+    }
+
+
 def _inference_body(settings: Settings, endpoint: str) -> Schema:
     """What the tier middleware checks; other fields go to the upstream as they are."""
     models = sorted(settings.models)
@@ -142,9 +161,13 @@ def _inference_body(settings: Settings, endpoint: str) -> Schema:
         ]
     elif endpoint == "/v1/chat/completions":
         properties |= {
-            "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "messages": {"type": "array", "minItems": 1, "items": _chat_message()},
             "background": {"enum": [False, None], "description": "Only /v1/responses"},
             "metadata": _metadata(),
+        }
+        properties |= {
+            field: _legacy(f"Deprecated: use `{instead}`")
+            for field, instead in LEGACY_CHAT_FIELDS.items()
         }
         schema["required"] = ["model", "messages"]
     else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.ids import new_id
+from app.vocabulary import RequestErrorCode
 
 # Responses fields that tiergate keeps to itself or that only hint (no effect on the answer).
 _KEPT_BY_GATEWAY = frozenset(
@@ -37,6 +38,9 @@ _REFUSED: dict[str, tuple[Any, ...]] = {
     "max_tool_calls": (),
     "top_logprobs": (0,),
 }
+# Chat's deprecated function-calling fields, each with what replaced it: refused on every
+# path (chat calls in app/openai/validation.py, translated Responses calls here), never sent.
+LEGACY_CHAT_FIELDS = {"functions": "tools", "function_call": "tool_choice"}
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 
@@ -51,6 +55,11 @@ class Untranslatable(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def deprecated(what: str, instead: str) -> str:
+    """The message refusing chat's deprecated function calling: ``what`` and its successor."""
+    return f"{what} is deprecated and not supported; use {instead} instead."
 
 
 def _refuse(param: str, what: str) -> Untranslatable:
@@ -71,6 +80,13 @@ def chat_request(body: dict[str, Any], max_tokens_field: str = "max_tokens") -> 
         value = body.get(name)
         if value is not None and value not in neutral:
             raise _refuse(name, f"'{name}'")
+    for name, instead in LEGACY_CHAT_FIELDS.items():
+        if body.get(name) is not None:  # not Responses fields: they would pass through
+            raise Untranslatable(
+                name,
+                deprecated(f"'{name}'", f"'{instead}'"),
+                RequestErrorCode.LEGACY_FUNCTION_CALLING,
+            )
     out: dict[str, Any] = {  # an explicit null means "not set": some servers refuse nulls
         k: v
         for k, v in body.items()

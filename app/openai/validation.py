@@ -1,4 +1,5 @@
-"""Parse and check an inference request body; decide its tier. Pure functions, no I/O."""
+"""Parse and check an inference request body; decide its tier. No I/O; the one edit made
+to a body is dropping chat's legacy function-calling fields set to null."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.openai.errors import APIError, bad_request
-from app.openai.translate import Untranslatable, chat_request
+from app.openai.translate import LEGACY_CHAT_FIELDS, Untranslatable, chat_request, deprecated
 from app.settings import ModelConfig, Settings
 from app.store.keys import ApiKey
-from app.vocabulary import Header
+from app.vocabulary import Header, RequestErrorCode
 
 INFERENCE_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
 REALTIME_TIERS = frozenset({"auto", "default", "priority", "scale"})
@@ -145,6 +146,38 @@ def check_metadata(body: dict[str, Any]) -> None:
             )
 
 
+def _legacy(param: str, what: str, instead: str) -> APIError:
+    return bad_request(
+        deprecated(what, instead),
+        param=param,
+        code=RequestErrorCode.LEGACY_FUNCTION_CALLING,
+    )
+
+
+def check_no_legacy_functions(body: dict[str, Any]) -> None:
+    """A 400 ``legacy_function_calling`` for chat's deprecated function calling (``tools``,
+    ``tool_choice`` and ``tool_calls`` replaced it). Such a field set to ``null`` says nothing
+    and is dropped, so no upstream ever gets one. ``messages`` must be a list of objects."""
+    for field, instead in LEGACY_CHAT_FIELDS.items():
+        if body.get(field) is not None:
+            raise _legacy(field, f"'{field}'", f"'{instead}'")
+        body.pop(field, None)
+    for index, message in enumerate(body["messages"]):
+        if message.get("role") == "function":
+            raise _legacy(
+                f"messages[{index}].role",
+                f"The role 'function' (messages[{index}].role)",
+                "role 'tool' with 'tool_call_id'",
+            )
+        if message.get("function_call") is not None:
+            raise _legacy(
+                f"messages[{index}].function_call",
+                f"'messages[{index}].function_call'",
+                "'tool_calls'",
+            )
+        message.pop("function_call", None)
+
+
 def _check_endpoint_fields(endpoint: str, body: dict[str, Any]) -> None:
     if endpoint == "/v1/responses":
         if not any(body.get(f) is not None for f in ("prompt", "previous_response_id")):
@@ -154,6 +187,7 @@ def _check_endpoint_fields(endpoint: str, body: dict[str, Any]) -> None:
         messages = _require(body, "messages", (list,), "a non-empty list of messages")
         if not all(isinstance(m, dict) for m in messages):
             raise bad_request("Each entry of 'messages' must be an object.", param="messages")
+        check_no_legacy_functions(body)
         check_metadata(body)
     else:
         _require(body, "input", (str, list), "a string or a non-empty list")

@@ -175,6 +175,23 @@ def test_what_chat_cannot_express_is_refused_naming_it(extra: dict[str, Any], pa
     assert param.split("[")[0].split(".")[0] in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("extra", "instead"),
+    [
+        ({"functions": [{"name": "weather", "parameters": {}}]}, "'tools'"),
+        ({"function_call": "auto"}, "'tool_choice'"),
+    ],
+)
+def test_legacy_function_calling_is_not_passed_through(extra: dict[str, Any], instead: str):
+    with pytest.raises(Untranslatable) as caught:
+        chat_request({"model": "m", "input": "x", **extra})
+    (param,) = extra
+    assert (caught.value.param, caught.value.code) == (param, "legacy_function_calling")
+    assert caught.value.message.endswith(f"use {instead} instead.")
+    chat = chat_request({"model": "m", "input": "x", param: None})
+    assert param not in chat
+
+
 def test_neutral_values_are_accepted():
     chat = chat_request(
         {"model": "m", "input": "x", "include": [], "truncation": "disabled", "top_logprobs": 0}

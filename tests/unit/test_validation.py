@@ -105,3 +105,76 @@ def test_only_calls_that_may_reach_chat_are_checked():
         classify("/v1/responses", body, settings, ANY, pin="b")
     fine = {"model": "local", "input": "x", "tools": [{"type": "function", "name": "f"}]}
     assert classify("/v1/responses", json.dumps(fine).encode(), settings, ANY).stream is False
+
+
+FUNCTION = {"name": "f", "parameters": {"type": "object", "properties": {}}}
+CALLED = {"name": "f", "arguments": "{}"}
+USER = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "instead"),
+    [
+        ({"messages": [USER], "functions": [FUNCTION]}, "functions", "'tools'"),
+        ({"messages": [USER], "function_call": "auto"}, "function_call", "'tool_choice'"),
+        ({"messages": [USER], "function_call": {"name": "f"}}, "function_call", "'tool_choice'"),
+        (
+            {"messages": [USER, {"role": "function", "name": "f", "content": "1"}]},
+            "messages[1].role",
+            "role 'tool' with 'tool_call_id'",
+        ),
+        (
+            {"messages": [USER, {"role": "assistant", "content": None, "function_call": CALLED}]},
+            "messages[1].function_call",
+            "'tool_calls'",
+        ),
+    ],
+)
+@pytest.mark.parametrize("tier", [{}, {"service_tier": "flex"}, {"stream": True}])
+def test_legacy_function_calling_is_refused(
+    body: dict, param: str, instead: str, tier: dict
+) -> None:
+    with pytest.raises(APIError) as info:
+        call("/v1/chat/completions", model="mock", **body, **tier)
+    error = info.value
+    assert (error.status, error.type, error.param) == (400, "invalid_request_error", param)
+    assert error.code == "legacy_function_calling"
+    assert "deprecated and not supported" in error.message
+    assert error.message.endswith(f"use {instead} instead.")
+
+
+def test_tools_still_pass_and_null_legacy_fields_are_dropped() -> None:
+    tools = [{"type": "function", "function": FUNCTION}]
+    messages = [
+        USER,
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": None,  # as an SDK message's model_dump() has it
+            "tool_calls": [{"id": "call_1", "type": "function", "function": CALLED}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "1"},
+    ]
+    result = call(
+        "/v1/chat/completions",
+        model="mock",
+        messages=messages,
+        tools=tools,
+        tool_choice={"type": "function", "function": {"name": "f"}},
+        functions=None,
+        function_call=None,
+        service_tier="flex",
+    )
+    assert result.tier == "flex"
+    assert "functions" not in result.body and "function_call" not in result.body
+    assert "function_call" not in result.body["messages"][1]
+    assert result.body["messages"][1]["tool_calls"][0]["id"] == "call_1"
+    assert result.body["tools"] == tools
+
+
+def test_a_responses_call_to_a_chat_upstream_cannot_smuggle_functions() -> None:
+    body = {"model": "local", "input": "x", "functions": [FUNCTION]}
+    with pytest.raises(APIError) as info:
+        classify("/v1/responses", json.dumps(body).encode(), chat_settings(), ANY)
+    error = info.value
+    assert (error.status, error.param, error.code) == (400, "functions", "legacy_function_calling")
