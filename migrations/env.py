@@ -6,10 +6,15 @@ from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import create_engine, pool
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.types import NullType
 
 from app.settings import Settings
 from app.store.embedded import resolve_database
 from app.store.schema import metadata
+
+# pgvector's type, known to reflection (the column itself is left out of the comparison).
+ischema_names.setdefault("vector", NullType)
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -77,9 +77,7 @@ def upgrade() -> None:
         )
     op.add_column(
         "requests",
-        sa.Column(
-            "cache", sa.Text(), nullable=True, comment="hit, semantic-hit, miss or bypass"
-        ),
+        sa.Column("cache", sa.Text(), nullable=True, comment="hit, semantic-hit, miss or bypass"),
     )
     op.add_column(
         "api_keys",
