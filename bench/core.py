@@ -5,8 +5,11 @@ Measures, in one run, with the mock upstream at zero latency (all real processes
   2. single flex request end-to-end latency
   3. realtime proxy throughput / direct-to-upstream throughput (same load generator)
   4. database connections the gateway holds while 1,000 blocking flex clients wait
+  5. what the response cache adds to a realtime miss (exact, and exact + semantic with the
+     mock's embeddings), and what a hit costs, from sequential calls alternating models
 
 Usage: python bench/core.py [--flex N] [--seconds S] [--concurrency C] [--waiters W]
+                            [--cache N] [--only cache]
 Uses DATABASE_URL if set, else a throw-away embedded PostgreSQL.
 """
 
@@ -19,6 +22,7 @@ import os
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -91,6 +95,40 @@ async def throughput(url: str, key: str, model: str, seconds: float, concurrency
     return done / elapsed
 
 
+CACHE_MODELS = ("remote", "remote-cached", "remote-semantic")
+
+
+async def cache_latency(api: str, key: str, n: int) -> dict[str, list[float]]:
+    """Milliseconds per realtime call: misses of each model of ``CACHE_MODELS`` (every input
+    new), calls alternating so that drift hits all alike; then hits of the exact cache."""
+    headers = {"Authorization": f"Bearer {key}"}
+    times: dict[str, list[float]] = {m: [] for m in (*CACHE_MODELS, "hit")}
+    run = uuid.uuid4().hex[:8]
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def call(model: str, text: str, expect: str | None) -> float:
+            body = {"model": model, "input": text}
+            start = time.perf_counter()
+            response = await client.post(api + "/responses", json=body, headers=headers)
+            took = (time.perf_counter() - start) * 1000
+            response.raise_for_status()
+            assert response.headers.get("x-tiergate-cache") == expect, response.headers
+            return took
+
+        for model in CACHE_MODELS:  # warm up connections and code paths
+            for i in range(20):
+                await call(model, f"warm {run} {model} {i}", None if model == "remote" else "miss")
+        for i in range(n):
+            order = CACHE_MODELS[i % 3 :] + CACHE_MODELS[: i % 3]
+            for model in order:
+                expect = None if model == "remote" else "miss"
+                times[model].append(await call(model, f"bench {run} {model} {i}", expect))
+        text = f"bench {run} remote-cached 0"
+        for _ in range(n):
+            times["hit"].append(await call("remote-cached", text, "hit"))
+    return times
+
+
 def gateway_connections(db: str) -> tuple[int, int]:
     """(open, non-idle) connections of gateway processes, LISTEN connection included."""
     with psycopg.connect(db, autocommit=True) as conn:
@@ -145,7 +183,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--waiters", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=6, help="alternating throughput runs")
+    parser.add_argument("--cache", type=int, default=500, help="sequential calls per cache case")
+    parser.add_argument("--only", choices=["cache"], help="run only this part")
     args = parser.parse_args()
+    if args.only == "cache":
+        cache_bench(args.cache)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
     processes = []
@@ -234,6 +277,52 @@ def main() -> None:
         f"({waiting['busy']} busy) while they wait (target <= 5); "
         f"{waiting['ok']}/{args.waiters} answered, drained in {waiting['drain_s']:.1f} s"
     )
+
+
+def cache_bench(n: int) -> None:
+    """Part 5 alone: the response cache's cost on a realtime miss, and a hit's latency."""
+    work = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
+    processes = []
+    with database_server(work / "home") as factory:
+        try:
+            upstream_url, mock = start_mock_upstream(work / "mock.log")
+            processes.append(mock)
+            upstream = f"{upstream_url}/v1"
+            semantic = {"embedding_model": "embed", "min_similarity": 0.92}
+            config = write_config(
+                work / "tiergate.yaml",
+                [
+                    {"name": "remote", "upstream": upstream},
+                    {"name": "remote-cached", "upstream": upstream, "cache": {"exact": True}},
+                    {
+                        "name": "remote-semantic",
+                        "upstream": upstream,
+                        "cache": {"exact": True, "semantic": semantic},
+                    },
+                    {"name": "embed", "upstream": upstream, "endpoints": ["embeddings"]},
+                ],
+            )
+            db = factory.create().libpq()
+            key = create_key(db, "bench")
+            gw = start_gateway(database_url=db, config=config, log=work / "gw.log")
+            processes.append(gw.process)
+            times = asyncio.run(cache_latency(gw.api, key, n))
+        finally:
+            for process in processes:
+                process.stop()
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    print(f"tiergate cache bench ({when}, {os.cpu_count()} cores, mock upstream at 0 ms, n={n})")
+    base = pct(times["remote"], 0.5)
+    for name, label in (
+        ("remote", "no cache (miss baseline)"),
+        ("remote-cached", "exact cache, miss"),
+        ("remote-semantic", "exact + semantic, miss"),
+        ("hit", "exact cache, hit"),
+    ):
+        p50, p99 = pct(times[name], 0.5), pct(times[name], 0.99)
+        added = "" if name == "remote" else f"   p50 {p50 - base:+5.2f} ms vs no cache"
+        print(f"{label:<26} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms{added}")
+    print("target: an exact-cache miss adds at most 2 ms p50")
 
 
 if __name__ == "__main__":

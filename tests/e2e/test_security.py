@@ -261,7 +261,7 @@ def test_keys_are_stored_only_as_sha256_hashes(key: str, db: psycopg.Connection)
     }
     assert columns == {
         "id", "name", "key_hash", "key_prefix", "models", "created_at", "revoked_at", "is_admin",
-        "rpm", "tpm", "budget_usd", "budget_period", "weight",
+        "rpm", "tpm", "budget_usd", "budget_period", "weight", "cache_enabled",
     }  # fmt: skip
 
 
