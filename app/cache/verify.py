@@ -230,6 +230,15 @@ def _stem(word: str) -> str:
     return word[:-1] if word.endswith("e") and len(word) > 3 else word
 
 
+def _degree_base(stem: str) -> str:
+    """A comparative or superlative's base (highest, hotter: high, hot), else the stem."""
+    for suffix in ("est", "er"):
+        if stem.endswith(suffix) and len(stem) - len(suffix) >= 3:
+            base = stem[: -len(suffix)]
+            return base[:-1] if base[-1] == base[-2] else base
+    return stem
+
+
 def _pairs(spec: str) -> dict[str, set[str]]:
     table: dict[str, set[str]] = {}
     for pair in spec.split():
@@ -491,9 +500,12 @@ def mismatch(new: str, cached: str) -> str | None:
         return f"numbers differ: {_show(a.numbers - b.numbers)} vs {_show(b.numbers - a.numbers)}"
     if a.negations != b.negations:
         return f"negation differs: {a.negations} vs {b.negations} negations"
-    only_a, only_b = a.stems - b.stems, b.stems - a.stems
-    for word in only_a:
-        opposite = _OPPOSITES.get(word, set()) & only_b
+    only_b = {w: _degree_base(w) for w in b.stems - a.stems}
+    others = set(only_b) | set(only_b.values())
+    for word in a.stems - b.stems:
+        opposite = (
+            _OPPOSITES.get(word, set()) | _OPPOSITES.get(_degree_base(word), set())
+        ) & others
         if opposite:
             return f"opposite words: {word} vs {_show(opposite)}"
     for cls in a.classes.keys() & b.classes.keys():
