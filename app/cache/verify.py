@@ -21,8 +21,10 @@ texts (``"role: content"`` lines) on signals that flip a meaning while keeping t
   strings, URLs and e-mails; each must appear in the other text (case-insensitively, with a
   one-letter typo allowed on words of five letters or more);
 - question words: who / when / where / why must agree, and a wh-question is not a yes/no one;
-- swapped roles: the same tokens with two spans exchanged around an identical middle
-  ("from A to B" / "from B to A", "7 from 20" / "20 from 7");
+- swapped roles: the same tokens with two short spans (up to three tokens: a longer one is
+  a moved clause) exchanged around an identical, non-empty middle ("from A to B" / "from B to
+  A", "7 from 20" / "20 from 7"), or two shared names in the opposite order when both texts
+  hold a directional word (to, from, than, vs, ...);
 - a single content word replaced by another ("brown rice" / "white rice") that is neither a
   listed synonym, an inflection nor a typo of it. Rewordings that change several words pass:
   the embedding similarity is what judges those.
@@ -38,6 +40,7 @@ refused). Stdlib only, no state; a few tens of microseconds for a 50-word prompt
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -90,7 +93,7 @@ _ORDINAL_SUFFIXES = frozenset({"st", "nd", "rd", "th"})
 
 _ANTONYM_PAIRS = """
 max/min maximum/minimum maximize/minimize maximise/minimise increase/decrease raise/lower
-rise/fall up/down before/after more/less more/fewer most/least buy/sell buyer/seller
+rise/fall up/down in/out before/after more/less more/fewer most/least buy/sell buyer/seller
 true/false add/remove enable/disable first/last largest/smallest biggest/smallest
 large/small big/small greater/less greater/smaller higher/lower high/low above/below
 over/under open/close start/stop start/finish begin/end import/export encrypt/decrypt
@@ -215,6 +218,8 @@ _AFTER_NUMBER = {
     "t": ("mass", "ton"),
     "b": ("data", "byte"),
 }
+_MAX_SWAPPED = 3  # tokens in a swapped span: roles are short noun phrases
+_DIRECTIONAL = frozenset(_words("to from into onto than vs versus against instead rather toward"))
 _SPECIFIC_WH = frozenset({"who", "when", "where", "why"})
 _WH = _SPECIFIC_WH | {"what", "which", "how", "whats", "whos", "hows", "wheres"}
 
@@ -283,6 +288,7 @@ class _Facts:
     classes: dict[str, set[str]]
     content: dict[str, str]  # content word stem -> the word
     wh: frozenset[str]
+    directional: bool
 
 
 def _number_key(raw: str) -> str:
@@ -373,6 +379,7 @@ def _analyse(prompt: str) -> _Facts:
         classes=classes,
         content=content,
         wh=_WH.intersection(tokens),
+        directional=not _DIRECTIONAL.isdisjoint(tokens),
     )
 
 
@@ -460,7 +467,7 @@ def _explained(x: tuple[str, str], y: tuple[str, str]) -> bool:
 
 def _swap(a: list[str], b: list[str]) -> tuple[str, str] | None:
     """The two spans exchanged when ``b`` is ``a`` with X M Y turned into Y M X (M not empty:
-    "X, Y" / "Y X" is a moved clause)."""
+    "X, Y" / "Y X" is a moved clause) and X and Y short (a longer span is a clause moved)."""
     if len(a) != len(b) or a == b:
         return None
     i = 0
@@ -471,12 +478,25 @@ def _swap(a: list[str], b: list[str]) -> tuple[str, str] | None:
         j -= 1
     ma, mb = a[i : j + 1], b[i : j + 1]
     n = len(ma)
-    for k in range(1, n):
+    for k in range(1, min(n, _MAX_SWAPPED + 1)):
         if mb[n - k :] != ma[:k]:
             continue
-        for m in range(1, n - k):  # a non-empty middle: a moved clause is no swap
+        for m in range(1, min(n - k, _MAX_SWAPPED + 1)):  # a non-empty middle
             if ma[n - m :] == mb[:m] and ma[k : n - m] == mb[m : n - k] and ma[:k] != mb[:m]:
                 return " ".join(ma[:k]), " ".join(mb[:m])
+    return None
+
+
+def _reordered_names(a: _Facts, b: _Facts) -> tuple[str, str] | None:
+    """Two names both texts share, in the opposite order, around a directional word (to,
+    from, than, vs, ...): "PDF to Word" / "a Word file to PDF"."""
+    if not (a.directional and b.directional):
+        return None
+    order = {key: i for i, key in enumerate(b.entities)}
+    shared = [key for key in a.entities if key in order]
+    for first, second in itertools.pairwise(shared):
+        if order[first] > order[second]:
+            return a.entities[first], a.entities[second]
     return None
 
 
@@ -519,7 +539,7 @@ def mismatch(new: str, cached: str) -> str | None:
     wh_a, wh_b = a.wh & _SPECIFIC_WH, b.wh & _SPECIFIC_WH
     if (wh_a or wh_b) and wh_a != wh_b and ((wh_a and wh_b) or not (a.wh and b.wh)):
         return f"question differs: {_show(a.wh)} vs {_show(b.wh)}"
-    swapped = _swap(a.tokens, b.tokens)
+    swapped = _swap(a.tokens, b.tokens) or _reordered_names(a, b)
     if swapped:
         return f"order differs: {swapped[0]} and {swapped[1]} swapped"
     return _changed_word(

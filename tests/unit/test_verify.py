@@ -71,6 +71,7 @@ def test_negation_differs(a: str, b: str) -> None:
         ("Should I take this pill before meals?", "Should I take this pill after meals?"),
         ("How do I lock the screen?", "How do I unlock the screen?"),
         ("Is the stock a buy?", "Is the stock a sell?"),
+        ("How do I log in to the VPN?", "How do I log out of the VPN?"),
     ],
 )
 def test_opposites_differ(a: str, b: str) -> None:
@@ -133,9 +134,18 @@ def test_swapped_roles_differ(a: str, b: str) -> None:
     assert refused(a, b).startswith("order differs")
 
 
+def test_names_in_the_opposite_order_around_a_direction_differ() -> None:
+    reason = refused("Export the table from Excel to CSV", "Export a CSV table into Excel")
+    assert reason.startswith("order differs")
+
+
 def test_a_moved_clause_is_no_swap() -> None:
     accepted("In Rust, how do I read a file?", "How do I read a file in Rust?")
     accepted("Before bed, what should I eat?", "What should I eat before bed?")
+    accepted(
+        "Which museums should I visit in Vienna during a long weekend?",
+        "During a long weekend in Vienna, which museums should I visit?",
+    )
 
 
 def test_question_words_and_single_words() -> None:
