@@ -23,8 +23,8 @@ texts (``"role: content"`` lines) on signals that flip a meaning while keeping t
 - question words: who / when / where / why must agree, and a wh-question is not a yes/no one;
 - swapped roles: the same tokens with two short spans (up to three tokens: a longer one is
   a moved clause) exchanged around an identical, non-empty middle ("from A to B" / "from B to
-  A", "7 from 20" / "20 from 7"), or two shared names in the opposite order when both texts
-  hold a directional word (to, from, than, vs, ...);
+  A", "7 from 20" / "20 from 7"; not "A or B" / "B or A"), or two shared names in the
+  opposite order when both texts hold a directional word (to, from, than, into, ...);
 - a single content word replaced by another ("brown rice" / "white rice") that is neither a
   listed synonym, an inflection nor a typo of it. Rewordings that change several words pass:
   the embedding similarity is what judges those.
@@ -219,7 +219,9 @@ _AFTER_NUMBER = {
     "b": ("data", "byte"),
 }
 _MAX_SWAPPED = 3  # tokens in a swapped span: roles are short noun phrases
-_DIRECTIONAL = frozenset(_words("to from into onto than vs versus against instead rather toward"))
+_DIRECTIONAL = frozenset(_words("to from into onto than against instead rather toward"))
+_SYMMETRIC = frozenset(_words("and or nor vs versus plus"))  # "A or B" is "B or A"
+_ARTICLES_AND_SYMMETRIC = _SYMMETRIC | {"a", "an", "the"}
 _SPECIFIC_WH = frozenset({"who", "when", "where", "why"})
 _WH = _SPECIFIC_WH | {"what", "which", "how", "whats", "whos", "hows", "wheres"}
 
@@ -467,7 +469,8 @@ def _explained(x: tuple[str, str], y: tuple[str, str]) -> bool:
 
 def _swap(a: list[str], b: list[str]) -> tuple[str, str] | None:
     """The two spans exchanged when ``b`` is ``a`` with X M Y turned into Y M X (M not empty:
-    "X, Y" / "Y X" is a moved clause) and X and Y short (a longer span is a clause moved)."""
+    "X, Y" / "Y X" is a moved clause) and X and Y short (a longer span is a clause moved);
+    none when M is a symmetric conjunction ("tea or coffee")."""
     if len(a) != len(b) or a == b:
         return None
     i = 0
@@ -482,14 +485,17 @@ def _swap(a: list[str], b: list[str]) -> tuple[str, str] | None:
         if mb[n - k :] != ma[:k]:
             continue
         for m in range(1, min(n - k, _MAX_SWAPPED + 1)):  # a non-empty middle
-            if ma[n - m :] == mb[:m] and ma[k : n - m] == mb[m : n - k] and ma[:k] != mb[:m]:
+            middle = ma[k : n - m]
+            if ma[n - m :] == mb[:m] and middle == mb[m : n - k] and ma[:k] != mb[:m]:
+                if not _SYMMETRIC.isdisjoint(middle) and _ARTICLES_AND_SYMMETRIC.issuperset(middle):
+                    return None
                 return " ".join(ma[:k]), " ".join(mb[:m])
     return None
 
 
 def _reordered_names(a: _Facts, b: _Facts) -> tuple[str, str] | None:
     """Two names both texts share, in the opposite order, around a directional word (to,
-    from, than, vs, ...): "PDF to Word" / "a Word file to PDF"."""
+    from, than, ...): "PDF to Word" / "a Word file to PDF"."""
     if not (a.directional and b.directional):
         return None
     order = {key: i for i, key in enumerate(b.entities)}

@@ -139,7 +139,9 @@ def test_names_in_the_opposite_order_around_a_direction_differ() -> None:
     assert reason.startswith("order differs")
 
 
-def test_a_moved_clause_is_no_swap() -> None:
+def test_a_moved_clause_or_a_symmetric_pair_is_no_swap() -> None:
+    accepted("Is a tomato a fruit or a vegetable?", "Is a tomato a vegetable or a fruit?")
+    accepted("Compare Python vs Java for web apps", "Compare Java vs Python for web apps")
     accepted("In Rust, how do I read a file?", "How do I read a file in Rust?")
     accepted("Before bed, what should I eat?", "What should I eat before bed?")
     accepted(
