@@ -4,7 +4,8 @@ An embedding puts "What is 15% of 80?" and "What is 15% of 60?" next to each oth
 every word but one. Before a semantic hit is served, :func:`mismatch` compares the two prompt
 texts (``"role: content"`` lines) on signals that flip a meaning while keeping the words:
 
-- conversation shape: the sequence of roles must be the same;
+- conversation shape: the sequence of roles must be the same, and fenced code blocks (```)
+  must be the same but for whitespace: an operator is no word;
 - numbers: digits, decimals, percentages, thousands separators, written numbers (zero ..
   twenty, the tens, hundred .. billion) and ordinals (first .. twentieth, 1st, 2nd, ...) are
   compared as multisets: a number on one side only is a difference too;
@@ -32,7 +33,9 @@ texts (``"role: content"`` lines) on signals that flip a meaning while keeping t
 Known blind spots: paraphrases that add or drop a modifier ("a short poem" / "a poem"), two
 or more content words changed at once, synonyms absent from the small table (each such
 paraphrase is refused: the safe side), entities written in lower case that are in no class,
-typos that make another real word ("affect" / "effect" passes as a typo), negation by
+typos that make another real word ("affect" / "effect" passes as a typo), roles changed by
+syntax rather than a swap ("I get my deposit back from my landlord" / "my landlord gets my
+deposit back"), operators outside fenced code ("x+1" / "x-1"), negation by
 vocabulary ("fail to", "lack"), scope ("not only"), roman numerals, a swap combined with any
 other edit, and anything that needs world knowledge ("US citizen" / "American citizen" is
 refused). Stdlib only, no state; a few tens of microseconds for a 50-word prompt.
@@ -64,6 +67,7 @@ _TOKEN = re.compile(_TOKEN_PARTS, re.VERBOSE)
 _TOKEN_WITH_EMAIL = re.compile(
     _TOKEN_PARTS.replace("(?P<url>", r"(?P<url>[\w.+-]+@[\w-]+\.[\w.-]+|", 1), re.VERBOSE
 )
+_FENCED = re.compile(r"```(.*?)(?:```|\Z)", re.DOTALL)
 _CODEISH = re.compile(r"[\d._/#+&(]")
 
 _NEGATIONS = frozenset(
@@ -281,6 +285,7 @@ class _Facts:
     """What :func:`mismatch` compares, read from one prompt text."""
 
     roles: list[str]
+    code: list[str]
     tokens: list[str]
     stems: set[str]
     text: str
@@ -310,6 +315,7 @@ def _is_shouting(words: list[str]) -> bool:
 def _analyse(prompt: str) -> _Facts:
     """The facts of one prompt text (memoised: a cached prompt is compared many times)."""
     roles = _ROLE_LINE.findall(prompt)
+    code = [" ".join(b.split()) for b in _FENCED.findall(prompt)] if "```" in prompt else []
     text = _ROLE_LINE.sub("\n", prompt).replace("\u2019", "'")
     found = (_TOKEN_WITH_EMAIL if "@" in text else _TOKEN).findall(text)
     shouting = _is_shouting([t[4] for t in found if t[4]])
@@ -372,6 +378,7 @@ def _analyse(prompt: str) -> _Facts:
             at_start = after_number = False
     return _Facts(
         roles=roles,
+        code=code,
         tokens=tokens,
         stems=stems,
         text=text.lower(),
@@ -522,6 +529,8 @@ def mismatch(new: str, cached: str) -> str | None:
     a, b = _analyse(new), _analyse(cached)
     if a.roles != b.roles:
         return f"conversation differs: {'/'.join(a.roles)} vs {'/'.join(b.roles)}"
+    if a.code != b.code:
+        return "code blocks differ"
     if a.numbers != b.numbers:
         return f"numbers differ: {_show(a.numbers - b.numbers)} vs {_show(b.numbers - a.numbers)}"
     if a.negations != b.negations:

@@ -171,6 +171,12 @@ def test_conversation_shape() -> None:
     assert mismatch(one, "system: be brief\nuser: Hi!") is None
 
 
+def test_code_blocks_must_match() -> None:
+    prompt = "user: Why does this fail?\n```python\ndef f(x):\n    return x+1\n```"
+    assert mismatch(prompt, prompt.replace("x+1", "x-1")) == "code blocks differ"
+    assert mismatch(prompt, prompt.replace("    return", "  return")) is None
+
+
 def test_bench_pairs() -> None:
     """Never a number, negation or antonym negative accepted; >= 90 % of positives pass."""
     lines = (ROOT / "bench" / "cache_pairs.jsonl").read_text().splitlines()
