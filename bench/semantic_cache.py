@@ -11,6 +11,9 @@ Embeddings: ``mock`` (the mock upstream's bag-of-words vectors) or ``wordllama``
 static-embedding model whose weights ship in its pip package: ``.venv/bin/pip install
 wordllama``; it is not a tiergate dependency).
 
+``bench/cache_pairs_holdout.jsonl`` (``--pairs``) holds 62 pairs written after the verifier was
+designed: how it does on text it was not shaped on.
+
 Usage: python bench/semantic_cache.py [--embeddings mock|wordllama] [--min-similarity 0.92]
        [--dim 256] [--pairs bench/cache_pairs.jsonl]
 """
