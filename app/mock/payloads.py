@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
 import html
 import json
@@ -387,11 +388,43 @@ def chat_sse(
     return [*frames, b"data: [DONE]\n\n"]
 
 
+_EMBED_WORD = re.compile(r"[a-z0-9]+")
+_TRIGRAM_WEIGHT = 0.25
+
+
+@functools.lru_cache(maxsize=65536)
+def _feature_hash(feature: str) -> int:
+    """A stable 64-bit hash of one feature (Python's ``hash`` is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+
+
+def _embedding_features(text: str) -> list[tuple[str, float]]:
+    """Lower-cased words (a plural ``s`` dropped) with weight 1, and each word's character
+    trigrams (``#`` marking its ends) with a smaller weight: typos keep most of them."""
+    features: list[tuple[str, float]] = []
+    for word in _EMBED_WORD.findall(text.lower()):
+        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        features.append(("w:" + word, 1.0))
+        padded = f"#{word}#"
+        features.extend(("t:" + padded[i : i + 3], _TRIGRAM_WEIGHT) for i in range(len(word)))
+    return features
+
+
 def embedding_vector(text: str, dim: int) -> list[float]:
-    """A deterministic unit vector (float32-exact values) derived from a hash of ``text``."""
-    words = struct.unpack(f"<{dim}I", hashlib.shake_256(text.encode()).digest(4 * dim))
-    raw = [w / 2**31 - 1.0 for w in words]
-    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    """A deterministic unit vector (float32-exact values) for ``text``: a feature-hashed bag
+    of its words and their character trigrams (signed hashing into ``dim`` buckets), so texts
+    sharing most words are close in cosine similarity. A text without words gets a vector
+    derived from a hash of the whole text."""
+    raw = [0.0] * dim
+    for feature, weight in _embedding_features(text):
+        h = _feature_hash(feature)
+        raw[h % dim] += weight if h >> 63 else -weight
+    norm = math.sqrt(sum(x * x for x in raw))
+    if norm == 0.0:
+        words = struct.unpack(f"<{dim}I", hashlib.shake_256(text.encode()).digest(4 * dim))
+        raw = [w / 2**31 - 1.0 for w in words]
+        norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return list(struct.unpack(f"<{dim}f", struct.pack(f"<{dim}f", *(x / norm for x in raw))))
 
 

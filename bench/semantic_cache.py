@@ -1,0 +1,227 @@
+"""What the semantic cache would serve on labelled prompt pairs, with and without verification.
+
+For each pair of ``bench/cache_pairs.jsonl`` ({"a", "b", "same", "kind"}), "user: a" is the
+cached prompt and "user: b" the new one: both are embedded, and the pair counts as served
+when their cosine similarity reaches the threshold and ``app.cache.verify.mismatch(b, a)``
+is None. A served pair of the same meaning is a hit, a served pair of different meanings a
+false hit. Figures only: per kind, overall, a threshold sweep, the false hits left, and what
+``mismatch`` costs per call.
+
+Embeddings: ``mock`` (the mock upstream's bag-of-words vectors) or ``wordllama`` (a small
+static-embedding model whose weights ship in its pip package: ``.venv/bin/pip install
+wordllama``; it is not a tiergate dependency).
+
+``bench/cache_pairs_holdout.jsonl`` (``--pairs``) holds 62 pairs written after the verifier was
+designed: how it does on text it was not shaped on.
+
+Usage: python bench/semantic_cache.py [--embeddings mock|wordllama] [--min-similarity 0.92]
+       [--dim 256] [--pairs bench/cache_pairs.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.cache import verify
+from app.cache.verify import mismatch
+from app.mock.payloads import embedding_vector
+
+Embedder = Callable[[list[str]], list[list[float]]]
+SWEEP = [round(0.80 + 0.02 * i, 2) for i in range(10)]
+# A 54-word prompt and a reworded one for the timing of ``mismatch``.
+LONG_PROMPT = (
+    "user: I run a small bakery in Lyon and need to plan next week. How many kilograms of flour"
+    " should I order if I bake 40 loaves a day, each loaf using 500 grams, and I do not want to"
+    " run out before Friday? Please also tell me whether buying in bulk is cheaper"
+)
+
+
+@dataclass
+class Pair:
+    a: str
+    b: str
+    same: bool
+    kind: str
+    similarity: float = 0.0
+    reason: str | None = None
+
+
+def mock_embedder(dim: int) -> Embedder:
+    """The mock upstream's /v1/embeddings vectors."""
+    return lambda texts: [embedding_vector(t, dim) for t in texts]
+
+
+def wordllama_embedder(dim: int) -> Embedder:
+    """WordLlama's bundled 256-dimension model, truncated to ``dim`` when smaller (its
+    Matryoshka sizes: 64, 128, 256). Nothing is downloaded: ``cache_dir`` points at the
+    package, whose ``weights/`` and ``tokenizers/`` hold the files (wordllama 0.4.0 looks for
+    its bundled tokenizer under ``tokenizer/`` and would otherwise try Hugging Face)."""
+    try:
+        import wordllama  # type: ignore[import-not-found]
+    except ImportError:
+        sys.exit(
+            "wordllama is not installed (it is no tiergate dependency):"
+            " .venv/bin/pip install wordllama"
+        )
+    package = Path(wordllama.__file__).parent
+    model = wordllama.WordLlama.load(
+        trunc_dim=dim if dim < 256 else None, cache_dir=package, disable_download=True
+    )
+    return lambda texts: [list(map(float, v)) for v in model.embed(texts, norm=True)]
+
+
+def cosine(x: Sequence[float], y: Sequence[float]) -> float:
+    dot = sum(p * q for p, q in zip(x, y, strict=True))
+    norm = math.sqrt(sum(p * p for p in x)) * math.sqrt(sum(q * q for q in y))
+    return dot / norm if norm else 0.0
+
+
+def load_pairs(path: Path) -> list[Pair]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [Pair(r["a"], r["b"], bool(r["same"]), r["kind"]) for r in rows]
+
+
+def score(pairs: list[Pair], embed: Embedder) -> None:
+    """Fill in each pair's similarity and verification verdict."""
+    vectors = embed([f"user: {t}" for p in pairs for t in (p.a, p.b)])
+    for i, p in enumerate(pairs):
+        p.similarity = cosine(vectors[2 * i], vectors[2 * i + 1])
+        p.reason = mismatch(f"user: {p.b}", f"user: {p.a}")
+
+
+def rates(pairs: list[Pair], threshold: float, verified: bool) -> tuple[float, float]:
+    """(hit rate on positives, false-hit rate on negatives) at ``threshold``."""
+
+    def served(p: Pair) -> bool:
+        return p.similarity >= threshold and (not verified or p.reason is None)
+
+    pos = [p for p in pairs if p.same]
+    neg = [p for p in pairs if not p.same]
+    return sum(map(served, pos)) / len(pos), sum(map(served, neg)) / len(neg)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:5.1f} %"
+
+
+def print_kinds(pairs: list[Pair], threshold: float) -> None:
+    print(f"{'kind':32} {'label':5} {'pairs':>5} {'>= thr':>7} {'served':>7}  verify alone")
+    kinds = sorted({(not p.same, p.kind) for p in pairs})
+    for negative, kind in kinds:
+        group = [p for p in pairs if p.kind == kind and p.same is not negative]
+        above = [p for p in group if p.similarity >= threshold]
+        served = [p for p in above if p.reason is None]
+        accepted = sum(p.reason is None for p in group)
+        label = "diff" if negative else "same"
+        print(
+            f"{kind:32} {label:5} {len(group):5} {len(above):7} {len(served):7}"
+            f"  {accepted}/{len(group)} accepted"
+        )
+
+
+def print_summary(pairs: list[Pair], threshold: float) -> None:
+    pos = sum(p.same for p in pairs)
+    neg = len(pairs) - pos
+    hit, false = rates(pairs, threshold, verified=False)
+    vhit, vfalse = rates(pairs, threshold, verified=True)
+    alone_pos = sum(p.same and p.reason is None for p in pairs) / pos
+    alone_neg = sum(not p.same and p.reason is None for p in pairs) / neg
+    print(f"similarity >= {threshold:.2f}     hit rate (of {pos})   false-hit rate (of {neg})")
+    print(f"  without verification   {pct(hit):>12}   {pct(false):>18}")
+    print(f"  with verification      {pct(vhit):>12}   {pct(vfalse):>18}")
+    print(f"  verification alone     {pct(alone_pos):>12}   {pct(alone_neg):>18}")
+
+
+def print_sweep(pairs: list[Pair]) -> float:
+    """The sweep table; returns the threshold with the best verified hit rate at <= 1 % false."""
+    print("threshold   hit (no verify)  false (no verify)   hit (verify)  false (verify)")
+    best, best_hit = SWEEP[-1], -1.0
+    for t in SWEEP:
+        hit, false = rates(pairs, t, verified=False)
+        vhit, vfalse = rates(pairs, t, verified=True)
+        print(f"  {t:.2f}     {pct(hit):>13}  {pct(false):>17}  {pct(vhit):>13}  {pct(vfalse):>14}")
+        if vfalse <= 0.01 and vhit > best_hit:
+            best, best_hit = t, vhit
+    return best
+
+
+def print_false_hits(pairs: list[Pair], threshold: float) -> None:
+    served = [p for p in pairs if not p.same and p.similarity >= threshold and p.reason is None]
+    print(f"false hits at {threshold:.2f} (negatives served): {len(served)}")
+    for p in served:
+        print(f"  [{p.kind}] {p.similarity:.3f}  {p.a!r} / {p.b!r}")
+    refused = [p for p in pairs if p.same and p.similarity >= threshold and p.reason]
+    print(f"positives above {threshold:.2f} that verification refused: {len(refused)}")
+    for p in refused:
+        print(f"  [{p.kind}] {p.a!r} / {p.b!r}: {p.reason}")
+
+
+def time_verify(pairs: list[Pair], rounds: int) -> None:
+    """Microseconds per ``mismatch`` call: with both texts read afresh, and with the cached
+    side's analysis memoised (as when one cached prompt meets many new ones)."""
+    texts = [(f"user: {p.b}", f"user: {p.a}") for p in pairs]
+    long_new = LONG_PROMPT.replace("Please also tell me", "Also tell me")
+    for label, items in (("bench pairs", texts), ("54-word prompt", [(long_new, LONG_PROMPT)])):
+        reps = max(1, rounds // len(items))
+        cold = warm = 0.0
+        for _ in range(reps):
+            for new, cached in items:
+                verify._analyse.cache_clear()
+                start = time.perf_counter()
+                mismatch(new, cached)
+                cold += time.perf_counter() - start
+                verify._analyse.cache_clear()
+                verify._analyse(cached)
+                start = time.perf_counter()
+                mismatch(new, cached)
+                warm += time.perf_counter() - start
+        calls = reps * len(items)
+        print(
+            f"  {label:15} {1e6 * cold / calls:7.1f} us/call fresh,"
+            f" {1e6 * warm / calls:7.1f} us/call with the cached side memoised"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--embeddings", choices=["mock", "wordllama"], default="mock")
+    parser.add_argument("--min-similarity", type=float, default=0.92)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--pairs", type=Path, default=Path("bench/cache_pairs.jsonl"))
+    parser.add_argument("--rounds", type=int, default=5000, help="mismatch calls to time")
+    args = parser.parse_args()
+
+    pairs = load_pairs(args.pairs)
+    embed = (mock_embedder if args.embeddings == "mock" else wordllama_embedder)(args.dim)
+    score(pairs, embed)
+    pos = sum(p.same for p in pairs)
+    print(
+        f"semantic cache bench: {args.embeddings} embeddings, dim {args.dim},"
+        f" {len(pairs)} pairs ({pos} same meaning, {len(pairs) - pos} different)\n"
+    )
+    print_kinds(pairs, args.min_similarity)
+    print()
+    print_summary(pairs, args.min_similarity)
+    print()
+    best = print_sweep(pairs)
+    print(f"\nbest threshold (highest verified hit rate with <= 1 % false hits): {best:.2f}")
+    if best != args.min_similarity:
+        print_summary(pairs, best)
+    print()
+    print_false_hits(pairs, args.min_similarity)
+    if best != args.min_similarity:
+        print()
+        print_false_hits(pairs, best)
+    print("\nverify cost:")
+    time_verify(pairs, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
