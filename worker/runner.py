@@ -53,11 +53,13 @@ async def run_worker(
     concurrency: int | None = None,
     router: Router | None = None,
     metrics: Metrics | None = None,
+    cache: ResponseCache | None = None,
 ) -> None:
     """Work until cancelled. Cancellation stops gracefully (running jobs get 10 s).
 
-    ``router`` and ``metrics`` are the gateway's when the worker runs inside it (one view of
-    the fleet, one count of calls in flight per process, one /metrics).
+    ``router``, ``metrics`` and ``cache`` are the gateway's when the worker runs inside it
+    (one view of the fleet, one count of calls in flight per process, one /metrics, one
+    response cache with its in-flight calls).
 
     procrastinate's worker stops itself when its LISTEN connection fails (a database
     restart); it is started again here, with a growing delay, as long as nobody cancelled us.
@@ -73,7 +75,10 @@ async def run_worker(
     upstream = build_upstream(settings)
     own_router = router is None
     router = router or Router(settings)
-    cache = ResponseCache(settings, CacheStore(engine), Embedder(upstream, router), metrics)
+    own_cache = cache is None
+    cache = cache or ResponseCache(
+        settings, CacheStore(engine), Embedder(upstream, router), metrics
+    )
     runner = RequestRunner(
         settings=settings, upstream=upstream, router=router, metrics=metrics, cache=cache
     )
@@ -101,7 +106,8 @@ async def run_worker(
     # Rows this worker claims name it: it must be registered first, or the sweep would take
     # them for a dead worker's.
     await _when_database_up(presence.start, "register")
-    await cache.start()
+    if own_cache:
+        await cache.start()
     flex = FlexDispatcher(
         settings=settings,
         url=url,
@@ -151,7 +157,8 @@ async def run_worker(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await batch_jobs.stop()
-        await cache.stop()
+        if own_cache:
+            await cache.stop()
         await presence.stop()
         await upstream.aclose()
         await engine.dispose()

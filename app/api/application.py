@@ -39,7 +39,13 @@ def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = Fals
             from worker.runner import run_worker
 
             worker_task = asyncio.create_task(
-                run_worker(settings, url, router=services.router, metrics=services.metrics),
+                run_worker(
+                    settings,
+                    url,
+                    router=services.router,
+                    metrics=services.metrics,
+                    cache=services.cache,
+                ),
                 name="worker",
             )
         log.info("tiergate gateway ready (models: %s)", ", ".join(settings.models))
