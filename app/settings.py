@@ -141,6 +141,12 @@ class SemanticCache(BaseModel):
     timeout_s: float = Field(
         default=2.0, gt=0, description="longest wait for an embedding; then it is a miss"
     )
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        description="sent as the embeddings call's 'dimensions' (OpenAI's text-embedding-3"
+        " models shorten their vectors); unset: the model's own size",
+    )
 
 
 class CacheConfig(BaseModel):

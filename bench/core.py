@@ -288,7 +288,7 @@ def cache_bench(n: int) -> None:
             upstream_url, mock = start_mock_upstream(work / "mock.log")
             processes.append(mock)
             upstream = f"{upstream_url}/v1"
-            semantic = {"embedding_model": "embed", "min_similarity": 0.92}
+            semantic = {"embedding_model": "embed", "min_similarity": 0.92, "dimensions": 256}
             config = write_config(
                 work / "tiergate.yaml",
                 [

@@ -37,6 +37,7 @@ def _include_object(obj, name, type_, reflected, compare_to) -> bool:  # type: i
     return not (
         (type_ == "column" and name == "embedding" and obj.table.name == "cache_entries")
         or (type_ == "index" and name == "cache_entries_semantic_idx")
+        or (type_ == "index" and (name or "").startswith("cache_entries_hnsw_"))
     )
 
 

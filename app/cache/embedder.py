@@ -27,8 +27,14 @@ class Embedder:
         self.upstream = upstream
         self.router = router
 
-    async def embed(self, model: str, text: str, timeout_s: float) -> list[float]:
-        """The embedding of ``text`` by ``model``; raises ``EmbeddingFailed``."""
+    async def embed(
+        self, model: str, text: str, timeout_s: float, dimensions: int | None = None
+    ) -> list[float]:
+        """The embedding of ``text`` by ``model`` (of ``dimensions``, if set); raises
+        ``EmbeddingFailed``."""
+        body: dict[str, Any] = {"input": text}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
         try:
             async with asyncio.timeout(timeout_s):
                 deployment = await self.router.acquire(
@@ -40,7 +46,7 @@ class Embedder:
                     reply = await self.upstream.call(
                         deployment,
                         "/v1/embeddings",
-                        {"model": deployment.target_model, "input": text},
+                        {**body, "model": deployment.target_model},
                     )
                 except BaseException as exc:
                     self.router.end(deployment, fault=type(exc).__name__)

@@ -121,6 +121,7 @@ class ResponseCache:
             store.record_hits, name="cache-hits", item_may_be_at_fault=fault
         )
         self._writing: set[asyncio.Future[None]] = set()
+        self._indexed: set[int] = set()  # embedding sizes whose index was seen to
 
     def count(self, model: str, result: CacheResult) -> None:
         """Count what the cache did for a call (``tiergate_cache_total``)."""
@@ -180,12 +181,15 @@ class ResponseCache:
             return miss
         try:
             vector = await self.embedder.embed(
-                semantic.embedding_model, key.prompt, semantic.timeout_s
+                semantic.embedding_model, key.prompt, semantic.timeout_s, semantic.dimensions
             )
         except EmbeddingFailed as exc:
             log.warning("semantic cache skipped, no embedding: %s", exc)
             return miss
         miss = Lookup(CacheResult.MISS, key, embedding=vector)
+        if len(vector) not in self._indexed:
+            self._indexed.add(len(vector))
+            self._background(self._index(len(vector)))
         try:
             candidates = await self.store.nearest(
                 owner, model.name, key.context, vector, CANDIDATES
@@ -206,6 +210,11 @@ class ResponseCache:
                 similarity=candidate.similarity,
             )
         return miss
+
+    async def _index(self, dims: int) -> None:
+        """The HNSW index of this embedding size, built by the first process to need it."""
+        if await self.store.ensure_index(dims):
+            log.info("semantic cache: built the HNSW index of %d-dimension embeddings", dims)
 
     def remember(
         self,
@@ -250,4 +259,4 @@ class ResponseCache:
     def _written(self, task: asyncio.Future[None]) -> None:
         self._writing.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("cache write failed (the answer was not stored): %s", exc)
+            log.warning("cache work in the background failed: %s", exc)

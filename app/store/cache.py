@@ -33,17 +33,62 @@ RETURNING w.n, c.response_body
 """
 ).columns(response_body=JSONB)
 
-# The nearest entries of one key, model and context with embeddings of the same dimension.
-NEAREST = text(
-    """
-SELECT key, prompt, response_body, 1 - (embedding <=> CAST(:embedding AS vector)) AS similarity
+# Embeddings of up to this many dimensions get an HNSW index as ``vector``, then as
+# ``halfvec`` (pgvector's limits); beyond, the nearest are found by reading them all.
+VECTOR_INDEX_MAX_DIMS = 2000
+HALFVEC_INDEX_MAX_DIMS = 4000
+
+
+def _vector_type(dims: int) -> str | None:
+    if dims <= VECTOR_INDEX_MAX_DIMS:
+        return "vector"
+    return "halfvec" if dims <= HALFVEC_INDEX_MAX_DIMS else None
+
+
+def index_name(dims: int) -> str:
+    return f"cache_entries_hnsw_{dims}"
+
+
+def _nearest_sql(dims: int) -> str:
+    """The nearest entries of one key, model and context among the embeddings of ``dims``
+    dimensions. The distance is spelled as the HNSW index of that dimension spells it (a
+    partial expression index, created by :meth:`CacheStore.ensure_index`), so the planner
+    can take it when the key has many entries, or read the key's few entries by
+    ``cache_entries_semantic_idx``; it decides by the statistics."""
+    kind = _vector_type(dims)
+    column = f"CAST(embedding AS {kind}({dims}))" if kind else "embedding"
+    wanted = (
+        f"CAST(CAST(:embedding AS vector) AS {kind}({dims}))"
+        if kind
+        else ("CAST(:embedding AS vector)")
+    )
+    return f"""
+SELECT key, prompt, response_body, 1 - ({column} <=> {wanted}) AS similarity
 FROM cache_entries
-WHERE owner_key_id = :owner AND model = :model AND context = :context
-  AND embedding IS NOT NULL AND vector_dims(embedding) = :dims AND expires_at > now()
-ORDER BY embedding <=> CAST(:embedding AS vector)
+WHERE vector_dims(embedding) = {dims} AND owner_key_id = :owner AND model = :model
+  AND context = :context AND embedding IS NOT NULL AND expires_at > now()
+ORDER BY {column} <=> {wanted}
 LIMIT :limit
 """
-).columns(response_body=JSONB)
+
+
+def _index_sql(dims: int) -> str | None:
+    kind = _vector_type(dims)
+    if kind is None:
+        return None
+    return (
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index_name(dims)} ON cache_entries"
+        f" USING hnsw ((CAST(embedding AS {kind}({dims}))) {kind}_cosine_ops)"
+        f" WHERE vector_dims(embedding) = {dims}"
+    )
+
+
+INDEX_STATE = text(
+    "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
+    " WHERE c.relname = :name"
+)
+# One process at a time builds an index (any number may try).
+INDEX_LOCK = 74210516
 
 BUMP = text(
     "UPDATE cache_entries SET hits = hits + 1, last_hit_at = now()"
@@ -113,8 +158,9 @@ DELETE FROM cache_entries WHERE ctid = ANY(ARRAY(
 )
 
 HAS_EMBEDDINGS = text(
-    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('cache_entries')"
-    " AND attname = 'embedding' AND NOT attisdropped"
+    "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector') FROM pg_attribute"
+    " WHERE attrelid = to_regclass('cache_entries') AND attname = 'embedding'"
+    " AND NOT attisdropped"
 )
 
 
@@ -185,11 +231,38 @@ class CacheStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.iterative_scan = False  # pgvector >= 0.8: filtered HNSW scans go on until found
 
     async def has_embeddings(self) -> bool:
         """Whether this database can hold embeddings (pgvector was there at migration)."""
         async with self.engine.connect() as conn:
-            return (await conn.execute(HAS_EMBEDDINGS)).first() is not None
+            found = (await conn.execute(HAS_EMBEDDINGS)).first()
+        if found is None:
+            return False
+        version = tuple(int(p) for p in str(found[0] or "0").split(".")[:2] if p.isdigit())
+        self.iterative_scan = version >= (0, 8)
+        return True
+
+    async def ensure_index(self, dims: int) -> bool:
+        """Build the HNSW index of ``dims``-dimension embeddings unless it exists; whether
+        one was built (an invalid one, left by a build that died, is built again)."""
+        sql = _index_sql(dims)
+        if sql is None:
+            return False
+        name = index_name(dims)
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f"SELECT pg_advisory_lock({INDEX_LOCK})"))
+            try:
+                valid = (await conn.execute(INDEX_STATE, {"name": name})).scalar()
+                if valid:
+                    return False
+                if valid is False:
+                    await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                await conn.execute(text(sql))
+                return True
+            finally:
+                await conn.execute(text(f"SELECT pg_advisory_unlock({INDEX_LOCK})"))
 
     async def lookup_many(self, wanted: list[Wanted]) -> list[Any | None]:
         """Each wanted entry's answer if it is cached and fresh, in order (one statement;
@@ -218,12 +291,16 @@ class CacheStore:
             "model": model,
             "context": context,
             "embedding": vector_literal(embedding),
-            "dims": len(embedding),
             "limit": limit,
         }
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(NEAREST, params)).all()
-        return [Candidate(r.key, r.prompt, r.response_body, float(r.similarity)) for r in rows]
+        query = text(_nearest_sql(len(embedding))).columns(response_body=JSONB)
+        async with self.engine.begin() as conn:
+            if self.iterative_scan:
+                await conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+            rows = (await conn.execute(query, params)).all()
+        found = [Candidate(r.key, r.prompt, r.response_body, float(r.similarity)) for r in rows]
+        # A relaxed-order scan may return them slightly out of order.
+        return sorted(found, key=lambda c: c.similarity, reverse=True)
 
     async def bump(self, owner: str, model: str, key: bytes) -> None:
         """Count a semantic hit on an entry."""

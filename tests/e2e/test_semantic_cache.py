@@ -28,7 +28,7 @@ from tests.e2e.conftest import row
 from tests.support.waiting import wait_until
 
 MIN_SIMILARITY = 0.8  # low, so that the hard negatives below pass it: the verifier decides
-DIM = 1536  # the mock's default dimension
+DIM = 256  # asked of the embeddings model (the mock's default is 8)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,11 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
                 "pricing": {"input_per_mtok": 3.0, "output_per_mtok": 15.0},
                 "cache": {
                     "exact": True,
-                    "semantic": {"embedding_model": "embed", "min_similarity": MIN_SIMILARITY},
+                    "semantic": {
+                        "embedding_model": "embed",
+                        "min_similarity": MIN_SIMILARITY,
+                        "dimensions": DIM,
+                    },
                 },
             },
             {"name": "embed", "upstream": upstream, "endpoints": ["embeddings"]},
