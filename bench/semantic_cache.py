@@ -7,15 +7,23 @@ is None. A served pair of the same meaning is a hit, a served pair of different 
 false hit. Figures only: per kind, overall, a threshold sweep, the false hits left, and what
 ``mismatch`` costs per call.
 
-Embeddings: ``mock`` (the mock upstream's bag-of-words vectors) or ``wordllama`` (a small
+Embeddings: ``mock`` (the mock upstream's bag-of-words vectors), ``wordllama`` (a small
 static-embedding model whose weights ship in its pip package: ``.venv/bin/pip install
-wordllama``; it is not a tiergate dependency).
+wordllama``; it is not a tiergate dependency), or ``http`` (``--url .../v1 --model NAME``: any
+OpenAI-compatible embeddings server, to choose ``min_similarity`` for your own model).
 
 ``bench/cache_pairs_holdout.jsonl`` (``--pairs``) holds 62 pairs written after the verifier was
 designed: how it does on text it was not shaped on.
 
+``--through-gateway`` plays every pair through a real gateway (embedded PostgreSQL with
+pgvector, the mock provider's embeddings, the model's semantic cache at ``--min-similarity``):
+ask "a", wait until its answer is stored, ask "b", read ``x-tiergate-cache``; the cache is
+emptied between pairs. It prints the same rates from the gateway's own answers, and how many
+pairs it decided as the in-process figures say.
+
 Usage: python bench/semantic_cache.py [--embeddings mock|wordllama] [--min-similarity 0.92]
-       [--dim 256] [--pairs bench/cache_pairs.jsonl]
+       [--dim 256] [--pairs bench/cache_pairs.jsonl] [--through-gateway]
+       python bench/semantic_cache.py --embeddings http --url http://tei:8080/v1 --model bge
 """
 
 from __future__ import annotations
@@ -75,6 +83,30 @@ def wordllama_embedder(dim: int) -> Embedder:
         trunc_dim=dim if dim < 256 else None, cache_dir=package, disable_download=True
     )
     return lambda texts: [list(map(float, v)) for v in model.embed(texts, norm=True)]
+
+
+def http_embedder(url: str, model: str, key: str | None) -> Embedder:
+    """Any OpenAI-compatible /v1/embeddings (vLLM, TEI, llama.cpp's server, OpenAI, or
+    tiergate itself): calibrate ``min_similarity`` for the model you will configure."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        with httpx.Client(timeout=120) as client:
+            for start in range(0, len(texts), 64):
+                reply = client.post(
+                    url.rstrip("/") + "/embeddings",
+                    json={"model": model, "input": texts[start : start + 64]},
+                    headers=headers,
+                )
+                reply.raise_for_status()
+                data = sorted(reply.json()["data"], key=lambda d: d["index"])
+                vectors += [d["embedding"] for d in data]
+        return vectors
+
+    return embed
 
 
 def cosine(x: Sequence[float], y: Sequence[float]) -> float:
@@ -191,15 +223,26 @@ def time_verify(pairs: list[Pair], rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--embeddings", choices=["mock", "wordllama"], default="mock")
+    parser.add_argument("--embeddings", choices=["mock", "wordllama", "http"], default="mock")
+    parser.add_argument("--url", help="with --embeddings http: a base URL ending in /v1")
+    parser.add_argument("--model", help="with --embeddings http: the embeddings model")
+    parser.add_argument("--api-key", help="with --embeddings http: a bearer key, if needed")
     parser.add_argument("--min-similarity", type=float, default=0.92)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--pairs", type=Path, default=Path("bench/cache_pairs.jsonl"))
     parser.add_argument("--rounds", type=int, default=5000, help="mismatch calls to time")
+    parser.add_argument(
+        "--through-gateway", action="store_true", help="also play the pairs through a gateway"
+    )
     args = parser.parse_args()
 
     pairs = load_pairs(args.pairs)
-    embed = (mock_embedder if args.embeddings == "mock" else wordllama_embedder)(args.dim)
+    if args.embeddings == "http":
+        if not (args.url and args.model):
+            sys.exit("--embeddings http needs --url and --model")
+        embed = http_embedder(args.url, args.model, args.api_key)
+    else:
+        embed = (mock_embedder if args.embeddings == "mock" else wordllama_embedder)(args.dim)
     score(pairs, embed)
     pos = sum(p.same for p in pairs)
     print(
@@ -221,6 +264,79 @@ def main() -> None:
         print_false_hits(pairs, best)
     print("\nverify cost:")
     time_verify(pairs, args.rounds)
+    if args.through_gateway:
+        if args.embeddings != "mock":
+            sys.exit("--through-gateway plays the pairs with the mock's embeddings only")
+        print()
+        through_gateway(pairs, args.min_similarity, args.dim)
+
+
+def through_gateway(pairs: list[Pair], threshold: float, dim: int) -> None:
+    """Every pair through a real gateway: the served rates from its ``x-tiergate-cache``."""
+    import tempfile
+
+    import httpx
+    import psycopg
+
+    from app.testing.config import write_config
+    from app.testing.postgres import database_server
+    from app.testing.processes import create_key, start_gateway, start_mock_upstream
+
+    work = Path(tempfile.mkdtemp(prefix="tiergate-semantic-"))
+    semantic = {"embedding_model": "embed", "min_similarity": threshold, "dimensions": dim}
+    said: list[str] = []
+    with database_server(work / "home") as factory:
+        upstream, mock = start_mock_upstream(work / "mock.log")
+        processes = [mock]
+        try:
+            config = write_config(
+                work / "tiergate.yaml",
+                [
+                    {
+                        "name": "m",
+                        "upstream": f"{upstream}/v1",
+                        "cache": {"exact": True, "semantic": semantic},
+                    },
+                    {"name": "embed", "upstream": f"{upstream}/v1", "endpoints": ["embeddings"]},
+                ],
+            )
+            db = factory.create().libpq()
+            key = create_key(db, "bench")
+            gateway = start_gateway(database_url=db, config=config, log=work / "gw.log")
+            processes.append(gateway.process)
+            headers = {"Authorization": f"Bearer {key}"}
+            with httpx.Client(timeout=30) as client, psycopg.connect(db, autocommit=True) as conn:
+                for pair in pairs:
+                    conn.execute("DELETE FROM cache_entries")
+                    url = gateway.api + "/responses"
+                    first = client.post(url, json={"model": "m", "input": pair.a}, headers=headers)
+                    first.raise_for_status()
+                    deadline = time.monotonic() + 10
+                    while not conn.execute(
+                        "SELECT 1 FROM cache_entries WHERE embedding IS NOT NULL"
+                    ).fetchone():
+                        if time.monotonic() > deadline:
+                            sys.exit(f"the answer to {pair.a!r} was never stored")
+                        time.sleep(0.005)
+                    second = client.post(url, json={"model": "m", "input": pair.b}, headers=headers)
+                    second.raise_for_status()
+                    said.append(second.headers["x-tiergate-cache"])
+        finally:
+            for process in processes:
+                process.stop()
+    served = [s in ("hit", "semantic-hit") for s in said]
+    positives = [p for p in pairs if p.same]
+    hits = sum(ok for ok, p in zip(served, pairs, strict=True) if p.same)
+    false_hits = sum(ok for ok, p in zip(served, pairs, strict=True) if not p.same)
+    expected = [p.similarity >= threshold and p.reason is None for p in pairs]
+    agree = sum(a == b for a, b in zip(served, expected, strict=True))
+    print(f"through a gateway (pgvector, mock embeddings of {dim} dimensions, >= {threshold}):")
+    print(
+        f"  hit rate {pct(hits / len(positives))} ({hits} of {len(positives)}),"
+        f" false-hit rate {pct(false_hits / (len(pairs) - len(positives)))}"
+        f" ({false_hits} of {len(pairs) - len(positives)});"
+        f" {agree} of {len(pairs)} pairs decided as the in-process figures say"
+    )
 
 
 if __name__ == "__main__":
