@@ -363,6 +363,7 @@ def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
             ("Key", r["key_name"]),
             ("Model", r["model"]),
             ("Deployment", r["deployment"]),
+            ("Response cache", r["cache"]),
             ("Endpoint", r["endpoint"]),
             ("Tier", r["service_tier"]),
             ("Background", r["background"]),

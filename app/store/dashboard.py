@@ -69,7 +69,7 @@ REQUEST_COLUMNS = (
     " r.background, r.stream, r.status, r.attempts, r.response_status, r.error, r.attempt_errors,"
     " r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens, r.total_tokens,"
     " r.cost_usd, r.deployment, r.claimed_by, r.created_at, r.started_at, r.finished_at,"
-    " r.expires_at, r.not_before, k.name AS key_name"
+    " r.expires_at, r.not_before, r.cache, k.name AS key_name"
 )
 REQUEST = text(
     f"SELECT {REQUEST_COLUMNS} FROM requests r JOIN api_keys k ON k.id = r.owner_key_id"

@@ -88,9 +88,17 @@ def ask(client: openai.OpenAI, model: str, name: str, **extra: Any) -> tuple[Res
     return Response.model_validate(raw.parse().model_dump()), cache_of(raw)
 
 
+def cache_count(gateway: Gateway, model: str, result: str) -> float:
+    """``tiergate_cache_total`` of the gateway's /metrics."""
+    text = httpx.get(gateway.url + "/metrics").text
+    wanted = f'tiergate_cache_total{{model="{model}",result="{result}"}} '
+    return sum(float(line[len(wanted) :]) for line in text.splitlines() if line.startswith(wanted))
+
+
 def test_a_repeated_request_is_a_hit_with_free_cached_usage(
-    client: openai.OpenAI, mock_upstream: str, db: psycopg.Connection
+    client: openai.OpenAI, mock_upstream: str, db: psycopg.Connection, gateway: Gateway
 ):
+    hits_before = cache_count(gateway, "cached", "hit")
     name = tag("exact")
     first, said = ask(client, "cached", name)
     assert said == "miss"
@@ -118,6 +126,7 @@ def test_a_repeated_request_is_a_hit_with_free_cached_usage(
     # The hit is a real Response: readable by id like any other.
     fetched = client.responses.retrieve(second.id)
     assert fetched.output_text == first.output_text
+    assert cache_count(gateway, "cached", "hit") == hits_before + 1
 
 
 def wait_stored(db: psycopg.Connection, model: str, owner_name: str, count: int = 1) -> None:
