@@ -30,6 +30,8 @@ log = logging.getLogger("tiergate.cache")
 
 # Semantic candidates verified per lookup, nearest first.
 CANDIDATES = 3
+# A lookup that takes longer (a slow database) is abandoned: the call goes on as a miss.
+LOOKUP_TIMEOUT_S = 0.5
 BYPASS_VALUE = "bypass"
 
 
@@ -170,9 +172,10 @@ class ResponseCache:
         miss = Lookup(CacheResult.MISS, key)
         if cache.exact:
             try:
-                found = await self.lookups.submit(Wanted(owner, model.name, key.exact))
-            except Exception as exc:
-                log.warning("cache lookup failed, treated as a miss: %s", exc)
+                async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                    found = await self.lookups.submit(Wanted(owner, model.name, key.exact))
+            except Exception as exc:  # TimeoutError included
+                log.warning("cache lookup failed, treated as a miss: %r", exc)
                 return miss
             if found is not None:
                 return Lookup(CacheResult.HIT, key, found)
@@ -191,11 +194,12 @@ class ResponseCache:
             self._indexed.add(len(vector))
             self._background(self._index(len(vector)))
         try:
-            candidates = await self.store.nearest(
-                owner, model.name, key.context, vector, CANDIDATES
-            )
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                candidates = await self.store.nearest(
+                    owner, model.name, key.context, vector, CANDIDATES
+                )
         except Exception as exc:
-            log.warning("semantic cache lookup failed, treated as a miss: %s", exc)
+            log.warning("semantic cache lookup failed, treated as a miss: %r", exc)
             return miss
         for candidate in candidates:
             if candidate.similarity < semantic.min_similarity:
