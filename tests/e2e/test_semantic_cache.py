@@ -9,6 +9,8 @@ hit answers with the *stored* prompt's echo.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +25,7 @@ from app.mock.payloads import embedding_vector
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
 from app.testing.postgres import DatabaseFactory
-from app.testing.processes import create_key, start_gateway
+from app.testing.processes import base_env, create_key, start_gateway
 from tests.e2e.conftest import row
 from tests.support.waiting import wait_until
 
@@ -156,6 +158,21 @@ def test_another_key_never_gets_a_semantic_hit(
     )
     answer, said = ask(other, stored.lower())
     assert said == "miss" and answer.output_text == f"echo: {stored.lower()}"
+    # mallory's own entry serves mallory; revoked and created again, the name starts empty.
+    store(other, db, f"Which river flows through Paris? Ref {ref}.")
+    _, said = ask(other, f"which river flows through paris? Ref {ref}.")
+    assert said == "semantic-hit"
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "revoke", "mallory"],
+        env=base_env(DATABASE_URL=database.libpq()),
+        check=True,
+        capture_output=True,
+    )
+    again = openai.OpenAI(
+        base_url=gateway.api, api_key=create_key(database.libpq(), "mallory"), max_retries=0
+    )
+    _, said = ask(again, f"which river flows through paris? Ref {ref}.")
+    assert said == "miss"
 
 
 def test_without_pgvector_the_semantic_cache_is_off_and_exact_caching_works(
