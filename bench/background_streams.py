@@ -21,17 +21,14 @@ import asyncio
 import datetime as dt
 import os
 import statistics
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 
-from app.testing.config import write_config
-from app.testing.postgres import database_server
-from app.testing.processes import create_key, start_gateway, start_mock_upstream
+from app.testing.stack import bench_stack
 from app.vocabulary import Channel
 
 
@@ -97,30 +94,18 @@ def main() -> None:
     parser.add_argument("--trickle-ms", type=int, default=100)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
-    processes = []
-    with database_server(work / "home") as factory:
-        try:
-            upstream_url, mock = start_mock_upstream(work / "mock.log")
-            processes.append(mock)
-            config = write_config(
-                work / "tiergate.yaml", [{"name": "remote", "upstream": f"{upstream_url}/v1"}]
-            )
-            db = factory.create().libpq()
-            key = create_key(db, "bench")
-            gw = start_gateway(database_url=db, config=config, log=work / "gw.log")
-            processes.append(gw.process)
-            url = gw.api + "/responses"
-            asyncio.run(flex_first_byte(url, key, db, 20))  # warm up
-            fast = asyncio.run(background_streams(url, key, db, args.calls, args.words, 0))
-            slow_calls = max(1, args.calls // 10)
-            slow = asyncio.run(
-                background_streams(url, key, db, slow_calls, args.words, args.trickle_ms)
-            )
-            first = asyncio.run(flex_first_byte(url, key, db, args.calls))
-        finally:
-            for process in processes:
-                process.stop()
+    def models(upstream: str) -> list[dict[str, Any]]:
+        return [{"name": "remote", "upstream": upstream}]
+
+    with bench_stack(models) as stack:
+        url, key, db = stack.gateway.api + "/responses", stack.key, stack.db
+        asyncio.run(flex_first_byte(url, key, db, 20))  # warm up
+        fast = asyncio.run(background_streams(url, key, db, args.calls, args.words, 0))
+        slow_calls = max(1, args.calls // 10)
+        slow = asyncio.run(
+            background_streams(url, key, db, slow_calls, args.words, args.trickle_ms)
+        )
+        first = asyncio.run(flex_first_byte(url, key, db, args.calls))
 
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     print(f"tiergate stream storage bench ({when}, {os.cpu_count()} cores)")

@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -36,6 +37,7 @@ from app.testing.processes import (
     start_mock_upstream,
     start_worker,
 )
+from app.testing.stack import bench_stack
 
 
 def pct(values: list[float], q: float) -> float:
@@ -281,35 +283,22 @@ def main() -> None:
 
 def cache_bench(n: int) -> None:
     """Part 5 alone: the response cache's cost on a realtime miss, and a hit's latency."""
-    work = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
-    processes = []
-    with database_server(work / "home") as factory:
-        try:
-            upstream_url, mock = start_mock_upstream(work / "mock.log")
-            processes.append(mock)
-            upstream = f"{upstream_url}/v1"
-            semantic = {"embedding_model": "embed", "min_similarity": 0.92, "dimensions": 256}
-            config = write_config(
-                work / "tiergate.yaml",
-                [
-                    {"name": "remote", "upstream": upstream},
-                    {"name": "remote-cached", "upstream": upstream, "cache": {"exact": True}},
-                    {
-                        "name": "remote-semantic",
-                        "upstream": upstream,
-                        "cache": {"exact": True, "semantic": semantic},
-                    },
-                    {"name": "embed", "upstream": upstream, "endpoints": ["embeddings"]},
-                ],
-            )
-            db = factory.create().libpq()
-            key = create_key(db, "bench")
-            gw = start_gateway(database_url=db, config=config, log=work / "gw.log")
-            processes.append(gw.process)
-            times = asyncio.run(cache_latency(gw.api, key, n))
-        finally:
-            for process in processes:
-                process.stop()
+    semantic = {"embedding_model": "embed", "min_similarity": 0.92, "dimensions": 256}
+
+    def models(upstream: str) -> list[dict[str, Any]]:
+        return [
+            {"name": "remote", "upstream": upstream},
+            {"name": "remote-cached", "upstream": upstream, "cache": {"exact": True}},
+            {
+                "name": "remote-semantic",
+                "upstream": upstream,
+                "cache": {"exact": True, "semantic": semantic},
+            },
+            {"name": "embed", "upstream": upstream, "endpoints": ["embeddings"]},
+        ]
+
+    with bench_stack(models) as stack:
+        times = asyncio.run(cache_latency(stack.gateway.api, stack.key, n))
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     print(f"tiergate cache bench ({when}, {os.cpu_count()} cores, mock upstream at 0 ms, n={n})")
     base = pct(times["remote"], 0.5)

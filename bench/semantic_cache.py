@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.cache import verify
 from app.cache.verify import mismatch
@@ -273,57 +274,41 @@ def main() -> None:
 
 def through_gateway(pairs: list[Pair], threshold: float, dim: int) -> None:
     """Every pair through a real gateway: the served rates from its ``x-tiergate-cache``."""
-    import tempfile
-
     import httpx
     import psycopg
 
-    from app.testing.config import write_config
-    from app.testing.postgres import database_server
-    from app.testing.processes import create_key, start_gateway, start_mock_upstream
+    from app.testing.stack import bench_stack
 
-    work = Path(tempfile.mkdtemp(prefix="tiergate-semantic-"))
     semantic = {"embedding_model": "embed", "min_similarity": threshold, "dimensions": dim}
     said: list[str] = []
-    with database_server(work / "home") as factory:
-        upstream, mock = start_mock_upstream(work / "mock.log")
-        processes = [mock]
-        try:
-            config = write_config(
-                work / "tiergate.yaml",
-                [
-                    {
-                        "name": "m",
-                        "upstream": f"{upstream}/v1",
-                        "cache": {"exact": True, "semantic": semantic},
-                    },
-                    {"name": "embed", "upstream": f"{upstream}/v1", "endpoints": ["embeddings"]},
-                ],
-            )
-            db = factory.create().libpq()
-            key = create_key(db, "bench")
-            gateway = start_gateway(database_url=db, config=config, log=work / "gw.log")
-            processes.append(gateway.process)
-            headers = {"Authorization": f"Bearer {key}"}
-            with httpx.Client(timeout=30) as client, psycopg.connect(db, autocommit=True) as conn:
-                for pair in pairs:
-                    conn.execute("DELETE FROM cache_entries")
-                    url = gateway.api + "/responses"
-                    first = client.post(url, json={"model": "m", "input": pair.a}, headers=headers)
-                    first.raise_for_status()
-                    deadline = time.monotonic() + 10
-                    while not conn.execute(
-                        "SELECT 1 FROM cache_entries WHERE embedding IS NOT NULL"
-                    ).fetchone():
-                        if time.monotonic() > deadline:
-                            sys.exit(f"the answer to {pair.a!r} was never stored")
-                        time.sleep(0.005)
-                    second = client.post(url, json={"model": "m", "input": pair.b}, headers=headers)
-                    second.raise_for_status()
-                    said.append(second.headers["x-tiergate-cache"])
-        finally:
-            for process in processes:
-                process.stop()
+
+    def models(upstream: str) -> list[dict[str, Any]]:
+        return [
+            {"name": "m", "upstream": upstream, "cache": {"exact": True, "semantic": semantic}},
+            {"name": "embed", "upstream": upstream, "endpoints": ["embeddings"]},
+        ]
+
+    with (
+        bench_stack(models) as stack,
+        httpx.Client(timeout=30) as client,
+        psycopg.connect(stack.db, autocommit=True) as conn,
+    ):
+        headers = {"Authorization": f"Bearer {stack.key}"}
+        url = stack.gateway.api + "/responses"
+        for pair in pairs:
+            conn.execute("DELETE FROM cache_entries")
+            first = client.post(url, json={"model": "m", "input": pair.a}, headers=headers)
+            first.raise_for_status()
+            deadline = time.monotonic() + 10
+            while not conn.execute(
+                "SELECT 1 FROM cache_entries WHERE embedding IS NOT NULL"
+            ).fetchone():
+                if time.monotonic() > deadline:
+                    sys.exit(f"the answer to {pair.a!r} was never stored")
+                time.sleep(0.005)
+            second = client.post(url, json={"model": "m", "input": pair.b}, headers=headers)
+            second.raise_for_status()
+            said.append(second.headers["x-tiergate-cache"])
     served = [s in ("hit", "semantic-hit") for s in said]
     positives = [p for p in pairs if p.same]
     hits = sum(ok for ok, p in zip(served, pairs, strict=True) if p.same)

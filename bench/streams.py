@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -34,6 +35,7 @@ from app.testing.config import write_config
 from app.testing.measure import cpu_seconds
 from app.testing.postgres import database_server
 from app.testing.processes import create_key, start_gateway, start_mock_upstream
+from app.testing.stack import bench_stack
 
 
 async def run_calls(
@@ -104,29 +106,18 @@ def row_writes(db: str) -> int:
 
 
 def flex_main(n: int) -> None:
-    work = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
-    processes = []
-    with database_server(work / "home") as factory:
-        try:
-            upstream_url, mock = start_mock_upstream(work / "mock.log")
-            processes.append(mock)
-            config = write_config(
-                work / "tiergate.yaml",
-                [{"name": "remote", "upstream": f"{upstream_url}/v1", "flex_concurrency": 64}],
-            )
-            db = factory.create().libpq()
-            key = create_key(db, "bench")
-            gw = start_gateway(database_url=db, config=config, log=work / "gw.log")
-            processes.append(gw.process)
-            asyncio.run(flex_streams(gw.api, key, db, 20))  # warm up
-            time.sleep(1.5)  # statistics of the warm-up flushed
-            before = row_writes(db)
-            added = asyncio.run(flex_streams(gw.api, key, db, n))
-            time.sleep(1.5)
-            writes = (row_writes(db) - before) / n
-        finally:
-            for process in processes:
-                process.stop()
+
+    def models(upstream: str) -> list[dict[str, Any]]:
+        return [{"name": "remote", "upstream": upstream, "flex_concurrency": 64}]
+
+    with bench_stack(models) as stack:
+        api, key, db = stack.gateway.api, stack.key, stack.db
+        asyncio.run(flex_streams(api, key, db, 20))  # warm up
+        time.sleep(1.5)  # statistics of the warm-up flushed
+        before = row_writes(db)
+        added = asyncio.run(flex_streams(api, key, db, n))
+        time.sleep(1.5)
+        writes = (row_writes(db) - before) / n
     added.sort()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     print(f"tiergate flex stream bench ({when}, {os.cpu_count()} cores, mock upstream at 0 ms)")

@@ -198,7 +198,10 @@ def _inference_operation(settings: Settings, endpoint: str) -> Schema:
         "post": {
             "operationId": f"create_{name.replace('/', '_')}",
             "summary": f"Realtime, flex or background {name}",
-            "description": "The `x-request-id` header carries the id to retrieve it by.",
+            "description": "The `x-request-id` header carries the id to retrieve it by. For a"
+            " model with a response cache, `x-tiergate-cache` says what it did (`hit`,"
+            " `semantic-hit`, `miss`, `bypass`); the request header `x-tiergate-cache: bypass`"
+            " skips it. `x-tiergate-deployment` pins a deployment of the model.",
             "requestBody": {
                 "required": True,
                 "content": json_content(_inference_body(settings, endpoint)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -33,9 +34,15 @@ FREE = Decimal(0)
 class CachedAnswers:
     """Answers cache hits and records them."""
 
-    def __init__(self, cache: ResponseCache, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        cache: ResponseCache,
+        metrics: Metrics,
+        settle: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         self.cache = cache
         self.metrics = metrics
+        self.settle = settle  # corrects a rate-limited key's tokens by the hit's usage
 
     async def answer(self, call: Call, key: ApiKey, lookup: Lookup) -> Response:
         """The hit ``lookup`` as ``call``'s answer, once its row is stored."""
@@ -63,6 +70,8 @@ class CachedAnswers:
             at=now,
         )
         await self.cache.record_hit(row)
+        if self.settle is not None and call.estimated_tokens:
+            self.settle(call.key_id, call.estimated_tokens, usage.total or 0)
         tier = PriceTier.FLEX if call.tier == "flex" else PriceTier.DEFAULT
         self.metrics.observe_usage(call.model.name, tier, call.key_name, usage, FREE)
         self.metrics.observe_request(

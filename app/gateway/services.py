@@ -83,7 +83,7 @@ class Services:
         self.cache = ResponseCache(
             settings, CacheStore(self.engine), Embedder(self.upstream, self.router), self.metrics
         )
-        self.cached = CachedAnswers(self.cache, self.metrics)
+        self.cached = CachedAnswers(self.cache, self.metrics, settle=self.rate_limiter.settle)
         self.proxy = RealtimeProxy(
             cache=self.cache,
             store=RealtimeTracker(self.engine),
