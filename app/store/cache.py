@@ -83,6 +83,8 @@ def _index_sql(dims: int) -> str | None:
     )
 
 
+# pgvector 0.8: a filtered HNSW scan goes on until it has found enough rows of the key.
+ITERATIVE_SCAN = text("SET hnsw.iterative_scan = relaxed_order")
 INDEX_STATE = text(
     "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
     " WHERE c.relname = :name"
@@ -294,9 +296,11 @@ class CacheStore:
             "limit": limit,
         }
         query = text(_nearest_sql(len(embedding))).columns(response_body=JSONB)
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             if self.iterative_scan:
-                await conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+                # Session-wide on the pooled connection (the engine autocommits, so there is
+                # no transaction for SET LOCAL); it changes nothing but HNSW scans.
+                await conn.execute(ITERATIVE_SCAN)
             rows = (await conn.execute(query, params)).all()
         found = [Candidate(r.key, r.prompt, r.response_body, float(r.similarity)) for r in rows]
         # A relaxed-order scan may return them slightly out of order.

@@ -1,0 +1,132 @@
+"""The response cache's SQL on real PostgreSQL with pgvector: lookups, writes, the HNSW
+index, isolation between keys, clearing and pruning."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.store.cache import CacheStore, Entry, Wanted
+from app.store.keys import ApiKey, KeyStore
+
+DIM = 32
+
+
+@pytest.fixture(autouse=True)
+async def empty_cache(engine: AsyncEngine) -> None:
+    """Each test starts with no entries (the module shares one database)."""
+    async with engine.connect() as conn:
+        await conn.execute(text("DELETE FROM cache_entries"))
+
+
+def vector(seed: int) -> list[float]:
+    rng = random.Random(seed)
+    raw = [rng.uniform(-1, 1) for _ in range(DIM)]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return [x / norm for x in raw]
+
+
+def entry(owner: str, n: int, *, ttl_s: int = 3600, embedding: bool = True) -> Entry:
+    return Entry(
+        owner=owner,
+        model="m",
+        key=hashlib.sha256(f"{owner}-{n}".encode()).digest(),
+        endpoint="/v1/responses",
+        context=b"ctx",
+        prompt=f"user: prompt {n}",
+        response_body={"n": n, "owner": owner},
+        ttl_s=ttl_s,
+        embedding=vector(n) if embedding else None,
+    )
+
+
+async def test_lookups_find_fresh_entries_of_their_own_key_only(engine: AsyncEngine, owner: ApiKey):
+    store = CacheStore(engine)
+    other, _ = await KeyStore(engine).create("other", None)
+    await store.put_many([entry(owner.id, 1), entry(owner.id, 2, ttl_s=1), entry(other.id, 3)])
+    async with engine.connect() as conn:  # the second one is past its TTL
+        await conn.execute(
+            text("UPDATE cache_entries SET expires_at = now() WHERE prompt = 'user: prompt 2'")
+        )
+    mine, stale, theirs = entry(owner.id, 1), entry(owner.id, 2), entry(other.id, 3)
+    found = await store.lookup_many(
+        [
+            Wanted(owner.id, "m", mine.key),
+            Wanted(owner.id, "m", mine.key),  # asked twice in one group: both get it
+            Wanted(owner.id, "m", stale.key),
+            Wanted(owner.id, "m", theirs.key),  # another key's entry
+            Wanted(owner.id, "other-model", mine.key),
+        ]
+    )
+    assert found == [{"n": 1, "owner": owner.id}, {"n": 1, "owner": owner.id}, None, None, None]
+    async with engine.connect() as conn:
+        hits = (
+            await conn.execute(
+                text("SELECT hits FROM cache_entries WHERE prompt = 'user: prompt 1'")
+            )
+        ).scalar()
+    assert hits == 1  # one statement, one bump
+
+
+async def test_a_key_with_few_entries_finds_them_among_many_of_another(
+    engine: AsyncEngine, owner: ApiKey
+):
+    store = CacheStore(engine)
+    assert await store.has_embeddings()
+    crowd, _ = await KeyStore(engine).create("crowd", None)
+    for start in range(0, 3000, 500):
+        await store.put_many([entry(crowd.id, n) for n in range(start, start + 500)])
+    await store.put_many([entry(owner.id, n) for n in (10_001, 10_002, 10_003)])
+    assert await store.ensure_index(DIM)
+    assert not await store.ensure_index(DIM)  # built once
+    async with engine.connect() as conn:
+        await conn.execute(text("ANALYZE cache_entries"))
+    found = await store.nearest(owner.id, "m", b"ctx", vector(10_002), 3)
+    assert found[0].response_body["n"] == 10_002
+    assert sorted(c.response_body["n"] for c in found) == [10_001, 10_002, 10_003]
+    assert found[0].similarity > 0.999
+    assert all(c.response_body["owner"] == owner.id for c in found)
+    # Another context, another model: nothing.
+    assert await store.nearest(owner.id, "m", b"other", vector(10_002), 3) == []
+    assert await store.nearest(owner.id, "x", b"ctx", vector(10_002), 3) == []
+
+
+async def test_entries_of_a_revoked_key_are_not_stored_and_clear_takes_names(
+    engine: AsyncEngine, owner: ApiKey
+):
+    store = CacheStore(engine)
+    keys = KeyStore(engine)
+    gone, _ = await keys.create("gone", None)
+    await keys.revoke(gone.id)
+    await store.put_many([entry(gone.id, 1), entry(owner.id, 2)])
+    async with engine.connect() as conn:
+        owners = (
+            (await conn.execute(text("SELECT DISTINCT owner_key_id FROM cache_entries")))
+            .scalars()
+            .all()
+        )
+    assert owners == [owner.id]
+    again, _ = await keys.create("integration", None)  # the owner's name, a new key
+    await store.put_many([entry(again.id, 3)])
+    assert await store.clear(key="integration") == 2  # every key that has had the name
+    assert await store.clear() == 0
+
+
+async def test_prune_deletes_expired_entries_in_chunks(engine: AsyncEngine, owner: ApiKey):
+    store = CacheStore(engine)
+    await store.put_many([entry(owner.id, n, embedding=False) for n in range(5)])
+    async with engine.connect() as conn:
+        await conn.execute(
+            text("UPDATE cache_entries SET expires_at = now() WHERE prompt <> 'user: prompt 4'")
+        )
+    assert await store.prune_chunk(3) == 3
+    assert await store.prune_chunk(3) == 1
+    assert await store.prune_chunk(3) == 0
+    async with engine.connect() as conn:
+        left = (await conn.execute(text("SELECT count(*) FROM cache_entries"))).scalar()
+    assert left == 1
