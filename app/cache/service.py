@@ -154,6 +154,7 @@ class ResponseCache:
             await asyncio.wait(self._writing, timeout=5)
         for group in (self.lookups, self.writes, self.hits):
             await group.stop()
+        await self.store.release()
 
     def key_of(self, endpoint: str, body: dict[str, Any], model: ModelConfig) -> RequestKey:
         """The cache identity of a call to ``model`` (whose cache is on)."""

@@ -10,6 +10,7 @@ cached for that model and context, never with the table.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -18,20 +19,19 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.store.db import HeldConnection
 from app.store.outcomes import dumps
 from app.vocabulary import CacheResult, Status
 
 # Found entries, and their hit counts bumped, in one statement; ``n`` is the asked position.
-LOOKUP = text(
-    """
+# (asyncpg placeholders: lookups and writes run on held connections, see ``db.py``.)
+LOOKUP = """
 UPDATE cache_entries AS c SET hits = c.hits + 1, last_hit_at = now()
-FROM unnest(CAST(:owners AS text[]), CAST(:models AS text[]), CAST(:keys AS bytea[]))
-     WITH ORDINALITY AS w(owner, model, key, n)
+FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS w(owner, model, key, n)
 WHERE c.owner_key_id = w.owner AND c.model = w.model AND c.key = w.key
   AND c.expires_at > now()
-RETURNING w.n, c.response_body
+RETURNING w.n, c.response_body::text AS response_body
 """
-).columns(response_body=JSONB)
 
 # Embeddings of up to this many dimensions get an HNSW index as ``vector``, then as
 # ``halfvec`` (pgvector's limits); beyond, the nearest are found by reading them all.
@@ -107,9 +107,8 @@ INSERT INTO cache_entries AS c (owner_key_id, model, key, endpoint, context, pro
                                 response_body, expires_at{column})
 SELECT u.owner, u.model, u.key, u.endpoint, u.context, u.prompt, CAST(u.body AS jsonb),
        now() + make_interval(secs => u.ttl_s){", " + embedding if semantic else ""}
-FROM unnest(CAST(:owners AS text[]), CAST(:models AS text[]), CAST(:keys AS bytea[]),
-            CAST(:endpoints AS text[]), CAST(:contexts AS bytea[]), CAST(:prompts AS text[]),
-            CAST(:bodies AS text[]), CAST(:ttls_s AS integer[]), CAST(:embeddings AS text[]))
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bytea[], $6::text[],
+            $7::text[], $8::integer[], $9::text[])
      AS u(owner, model, key, endpoint, context, prompt, body, ttl_s, embedding)
 JOIN api_keys k ON k.id = u.owner AND k.revoked_at IS NULL
 ON CONFLICT (owner_key_id, model, key) DO UPDATE
@@ -117,6 +116,8 @@ SET response_body = excluded.response_body, expires_at = excluded.expires_at,
     prompt = excluded.prompt, created_at = now(){updated}
 """
 
+
+PUT = {semantic: _put_sql(semantic) for semantic in (False, True)}
 
 # Rows of calls answered from the cache at the gateway: final when inserted.
 RECORD_HITS = text(
@@ -233,6 +234,9 @@ class CacheStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Lookups and writes each come from one group-commit loop: one held connection each.
+        self._reads = HeldConnection(engine)
+        self._writes = HeldConnection(engine)
         self.iterative_scan = False  # pgvector >= 0.8: filtered HNSW scans go on until found
 
     async def has_embeddings(self) -> bool:
@@ -273,16 +277,17 @@ class CacheStore:
         for w in wanted:
             first.setdefault(w, len(first))
         unique = list(first)
-        params = {
-            "owners": [w.owner for w in unique],
-            "models": [w.model for w in unique],
-            "keys": [w.key for w in unique],
-        }
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(LOOKUP, params)).all()
-            await conn.commit()
-        found = {row.n - 1: row.response_body for row in rows}
+        owners = [w.owner for w in unique]
+        models = [w.model for w in unique]
+        keys = [w.key for w in unique]
+        rows = await self._reads.run(lambda conn: conn.fetch(LOOKUP, owners, models, keys))
+        found = {row["n"] - 1: json.loads(row["response_body"]) for row in rows}
         return [found.get(first[w]) for w in wanted]
+
+    async def release(self) -> None:
+        """Give back the held connections."""
+        await self._reads.release()
+        await self._writes.release()
 
     async def nearest(
         self, owner: str, model: str, context: bytes, embedding: list[float], limit: int
@@ -319,21 +324,19 @@ class CacheStore:
             group = [e for e in latest.values() if (e.embedding is not None) == semantic]
             if not group:
                 continue
-            params = {
-                "owners": [e.owner for e in group],
-                "models": [e.model for e in group],
-                "keys": [e.key for e in group],
-                "endpoints": [e.endpoint for e in group],
-                "contexts": [e.context for e in group],
-                "prompts": [e.prompt for e in group],
-                "bodies": [dumps(e.response_body) for e in group],
-                "ttls_s": [e.ttl_s for e in group],
-                "embeddings": [
-                    vector_literal(e.embedding) if e.embedding is not None else None for e in group
-                ],
-            }
-            async with self.engine.begin() as conn:
-                await conn.execute(text(_put_sql(semantic)), params)
+            args = (
+                [e.owner for e in group],
+                [e.model for e in group],
+                [e.key for e in group],
+                [e.endpoint for e in group],
+                [e.context for e in group],
+                [e.prompt for e in group],
+                [dumps(e.response_body) for e in group],
+                [e.ttl_s for e in group],
+                [vector_literal(e.embedding) if e.embedding else None for e in group],
+            )
+            sql = PUT[semantic]
+            await self._writes.run(lambda conn: conn.execute(sql, *args))  # noqa: B023
 
     async def record_hits(self, rows: list[HitRow]) -> None:
         """Insert the final rows of calls answered from the cache (one statement)."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import psycopg
 import sqlalchemy.exc
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.store.dburl import DatabaseURL
 
@@ -54,3 +57,36 @@ def database_unavailable(exc: BaseException) -> bool:
         | asyncpg.CrashShutdownError
         | asyncpg.TooManyConnectionsError,
     )
+
+
+T = TypeVar("T")
+
+
+class HeldConnection:
+    """One pooled connection kept checked out by a caller that runs one statement at a time
+    (a group-commit loop), spoken to in asyncpg directly: the hottest statements skip
+    SQLAlchemy's per-statement work (measured on realtime tracking: 0.8 -> 0.5 ms of CPU)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._conn: AsyncConnection | None = None
+
+    async def run(self, statement: Callable[[Any], Awaitable[T]]) -> T:
+        """``statement(asyncpg_connection)``; a failure gives the connection up (the next
+        call takes a new one)."""
+        try:
+            if self._conn is None:
+                self._conn = await self.engine.connect()
+            raw = await self._conn.get_raw_connection()
+            return await statement(raw.driver_connection)
+        except Exception:
+            await self.release()
+            raise
+
+    async def release(self) -> None:
+        """Give back the held connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+                await conn.close()

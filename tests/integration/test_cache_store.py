@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
@@ -17,11 +18,14 @@ from app.store.keys import ApiKey, KeyStore
 DIM = 32
 
 
-@pytest.fixture(autouse=True)
-async def empty_cache(engine: AsyncEngine) -> None:
-    """Each test starts with no entries (the module shares one database)."""
+@pytest.fixture
+async def cache(engine: AsyncEngine) -> AsyncIterator[CacheStore]:
+    """A store on an empty cache (the module shares one database)."""
     async with engine.connect() as conn:
         await conn.execute(text("DELETE FROM cache_entries"))
+    store = CacheStore(engine)
+    yield store
+    await store.release()
 
 
 def vector(seed: int) -> list[float]:
@@ -45,8 +49,10 @@ def entry(owner: str, n: int, *, ttl_s: int = 3600, embedding: bool = True) -> E
     )
 
 
-async def test_lookups_find_fresh_entries_of_their_own_key_only(engine: AsyncEngine, owner: ApiKey):
-    store = CacheStore(engine)
+async def test_lookups_find_fresh_entries_of_their_own_key_only(
+    engine: AsyncEngine, owner: ApiKey, cache: CacheStore
+):
+    store = cache
     other, _ = await KeyStore(engine).create("other", None)
     await store.put_many([entry(owner.id, 1), entry(owner.id, 2, ttl_s=1), entry(other.id, 3)])
     async with engine.connect() as conn:  # the second one is past its TTL
@@ -74,9 +80,9 @@ async def test_lookups_find_fresh_entries_of_their_own_key_only(engine: AsyncEng
 
 
 async def test_a_key_with_few_entries_finds_them_among_many_of_another(
-    engine: AsyncEngine, owner: ApiKey
+    engine: AsyncEngine, owner: ApiKey, cache: CacheStore
 ):
-    store = CacheStore(engine)
+    store = cache
     assert await store.has_embeddings()
     crowd, _ = await KeyStore(engine).create("crowd", None)
     for start in range(0, 3000, 500):
@@ -97,9 +103,9 @@ async def test_a_key_with_few_entries_finds_them_among_many_of_another(
 
 
 async def test_entries_of_a_revoked_key_are_not_stored_and_clear_takes_names(
-    engine: AsyncEngine, owner: ApiKey
+    engine: AsyncEngine, owner: ApiKey, cache: CacheStore
 ):
-    store = CacheStore(engine)
+    store = cache
     keys = KeyStore(engine)
     gone, _ = await keys.create("gone", None)
     await keys.revoke(gone.id)
@@ -117,8 +123,10 @@ async def test_entries_of_a_revoked_key_are_not_stored_and_clear_takes_names(
     assert await store.clear() == 0
 
 
-async def test_prune_deletes_expired_entries_in_chunks(engine: AsyncEngine, owner: ApiKey):
-    store = CacheStore(engine)
+async def test_prune_deletes_expired_entries_in_chunks(
+    engine: AsyncEngine, owner: ApiKey, cache: CacheStore
+):
+    store = cache
     await store.put_many([entry(owner.id, n, embedding=False) for n in range(5)])
     async with engine.connect() as conn:
         await conn.execute(

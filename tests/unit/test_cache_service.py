@@ -45,6 +45,9 @@ class FakeStore:
     async def record_hits(self, rows: list[Any]) -> None:
         return None
 
+    async def release(self) -> None:
+        return None
+
 
 class FakeEmbedder:
     def __init__(self, fail: bool = False) -> None:
