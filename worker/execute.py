@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from app.cache.canonical import storable
 from app.cache.service import BYPASSED, Lookup, ResponseCache, cache_of, hit_answer
 from app.metrics import Metrics
 from app.openai.usage import measured
@@ -158,7 +159,7 @@ class RequestRunner:
                 if tier == PriceTier.BATCH:  # single calls were counted at the gateway
                     self.cache.count(model.name, lookup.result)
                 if not lookup.hit and lookup.key is not None:
-                    lookup = await self._follow(owner, model, lookup) or lookup
+                    lookup = await self._follow(owner, model, endpoint, body, lookup) or lookup
                 if lookup.hit:
                     return Attempt(self._hit(model, endpoint, body, lookup, tier, key))
         run = functools.partial(
@@ -202,14 +203,24 @@ class RequestRunner:
             )
         return result
 
-    async def _follow(self, owner: str, model: ModelConfig, lookup: Lookup) -> Lookup | None:
-        """A hit from an identical call in flight in this process, once it has ended."""
+    async def _follow(
+        self,
+        owner: str,
+        model: ModelConfig,
+        endpoint: str,
+        body: dict[str, Any],
+        lookup: Lookup,
+    ) -> Lookup | None:
+        """A hit from an identical call in flight in this process, once it has ended with
+        an answer the cache would keep (not a sample among several, not truncated)."""
         assert lookup.key is not None
         leader = self._flights.get((owner, model.name, lookup.key.exact))
         if leader is None:
             return None
         outcome = await asyncio.shield(leader)
         if outcome is None or outcome.status != Status.COMPLETED:
+            return None
+        if not storable(endpoint, body, outcome.response_body):
             return None
         return Lookup(CacheResult.HIT, lookup.key, outcome.response_body)
 
