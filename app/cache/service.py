@@ -32,7 +32,6 @@ log = logging.getLogger("tiergate.cache")
 CANDIDATES = 3
 # A lookup that takes longer (a slow database) is abandoned: the call goes on as a miss.
 LOOKUP_TIMEOUT_S = 0.5
-BYPASS_VALUE = "bypass"
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def cache_of(model: ModelConfig) -> CacheConfig | None:
 
 def skips(header: str | None, key_enabled: bool) -> bool:
     """Whether the client (``x-tiergate-cache: bypass``) or its key skips the cache."""
-    return not key_enabled or (header is not None and header.strip().lower() == BYPASS_VALUE)
+    return not key_enabled or (header is not None and header.strip().lower() == CacheResult.BYPASS)
 
 
 def wanted_for(row: Any) -> bool:

@@ -410,6 +410,16 @@ def test_cache_clear_empties_it(
         lambda: db.execute("SELECT 1 FROM cache_entries WHERE prompt = %s", (prompt,)).fetchone(),
         "the answer to be stored",
     )
+    stats = subprocess.run(
+        [sys.executable, "-m", "app.cli", "cache", "stats"],
+        env=base_env(DATABASE_URL=database.libpq()),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    assert stats[0].split()[:5] == ["key", "model", "entries", "expired", "hits"]
+    mine = [line.split() for line in stats[1:] if line.split()[:2] == ["alice", "cached"]]
+    assert len(mine) == 1 and int(mine[0][2]) >= 1
     out = subprocess.run(
         [sys.executable, "-m", "app.cli", "cache", "clear", "--model", "cached", "--key", "alice"],
         env=base_env(DATABASE_URL=database.libpq()),

@@ -126,3 +126,50 @@ def test_chat_settings_mistakes_name_their_line(
         load_chat(tmp_path, **values)
     message = str(caught.value)
     assert f"tiergate.yaml line {line}" in message and words in message
+
+
+CACHED = """\
+models:
+  - name: chat
+    upstream: http://10.0.0.5:8000/v1
+    cache:
+      exact: true
+      ignore: [{ignored}]
+      semantic:
+        embedding_model: {embedder}
+        min_similarity: {similarity}
+  - name: embed
+    upstream: http://10.0.0.6:8000/v1
+    endpoints: [{endpoints}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("values", "line", "words"),
+    [
+        ({"ignored": "input"}, 6, "input always decide the answer"),
+        ({"embedder": "nope"}, 8, "'nope' is not a model"),
+        ({"endpoints": "chat"}, 8, "'embed' does not serve /v1/embeddings"),
+        ({"similarity": "1.5"}, 9, "less than or equal to 1"),
+    ],
+)
+def test_cache_mistakes_name_their_line(
+    tmp_path: Path, values: dict[str, str], line: int, words: str
+):
+    fields = {"ignored": "temperature", "embedder": "embed", "similarity": "0.9"}
+    fields |= {"endpoints": "embeddings"} | values
+    path = tmp_path / "tiergate.yaml"
+    path.write_text(CACHED.format(**fields))
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TIERGATE_CONFIG": str(path)})
+    message = str(caught.value)
+    assert f"tiergate.yaml line {line}" in message and words in message
+
+
+def test_a_good_cache_loads(tmp_path: Path):
+    path = tmp_path / "tiergate.yaml"
+    fields = {"ignored": "temperature", "embedder": "embed", "similarity": "0.9"}
+    path.write_text(CACHED.format(**fields, endpoints="embeddings"))
+    cache = Settings.from_env({"TIERGATE_CONFIG": str(path)}).models["chat"].cache
+    assert cache is not None and cache.exact and cache.ignore == ["temperature"]
+    assert cache.semantic is not None and cache.semantic.min_similarity == 0.9
