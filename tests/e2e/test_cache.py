@@ -79,6 +79,17 @@ def upstream_calls(mock: str, name: str) -> int:
     return len(httpx.get(f"{mock}/_mock/attempts/{name}").json()["attempts"])
 
 
+def stored(db: psycopg.Connection, name: str) -> bool:
+    """Whether the answer to the prompt ``mock:key=NAME`` is in the cache."""
+    query = "SELECT 1 FROM cache_entries WHERE prompt = %s"
+    return db.execute(query, (f"user: mock:key={name}",)).fetchone() is not None
+
+
+def wait_stored_prompt(db: psycopg.Connection, name: str) -> None:
+    """Wait for the answer to ``mock:key=NAME`` (written after the answer was sent)."""
+    wait_until(lambda: stored(db, name), f"the answer to {name} to be stored")
+
+
 def cache_of(raw: Any) -> str | None:
     return raw.headers.get("x-tiergate-cache")
 
@@ -202,12 +213,7 @@ def test_a_flex_miss_is_stored_by_the_worker(
     first, said = ask(client, "cached", name, service_tier="flex")
     assert said == "miss" and first.status == "completed"
     assert row(db, first.id)["cache"] == "miss"
-    wait_until(
-        lambda: db.execute(
-            "SELECT 1 FROM cache_entries WHERE prompt = %s", (f"user: mock:key={name}",)
-        ).fetchone(),
-        "the worker to store the answer",
-    )
+    wait_stored_prompt(db, name)
     again, said = ask(client, "cached", name)
     assert said == "hit" and again.output_text == first.output_text
     assert upstream_calls(mock_upstream, name) == 1
@@ -256,12 +262,7 @@ def test_the_client_may_bypass_the_cache(
 ):
     name = tag("bypass")
     ask(client, "cached", name)
-    wait_until(
-        lambda: db.execute(
-            "SELECT 1 FROM cache_entries WHERE prompt = %s", (f"user: mock:key={name}",)
-        ).fetchone(),
-        "the answer to be stored",
-    )
+    wait_stored_prompt(db, name)
     raw = client.responses.with_raw_response.create(
         model="cached",
         input=f"mock:key={name}",
@@ -302,13 +303,7 @@ def test_another_key_never_gets_a_cached_answer(
 ):
     name = tag("isolated")
     ask(client, "cached", name)
-    wait_stored(db, "cached", "alice")
-    wait_until(
-        lambda: db.execute(
-            "SELECT 1 FROM cache_entries WHERE prompt = %s", (f"user: mock:key={name}",)
-        ).fetchone(),
-        "the answer to be stored",
-    )
+    wait_stored_prompt(db, name)
     key_name = tag("tenant")
     first_secret = create_key(database.libpq(), key_name)
     other = openai.OpenAI(base_url=gateway.api, api_key=first_secret, max_retries=0)
@@ -339,10 +334,7 @@ def test_entries_expire_and_the_sweep_deletes_them(
     name = tag("ttl")
     prompt = f"user: mock:key={name}"
     ask(client, "short", name)
-    wait_until(
-        lambda: db.execute("SELECT 1 FROM cache_entries WHERE prompt = %s", (prompt,)).fetchone(),
-        "the answer to be stored",
-    )
+    wait_stored_prompt(db, name)
     # ttl_s is 1: once past it, the entry is never served, and the workers' sweep deletes it.
     wait_until(
         lambda: db.execute(
@@ -404,12 +396,8 @@ def test_cache_clear_empties_it(
     client: openai.OpenAI, database: DatabaseURL, mock_upstream: str, db: psycopg.Connection
 ):
     name = tag("clear")
-    prompt = f"user: mock:key={name}"
     ask(client, "cached", name)
-    wait_until(
-        lambda: db.execute("SELECT 1 FROM cache_entries WHERE prompt = %s", (prompt,)).fetchone(),
-        "the answer to be stored",
-    )
+    wait_stored_prompt(db, name)
     stats = subprocess.run(
         [sys.executable, "-m", "app.cli", "cache", "stats"],
         env=base_env(DATABASE_URL=database.libpq()),
@@ -428,6 +416,6 @@ def test_cache_clear_empties_it(
         text=True,
     ).stdout
     assert out.startswith("cleared ") and "of model cached of key alice" in out
-    assert db.execute("SELECT 1 FROM cache_entries WHERE prompt = %s", (prompt,)).fetchone() is None
+    assert not stored(db, name)
     _, said = ask(client, "cached", name)
     assert said == "miss"
