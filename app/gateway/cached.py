@@ -65,6 +65,7 @@ class CachedAnswers:
             total_tokens=usage.total,
             cached_tokens=usage.cached,
             reasoning_tokens=usage.reasoning,
+            usage_estimated=usage.estimated,
             cost_usd=FREE,
             cache=lookup.result,
             at=now,

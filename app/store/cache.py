@@ -57,11 +57,9 @@ def _nearest_sql(dims: int) -> str:
     ``cache_entries_semantic_idx``; it decides by the statistics."""
     kind = _vector_type(dims)
     column = f"CAST(embedding AS {kind}({dims}))" if kind else "embedding"
-    wanted = (
-        f"CAST(CAST(:embedding AS vector) AS {kind}({dims}))"
-        if kind
-        else ("CAST(:embedding AS vector)")
-    )
+    wanted = "CAST(:embedding AS vector)"
+    if kind:
+        wanted = f"CAST({wanted} AS {kind}({dims}))"
     return f"""
 SELECT key, prompt, response_body, 1 - ({column} <=> {wanted}) AS similarity
 FROM cache_entries
@@ -129,17 +127,18 @@ INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, backgroun
 SELECT u.id, u.owner, u.endpoint, u.model, u.tier, u.background, u.stream,
        '{Status.COMPLETED}', 0, CAST(u.body AS jsonb), 200, CAST(u.response_body AS jsonb),
        u.input_tokens, u.output_tokens, u.total_tokens, u.cached_tokens, u.reasoning_tokens,
-       false, u.cost_usd, u.cache, u.at, u.at, u.at
+       u.usage_estimated, u.cost_usd, u.cache, u.at, u.at, u.at
 FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:endpoints AS text[]),
             CAST(:models AS text[]), CAST(:tiers AS text[]), CAST(:backgrounds AS boolean[]),
             CAST(:streams AS boolean[]), CAST(:bodies AS text[]),
             CAST(:response_bodies AS text[]), CAST(:input_tokens AS int[]),
             CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]),
             CAST(:cached_tokens AS int[]), CAST(:reasoning_tokens AS int[]),
-            CAST(:costs AS numeric[]), CAST(:caches AS text[]), CAST(:ats AS timestamptz[]))
+            CAST(:usage_estimated AS boolean[]), CAST(:costs AS numeric[]),
+            CAST(:caches AS text[]), CAST(:ats AS timestamptz[]))
      AS u(id, owner, endpoint, model, tier, background, stream, body, response_body,
-          input_tokens, output_tokens, total_tokens, cached_tokens, reasoning_tokens, cost_usd,
-          cache, at)
+          input_tokens, output_tokens, total_tokens, cached_tokens, reasoning_tokens,
+          usage_estimated, cost_usd, cache, at)
 """
 )
 
@@ -219,6 +218,7 @@ class HitRow:
     total_tokens: int | None
     cached_tokens: int | None
     reasoning_tokens: int | None
+    usage_estimated: bool
     cost_usd: Decimal | None
     cache: CacheResult
     at: dt.datetime
@@ -355,6 +355,7 @@ class CacheStore:
             "total_tokens": [r.total_tokens for r in rows],
             "cached_tokens": [r.cached_tokens for r in rows],
             "reasoning_tokens": [r.reasoning_tokens for r in rows],
+            "usage_estimated": [r.usage_estimated for r in rows],
             "costs": [r.cost_usd for r in rows],
             "caches": [str(r.cache) for r in rows],
             "ats": [r.at for r in rows],
