@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
 from app.cache.service import Lookup, ResponseCache, hit_answer
-from app.gateway.deferred import result_response
+from app.gateway.deferred import result_response, wants_usage
 from app.ids import request_id
 from app.metrics import Metrics
 from app.openai.errors import json_response
@@ -81,11 +81,9 @@ class CachedAnswers:
         view = _row_view(row)
         headers = {"x-request-id": rid}  # x-tiergate-cache is added by the tier middleware
         if call.stream:
-            options = call.body.get("stream_options")
-            wants = isinstance(options, dict) and options.get("include_usage") is True
-            events = iter(list(replayed(view, include_usage=wants)))
+            events = list(replayed(view, include_usage=wants_usage(call.body)))
             return StreamingResponse(
-                _aiter(events),
+                _sent(events),
                 media_type="text/event-stream",
                 headers={**headers, "cache-control": "no-cache"},
             )
@@ -96,7 +94,7 @@ class CachedAnswers:
         return response
 
 
-async def _aiter(events: Any) -> Any:
+async def _sent(events: list[bytes]) -> AsyncIterator[bytes]:
     for event in events:
         yield event
 

@@ -106,7 +106,7 @@ class DeferredCalls:
         """
         rid = request_id(call.endpoint)
         endpoint, background = call.endpoint, call.background
-        include_usage = _wants_usage(call.body) if call.stream else None
+        include_usage = wants_usage(call.body) if call.stream else None
         submission = self._submission(call, key, rid)
         window_s = submission.window_s
         del call
@@ -218,7 +218,8 @@ class DeferredCalls:
             yield part
 
 
-def _wants_usage(body: dict[str, Any]) -> bool:
+def wants_usage(body: dict[str, Any]) -> bool:
+    """Whether a streaming client asked for the usage chunk (``stream_options``)."""
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
 
