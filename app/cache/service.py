@@ -32,6 +32,9 @@ log = logging.getLogger("tiergate.cache")
 CANDIDATES = 3
 # A lookup that takes longer (a slow database) is abandoned: the call goes on as a miss.
 LOOKUP_TIMEOUT_S = 0.5
+# Longer prompts are cached exactly only: past most embedding models' input, and where a
+# near-duplicate is least likely to mean the same.
+SEMANTIC_MAX_CHARS = 8000
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,12 @@ class ResponseCache:
             if found is not None:
                 return Lookup(CacheResult.HIT, key, found)
         semantic = cache.semantic
-        if semantic is None or not self.semantic_ready or key.prompt is None:
+        if (
+            semantic is None
+            or not self.semantic_ready
+            or key.prompt is None
+            or len(key.prompt) > SEMANTIC_MAX_CHARS
+        ):
             return miss
         try:
             vector = await self.embedder.embed(

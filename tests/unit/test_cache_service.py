@@ -115,3 +115,21 @@ def test_a_semantic_candidate_is_served_only_when_verified():
     store.candidates = [store.candidates[0], store.candidates[2]]  # wrong, then too far
     found = asyncio.run(lookup(cache_for(store, FakeEmbedder(), True)))
     assert found.result == CacheResult.MISS and found.embedding == [1.0, 0.0]
+
+
+def test_a_long_prompt_is_cached_exactly_only():
+    store = FakeStore()
+    store.candidates = [Candidate(b"1", "user: x", {"output": []}, 1.0)]
+    cache = cache_for(store, FakeEmbedder(), True)
+    long_body = {"model": "m", "input": "word " * 2000}
+
+    async def run() -> Any:
+        for group in (cache.lookups, cache.writes, cache.hits):
+            group.start()
+        try:
+            return await cache.lookup("/v1/responses", long_body, cache.settings.models["m"], "k")
+        finally:
+            await cache.stop()
+
+    found = asyncio.run(run())
+    assert found.result == CacheResult.MISS and found.embedding is None
