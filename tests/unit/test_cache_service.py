@@ -77,11 +77,11 @@ def cache_for(store: FakeStore, embedder: FakeEmbedder, semantic: bool) -> Respo
     return cache
 
 
-async def lookup(cache: ResponseCache) -> Any:
+async def lookup(cache: ResponseCache, body: dict[str, Any] = BODY) -> Any:
     for group in (cache.lookups, cache.writes, cache.hits):
         group.start()
     try:
-        return await cache.lookup("/v1/responses", BODY, cache.settings.models["m"], "key_1")
+        return await cache.lookup("/v1/responses", body, cache.settings.models["m"], "key_1")
     finally:
         await cache.stop()
 
@@ -122,14 +122,5 @@ def test_a_long_prompt_is_cached_exactly_only():
     store.candidates = [Candidate(b"1", "user: x", {"output": []}, 1.0)]
     cache = cache_for(store, FakeEmbedder(), True)
     long_body = {"model": "m", "input": "word " * 2000}
-
-    async def run() -> Any:
-        for group in (cache.lookups, cache.writes, cache.hits):
-            group.start()
-        try:
-            return await cache.lookup("/v1/responses", long_body, cache.settings.models["m"], "k")
-        finally:
-            await cache.stop()
-
-    found = asyncio.run(run())
+    found = asyncio.run(lookup(cache, long_body))
     assert found.result == CacheResult.MISS and found.embedding is None
