@@ -364,7 +364,8 @@ class RealtimeProxy:
         return dataclasses.replace(outcome, usage=usage, cost_usd=cost)
 
     async def _finish(self, rid: str, call: Call, started: float, outcome: Outcome) -> None:
-        outcome = dataclasses.replace(outcome, cache=call.cache)
+        if call.cache is not None:
+            outcome = dataclasses.replace(outcome, cache=call.cache)
         self.metrics.observe_request(
             call.endpoint, "default", outcome.status, time.perf_counter() - started
         )
