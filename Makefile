@@ -24,11 +24,13 @@ test: install ## lint, type check, then the whole suite against real PostgreSQL
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-unit: install ## the fast loop: lint, type check, unit tests (no database, no servers)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests/unit -q
 
 # A real chat-only server for the api: chat tier: llama-cpp-python (built from source for AVX2:
@@ -46,6 +48,7 @@ typecheck: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.openai.usage import TokenUsage
+from app.token_usage import TokenUsage
 from app.vocabulary import DeploymentState
 
 TOKEN_KINDS = ("input", "cached", "output", "reasoning")

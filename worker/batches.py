@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.cache.service import wanted_for
-from app.gateway.conversations import Conversations
+from app.calls.conversations import Conversations
 from app.ids import new_id
 from app.openai.errors import APIError
 from app.openai.objects import result_line

@@ -22,9 +22,9 @@ from typing import Any
 
 from app.cache.canonical import storable
 from app.cache.service import BYPASSED, Lookup, ResponseCache, cache_of, hit_answer
+from app.calls.pricing import PriceBook
 from app.metrics import Metrics
 from app.openai.usage import measured
-from app.pricing import PriceBook
 from app.settings import ModelConfig, Settings
 from app.store.outcomes import Outcome
 from app.upstream.client import UpstreamClient, UpstreamError

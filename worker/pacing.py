@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from app.gateway.limits import UNLIMITED, WINDOW_S, estimate_tokens, wait_s
+from app.calls.limits import UNLIMITED, WINDOW_S, estimate_tokens, wait_s
 from app.store.limits import LimitStore
 from app.store.outcomes import Outcome
 from app.vocabulary import LimitCode, Status

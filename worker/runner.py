@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.cache.embedder import Embedder
 from app.cache.service import ResponseCache
-from app.gateway.conversations import Conversations
+from app.calls.conversations import Conversations
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store.batches import BatchStore

@@ -1,11 +1,16 @@
-"""``create_app(settings, url)``: the gateway as one ASGI app, optionally with a worker."""
+"""``create_app(settings, url)``: the gateway as one ASGI app, optionally with a companion task.
+
+The gateway imports nothing of ``worker/``: ``tiergate serve`` hands in the in-process worker
+as a companion that receives the gateway's shared services.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,27 +32,23 @@ from app.store.dburl import DatabaseURL
 log = logging.getLogger("tiergate")
 
 
-def create_app(settings: Settings, url: DatabaseURL, *, with_worker: bool = False) -> Starlette:
-    """The gateway. ``with_worker`` also runs a procrastinate worker in the same process."""
+# A task run beside the gateway for its lifetime (``serve``'s in-process worker), given the
+# gateway's shared services; cancelled when the gateway stops.
+Companion = Callable[[Services], Coroutine[Any, Any, None]]
+
+
+def create_app(
+    settings: Settings, url: DatabaseURL, *, companion: Companion | None = None
+) -> Starlette:
+    """The gateway; ``companion`` runs in the same process for as long as it serves."""
     services = Services(settings, url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         await services.start()
         worker_task: asyncio.Task[None] | None = None
-        if with_worker:
-            from worker.runner import run_worker
-
-            worker_task = asyncio.create_task(
-                run_worker(
-                    settings,
-                    url,
-                    router=services.router,
-                    metrics=services.metrics,
-                    cache=services.cache,
-                ),
-                name="worker",
-            )
+        if companion is not None:
+            worker_task = asyncio.create_task(companion(services), name="worker")
         log.info("tiergate gateway ready (models: %s)", ", ".join(settings.models))
         try:
             yield {"services": services}

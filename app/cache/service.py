@@ -19,11 +19,12 @@ from app.cache.canonical import RequestKey, request_key, storable
 from app.cache.embedder import Embedder, EmbeddingFailed
 from app.cache.verify import mismatch
 from app.metrics import Metrics
-from app.openai.usage import TokenUsage, estimate_usage, usage_of
+from app.openai.usage import estimate_usage, usage_of
 from app.settings import CacheConfig, ModelConfig, Settings
 from app.store.cache import CacheStore, Entry, HitRow, Wanted
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
+from app.token_usage import TokenUsage
 from app.vocabulary import CacheResult
 
 log = logging.getLogger("tiergate.cache")

@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+from app.keys import ApiKey, KeyLimits
 from app.settings import Settings
 from app.store.db import create_engine
 from app.store.embedded import resolve_database
-from app.store.keys import ApiKey, KeyLimits, KeyStore
+from app.store.keys import KeyStore
 from app.store.limits import LimitStore
 from app.vocabulary import BudgetPeriod
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import resource
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from app.cli import batch as batch_cli
 from app.cli import cache as cache_cli
@@ -17,10 +19,14 @@ from app.cli import deployments as deployments_cli
 from app.cli import keys as keys_cli
 from app.cli import prune as prune_cli
 from app.cli import usage as usage_cli
+from app.keys import ApiKey
 from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 from app.store.dburl import DatabaseURL
 from app.store.embedded import resolve_database
-from app.store.keys import ApiKey, KeyStore
+from app.store.keys import KeyStore
+
+if TYPE_CHECKING:  # the gateway is imported by `serve` alone, when it runs
+    from app.gateway.services import Services
 
 log = logging.getLogger("tiergate")
 
@@ -65,7 +71,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     upgrade(url)
     if settings.database_url is None:
         _ensure_dev_key(settings)
-    app = create_app(settings, url, with_worker=not args.no_worker)
+    companion = None if args.no_worker else functools.partial(_in_process_worker, settings, url)
+    app = create_app(settings, url, companion=companion)
     log.info(
         "serving on http://%s:%d (open files limit %d); admin dashboard at /dashboard",
         args.host,
@@ -81,6 +88,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+async def _in_process_worker(settings: Settings, url: DatabaseURL, services: Services) -> None:
+    """``serve``'s worker: it shares the gateway's router (one view of the fleet), metrics and
+    response cache."""
+    from worker.runner import run_worker
+
+    await run_worker(
+        settings, url, router=services.router, metrics=services.metrics, cache=services.cache
+    )
 
 
 def _ensure_dev_key(settings: Settings) -> None:

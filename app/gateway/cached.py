@@ -19,13 +19,13 @@ from starlette.responses import Response, StreamingResponse
 from app.cache.service import Lookup, ResponseCache, hit_answer
 from app.gateway.deferred import result_response, wants_usage
 from app.ids import request_id
+from app.keys import ApiKey
 from app.metrics import Metrics
 from app.openai.errors import json_response
 from app.openai.objects import response_object
 from app.openai.replay import replayed
 from app.openai.validation import Call
 from app.store.cache import HitRow
-from app.store.keys import ApiKey
 from app.vocabulary import PriceTier, Status
 
 FREE = Decimal(0)

@@ -23,6 +23,7 @@ from starlette.types import Receive
 from app.gateway.follow import EventStreams
 from app.gateway.waiters import WaiterHub
 from app.ids import request_id
+from app.keys import ApiKey
 from app.metrics import Metrics
 from app.openai.errors import APIError, json_response
 from app.openai.objects import response_object, row_error, stored_result
@@ -32,7 +33,6 @@ from app.openai.validation import Call
 from app.settings import Settings
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
-from app.store.keys import ApiKey
 from app.store.requests import RequestStore, Submission
 from app.upstream.client import RETRYABLE_STATUSES
 from app.vocabulary import LIVE, Header, Priority, Status, Tier

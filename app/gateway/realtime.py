@@ -22,17 +22,17 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from app.cache.service import Lookup, ResponseCache
+from app.calls.pricing import PriceBook
 from app.ids import request_id
+from app.keys import ApiKey
 from app.metrics import Metrics
 from app.openai.errors import APIError
 from app.openai.sse import StreamRelay, events_end, events_in, relay_for, sse_error
 from app.openai.upstream_errors import normalize_error
 from app.openai.usage import estimate_usage, usage_of
 from app.openai.validation import Call
-from app.pricing import PriceBook
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
-from app.store.keys import ApiKey
 from app.store.outcomes import Outcome
 from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker
 from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_after, within

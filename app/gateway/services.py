@@ -8,18 +8,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.cache.embedder import Embedder
 from app.cache.service import ResponseCache
+from app.calls.conversations import Conversations
+from app.calls.limits import Budgets, RateLimiter
+from app.calls.pricing import PriceBook
 from app.gateway.bodies import ByteBudget
 from app.gateway.cached import CachedAnswers
-from app.gateway.conversations import Conversations
 from app.gateway.deferred import DeferredCalls
 from app.gateway.follow import EventStreams
-from app.gateway.limits import Budgets, RateLimiter
 from app.gateway.middleware.auth import KeyCache
 from app.gateway.queue_depth import QueueDepth
 from app.gateway.realtime import RealtimeProxy
 from app.gateway.waiters import WaiterHub
 from app.metrics import Metrics
-from app.pricing import PriceBook
 from app.settings import Settings
 from app.store.batches import BatchStore
 from app.store.cache import CacheStore

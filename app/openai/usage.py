@@ -14,28 +14,9 @@ every model) and the row is marked ``usage_estimated``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    """Tokens of one call (None: not reported). ``estimated``: counted by tiergate."""
-
-    input: int | None = None
-    output: int | None = None
-    total: int | None = None
-    cached: int | None = None
-    reasoning: int | None = None
-    estimated: bool = False
-
-    @property
-    def known(self) -> bool:
-        """Whether any count is there (reported or estimated)."""
-        return self.total is not None
-
-
-NO_USAGE = TokenUsage()
+from app.token_usage import NO_USAGE, TokenUsage
 
 
 def _int(value: Any) -> int | None:

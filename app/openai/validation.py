@@ -8,10 +8,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from app.keys import ApiKey
 from app.openai.errors import APIError, bad_request
 from app.openai.translate import LEGACY_CHAT_FIELDS, Untranslatable, chat_request, deprecated
 from app.settings import ModelConfig, Settings
-from app.store.keys import ApiKey
 from app.vocabulary import Header, RequestErrorCode
 
 INFERENCE_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")

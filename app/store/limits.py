@@ -2,7 +2,7 @@
 
 A key with ``rpm``/``tpm`` has one row in ``key_buckets``: requests and tokens available,
 refilled continuously at the key's rate up to one minute's worth. A gateway leases a slice of
-it in one statement (:data:`LEASE`) and spends the slice locally (``app/gateway/limits.py``).
+it in one statement (:data:`LEASE`) and spends the slice locally (``app/calls/limits.py``).
 The row's values are recomputed from its own columns in the UPDATE, so concurrent leases of
 several gateways serialise on the row lock and never grant more than the bucket holds.
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from app.openai.usage import NO_USAGE, TokenUsage
+from app.token_usage import NO_USAGE, TokenUsage
 from app.vocabulary import Status
 
 # The usage columns an outcome sets, from the arrays of :func:`outcome_arrays` aliased ``u``.

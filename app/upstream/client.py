@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
-from app.mock.server import create_mock_app
 from app.openai.errors import error_body
 from app.openai.translate import Untranslatable, chat_request, rename_token_limit
 from app.openai.upstream_errors import normalize_error
@@ -304,7 +303,12 @@ def build_upstream(settings: Settings) -> UpstreamClient:
     uses_mock = any(
         d.upstream == MOCK_UPSTREAM for m in settings.models.values() for d in m.deployments
     )
+    mock_app = None
+    if uses_mock:  # loaded only where a model uses it
+        from app.mock.server import create_mock_app
+
+        mock_app = create_mock_app()
     return UpstreamClient(
-        mock_app=create_mock_app() if uses_mock else None,
+        mock_app=mock_app,
         transport=settings.limits.upstream_transport,
     )

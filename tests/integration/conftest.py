@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy import text
 
 from app.ids import new_id
+from app.keys import ApiKey
 from app.store.db import create_engine
 from app.store.dburl import DatabaseURL
-from app.store.keys import ApiKey, KeyStore
+from app.store.keys import KeyStore
 from app.store.realtime import RealtimeTracker
 from app.store.requests import RequestStore
 from app.store.sweeps import RequestSweeps

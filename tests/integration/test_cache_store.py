@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.keys import ApiKey
 from app.store.cache import CacheStore, Entry, Wanted
-from app.store.keys import ApiKey, KeyStore
+from app.store.keys import KeyStore
 
 DIM = 32
 

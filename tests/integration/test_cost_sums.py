@@ -8,11 +8,11 @@ from fractions import Fraction
 
 from sqlalchemy import text
 
-from app.openai.usage import TokenUsage
-from app.pricing import PriceBook
+from app.calls.pricing import PriceBook
+from app.keys import ApiKey
 from app.settings import Settings
-from app.store.keys import ApiKey
 from app.store.usage import summary
+from app.token_usage import TokenUsage
 
 ROWS = 1_000_000
 PATTERNS = 997  # distinct usages, row g uses pattern g % PATTERNS

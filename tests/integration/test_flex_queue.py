@@ -10,13 +10,13 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
-from app.openai.usage import TokenUsage
+from app.keys import ApiKey
 from app.store.dburl import DatabaseURL
-from app.store.keys import ApiKey
 from app.store.outcomes import Outcome
 from app.store.presence import Presence
 from app.store.requests import Finish, RequestStore
 from app.store.sweeps import MAX_RUNS, RequestSweeps
+from app.token_usage import TokenUsage
 from app.vocabulary import Channel, Priority, ProcessKind, Status
 from tests.integration.test_request_store import submission
 

@@ -7,8 +7,8 @@ import datetime as dt
 from sqlalchemy import text
 
 from app.ids import new_id
+from app.keys import ApiKey
 from app.store.batches import COPY_COLUMNS, BatchStore
-from app.store.keys import ApiKey
 from app.store.orphans import MAX_RUNS, OrphanStore
 from app.vocabulary import Task
 from tests.integration.conftest import insert_file_batch

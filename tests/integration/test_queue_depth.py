@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.gateway.queue_depth import QueueDepth
-from app.store.keys import ApiKey
+from app.keys import ApiKey
 from app.store.queue_depth import QueueDepthStore
 from app.store.requests import RequestStore
 from tests.integration.test_request_store import submission

@@ -7,12 +7,12 @@ from decimal import Decimal
 from sqlalchemy import text
 
 from app.ids import request_id
-from app.openai.usage import TokenUsage
-from app.store.keys import ApiKey
+from app.keys import ApiKey
 from app.store.outcomes import Outcome
 from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker
 from app.store.requests import RequestStore, Submission
 from app.store.sweeps import RequestSweeps
+from app.token_usage import TokenUsage
 from app.vocabulary import Priority, Status
 from tests.integration.conftest import insert_file_batch
 

@@ -8,10 +8,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ids import new_id
+from app.keys import ApiKey
 from app.settings import Retention
 from app.store import retention as retention_sql
 from app.store.files import FileStore
-from app.store.keys import ApiKey
 from app.store.requests import RequestStore
 from app.store.retention import RetentionStore
 from tests.integration.conftest import insert_file_batch

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from app.calls.pricing import PriceBook
 from app.config_file import ConfigError
-from app.openai.usage import NO_USAGE, TokenUsage, estimate_usage, measured
-from app.pricing import PriceBook
+from app.openai.usage import estimate_usage, measured
 from app.settings import Settings
+from app.token_usage import NO_USAGE, TokenUsage
 
 CONFIG = {
     "models": [

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from app.gateway.middleware.auth import KeyCache
-from app.store.keys import ApiKey
+from app.keys import ApiKey
 
 
 async def started(keys: SlowKeys) -> None:

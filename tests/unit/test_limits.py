@@ -9,16 +9,16 @@ from decimal import Decimal
 
 import pytest
 
-from app.cli.keys import budget, per_minute
-from app.gateway.limits import (
+from app.calls.limits import (
     RateLimiter,
     estimate_tokens,
     reset_text,
     slice_of,
     wait_s,
 )
+from app.cli.keys import budget, per_minute
+from app.keys import ApiKey, KeyLimits
 from app.openai.errors import APIError
-from app.store.keys import ApiKey, KeyLimits
 from app.store.limits import Lease
 
 
@@ -160,9 +160,9 @@ async def test_the_pacer_runs_what_the_bucket_covers_and_spaces_the_rest():
 
 
 async def test_the_pacer_corrects_leased_tokens_by_what_calls_used():
-    from app.gateway.limits import estimate_tokens
-    from app.openai.usage import TokenUsage
+    from app.calls.limits import estimate_tokens
     from app.store.outcomes import Outcome
+    from app.token_usage import TokenUsage
     from app.vocabulary import Status
     from worker.pacing import Pacer
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from app.openai.usage import NO_USAGE, TokenUsage, usage_of
+from app.openai.usage import usage_of
+from app.token_usage import NO_USAGE, TokenUsage
 from app.upstream.client import error_from_status, retry_after
 from worker.execute import backoff_s
 

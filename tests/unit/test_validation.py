@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from app.keys import ApiKey
 from app.openai.errors import APIError
 from app.openai.validation import classify
 from app.settings import Settings
-from app.store.keys import ApiKey
 
 ANY = ApiKey(id="key_1", name="a", models=None)
 MOCK_ONLY = ApiKey(id="key_2", name="b", models=("mock",))

@@ -14,8 +14,9 @@ import time
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.keys import ApiKey
 from app.openai.errors import unauthorized
-from app.store.keys import ApiKey, KeyStore, hash_key
+from app.store.keys import KeyStore, hash_key
 
 CACHE_TTL_S = 30.0
 CACHE_MAX = 10_000

@@ -14,11 +14,11 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.cache.service import BYPASSED, Lookup, ResponseCache, cache_of, skips
+from app.calls.conversations import Conversations
+from app.calls.limits import Budgets, RateLimiter, estimate_tokens
 from app.gateway.bodies import ByteBudget, declared_size, read_body
 from app.gateway.cached import CachedAnswers
-from app.gateway.conversations import Conversations
 from app.gateway.deferred import DeferredCalls
-from app.gateway.limits import Budgets, RateLimiter, estimate_tokens
 from app.gateway.middleware.auth import current_key
 from app.gateway.realtime import RealtimeProxy
 from app.openai.errors import APIError

@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy.engine import RowMapping
 
 from app.ids import plausible_id
+from app.keys import ApiKey
 from app.openai.errors import MAX_SHOWN_ID, APIError, bad_request
 from app.openai.items import continued
 from app.openai.validation import Call
 from app.store.conversations import ConversationStore
-from app.store.keys import ApiKey
 from app.vocabulary import LIVE, RequestErrorCode
 
 FIELD = "previous_response_id"

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from app.keys import ApiKey, KeyLimits
 from app.openai.errors import APIError
 from app.openai.usage import CHARS_PER_TOKEN, _chars
-from app.store.keys import ApiKey, KeyLimits
 from app.store.limits import LimitStore, Spend
 from app.vocabulary import LimitCode, LimitKind, RateLimitHeader
 

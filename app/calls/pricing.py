@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from app.openai.usage import TokenUsage
 from app.settings import Pricing, Settings, TierPrice
+from app.token_usage import TokenUsage
 
 MILLION = Decimal(1_000_000)
 
