@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app import config_file
 from app.config_file import ConfigError, from_validation
-from app.vocabulary import TokenField, UpstreamApi
+from app.vocabulary import ExecutorKind, TokenField, UpstreamApi
 
 MOCK_UPSTREAM = "mock://in-process"
 DEFAULT_HOST = "127.0.0.1"
@@ -88,6 +88,10 @@ class DeploymentConfig(BaseModel):
         default=None, description="the chat token-limit field it reads (the model's when unset)"
     )
     pricing: Pricing | None = Field(default=None, description="overrides the model's pricing")
+    executor: ExecutorKind = Field(
+        default=ExecutorKind.DIRECT,
+        description="how its flex, background and batch work runs: direct (one call per row)",
+    )
 
     @field_validator("upstream")
     @classmethod

@@ -66,6 +66,24 @@ class FileStatus(StrEnum):
     PROCESSED = "processed"
 
 
+class Endpoint(StrEnum):
+    """The inference endpoints tiergate classifies (and the Batch API runs)."""
+
+    RESPONSES = "/v1/responses"
+    CHAT = "/v1/chat/completions"
+    EMBEDDINGS = "/v1/embeddings"
+
+
+class ExecutorKind(StrEnum):
+    """How a deployment runs deferred work (``executor:`` in the config; see worker/executors).
+
+    Only ``direct`` exists yet: one call per row to the deployment's realtime endpoint. The
+    providers' own flex tier and Batch API are planned behind the same seam.
+    """
+
+    DIRECT = "direct"
+
+
 class Tier(StrEnum):
     """The ``service_tier`` stored on a row."""
 

@@ -25,6 +25,7 @@ from app.store.keys import KeyStore
 from app.store.outcomes import Outcome
 from app.vocabulary import CLOSABLE_BATCH, BatchStatus, ErrorCode, PriceTier, Status, Tier, error
 from worker.execute import RequestRunner, RetryLater
+from worker.executors.base import Work
 from worker.pacing import PACED, Pacer
 
 log = logging.getLogger("tiergate.batches")
@@ -274,20 +275,25 @@ class BatchJobs:
 
     async def _line(self, row: Any, cancelled: asyncio.Event) -> None:
         attempt = await self.runner.attempt(
-            row["model"],
-            row["endpoint"],
-            row["body"],
-            row["attempts"],
-            row["expires_at"],
-            expired=LINE_EXPIRED,
-            stop=cancelled,
-            stopped=LINE_CANCELLED,
-            last=row["deployment"],
-            tier=PriceTier.BATCH,
-            key=row["key_name"] or "",
-            owner=row["owner_key_id"],
+            Work(
+                id=row["id"],
+                attempt=row["attempts"],
+                model=row["model"],
+                endpoint=row["endpoint"],
+                body=row["body"],
+                expires_at=row["expires_at"],
+                tier=PriceTier.BATCH,
+                key=row["key_name"] or "",
+                owner=row["owner_key_id"],
+                last=row["deployment"],
+                expired=LINE_EXPIRED,
+                stop=cancelled,
+                stopped=LINE_CANCELLED,
+            ),
             cached=wanted_for(row),
         )
+        if attempt is None:  # its executor took it over and finishes it itself
+            return
         result = LineResult(
             row["id"],
             row["attempts"],

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.cache.service import wanted_for
+from app.calls.policy import EXPIRED, Attempt
 from app.settings import Settings
 from app.store.db import database_unavailable
 from app.store.dburl import DatabaseURL
@@ -37,7 +38,8 @@ from app.store.listener import Listener
 from app.store.outcomes import Outcome
 from app.store.requests import Finish, RequestStore
 from app.vocabulary import Channel, ErrorCode, Status, error
-from worker.execute import EXPIRED, Attempt, RequestRunner
+from worker.execute import RequestRunner
+from worker.executors.base import Work
 from worker.pacing import PACED, Pacer
 from worker.streaming import EventWriter, wants_events
 
@@ -191,21 +193,26 @@ class FlexDispatcher:
             self._calling[request_id] = task
             try:
                 result = await self.runner.attempt(
-                    model,
-                    row["endpoint"],
-                    row["body"],
-                    attempt,
-                    row["expires_at"],
-                    pin=row["pinned_deployment"],
-                    last=row["deployment"],
-                    tier=row["service_tier"],
-                    key=row["key_name"] or "",
-                    events=writer,
-                    owner=row["owner_key_id"],
+                    Work(
+                        id=request_id,
+                        attempt=attempt,
+                        model=model,
+                        endpoint=row["endpoint"],
+                        body=row["body"],
+                        expires_at=row["expires_at"],
+                        tier=row["service_tier"],
+                        key=row["key_name"] or "",
+                        owner=row["owner_key_id"],
+                        pin=row["pinned_deployment"],
+                        last=row["deployment"],
+                        events=writer,
+                    ),
                     cached=wanted_for(row),
                 )
             finally:
                 self._calling.pop(request_id, None)
+            if result is None:  # its executor took it over and finishes it itself
+                return
             self.pacer.settle(row, result.outcome)
             del row  # the body: a waiting retry or a slow store keeps only the outcome
             if result.outcome is not None:

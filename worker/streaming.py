@@ -208,7 +208,7 @@ async def stream_call(
                 if final is not None:
                     return UpstreamReply(200, final, "")
     raise UpstreamError(
-        ErrorCode.UPSTREAM_STREAM_BROKEN, "The upstream stream ended before its final event.", True
+        ErrorCode.UPSTREAM_STREAM_BROKEN, "The upstream stream ended before its final event."
     )
 
 
@@ -221,7 +221,7 @@ def _take(block: bytes, writer: EventWriter) -> dict[str, Any] | None:
         event = json.loads(payload)
     except ValueError:
         raise UpstreamError(
-            ErrorCode.UPSTREAM_BAD_RESPONSE, "upstream sent an invalid event", True
+            ErrorCode.UPSTREAM_BAD_RESPONSE, "upstream sent an invalid event"
         ) from None
     kind = event.get("type") if isinstance(event, dict) else None
     if not isinstance(kind, str) or kind in SKIPPED:
@@ -230,7 +230,7 @@ def _take(block: bytes, writer: EventWriter) -> dict[str, Any] | None:
         response = event.get("response")
         if not isinstance(response, dict):
             raise UpstreamError(
-                ErrorCode.UPSTREAM_BAD_RESPONSE, f"upstream sent {kind} without a response", True
+                ErrorCode.UPSTREAM_BAD_RESPONSE, f"upstream sent {kind} without a response"
             )
         return {**response, "id": writer.id}
     if kind in ("response.failed", "error"):
@@ -242,7 +242,7 @@ def _take(block: bytes, writer: EventWriter) -> dict[str, Any] | None:
         raise UpstreamError(
             error.get("code") or ErrorCode.UPSTREAM_STREAM_BROKEN,
             error.get("message") or "The upstream's response failed.",
-            False,
+            final=True,
         )
     event.pop("sequence_number", None)
     writer.add(event)

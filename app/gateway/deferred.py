@@ -20,6 +20,7 @@ from sqlalchemy.engine import RowMapping
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
+from app.calls.policy import rule_for_status
 from app.gateway.follow import EventStreams
 from app.gateway.waiters import WaiterHub
 from app.ids import request_id
@@ -34,7 +35,6 @@ from app.settings import Settings
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
 from app.store.requests import RequestStore, Submission
-from app.upstream.client import RETRYABLE_STATUSES
 from app.vocabulary import LIVE, Header, Priority, Status, Tier
 
 # A blocking client gives up this long after the window, should no worker ever come.
@@ -258,7 +258,7 @@ def result_response(row: Mapping[Any, Any]) -> Response:
     answered = row["response_status"]
     # A final client error from the provider: same status, same body; the worker decided, so
     # the SDK must not resubmit. (408/409/429 that outlasted max_attempts end as a 502 below.)
-    final_4xx = answered and 400 <= answered < 500 and answered not in RETRYABLE_STATUSES
+    final_4xx = answered and 400 <= answered < 500 and not rule_for_status(answered).retryable
     if status == Status.FAILED and final_4xx:
         return json_response(row["response_body"], answered, no_retry)
     if status in LIVE:

@@ -22,14 +22,16 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from app.cache.service import Lookup, ResponseCache
+from app.calls.outcome import Meter, answered, names, renamed
+from app.calls.policy import fault_name, rule_for, rule_for_status
 from app.calls.pricing import PriceBook
+from app.calls.routing import Failover, ended_badly
 from app.ids import request_id
 from app.keys import ApiKey
 from app.metrics import Metrics
 from app.openai.errors import APIError
 from app.openai.sse import StreamRelay, events_end, events_in, relay_for, sse_error
-from app.openai.upstream_errors import normalize_error
-from app.openai.usage import estimate_usage, usage_of
+from app.openai.usage import usage_of
 from app.openai.validation import Call
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
@@ -39,17 +41,11 @@ from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_a
 from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
 from app.upstream.router import NoCapacity, Router
-from app.vocabulary import ErrorCode, Header, PriceTier, Status, error, upstream_status
+from app.vocabulary import Endpoint, ErrorCode, Header, PriceTier, Status, error
 
 log = logging.getLogger("tiergate.proxy")
 
-# Embedding vectors are bulky and rarely worth keeping; their usage is stored all the same.
-STORE_BODY_ENDPOINTS = frozenset({"/v1/responses", "/v1/chat/completions"})
 PASS_HEADERS = ("content-type", "retry-after", "retry-after-ms", "openai-processing-ms")
-
-
-# Failures of a call whose request never got an answer: another deployment may take it.
-RETRY_ELSEWHERE = frozenset({ErrorCode.UPSTREAM_UNREACHABLE, ErrorCode.UPSTREAM_TIMEOUT})
 
 
 @dataclass
@@ -80,7 +76,7 @@ class RealtimeProxy:
         self.cache = cache
         self.gateway_id = gateway_id
         self.settle = settle  # corrects a rate-limited key's tokens once the usage is known
-        self.prices = prices
+        self.meter = Meter(prices, metrics)
         self.router = router
         self.store = store
         self.upstream = upstream
@@ -134,22 +130,20 @@ class RealtimeProxy:
         headers = {k: v for k, v in upstream.headers.items() if k in PASS_HEADERS}
         headers["x-request-id"] = rid
         headers[Header.DEPLOYMENT] = served
-        # A fallback model's answer names the model the client asked for.
-        fallback = deployment.model is not call.model
-        renamed = (
-            deployment.target_model,
-            call.model.name if fallback else deployment.target_model,
-        )
+        naming = names(call.model, deployment)  # a fallback answers as the model asked for
         if opened.content is None:
             return StreamingResponse(
-                self._relay(rid, call, started, opened, renamed, key.id, lookup),
+                self._relay(rid, call, started, opened, naming, key.id, lookup),
                 status_code=upstream.status_code,
                 headers=headers,
             )
-        content = _renamed(opened.content, *renamed)
+        content = renamed(opened.content, *naming)
+        content_type = headers.get("content-type")
         if upstream.status_code >= 400:  # in OpenAI's shape, whatever the provider sent
             headers["content-type"] = "application/json"
-        outcome, content = _outcome(call, rid, upstream.status_code, content, served, headers)
+        outcome, content = answered(
+            call.endpoint, call.body, rid, upstream.status_code, content, served, content_type
+        )
         # Recorded before answering: once the client has its answer, so has the row.
         await self._finish(rid, call, started, outcome)
         if lookup is not None and outcome.status == Status.COMPLETED:
@@ -171,47 +165,42 @@ class RealtimeProxy:
             )
 
     async def _route(self, call: Call) -> Opened:
-        """The first answer worth giving, trying deployments then fallback models.
-
-        A deployment that fails before any byte reached the client (no connection, a timeout,
-        a 429 or a 5xx) is left for the next candidate, within ``max_attempts`` calls and
-        ``route_timeout_s`` of waiting for a usable one. The last failure is the answer when
-        no candidate is left; ``NoCapacity`` when none could be tried at all.
-        """
-        model = call.model
-        deadline = self.router.clock() + model.route_timeout_s
-        tried: list[Deployment] = []
+        """The first answer worth giving, trying deployments then fallback models in turn
+        (``app/calls/routing.py``); what each failure means is the call core's policy table.
+        The last failure is the answer when no candidate is left; ``NoCapacity`` when none
+        could be tried at all."""
+        failover = Failover(self.router, call.model, call.pin)
         failure: Opened | UpstreamError | None = None
-        while len(tried) < model.max_attempts:
-            try:
-                deployment = await self.router.acquire(
-                    model.name, pin=call.pin, tried=tried, deadline=deadline
-                )
-            except NoCapacity:
-                if failure is None:
-                    raise
-                break
-            if deployment is None:
-                break
-            tried.append(deployment)
+        while (deployment := await failover.next()) is not None:
             try:
                 opened = await self._open(call, deployment)
             except UpstreamError as exc:
-                self.router.end(deployment, fault=exc.code)
+                rule = rule_for(exc)
+                ended_badly(
+                    self.router,
+                    deployment,
+                    rule,
+                    fault=fault_name(exc),
+                    retry_after_s=exc.retry_after_s,
+                    realtime=True,
+                )
+                if not rule.elsewhere:
+                    raise
                 failure = exc
-                if exc.code in RETRY_ELSEWHERE:
-                    continue
-                raise
+                continue
             except BaseException:
                 self.router.end(deployment, telling=False)
                 raise
             status = opened.response.status_code
-            if status == 429 or status >= 500:
-                rest = retry_after(opened.response.headers) or 1.0
-                if status == 429:
-                    self.router.end(deployment, rest_s=rest)
-                else:
-                    self.router.end(deployment, fault=f"HTTP {status}")
+            if status >= 400 and (rule := rule_for_status(status)).elsewhere:
+                ended_badly(
+                    self.router,
+                    deployment,
+                    rule,
+                    fault=f"HTTP {status}",
+                    retry_after_s=retry_after(opened.response.headers),
+                    realtime=True,
+                )
                 failure = opened
                 continue
             if opened.content is not None:
@@ -266,7 +255,7 @@ class RealtimeProxy:
         call: Call,
         started: float,
         opened: Opened,
-        renamed: tuple[str, str],
+        naming: tuple[str, str],
         owner: str,
         lookup: Lookup | None,
     ) -> AsyncIterator[bytes]:
@@ -305,7 +294,7 @@ class RealtimeProxy:
                 pending = data[cut:]
                 if cut:
                     relayed += events_in(data, cut)
-                    events = relay.feed(_renamed(data[:cut], *renamed))
+                    events = relay.feed(renamed(data[:cut], *naming))
                     if relay.done:
                         # Recorded before the final event is sent: once the client has it, a
                         # GET by the id it saw finds the whole object, and whatever the
@@ -318,7 +307,7 @@ class RealtimeProxy:
                         break  # nothing follows the final event
             if not relay.done:
                 if pending:
-                    yield relay.feed(_renamed(pending, *renamed))
+                    yield relay.feed(renamed(pending, *naming))
                 outcome = _stream_outcome(relay, upstream.status_code, served)
                 if outcome.status != Status.COMPLETED and relay.error is None:
                     message = "The upstream stream ended before its final event."
@@ -352,17 +341,6 @@ class RealtimeProxy:
         self.router.end(opened.deployment, fault=fault, telling=telling)
         await asyncio.shield(self._finish(rid, call, started, outcome))
 
-    def _priced(self, call: Call, outcome: Outcome) -> Outcome:
-        """The outcome with its usage (estimated if the upstream reported none) and cost,
-        counted in the metrics."""
-        usage = outcome.usage
-        if not usage.known:
-            usage = estimate_usage(call.body, outcome.response_body)
-        tier = PriceTier.DEFAULT
-        cost = self.prices.cost(call.model.name, outcome.deployment, tier, usage)
-        self.metrics.observe_usage(call.model.name, tier, call.key_name, usage, cost)
-        return dataclasses.replace(outcome, usage=usage, cost_usd=cost)
-
     async def _finish(self, rid: str, call: Call, started: float, outcome: Outcome) -> None:
         if call.cache is not None:
             outcome = dataclasses.replace(outcome, cache=call.cache)
@@ -370,7 +348,9 @@ class RealtimeProxy:
             call.endpoint, "default", outcome.status, time.perf_counter() - started
         )
         if outcome.status == Status.COMPLETED:
-            outcome = self._priced(call, outcome)
+            outcome = self.meter.priced(
+                call.model.name, PriceTier.DEFAULT, call.key_name, call.body, outcome
+            )
         if self.settle is not None and call.estimated_tokens:
             self.settle(call.key_id, call.estimated_tokens, outcome.usage.total or 0)
         try:
@@ -379,79 +359,9 @@ class RealtimeProxy:
             log.warning("could not record the end of %s: %s", rid, exc)
 
 
-def _renamed(content: bytes, served: str, asked: str) -> bytes:
-    """``content`` naming the model the client asked for, not the deployment's own name."""
-    if served == asked:
-        return content
-    for sep in (b'":"', b'": "'):
-        content = content.replace(
-            b'"model' + sep + served.encode() + b'"', b'"model' + sep + asked.encode() + b'"'
-        )
-    return content
-
-
-def _outcome(
-    call: Call,
-    rid: str,
-    status: int,
-    content: bytes,
-    deployment: str,
-    headers: dict[str, str],
-) -> tuple[Outcome, bytes]:
-    """The row's outcome, and the body to send: stamped with our id (so it can be fetched),
-    or, for an error, in OpenAI's shape."""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        body = None
-    if status >= 400:
-        normalized = normalize_error(status, content, headers.get("content-type"))
-        if normalized != body:
-            content = json.dumps(normalized, separators=(",", ":")).encode()
-        error = normalized["error"]
-        outcome = Outcome(
-            status=Status.FAILED,
-            response_status=status,
-            response_body=normalized,
-            error={"code": error["code"] or upstream_status(status), "message": error["message"]},
-            deployment=deployment,
-        )
-        return outcome, content
-    keep = call.endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
-    if keep:
-        content = _stamp_id(content, body, rid)
-        previous = call.body.get("previous_response_id")
-        if previous is not None and call.endpoint == "/v1/responses":  # the upstream never saw it
-            body["previous_response_id"] = previous
-            content = json.dumps(body, separators=(",", ":")).encode()
-    outcome = Outcome(
-        status=Status.COMPLETED,
-        response_status=status,
-        response_body=body if keep else None,
-        usage=usage_of(body),
-        deployment=deployment,
-    )
-    return outcome, content
-
-
-def _stamp_id(content: bytes, body: dict[str, Any], rid: str) -> bytes:
-    """The body with our id instead of the upstream's (``body`` is updated too).
-
-    A byte splice of the compact ``"id":"..."`` pair when it is there (the usual case: no
-    re-encoding of the whole body on the hot path), else a full re-encode.
-    """
-    old = body.get("id")
-    body["id"] = rid
-    if isinstance(old, str):
-        pair = b'"id":' + json.dumps(old).encode()
-        if pair in content:
-            return content.replace(pair, b'"id":' + json.dumps(rid).encode(), 1)
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
 def _adds_usage(call: Call) -> bool:
     """Whether tiergate asks the upstream for a usage chunk the client did not ask for."""
-    if call.endpoint != "/v1/chat/completions":
+    if call.endpoint != Endpoint.CHAT:
         return False
     options = call.body.get("stream_options")
     return not (isinstance(options, dict) and options.get("include_usage") is True)

@@ -31,21 +31,25 @@ from app.vocabulary import ErrorCode, upstream_status
 # Fields that mean something to tiergate and must not reach the provider.
 # previous_response_id names a tiergate Response, resolved into the input at acceptance.
 GATEWAY_FIELDS = ("service_tier", "background", "previous_response_id")
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 RESPONSES_PATH = "/v1/responses"
 CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass
 class UpstreamError(Exception):
-    """A failed upstream call. ``retryable`` failures are retried with backoff."""
+    """A failed upstream call: what happened, as facts (``app/calls/policy.py`` judges them).
+
+    ``status`` is the provider's HTTP status when it answered; ``final`` says the provider
+    itself declared the call failed (a ``response.failed`` event): sending it again would
+    fail the same way.
+    """
 
     code: str
     message: str
-    retryable: bool
     status: int | None = None
     body: Any = None
     retry_after_s: float | None = None
+    final: bool = False
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -81,7 +85,7 @@ def _not_streamed(body: dict[str, Any]) -> dict[str, Any]:
 def untranslatable(exc: Untranslatable) -> UpstreamError:
     """A Responses call a chat-only deployment cannot take: final, and the client's fault."""
     body = error_body(exc.message, param=exc.param, code=exc.code)
-    return UpstreamError(ErrorCode.UNTRANSLATABLE, exc.message, False, status=400, body=body)
+    return UpstreamError(ErrorCode.UNTRANSLATABLE, exc.message, status=400, body=body)
 
 
 def retry_after(headers: httpx.Headers) -> float | None:
@@ -101,7 +105,6 @@ def error_from_status(status: int, headers: httpx.Headers, content: bytes) -> Up
     return UpstreamError(
         code=upstream_status(status),
         message=body["error"]["message"],
-        retryable=status in RETRYABLE_STATUSES,
         status=status,
         body=body,
         retry_after_s=retry_after(headers),
@@ -149,9 +152,7 @@ class UpstreamClient:
         transport: httpx.AsyncBaseTransport
         if deployment.upstream == MOCK_UPSTREAM:
             if self._mock is None:
-                raise UpstreamError(
-                    ErrorCode.UPSTREAM_UNAVAILABLE, "mock upstream not enabled", False
-                )
+                raise UpstreamError(ErrorCode.UPSTREAM_UNAVAILABLE, "mock upstream not enabled")
             transport, base = self._mock, "http://mock/v1"
         else:
             transport, base = next(self._next), deployment.upstream
@@ -186,7 +187,7 @@ class UpstreamClient:
             return UpstreamReply(response.status_code, json.loads(text), text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise UpstreamError(
-                ErrorCode.UPSTREAM_BAD_RESPONSE, "upstream sent invalid JSON", True
+                ErrorCode.UPSTREAM_BAD_RESPONSE, "upstream sent invalid JSON"
             ) from exc
 
     @contextlib.asynccontextmanager
@@ -233,7 +234,7 @@ class UpstreamClient:
                 try:
                     translated = translated_reply(response, body, content)
                 except BadChatAnswer as exc:
-                    raise UpstreamError(exc.code, str(exc), True) from None
+                    raise UpstreamError(exc.code, str(exc)) from None
                 yield translated
         finally:
             await response.aclose()
@@ -259,7 +260,6 @@ async def within(timeout_s: float) -> AsyncIterator[None]:
         raise UpstreamError(
             ErrorCode.UPSTREAM_TIMEOUT,
             f"upstream timed out: no whole answer within {timeout_s:g} s",
-            True,
         ) from None
 
 
@@ -284,17 +284,16 @@ def _mapped_errors() -> Iterator[None]:
         yield
     except httpx.TimeoutException as exc:
         raise UpstreamError(
-            ErrorCode.UPSTREAM_TIMEOUT, f"upstream timed out: {reason(exc)}", True
+            ErrorCode.UPSTREAM_TIMEOUT, f"upstream timed out: {reason(exc)}"
         ) from exc
     except httpx.ConnectError as exc:  # the request never reached the provider
         raise UpstreamError(
-            ErrorCode.UPSTREAM_UNREACHABLE, f"cannot reach the upstream: {reason(exc)}", True
+            ErrorCode.UPSTREAM_UNREACHABLE, f"cannot reach the upstream: {reason(exc)}"
         ) from exc
     except httpx.HTTPError as exc:  # it may have: the provider may have done (and billed) it
         raise UpstreamError(
             ErrorCode.UPSTREAM_CONNECTION_BROKEN,
             f"upstream connection broke: {reason(exc)}",
-            True,
         ) from exc
 
 

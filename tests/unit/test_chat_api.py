@@ -12,6 +12,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from app.calls.policy import rule_for
 from app.mock.server import create_mock_app
 from app.settings import MOCK_UPSTREAM, HealthLimits, ModelConfig
 from app.upstream.client import UpstreamClient, UpstreamError, prepare_body, read_all
@@ -64,7 +65,7 @@ async def test_an_untranslatable_call_is_a_final_400(client: UpstreamClient):
     body = {"model": "llama", "input": "hi", "include": ["x"]}
     with pytest.raises(UpstreamError) as caught:
         await client.call(deployment(api="chat"), "/v1/responses", body)
-    assert (caught.value.status, caught.value.retryable) == (400, False)
+    assert (caught.value.status, rule_for(caught.value).retryable) == (400, False)
     assert caught.value.body["error"]["param"] == "include"
 
 

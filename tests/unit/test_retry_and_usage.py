@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 
+from app.calls.policy import backoff_s, rule_for
 from app.openai.usage import usage_of
 from app.token_usage import NO_USAGE, TokenUsage
 from app.upstream.client import error_from_status, retry_after
-from worker.execute import backoff_s
 
 
 def test_backoff_grows_and_is_capped():
@@ -27,10 +27,10 @@ def test_retry_after_headers():
 
 
 def test_status_classification():
-    assert error_from_status(429, httpx.Headers(), b"{}").retryable
-    assert error_from_status(503, httpx.Headers(), b"not json").retryable
+    assert rule_for(error_from_status(429, httpx.Headers(), b"{}")).retryable
+    assert rule_for(error_from_status(503, httpx.Headers(), b"not json")).retryable
     final = error_from_status(400, httpx.Headers(), b'{"error": {"message": "bad"}}')
-    assert not final.retryable and final.message == "bad" and final.code == "upstream_400"
+    assert not rule_for(final).retryable and final.message == "bad" and final.code == "upstream_400"
 
 
 def test_usage_of_each_shape():

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
+from app.calls.policy import rule_for
 from app.openai.upstream_errors import MAX_MESSAGE_CHARS, normalize_error
 from app.settings import HealthLimits, ModelConfig
 from app.testing.processes import free_port
@@ -108,7 +109,7 @@ def test_long_texts_are_cut_and_scripts_dropped():
 
 def test_error_from_status_stores_the_normalized_body():
     failure = error_from_status(404, httpx.Headers(), b'{"detail":"Not Found"}')
-    assert (failure.code, failure.message, failure.retryable) == (
+    assert (failure.code, failure.message, rule_for(failure).retryable) == (
         "upstream_404",
         "Not Found",
         False,
@@ -162,7 +163,7 @@ async def test_a_closed_port_is_unreachable_without_its_address(transport: str):
             await client.call(deployment, "/v1/chat/completions", {"messages": []})
     finally:
         await client.aclose()
-    assert failed.value.code == "upstream_unreachable" and failed.value.retryable
+    assert failed.value.code == "upstream_unreachable" and rule_for(failed.value).retryable
     text = str(failed.value)
     assert "127.0.0.1" not in text and str(port) not in text and "ConnectionKey" not in text
     assert text == "upstream_unreachable: cannot reach the upstream: connection refused"

@@ -1,0 +1,95 @@
+"""The executor seam: work goes to its deployment's executor, which may answer or take it over."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from app.calls.policy import Attempt
+from app.config_file import ConfigError
+from app.settings import ModelConfig, Settings
+from app.store.outcomes import Outcome
+from app.upstream.client import UpstreamClient
+from app.upstream.router import Router
+from app.vocabulary import ExecutorKind, Status
+from worker.execute import RequestRunner
+from worker.executors.base import Work
+from worker.executors.direct import DirectExecutor
+
+CONFIG = """\
+models:
+  - name: big
+    deployments:
+      - name: gpu-a
+        upstream: http://10.0.0.5:8000/v1
+        executor: {executor}
+"""
+
+
+def settings(tmp_path: Path, executor: str = "direct") -> Settings:
+    path = tmp_path / "tiergate.yaml"
+    path.write_text(CONFIG.format(executor=executor))
+    return Settings.from_env({"TIERGATE_CONFIG": str(path)})
+
+
+def test_direct_is_the_default_and_can_be_named(tmp_path: Path) -> None:
+    assert settings(tmp_path).models["big"].deployments[0].executor == ExecutorKind.DIRECT
+    assert Settings.from_env({}).models["mock"].deployments[0].executor == ExecutorKind.DIRECT
+
+
+def test_an_unknown_executor_names_its_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(tmp_path, "carrier-pigeon")
+    assert "line 6" in str(caught.value) and "executor" in str(caught.value)
+
+
+class Recording:
+    """An executor that records what it was handed and answers as told."""
+
+    def __init__(self, answer: Attempt | None) -> None:
+        self.answer = answer
+        self.seen: list[tuple[str, Work]] = []
+
+    async def execute(self, model: ModelConfig, work: Work) -> Attempt | None:
+        self.seen.append((model.name, work))
+        return self.answer
+
+
+def work(model: str = "big") -> Work:
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    return Work(
+        id="req_1", attempt=1, model=model, endpoint="/v1/responses", body={}, expires_at=expires
+    )
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> RequestRunner:
+    config = settings(tmp_path)
+    return RequestRunner(settings=config, upstream=UpstreamClient(), router=Router(config))
+
+
+async def test_work_goes_to_the_deployments_executor(runner: RequestRunner) -> None:
+    assert isinstance(runner.executor_for(runner.settings.models["big"], None), DirectExecutor)
+    done = Attempt(Outcome(status=Status.COMPLETED, response_status=200))
+    recording = Recording(done)
+    runner.executors[ExecutorKind.DIRECT] = recording
+    handed = work()
+    assert await runner.attempt(handed) is done
+    assert recording.seen == [("big", handed)]
+
+
+async def test_an_executor_may_take_work_over(runner: RequestRunner) -> None:
+    runner.executors[ExecutorKind.DIRECT] = Recording(None)
+    assert await runner.attempt(work()) is None
+
+
+async def test_a_model_no_longer_configured_fails_without_an_executor(
+    runner: RequestRunner,
+) -> None:
+    recording = Recording(None)
+    runner.executors[ExecutorKind.DIRECT] = recording
+    result = await runner.attempt(work("gone"))
+    assert result is not None and result.outcome is not None
+    assert result.outcome.status == Status.FAILED and recording.seen == []

@@ -1,0 +1,50 @@
+"""What an executor is given and what it answers.
+
+An executor takes one claimed row at a time (:class:`Work`) and answers with how the attempt
+ended (an ``Attempt``: an outcome, or a retry), or with ``None``: it took the row over and will
+finish it itself, later and possibly from another process, through the store (a provider's
+Batch API job gathers the rows handed to it concurrently, and its poller finishes them). Rows
+are handed over concurrently, so an executor that sends many rows at once gathers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app.calls.policy import EXPIRED, Attempt
+from app.settings import ModelConfig
+from app.store.outcomes import Outcome
+from app.vocabulary import PriceTier
+from worker.streaming import EventWriter
+
+
+@dataclass(frozen=True)
+class Work:
+    """One attempt at a claimed row (a flex or background request, or a batch line)."""
+
+    id: str
+    attempt: int
+    model: str  # the model's name (the runner looks its config up: it may have gone)
+    endpoint: str
+    body: dict[str, Any]
+    expires_at: dt.datetime
+    tier: str = PriceTier.FLEX  # the pricing tier
+    key: str = ""  # the key's name: fair shares and metrics
+    owner: str = ""  # the key's id
+    pin: str | None = None  # a deployment the client asked for
+    last: str | None = None  # the deployment of the previous attempt (the retry avoids it)
+    expired: Outcome = EXPIRED  # the outcome when the window passed
+    stop: asyncio.Event | None = None  # set: end as ``stopped`` instead (a batch cancel)
+    stopped: Outcome | None = None
+    events: EventWriter | None = None  # a streamed attempt stores its events as they come
+
+
+class Executor(Protocol):
+    """Runs deferred work on one kind of deployment."""
+
+    async def execute(self, model: ModelConfig, work: Work) -> Attempt | None:
+        """How ``work`` (on ``model``) ended, or None when the executor took it over."""
+        ...
