@@ -16,8 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from app.mock.payloads import chat_only_payload, chat_only_sse, chat_text
-from app.openai.translate import StreamTranslator, chat_events, chat_request, response_from_chat
-from app.openai.translate import sse as sse_frames
+from app.openai.chat_answer import response_from_chat
+from app.openai.chat_request import chat_request
+from app.openai.chat_stream import StreamTranslator, chat_events
+from app.openai.chat_stream import sse as sse_frames
 from app.openai.validation import check_translatable
 from app.settings import HealthLimits, ModelConfig
 from app.upstream.client import prepare_body

@@ -13,7 +13,7 @@ from typing import Any
 
 from app.api.routes.params import MAX_EXPIRY_S, MIN_EXPIRY_S
 from app.ids import ID_PATTERN
-from app.openai.translate import LEGACY_CHAT_FIELDS
+from app.openai.chat_request import LEGACY_CHAT_FIELDS
 from app.openai.validation import INFERENCE_ENDPOINTS, MAX_METADATA_PAIRS, SERVICE_TIERS
 from app.settings import Settings
 

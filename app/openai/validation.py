@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.keys import ApiKey
+from app.openai.chat_request import LEGACY_CHAT_FIELDS, Untranslatable, chat_request, deprecated
 from app.openai.errors import APIError, bad_request
-from app.openai.translate import LEGACY_CHAT_FIELDS, Untranslatable, chat_request, deprecated
 from app.settings import ModelConfig, Settings
 from app.vocabulary import Header, RequestErrorCode
 

@@ -1,9 +1,10 @@
 """A chat-only deployment's answers presented as if it spoke the Responses API.
 
 ``UpstreamClient.open`` sends a Responses call to such a deployment as a chat call (see
-``app/openai/translate.py``) and hands its callers (the realtime proxy, the workers) an
+``app/openai/chat_request.py``) and hands its callers (the realtime proxy, the workers) an
 ``httpx.Response`` whose body is the Response object, or the Responses event stream, that
-the chat answer stands for. Error answers are handed over as the upstream sent them.
+the chat answer stands for (``chat_answer.py``, ``chat_stream.py``). Error answers are
+handed over as the upstream sent them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from app.openai.translate import StreamTranslator, chat_events, response_from_chat, sse
+from app.openai.chat_answer import response_from_chat
+from app.openai.chat_stream import StreamTranslator, chat_events, sse
 from app.vocabulary import ErrorCode
 
 # The upstream's headers worth keeping on a translated answer (not its length or encoding).

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
+from app.openai.chat_request import Untranslatable, chat_request, rename_token_limit
 from app.openai.errors import error_body
-from app.openai.translate import Untranslatable, chat_request, rename_token_limit
 from app.openai.upstream_errors import normalize_error
 from app.settings import MOCK_UPSTREAM, Settings
 from app.upstream.aiohttp_transport import AiohttpTransport
