@@ -89,6 +89,12 @@ class Metrics:
             ["model", "result"],
             registry=self.registry,
         )
+        self.maintenance_failures = Counter(
+            "tiergate_maintenance_failures",
+            "Failed runs of a worker's maintenance duties by duty (database outages included).",
+            ["duty"],
+            registry=self.registry,
+        )
         # The children of each (model, tier, key): label lookups are kept off the hot path.
         self._usage_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
 

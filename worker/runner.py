@@ -93,7 +93,7 @@ async def run_worker(
         conversations=Conversations(ConversationStore(engine)),
     )
     job_app = build_job_app(url, settings, batch_jobs=batch_jobs)
-    maintenance = maintenance_for(engine, settings)
+    maintenance = maintenance_for(engine, settings, metrics)
     presence = Presence(
         engine,
         kind=ProcessKind.WORKER,
@@ -189,7 +189,9 @@ async def _refresh_weights(runner: RequestRunner, keys: KeyStore, every_s: float
         await asyncio.sleep(every_s)
 
 
-def maintenance_for(engine: AsyncEngine, settings: Settings) -> Maintenance:
+def maintenance_for(
+    engine: AsyncEngine, settings: Settings, metrics: Metrics | None = None
+) -> Maintenance:
     """The rescue and sweep of one worker process, on its engine."""
     return Maintenance(
         limits=settings.limits,
@@ -200,4 +202,5 @@ def maintenance_for(engine: AsyncEngine, settings: Settings) -> Maintenance:
         retention=RetentionStore(engine, settings.limits.retention),
         queue_depth=QueueDepthStore(engine),
         cache=CacheStore(engine),
+        metrics=metrics,
     )
