@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from app.api.routes import batches, files, ops, organization, responses
+from app.api.routes import batches, files, inference, ops, organization, responses
 from app.dashboard import routes as dashboard
 from app.gateway.middleware.auth import AuthMiddleware
 from app.gateway.middleware.errors import ErrorMiddleware
@@ -61,6 +61,7 @@ def create_app(
 
     app = Starlette(
         routes=[
+            *inference.routes,
             *ops.routes,
             *responses.routes,
             *files.routes,
@@ -71,18 +72,7 @@ def create_app(
         middleware=[
             Middleware(ErrorMiddleware),
             Middleware(AuthMiddleware, keys=services.key_cache),
-            Middleware(
-                TierMiddleware,
-                settings=settings,
-                proxy=services.proxy,
-                deferred=services.deferred,
-                conversations=services.conversations,
-                budget=services.body_budget,
-                limiter=services.rate_limiter,
-                budgets=services.budgets,
-                cache=services.cache,
-                cached=services.cached,
-            ),
+            Middleware(TierMiddleware, settings=settings, budget=services.body_budget),
         ],
         exception_handlers={
             APIError: _api_error,

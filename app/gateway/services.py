@@ -15,6 +15,7 @@ from app.gateway.bodies import ByteBudget
 from app.gateway.cached import CachedAnswers
 from app.gateway.deferred import DeferredCalls
 from app.gateway.follow import EventStreams
+from app.gateway.inference import InferenceHandler
 from app.gateway.middleware.auth import KeyCache
 from app.gateway.queue_depth import QueueDepth
 from app.gateway.realtime import RealtimeProxy
@@ -109,6 +110,16 @@ class Services:
             streams=self.streams,
         )
         self.conversations = Conversations(ConversationStore(self.engine))
+        self.inference = InferenceHandler(
+            settings=settings,
+            proxy=self.proxy,
+            deferred=self.deferred,
+            conversations=self.conversations,
+            limiter=self.rate_limiter,
+            budgets=self.budgets,
+            cache=self.cache,
+            cached=self.cached,
+        )
         self.queue_depth = QueueDepth(
             self.engine, max_age_s=limits.metrics_max_age_s, timeout_s=QUEUE_DEPTH_TIMEOUT_S
         )

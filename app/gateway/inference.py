@@ -1,0 +1,100 @@
+"""The inference routes' handler: a classified call goes to the tier that answers it.
+
+The tier middleware has read and classified the call (``middleware/tiers.py``). Here, for
+every tier alike: ``previous_response_id`` is resolved into the input, a spent budget takes
+no new work, a rate-limited key is admitted (realtime calls only: deferred work over its
+rate waits in the queue, never refused), and the response cache is asked. Then the call is
+answered from the cache (``cached.py``), accepted for a worker (``deferred.py``) or proxied at
+once (``realtime.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.cache.service import BYPASSED, Lookup, ResponseCache, cache_of, skips
+from app.calls.conversations import Conversations
+from app.calls.limits import Budgets, RateLimiter, estimate_tokens
+from app.gateway.cached import CachedAnswers
+from app.gateway.deferred import DeferredCalls
+from app.gateway.middleware.auth import current_key
+from app.gateway.middleware.tiers import classified
+from app.gateway.realtime import RealtimeProxy
+from app.openai.errors import APIError
+from app.openai.validation import check_for_chat
+from app.settings import Settings
+from app.vocabulary import Header
+
+
+class InferenceHandler:
+    """Answers ``POST /v1/responses``, ``/v1/chat/completions`` and ``/v1/embeddings``."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        proxy: RealtimeProxy,
+        deferred: DeferredCalls,
+        conversations: Conversations,
+        limiter: RateLimiter,
+        budgets: Budgets,
+        cache: ResponseCache,
+        cached: CachedAnswers,
+    ) -> None:
+        self.settings = settings
+        self.proxy = proxy
+        self.deferred = deferred
+        self.conversations = conversations
+        self.limiter = limiter
+        self.budgets = budgets
+        self.cache = cache
+        self.cached = cached
+
+    async def handle(self, request: Request) -> Response:
+        """The answer to the classified call of ``request``."""
+        decision = classified(request.scope)
+        call, hold = decision.call, decision.hold
+        del decision
+        key = current_key(request.scope)
+        if "previous_response_id" in call.body:  # the history, for every tier alike
+            call = await self.conversations.resolve(call, key)
+            check_for_chat(call.body, self.settings, call.model, call.pin)
+        # Every tier: a spent budget takes no new work (work accepted before finishes).
+        await self.budgets.check(key)
+        streaming = call.stream
+        extra: dict[str, str] = {}
+        if not call.deferred and key.limits.rated:
+            tokens = estimate_tokens(call.body)
+            extra = await self.limiter.admit(key, tokens)
+            call = dataclasses.replace(call, estimated_tokens=tokens)
+        lookup: Lookup | None = None
+        if cache_of(call.model) is not None:
+            lookup = BYPASSED
+            if not skips(request.headers.get(Header.CACHE), key.cache_enabled):
+                lookup = await self.cache.lookup(call.endpoint, call.body, call.model, key.id)
+            self.cache.count(call.model.name, lookup.result)
+            call = dataclasses.replace(call, cache=lookup.result)
+            extra = {**extra, Header.CACHE: str(lookup.result)}
+        if lookup is not None and lookup.hit:
+            handler = self.cached.answer(call, key, lookup)
+        elif call.deferred:  # over its rate, such work waits in the queue: never refused
+            handler = self.deferred.handle(call, key, request.receive, accepted=hold.release)
+        else:
+            handler = self.proxy.handle(call, key, lookup)
+        del call, lookup  # the handler's frame owns the body now
+        try:
+            response = await handler
+        except APIError as exc:  # the cache's word goes on errors too
+            if Header.CACHE in extra:
+                exc.headers = {**exc.headers, Header.CACHE: extra[Header.CACHE]}
+            raise
+        if not streaming:
+            hold.release()
+        # Names tiergate alone sets, unless the answer set them itself (a flex answer knows
+        # better what the cache did than its acceptance).
+        for name, value in extra.items():
+            response.headers.setdefault(name, value)
+        return response
