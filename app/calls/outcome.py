@@ -17,6 +17,7 @@ from typing import Any
 
 from app.calls.pricing import PriceBook
 from app.metrics import Metrics
+from app.openai.objects import restore_previous
 from app.openai.upstream_errors import normalize_error
 from app.openai.usage import measured, usage_of
 from app.settings import ModelConfig
@@ -79,9 +80,8 @@ def answered(
     keep = endpoint in STORE_BODY_ENDPOINTS and isinstance(body, dict)
     if keep:
         content = _stamp_id(content, body, rid)
-        previous = request.get(PREVIOUS)
-        if previous is not None and endpoint == Endpoint.RESPONSES:  # the upstream never saw it
-            body[PREVIOUS] = previous
+        if endpoint == Endpoint.RESPONSES and request.get(PREVIOUS) is not None:
+            restore_previous(body, request)
             content = json.dumps(body, separators=(",", ":")).encode()
     outcome = Outcome(
         status=Status.COMPLETED,

@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 
 from app.cache.service import Lookup, ResponseCache, hit_answer
 from app.gateway.deferred import result_response, wants_usage
+from app.gateway.new_rows import call_columns
 from app.ids import request_id
 from app.keys import ApiKey
 from app.metrics import Metrics
@@ -51,14 +52,7 @@ class CachedAnswers:
         rid = request_id(call.endpoint)
         body, usage = hit_answer(call.endpoint, call.body, lookup.answer, now)
         row = HitRow(
-            id=rid,
-            owner=key.id,
-            endpoint=call.endpoint,
-            model=call.model.name,
-            tier=call.tier,
-            background=call.background,
-            stream=call.stream,
-            body=call.body,
+            **call_columns(call, rid, key.id),
             response_body=body,
             input_tokens=usage.input,
             output_tokens=usage.output,

@@ -22,6 +22,7 @@ from starlette.types import Receive
 
 from app.calls.policy import rule_for_status
 from app.gateway.follow import EventStreams
+from app.gateway.new_rows import call_columns
 from app.gateway.waiters import WaiterHub
 from app.ids import request_id
 from app.keys import ApiKey
@@ -81,14 +82,7 @@ class DeferredCalls:
 
     def _submission(self, call: Call, key: ApiKey, rid: str) -> Submission:
         return Submission(
-            id=rid,
-            owner=key.id,
-            endpoint=call.endpoint,
-            model=call.model.name,
-            tier=call.tier,
-            background=call.background,
-            stream=call.stream,
-            body=call.body,
+            **call_columns(call, rid, key.id),
             window_s=self.settings.limits.flex_window_s,
             # Background calls of the default tier are claimed before flex work.
             priority=Priority.FLEX if call.tier == Tier.FLEX else Priority.BACKGROUND,

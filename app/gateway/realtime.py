@@ -26,6 +26,7 @@ from app.calls.outcome import Meter, answered, names, renamed
 from app.calls.policy import fault_name, rule_for, rule_for_status
 from app.calls.pricing import PriceBook
 from app.calls.routing import Failover, ended_badly
+from app.gateway.new_rows import call_columns
 from app.ids import request_id
 from app.keys import ApiKey
 from app.metrics import Metrics
@@ -102,12 +103,7 @@ class RealtimeProxy:
         started = time.perf_counter()
         record = self.tracking.enqueue(
             RealtimeStart(
-                id=rid,
-                owner=key.id,
-                endpoint=call.endpoint,
-                model=call.model.name,
-                stream=call.stream,
-                body=call.body,
+                **call_columns(call, rid, key.id),
                 gateway_id=self.gateway_id,
             )
         )

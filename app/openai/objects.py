@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.ids import new_id
-from app.vocabulary import MESSAGES, ErrorCode, Status, response_error_code
+from app.vocabulary import MESSAGES, Endpoint, ErrorCode, Status, response_error_code
 
 # A request, batch or file row (SQLAlchemy's RowMapping, or a dict of the same keys).
 Row = Mapping[Any, Any]
@@ -125,8 +125,7 @@ def response_object(row: Row) -> dict[str, Any]:
         error=response_error(row),
         metadata=body.get("metadata") or {},
     )
-    if body.get("previous_response_id") is not None:  # the upstream never saw it
-        obj["previous_response_id"] = body["previous_response_id"]
+    restore_previous(obj, body)
     if obj.get("usage") is None:
         obj["usage"] = usage = usage_object(row)
         if usage is not None:
@@ -143,15 +142,22 @@ def _status(row: Row, obj: dict[str, Any]) -> str:
     return RESPONSE_STATUS[row["status"]]
 
 
+def restore_previous(obj: dict[str, Any], request: dict[str, Any]) -> None:
+    """Put the request's ``previous_response_id`` back on a Response: tiergate resolved it
+    into the input at acceptance, so the upstream never saw it."""
+    previous = request.get("previous_response_id")
+    if previous is not None:
+        obj["previous_response_id"] = previous
+
+
 def stored_result(row: Row) -> dict[str, Any]:
     """The upstream body of a completed request, stamped with our id and the tier used."""
     body: dict[str, Any] = copy.deepcopy(row["response_body"])
     if isinstance(body, dict) and row["endpoint"] != "/v1/embeddings":
         body["id"] = row["id"]
         body["service_tier"] = row["service_tier"]
-        previous = (row["body"] or {}).get("previous_response_id")
-        if previous is not None and row["endpoint"] == "/v1/responses":
-            body["previous_response_id"] = previous
+        if row["endpoint"] == Endpoint.RESPONSES:
+            restore_previous(body, row["body"] or {})
     return body
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.db import HeldConnection
+from app.store.new_requests import NewRequest, new_request_arrays
 from app.store.outcomes import dumps
 from app.vocabulary import CacheResult, Status
 
@@ -200,18 +201,10 @@ class Entry:
     embedding: list[float] | None = None
 
 
-@dataclass(frozen=True)
-class HitRow:
+@dataclass(frozen=True, kw_only=True)
+class HitRow(NewRequest):
     """The request row of a call answered from the cache."""
 
-    id: str
-    owner: str
-    endpoint: str
-    model: str
-    tier: str
-    background: bool
-    stream: bool
-    body: dict[str, Any]
     response_body: Any
     input_tokens: int | None
     output_tokens: int | None
@@ -341,14 +334,7 @@ class CacheStore:
     async def record_hits(self, rows: list[HitRow]) -> None:
         """Insert the final rows of calls answered from the cache (one statement)."""
         params: dict[str, list[Any]] = {
-            "ids": [r.id for r in rows],
-            "owners": [r.owner for r in rows],
-            "endpoints": [r.endpoint for r in rows],
-            "models": [r.model for r in rows],
-            "tiers": [r.tier for r in rows],
-            "backgrounds": [r.background for r in rows],
-            "streams": [r.stream for r in rows],
-            "bodies": [dumps(r.body) for r in rows],
+            **new_request_arrays(rows),
             "response_bodies": [dumps(r.response_body) for r in rows],
             "input_tokens": [r.input_tokens for r in rows],
             "output_tokens": [r.output_tokens for r in rows],

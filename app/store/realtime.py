@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.db import HeldConnection
 from app.store.limits import add_spend
-from app.store.outcomes import SET_USAGE, Outcome, dumps, outcome_arrays
+from app.store.new_requests import NewRequest, new_request_arrays
+from app.store.outcomes import SET_USAGE, Outcome, outcome_arrays
 from app.vocabulary import Status, Tier
 
 
@@ -68,16 +69,11 @@ TRACK = {
 }
 
 
-@dataclass(frozen=True)
-class RealtimeStart:
-    """The tracking row of a realtime call, written before its answer is sent."""
+@dataclass(frozen=True, kw_only=True)
+class RealtimeStart(NewRequest):
+    """The tracking row of a realtime call, written before its answer is sent (its tier is
+    always ``default``, never background)."""
 
-    id: str
-    owner: str
-    endpoint: str
-    model: str
-    stream: bool
-    body: dict[str, Any]
     gateway_id: str | None = None
 
 
@@ -107,13 +103,9 @@ class RealtimeTracker:
             return
         args: list[Any] = []
         if starts:
+            shared = new_request_arrays(starts)
             args += [
-                [r.id for r in starts],
-                [r.owner for r in starts],
-                [r.endpoint for r in starts],
-                [r.model for r in starts],
-                [r.stream for r in starts],
-                [dumps(r.body) for r in starts],
+                *(shared[k] for k in ("ids", "owners", "endpoints", "models", "streams", "bodies")),
                 [r.gateway_id for r in starts],
             ]
         if ends:

@@ -22,7 +22,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.limits import add_spend
-from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, dumps, outcome_arrays
+from app.store.new_requests import NewRequest, new_request_arrays
+from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, outcome_arrays
 from app.store.schema import requests
 from app.vocabulary import FINAL, LIVE, BatchKind, Channel, ErrorCode, Status, sql_error, sql_in
 
@@ -168,18 +169,10 @@ SELECT id FROM r
 FINAL_AMONG = text(f"SELECT id FROM requests WHERE id = ANY(:ids) AND status IN {sql_in(FINAL)}")
 
 
-@dataclass(frozen=True)
-class Submission:
+@dataclass(frozen=True, kw_only=True)
+class Submission(NewRequest):
     """A flex or background request about to be accepted."""
 
-    id: str
-    owner: str
-    endpoint: str
-    model: str
-    tier: str
-    background: bool
-    stream: bool
-    body: dict[str, Any]
     window_s: int
     priority: int
     pin: str | None = None  # x-tiergate-deployment
@@ -223,14 +216,7 @@ class RequestStore:
             await conn.execute(
                 SUBMIT_MANY,
                 {
-                    "ids": [s.id for s in subs],
-                    "owners": [s.owner for s in subs],
-                    "endpoints": [s.endpoint for s in subs],
-                    "models": [s.model for s in subs],
-                    "tiers": [s.tier for s in subs],
-                    "backgrounds": [s.background for s in subs],
-                    "streams": [s.stream for s in subs],
-                    "bodies": [dumps(s.body) for s in subs],
+                    **new_request_arrays(subs),
                     "windows_s": [s.window_s for s in subs],
                     "priorities": [s.priority for s in subs],
                     "pins": [s.pin for s in subs],
