@@ -1,0 +1,186 @@
+"""What a new user gets wrong in the first hour: one clear line, a non-zero exit, no traceback.
+
+Every test runs the real ``tiergate`` console script of the venv as a subprocess; the database
+ones use a real embedded PostgreSQL of their own (``home``).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from app.store.dburl import DatabaseURL
+from app.store.embedded import EmbeddedPostgres
+from app.testing.processes import base_env, free_port
+
+TIERGATE = str(Path(sys.executable).parent / "tiergate")
+UNSET = "or unset DATABASE_URL to use the embedded PostgreSQL"
+EXPECTED = "expected postgresql://user:password@host:5432/database"
+
+
+def tiergate(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``tiergate ARGS`` from ``cwd`` with only ``env`` of tiergate's variables set."""
+    return subprocess.run(
+        [TIERGATE, *args],
+        cwd=cwd,
+        env=base_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def one_line(run: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """The single line a failed command printed on stderr."""
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == code, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A ``TIERGATE_HOME`` whose embedded PostgreSQL ``tiergate migrate`` created."""
+    home = tmp_path_factory.mktemp("cli-errors") / "home"
+    made = tiergate("migrate", cwd=home.parent, TIERGATE_HOME=str(home))
+    assert made.returncode == 0, made.stderr
+    yield home
+    server = EmbeddedPostgres(home)
+    server.start(create=False)
+    server.stop()
+
+
+COMMANDS = [["serve", "--port", "0"], ["migrate"], ["keys", "list"], ["keys", "create", "--name", "x"], ["usage"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_database_url_pointing_at_nothing(command: list[str], tmp_path: Path):
+    port = free_port()
+    run = tiergate(
+        *command, cwd=tmp_path, DATABASE_URL=f"postgresql://tg:s3cret@127.0.0.1:{port}/tg"
+    )
+    assert one_line(run) == (
+        f"tiergate: cannot connect to the database at postgresql://tg:***@127.0.0.1:{port}/tg"
+        " (DATABASE_URL): connection refused; is PostgreSQL running there? Start it or fix host"
+        f" and port, {UNSET}"
+    )
+    assert list(tmp_path.iterdir()) == []  # no embedded database made instead
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "mysql://root:s3cret@db/tiergate",
+            "DATABASE_URL is not a PostgreSQL URL: mysql://root:***@db/tiergate",
+        ),
+        ("notaurl", "DATABASE_URL is not a URL: 'notaurl'"),
+    ],
+    ids=["mysql", "notaurl"],
+)
+def test_database_url_that_is_not_postgresql(
+    command: list[str], url: str, message: str, tmp_path: Path
+):
+    run = tiergate(*command, cwd=tmp_path, DATABASE_URL=url)
+    assert one_line(run) == f"tiergate: {message}; {EXPECTED}, {UNSET}"
+
+
+@pytest.fixture(scope="module")
+def password_protected(home: Path) -> Iterator[DatabaseURL]:
+    """The embedded server's database as user ``tg_pw``, who must give the password ``right``."""
+    server = EmbeddedPostgres(home)
+    admin = server.start(create=False)
+    hba = server.pgdata / "pg_hba.conf"
+    trusted = hba.read_text()
+    with psycopg.connect(admin.libpq(), autocommit=True) as conn:
+        conn.execute("CREATE ROLE tg_pw LOGIN PASSWORD 'right'")
+        hba.write_text("local all tg_pw scram-sha-256\n" + trusted)
+        conn.execute("SELECT pg_reload_conf()")
+    yield DatabaseURL(admin.url.set(username="tg_pw", password="wrong"))
+    hba.write_text(trusted)
+    with psycopg.connect(admin.libpq(), autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+        conn.execute("DROP ROLE tg_pw")
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_database_url_with_a_wrong_password(
+    command: list[str], password_protected: DatabaseURL, tmp_path: Path
+):
+    run = tiergate(*command, cwd=tmp_path, DATABASE_URL=password_protected.libpq())
+    assert one_line(run) == (
+        f"tiergate: cannot connect to the database at {password_protected.redacted()}"
+        " (DATABASE_URL): the password was refused; check the user and password in"
+        f" DATABASE_URL, {UNSET}"
+    )
+    assert "wrong" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["keys", "list"], ["keys", "create", "--name", "x"], ["usage"], ["worker"], ["prune"]],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_only_serve_and_migrate_create_a_database(command: list[str], tmp_path: Path):
+    run = tiergate(*command, cwd=tmp_path)
+    assert one_line(run) == (
+        f"tiergate: no database: DATABASE_URL is unset and there is no embedded PostgreSQL in"
+        f" {tmp_path}/.tiergate/pgdata; run this where `tiergate serve` runs, or set"
+        " TIERGATE_HOME to its data folder (the one holding pgdata), or DATABASE_URL to its"
+        " database"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_serve_on_a_busy_port_fails_first(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = tiergate(
+            "serve", "--port", str(port), cwd=tmp_path, TIERGATE_HOME=str(tmp_path / "h")
+        )
+    assert one_line(run) == (
+        f"tiergate: cannot serve on 127.0.0.1:{port}: the port is in use; stop what listens"
+        " there (another tiergate serve?) or pass --port"
+    )
+    assert not (tmp_path / "h").exists()  # the embedded database was never started
+
+
+def test_batch_submit_of_a_missing_file(tmp_path: Path):
+    run = tiergate("batch", "submit", "nope.jsonl", "--endpoint", "/v1/responses", cwd=tmp_path)
+    assert one_line(run, code=2) == "tiergate: no such file: nope.jsonl"
+
+
+def test_batch_list_without_a_gateway(tmp_path: Path):
+    url = f"http://127.0.0.1:{free_port()}"
+    run = tiergate("batch", "list", "--api-key", "sk-x", cwd=tmp_path, TIERGATE_URL=url)
+    assert one_line(run) == (
+        f"tiergate: cannot reach the gateway at {url} (connection refused); start it with"
+        " `tiergate serve`, or point --url or TIERGATE_URL at it"
+    )
+
+
+def test_where_the_embedded_database_lives_is_logged_only_with_verbose(home: Path):
+    quiet = tiergate("keys", "list", cwd=home.parent, TIERGATE_HOME=str(home))
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    loud = tiergate("-v", "keys", "list", cwd=home.parent, TIERGATE_HOME=str(home))
+    assert loud.returncode == 0
+    assert f"embedded postgres: data in {home}/pgdata" in loud.stderr
+
+
+def test_help_describes_tiergate(tmp_path: Path):
+    shown = tiergate("--help", cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "OpenAI-compatible gateway with a durable flex and batch tier" in " ".join(
+        shown.stdout.split()
+    )
+    assert "only place" not in shown.stdout and "``" not in shown.stdout
