@@ -57,7 +57,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     server.stop()
 
 
-COMMANDS = [["serve", "--port", "0"], ["migrate"], ["keys", "list"], ["keys", "create", "--name", "x"], ["usage"]]  # fmt: skip
+COMMANDS = [
+    ["serve", "--port", "0"],
+    ["migrate"],
+    ["keys", "list"],
+    ["keys", "create", "--name", "x"],
+    ["usage"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
@@ -184,3 +190,26 @@ def test_help_describes_tiergate(tmp_path: Path):
         shown.stdout.split()
     )
     assert "only place" not in shown.stdout and "``" not in shown.stdout
+
+
+def test_a_config_with_several_mistakes_reports_each_with_its_line(tmp_path: Path):
+    from tests.unit.test_config_errors import MISTAKES
+
+    config = tmp_path / "tiergate.yaml"
+    config.write_text(MISTAKES)
+    run = tiergate("serve", cwd=tmp_path, TIERGATE_CONFIG=str(config))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert lines[0] == "tiergate: bad configuration: 6 mistakes:"
+    assert [line.split(": ")[0] for line in lines[1:]] == [
+        f"  {config} line {n} ({where})"
+        for n, where in [
+            (3, "models[0].upstream"),
+            (7, "models[1].deployments[0].upstream"),
+            (8, "models[1].deployments[0].weight"),
+            (11, "models[2].fallbacks[1]"),
+            (14, "models[3].flex_concurrency"),
+            (16, "limits.max_body_bytes"),
+        ]
+    ]
+    assert list(tmp_path.iterdir()) == [config]  # nothing started, nothing created
