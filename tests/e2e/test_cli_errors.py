@@ -213,3 +213,19 @@ def test_a_config_with_several_mistakes_reports_each_with_its_line(tmp_path: Pat
         ]
     ]
     assert list(tmp_path.iterdir()) == [config]  # nothing started, nothing created
+
+
+def test_a_live_key_name_is_taken_until_revoked(home: Path):
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        return tiergate("keys", *args, cwd=home.parent, TIERGATE_HOME=str(home))
+
+    assert keys("create", "--name", "team-a").returncode == 0
+    assert one_line(keys("create", "--name", "team-a")) == (
+        "tiergate: a live key is already named 'team-a'; choose another --name, or revoke that"
+        " key first (tiergate keys revoke team-a)"
+    )
+    assert keys("revoke", "team-a").returncode == 0
+    again = keys("create", "--name", "team-a")
+    assert again.returncode == 0 and again.stdout.strip().splitlines()[-1].startswith("tg-")
+    listed = [line.split()[1:4:2] for line in keys("list").stdout.splitlines()]
+    assert [state for name, state in listed if name == "team-a"] == ["revoked", "active"]
