@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.cli import batch as batch_cli
 from app.cli import cache as cache_cli
+from app.cli import db as db_cli
 from app.cli import deployments as deployments_cli
 from app.cli import keys as keys_cli
 from app.cli import prune as prune_cli
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     deployments_cli.add_parser(sub)
     usage_cli.add_parser(sub)
     cache_cli.add_parser(sub)
+    db_cli.add_parser(sub)
 
     mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
     mock.add_argument("--host", default=DEFAULT_HOST)

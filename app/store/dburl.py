@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import psycopg
 from sqlalchemy.engine import URL, make_url
@@ -53,8 +54,8 @@ class DatabaseURL:
         return cls(url.set(drivername="postgresql"))
 
     def redacted(self) -> str:
-        """The URL to show a person: its password as ``***``."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL to show a person: its password as ``***`` (a socket path unescaped)."""
+        return unquote(self.url.render_as_string(hide_password=True))
 
     def probe(self) -> None:
         """Connect once; raise ``DatabaseUnreachable`` saying why not and what to do."""

