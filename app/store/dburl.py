@@ -29,7 +29,7 @@ class DatabaseUnreachable(DatabaseProblem):
 
 def redact(raw: str) -> str:
     """``raw`` with the password of any ``scheme://user:password@`` part shown as ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", raw)
+    return re.sub(r"(://[^:/@]*:)[^/?#]*@", r"\1***@", raw)
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,14 @@ class DatabaseURL:
     def parse(cls, raw: str) -> DatabaseURL:
         try:
             url = make_url(raw)
-        except (ArgumentError, ValueError):
+        except ArgumentError:
             raise BadDatabaseURL(
                 f"DATABASE_URL is not a URL: {redact(raw)!r}; expected {EXPECTED}, {UNSET_HINT}"
+            ) from None
+        except ValueError:  # a port that is not a number (or several hosts)
+            raise BadDatabaseURL(
+                f"DATABASE_URL has a host or port that cannot be read: {redact(raw)!r};"
+                f" expected {EXPECTED}, {UNSET_HINT}"
             ) from None
         if not url.drivername.startswith("postgres"):
             raise BadDatabaseURL(
