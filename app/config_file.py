@@ -31,6 +31,25 @@ class ConfigError(ValueError):
         return f"{' '.join(where)}: {self.message}"
 
 
+class ConfigErrors(ConfigError):
+    """Several mistakes of one file, each with its own line (shown one per line, in order)."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        super().__init__(f"{len(problems)} mistakes")
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return f"{self.message}:" + "".join(f"\n  {problem}" for problem in self.problems)
+
+
+def raise_all(problems: list[ConfigError]) -> None:
+    """Raise the one problem, or all of them together; nothing when there is none."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigErrors(problems)
+
+
 def dotted(loc: Sequence[str | int]) -> str:
     """``("models", 0, "weight")`` as ``models[0].weight``."""
     out = ""
@@ -41,9 +60,15 @@ def dotted(loc: Sequence[str | int]) -> str:
 
 def from_validation(exc: ValidationError, prefix: Loc = ()) -> ConfigError:
     """The first problem pydantic found, located under ``prefix``."""
-    first = exc.errors()[0]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    return ConfigError(message, prefix + tuple(first["loc"]))
+    return all_from_validation(exc, prefix)[0]
+
+
+def all_from_validation(exc: ValidationError, prefix: Loc = ()) -> list[ConfigError]:
+    """Every problem pydantic found, each located under ``prefix``."""
+    return [
+        ConfigError(str(error["msg"]).removeprefix("Value error, "), prefix + tuple(error["loc"]))
+        for error in exc.errors()
+    ]
 
 
 def read(path: Path, apply: Any) -> None:
@@ -62,8 +87,11 @@ def read(path: Path, apply: Any) -> None:
     try:
         apply(data)
     except ConfigError as exc:
-        exc.file = path
-        exc.line = _line_of(lines, exc.loc)
+        problems = exc.problems if isinstance(exc, ConfigErrors) else [exc]
+        for problem in [exc, *problems]:
+            problem.file = path
+            problem.line = _line_of(lines, problem.loc)
+        problems.sort(key=lambda problem: problem.line or 0)
         raise
 
 

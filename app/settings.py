@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app import config_file
-from app.config_file import ConfigError, from_validation
+from app.config_file import ConfigError, all_from_validation, raise_all
 from app.vocabulary import ExecutorKind, TokenField, UpstreamApi
 
 MOCK_UPSTREAM = "mock://in-process"
@@ -96,7 +97,19 @@ class DeploymentConfig(BaseModel):
     @field_validator("upstream")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        return MOCK_UPSTREAM if value == "mock" else value.rstrip("/")
+        return upstream_url(value)
+
+
+def upstream_url(value: str) -> str:
+    """An upstream's base URL without its trailing slash: http(s) with a host, or ``mock``."""
+    if value in ("mock", MOCK_UPSTREAM):
+        return MOCK_UPSTREAM
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"upstream must be an http:// or https:// URL with a host (or mock), not {value!r}"
+        )
+    return value.rstrip("/")
 
 
 # Fields of a request that never change its answer: left out of the cache key.
@@ -218,6 +231,11 @@ class ModelConfig(BaseModel):
     max_attempts: int = Field(default=5, ge=1)
     pricing: Pricing | None = Field(default=None, description="no pricing: cost is unknown")
     cache: CacheConfig | None = Field(default=None, description="the response cache (off)")
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_url(cls, value: str | None) -> str | None:
+        return None if value is None else upstream_url(value)
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelConfig:
@@ -368,36 +386,50 @@ class Settings:
     def apply_config(self, data: dict[str, Any]) -> None:
         """Merge a parsed config file (see README, "Configuration") into these settings.
 
-        Raises ``ConfigError`` naming where the problem is.
+        Raises ``ConfigError`` naming where the problem is, or ``ConfigErrors`` naming each.
         """
+        problems: list[ConfigError] = []
         unknown = set(data) - {"models", "limits"}
         if unknown:
-            raise ConfigError(f"unknown config keys: {sorted(unknown)}", (sorted(unknown)[0],))
+            problems.append(
+                ConfigError(f"unknown config keys: {sorted(unknown)}", (sorted(unknown)[0],))
+            )
         raw_models = data.get("models") or []
         if not isinstance(raw_models, list):
-            raise ConfigError("'models' must be a list", ("models",))
+            problems.append(ConfigError("'models' must be a list", ("models",)))
+            raw_models = []
         where: dict[str, int] = {}
+        broken: set[str] = set()  # models that failed: no second error for naming them
         for index, raw in enumerate(raw_models):
             try:
                 model = ModelConfig.model_validate(raw)
             except ValidationError as exc:
-                raise from_validation(exc, ("models", index)) from None
+                problems += all_from_validation(exc, ("models", index))
+                if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+                    broken.add(raw["name"])
+                continue
             if (twin := model.duplicate_deployment()) is not None:
-                raise ConfigError(
-                    f"two deployments are named '{model.deployments[twin].name}'",
-                    ("models", index, "deployments", twin, "name"),
+                problems.append(
+                    ConfigError(
+                        f"two deployments are named '{model.deployments[twin].name}'",
+                        ("models", index, "deployments", twin, "name"),
+                    )
                 )
             if model.name in where:
-                raise ConfigError(f"two models are named '{model.name}'", ("models", index))
+                problems.append(
+                    ConfigError(f"two models are named '{model.name}'", ("models", index))
+                )
+                continue
             where[model.name] = index
             self.models[model.name] = model
-        self._check_fallbacks(where)
-        self._check_caches(where)
+        problems += self._check_fallbacks(where, broken)
+        problems += self._check_caches(where, broken)
         if data.get("limits"):
             try:
                 self.limits = Limits.model_validate({**self.limits.model_dump(), **data["limits"]})
             except ValidationError as exc:
-                raise from_validation(exc, ("limits",)) from None
+                problems += all_from_validation(exc, ("limits",))
+        raise_all(problems)
 
     def reaches_chat(self, model: ModelConfig, pin: str | None = None) -> bool:
         """Whether a call to ``model`` may be served by a chat-only deployment: one of its
@@ -418,22 +450,26 @@ class Settings:
             todo.extend(fallback.fallbacks)
         return False
 
-    def _check_fallbacks(self, where: dict[str, int]) -> None:
-        """Every fallback names another known model, and no chain comes back on itself."""
+    def _check_fallbacks(self, where: dict[str, int], broken: set[str]) -> list[ConfigError]:
+        """Every fallback names another known model, and no chain comes back on itself
+        (a model already reported as ``broken`` is not reported again)."""
+        problems = []
         for name, model in self.models.items():
             at = ("models", where[name]) if name in where else ()
             for n, fallback in enumerate(model.fallbacks):
-                if fallback not in self.models:
-                    raise ConfigError(
-                        f"fallback '{fallback}' is not a model", (*at, "fallbacks", n)
+                if fallback not in self.models and fallback not in broken:
+                    problems.append(
+                        ConfigError(f"fallback '{fallback}' is not a model", (*at, "fallbacks", n))
                     )
             if cycle := self._fallback_cycle(name):
-                raise ConfigError(
-                    f"fallbacks form a cycle: {' -> '.join(cycle)}", (*at, "fallbacks")
+                problems.append(
+                    ConfigError(f"fallbacks form a cycle: {' -> '.join(cycle)}", (*at, "fallbacks"))
                 )
+        return problems
 
-    def _check_caches(self, where: dict[str, int]) -> None:
+    def _check_caches(self, where: dict[str, int], broken: set[str]) -> list[ConfigError]:
         """A semantic cache's embedding model is a known model that serves embeddings."""
+        problems = []
         for name, model in self.models.items():
             semantic = model.cache.semantic if model.cache else None
             if semantic is None:
@@ -445,15 +481,21 @@ class Settings:
             )
             embedder = self.models.get(semantic.embedding_model)
             if embedder is None:
-                raise ConfigError(f"'{semantic.embedding_model}' is not a model", at)
-            if not embedder.serves("/v1/embeddings"):
-                raise ConfigError(f"'{semantic.embedding_model}' does not serve /v1/embeddings", at)
+                if semantic.embedding_model not in broken:
+                    problems.append(ConfigError(f"'{semantic.embedding_model}' is not a model", at))
+            elif not embedder.serves("/v1/embeddings"):
+                problems.append(
+                    ConfigError(f"'{semantic.embedding_model}' does not serve /v1/embeddings", at)
+                )
+        return problems
 
     def _fallback_cycle(self, start: str) -> list[str] | None:
         """A chain of fallbacks from ``start`` back to a model already on it, if any."""
 
         def walk(name: str, chain: list[str]) -> list[str] | None:
             for fallback in self.models[name].fallbacks:
+                if fallback not in self.models:
+                    continue  # reported on its own
                 if fallback in chain:
                     return [*chain, fallback]
                 if found := walk(fallback, [*chain, fallback]):

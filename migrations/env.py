@@ -25,7 +25,7 @@ def _url() -> str:
     url = config.attributes.get("database_url")
     if url is None:
         settings = Settings.from_env()
-        url = resolve_database(settings.database_url, settings.home)
+        url = resolve_database(settings.database_url, settings.home, create=True)
     return url.sqlalchemy_sync()
 
 

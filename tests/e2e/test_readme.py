@@ -1,7 +1,10 @@
-"""The README's SDK example runs as written against a live gateway."""
+"""The README's SDK example and its batch shell commands run as written against a live
+gateway."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -31,3 +34,30 @@ def test_readme_python_example_runs(gateway: Gateway, key: str, tmp_path: Path):
         "completed echo: later",
         "echo: resumable",
     ]
+
+
+def test_readme_batch_shell_commands_run_as_printed(gateway: Gateway, key: str, tmp_path: Path):
+    """The README's Batch API shell blocks, pasted into a terminal beside a checkout."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "requests.jsonl" in b]
+    assert len(blocks) == 2 and "tiergate batch status" in blocks[1]
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # `source .venv/...`
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "TIERGATE_URL": gateway.url,
+        "TIERGATE_API_KEY": key,
+    }
+    out = subprocess.run(
+        ["bash", "-euc", "\n".join(blocks)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["custom_id"] for r in results) == ["q1", "q2"]
+    batch_id = out.stdout.split()[0]
+    assert batch_id.startswith("batch_") and "completed" in out.stdout

@@ -43,7 +43,8 @@ async def tracker(engine) -> AsyncIterator[RealtimeTracker]:
 
 @pytest.fixture
 async def owner(engine) -> ApiKey:
-    key, _secret = await KeyStore(engine).create("integration", None)
+    """A new key per test (its name too: live key names are unique)."""
+    key, _secret = await KeyStore(engine).create(new_id("integration-"), None)
     return key
 
 

@@ -118,10 +118,15 @@ async def test_entries_of_a_revoked_key_are_not_stored_and_clear_takes_names(
             .all()
         )
     assert owners == [owner.id]
-    again, _ = await keys.create("integration", None)  # the owner's name, a new key
-    await store.put_many([entry(again.id, 3)])
-    assert await store.clear(key="integration") == 2  # every key that has had the name
-    assert await store.clear() == 0
+    # A name matches every key that has had it: a key revoked, then its name given again
+    # (live names are unique, migration 0017).
+    first, _ = await keys.create("reused", None)
+    await store.put_many([entry(first.id, 3)])
+    await keys.revoke(first.id)
+    again, _ = await keys.create("reused", None)
+    await store.put_many([entry(again.id, 4)])
+    assert await store.clear(key="reused") == 2
+    assert await store.clear() == 1  # the owner's
 
 
 async def test_prune_deletes_expired_entries_in_chunks(

@@ -173,3 +173,59 @@ def test_a_good_cache_loads(tmp_path: Path):
     cache = Settings.from_env({"TIERGATE_CONFIG": str(path)}).models["chat"].cache
     assert cache is not None and cache.exact and cache.ignore == ["temperature"]
     assert cache.semantic is not None and cache.semantic.min_similarity == 0.9
+
+
+MISTAKES = """\
+models:
+  - name: a
+    upstream: htp//oops
+  - name: b
+    deployments:
+      - name: d1
+        upstream: ftp://x
+        weight: 0
+  - name: c
+    upstream: https://api.example.com/v1
+    fallbacks: [b, nope]
+  - name: d
+    upstream: mock
+    flex_concurrency: -1
+limits:
+  max_body_bytes: 1
+"""
+
+
+def test_every_mistake_is_reported_with_its_line(tmp_path: Path):
+    path = tmp_path / "tiergate.yaml"
+    path.write_text(MISTAKES)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TIERGATE_CONFIG": str(path)})
+    f = str(path)
+    upstream = "upstream must be an http:// or https:// URL with a host (or mock), not"
+    assert str(caught.value).splitlines() == [
+        "6 mistakes:",
+        f"  {f} line 3 (models[0].upstream): {upstream} 'htp//oops'",
+        f"  {f} line 7 (models[1].deployments[0].upstream): {upstream} 'ftp://x'",
+        f"  {f} line 8 (models[1].deployments[0].weight): Input should be greater than 0",
+        f"  {f} line 11 (models[2].fallbacks[1]): fallback 'nope' is not a model",
+        f"  {f} line 14 (models[3].flex_concurrency): Input should be greater than or equal to 1",
+        f"  {f} line 16 (limits.max_body_bytes): Input should be greater than or equal to 1024",
+    ]
+
+
+@pytest.mark.parametrize(
+    "upstream", ["htp//oops", "ftp://x", "http://", "localhost:8000/v1", "mock://elsewhere"]
+)
+def test_an_upstream_must_be_http_with_a_host_or_mock(tmp_path: Path, upstream: str):
+    path = tmp_path / "tiergate.yaml"
+    path.write_text(f"models:\n  - name: m\n    upstream: '{upstream}'\n")
+    with pytest.raises(ConfigError, match=r"tiergate.yaml line 3 \(models\[0\].upstream\)"):
+        Settings.from_env({"TIERGATE_CONFIG": str(path)})
+
+
+@pytest.mark.parametrize("upstream", ["mock", "http://10.0.0.5:8000/v1/", "https://api.x.com/v1"])
+def test_good_upstreams_load(tmp_path: Path, upstream: str):
+    path = tmp_path / "tiergate.yaml"
+    path.write_text(f"models:\n  - name: m\n    upstream: '{upstream}'\n")
+    model = Settings.from_env({"TIERGATE_CONFIG": str(path)}).models["m"]
+    assert not model.deployments[0].upstream.endswith("/")
