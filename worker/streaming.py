@@ -23,6 +23,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from app.calls.outcome import renamed
 from app.openai.objects import response_object
 from app.openai.sse import event_data, events_end
 from app.openai.stored_events import dumps, terminal_event
@@ -184,8 +185,10 @@ async def stream_call(
     endpoint: str,
     body: dict[str, Any],
     writer: EventWriter,
+    naming: tuple[str, str],
 ) -> UpstreamReply:
-    """One streamed call: events stored as they come; the Response of the terminal event.
+    """One streamed call: events stored as they come, naming the model as ``naming`` says
+    (the upstream's name, the client's); the Response of the terminal event.
 
     A ``response.failed`` or an ``error`` event is a final failure; a stream that ends or
     breaks before its terminal event is retryable (``upstream_stream_broken``).
@@ -203,7 +206,7 @@ async def stream_call(
             data = pending + (chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk)
             cut = events_end(data)
             pending = data[cut:]
-            for block in data[:cut].split(b"\n\n"):
+            for block in renamed(data[:cut], *naming).split(b"\n\n"):
                 final = _take(block, writer)
                 if final is not None:
                     return UpstreamReply(200, final, "")

@@ -3,8 +3,9 @@
 - :func:`answered`: an upstream's whole answer (bytes, any status) as the row's ``Outcome`` and
   the body to send (stamped with tiergate's id; an error in OpenAI's shape).
 - :func:`completed`: a deferred call's parsed answer as its ``Outcome``.
-- :func:`names` and :func:`renamed`: a fallback model's answer names the model the client asked
-  for, whichever deployment served it.
+- :func:`names` and :func:`renamed`: an answer names the model the client asked for, not the
+  deployment's own name for it (``upstream_model``) nor a fallback model's, so it does not
+  change with the deployment that served it.
 - :class:`Meter`: the usage (reported, else estimated) and cost of a finished call, counted in
   the metrics of the process that finished it.
 """
@@ -32,9 +33,8 @@ PREVIOUS = "previous_response_id"
 
 def names(model: ModelConfig, deployment: Deployment) -> tuple[str, str]:
     """The model name in ``deployment``'s answers, and the name the client should see: the
-    model it asked for when a fallback model answered, else the answer's own."""
-    served = deployment.target_model
-    return served, model.name if deployment.model is not model else served
+    model it asked for."""
+    return deployment.target_model, model.name
 
 
 def renamed(content: bytes, served: str, asked: str) -> bytes:
@@ -99,7 +99,8 @@ def completed(
     """A deferred call's answer (``text`` as sent, when it can be stored as it is)."""
     served, asked = names(model, deployment)
     if served != asked and isinstance(body, dict) and "model" in body:
-        body, text = {**body, "model": asked}, ""
+        body = {**body, "model": asked}
+        text = renamed(text.encode(), served, asked).decode() if text else ""
     return Outcome(
         status=Status.COMPLETED,
         response_status=status,

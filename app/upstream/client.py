@@ -100,10 +100,12 @@ def retry_after(headers: httpx.Headers) -> float | None:
 
 def error_from_status(status: int, headers: httpx.Headers, content: bytes) -> UpstreamError:
     """The failure an error answer stands for; its body in OpenAI's shape whatever the
-    provider sent (``{"detail": ...}``, text, HTML), its text as the message."""
+    provider sent (``{"detail": ...}``, text, HTML), its text as the message, and its own
+    code when it gave one (else ``upstream_<status>``)."""
     body = normalize_error(status, content, headers.get("content-type"))
+    own = body["error"].get("code")
     return UpstreamError(
-        code=upstream_status(status),
+        code=own if isinstance(own, str) and own else upstream_status(status),
         message=body["error"]["message"],
         status=status,
         body=body,

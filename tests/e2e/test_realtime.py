@@ -27,10 +27,15 @@ def test_responses_realtime_is_proxied_and_tracked(client: openai.OpenAI, db: ps
 
 
 def test_upstream_sees_its_own_model_name_and_provider_key(
-    client: openai.OpenAI, db: psycopg.Connection
+    client: openai.OpenAI, db: psycopg.Connection, mock_upstream: str
 ):
-    raw = client.responses.with_raw_response.create(model="remote", input="which model")
-    assert raw.parse().model == "remote-upstream"  # rewritten for the provider
+    raw = client.responses.with_raw_response.create(
+        model="remote", input="mock:key=which-model which model"
+    )
+    # The provider saw its own name for the model; the client sees the name it asked for.
+    (sent,) = httpx.get(f"{mock_upstream}/_mock/attempts/which-model").json()["attempts"]
+    assert sent["body"]["model"] == "remote-upstream"
+    assert raw.parse().model == "remote"
     stored = json.dumps(row(db, raw.headers["x-request-id"]), default=str)
     assert PROVIDER_SECRET not in stored
     assert "tg-" not in stored  # nor the client's own key
@@ -108,3 +113,24 @@ def test_stream_events_reach_the_client_as_they_arrive(client: openai.OpenAI, mo
         httpx.post(mock_upstream + "/_mock/release/relay-1").raise_for_status()
         rest = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
     assert rest[-1]["type"] == "response.completed"
+
+
+def test_answers_name_the_model_the_client_asked_for(client: openai.OpenAI):
+    """``remote`` is ``remote-upstream`` to its provider: every answer, on every tier and in
+    every event of a stream, says ``remote``, whichever deployment served it."""
+    messages = [{"role": "user", "content": "names"}]
+    chat = client.chat.completions.create(model="remote", messages=messages)
+    flex = client.chat.completions.create(model="remote", messages=messages, service_tier="flex")
+    chunks = list(client.chat.completions.create(model="remote", messages=messages, stream=True))
+    embedded = client.embeddings.create(model="remote", input="names")
+    with client.responses.stream(model="remote", input="names") as stream:
+        events = list(stream)
+    final = events[-1]
+    assert final.type == "response.completed"
+    background = client.responses.create(
+        model="remote", input="names", background=True, stream=True
+    )
+    stored = [e.response.model for e in background if hasattr(e, "response")]
+    assert len(stored) >= 3  # created, in_progress, completed: stored by the worker too
+    assert {chat.model, flex.model, embedded.model, final.response.model, *stored} == {"remote"}
+    assert {chunk.model for chunk in chunks} == {"remote"}

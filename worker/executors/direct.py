@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from app.calls.outcome import Meter, completed
+from app.calls.outcome import Meter, completed, names
 from app.calls.policy import Attempt, Window, after_failure, fault_name, rule_for
 from app.calls.routing import deferred_deployment, ended_badly
 from app.settings import ModelConfig, Settings
@@ -65,7 +65,12 @@ class DirectExecutor:
                     reply = await self.upstream.call(deployment, work.endpoint, work.body)
                 else:
                     reply = await stream_call(
-                        self.upstream, deployment, work.endpoint, work.body, work.events
+                        self.upstream,
+                        deployment,
+                        work.endpoint,
+                        work.body,
+                        work.events,
+                        names(model, deployment),
                     )
             except UpstreamError as exc:
                 ended_badly(
