@@ -54,9 +54,10 @@ def test_background_failure_is_shown_in_error(client: openai.OpenAI):
     )
     done = poll(client, created.id, {"completed", "failed"})
     assert done.status == "failed"
-    # OpenAI's code on the object; tiergate's (the row's) leads the message.
+    # OpenAI's code on the object; the row's (the provider's own, when it gave one) leads the
+    # message.
     assert done.error is not None and done.error.code == "server_error"
-    assert done.error.message == "upstream_404: mock status 404"
+    assert done.error.message == "not_found: mock status 404"
 
 
 def wait_worker_done(gateway: Gateway, db: psycopg.Connection, request_id: str) -> None:
