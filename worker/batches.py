@@ -17,12 +17,13 @@ from app.openai.errors import APIError
 from app.openai.objects import result_line
 from app.openai.validation import check_for_chat, classify_body, parse_json
 from app.settings import Settings
-from app.store.batches import BatchStore, LineResult
+from app.store.batches import BatchStore, BatchToValidate, LineResult
 from app.store.db import database_unavailable
 from app.store.files import FileStore
 from app.store.group_commit import GroupCommit
 from app.store.keys import KeyStore
 from app.store.outcomes import Outcome
+from app.store.requests import ClaimedRequest
 from app.vocabulary import CLOSABLE_BATCH, BatchStatus, ErrorCode, PriceTier, Status, Tier, error
 from worker.execute import RequestRunner, RetryLater
 from worker.executors.base import Work
@@ -88,7 +89,7 @@ class BatchJobs:
 
     async def validate(self, batch_id: str) -> None:
         batch = await self.batches.for_validation(batch_id)
-        if batch is None or batch["status"] not in ("validating", "cancelling"):
+        if batch is None or batch.status not in ("validating", "cancelling"):
             return
         result = await self._read(batch)
         if result.errors:
@@ -100,18 +101,18 @@ class BatchJobs:
         if await self.batches.start(batch_id, result.records, jobs):
             log.info("batch %s: %d lines queued for %d job(s)", batch_id, len(result.records), jobs)
 
-    async def _read(self, batch: Any) -> Validation:
+    async def _read(self, batch: BatchToValidate) -> Validation:
         found = Validation()
-        key = await self.keys.get(batch["owner_key_id"])
+        key = await self.keys.get(batch.owner_key_id)
         if key is None:
             found.error("invalid_api_key", "The batch's API key was revoked.", None)
             return found
-        endpoint, batch_id = batch["endpoint"], batch["id"]
+        endpoint, batch_id = batch.endpoint, batch.id
         seen: set[str] = set()
         continuing: list[tuple[int, int, dict[str, Any]]] = []  # record, line, body
         model: str | None = None
         line_no = 0
-        async for raw in self.files.lines(batch["input_file_id"]):
+        async for raw in self.files.lines(batch.input_file_id):
             line_no += 1
             if not raw.strip():
                 continue
@@ -170,7 +171,7 @@ class BatchJobs:
                         Tier.FLEX,
                         Status.PENDING,
                         json.dumps(call.body, separators=(",", ":")),
-                        batch["expires_at"],
+                        batch.expires_at,
                     )
                 )
         if not seen and not found.errors:
@@ -232,13 +233,13 @@ class BatchJobs:
                         await self.batches.record(
                             [
                                 LineResult(
-                                    row["id"], row["attempts"], None, delay_s, PACED, counted=False
+                                    row.id, row.attempts, None, delay_s, PACED, counted=False
                                 )
                                 for row, delay_s in waiting
                             ]
                         )
                     for row in rows:
-                        running[row["id"]] = asyncio.create_task(self._line(row, cancelled))
+                        running[row.id] = asyncio.create_task(self._line(row, cancelled))
                 if not running:
                     break
                 done, _ = await asyncio.wait(running.values(), return_when=FIRST_COMPLETED)
@@ -253,10 +254,10 @@ class BatchJobs:
                 task.cancel()
             await asyncio.gather(*running.values(), return_exceptions=True)
         progress = await self.batches.progress(batch_id)
-        if progress["pending"]:
+        if progress.pending:
             # Lines wait for a retry (or another job is claiming them): come back then.
-            raise RetryLater(max(0.05, float(progress["next_in_s"] or 0)), "lines pending")
-        if not progress["running"]:
+            raise RetryLater(max(0.05, float(progress.next_in_s or 0)), "lines pending")
+        if not progress.running:
             await self.batches.defer_finalize(batch_id)
 
     async def _window(self, batch_id: str) -> int:
@@ -273,19 +274,19 @@ class BatchJobs:
             if await self.batches.status(batch_id) != BatchStatus.IN_PROGRESS:
                 cancelled.set()
 
-    async def _line(self, row: Any, cancelled: asyncio.Event) -> None:
+    async def _line(self, row: ClaimedRequest, cancelled: asyncio.Event) -> None:
         attempt = await self.runner.attempt(
             Work(
-                id=row["id"],
-                attempt=row["attempts"],
-                model=row["model"],
-                endpoint=row["endpoint"],
-                body=row["body"],
-                expires_at=row["expires_at"],
+                id=row.id,
+                attempt=row.attempts,
+                model=row.model,
+                endpoint=row.endpoint,
+                body=row.body,
+                expires_at=row.expires_at,
                 tier=PriceTier.BATCH,
-                key=row["key_name"] or "",
-                owner=row["owner_key_id"],
-                last=row["deployment"],
+                key=row.key_name or "",
+                owner=row.owner_key_id,
+                last=row.deployment,
                 expired=LINE_EXPIRED,
                 stop=cancelled,
                 stopped=LINE_CANCELLED,
@@ -295,8 +296,8 @@ class BatchJobs:
         if attempt is None:  # its executor took it over and finishes it itself
             return
         result = LineResult(
-            row["id"],
-            row["attempts"],
+            row.id,
+            row.attempts,
             attempt.outcome,
             attempt.retry_in_s,
             attempt.error,
@@ -312,9 +313,9 @@ class BatchJobs:
     async def finalize(self, batch_id: str) -> None:
         """Write the output and error files, then end the batch (idempotent)."""
         batch = await self.batches.for_finalize(batch_id)
-        if batch is None or batch["live"] or batch["status"] not in CLOSABLE_BATCH:
+        if batch is None or batch.live or batch.status not in CLOSABLE_BATCH:
             return
-        owner = batch["owner_key_id"]
+        owner = batch.owner_key_id
         output = await self.files.create(
             id=new_id("file-"),
             owner=owner,
@@ -341,9 +342,9 @@ class BatchJobs:
         await errors.close(publish=False)
         status = (
             BatchStatus.CANCELLED
-            if batch["status"] == BatchStatus.CANCELLING
+            if batch.status == BatchStatus.CANCELLING
             else BatchStatus.EXPIRED
-            if batch["expired"]
+            if batch.expired
             else BatchStatus.COMPLETED
         )
         final = await self.batches.close(

@@ -12,7 +12,6 @@ import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
@@ -27,6 +26,7 @@ from app.openai.objects import response_object
 from app.openai.replay import replayed
 from app.openai.validation import Call
 from app.store.cache import HitRow
+from app.store.requests import RequestRow
 from app.vocabulary import PriceTier, Status
 
 FREE = Decimal(0)
@@ -93,26 +93,28 @@ async def _sent(events: list[bytes]) -> AsyncIterator[bytes]:
         yield event
 
 
-def _row_view(row: HitRow) -> dict[str, Any]:
+def _row_view(row: HitRow) -> RequestRow:
     """The stored row as the answer builders read it."""
-    return {
-        "id": row.id,
-        "endpoint": row.endpoint,
-        "body": row.body,
-        "status": Status.COMPLETED,
-        "background": row.background,
-        "service_tier": row.tier,
-        "stream": row.stream,
-        "created_at": row.at,
-        "finished_at": row.at,
-        "response_status": 200,
-        "response_body": row.response_body,
-        "error": None,
-        "input_tokens": row.input_tokens,
-        "output_tokens": row.output_tokens,
-        "total_tokens": row.total_tokens,
-        "cached_tokens": row.cached_tokens,
-        "reasoning_tokens": row.reasoning_tokens,
-        "deployment": None,
-        "cache": str(row.cache),
-    }
+    return RequestRow(
+        id=row.id,
+        owner_key_id=row.owner,
+        endpoint=row.endpoint,
+        model=row.model,
+        service_tier=row.tier,
+        status=Status.COMPLETED,
+        body=row.body,
+        created_at=row.at,
+        background=row.background,
+        stream=row.stream,
+        finished_at=row.at,
+        response_status=200,
+        response_body=row.response_body,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        total_tokens=row.total_tokens,
+        cached_tokens=row.cached_tokens,
+        reasoning_tokens=row.reasoning_tokens,
+        usage_estimated=row.usage_estimated,
+        cost_usd=row.cost_usd,
+        cache=str(row.cache),
+    )

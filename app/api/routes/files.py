@@ -129,7 +129,7 @@ async def content(request: Request) -> Response:
     return StreamingResponse(
         store.chunks(file_id),
         media_type="application/octet-stream",
-        headers={"content-length": str(row["bytes"])},
+        headers={"content-length": str(row.bytes)},
     )
 
 

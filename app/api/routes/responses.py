@@ -69,7 +69,7 @@ async def cancel(request: Request) -> Response:
     row = await store.get(rid, key.id)
     if row is None:
         raise not_found("response", rid)
-    if not row["background"]:
+    if not row.background:
         raise bad_request(
             "Only responses created with background=true can be cancelled.", code="not_background"
         )
@@ -94,9 +94,9 @@ async def input_items(request: Request) -> Response:
     after, limit = page_params(request, default=20, maximum=100)
     order = sort_order(request)
     row = await _store(request).get(rid, current_key(request.scope).id)
-    if row is None or row["endpoint"] != "/v1/responses":
+    if row is None or row.endpoint != "/v1/responses":
         raise not_found("response", rid)
-    items = listed_items(rid, (row["body"] or {}).get("input"))
+    items = listed_items(rid, (row.body or {}).get("input"))
     if order == "desc":
         items.reverse()
     start = 0
@@ -114,13 +114,12 @@ async def retrieve_chat(request: Request) -> Response:
     """A finished chat completion by id (the SDK's ``chat.completions.retrieve``)."""
     rid = path_id(request, "chat completion")
     row = await _store(request).get(rid, current_key(request.scope).id)
-    if row is None or row["endpoint"] != "/v1/chat/completions":
+    if row is None or row.endpoint != "/v1/chat/completions":
         raise not_found("chat completion", rid)
-    if row["status"] != Status.COMPLETED:
+    if row.status != Status.COMPLETED:
         raise APIError(
             404,
-            f"Chat completion {rid} is {row['status']}; GET /v1/responses/{rid} shows "
-            "its progress.",
+            f"Chat completion {rid} is {row.status}; GET /v1/responses/{rid} shows its progress.",
             code="not_ready",
         )
     return json_response(stored_result(row), headers={"x-request-id": rid})
