@@ -24,7 +24,16 @@ from app.store.group_commit import GroupCommit
 from app.store.keys import KeyStore
 from app.store.outcomes import Outcome
 from app.store.requests import ClaimedRequest
-from app.vocabulary import CLOSABLE_BATCH, BatchStatus, ErrorCode, PriceTier, Status, Tier, error
+from app.vocabulary import (
+    CLOSABLE_BATCH,
+    BatchErrorCode,
+    BatchStatus,
+    ErrorCode,
+    PriceTier,
+    Status,
+    Tier,
+    error,
+)
 from worker.execute import RequestRunner, RetryLater
 from worker.executors.base import Work
 from worker.pacing import PACED, Pacer
@@ -89,7 +98,7 @@ class BatchJobs:
 
     async def validate(self, batch_id: str) -> None:
         batch = await self.batches.for_validation(batch_id)
-        if batch is None or batch.status not in ("validating", "cancelling"):
+        if batch is None or batch.status not in (BatchStatus.VALIDATING, BatchStatus.CANCELLING):
             return
         result = await self._read(batch)
         if result.errors:
@@ -105,7 +114,7 @@ class BatchJobs:
         found = Validation()
         key = await self.keys.get(batch.owner_key_id)
         if key is None:
-            found.error("invalid_api_key", "The batch's API key was revoked.", None)
+            found.error(BatchErrorCode.INVALID_API_KEY, "The batch's API key was revoked.", None)
             return found
         endpoint, batch_id = batch.endpoint, batch.id
         seen: set[str] = set()
@@ -118,7 +127,7 @@ class BatchJobs:
                 continue
             if len(seen) >= self.settings.limits.max_batch_lines:
                 found.error(
-                    "too_many_tasks",
+                    BatchErrorCode.TOO_MANY_TASKS,
                     f"A batch may have at most {self.settings.limits.max_batch_lines} lines.",
                     line_no,
                 )
@@ -129,7 +138,7 @@ class BatchJobs:
             custom_id, body = item
             if custom_id in seen:
                 found.error(
-                    "duplicate_custom_id",
+                    BatchErrorCode.DUPLICATE_CUSTOM_ID,
                     f"custom_id '{custom_id}' appears twice.",
                     line_no,
                     "custom_id",
@@ -140,7 +149,7 @@ class BatchJobs:
                 model = body.get("model")
             elif body.get("model") != model:
                 found.error(
-                    "model_mismatch",
+                    BatchErrorCode.MODEL_MISMATCH,
                     "Every line of a batch must use the same model.",
                     line_no,
                     "body.model",
@@ -150,7 +159,7 @@ class BatchJobs:
                 call = classify_body(endpoint, body, self.settings, key)
             except APIError as exc:
                 found.error(
-                    exc.code or "invalid_request",
+                    exc.code or BatchErrorCode.INVALID_REQUEST,
                     exc.message,
                     line_no,
                     f"body.{exc.param}" if exc.param else None,
@@ -175,7 +184,7 @@ class BatchJobs:
                     )
                 )
         if not seen and not found.errors:
-            found.error("empty_file", "The input file has no lines.", None)
+            found.error(BatchErrorCode.EMPTY_FILE, "The input file has no lines.", None)
         if continuing and not found.errors:
             await self._continue(continuing, key.id, found)
         return found
@@ -195,7 +204,9 @@ class BatchJobs:
                     body = exc
             if isinstance(body, APIError):
                 param = f"body.{body.param}" if body.param else None
-                found.error(body.code or "invalid_request", body.message, line_no, param)
+                found.error(
+                    body.code or BatchErrorCode.INVALID_REQUEST, body.message, line_no, param
+                )
                 continue
             record = found.records[index]
             found.records[index] = (
@@ -367,31 +378,38 @@ def _parse_line(
         # again (NUL, NaN, lone surrogates, absurd nesting) must fail here, not in the COPY.
         item = parse_json(raw)
     except APIError as exc:
-        found.error("invalid_json_line", f"This line is not valid: {exc.message}", line_no)
+        found.error(
+            BatchErrorCode.INVALID_JSON_LINE, f"This line is not valid: {exc.message}", line_no
+        )
         return None
     custom_id, body = item.get("custom_id"), item.get("body")
     if not isinstance(custom_id, str) or not custom_id:
         found.error(
-            "invalid_request", "Each line needs a string 'custom_id'.", line_no, "custom_id"
+            BatchErrorCode.INVALID_REQUEST,
+            "Each line needs a string 'custom_id'.",
+            line_no,
+            "custom_id",
         )
         return None
     if item.get("method", "POST") != "POST":
-        found.error("invalid_request", "'method' must be POST.", line_no, "method")
+        found.error(BatchErrorCode.INVALID_REQUEST, "'method' must be POST.", line_no, "method")
         return None
     if item.get("url") != endpoint:
         found.error(
-            "url_mismatch",
+            BatchErrorCode.URL_MISMATCH,
             f"The line's url {item.get('url')!r} differs from the batch's {endpoint!r}.",
             line_no,
             "url",
         )
         return None
     if not isinstance(body, dict):
-        found.error("invalid_request", "Each line needs an object 'body'.", line_no, "body")
+        found.error(
+            BatchErrorCode.INVALID_REQUEST, "Each line needs an object 'body'.", line_no, "body"
+        )
         return None
     if body.get("stream") or body.get("background"):
         found.error(
-            "invalid_request",
+            BatchErrorCode.INVALID_REQUEST,
             "Batch lines cannot stream or run in the background.",
             line_no,
             "body",

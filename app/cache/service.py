@@ -26,7 +26,7 @@ from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
 from app.store.requests import ClaimedRequest
 from app.token_usage import TokenUsage
-from app.vocabulary import CacheResult
+from app.vocabulary import CacheResult, Endpoint
 
 log = logging.getLogger("tiergate.cache")
 
@@ -91,7 +91,7 @@ def hit_answer(
                 details, count = "input_tokens_details", usage["input_tokens"]
             else:
                 details, count = "prompt_tokens_details", usage.get("prompt_tokens")
-            if endpoint != "/v1/embeddings":
+            if endpoint != Endpoint.EMBEDDINGS:
                 usage[details] = {**(usage.get(details) or {}), "cached_tokens": count}
             body["usage"] = usage
     found = usage_of(body)

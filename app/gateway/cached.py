@@ -27,7 +27,7 @@ from app.openai.replay import replayed
 from app.openai.validation import Call
 from app.store.cache import HitRow
 from app.store.requests import RequestRow
-from app.vocabulary import PriceTier, Status
+from app.vocabulary import PriceTier, Status, Tier
 
 FREE = Decimal(0)
 
@@ -67,7 +67,7 @@ class CachedAnswers:
         await self.cache.record_hit(row)
         if self.settle is not None and call.estimated_tokens:
             self.settle(call.key_id, call.estimated_tokens, usage.total or 0)
-        tier = PriceTier.FLEX if call.tier == "flex" else PriceTier.DEFAULT
+        tier = PriceTier.FLEX if call.tier == Tier.FLEX else PriceTier.DEFAULT
         self.metrics.observe_usage(call.model.name, tier, call.key_name, usage, FREE)
         self.metrics.observe_request(
             call.endpoint, call.tier, Status.COMPLETED, time.perf_counter() - started

@@ -35,7 +35,7 @@ from app.settings import Settings
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
 from app.store.requests import RequestRow, RequestStore, Submission
-from app.vocabulary import LIVE, Header, Priority, Status, Tier
+from app.vocabulary import LIVE, Header, Priority, RequestErrorCode, ResponseErrorCode, Status, Tier
 
 # A blocking client gives up this long after the window, should no worker ever come.
 WAIT_GRACE_S = 30.0
@@ -132,10 +132,10 @@ class DeferredCalls:
             raise APIError(
                 404,
                 f"Request {rid} was deleted before it finished.",
-                code="not_found",
+                code=RequestErrorCode.NOT_FOUND,
                 headers={"x-request-id": rid},
             )
-        self.metrics.observe_request(endpoint, "flex", row.status, time.perf_counter() - started)
+        self.metrics.observe_request(endpoint, Tier.FLEX, row.status, time.perf_counter() - started)
         return result_response(row)
 
     async def _background_stream(
@@ -204,9 +204,11 @@ class DeferredCalls:
             message = f"Request {rid} did not finish in time; fetch it later by id."
             if finished:
                 message = f"Request {rid} was deleted before it finished."
-            yield stream_error(endpoint, {"code": "still_running", "message": message})
+            yield stream_error(
+                endpoint, {"code": RequestErrorCode.STILL_RUNNING, "message": message}
+            )
             return
-        self.metrics.observe_request(endpoint, "flex", row.status, time.perf_counter() - started)
+        self.metrics.observe_request(endpoint, Tier.FLEX, row.status, time.perf_counter() - started)
         for part in replayed(row, include_usage=include_usage):
             yield part
 
@@ -261,10 +263,13 @@ def result_response(row: RequestRow) -> Response:
             504,
             f"Request {rid} is still {status}; fetch it later by id.",
             type="server_error",
-            code="still_running",
+            code=RequestErrorCode.STILL_RUNNING,
             headers=no_retry,
         )
-    error = row_error(row) or {"code": "server_error", "message": "The request failed."}
+    error = row_error(row) or {
+        "code": ResponseErrorCode.SERVER_ERROR,
+        "message": "The request failed.",
+    }
     if status == Status.EXPIRED:
         raise APIError(
             429, error["message"], type="rate_limit_error", code=error["code"], headers=no_retry

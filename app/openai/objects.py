@@ -8,7 +8,14 @@ import json
 from typing import Any, Protocol
 
 from app.ids import new_id
-from app.vocabulary import MESSAGES, Endpoint, ErrorCode, Status, response_error_code
+from app.vocabulary import (
+    MESSAGES,
+    Endpoint,
+    ErrorCode,
+    ResponseErrorCode,
+    Status,
+    response_error_code,
+)
 
 # What the builders read of the store's rows (``app.store``'s row classes, which this layer
 # cannot import, have these attributes and more).
@@ -363,6 +370,6 @@ def result_line(row: ResultLineView) -> tuple[bool, str]:
             f'"body":{row.response_body or "null"}}}'
         )
         return row.status == Status.COMPLETED, f'{head}"response":{response},"error":null}}\n'
-    error = row.error or {"code": "server_error", "message": "The line failed."}
+    error = row.error or {"code": ResponseErrorCode.SERVER_ERROR, "message": "The line failed."}
     detail = json.dumps({"code": error.get("code"), "message": error.get("message")})
     return False, f'{head}"response":null,"error":{detail}}}\n'

@@ -122,7 +122,7 @@ def chat_error(error: dict[str, Any]) -> bytes:
 
 def stream_error(endpoint: str, error: dict[str, Any]) -> bytes:
     """An in-band error of either API, for a stream that cannot give its result."""
-    if endpoint == "/v1/responses":
+    if endpoint == Endpoint.RESPONSES:
         event = {
             "type": "error",
             "code": error.get("code"),
