@@ -6,10 +6,12 @@ import re
 import secrets
 import time
 
-ENDPOINT_PREFIX = {
-    "/v1/responses": "resp_",
-    "/v1/chat/completions": "chatcmpl-",
-    "/v1/embeddings": "embd_",
+from app.vocabulary import Endpoint
+
+ENDPOINT_PREFIX: dict[str, str] = {
+    Endpoint.RESPONSES: "resp_",
+    Endpoint.CHAT: "chatcmpl-",
+    Endpoint.EMBEDDINGS: "embd_",
 }
 
 

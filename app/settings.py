@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from app import config_file
+from app import config_file, vocabulary
 from app.config_file import ConfigError, all_from_validation, raise_all
 from app.vocabulary import ExecutorKind, TokenField, UpstreamApi
 
@@ -24,11 +24,12 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
 
+# An endpoint as the config names it (``vocabulary.Endpoint`` is its path).
 Endpoint = Literal["responses", "chat", "embeddings"]
 ENDPOINT_PATHS: dict[str, Endpoint] = {
-    "/v1/responses": "responses",
-    "/v1/chat/completions": "chat",
-    "/v1/embeddings": "embeddings",
+    vocabulary.Endpoint.RESPONSES: "responses",
+    vocabulary.Endpoint.CHAT: "chat",
+    vocabulary.Endpoint.EMBEDDINGS: "embeddings",
 }
 
 
@@ -483,7 +484,7 @@ class Settings:
             if embedder is None:
                 if semantic.embedding_model not in broken:
                     problems.append(ConfigError(f"'{semantic.embedding_model}' is not a model", at))
-            elif not embedder.serves("/v1/embeddings"):
+            elif not embedder.serves(vocabulary.Endpoint.EMBEDDINGS):
                 problems.append(
                     ConfigError(f"'{semantic.embedding_model}' does not serve /v1/embeddings", at)
                 )

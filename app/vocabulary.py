@@ -309,13 +309,55 @@ def sql_error(code: ErrorCode) -> str:
 
 
 class RequestErrorCode(StrEnum):
-    """Codes of client errors that a request is refused with (never stored on a row)."""
+    """Codes of the errors tiergate answers a request with (the ``code`` of an OpenAI error
+    body; never stored on a row). Limits and permissions have theirs: :class:`LimitCode`,
+    :class:`AccessCode`."""
 
     PREVIOUS_RESPONSE_NOT_FOUND = "previous_response_not_found"
     PREVIOUS_RESPONSE_NOT_FINISHED = "previous_response_not_finished"
     # Chat's deprecated function calling (``functions``, ``function_call``, role
     # ``function``): refused on every tier, never forwarded; ``tools`` replaces it.
     LEGACY_FUNCTION_CALLING = "legacy_function_calling"
+    # The body or the query is not what the endpoint takes.
+    INVALID_VALUE = "invalid_value"
+    INVALID_TYPE = "invalid_type"
+    MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
+    REQUEST_TOO_LARGE = "request_too_large"
+    FILE_TOO_LARGE = "file_too_large"
+    REQUEST_TIMEOUT = "request_timeout"  # the body did not arrive in time
+    # What the request names does not exist, or not for this key.
+    NOT_FOUND = "not_found"
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    MODEL_NOT_SUPPORTED = "model_not_supported"  # the endpoint is not one the model serves
+    UNKNOWN_DEPLOYMENT = "unknown_deployment"  # x-tiergate-deployment
+    UNKNOWN_URL = "unknown_url"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    INVALID_API_KEY = "invalid_api_key"
+    # The request is fine but its object is not in the state it asks for.
+    NOT_BACKGROUND = "not_background"  # only a background Response can be cancelled
+    NOT_READY = "not_ready"  # a chat completion read before it finished
+    STILL_RUNNING = "still_running"  # a blocking flex client's wait ended first
+    # tiergate cannot take it now.
+    SERVER_BUSY = "server_busy"  # the byte budget of bodies being read is spent
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    INTERNAL_ERROR = "internal_error"
+
+
+class BatchErrorCode(StrEnum):
+    """Codes of the errors that fail a batch's validation (``batches.errors``, one per line
+    at fault); a line the gateway would refuse keeps the :class:`RequestErrorCode` it would
+    get, ``invalid_request`` when it has none."""
+
+    INVALID_JSON_LINE = "invalid_json_line"
+    INVALID_REQUEST = "invalid_request"
+    DUPLICATE_CUSTOM_ID = "duplicate_custom_id"
+    MODEL_MISMATCH = "model_mismatch"
+    URL_MISMATCH = "url_mismatch"
+    TOO_MANY_TASKS = "too_many_tasks"
+    EMPTY_FILE = "empty_file"
+    INVALID_API_KEY = "invalid_api_key"  # the batch's key was revoked
 
 
 class LimitCode(StrEnum):

@@ -17,13 +17,23 @@ from app.openai.errors import APIError
 from app.openai.objects import result_line
 from app.openai.validation import check_for_chat, classify_body, parse_json
 from app.settings import Settings
-from app.store.batches import BatchStore, LineResult
+from app.store.batches import BatchStore, BatchToValidate, LineResult
 from app.store.db import database_unavailable
 from app.store.files import FileStore
 from app.store.group_commit import GroupCommit
 from app.store.keys import KeyStore
 from app.store.outcomes import Outcome
-from app.vocabulary import CLOSABLE_BATCH, BatchStatus, ErrorCode, PriceTier, Status, Tier, error
+from app.store.requests import ClaimedRequest
+from app.vocabulary import (
+    CLOSABLE_BATCH,
+    BatchErrorCode,
+    BatchStatus,
+    ErrorCode,
+    PriceTier,
+    Status,
+    Tier,
+    error,
+)
 from worker.execute import RequestRunner, RetryLater
 from worker.executors.base import Work
 from worker.pacing import PACED, Pacer
@@ -88,7 +98,7 @@ class BatchJobs:
 
     async def validate(self, batch_id: str) -> None:
         batch = await self.batches.for_validation(batch_id)
-        if batch is None or batch["status"] not in ("validating", "cancelling"):
+        if batch is None or batch.status not in (BatchStatus.VALIDATING, BatchStatus.CANCELLING):
             return
         result = await self._read(batch)
         if result.errors:
@@ -100,24 +110,24 @@ class BatchJobs:
         if await self.batches.start(batch_id, result.records, jobs):
             log.info("batch %s: %d lines queued for %d job(s)", batch_id, len(result.records), jobs)
 
-    async def _read(self, batch: Any) -> Validation:
+    async def _read(self, batch: BatchToValidate) -> Validation:
         found = Validation()
-        key = await self.keys.get(batch["owner_key_id"])
+        key = await self.keys.get(batch.owner_key_id)
         if key is None:
-            found.error("invalid_api_key", "The batch's API key was revoked.", None)
+            found.error(BatchErrorCode.INVALID_API_KEY, "The batch's API key was revoked.", None)
             return found
-        endpoint, batch_id = batch["endpoint"], batch["id"]
+        endpoint, batch_id = batch.endpoint, batch.id
         seen: set[str] = set()
         continuing: list[tuple[int, int, dict[str, Any]]] = []  # record, line, body
         model: str | None = None
         line_no = 0
-        async for raw in self.files.lines(batch["input_file_id"]):
+        async for raw in self.files.lines(batch.input_file_id):
             line_no += 1
             if not raw.strip():
                 continue
             if len(seen) >= self.settings.limits.max_batch_lines:
                 found.error(
-                    "too_many_tasks",
+                    BatchErrorCode.TOO_MANY_TASKS,
                     f"A batch may have at most {self.settings.limits.max_batch_lines} lines.",
                     line_no,
                 )
@@ -128,7 +138,7 @@ class BatchJobs:
             custom_id, body = item
             if custom_id in seen:
                 found.error(
-                    "duplicate_custom_id",
+                    BatchErrorCode.DUPLICATE_CUSTOM_ID,
                     f"custom_id '{custom_id}' appears twice.",
                     line_no,
                     "custom_id",
@@ -139,7 +149,7 @@ class BatchJobs:
                 model = body.get("model")
             elif body.get("model") != model:
                 found.error(
-                    "model_mismatch",
+                    BatchErrorCode.MODEL_MISMATCH,
                     "Every line of a batch must use the same model.",
                     line_no,
                     "body.model",
@@ -149,7 +159,7 @@ class BatchJobs:
                 call = classify_body(endpoint, body, self.settings, key)
             except APIError as exc:
                 found.error(
-                    exc.code or "invalid_request",
+                    exc.code or BatchErrorCode.INVALID_REQUEST,
                     exc.message,
                     line_no,
                     f"body.{exc.param}" if exc.param else None,
@@ -170,11 +180,11 @@ class BatchJobs:
                         Tier.FLEX,
                         Status.PENDING,
                         json.dumps(call.body, separators=(",", ":")),
-                        batch["expires_at"],
+                        batch.expires_at,
                     )
                 )
         if not seen and not found.errors:
-            found.error("empty_file", "The input file has no lines.", None)
+            found.error(BatchErrorCode.EMPTY_FILE, "The input file has no lines.", None)
         if continuing and not found.errors:
             await self._continue(continuing, key.id, found)
         return found
@@ -194,7 +204,9 @@ class BatchJobs:
                     body = exc
             if isinstance(body, APIError):
                 param = f"body.{body.param}" if body.param else None
-                found.error(body.code or "invalid_request", body.message, line_no, param)
+                found.error(
+                    body.code or BatchErrorCode.INVALID_REQUEST, body.message, line_no, param
+                )
                 continue
             record = found.records[index]
             found.records[index] = (
@@ -232,13 +244,13 @@ class BatchJobs:
                         await self.batches.record(
                             [
                                 LineResult(
-                                    row["id"], row["attempts"], None, delay_s, PACED, counted=False
+                                    row.id, row.attempts, None, delay_s, PACED, counted=False
                                 )
                                 for row, delay_s in waiting
                             ]
                         )
                     for row in rows:
-                        running[row["id"]] = asyncio.create_task(self._line(row, cancelled))
+                        running[row.id] = asyncio.create_task(self._line(row, cancelled))
                 if not running:
                     break
                 done, _ = await asyncio.wait(running.values(), return_when=FIRST_COMPLETED)
@@ -253,10 +265,10 @@ class BatchJobs:
                 task.cancel()
             await asyncio.gather(*running.values(), return_exceptions=True)
         progress = await self.batches.progress(batch_id)
-        if progress["pending"]:
+        if progress.pending:
             # Lines wait for a retry (or another job is claiming them): come back then.
-            raise RetryLater(max(0.05, float(progress["next_in_s"] or 0)), "lines pending")
-        if not progress["running"]:
+            raise RetryLater(max(0.05, float(progress.next_in_s or 0)), "lines pending")
+        if not progress.running:
             await self.batches.defer_finalize(batch_id)
 
     async def _window(self, batch_id: str) -> int:
@@ -273,19 +285,19 @@ class BatchJobs:
             if await self.batches.status(batch_id) != BatchStatus.IN_PROGRESS:
                 cancelled.set()
 
-    async def _line(self, row: Any, cancelled: asyncio.Event) -> None:
+    async def _line(self, row: ClaimedRequest, cancelled: asyncio.Event) -> None:
         attempt = await self.runner.attempt(
             Work(
-                id=row["id"],
-                attempt=row["attempts"],
-                model=row["model"],
-                endpoint=row["endpoint"],
-                body=row["body"],
-                expires_at=row["expires_at"],
+                id=row.id,
+                attempt=row.attempts,
+                model=row.model,
+                endpoint=row.endpoint,
+                body=row.body,
+                expires_at=row.expires_at,
                 tier=PriceTier.BATCH,
-                key=row["key_name"] or "",
-                owner=row["owner_key_id"],
-                last=row["deployment"],
+                key=row.key_name or "",
+                owner=row.owner_key_id,
+                last=row.deployment,
                 expired=LINE_EXPIRED,
                 stop=cancelled,
                 stopped=LINE_CANCELLED,
@@ -295,8 +307,8 @@ class BatchJobs:
         if attempt is None:  # its executor took it over and finishes it itself
             return
         result = LineResult(
-            row["id"],
-            row["attempts"],
+            row.id,
+            row.attempts,
             attempt.outcome,
             attempt.retry_in_s,
             attempt.error,
@@ -312,9 +324,9 @@ class BatchJobs:
     async def finalize(self, batch_id: str) -> None:
         """Write the output and error files, then end the batch (idempotent)."""
         batch = await self.batches.for_finalize(batch_id)
-        if batch is None or batch["live"] or batch["status"] not in CLOSABLE_BATCH:
+        if batch is None or batch.live or batch.status not in CLOSABLE_BATCH:
             return
-        owner = batch["owner_key_id"]
+        owner = batch.owner_key_id
         output = await self.files.create(
             id=new_id("file-"),
             owner=owner,
@@ -341,9 +353,9 @@ class BatchJobs:
         await errors.close(publish=False)
         status = (
             BatchStatus.CANCELLED
-            if batch["status"] == BatchStatus.CANCELLING
+            if batch.status == BatchStatus.CANCELLING
             else BatchStatus.EXPIRED
-            if batch["expired"]
+            if batch.expired
             else BatchStatus.COMPLETED
         )
         final = await self.batches.close(
@@ -366,31 +378,38 @@ def _parse_line(
         # again (NUL, NaN, lone surrogates, absurd nesting) must fail here, not in the COPY.
         item = parse_json(raw)
     except APIError as exc:
-        found.error("invalid_json_line", f"This line is not valid: {exc.message}", line_no)
+        found.error(
+            BatchErrorCode.INVALID_JSON_LINE, f"This line is not valid: {exc.message}", line_no
+        )
         return None
     custom_id, body = item.get("custom_id"), item.get("body")
     if not isinstance(custom_id, str) or not custom_id:
         found.error(
-            "invalid_request", "Each line needs a string 'custom_id'.", line_no, "custom_id"
+            BatchErrorCode.INVALID_REQUEST,
+            "Each line needs a string 'custom_id'.",
+            line_no,
+            "custom_id",
         )
         return None
     if item.get("method", "POST") != "POST":
-        found.error("invalid_request", "'method' must be POST.", line_no, "method")
+        found.error(BatchErrorCode.INVALID_REQUEST, "'method' must be POST.", line_no, "method")
         return None
     if item.get("url") != endpoint:
         found.error(
-            "url_mismatch",
+            BatchErrorCode.URL_MISMATCH,
             f"The line's url {item.get('url')!r} differs from the batch's {endpoint!r}.",
             line_no,
             "url",
         )
         return None
     if not isinstance(body, dict):
-        found.error("invalid_request", "Each line needs an object 'body'.", line_no, "body")
+        found.error(
+            BatchErrorCode.INVALID_REQUEST, "Each line needs an object 'body'.", line_no, "body"
+        )
         return None
     if body.get("stream") or body.get("background"):
         found.error(
-            "invalid_request",
+            BatchErrorCode.INVALID_REQUEST,
             "Batch lines cannot stream or run in the background.",
             line_no,
             "body",

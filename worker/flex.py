@@ -25,7 +25,6 @@ import contextlib
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from app.cache.service import wanted_for
 from app.calls.policy import EXPIRED, Attempt
@@ -36,7 +35,7 @@ from app.store.events import EventStore
 from app.store.group_commit import GroupCommit
 from app.store.listener import Listener
 from app.store.outcomes import Outcome
-from app.store.requests import Finish, RequestStore
+from app.store.requests import ClaimedRequest, Finish, RequestStore
 from app.vocabulary import Channel, ErrorCode, Status, error
 from worker.execute import RequestRunner
 from worker.executors.base import Work
@@ -141,10 +140,10 @@ class FlexDispatcher:
             for row in ready:
                 self._start(row)
             for row, delay_s in waiting:  # over its key's rate: back in the queue till then
-                await self.store.requeue(row["id"], row["attempts"], PACED, delay_s, counted=False)
+                await self.store.requeue(row.id, row.attempts, PACED, delay_s, counted=False)
                 self._schedule_due(delay_s)
             # A model that filled its free slots may have more waiting: claim again.
-            got = Counter(row["model"] for row in rows)
+            got = Counter(row.model for row in rows)
             if not any(got[model] == n for model, n in wanted.items()):
                 return
 
@@ -172,17 +171,17 @@ class FlexDispatcher:
         self._check_due = True
         self._wake.set()
 
-    def _start(self, row: Any) -> None:
-        self._inflight[row["model"]] += 1
-        task = asyncio.create_task(self._run(row), name=f"flex-{row['id']}")
+    def _start(self, row: ClaimedRequest) -> None:
+        self._inflight[row.model] += 1
+        task = asyncio.create_task(self._run(row), name=f"flex-{row.id}")
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
 
-    async def _run(self, row: Any) -> None:
-        request_id, attempt, model = row["id"], row["attempts"], row["model"]
+    async def _run(self, row: ClaimedRequest) -> None:
+        request_id, attempt, model = row.id, row.attempts, row.model
         writer: EventWriter | None = None
         try:
-            if row["expired"]:
+            if row.expired:
                 await self._finish(Finish(request_id, attempt, EXPIRED))
                 return
             if wants_events(row):
@@ -197,14 +196,14 @@ class FlexDispatcher:
                         id=request_id,
                         attempt=attempt,
                         model=model,
-                        endpoint=row["endpoint"],
-                        body=row["body"],
-                        expires_at=row["expires_at"],
-                        tier=row["service_tier"],
-                        key=row["key_name"] or "",
-                        owner=row["owner_key_id"],
-                        pin=row["pinned_deployment"],
-                        last=row["deployment"],
+                        endpoint=row.endpoint,
+                        body=row.body,
+                        expires_at=row.expires_at,
+                        tier=row.service_tier,
+                        key=row.key_name or "",
+                        owner=row.owner_key_id,
+                        pin=row.pinned_deployment,
+                        last=row.deployment,
                         events=writer,
                     ),
                     cached=wanted_for(row),
@@ -239,11 +238,11 @@ class FlexDispatcher:
             self._inflight[model] -= 1
             self._wake.set()  # a slot is free
 
-    async def _writer(self, row: Any) -> EventWriter:
+    async def _writer(self, row: ClaimedRequest) -> EventWriter:
         """The event writer of a streamed attempt, numbering after the stored events."""
         while True:
             try:
-                return EventWriter(self.events, row, await self.events.last(row["id"]) + 1)
+                return EventWriter(self.events, row, await self.events.last(row.id) + 1)
             except Exception as exc:
                 if not database_unavailable(exc):
                     raise

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from app.calls.limits import UNLIMITED, WINDOW_S, estimate_tokens, wait_s
 from app.store.limits import LimitStore
 from app.store.outcomes import Outcome
+from app.store.requests import ClaimedRequest
 from app.vocabulary import LimitCode, Status
 
-R = TypeVar("R", bound=Mapping[Any, Any])
 MIN_DELAY_S = 0.05
 # Stored on a row waiting for its key's rate (replaced by its outcome when it runs).
 PACED = {
@@ -45,21 +45,23 @@ class Pacer:
         self._booked: dict[str, float] = {}  # per key: when its next waiting row is due
         self._credit: dict[str, float] = {}  # per key: tokens leased but not used (< 0: owed)
 
-    async def split(self, rows: Sequence[R]) -> tuple[list[R], list[tuple[R, float]]]:
-        """(rows to run now, [(row, seconds it waits)]). Rows need ``owner_key_id``, ``rpm``,
-        ``tpm`` and ``body``; rows of keys without limits always run."""
-        run: list[R] = []
-        wait: list[tuple[R, float]] = []
-        limited: dict[str, list[R]] = defaultdict(list)
+    async def split(
+        self, rows: Sequence[ClaimedRequest]
+    ) -> tuple[list[ClaimedRequest], list[tuple[ClaimedRequest, float]]]:
+        """(rows to run now, [(row, seconds it waits)]); rows of keys without limits always
+        run."""
+        run: list[ClaimedRequest] = []
+        wait: list[tuple[ClaimedRequest, float]] = []
+        limited: dict[str, list[ClaimedRequest]] = defaultdict(list)
         for row in rows:
-            if row["rpm"] is None and row["tpm"] is None:
+            if row.rpm is None and row.tpm is None:
                 run.append(row)
             else:
-                limited[row["owner_key_id"]].append(row)
+                limited[row.owner_key_id].append(row)
         for key_id, group in limited.items():
-            rpm, tpm = _rate(group[0]["rpm"]), _rate(group[0]["tpm"])
+            rpm, tpm = _rate(group[0].rpm), _rate(group[0].tpm)
             # A row estimated above a minute's worth runs once the bucket is full.
-            estimates = [min(float(estimate_tokens(r["body"] or {})), tpm) for r in group]
+            estimates = [min(float(estimate_tokens(r.body or {})), tpm) for r in group]
             credit = self._credit.pop(key_id, 0.0)
             lease = await self.store.lease(
                 key_id,
@@ -86,17 +88,17 @@ class Pacer:
                 self._credit[key_id] = min(tokens, tpm)
         return run, wait
 
-    def settle(self, row: Mapping[Any, Any], outcome: Outcome | None) -> None:
+    def settle(self, row: ClaimedRequest, outcome: Outcome | None) -> None:
         """Correct a run row's tokens by what its attempt used: a completed call's usage; a
         failed or retried one used none (as a gateway gives a failed call's tokens back)."""
-        if row["tpm"] is None:
+        if row.tpm is None:
             return
         usage = outcome.usage if outcome is not None else None
         completed = outcome is not None and outcome.status == Status.COMPLETED
         actual = usage.total if completed and usage is not None and usage.known else 0
         assert actual is not None
-        estimate = min(float(estimate_tokens(row["body"] or {})), float(row["tpm"]))
-        key_id = row["owner_key_id"]
+        estimate = min(float(estimate_tokens(row.body or {})), float(row.tpm))
+        key_id = row.owner_key_id
         self._credit[key_id] = min(
-            self._credit.get(key_id, 0.0) + estimate - actual, float(row["tpm"])
+            self._credit.get(key_id, 0.0) + estimate - actual, float(row.tpm)
         )

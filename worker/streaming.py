@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from app.calls.outcome import renamed
@@ -29,7 +28,7 @@ from app.openai.sse import event_data, events_end
 from app.openai.stored_events import dumps, terminal_event
 from app.store.events import EventStore
 from app.store.outcomes import Outcome
-from app.store.requests import Finish
+from app.store.requests import ClaimedRequest, Finish, RequestRow
 from app.upstream.client import (
     UpstreamClient,
     UpstreamError,
@@ -40,7 +39,7 @@ from app.upstream.client import (
     within,
 )
 from app.upstream.deployment import Deployment
-from app.vocabulary import ErrorCode, Status
+from app.vocabulary import Endpoint, ErrorCode, Status
 
 log = logging.getLogger("tiergate.streaming")
 
@@ -50,32 +49,26 @@ FLUSH_EVENTS = 64
 SKIPPED = frozenset({"response.created", "response.queued", "response.in_progress"})
 
 
-def wants_events(row: Mapping[str, Any]) -> bool:
+def wants_events(row: ClaimedRequest) -> bool:
     """Whether a claimed row is a background Response whose events are stored."""
-    return bool(row["stream"] and row["background"] and row["endpoint"] == "/v1/responses")
+    return row.stream and row.background and row.endpoint == Endpoint.RESPONSES
 
 
-def _row(claimed: Mapping[str, Any], **columns: Any) -> dict[str, Any]:
+def _row(claimed: ClaimedRequest, status: str, **columns: Any) -> RequestRow:
     """A request row as ``response_object`` reads it, from a claimed row and new columns."""
-    row = {
-        "id": claimed["id"],
-        "endpoint": claimed["endpoint"],
-        "body": claimed["body"],
-        "background": True,
-        "service_tier": claimed["service_tier"],
-        "created_at": claimed["created_at"],
-        "finished_at": None,
-        "response_status": None,
-        "response_body": None,
-        "error": None,
-        "input_tokens": None,
-        "output_tokens": None,
-        "total_tokens": None,
-        "cached_tokens": None,
-        "reasoning_tokens": None,
-    }
-    row.update(columns)
-    return row
+    return RequestRow(
+        id=claimed.id,
+        owner_key_id=claimed.owner_key_id,
+        endpoint=claimed.endpoint,
+        model=claimed.model,
+        service_tier=claimed.service_tier,
+        status=status,
+        body=claimed.body,
+        created_at=claimed.created_at,
+        background=True,
+        stream=True,
+        **columns,
+    )
 
 
 class EventWriter:
@@ -84,15 +77,15 @@ class EventWriter:
     def __init__(
         self,
         store: EventStore,
-        claimed: Mapping[str, Any],
+        claimed: ClaimedRequest,
         first: int,
         *,
         flush_s: float = FLUSH_S,
         flush_events: int = FLUSH_EVENTS,
     ) -> None:
         self.store = store
-        self.id: str = claimed["id"]
-        self.attempt: int = claimed["attempts"]
+        self.id = claimed.id
+        self.attempt = claimed.attempts
         self.next_seq = first
         self.flush_s = flush_s
         self.flush_events = flush_events
@@ -104,7 +97,7 @@ class EventWriter:
 
     def begin(self) -> None:
         """The attempt's first event: ``response.in_progress`` with tiergate's Response."""
-        started = response_object(_row(self._claimed, status=Status.IN_PROGRESS))
+        started = response_object(_row(self._claimed, Status.IN_PROGRESS))
         self.add({"type": "response.in_progress", "response": started})
 
     def add(self, event: dict[str, Any]) -> None:

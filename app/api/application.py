@@ -28,6 +28,7 @@ from app.gateway.services import Services
 from app.openai.errors import APIError
 from app.settings import Settings
 from app.store.dburl import DatabaseURL
+from app.vocabulary import RequestErrorCode
 
 log = logging.getLogger("tiergate")
 
@@ -93,7 +94,9 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     return APIError(
-        404, f"Unknown route: {request.method} {request.url.path}", code="unknown_url"
+        404,
+        f"Unknown route: {request.method} {request.url.path}",
+        code=RequestErrorCode.UNKNOWN_URL,
     ).response()
 
 
@@ -109,7 +112,7 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
     return APIError(
         405,
         f"Method {request.method} not allowed on {request.url.path}",
-        code="method_not_allowed",
+        code=RequestErrorCode.METHOD_NOT_ALLOWED,
         headers={"allow": ", ".join(sorted(allowed))},
     ).response()
 

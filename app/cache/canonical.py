@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.settings import NOT_DECIDING
+from app.vocabulary import Endpoint
 
-PROMPT_FIELD = {"/v1/chat/completions": "messages", "/v1/responses": "input"}
+PROMPT_FIELD: dict[str, str] = {Endpoint.CHAT: "messages", Endpoint.RESPONSES: "input"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ def request_key(endpoint: str, body: dict[str, Any], ignore: frozenset[str]) -> 
 def prompt_text(endpoint: str, body: dict[str, Any]) -> str | None:
     """The prompt as lines of ``role: text`` (None when a part is not text: an image, a
     file, audio; such prompts are cached exactly only)."""
-    if endpoint == "/v1/chat/completions":
+    if endpoint == Endpoint.CHAT:
         items = body.get("messages")
     else:
         items = body.get("input")
@@ -98,7 +99,7 @@ def storable(endpoint: str, request: dict[str, Any], response: Any) -> bool:
     temperature = request.get("temperature", 1)
     if isinstance(n, int) and n > 1 and (temperature is None or temperature > 0):
         return False
-    if endpoint == "/v1/chat/completions":
+    if endpoint == Endpoint.CHAT:
         choices = response.get("choices")
         return (
             isinstance(choices, list)
@@ -108,6 +109,6 @@ def storable(endpoint: str, request: dict[str, Any], response: Any) -> bool:
                 for c in choices
             )
         )
-    if endpoint == "/v1/responses":
+    if endpoint == Endpoint.RESPONSES:
         return response.get("status") == "completed"
     return True

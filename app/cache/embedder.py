@@ -14,6 +14,7 @@ from typing import Any
 
 from app.upstream.client import UpstreamClient
 from app.upstream.router import Router
+from app.vocabulary import Endpoint
 
 
 class EmbeddingFailed(Exception):
@@ -45,7 +46,7 @@ class Embedder:
                 try:
                     reply = await self.upstream.call(
                         deployment,
-                        "/v1/embeddings",
+                        Endpoint.EMBEDDINGS,
                         {**body, "model": deployment.target_model},
                     )
                 except BaseException as exc:

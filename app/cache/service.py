@@ -24,8 +24,9 @@ from app.settings import CacheConfig, ModelConfig, Settings
 from app.store.cache import CacheStore, Entry, HitRow, Wanted
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
+from app.store.requests import ClaimedRequest
 from app.token_usage import TokenUsage
-from app.vocabulary import CacheResult
+from app.vocabulary import CacheResult, Endpoint
 
 log = logging.getLogger("tiergate.cache")
 
@@ -67,10 +68,10 @@ def skips(header: str | None, key_enabled: bool) -> bool:
     return not key_enabled or (header is not None and header.strip().lower() == CacheResult.BYPASS)
 
 
-def wanted_for(row: Any) -> bool:
+def wanted_for(row: ClaimedRequest) -> bool:
     """Whether a claimed row may use the cache: neither its client (the row says ``bypass``)
     nor its key (``cache_enabled`` false) turned it off."""
-    return row["cache"] != CacheResult.BYPASS and row["cache_enabled"] is not False
+    return row.cache != CacheResult.BYPASS and row.cache_enabled is not False
 
 
 def hit_answer(
@@ -90,7 +91,7 @@ def hit_answer(
                 details, count = "input_tokens_details", usage["input_tokens"]
             else:
                 details, count = "prompt_tokens_details", usage.get("prompt_tokens")
-            if endpoint != "/v1/embeddings":
+            if endpoint != Endpoint.EMBEDDINGS:
                 usage[details] = {**(usage.get(details) or {}), "cached_tokens": count}
             body["usage"] = usage
     found = usage_of(body)

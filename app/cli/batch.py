@@ -19,7 +19,7 @@ from typing import IO, Any
 import httpx
 from tqdm import tqdm
 
-from app.vocabulary import FINAL_BATCH
+from app.vocabulary import FINAL_BATCH, Endpoint
 
 POLL_S = 1.0
 Command = Callable[[argparse.Namespace, Any], int]
@@ -227,7 +227,7 @@ def add_parser(sub: Any) -> None:
     run.add_argument(
         "--endpoint",
         required=True,
-        choices=["/v1/responses", "/v1/chat/completions", "/v1/embeddings"],
+        choices=[str(endpoint) for endpoint in Endpoint],
     )
     run.add_argument("--completion-window", default="24h")
     run.add_argument("--wait", action="store_true", help="follow it with a progress bar")

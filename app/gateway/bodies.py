@@ -19,6 +19,7 @@ from starlette.datastructures import Headers
 from starlette.types import Receive
 
 from app.openai.errors import APIError
+from app.vocabulary import RequestErrorCode
 
 # Bodies up to this size skip the budget: a few KB of chat is the common case.
 SMALL_BODY_BYTES = 64 * 1024
@@ -86,7 +87,7 @@ class ByteBudget:
                     f"The gateway is busy with other large requests (over {self.capacity} bytes"
                     f" of request bodies in flight); retry shortly.",
                     type="server_error",
-                    code="server_busy",
+                    code=RequestErrorCode.SERVER_BUSY,
                     headers={"retry-after": "1"},
                 ) from None
             raise
@@ -117,7 +118,9 @@ def declared_size(headers: Headers, limit: int) -> int | None:
 
 def _too_big(limit: int) -> APIError:
     return APIError(
-        413, f"The request body exceeds the limit of {limit} bytes.", code="request_too_large"
+        413,
+        f"The request body exceeds the limit of {limit} bytes.",
+        code=RequestErrorCode.REQUEST_TOO_LARGE,
     )
 
 
@@ -141,6 +144,6 @@ async def read_body(receive: Receive, headers: Headers, limit: int, timeout_s: f
         raise APIError(
             408,
             f"The request body did not arrive within {timeout_s:g} s.",
-            code="request_timeout",
+            code=RequestErrorCode.REQUEST_TIMEOUT,
             headers={"connection": "close"},
         ) from None

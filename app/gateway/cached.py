@@ -12,7 +12,6 @@ import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
@@ -27,7 +26,8 @@ from app.openai.objects import response_object
 from app.openai.replay import replayed
 from app.openai.validation import Call
 from app.store.cache import HitRow
-from app.vocabulary import PriceTier, Status
+from app.store.requests import RequestRow
+from app.vocabulary import PriceTier, Status, Tier
 
 FREE = Decimal(0)
 
@@ -67,7 +67,7 @@ class CachedAnswers:
         await self.cache.record_hit(row)
         if self.settle is not None and call.estimated_tokens:
             self.settle(call.key_id, call.estimated_tokens, usage.total or 0)
-        tier = PriceTier.FLEX if call.tier == "flex" else PriceTier.DEFAULT
+        tier = PriceTier.FLEX if call.tier == Tier.FLEX else PriceTier.DEFAULT
         self.metrics.observe_usage(call.model.name, tier, call.key_name, usage, FREE)
         self.metrics.observe_request(
             call.endpoint, call.tier, Status.COMPLETED, time.perf_counter() - started
@@ -93,26 +93,28 @@ async def _sent(events: list[bytes]) -> AsyncIterator[bytes]:
         yield event
 
 
-def _row_view(row: HitRow) -> dict[str, Any]:
+def _row_view(row: HitRow) -> RequestRow:
     """The stored row as the answer builders read it."""
-    return {
-        "id": row.id,
-        "endpoint": row.endpoint,
-        "body": row.body,
-        "status": Status.COMPLETED,
-        "background": row.background,
-        "service_tier": row.tier,
-        "stream": row.stream,
-        "created_at": row.at,
-        "finished_at": row.at,
-        "response_status": 200,
-        "response_body": row.response_body,
-        "error": None,
-        "input_tokens": row.input_tokens,
-        "output_tokens": row.output_tokens,
-        "total_tokens": row.total_tokens,
-        "cached_tokens": row.cached_tokens,
-        "reasoning_tokens": row.reasoning_tokens,
-        "deployment": None,
-        "cache": str(row.cache),
-    }
+    return RequestRow(
+        id=row.id,
+        owner_key_id=row.owner,
+        endpoint=row.endpoint,
+        model=row.model,
+        service_tier=row.tier,
+        status=Status.COMPLETED,
+        body=row.body,
+        created_at=row.at,
+        background=row.background,
+        stream=row.stream,
+        finished_at=row.at,
+        response_status=200,
+        response_body=row.response_body,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        total_tokens=row.total_tokens,
+        cached_tokens=row.cached_tokens,
+        reasoning_tokens=row.reasoning_tokens,
+        usage_estimated=row.usage_estimated,
+        cost_usd=row.cost_usd,
+        cache=str(row.cache),
+    )

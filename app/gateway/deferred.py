@@ -13,10 +13,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from sqlalchemy.engine import RowMapping
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
@@ -35,8 +34,8 @@ from app.openai.validation import Call
 from app.settings import Settings
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
-from app.store.requests import RequestStore, Submission
-from app.vocabulary import LIVE, Header, Priority, Status, Tier
+from app.store.requests import RequestRow, RequestStore, Submission
+from app.vocabulary import LIVE, Header, Priority, RequestErrorCode, ResponseErrorCode, Status, Tier
 
 # A blocking client gives up this long after the window, should no worker ever come.
 WAIT_GRACE_S = 30.0
@@ -66,7 +65,7 @@ class DeferredCalls:
             item_may_be_at_fault=lambda exc: not database_unavailable(exc),
         )
         # Answers woken together (a finished burst) are read by one query, not one each.
-        self.reading: GroupCommit[tuple[str, str], RowMapping | None] = GroupCommit(
+        self.reading: GroupCommit[tuple[str, str], RequestRow | None] = GroupCommit(
             store.get_many,
             name="flex-read",
             item_may_be_at_fault=lambda exc: not database_unavailable(exc),
@@ -133,10 +132,10 @@ class DeferredCalls:
             raise APIError(
                 404,
                 f"Request {rid} was deleted before it finished.",
-                code="not_found",
+                code=RequestErrorCode.NOT_FOUND,
                 headers={"x-request-id": rid},
             )
-        self.metrics.observe_request(endpoint, "flex", row["status"], time.perf_counter() - started)
+        self.metrics.observe_request(endpoint, Tier.FLEX, row.status, time.perf_counter() - started)
         return result_response(row)
 
     async def _background_stream(
@@ -205,9 +204,11 @@ class DeferredCalls:
             message = f"Request {rid} did not finish in time; fetch it later by id."
             if finished:
                 message = f"Request {rid} was deleted before it finished."
-            yield stream_error(endpoint, {"code": "still_running", "message": message})
+            yield stream_error(
+                endpoint, {"code": RequestErrorCode.STILL_RUNNING, "message": message}
+            )
             return
-        self.metrics.observe_request(endpoint, "flex", row["status"], time.perf_counter() - started)
+        self.metrics.observe_request(endpoint, Tier.FLEX, row.status, time.perf_counter() - started)
         for part in replayed(row, include_usage=include_usage):
             yield part
 
@@ -218,52 +219,57 @@ def wants_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def queued_row(sub: Submission) -> dict[str, Any]:
+def queued_row(sub: Submission) -> RequestRow:
     """The row a submission has just become, without reading it back."""
-    return {
-        "id": sub.id,
-        "endpoint": sub.endpoint,
-        "body": sub.body,
-        "status": Status.PENDING,
-        "background": sub.background,
-        "service_tier": sub.tier,
-        "created_at": dt.datetime.now(dt.UTC),
-        "finished_at": None,
-        "response_body": None,
-        "error": None,
-        "input_tokens": None,
-        "output_tokens": None,
-        "total_tokens": None,
-    }
+    return RequestRow(
+        id=sub.id,
+        owner_key_id=sub.owner,
+        endpoint=sub.endpoint,
+        model=sub.model,
+        service_tier=sub.tier,
+        status=Status.PENDING,
+        body=sub.body,
+        created_at=dt.datetime.now(dt.UTC),
+        background=sub.background,
+        stream=sub.stream,
+        priority=sub.priority,
+        pinned_deployment=sub.pin,
+        cache=sub.cache,
+    )
 
 
-def result_response(row: Mapping[Any, Any]) -> Response:
+def result_response(row: RequestRow) -> Response:
     """What a blocking client gets: the upstream body on success, an OpenAI error otherwise."""
-    rid = row["id"]
+    rid = row.id
     headers = {"x-request-id": rid}
-    if row["deployment"]:
-        headers[Header.DEPLOYMENT] = row["deployment"]
-    if row.get("cache"):  # the worker may have answered from the cache after all
-        headers[Header.CACHE] = row["cache"]
-    status = row["status"]
+    if row.deployment:
+        headers[Header.DEPLOYMENT] = row.deployment
+    if row.cache:  # the worker may have answered from the cache after all
+        headers[Header.CACHE] = row.cache
+    status = row.status
     if status == Status.COMPLETED:
-        return json_response(stored_result(row), row["response_status"] or 200, headers)
+        return json_response(stored_result(row), row.response_status or 200, headers)
     no_retry = {**headers, "x-should-retry": "false"}
-    answered = row["response_status"]
+    answered = row.response_status
     # A final client error from the provider: same status, same body; the worker decided, so
     # the SDK must not resubmit. (408/409/429 that outlasted max_attempts end as a 502 below.)
-    final_4xx = answered and 400 <= answered < 500 and not rule_for_status(answered).retryable
-    if status == Status.FAILED and final_4xx:
-        return json_response(row["response_body"], answered, no_retry)
+    final_4xx = (
+        answered is not None and 400 <= answered < 500 and not rule_for_status(answered).retryable
+    )
+    if status == Status.FAILED and answered is not None and final_4xx:
+        return json_response(row.response_body, answered, no_retry)
     if status in LIVE:
         raise APIError(
             504,
             f"Request {rid} is still {status}; fetch it later by id.",
             type="server_error",
-            code="still_running",
+            code=RequestErrorCode.STILL_RUNNING,
             headers=no_retry,
         )
-    error = row_error(row) or {"code": "server_error", "message": "The request failed."}
+    error = row_error(row) or {
+        "code": ResponseErrorCode.SERVER_ERROR,
+        "message": "The request failed.",
+    }
     if status == Status.EXPIRED:
         raise APIError(
             429, error["message"], type="rate_limit_error", code=error["code"], headers=no_retry

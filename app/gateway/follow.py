@@ -23,7 +23,7 @@ from app.openai.replay import KEEP_ALIVE, response_events
 from app.openai.stored_events import TERMINAL_TYPES, dumps, frame, terminal_event
 from app.store.events import EventStore
 from app.store.requests import RequestStore
-from app.vocabulary import FINAL
+from app.vocabulary import FINAL, RequestErrorCode
 
 # A reader that heard nothing for this long reads again (a lost notification).
 RECHECK_S = 30.0
@@ -104,7 +104,7 @@ class EventStreams:
 def _gone(rid: str, seq: int) -> bytes:
     event = {
         "type": "error",
-        "code": "not_found",
+        "code": RequestErrorCode.NOT_FOUND,
         "message": f"Response {rid} was deleted.",
         "param": None,
         "sequence_number": seq,

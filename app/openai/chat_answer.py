@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from app.ids import new_id
+from app.vocabulary import Tier
 
 
 def _echo(request: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def _echo(request: dict[str, Any]) -> dict[str, Any]:
         "truncation": "disabled",
         "user": request.get("user"),
         "background": False,
-        "service_tier": "default",
+        "service_tier": Tier.DEFAULT,
         "error": None,
     }
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from starlette.responses import Response
 
+from app.vocabulary import RequestErrorCode
+
 # Error messages quote at most this much of an id a client sent.
 MAX_SHOWN_ID = 64
 
@@ -66,14 +68,20 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
 
 def not_found(what: str, ident: str) -> APIError:
     shown = ident if len(ident) <= MAX_SHOWN_ID else ident[:MAX_SHOWN_ID] + "..."
-    return APIError(404, f"No {what} found with id '{shown}'.", code="not_found")
+    return APIError(404, f"No {what} found with id '{shown}'.", code=RequestErrorCode.NOT_FOUND)
 
 
 def unauthorized(message: str = "Incorrect API key provided.") -> APIError:
-    return APIError(401, message, type="authentication_error", code="invalid_api_key")
+    return APIError(
+        401, message, type="authentication_error", code=RequestErrorCode.INVALID_API_KEY
+    )
 
 
 def unavailable(message: str = "The database is unavailable; retry shortly.") -> APIError:
     return APIError(
-        503, message, type="server_error", code="service_unavailable", headers={"retry-after": "1"}
+        503,
+        message,
+        type="server_error",
+        code=RequestErrorCode.SERVICE_UNAVAILABLE,
+        headers={"retry-after": "1"},
     )

@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from app.openai.objects import Row, response_object, row_error, stored_result
-from app.vocabulary import ErrorCode, Status
+from app.openai.objects import RequestView, response_object, row_error, stored_result
+from app.vocabulary import Endpoint, ErrorCode, Status
 
 KEEP_ALIVE = b": keep-alive\n\n"
 
@@ -122,7 +122,7 @@ def chat_error(error: dict[str, Any]) -> bytes:
 
 def stream_error(endpoint: str, error: dict[str, Any]) -> bytes:
     """An in-band error of either API, for a stream that cannot give its result."""
-    if endpoint == "/v1/responses":
+    if endpoint == Endpoint.RESPONSES:
         event = {
             "type": "error",
             "code": error.get("code"),
@@ -134,14 +134,14 @@ def stream_error(endpoint: str, error: dict[str, Any]) -> bytes:
     return chat_error(error)
 
 
-def replayed(row: Row, *, include_usage: bool) -> Iterator[bytes]:
+def replayed(row: RequestView, *, include_usage: bool) -> Iterator[bytes]:
     """The events of a final request row, as its endpoint streams them."""
-    if row["endpoint"] == "/v1/responses":
+    if row.endpoint == Endpoint.RESPONSES:
         response = response_object(row)
         if response["status"] not in ("completed", "incomplete"):
             response["status"] = "failed"
         yield from response_events(response)
-    elif row["status"] == Status.COMPLETED:
+    elif row.status == Status.COMPLETED:
         yield from chat_chunks(stored_result(row), include_usage=include_usage)
     else:
         yield chat_error(row_error(row) or {"message": "The request failed."})

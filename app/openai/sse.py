@@ -15,7 +15,7 @@ from typing import Any
 
 from app.openai.assembly import chat_completion_of_stream
 from app.openai.errors import error_body
-from app.vocabulary import ErrorCode
+from app.vocabulary import Endpoint, ErrorCode
 
 DONE = b"[DONE]"
 RESPONSE_FINAL = (b"response.completed", b"response.failed", b"response.incomplete")
@@ -48,7 +48,7 @@ def sse_error(endpoint: str, message: str, events_sent: int) -> bytes:
     """An in-band error as each API sends it: a Responses ``error`` event, or a chat chunk
     holding ``error`` (which the SDK raises as ``APIError``)."""
     code = ErrorCode.UPSTREAM_STREAM_BROKEN
-    if endpoint == "/v1/responses":
+    if endpoint == Endpoint.RESPONSES:
         event = {
             "type": "error",
             "code": code,
@@ -245,6 +245,6 @@ def relay_for(
     endpoint: str, rid: str, *, strip_usage: bool, previous: str | None = None
 ) -> StreamRelay:
     """The relay of one stream of ``endpoint`` (``previous``: its previous_response_id)."""
-    if endpoint == "/v1/responses":
+    if endpoint == Endpoint.RESPONSES:
         return ResponsesRelay(rid, previous)
     return ChatRelay(rid, strip_usage=strip_usage)

@@ -12,9 +12,9 @@ from app.keys import ApiKey
 from app.openai.chat_request import LEGACY_CHAT_FIELDS, Untranslatable, chat_request, deprecated
 from app.openai.errors import APIError, bad_request
 from app.settings import ModelConfig, Settings
-from app.vocabulary import Header, RequestErrorCode
+from app.vocabulary import Endpoint, Header, RequestErrorCode, Tier
 
-INFERENCE_ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings")
+INFERENCE_ENDPOINTS = tuple(str(endpoint) for endpoint in Endpoint)
 REALTIME_TIERS = frozenset({"auto", "default", "priority", "scale"})
 SERVICE_TIERS = REALTIME_TIERS | {"flex"}
 MAX_METADATA_PAIRS = 16
@@ -43,7 +43,7 @@ class Call:
     @property
     def deferred(self) -> bool:
         """Runs on a worker (flex or background) rather than proxied in place."""
-        return self.tier == "flex" or self.background
+        return self.tier == Tier.FLEX or self.background
 
 
 def parse_json(raw: bytes | bytearray) -> dict[str, Any]:
@@ -113,10 +113,12 @@ def _require(body: dict[str, Any], field: str, kinds: tuple[type, ...], what: st
         raise bad_request(
             f"Missing required parameter: '{field}'.",
             param=field,
-            code="missing_required_parameter",
+            code=RequestErrorCode.MISSING_REQUIRED_PARAMETER,
         )
     if not isinstance(value, kinds) or (isinstance(value, str | list) and not value):
-        raise bad_request(f"Invalid '{field}': expected {what}.", param=field, code="invalid_type")
+        raise bad_request(
+            f"Invalid '{field}': expected {what}.", param=field, code=RequestErrorCode.INVALID_TYPE
+        )
     return value
 
 
@@ -126,7 +128,9 @@ def _optional_bool(body: dict[str, Any], field: str) -> bool:
         return False
     if not isinstance(value, bool):
         raise bad_request(
-            f"Invalid '{field}': expected a boolean.", param=field, code="invalid_type"
+            f"Invalid '{field}': expected a boolean.",
+            param=field,
+            code=RequestErrorCode.INVALID_TYPE,
         )
     return value
 
@@ -179,11 +183,11 @@ def check_no_legacy_functions(body: dict[str, Any]) -> None:
 
 
 def _check_endpoint_fields(endpoint: str, body: dict[str, Any]) -> None:
-    if endpoint == "/v1/responses":
+    if endpoint == Endpoint.RESPONSES:
         if not any(body.get(f) is not None for f in ("prompt", "previous_response_id")):
             _require(body, "input", (str, list), "a string or a list of input items")
         check_metadata(body)
-    elif endpoint == "/v1/chat/completions":
+    elif endpoint == Endpoint.CHAT:
         messages = _require(body, "messages", (list,), "a non-empty list of messages")
         if not all(isinstance(m, dict) for m in messages):
             raise bad_request("Each entry of 'messages' must be an object.", param="messages")
@@ -243,19 +247,22 @@ def classify_body(
         raise bad_request(
             f"Invalid 'service_tier': {tier!r}. Expected one of {sorted(SERVICE_TIERS)}.",
             param="service_tier",
-            code="invalid_value",
+            code=RequestErrorCode.INVALID_VALUE,
         )
     background = _optional_bool(body, "background")
     stream = _optional_bool(body, "stream")
-    if background and endpoint != "/v1/responses":
+    if background and endpoint != Endpoint.RESPONSES:
         raise bad_request("'background' is only supported on /v1/responses.", param="background")
-    if stream and endpoint == "/v1/embeddings":
+    if stream and endpoint == Endpoint.EMBEDDINGS:
         raise bad_request("'stream' is not supported on /v1/embeddings.", param="stream")
-    tier = "flex" if tier == "flex" else "default"
+    tier = Tier.FLEX if tier == Tier.FLEX else Tier.DEFAULT
     model = settings.models.get(model_name)
     if model is None:
         raise APIError(
-            404, f"The model '{model_name}' does not exist.", param="model", code="model_not_found"
+            404,
+            f"The model '{model_name}' does not exist.",
+            param="model",
+            code=RequestErrorCode.MODEL_NOT_FOUND,
         )
     if not key.may_use(model_name):
         raise APIError(
@@ -263,22 +270,22 @@ def classify_body(
             f"This API key may not use the model '{model_name}'.",
             type="permission_error",
             param="model",
-            code="model_not_allowed",
+            code=RequestErrorCode.MODEL_NOT_ALLOWED,
         )
     if not model.serves(endpoint):
         served = ", ".join(model.endpoints or [])
         raise bad_request(
             f"The model '{model_name}' does not serve {endpoint} (it serves: {served}).",
             param="model",
-            code="model_not_supported",
+            code=RequestErrorCode.MODEL_NOT_SUPPORTED,
         )
     if pin is not None and pin not in (names := [d.name for d in model.deployments]):
         raise bad_request(
             f"The model '{model_name}' has no deployment '{pin}' (header {Header.DEPLOYMENT});"
             f" its deployments are: {', '.join(names)}.",
-            code="unknown_deployment",
+            code=RequestErrorCode.UNKNOWN_DEPLOYMENT,
         )
-    if endpoint == "/v1/responses":
+    if endpoint == Endpoint.RESPONSES:
         check_for_chat(body, settings, model, pin)
     return Call(
         endpoint=endpoint,

@@ -8,18 +8,21 @@ from a dead worker (same job id) takes its own unfinished lines back.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.limits import add_spend
 from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, outcome_arrays
+from app.store.requests import ClaimedRequest
+from app.store.rows import FromRow
 from app.vocabulary import (
     CLOSABLE_BATCH,
     LIVE,
@@ -170,7 +173,7 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
           (SELECT k.rpm FROM api_keys k WHERE k.id = r.owner_key_id) AS rpm,
           (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm,
           (SELECT k.cache_enabled FROM api_keys k WHERE k.id = r.owner_key_id) AS cache_enabled,
-          r.cache
+          r.cache, r.pinned_deployment, r.service_tier, r.background, r.stream, r.created_at
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 # ... and, when it starts, takes back the lines it had claimed in a run that died (a job
@@ -192,7 +195,7 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
           (SELECT k.rpm FROM api_keys k WHERE k.id = r.owner_key_id) AS rpm,
           (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm,
           (SELECT k.cache_enabled FROM api_keys k WHERE k.id = r.owner_key_id) AS cache_enabled,
-          r.cache
+          r.cache, r.pinned_deployment, r.service_tier, r.background, r.stream, r.created_at
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 BATCH_MODEL = text("SELECT model FROM requests WHERE batch_id = :batch LIMIT 1")
@@ -321,6 +324,89 @@ FROM overdue o WHERE o.id NOT IN (SELECT id FROM never_started)
 )
 
 
+@dataclass(frozen=True, slots=True)
+class BatchRow(FromRow):
+    """A Batch API batch as its owner reads it (``BatchStore.get``, ``page``): counts live
+    while it runs, frozen once it ended; the model of its lines."""
+
+    id: str
+    owner_key_id: str
+    kind: str
+    endpoint: str
+    status: str
+    completion_window: str
+    input_file_id: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    errors: dict[str, Any] | None
+    metadata: dict[str, str] | None
+    total: int
+    completed: int | None
+    failed: int | None
+    model: str | None
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    in_progress_at: dt.datetime | None
+    finalizing_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    failed_at: dt.datetime | None
+    expired_at: dt.datetime | None
+    cancelling_at: dt.datetime | None
+    cancelled_at: dt.datetime | None
+    input_tokens: int | None
+    cached_tokens: int | None
+    output_tokens: int | None
+    reasoning_tokens: int | None
+    total_tokens: int | None
+    cost_usd: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchToValidate(FromRow):
+    """What validating a batch's input file needs of the batch."""
+
+    id: str
+    owner_key_id: str
+    endpoint: str
+    input_file_id: str
+    expires_at: dt.datetime
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchToFinalize(FromRow):
+    """What finalizing a batch needs: whether lines still run, whether some expired."""
+
+    id: str
+    owner_key_id: str
+    status: str
+    expired: bool
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress(FromRow):
+    """A run job's view of its batch: lines running, lines waiting, the next retry."""
+
+    running: int
+    pending: int
+    next_in_s: Decimal | float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultLine(FromRow):
+    """A line as the result files show it; ``response_body`` is JSON text, spliced in as
+    it is."""
+
+    id: str
+    custom_id: str
+    line_no: int
+    status: str
+    response_status: int | None
+    response_body: str | None
+    error: dict[str, Any] | None
+
+
 @dataclass(frozen=True)
 class LineResult:
     """The end of one attempt at one line: an outcome to store, or a retry delay."""
@@ -368,14 +454,15 @@ class BatchStore:
                 },
             )
 
-    async def get(self, id: str, owner: str) -> RowMapping | None:
+    async def get(self, id: str, owner: str) -> BatchRow | None:
         async with self.engine.connect() as conn:
-            return (await conn.execute(GET, {"id": id, "owner": owner})).mappings().first()
+            row = (await conn.execute(GET, {"id": id, "owner": owner})).mappings().first()
+        return None if row is None else BatchRow.from_row(row)
 
-    async def page(self, owner: str, *, after: str | None, limit: int) -> list[RowMapping]:
+    async def page(self, owner: str, *, after: str | None, limit: int) -> list[BatchRow]:
         async with self.engine.connect() as conn:
             params = {"owner": owner, "after": after, "limit": limit}
-            return list((await conn.execute(LIST, params)).mappings())
+            return [BatchRow.from_row(row) for row in (await conn.execute(LIST, params)).mappings()]
 
     async def cancel(self, id: str, owner: str) -> bool:
         async with self.engine.connect() as conn:
@@ -383,9 +470,10 @@ class BatchStore:
 
     # --- validation ----------------------------------------------------------------------
 
-    async def for_validation(self, id: str) -> RowMapping | None:
+    async def for_validation(self, id: str) -> BatchToValidate | None:
         async with self.engine.connect() as conn:
-            return (await conn.execute(FOR_VALIDATION, {"id": id})).mappings().first()
+            row = (await conn.execute(FOR_VALIDATION, {"id": id})).mappings().first()
+        return None if row is None else BatchToValidate.from_row(row)
 
     async def fail_validation(self, id: str, errors: list[dict[str, Any]]) -> None:
         async with self.engine.connect() as conn:
@@ -403,7 +491,7 @@ class BatchStore:
             # a concurrent cancel wait for us, then see 'in_progress'.
             status = (await conn.execute(LOCK_FOR_START, {"id": id})).scalar_one_or_none()
             started = None
-            if status == "validating":
+            if status == BatchStatus.VALIDATING:
                 raw = await conn.get_raw_connection()
                 await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
                     "requests", records=records, columns=COPY_COLUMNS
@@ -421,7 +509,7 @@ class BatchStore:
 
     async def claim(
         self, batch: str, job: int, n: int, *, resume: bool = False
-    ) -> list[RowMapping]:
+    ) -> list[ClaimedRequest]:
         """Claim up to ``n`` due pending lines for ``job``; with ``resume``, first the lines
         this job had claimed in a run that died."""
         params = {"batch": batch, "job": job, "n": n}
@@ -430,7 +518,7 @@ class BatchStore:
             if len(rows) < n:
                 params["n"] = n - len(rows)
                 rows += (await conn.execute(CLAIM, params)).mappings()
-            return rows
+        return [ClaimedRequest.from_row(row) for row in rows]
 
     async def model(self, batch: str) -> str | None:
         """The model of a batch's lines (one per batch)."""
@@ -466,9 +554,11 @@ class BatchStore:
                     },
                 )
 
-    async def progress(self, batch: str) -> RowMapping:
+    async def progress(self, batch: str) -> BatchProgress:
         async with self.engine.connect() as conn:
-            return (await conn.execute(PROGRESS, {"batch": batch})).mappings().one()
+            return BatchProgress.from_row(
+                (await conn.execute(PROGRESS, {"batch": batch})).mappings().one()
+            )
 
     async def defer_finalize(self, batch: str) -> None:
         async with self.engine.connect() as conn:
@@ -476,27 +566,26 @@ class BatchStore:
 
     # --- finalizing ---------------------------------------------------------------------
 
-    async def for_finalize(self, id: str) -> RowMapping | None:
+    async def for_finalize(self, id: str) -> BatchToFinalize | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(FOR_FINALIZE, {"id": id})).mappings().first()
-            if row is not None and row["status"] == "in_progress" and not row["live"]:
+            found = (await conn.execute(FOR_FINALIZE, {"id": id})).mappings().first()
+            row = None if found is None else BatchToFinalize.from_row(found)
+            if row is not None and row.status == BatchStatus.IN_PROGRESS and not row.live:
                 await conn.execute(MARK_FINALIZING, {"id": id})
             return row
 
-    async def result_pages(self, batch: str, page: int = 2000) -> AsyncIterator[list[RowMapping]]:
+    async def result_pages(self, batch: str, page: int = 2000) -> AsyncIterator[list[ResultLine]]:
         """All lines of a batch in input order, a page at a time."""
         after = 0
         while True:
             async with self.engine.connect() as conn:
-                rows = list(
-                    (
-                        await conn.execute(RESULT_PAGE, {"batch": batch, "after": after, "n": page})
-                    ).mappings()
-                )
-            if not rows:
+                params = {"batch": batch, "after": after, "n": page}
+                rows = (await conn.execute(RESULT_PAGE, params)).mappings()
+                lines = [ResultLine.from_row(row) for row in rows]
+            if not lines:
                 return
-            yield rows
-            after = rows[-1]["line_no"]
+            yield lines
+            after = lines[-1].line_no
 
     async def close(
         self, id: str, status: str, output_file_id: str | None, error_file_id: str | None

@@ -5,14 +5,15 @@ Uploads and downloads move one part at a time, so a 200 MB file never sits in me
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import LargeBinary, bindparam, text
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.store.rows import FromRow
 from app.vocabulary import FileStatus
 
 PART_BYTES = 1024 * 1024
@@ -69,6 +70,19 @@ PARTS = text(
     "SELECT part, data FROM file_parts WHERE file_id = :id AND part >= :first"
     " ORDER BY part LIMIT :n"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow(FromRow):
+    """A stored file as its owner reads it (``FileStore.get``, ``page``)."""
+
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    status: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
 
 
 @dataclass
@@ -129,9 +143,10 @@ class FileStore:
             await conn.execute(CREATE, params)
         return FileWriter(self, id)
 
-    async def get(self, id: str, owner: str) -> RowMapping | None:
+    async def get(self, id: str, owner: str) -> FileRow | None:
         async with self.engine.connect() as conn:
-            return (await conn.execute(GET, {"id": id, "owner": owner})).mappings().first()
+            row = (await conn.execute(GET, {"id": id, "owner": owner})).mappings().first()
+        return None if row is None else FileRow.from_row(row)
 
     async def page(
         self,
@@ -141,11 +156,12 @@ class FileStore:
         after: str | None,
         limit: int,
         order: Literal["asc", "desc"] = "desc",
-    ) -> list[RowMapping]:
+    ) -> list[FileRow]:
         """A page of the owner's files by creation time (``desc``: newest first)."""
         params = {"owner": owner, "purpose": purpose, "after": after, "limit": limit}
         async with self.engine.connect() as conn:
-            return list((await conn.execute(LIST[order], params)).mappings())
+            rows = (await conn.execute(LIST[order], params)).mappings()
+            return [FileRow.from_row(row) for row in rows]
 
     async def delete(self, id: str, owner: str) -> bool:
         """Delete a file its owner can see; False if there is none (expired ones included)."""

@@ -12,18 +12,19 @@ rows are written by ``realtime.py``; the maintenance sweeps live in ``sweeps.py`
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
-from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, Float, Integer, Text, bindparam, func, or_, select, text, true
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.limits import add_spend
 from app.store.new_requests import NewRequest, new_request_arrays
 from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, outcome_arrays
+from app.store.rows import FromRow
 from app.store.schema import requests
 from app.vocabulary import FINAL, LIVE, BatchKind, Channel, ErrorCode, Status, sql_error, sql_in
 
@@ -181,6 +182,77 @@ class Submission(NewRequest):
     cache: str | None = None  # the gateway's cache miss or bypass (a CacheResult)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRow(FromRow):
+    """A ``requests`` row as it is read back (``RequestStore.get``): what a Response object,
+    a stored result or a blocking client's answer is built from. Rows that are not read back
+    (a submission just accepted, a cache hit, a streamed attempt's Response) are built with
+    the columns they have; the others keep their defaults."""
+
+    id: str
+    owner_key_id: str
+    endpoint: str
+    model: str
+    service_tier: str
+    status: str
+    body: dict[str, Any]
+    created_at: dt.datetime
+    batch_id: str | None = None
+    custom_id: str | None = None
+    line_no: int | None = None
+    background: bool = False
+    stream: bool = False
+    attempts: int = 0
+    response_status: int | None = None
+    response_body: Any = None
+    error: dict[str, Any] | None = None
+    attempt_errors: list[dict[str, Any]] | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    usage_estimated: bool = False
+    cost_usd: Decimal | None = None
+    job_id: int | None = None
+    gateway_id: str | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    not_before: dt.datetime | None = None
+    priority: int = 0
+    deployment: str | None = None
+    pinned_deployment: str | None = None
+    claimed_by: str | None = None
+    cache: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRequest(FromRow):
+    """A row a worker claimed to run one attempt (a flex or background request, or a batch
+    line: ``RequestStore.claim``, ``BatchStore.claim``), with its key's limits."""
+
+    id: str
+    endpoint: str
+    model: str
+    body: dict[str, Any]
+    attempts: int  # this attempt's number: the fencing token of its writes
+    expires_at: dt.datetime
+    expired: bool
+    deployment: str | None  # the previous attempt's (a retry avoids it)
+    pinned_deployment: str | None
+    service_tier: str
+    background: bool
+    stream: bool
+    created_at: dt.datetime
+    owner_key_id: str
+    key_name: str | None
+    rpm: int | None
+    tpm: int | None
+    cache: str | None
+    cache_enabled: bool | None
+
+
 @dataclass(frozen=True)
 class Finish:
     """The end of one attempt at a deferred request, to be stored with others."""
@@ -203,7 +275,7 @@ class RequestStore:
             return true()
         return or_(
             requests.c.status.in_([str(s) for s in LIVE]),
-            requests.c.created_at >= func.now() - timedelta(days=self.retention_days),
+            requests.c.created_at >= func.now() - dt.timedelta(days=self.retention_days),
         )
 
     async def submit(self, sub: Submission) -> None:
@@ -225,14 +297,15 @@ class RequestStore:
                 },
             )
 
-    async def claim(self, wanted: dict[str, int], worker: str) -> list[RowMapping]:
+    async def claim(self, wanted: dict[str, int], worker: str) -> list[ClaimedRequest]:
         """Claim up to ``wanted[model]`` due requests of each model for ``worker``."""
         wanted = {model: n for model, n in wanted.items() if n > 0}
         if not wanted:
             return []
         params = {"models": list(wanted), "counts": list(wanted.values()), "worker": worker}
         async with self.engine.connect() as conn:
-            return list((await conn.execute(CLAIM, params)).mappings())
+            rows = (await conn.execute(CLAIM, params)).mappings()
+            return [ClaimedRequest.from_row(row) for row in rows]
 
     async def finish_many(self, items: list[Finish]) -> list[str]:
         """Store the outcomes of many attempts; returns the ids stored (a row that moved on,
@@ -284,24 +357,25 @@ class RequestStore:
         async with self.engine.connect() as conn:
             return list((await conn.execute(RELEASE, {"worker": worker})).scalars())
 
-    async def get(self, id: str, owner: str) -> RowMapping | None:
+    async def get(self, id: str, owner: str) -> RequestRow | None:
         """The row, if it exists and belongs to ``owner``."""
         query = select(requests).where(
             requests.c.id == id, requests.c.owner_key_id == owner, self._visible()
         )
         async with self.engine.connect() as conn:
-            return (await conn.execute(query)).mappings().first()
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else RequestRow.from_row(row)
 
-    async def get_many(self, wanted: list[tuple[str, str]]) -> list[RowMapping | None]:
+    async def get_many(self, wanted: list[tuple[str, str]]) -> list[RequestRow | None]:
         """``get`` for many (id, owner) pairs in one query, in order (woken waiters read
         their answers together)."""
         query = select(requests).where(requests.c.id.in_({id for id, _ in wanted}), self._visible())
         async with self.engine.connect() as conn:
-            found = {row["id"]: row for row in (await conn.execute(query)).mappings()}
-        rows = [found.get(id) for id, _ in wanted]
+            rows = (await conn.execute(query)).mappings()
+            found = {row.id: row for row in map(RequestRow.from_row, rows)}
         return [
-            row if row and row["owner_key_id"] == owner else None
-            for row, (_, owner) in zip(rows, wanted, strict=True)
+            row if (row := found.get(id)) is not None and row.owner_key_id == owner else None
+            for id, owner in wanted
         ]
 
     async def cancel(self, id: str, owner: str) -> bool:

@@ -103,13 +103,13 @@ async def test_claim_takes_background_first_then_the_oldest(
     await store.submit(background)
 
     first = await store.claim({model: 2}, "wk_a")
-    assert {r["id"] for r in first} == {background.id, flex[0].id}  # chosen by priority, then age
-    assert all(r["attempts"] == 1 and not r["expired"] for r in first)
+    assert {r.id for r in first} == {background.id, flex[0].id}  # chosen by priority, then age
+    assert all(r.attempts == 1 and not r.expired for r in first)
     rest = await store.claim({model: 5, "other-model": 3}, "wk_b")
-    assert sorted(r["id"] for r in rest) == sorted(s.id for s in flex[1:])
+    assert sorted(r.id for r in rest) == sorted(s.id for s in flex[1:])
     assert await store.claim({model: 5}, "wk_c") == []
     row = await store.get(background.id, owner.id)
-    assert row["status"] == "in_progress" and row["claimed_by"] == "wk_a"
+    assert row.status == "in_progress" and row.claimed_by == "wk_a"
 
 
 async def test_concurrent_claims_never_take_the_same_row(
@@ -118,7 +118,7 @@ async def test_concurrent_claims_never_take_the_same_row(
     subs = [submission(owner, model=model) for _ in range(40)]
     await store.submit_many(subs)
     claims = await asyncio.gather(*(store.claim({model: 7}, f"wk_{i}") for i in range(8)))
-    claimed = [row["id"] for rows in claims for row in rows]
+    claimed = [row.id for rows in claims for row in rows]
     assert len(claimed) == len(set(claimed)) == 40
 
 
@@ -133,7 +133,7 @@ async def test_a_retry_is_claimable_only_once_due(model: str, store: RequestStor
     await sql(store, "UPDATE requests SET not_before = now() WHERE id = :id", id=sub.id)
     assert await store.promote_due() is None  # promoted; nothing else waits
     (again,) = await store.claim({model: 1}, "wk_b")
-    assert again["id"] == sub.id and again["attempts"] == 2
+    assert again.id == sub.id and again.attempts == 2
     # the stale attempt can no longer requeue or finish it
     assert not await store.requeue(sub.id, 1, {"code": "late"}, 0.0)
     assert not await store.finish(sub.id, 1, Outcome(status=Status.COMPLETED))
@@ -150,8 +150,8 @@ async def test_results_of_many_attempts_are_one_statement_that_wakes_their_clien
     stored = await store.finish_many(
         [
             Finish(
-                row["id"],
-                row["attempts"],
+                row.id,
+                row.attempts,
                 Outcome(status=Status.COMPLETED, response_body={"n": i}, usage=TokenUsage(total=i)),
             )
             for i, row in enumerate(rows)
@@ -159,8 +159,8 @@ async def test_results_of_many_attempts_are_one_statement_that_wakes_their_clien
     )
     assert sorted(stored) == sorted(s.id for s in subs[:2])  # the cancel stands
     assert {await done.next(), await done.next()} == {subs[0].id, subs[1].id}
-    first = await store.get(rows[0]["id"], owner.id)
-    assert first["status"] == "completed" and first["response_body"] == {"n": 0}
+    first = await store.get(rows[0].id, owner.id)
+    assert first.status == "completed" and first.response_body == {"n": 0}
 
 
 async def test_rows_of_a_dead_worker_go_back_to_the_queue(
@@ -177,18 +177,18 @@ async def test_rows_of_a_dead_worker_go_back_to_the_queue(
         (mine,) = await store.claim({model: 1}, alive.id)
         (theirs,) = await store.claim({model: 1}, dead.id)
         rescued, _ = await sweeps.rescue_claimed(30)
-        assert mine["id"] not in rescued and theirs["id"] not in rescued  # both are alive
+        assert mine.id not in rescued and theirs.id not in rescued  # both are alive
         await sql(
             store,
             "UPDATE processes SET last_seen_at = now() - interval '1 minute' WHERE id = :id",
             id=dead.id,
         )
         rescued, _ = await sweeps.rescue_claimed(30)
-        assert theirs["id"] in rescued and mine["id"] not in rescued
+        assert theirs.id in rescued and mine.id not in rescued
         await work.until(model)  # the workers are told
-        row = await store.get(theirs["id"], owner.id)
-        assert row["status"] == "pending" and row["claimed_by"] is None
-        assert (await store.get(mine["id"], owner.id))["status"] == "in_progress"
+        row = await store.get(theirs.id, owner.id)
+        assert row.status == "pending" and row.claimed_by is None
+        assert (await store.get(mine.id, owner.id)).status == "in_progress"
     finally:
         await alive.stop()
         await dead.stop()
@@ -210,7 +210,7 @@ async def test_a_request_whose_workers_keep_dying_is_given_up(
     assert doomed.id in gave_up and doomed.id not in rescued
     await done.until(doomed.id)  # a blocking client learns at once
     row = await store.get(doomed.id, owner.id)
-    assert row["status"] == "failed" and row["error"]["code"] == "processing_failed"
+    assert row.status == "failed" and row.error["code"] == "processing_failed"
 
 
 async def test_a_stopping_worker_gives_back_only_its_own_rows(
@@ -219,8 +219,8 @@ async def test_a_stopping_worker_gives_back_only_its_own_rows(
     await store.submit_many([submission(owner, model=model) for _ in range(3)])
     mine = await store.claim({model: 2}, "wk_me")
     (other,) = await store.claim({model: 1}, "wk_other")
-    assert sorted(await store.release("wk_me")) == sorted(r["id"] for r in mine)
-    assert (await store.get(other["id"], owner.id))["status"] == "in_progress"
+    assert sorted(await store.release("wk_me")) == sorted(r.id for r in mine)
+    assert (await store.get(other.id, owner.id)).status == "in_progress"
 
 
 async def test_each_retried_attempt_keeps_its_error(model: str, store: RequestStore, owner: ApiKey):

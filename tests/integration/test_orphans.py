@@ -54,7 +54,7 @@ async def test_lines_of_a_failed_run_job_go_back_and_the_batch_gets_a_run_job(
     await fail_job(engine, run_job)
     requeued = await OrphanStore(engine).requeue()
 
-    assert requeued.lines == [claimed[0]["id"]]
+    assert requeued.lines == [claimed[0].id]
     assert requeued.batches == [batch_id]
     assert (
         await scalar(

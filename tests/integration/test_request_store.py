@@ -38,13 +38,13 @@ async def test_a_late_worker_cannot_overwrite_a_cancel(store: RequestStore, owne
     sub = submission(owner)
     await store.submit(sub)
     (claimed,) = await store.claim({"mock": 1}, "wk_a")
-    assert claimed["id"] == sub.id and claimed["attempts"] == 1
+    assert claimed.id == sub.id and claimed.attempts == 1
     assert await store.cancel(sub.id, owner.id)
     assert not await store.finish(
         sub.id, 1, Outcome(status=Status.COMPLETED, response_body={"x": 1})
     )
     row = await store.get(sub.id, owner.id)
-    assert row["status"] == "cancelled" and row["response_body"] is None
+    assert row.status == "cancelled" and row.response_body is None
     assert await store.claim({"mock": 1}, "wk_a") == []  # final rows are never claimed again
 
 
@@ -54,7 +54,7 @@ async def test_attempt_number_fences_a_stale_worker(store: RequestStore, owner: 
     await store.claim({"mock": 1}, "wk_a")  # worker A, presumed dead ...
     assert await store.release("wk_a") == [sub.id]  # ... its row given back
     (second,) = await store.claim({"mock": 1}, "wk_b")
-    assert second["attempts"] == 2
+    assert second.attempts == 2
     assert not await store.finish(sub.id, 1, Outcome(status=Status.COMPLETED))  # A wakes up late
     assert await store.finish(sub.id, 2, Outcome(status=Status.COMPLETED))
 
@@ -65,7 +65,7 @@ async def test_other_owner_cannot_cancel_or_delete(store: RequestStore, owner: A
     assert not await store.cancel(sub.id, "key_someone_else")
     assert not await store.delete(sub.id, "key_someone_else")
     assert await store.get(sub.id, "key_someone_else") is None
-    assert (await store.get(sub.id, owner.id))["status"] == "pending"
+    assert (await store.get(sub.id, owner.id)).status == "pending"
 
 
 async def test_get_many_reads_in_order_and_only_the_owners_rows(store: RequestStore, owner: ApiKey):
@@ -81,7 +81,7 @@ async def test_get_many_reads_in_order_and_only_the_owners_rows(store: RequestSt
             (second.id, owner.id),  # asked twice, answered twice
         ]
     )
-    assert [row["id"] if row else None for row in rows] == [
+    assert [row.id if row else None for row in rows] == [
         second.id,
         None,
         None,
@@ -102,7 +102,7 @@ async def test_overdue_pending_work_expires(
         )
     assert sub.id in await sweeps.expire_overdue()
     row = await store.get(sub.id, owner.id)
-    assert row["status"] == "expired"
+    assert row.status == "expired"
     assert await store.final_among([sub.id, "resp_unknown"]) == [sub.id]
 
 
@@ -133,7 +133,7 @@ async def test_realtime_rows_of_a_dead_gateway_are_reaped(
         )
     assert rid in await sweeps.reap_realtime(60)
     row = await store.get(rid, owner.id)
-    assert row["status"] == "failed" and row["error"]["code"] == "gateway_interrupted"
+    assert row.status == "failed" and row.error["code"] == "gateway_interrupted"
 
 
 async def test_rows_of_a_live_gateway_are_never_reaped(
@@ -181,15 +181,15 @@ async def test_realtime_starts_and_ends_share_one_statement(
     )
     await tracker.track([second_start, RealtimeEnd(first, done)])  # both kinds at once
     one, two = await store.get(first, owner.id), await store.get(second, owner.id)
-    assert (one["status"], one["total_tokens"], one["response_body"]) == (
+    assert (one.status, one.total_tokens, one.response_body) == (
         "completed",
         7,
         {"ok": True},
     )
-    stored = [one[c] for c in ("input_tokens", "output_tokens", "cached_tokens")]
-    stored += [one[c] for c in ("reasoning_tokens", "usage_estimated", "cost_usd")]
+    stored = [one.input_tokens, one.output_tokens, one.cached_tokens]
+    stored += [one.reasoning_tokens, one.usage_estimated, one.cost_usd]
     assert stored == [5, 2, 3, 1, True, Decimal("0.000012345678901234")]
-    assert two["status"] == "in_progress"
+    assert two.status == "in_progress"
 
 
 async def test_batch_lines_and_start_are_one_transaction(engine, owner: ApiKey):

@@ -11,16 +11,19 @@ from app.store.events import EventStore
 from app.store.outcomes import Outcome
 from app.store.requests import Finish
 from app.vocabulary import Status
+from tests.support.rows import claimed
 from worker.streaming import EventWriter
 
-CLAIMED = {
-    "id": "resp_1",
-    "attempts": 1,
-    "endpoint": "/v1/responses",
-    "body": {"model": "m", "input": "hi"},
-    "service_tier": "default",
-    "created_at": dt.datetime(2026, 12, 6, tzinfo=dt.UTC),
-}
+CLAIMED = claimed(
+    id="resp_1",
+    attempts=1,
+    endpoint="/v1/responses",
+    body={"model": "m", "input": "hi"},
+    service_tier="default",
+    background=True,
+    stream=True,
+    created_at=dt.datetime(2026, 12, 6, tzinfo=dt.UTC),
+)
 
 
 class FakeStore:

@@ -4,6 +4,7 @@ against an in-memory bucket that grants as the lease statement does."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from decimal import Decimal
 
@@ -20,6 +21,8 @@ from app.cli.keys import budget, per_minute
 from app.keys import ApiKey, KeyLimits
 from app.openai.errors import APIError
 from app.store.limits import Lease
+from app.store.requests import ClaimedRequest
+from tests.support.rows import claimed
 
 
 class FakeBucket:
@@ -147,14 +150,14 @@ async def test_the_pacer_runs_what_the_bucket_covers_and_spaces_the_rest():
     bucket = FakeBucket()
     pacer = Pacer(bucket)  # type: ignore[arg-type]
     rows = [
-        {"id": f"r{n}", "owner_key_id": "key_1", "rpm": 6, "tpm": None, "body": {"input": "x"}}
+        claimed(id=f"r{n}", owner_key_id="key_1", rpm=6, tpm=None, body={"input": "x"})
         for n in range(9)
-    ] + [{"id": "free", "owner_key_id": "key_2", "rpm": None, "tpm": None, "body": {}}]
+    ] + [claimed(id="free", owner_key_id="key_2", rpm=None, tpm=None, body={})]
     run, wait = await pacer.split(rows)
-    assert [r["id"] for r in run] == ["free", "r0", "r1", "r2", "r3", "r4", "r5"]
+    assert [r.id for r in run] == ["free", "r0", "r1", "r2", "r3", "r4", "r5"]
     # The bucket is empty: one request every 10 s, booked one after the other.
     assert [round(delay) for _, delay in wait] == [10, 20, 30]
-    later = [{**rows[0], "id": "r9"}]
+    later = [dataclasses.replace(rows[0], id="r9")]
     _, wait = await pacer.split(later)  # booked after the three already waiting
     assert round(wait[0][1]) == 40
 
@@ -171,8 +174,8 @@ async def test_the_pacer_corrects_leased_tokens_by_what_calls_used():
     body = {"input": "x" * 400}
     estimate = estimate_tokens(body)
 
-    def row(n: int) -> dict[str, object]:
-        return {"id": f"r{n}", "owner_key_id": "key_1", "rpm": None, "tpm": 6000, "body": body}
+    def row(n: int) -> ClaimedRequest:
+        return claimed(id=f"r{n}", owner_key_id="key_1", rpm=None, tpm=6000, body=body)
 
     run, _ = await pacer.split([row(0)])
     assert len(run) == 1 and bucket.tokens == 6000 - estimate

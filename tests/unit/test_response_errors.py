@@ -4,10 +4,13 @@ codes (admins group failures by them), so rows stored before this mapping read t
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from openai.types.responses import ResponseError
 
 from app.openai.objects import response_error
+from app.store.requests import RequestRow
 from app.vocabulary import ErrorCode, response_error_code
 
 RESPONSE_CODES = [
@@ -32,12 +35,19 @@ def test_response_error_codes_are_openais(stored: str | None, status: int | None
     assert response_error_code(stored, status) == expected
 
 
-def _row(status: str, code: str, message: str, response_status: int | None = None) -> dict:
-    return {
-        "status": status,
-        "error": {"code": code, "message": message},
-        "response_status": response_status,
-    }
+def _row(status: str, code: str, message: str, response_status: int | None = None) -> RequestRow:
+    return RequestRow(
+        id="resp_1",
+        owner_key_id="key_1",
+        endpoint="/v1/responses",
+        model="m",
+        service_tier="flex",
+        status=status,
+        body={},
+        created_at=dt.datetime.now(dt.UTC),
+        error={"code": code, "message": message},
+        response_status=response_status,
+    )
 
 
 def test_response_error_keeps_tiergates_detail_in_the_message():

@@ -48,7 +48,7 @@ async def create(request: Request) -> Response:
     found = await services(request).files.get(file_id, key.id) if plausible_id(file_id) else None
     if found is None:
         raise not_found("file", file_id)
-    if found["purpose"] != "batch":
+    if found.purpose != "batch":
         raise bad_request("The input file must have purpose 'batch'.", param="input_file_id")
     batch_id = new_id("batch_")
     store = _store(request)

@@ -18,6 +18,7 @@ from app.ids import new_id
 from app.openai.errors import APIError, bad_request, json_response, not_found
 from app.openai.objects import file_object, list_object
 from app.store.files import FileStore
+from app.vocabulary import RequestErrorCode
 
 UPLOAD_PURPOSES = frozenset({"batch"})
 FILE_PURPOSES = frozenset({"batch", "batch_output"})
@@ -31,7 +32,9 @@ def _store(request: Request) -> FileStore:
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(413, f"Files may be at most {limit} bytes.", code="file_too_large")
+    return APIError(
+        413, f"Files may be at most {limit} bytes.", code=RequestErrorCode.FILE_TOO_LARGE
+    )
 
 
 def _bounded(receive: Receive, limit: int, error: APIError) -> Receive:
@@ -129,7 +132,7 @@ async def content(request: Request) -> Response:
     return StreamingResponse(
         store.chunks(file_id),
         media_type="application/octet-stream",
-        headers={"content-length": str(row["bytes"])},
+        headers={"content-length": str(row.bytes)},
     )
 
 

@@ -14,6 +14,7 @@ from app.api.openapi import openapi_document
 from app.api.routes.params import services
 from app.gateway.middleware.auth import current_key
 from app.openai.errors import MAX_SHOWN_ID, APIError, error_body, json_response
+from app.vocabulary import RequestErrorCode
 
 READY_TIMEOUT_S = 2.0
 
@@ -31,7 +32,7 @@ async def readyz(request: Request) -> Response:
         body = error_body(
             f"database unreachable: {type(exc).__name__}",
             type="server_error",
-            code="database_unavailable",
+            code=RequestErrorCode.DATABASE_UNAVAILABLE,
         )
         return json_response(body, 503)
     return json_response({"status": "ready"})
@@ -66,7 +67,7 @@ async def retrieve_model(request: Request) -> Response:
             404,
             f"The model '{shown}' does not exist or you do not have access to it.",
             param="model",
-            code="model_not_found",
+            code=RequestErrorCode.MODEL_NOT_FOUND,
         )
     return json_response(model_object(name))
 

@@ -22,14 +22,14 @@ from app.api.routes.params import services
 from app.gateway.middleware.auth import current_key
 from app.openai.errors import APIError, bad_request, json_response
 from app.store.usage import BucketRow, buckets
-from app.vocabulary import AccessCode
+from app.vocabulary import AccessCode, Endpoint
 
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
 # (default, maximum) buckets per page, as OpenAI's API has them.
 USAGE_LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_LIMITS = {"1d": (7, 180)}
-COMPLETIONS = ["/v1/responses", "/v1/chat/completions"]
-EMBEDDINGS = ["/v1/embeddings"]
+COMPLETIONS = [str(Endpoint.RESPONSES), str(Endpoint.CHAT)]
+EMBEDDINGS = [str(Endpoint.EMBEDDINGS)]
 USAGE_GROUPS = ("model", "api_key_id", "project_id")
 COMPLETIONS_GROUPS = (*USAGE_GROUPS, "batch")
 COSTS_GROUPS = ("project_id", "line_item", "model", "api_key_id")

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from app.gateway.services import Services
 from app.ids import plausible_id
 from app.openai.errors import bad_request, not_found
+from app.vocabulary import RequestErrorCode
 
 MAX_LIMIT_DIGITS = 6
 
@@ -51,7 +52,9 @@ def sort_order(request: Request) -> Literal["asc", "desc"]:
         return "asc"
     if raw == "desc":
         return "desc"
-    raise bad_request("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
+    raise bad_request(
+        "'order' must be 'asc' or 'desc'.", param="order", code=RequestErrorCode.INVALID_VALUE
+    )
 
 
 # OpenAI accepts expiries from an hour to 30 days after the anchor.
@@ -71,7 +74,7 @@ def expires_after(form: FormData) -> int | None:
         raise bad_request(
             "'expires_after[anchor]' must be 'created_at'.",
             param="expires_after.anchor",
-            code="invalid_value",
+            code=RequestErrorCode.INVALID_VALUE,
         )
     if not (
         isinstance(seconds, str)
@@ -83,6 +86,6 @@ def expires_after(form: FormData) -> int | None:
         raise bad_request(
             f"'expires_after[seconds]' must be an integer from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}.",
             param="expires_after.seconds",
-            code="invalid_value",
+            code=RequestErrorCode.INVALID_VALUE,
         )
     return int(seconds)

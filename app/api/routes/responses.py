@@ -12,7 +12,7 @@ from app.openai.errors import APIError, bad_request, json_response, not_found
 from app.openai.items import listed_items
 from app.openai.objects import deleted_object, list_object, response_object, stored_result
 from app.store.requests import RequestStore
-from app.vocabulary import Status
+from app.vocabulary import Endpoint, RequestErrorCode, Status
 
 
 def _store(request: Request) -> RequestStore:
@@ -42,7 +42,9 @@ def _flag(request: Request, name: str) -> bool:
         return False
     if raw in ("true", "1"):
         return True
-    raise bad_request(f"'{name}' must be true or false.", param=name, code="invalid_value")
+    raise bad_request(
+        f"'{name}' must be true or false.", param=name, code=RequestErrorCode.INVALID_VALUE
+    )
 
 
 MAX_SEQUENCE_DIGITS = 9
@@ -57,7 +59,7 @@ def _starting_after(request: Request) -> int:
         raise bad_request(
             "'starting_after' must be a non-negative integer (a sequence number).",
             param="starting_after",
-            code="invalid_value",
+            code=RequestErrorCode.INVALID_VALUE,
         )
     return int(raw)
 
@@ -69,9 +71,10 @@ async def cancel(request: Request) -> Response:
     row = await store.get(rid, key.id)
     if row is None:
         raise not_found("response", rid)
-    if not row["background"]:
+    if not row.background:
         raise bad_request(
-            "Only responses created with background=true can be cancelled.", code="not_background"
+            "Only responses created with background=true can be cancelled.",
+            code=RequestErrorCode.NOT_BACKGROUND,
         )
     if await store.cancel(rid, key.id):
         row = await store.get(rid, key.id)
@@ -94,9 +97,9 @@ async def input_items(request: Request) -> Response:
     after, limit = page_params(request, default=20, maximum=100)
     order = sort_order(request)
     row = await _store(request).get(rid, current_key(request.scope).id)
-    if row is None or row["endpoint"] != "/v1/responses":
+    if row is None or row.endpoint != Endpoint.RESPONSES:
         raise not_found("response", rid)
-    items = listed_items(rid, (row["body"] or {}).get("input"))
+    items = listed_items(rid, (row.body or {}).get("input"))
     if order == "desc":
         items.reverse()
     start = 0
@@ -114,14 +117,13 @@ async def retrieve_chat(request: Request) -> Response:
     """A finished chat completion by id (the SDK's ``chat.completions.retrieve``)."""
     rid = path_id(request, "chat completion")
     row = await _store(request).get(rid, current_key(request.scope).id)
-    if row is None or row["endpoint"] != "/v1/chat/completions":
+    if row is None or row.endpoint != Endpoint.CHAT:
         raise not_found("chat completion", rid)
-    if row["status"] != Status.COMPLETED:
+    if row.status != Status.COMPLETED:
         raise APIError(
             404,
-            f"Chat completion {rid} is {row['status']}; GET /v1/responses/{rid} shows "
-            "its progress.",
-            code="not_ready",
+            f"Chat completion {rid} is {row.status}; GET /v1/responses/{rid} shows its progress.",
+            code=RequestErrorCode.NOT_READY,
         )
     return json_response(stored_result(row), headers={"x-request-id": rid})
 

@@ -8,6 +8,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.openai.errors import APIError, error_body, json_response, unavailable
 from app.store.db import database_unavailable
+from app.vocabulary import RequestErrorCode
 
 log = logging.getLogger("tiergate.errors")
 
@@ -46,6 +47,6 @@ class ErrorMiddleware:
             body = error_body(
                 "The server had an error processing your request.",
                 type="server_error",
-                code="internal_error",
+                code=RequestErrorCode.INTERNAL_ERROR,
             )
             await json_response(body, 500)(scope, receive, send)
