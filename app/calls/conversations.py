@@ -19,7 +19,7 @@ from app.openai.errors import MAX_SHOWN_ID, APIError, bad_request
 from app.openai.items import continued
 from app.openai.validation import Call
 from app.store.conversations import ConversationStore
-from app.vocabulary import LIVE, RequestErrorCode
+from app.vocabulary import LIVE, Endpoint, RequestErrorCode
 
 FIELD = "previous_response_id"
 
@@ -66,7 +66,7 @@ class Conversations:
 
     async def resolve(self, call: Call, key: ApiKey) -> Call:
         """``call`` with its whole input, when it continues an earlier Response."""
-        if call.endpoint != "/v1/responses":
+        if call.endpoint != Endpoint.RESPONSES:
             return call
         previous = previous_id(call.body)
         if previous is None:

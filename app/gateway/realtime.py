@@ -42,7 +42,7 @@ from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_a
 from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
 from app.upstream.router import NoCapacity, Router
-from app.vocabulary import Endpoint, ErrorCode, Header, PriceTier, Status, error
+from app.vocabulary import Endpoint, ErrorCode, Header, PriceTier, Status, Tier, error
 
 log = logging.getLogger("tiergate.proxy")
 
@@ -341,7 +341,7 @@ class RealtimeProxy:
         if call.cache is not None:
             outcome = dataclasses.replace(outcome, cache=call.cache)
         self.metrics.observe_request(
-            call.endpoint, "default", outcome.status, time.perf_counter() - started
+            call.endpoint, Tier.DEFAULT, outcome.status, time.perf_counter() - started
         )
         if outcome.status == Status.COMPLETED:
             outcome = self.meter.priced(

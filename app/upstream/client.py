@@ -26,13 +26,11 @@ from app.upstream.aiohttp_transport import AiohttpTransport
 from app.upstream.chat_api import BadChatAnswer, translated_reply, translated_stream
 from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
-from app.vocabulary import ErrorCode, upstream_status
+from app.vocabulary import Endpoint, ErrorCode, upstream_status
 
 # Fields that mean something to tiergate and must not reach the provider.
 # previous_response_id names a tiergate Response, resolved into the input at acceptance.
 GATEWAY_FIELDS = ("service_tier", "background", "previous_response_id")
-RESPONSES_PATH = "/v1/responses"
-CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass
@@ -72,7 +70,7 @@ def prepare_body(
     call's token limit in the field the deployment reads (if one is set)."""
     out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     out["model"] = deployment.target_model
-    if deployment.token_field is not None and endpoint == CHAT_PATH:
+    if deployment.token_field is not None and endpoint == Endpoint.CHAT:
         out = rename_token_limit(out, deployment.token_field)
     return out
 
@@ -201,7 +199,7 @@ class UpstreamClient:
         A Responses call to a chat-only deployment goes out as a chat call; the caller gets
         its answer as a Response object or Responses event stream (``chat_api.py``).
         """
-        if deployment.speaks_chat and endpoint == RESPONSES_PATH:
+        if deployment.speaks_chat and endpoint == Endpoint.RESPONSES:
             async with self._open_translated(deployment, body) as translated:
                 yield translated
             return
@@ -222,7 +220,7 @@ class UpstreamClient:
             chat = chat_request(body, deployment.token_field or "max_tokens")
         except Untranslatable as exc:
             raise untranslatable(exc) from None
-        transport, request = self._request(deployment, CHAT_PATH, chat)
+        transport, request = self._request(deployment, Endpoint.CHAT, chat)
         with _mapped_errors():
             response = await transport.handle_async_request(request)
         response.request = request
