@@ -26,6 +26,7 @@ from app.openai.objects import response_object
 from app.openai.replay import replayed
 from app.openai.validation import Call
 from app.store.cache import HitRow
+from app.store.new_requests import new_request_columns
 from app.store.requests import RequestRow
 from app.vocabulary import PriceTier, Status, Tier
 
@@ -96,16 +97,9 @@ async def _sent(events: list[bytes]) -> AsyncIterator[bytes]:
 def _row_view(row: HitRow) -> RequestRow:
     """The stored row as the answer builders read it."""
     return RequestRow(
-        id=row.id,
-        owner_key_id=row.owner,
-        endpoint=row.endpoint,
-        model=row.model,
-        service_tier=row.tier,
+        **new_request_columns(row),
         status=Status.COMPLETED,
-        body=row.body,
         created_at=row.at,
-        background=row.background,
-        stream=row.stream,
         finished_at=row.at,
         response_status=200,
         response_body=row.response_body,

@@ -34,6 +34,7 @@ from app.openai.validation import Call
 from app.settings import Settings
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
+from app.store.new_requests import new_request_columns
 from app.store.requests import RequestRow, RequestStore, Submission
 from app.vocabulary import LIVE, Header, Priority, RequestErrorCode, ResponseErrorCode, Status, Tier
 
@@ -222,16 +223,9 @@ def wants_usage(body: dict[str, Any]) -> bool:
 def queued_row(sub: Submission) -> RequestRow:
     """The row a submission has just become, without reading it back."""
     return RequestRow(
-        id=sub.id,
-        owner_key_id=sub.owner,
-        endpoint=sub.endpoint,
-        model=sub.model,
-        service_tier=sub.tier,
+        **new_request_columns(sub),
         status=Status.PENDING,
-        body=sub.body,
         created_at=dt.datetime.now(dt.UTC),
-        background=sub.background,
-        stream=sub.stream,
         priority=sub.priority,
         pinned_deployment=sub.pin,
         cache=sub.cache,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from app.store.outcomes import dumps
 from app.vocabulary import Tier
@@ -42,3 +42,31 @@ def new_request_arrays(rows: Sequence[NewRequest]) -> dict[str, list[Any]]:
         "streams": [r.stream for r in rows],
         "bodies": [dumps(r.body) for r in rows],
     }
+
+
+class RowColumns(TypedDict):
+    """The shared columns under the names of the ``requests`` table (``RequestRow``'s)."""
+
+    id: str
+    owner_key_id: str
+    endpoint: str
+    model: str
+    service_tier: str
+    body: dict[str, Any]
+    background: bool
+    stream: bool
+
+
+def new_request_columns(row: NewRequest) -> RowColumns:
+    """``row``'s shared columns as ``RequestRow`` takes them, for a view of a row that is not
+    read back."""
+    return RowColumns(
+        id=row.id,
+        owner_key_id=row.owner,
+        endpoint=row.endpoint,
+        model=row.model,
+        service_tier=row.tier,
+        body=row.body,
+        background=row.background,
+        stream=row.stream,
+    )
