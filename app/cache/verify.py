@@ -28,9 +28,15 @@ texts (``"role: content"`` lines) on signals that flip a meaning while keeping t
   opposite order when both texts hold a directional word (to, from, than, into, ...);
 - a single content word replaced by another ("brown rice" / "white rice") that is neither a
   listed synonym, an inflection nor a typo of it. Rewordings that change several words pass:
-  the embedding similarity is what judges those.
+  the embedding similarity is what judges those;
+- an added qualifier: one prompt holds every content word of the other and one or two more,
+  each next to a shared content word ("a gift" / "a gift card", "a poem" / "a short poem",
+  "flights to Paris" / "cheap flights to Paris"): the added word narrows a noun phrase of the
+  other prompt, so the answers differ. A word added away from the shared ones ("explain
+  recursion" / "explain recursion simply, please": an adverb at the end) is no qualifier of a
+  noun phrase and passes.
 
-Known blind spots: paraphrases that add or drop a modifier ("a short poem" / "a poem"), two
+Known blind spots: a modifier added as a clause ("a poem that is short"), two
 or more content words changed at once, synonyms absent from the small table (each such
 paraphrase is refused: the safe side), entities written in lower case that are in no class,
 typos that make another real word ("affect" / "effect" passes as a typo), roles changed by
@@ -561,10 +567,56 @@ def mismatch(new: str, cached: str) -> str | None:
     swapped = _swap(a.tokens, b.tokens) or _reordered_names(a, b)
     if swapped:
         return f"order differs: {swapped[0]} and {swapped[1]} swapped"
-    return _changed_word(
-        {s: w for s, w in a.content.items() if s not in b.content},
-        {s: w for s, w in b.content.items() if s not in a.content},
+    only_a = {s: w for s, w in a.content.items() if s not in b.content}
+    only_b = {s: w for s, w in b.content.items() if s not in a.content}
+    return (
+        _changed_word(only_a, only_b)
+        or _added_qualifier(a, b, only_a, only_b)
+        or _added_qualifier(b, a, only_b, only_a)
     )
+
+
+_MAX_QUALIFIERS = 2  # more added words: a rewording, the embedding judges it
+# Words that reword a question rather than narrow it ("the word X", "makes the sky appear
+# blue", "how X works"): never taken for an added qualifier.
+_LIGHT = frozenset(
+    _stem(w)
+    for w in _words(
+        "word term phrase meaning mean means appear appears seem seems look looks work works"
+        " happen happens exist exists thing things stuff actually basically exactly generally"
+        " usually typically possible best good"
+    )
+)
+
+
+def _added_qualifier(
+    longer: _Facts, shorter: _Facts, extra: dict[str, str], missing: dict[str, str]
+) -> str | None:
+    """``longer`` is ``shorter`` with one or two content words added, each next to a content
+    word both share ("gift" / "gift card"): a qualifier that narrows a noun phrase."""
+    if not extra or len(extra) > _MAX_QUALIFIERS:
+        return None
+    pairs = [(x, y) for x in extra.items() for y in missing.items()]
+    explained = {x[0] for x, y in pairs if _explained(x, y)}
+    if len(explained) != len(missing) and missing:
+        return None  # a word of the shorter one is gone too: a rewording, not an addition
+    # An adverb ("simply", "quickly") qualifies how to answer, not what about.
+    added = {
+        s for s in extra if s not in explained and s not in _LIGHT and not extra[s].endswith("ly")
+    }
+    if not added:
+        return None
+    shared = longer.content.keys() & shorter.content.keys()
+    stems = [_word(token)[1] for token in longer.tokens]
+    for i, stem in enumerate(stems):
+        if stem not in added:
+            continue
+        # Before the word it qualifies ("short poem"), else after it ("gift card").
+        for j, phrase in ((i + 1, (i, i + 2)), (i - 1, (i - 1, i + 1))):
+            if 0 <= j < len(stems) and stems[j] in shared:
+                words = " ".join(longer.tokens[phrase[0] : phrase[1]])
+                return f"qualifier added: {words} vs {shorter.content[stems[j]]}"
+    return None
 
 
 def _changed_word(only_a: dict[str, str], only_b: dict[str, str]) -> str | None:

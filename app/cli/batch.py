@@ -99,18 +99,37 @@ def watch(client: httpx.Client, batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-def download(client: httpx.Client, file_id: str | None, path: Path) -> int:
-    if file_id is None:
-        return 0
+def download(client: httpx.Client, file_id: str, path: Path) -> int:
+    """Write file ``file_id`` to ``path`` (opened only once the gateway answered it)."""
     written = 0
-    with client.stream("GET", f"/files/{file_id}/content") as response, path.open("wb") as out:
+    with client.stream("GET", f"/files/{file_id}/content") as response:
         if response.status_code >= 400:
             response.read()
             _check(response)
-        for chunk in response.iter_bytes():
-            out.write(chunk)
-            written += len(chunk)
+        with path.open("wb") as out:
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                written += len(chunk)
     return written
+
+
+def save_results(client: httpx.Client, batch: dict[str, Any], out: Path) -> None:
+    """The output file to ``out`` and the error file beside it, each only if the batch has
+    one: a batch that failed validation (or whose every line failed) writes no empty file."""
+    if batch["output_file_id"]:
+        n = download(client, batch["output_file_id"], out)
+        print(f"output: {out} ({n} bytes)", file=sys.stderr)
+    elif batch["status"] == "failed":
+        print("tiergate: no output file written: the batch failed validation", file=sys.stderr)
+    else:
+        print(
+            f"tiergate: no output file written: the batch has none ({batch['status']})",
+            file=sys.stderr,
+        )
+    if batch["error_file_id"]:
+        errors = out.with_name(out.stem + ".errors" + out.suffix)
+        download(client, batch["error_file_id"], errors)
+        print(f"errors: {errors}", file=sys.stderr)
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -151,12 +170,7 @@ def submit(args: argparse.Namespace) -> int:
                 f"  line {error.get('line')}: {error['code']}: {error['message']}", file=sys.stderr
             )
         if args.output:
-            out = Path(args.output)
-            n = download(client, batch["output_file_id"], out)
-            print(f"output: {out} ({n} bytes)", file=sys.stderr)
-            errors = out.with_name(out.stem + ".errors" + out.suffix)
-            if download(client, batch["error_file_id"], errors):
-                print(f"errors: {errors}", file=sys.stderr)
+            save_results(client, batch, Path(args.output))
         print(batch["id"])
         return exit_code(batch, allow_failures=args.allow_failures)
 

@@ -50,9 +50,12 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], *, cls: str = "") -> Markup:
+def table(
+    headers: Iterable[str], rows: Iterable[Iterable[Any]], *, empty: str, cls: str = ""
+) -> Markup:
     """A table in a horizontally scrolling box; ``cls="stack"`` tables become one card per
-    row on narrow windows (each cell labelled by its header)."""
+    row on narrow windows (each cell labelled by its header). ``empty`` says what is true when
+    there is no row ("no errors", "no request matches")."""
     names = list(headers)
     head = join(render("<th>{h}</th>", h=h) for h in names)
     body = join(
@@ -71,7 +74,7 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], *, cls: str = "
         "<tbody>{body}</tbody></table></div>",
         cls=cls,
         head=head,
-        body=body or Markup('<tr><td colspan="99" class="empty">nothing yet</td></tr>'),
+        body=body or render('<tr><td colspan="99" class="empty">{e}</td></tr>', e=empty),
     )
 
 

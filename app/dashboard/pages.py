@@ -12,7 +12,7 @@ from sqlalchemy import RowMapping
 
 from app.dashboard.html import Markup, join, link, render, table, text
 from app.dashboard.session import CSRF_FIELD
-from app.vocabulary import BatchStatus
+from app.vocabulary import FINAL_BATCH, BatchStatus
 
 NAV = (
     ("overview", "Overview", "/dashboard"),
@@ -99,7 +99,11 @@ def overview() -> Markup:
 <div class="card"><h2>In flight per deployment</h2><div class="scroll">
 <table id="in-flight"><thead><tr><th>Model</th><th>Deployment</th><th>State</th>
 <th>In flight</th></tr></thead><tbody></tbody></table></div></div>
-</section>"""
+</section>
+<section class="card processes"><h2>Processes</h2>
+<p class="meta" id="process-summary"></p><div class="scroll"><table id="processes" class="stack">
+<thead><tr><th>Role</th><th>Host</th><th>Pid</th><th>Started</th><th>Last beat</th>
+<th>In flight</th><th>State</th></tr></thead><tbody></tbody></table></div></section>"""
     )
 
 
@@ -170,6 +174,7 @@ def batches(
             )
             for p in rows
         ),
+        empty="no batch matches" if key_id or chosen else "no batches",
         cls="batches stack",
     )
     return join((form, listing))
@@ -193,7 +198,17 @@ def duration(seconds: int) -> str:
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
-def batch(p: RowMapping, row: RowMapping, errors: Sequence[RowMapping]) -> Markup:
+def batch(
+    p: RowMapping,
+    row: RowMapping,
+    errors: Sequence[RowMapping],
+    invalid: Sequence[RowMapping] = (),
+    *,
+    offset: int = 0,
+    page_size: int = 50,
+) -> Markup:
+    """A batch: its facts, errors by code, files; a batch that failed validation lists the
+    reasons (line, code, message), ``page_size`` at a time from ``offset``."""
     files = [
         (label, row[name])
         for label, name in (
@@ -227,21 +242,65 @@ def batch(p: RowMapping, row: RowMapping, errors: Sequence[RowMapping]) -> Marku
             ("Total tokens", p["total_tokens"]),
             ("Cost (USD)", p["cost_usd"]),
             ("Created", p["created_at"]),
+            ("Finished", row["ended_at"]),
+            ("Duration", _took(p["created_at"], row["ended_at"])),
             ("Expires", p["expires_at"]),
             ("Metadata", json.dumps(row["metadata"]) if row["metadata"] else None),
         ),
         live=True,
     )
+    final = p["batch_status"] in FINAL_BATCH
     return render(
         """<p class="meta"><code>{id}</code></p>
-<div class="progress">{bar}</div>{facts}
+<div class="progress">{bar}</div>{facts}{invalid}
 <section class="cards"><div class="card"><h2>Errors by code</h2>{errors}</div>
 <div class="card"><h2>Files</h2><ul class="files">{downloads}</ul></div></section>""",
         id=p["batch_id"],
         bar=progress_bar(p),
         facts=facts,
-        errors=table(("Code", "Requests"), ((e["code"], e["requests"]) for e in errors)),
-        downloads=downloads or Markup("<li>none yet</li>"),
+        invalid=_validation(p["batch_id"], row["validation_errors"], invalid, offset, page_size),
+        errors=table(
+            ("Code", "Requests"),
+            ((e["code"], e["requests"]) for e in errors),
+            empty="no line ran"
+            if row["validation_errors"]
+            else ("no errors" if final else "no errors yet"),
+        ),
+        downloads=downloads or Markup(f"<li>{'none' if final else 'none yet'}</li>"),
+    )
+
+
+def _took(start: dt.datetime | None, end: dt.datetime | None) -> str | None:
+    if start is None or end is None:
+        return None
+    return duration(max(0, round((end - start).total_seconds())))
+
+
+def _validation(
+    batch_id: str, count: int, rows: Sequence[RowMapping], offset: int, page_size: int
+) -> Markup:
+    """Why the batch failed validation, as ``tiergate batch`` prints it, one page at a time."""
+    if not count:
+        return Markup("")
+    pages: list[Markup] = []
+    base = f"/dashboard/batches/{quote(batch_id)}"
+    if offset > 0:
+        pages.append(link(f"{base}?errors={max(0, offset - page_size)}", "← previous"))
+    if offset + page_size < count:
+        pages.append(link(f"{base}?errors={offset + page_size}", "next →"))
+    shown = f"{offset + 1} to {offset + len(rows)} of {count}" if rows else f"none past {count}"
+    return render(
+        """<section class="card validation"><h2>Validation errors</h2>
+<p class="meta">The input file was rejected: no line ran. Errors {shown}.</p>{table}
+<nav class="pager" aria-label="validation error pages">{pages}</nav></section>""",
+        shown=shown,
+        table=table(
+            ("Line", "Code", "Message"),
+            ((e["line"], e["code"], e["message"]) for e in rows),
+            empty="no error on this page",
+            cls="validation stack",
+        ),
+        pages=join(pages),
     )
 
 
@@ -301,12 +360,13 @@ def requests(q: str, rows: Sequence[RowMapping] | None) -> Markup:
                         else None,
                         r["key_name"],
                         r["model"],
-                        r["service_tier"],
+                        r["tier"],
                         status(r["status"]),
                         r["created_at"],
                     )
                     for r in rows
                 ),
+                empty="no request matches",
                 cls="requests stack",
             ),
         )
@@ -365,7 +425,7 @@ def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
             ("Deployment", r["deployment"]),
             ("Response cache", r["cache"]),
             ("Endpoint", r["endpoint"]),
-            ("Tier", r["service_tier"]),
+            ("Tier", r["tier"]),
             ("Background", r["background"]),
             ("Stream", r["stream"]),
             (
@@ -408,6 +468,7 @@ def usage(rows: Sequence[RowMapping], days: int) -> Markup:
     charts = [usage_chart(rows, days, "total_tokens", "tokens", "Total tokens")]
     if any(r["cost_usd"] is not None for r in rows):
         charts.append(usage_chart(rows, days, "cost_usd", "USD", "Cost (USD)"))
+    charts.append(usage_chart(rows, days, "total_tokens", "tokens", "Total tokens", by="tier"))
     return render(
         """<p class="meta">Last {days} days (UTC), from the view <code>tiergate_usage_by_key</code>.
 </p><section class="cards">{charts}</section>{table}""",
@@ -418,6 +479,7 @@ def usage(rows: Sequence[RowMapping], days: int) -> Markup:
                 "Day",
                 "Key",
                 "Model",
+                "Tier",
                 "Requests",
                 "Input tokens",
                 "Cached",
@@ -431,6 +493,7 @@ def usage(rows: Sequence[RowMapping], days: int) -> Markup:
                     r["day"].strftime("%Y-%m-%d"),
                     r["key_name"],
                     r["model"],
+                    r["tier"],
                     r["requests"],
                     r["input_tokens"],
                     r["cached_tokens"],
@@ -441,6 +504,7 @@ def usage(rows: Sequence[RowMapping], days: int) -> Markup:
                 )
                 for r in rows
             ),
+            empty=f"no usage in the last {days} days",
             cls="usage stack",
         ),
     )
@@ -449,14 +513,27 @@ def usage(rows: Sequence[RowMapping], days: int) -> Markup:
 PALETTE = ("#2563eb", "#16a34a", "#d97706", "#db2777", "#7c3aed", "#0891b2", "#65a30d")
 
 
-def usage_chart(rows: Sequence[RowMapping], days: int, field: str, unit: str, title: str) -> Markup:
-    """Stacked bars per day of the window, one colour per key and model (inline SVG)."""
+def _series(row: RowMapping, by: str) -> str:
+    return str(row["tier"]) if by == "tier" else f"{row['key_name']} · {row['model']}"
+
+
+def usage_chart(
+    rows: Sequence[RowMapping],
+    days: int,
+    field: str,
+    unit: str,
+    title: str,
+    *,
+    by: str = "key and model",
+) -> Markup:
+    """Stacked bars per day of the window, one colour per key and model, or per pricing tier
+    (``by="tier"``: default, flex, batch) (inline SVG)."""
     today = dt.datetime.now(dt.UTC).date()
     slots = [f"{today - dt.timedelta(days=i):%Y-%m-%d}" for i in range(days - 1, -1, -1)]
-    series = sorted({(r["key_name"], r["model"]) for r in rows})
-    per: dict[tuple[str, tuple[str, str]], float] = {}
+    series = sorted({_series(r, by) for r in rows})
+    per: dict[tuple[str, str], float] = {}
     for r in rows:
-        cell = (f"{r['day']:%Y-%m-%d}", (r["key_name"], r["model"]))
+        cell = (f"{r['day']:%Y-%m-%d}", _series(r, by))
         per[cell] = per.get(cell, 0.0) + float(r[field] or 0)
     top = max((sum(per.get((d, s), 0.0) for s in series) for d in slots), default=0.0) or 1.0
     width, height, pad = 600, 220, 30
@@ -478,7 +555,7 @@ def usage_chart(rows: Sequence[RowMapping], days: int, field: str, unit: str, ti
                         w=f"{slot * 0.7:.1f}",
                         h=f"{h:.1f}",
                         c=PALETTE[j % len(PALETTE)],
-                        t=f"{day} {name[0]} · {name[1]}: {_amount(value)} {unit}",
+                        t=f"{day} {name}: {_amount(value)} {unit}",
                     )
                 )
         if i % 3 == (len(slots) - 1) % 3:
@@ -493,20 +570,20 @@ def usage_chart(rows: Sequence[RowMapping], days: int, field: str, unit: str, ti
     legend = join(
         render(
             '<span><svg width="10" height="10" aria-hidden="true"><rect width="10" height="10"'
-            ' fill="{c}"/></svg> {k} · {m}</span>',
+            ' fill="{c}"/></svg> {name}</span>',
             c=PALETTE[j % len(PALETTE)],
-            k=key,
-            m=model,
+            name=name,
         )
-        for j, (key, model) in enumerate(series)
+        for j, name in enumerate(series)
     )
     return render(
-        '<div class="card"><h2>{title} per day, by key and model</h2>'
+        '<div class="card"><h2>{title} per day, by {by}</h2>'
         '<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{title} per day">'
         '<text x="{pad}" y="16">{top} {unit}</text>'
         '<line x1="{pad}" y1="{base}" x2="{w}" y2="{base}" stroke="#999"/>{shapes}</svg>'
         '<div class="legend">{legend}</div></div>',
         title=title,
+        by=by,
         w=width,
         h=height,
         pad=pad,
@@ -553,5 +630,28 @@ def keys(rows: Sequence[RowMapping]) -> Markup:
             )
             for k in rows
         ),
+        empty="no keys",
         cls="keys stack",
     )
+
+
+def process_json(p: RowMapping, fresh_s: float) -> dict[str, Any]:
+    """A row of ``processes`` for the overview: live while it beat within ``fresh_s`` (what
+    the sweeps and ``tiergate deployments`` count as live), stale after that."""
+    silent = float(p["silent_s"])
+    stale = silent > fresh_s
+    return {
+        "id": p["id"],
+        "role": p["kind"],
+        "host": p["hostname"],
+        "pid": p["pid"],
+        "started": text(p["started_at"]),
+        "last_beat": f"{_ago(silent)} ago",
+        "in_flight": sum(int(d.get("in_flight") or 0) for d in p["deployments"] or []),
+        "state": f"stale: silent for {_ago(silent)}" if stale else "live",
+        "stale": stale,
+    }
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else duration(round(seconds))

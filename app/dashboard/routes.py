@@ -39,7 +39,7 @@ from app.dashboard.session import (
     set_cookie,
 )
 from app.gateway.services import Services
-from app.store.dashboard import DashboardStore
+from app.store.dashboard import PAGE, DashboardStore
 from app.store.presence import process_views
 from app.vocabulary import BatchStatus, Status
 
@@ -176,18 +176,21 @@ async def overview(request: Request, admin: Admin) -> Response:
 @api
 async def overview_json(request: Request, admin: Admin) -> Response:
     services = _services(request)
-    rows = await _store(request).requests_per_minute(RPM_MINUTES)
+    store = _store(request)
+    rows = await store.requests_per_minute(RPM_MINUTES)
     now_minute = int(time.time()) // 60 * 60
     minutes = [now_minute - 60 * i for i in range(RPM_MINUTES - 1, -1, -1)]
-    tiers = sorted({r["service_tier"] for r in rows})
-    per = {(r["minute"], r["service_tier"]): r for r in rows}
+    tiers = sorted({r["tier"] for r in rows})
+    per = {(r["minute"], r["tier"]): r for r in rows}
     total = sum(r["requests"] for r in rows)
     errors = sum(r["errors"] for r in rows)
     counted = await services.queue_depth.read()
     depth: dict[tuple[str, str], dict[str, int]] = {}
     for model, tier, status, n in counted.depth:
         depth.setdefault((model, tier), {})[status] = n
-    views = await process_views(services.engine, fresh_s=3 * services.settings.limits.heartbeat_s)
+    fresh_s = 3 * services.settings.limits.heartbeat_s
+    views = await process_views(services.engine, fresh_s=fresh_s)
+    processes = await store.processes()
     flights: dict[tuple[str, str], dict[str, Any]] = {
         (model.name, d.name): {"in_flight": 0, "states": set()}
         for model in services.settings.models.values()
@@ -216,8 +219,8 @@ async def overview_json(request: Request, admin: Admin) -> Response:
             "by_tier": [
                 {
                     "service_tier": tier,
-                    "requests": sum(r["requests"] for r in rows if r["service_tier"] == tier),
-                    "errors": sum(r["errors"] for r in rows if r["service_tier"] == tier),
+                    "requests": sum(r["requests"] for r in rows if r["tier"] == tier),
+                    "errors": sum(r["errors"] for r in rows if r["tier"] == tier),
                 }
                 for tier in tiers
             ],
@@ -241,6 +244,8 @@ async def overview_json(request: Request, admin: Admin) -> Response:
                 }
                 for (model, deployment), v in sorted(flights.items())
             ],
+            "processes": [pages.process_json(p, fresh_s) for p in processes],
+            "stale_after_s": fresh_s,
         }
     )
 
@@ -265,10 +270,23 @@ async def batch_list(request: Request, admin: Admin) -> Response:
 
 @page
 async def batch(request: Request, admin: Admin) -> Response:
-    found = await _store(request).batch(request.path_params["id"])
+    store = _store(request)
+    found = await store.batch(request.path_params["id"])
     if found is None:
         return _html(request, "batches", "Batch not found", Markup(""), admin, 404)
-    return _html(request, "batches", "Batch", pages.batch(*found), admin)
+    progress, row, errors = found
+    offset = _offset(request, "errors")
+    invalid = (
+        await store.validation_errors(row["id"], offset, PAGE) if row["validation_errors"] else []
+    )
+    body = pages.batch(progress, row, errors, invalid, offset=offset, page_size=PAGE)
+    return _html(request, "batches", "Batch", body, admin)
+
+
+def _offset(request: Request, name: str) -> int:
+    """A non-negative integer query parameter (0 when absent or not one)."""
+    value = request.query_params.get(name) or ""
+    return int(value) if value.isdigit() and len(value) < 10 else 0
 
 
 @api

@@ -14,9 +14,14 @@ from typing import Any
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.vocabulary import UNSUCCESSFUL, sql_in
+from app.vocabulary import SQL_PRICE_TIER, UNSUCCESSFUL, sql_in
 
 PAGE = 50
+# A ``requests r`` row's pricing tier (``batch`` for Batch API lines), as ``tiergate usage``
+# and the CLI name it.
+R_PRICE_TIER = SQL_PRICE_TIER.replace("batch_id", "r.batch_id").replace(
+    "service_tier", "r.service_tier"
+)
 
 # Sessions: the cookie holds a random token, the table its sha256.
 CREATE_SESSION = text(
@@ -32,10 +37,11 @@ DELETE_SESSION = text("DELETE FROM dashboard_sessions WHERE token_hash = :token_
 PRUNE_SESSIONS = text("DELETE FROM dashboard_sessions WHERE expires_at < now()")
 
 REQUESTS_PER_MINUTE = text(
-    "SELECT extract(epoch FROM minute)::bigint AS minute, service_tier, requests, errors"
+    "SELECT extract(epoch FROM minute)::bigint AS minute, price_tier AS tier,"
+    " sum(requests)::bigint AS requests, sum(errors)::bigint AS errors"
     " FROM tiergate_requests_per_minute"
     " WHERE minute >= date_trunc('minute', now()) - make_interval(mins => :minutes - 1)"
-    " ORDER BY minute, service_tier"
+    " GROUP BY 1, 2 ORDER BY 1, 2"
 )
 BATCH_IDS = text(
     "SELECT id FROM batches WHERE kind = 'file'"
@@ -50,8 +56,18 @@ BATCH_PROGRESS = text(
 )
 BATCH = text(
     "SELECT id, completion_window, input_file_id, output_file_id, error_file_id, metadata,"
-    " errors, in_progress_at, finalizing_at, completed_at, failed_at, expired_at, cancelled_at"
+    " jsonb_array_length(coalesce(errors->'data', '[]')) AS validation_errors,"
+    " in_progress_at, finalizing_at, completed_at, failed_at, expired_at, cancelled_at,"
+    " coalesce(completed_at, failed_at, expired_at, cancelled_at) AS ended_at"
     " FROM batches WHERE id = :id AND kind = 'file'"
+)
+# One page of a batch's validation errors (what ``tiergate batch`` prints: line, code, message).
+VALIDATION_ERRORS = text(
+    "SELECT e.n, e.error->>'line' AS line, e.error->>'code' AS code,"
+    " e.error->>'message' AS message"
+    " FROM batches b, jsonb_array_elements(coalesce(b.errors->'data', '[]'))"
+    " WITH ORDINALITY AS e(error, n)"
+    " WHERE b.id = :id ORDER BY e.n OFFSET :offset LIMIT :limit"
 )
 BATCH_ERRORS = text(
     "SELECT coalesce(error->>'code', status) AS code, count(*) AS requests FROM requests"
@@ -59,8 +75,8 @@ BATCH_ERRORS = text(
     " GROUP BY 1 ORDER BY 2 DESC, 1"
 )
 FIND_REQUESTS = text(
-    "SELECT r.id, r.batch_id, r.custom_id, r.model, r.service_tier, r.status, r.created_at,"
-    " k.name AS key_name FROM requests r JOIN api_keys k ON k.id = r.owner_key_id"
+    f"SELECT r.id, r.batch_id, r.custom_id, r.model, {R_PRICE_TIER} AS tier, r.status,"
+    " r.created_at, k.name AS key_name FROM requests r JOIN api_keys k ON k.id = r.owner_key_id"
     " WHERE r.id = :q OR (r.custom_id IS NOT NULL AND r.custom_id = :q)"
     " ORDER BY r.created_at DESC LIMIT :limit"
 )
@@ -69,7 +85,7 @@ REQUEST_COLUMNS = (
     " r.background, r.stream, r.status, r.attempts, r.response_status, r.error, r.attempt_errors,"
     " r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens, r.total_tokens,"
     " r.cost_usd, r.deployment, r.claimed_by, r.created_at, r.started_at, r.finished_at,"
-    " r.expires_at, r.not_before, r.cache, k.name AS key_name"
+    f" r.expires_at, r.not_before, r.cache, {R_PRICE_TIER} AS tier, k.name AS key_name"
 )
 REQUEST = text(
     f"SELECT {REQUEST_COLUMNS} FROM requests r JOIN api_keys k ON k.id = r.owner_key_id"
@@ -77,13 +93,14 @@ REQUEST = text(
 )
 REQUEST_BODIES = text("SELECT body, response_body FROM requests WHERE id = :id")
 USAGE_BY_DAY = text(
-    "SELECT date_trunc('day', hour) AS day, key_name, model, sum(requests) AS requests,"
+    "SELECT date_trunc('day', hour) AS day, key_name, model, price_tier AS tier,"
+    " sum(requests) AS requests,"
     " sum(input_tokens) AS input_tokens, sum(cached_tokens) AS cached_tokens,"
     " sum(output_tokens) AS output_tokens, sum(reasoning_tokens) AS reasoning_tokens,"
     " sum(total_tokens) AS total_tokens, sum(cost_usd) AS cost_usd"
     " FROM tiergate_usage_by_key"
     " WHERE hour >= date_trunc('day', now()) - make_interval(days => :days - 1)"
-    " GROUP BY 1, 2, 3 ORDER BY 1 DESC, 2, 3"
+    " GROUP BY 1, 2, 3, 4 ORDER BY 1 DESC, 2, 3, 4"
 )
 # Last use: the newest request of the key, one index probe per key.
 KEYS = text(
@@ -91,6 +108,12 @@ KEYS = text(
     " k.rpm, k.tpm, k.budget_usd, k.budget_period, k.weight, b.spent_usd,"
     " (SELECT max(r.created_at) FROM requests r WHERE r.owner_key_id = k.id) AS last_used_at"
     " FROM api_keys k LEFT JOIN tiergate_budgets b ON b.key_id = k.id ORDER BY k.created_at"
+)
+# Every gateway and worker that beat in the last day (older rows are pruned), newest first.
+PROCESSES = text(
+    "SELECT id, kind, hostname, pid, started_at, last_seen_at, deployments,"
+    " extract(epoch FROM now() - last_seen_at)::float8 AS silent_s"
+    " FROM processes ORDER BY last_seen_at DESC, kind, started_at LIMIT :limit"
 )
 FILE = text("SELECT id, filename, bytes, status FROM files WHERE id = :id")
 
@@ -150,6 +173,13 @@ class DashboardStore:
                 return None
             errors = list((await conn.execute(BATCH_ERRORS, {"id": id})).mappings())
         return progress, row, errors
+
+    async def validation_errors(self, id: str, offset: int, limit: int = PAGE) -> list[RowMapping]:
+        """Errors ``offset`` .. ``offset + limit`` of a batch that failed validation."""
+        return await self._all(VALIDATION_ERRORS, id=id, offset=offset, limit=limit)
+
+    async def processes(self, limit: int = 200) -> list[RowMapping]:
+        return await self._all(PROCESSES, limit=limit)
 
     async def find_requests(self, q: str, limit: int = PAGE) -> list[RowMapping]:
         return await self._all(FIND_REQUESTS, q=q, limit=limit)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.vocabulary import LIVE, sql_in
+from app.vocabulary import LIVE, SQL_PRICE_TIER, sql_in
 
 COUNT_COST_RATIO = 100.0
 
@@ -30,10 +30,12 @@ CLAIM_COUNT = text(
 )
 TOOK = text("UPDATE queue_depth_counted SET took_s = extract(epoch FROM clock_timestamp() - now())")
 CLEAR = text("DELETE FROM queue_depth")
+# By pricing tier: Batch API lines (stored as ``flex`` rows) are counted as ``batch``, the
+# word ``tiergate batch``, ``tiergate usage`` and the dashboard use.
 COUNT = text(
     "INSERT INTO queue_depth (model, service_tier, status, requests)"
-    " SELECT model, service_tier, status, count(*) FROM requests"
-    f" WHERE status IN {sql_in(LIVE)} GROUP BY model, service_tier, status"
+    f" SELECT model, {SQL_PRICE_TIER}, status, count(*) FROM requests"
+    f" WHERE status IN {sql_in(LIVE)} GROUP BY 1, 2, 3"
 )
 READ = text(
     "SELECT extract(epoch FROM now() - c.counted_at)::float8 AS age_s, c.took_s,"

@@ -110,3 +110,29 @@ def test_submit_reports_validation_errors(gateway: Gateway, key: str, tmp_path: 
 def test_bad_key_is_a_clear_error(gateway: Gateway, tmp_path: Path):
     run = tiergate("batch", "list", "--url", gateway.url, "--api-key", "tg-wrong")
     assert run.returncode != 0 and "HTTP 401" in run.stderr
+
+
+def test_a_batch_that_failed_validation_writes_no_output(
+    gateway: Gateway, key: str, tmp_path: Path
+):
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(b"{broken\n{also broken\n")
+    out = tmp_path / "out.jsonl"
+    run = tiergate(
+        "batch",
+        "submit",
+        str(source),
+        "--endpoint",
+        "/v1/chat/completions",
+        "--output",
+        str(out),
+        "--url",
+        gateway.url,
+        "--api-key",
+        key,
+    )
+    assert run.returncode == 1, run.stderr
+    assert "line 1: invalid_json_line" in run.stderr and "line 2: invalid_json_line" in run.stderr
+    assert list(tmp_path.iterdir()) == [source]  # no empty output or error file
+    assert "output:" not in run.stderr
+    assert "no output file written: the batch failed validation" in run.stderr

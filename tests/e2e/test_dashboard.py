@@ -9,10 +9,14 @@ Screenshots of every page (1280x800 and 390x844) land in the test's tmp dir; set
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -107,6 +111,17 @@ def screenshot(browser: WebDriver, shots: Path, name: str) -> None:
         browser.set_window_size(width, max(height, min(int(full) + 140, 2400)))
         browser.save_screenshot(str(shots / f"{name}-{label}.png"))
     browser.set_window_size(*WIDE)
+
+
+def fact(browser: WebDriver, label: str) -> str:
+    return str(browser.find_element(By.CSS_SELECTOR, f'dd[data-field="{label}"]').text)
+
+
+def duration_s(shown: str) -> int:
+    """``1m 5s`` -> 65."""
+    minutes = re.search(r"(\d+)m", shown)
+    seconds = re.search(r"(\d+)s", shown)
+    return (int(minutes[1]) * 60 if minutes else 0) + (int(seconds[1]) if seconds else 0)
 
 
 def no_alert(browser: WebDriver) -> None:
@@ -284,6 +299,15 @@ def test_batch_progress_advances_to_completed(
     ]
     assert view is not None and shown == [f"{n:,}" for n in view]
     assert view[3:5] == (20, 1)
+    # When it ended and how long it took, as the batches row says.
+    ended, took = db.execute(
+        "SELECT completed_at, extract(epoch FROM completed_at - created_at)::int"
+        " FROM batches WHERE id = %s",
+        (batch.id,),
+    ).fetchone()
+    assert fact(browser, "Finished") == f"{ended.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+    assert re.fullmatch(r"(\d+m )?\d+s", fact(browser, "Duration")), fact(browser, "Duration")
+    assert abs(duration_s(fact(browser, "Duration")) - took) <= 1
     facts = browser.find_element(By.CSS_SELECTOR, ".facts").text
     assert EVIL in facts  # metadata shown as text
     no_alert(browser)
@@ -314,9 +338,21 @@ def test_find_a_request_by_custom_id(
         completion_window="24h",
     )
     browser.get(f"{gateway.url}/dashboard/batches/{batch.id}")
-    WebDriverWait(browser, TIMEOUT_S).until(
-        lambda d: d.find_element(By.CSS_SELECTOR, 'dd[data-field="Status"]').text == "completed"
+    WebDriverWait(browser, TIMEOUT_S, ignored_exceptions=[WebDriverException]).until(
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, 'dd[data-field="Status"]').text == "completed"
+            and d.find_elements(By.LINK_TEXT, "output file")  # reloaded once it ended
+        )
     )
+    # A finished batch without a failed line says so (not "nothing yet").
+    assert _cells(browser, ".card table") == []
+    assert browser.find_element(By.CSS_SELECTOR, ".card td.empty").text == "no errors"
+    assert "nothing yet" not in browser.page_source
+    # A search that finds nothing says so.
+    browser.get(gateway.url + "/dashboard/requests?q=no-such-custom-id")
+    empty = browser.find_element(By.CSS_SELECTOR, "table.requests td.empty")
+    assert empty.text == "no request matches"
+    screenshot(browser, shots, "requests-none")
     browser.get(gateway.url + "/dashboard/requests")
     browser.find_element(By.NAME, "q").send_keys(EVIL)
     browser.find_element(By.CSS_SELECTOR, ".filters button").click()
@@ -326,9 +362,12 @@ def test_find_a_request_by_custom_id(
     no_alert(browser)
     row = browser.find_element(By.CSS_SELECTOR, "table.requests tbody tr")
     assert EVIL in row.text and batch.id in row.text
+    # A batch line is a "batch" line, as `tiergate batch` and `tiergate usage` say.
+    assert browser.find_element(By.CSS_SELECTOR, 'td[data-label="Tier"]').text == "batch"
     screenshot(browser, shots, "requests")
     rows[0].click()
     WebDriverWait(browser, TIMEOUT_S).until(lambda d: d.find_elements(By.CLASS_NAME, "timeline"))
+    assert fact(browser, "Tier") == "batch"
     timeline = browser.find_element(By.CLASS_NAME, "timeline").text
     for step in ("created", "queued", "started", "attempts: 1", "finished: completed"):
         assert step in timeline, timeline
@@ -350,6 +389,7 @@ def test_the_timeline_shows_each_attempt_with_its_error(
     browser = signed_in
     browser.get(f"{gateway.url}/dashboard/requests/{answer.id}")
     WebDriverWait(browser, TIMEOUT_S).until(lambda d: d.find_elements(By.CLASS_NAME, "timeline"))
+    assert fact(browser, "Tier") == "flex"  # a flex call stays flex
     timeline = browser.find_element(By.CLASS_NAME, "timeline").text
     assert "attempt 1 failed" in timeline and "upstream_503" in timeline, timeline
     assert "attempts: 2" in timeline and "finished: completed" in timeline, timeline
@@ -379,6 +419,12 @@ def test_overview_numbers_are_the_views(
     shots: Path,
 ):
     browser = signed_in
+    # A process that stopped beating five minutes ago (killed: it never unregistered).
+    db.execute(
+        "INSERT INTO processes (id, kind, hostname, pid, started_at, last_seen_at)"
+        " VALUES ('wk_gone', 'worker', 'old-host', 4242, now() - interval '1 hour',"
+        " now() - interval '5 minutes')"
+    )
     browser.get(gateway.url + "/dashboard")
     # A realtime stream the mock holds open: one call in flight, one live row in the queue.
     held = client.chat.completions.create(
@@ -398,7 +444,7 @@ def test_overview_numbers_are_the_views(
                 " WHERE minute >= date_trunc('minute', now()) - interval '14 minutes'"
             ).fetchone()
             tiers = db.execute(
-                "SELECT service_tier, sum(requests)::text, sum(errors)::text"
+                "SELECT price_tier, sum(requests)::text, sum(errors)::text"
                 " FROM tiergate_requests_per_minute"
                 " WHERE minute >= date_trunc('minute', now()) - interval '14 minutes'"
                 " GROUP BY 1 ORDER BY 1"
@@ -420,10 +466,32 @@ def test_overview_numbers_are_the_views(
             )
 
         WebDriverWait(browser, TIMEOUT_S, poll_frequency=0.5).until(agree)
+
+        def processes(driver: WebDriver) -> bool:
+            rows = _cells(driver, "#processes")
+            live = {r[0] for r in rows if r[1] == socket.gethostname() and r[6] == "live"}
+            gone = [r for r in rows if r[1] == "old-host"]
+            return (
+                live == {"gateway", "worker"}
+                and len(gone) == 1
+                and gone[0][0] == "worker"
+                and gone[0][6].startswith("stale: silent for 5m")
+                and any(r[0] == "gateway" and r[5] == "1" for r in rows)  # the held stream
+            )
+
+        WebDriverWait(browser, TIMEOUT_S, poll_frequency=0.5).until(processes)
+        stale = browser.find_elements(By.CSS_SELECTOR, "#processes tr.stale")
+        assert len(stale) == 1 and "old-host" in stale[0].text
+        summary = browser.find_element(By.ID, "process-summary").text
+        assert "1 gateway(s) and 1 worker(s) live; 1 stale" in summary, summary
+        # Batch lines are "batch" in the chart and the table (never "flex" for them).
+        legend = browser.find_element(By.ID, "rpm-legend").text.split()
+        assert "batch" in legend and "flex" in legend, legend
         screenshot(browser, shots, "overview")
     finally:
         httpx.post(f"{mock_upstream}/_mock/release/dash")
         held.close()
+        db.execute("DELETE FROM processes WHERE id = 'wk_gone'")
     rate = browser.find_element(By.ID, "error-rate")
     assert int(rate.get_attribute("data-requests") or 0) >= 22  # the batches above
     assert int(rate.get_attribute("data-errors") or 0) >= 1
@@ -446,19 +514,32 @@ def test_usage_page_is_the_view(
     browser = signed_in
     browser.get(gateway.url + "/dashboard/usage")
     shown = {
-        (day, key, model): (_number(n), _number(total), _number(cost))
-        for day, key, model, n, _i, _c, _o, _r, total, cost in _cells(browser, "table.usage")
+        (day, key, model, tier): (_number(n), _number(total), _number(cost))
+        for day, key, model, tier, n, _i, _c, _o, _r, total, cost in _cells(browser, "table.usage")
     }
     expected = {
-        (f"{day:%Y-%m-%d}", key, model): (Decimal(n), Decimal(total or 0), Decimal(cost or 0))
-        for day, key, model, n, total, cost in db.execute(
-            "SELECT date_trunc('day', hour), key_name, model, sum(requests),"
+        (f"{day:%Y-%m-%d}", key, model, tier): (
+            Decimal(n),
+            Decimal(total or 0),
+            Decimal(cost or 0),
+        )
+        for day, key, model, tier, n, total, cost in db.execute(
+            "SELECT date_trunc('day', hour), key_name, model, price_tier, sum(requests),"
             " sum(total_tokens), sum(cost_usd) FROM tiergate_usage_by_key"
-            " WHERE hour >= date_trunc('day', now()) - interval '13 days' GROUP BY 1, 2, 3"
+            " WHERE hour >= date_trunc('day', now()) - interval '13 days' GROUP BY 1, 2, 3, 4"
         )
     }
     assert shown == expected and len(shown) >= 2
+    assert {"batch", "flex", "default"} <= {tier for _d, _k, _m, tier in shown}
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")
+    by_tier = next(
+        card
+        for card in browser.find_elements(By.CSS_SELECTOR, ".card")
+        if card.find_element(By.TAG_NAME, "h2").text.endswith("by tier")
+    )
+    assert {"batch", "flex", "default"} <= set(
+        by_tier.find_element(By.CLASS_NAME, "legend").text.split()
+    )
     screenshot(browser, shots, "usage")
 
 
@@ -483,4 +564,53 @@ def test_keys_page_shows_no_secret(
     assert limits == "rpm 600, tpm 200,000, $0.00 of $50.00/month, weight 2"
     assert limited not in browser.page_source
     assert admin_key not in browser.page_source and key not in browser.page_source
+    # At 1280 px the whole table shows: no horizontal scrolling, Revoked inside the window.
+    browser.set_window_size(*WIDE)
+    fits = browser.execute_script(
+        "const box = document.querySelector('table.keys').parentElement;"
+        "const th = [...document.querySelectorAll('table.keys th')].pop();"
+        "return [box.scrollWidth <= box.clientWidth, th.textContent,"
+        " th.getBoundingClientRect().right <= window.innerWidth]"
+    )
+    assert fits == [True, "Revoked", True], fits
+    revoked = next(row for row in rows if row[0] == "short-lived-admin")[7]
+    assert revoked.startswith(time.strftime("%Y-", time.gmtime())), revoked
     screenshot(browser, shots, "keys")
+
+
+def test_a_batch_that_failed_validation_lists_its_reasons_paged(
+    signed_in: WebDriver, gateway: Gateway, client: openai.OpenAI, shots: Path
+):
+    """What `tiergate batch` prints (line, code, message), 50 at a time."""
+    lines = [b"{broken %d\n" % i for i in range(70)]
+    batch = client.batches.create(
+        input_file_id=upload(client, b"".join(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while client.batches.retrieve(batch.id).status != "failed":
+        assert time.monotonic() < deadline, "the batch never failed validation"
+        time.sleep(0.2)
+    browser = signed_in
+    browser.get(f"{gateway.url}/dashboard/batches/{batch.id}")
+    rows = _cells(browser, "table.validation")
+    assert len(rows) == 50
+    assert rows[0][0] == "1" and rows[0][1] == "invalid_json_line", rows[0]
+    assert rows[0][2].startswith("This line is not valid"), rows[0]
+    assert [int(r[0]) for r in rows] == list(range(1, 51))
+    meta = browser.find_element(By.CSS_SELECTOR, ".validation .meta").text
+    assert "Errors 1 to 50 of 70" in meta, meta
+    assert fact(browser, "Status") == "failed" and fact(browser, "Finished") != "—"
+    assert fact(browser, "Duration") != "—"
+    assert browser.find_element(By.CSS_SELECTOR, ".cards td.empty").text == "no line ran"
+    assert "nothing yet" not in browser.page_source
+    screenshot(browser, shots, "batch-invalid")
+    browser.find_element(By.LINK_TEXT, "next →").click()
+    WebDriverWait(browser, TIMEOUT_S).until(lambda d: "errors=50" in d.current_url)
+    rows = _cells(browser, "table.validation")
+    assert [int(r[0]) for r in rows] == list(range(51, 71))
+    assert not browser.find_elements(By.LINK_TEXT, "next →")
+    browser.find_element(By.LINK_TEXT, "← previous").click()
+    WebDriverWait(browser, TIMEOUT_S).until(lambda d: "errors=0" in d.current_url)
+    assert len(_cells(browser, "table.validation")) == 50

@@ -18,9 +18,15 @@ def test_values_are_escaped_and_markup_is_not():
 
 
 def test_table_cells_and_headers_are_escaped():
-    html = table([EVIL], [[EVIL]], cls="stack")
+    html = table([EVIL], [[EVIL]], empty="none", cls="stack")
     assert "<script>" not in html and html.count("&lt;script&gt;") == 3  # th, label, td
-    assert "nothing yet" in table(["a"], [])
+
+
+def test_an_empty_table_says_what_is_true():
+    assert '<td colspan="99" class="empty">no request matches</td>' in table(
+        ["a"], [], empty="no request matches"
+    )
+    assert "&lt;script&gt;" in table(["a"], [], empty=EVIL)
 
 
 def test_values_read_as_people_write_them():

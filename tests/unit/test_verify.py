@@ -164,6 +164,43 @@ def test_rewordings_pass() -> None:
     accepted("How can I speed up my laptop?", "What can I do to make my laptop faster?")
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "phrase"),
+    [
+        ("What should I buy my mom as a gift?", "What should I buy my mom as a gift card?",
+         "gift card vs gift"),
+        ("Write a poem about the sea", "Write a short poem about the sea", "short poem vs poem"),
+        ("Find flights to Paris in May", "Find cheap flights to Paris in May",
+         "cheap flights vs flights"),
+        ("How do I sort a list in Python?", "How do I sort a linked list in Python?",
+         "linked list vs list"),
+        ("Best way to store coffee beans", "Best way to store ground coffee beans",
+         "ground coffee vs coffee"),
+        ("How much does a passport cost?", "How much does a passport renewal cost?",
+         "renewal cost vs cost"),
+        ("Recipe for chocolate cake", "Recipe for chocolate cake frosting",
+         "cake frosting vs cake"),
+    ],
+)  # fmt: skip
+def test_an_added_qualifier_differs(a: str, b: str, phrase: str) -> None:
+    """One prompt narrows a noun phrase of the other by a word: another question."""
+    assert refused(a, b) == f"qualifier added: {phrase}"
+
+
+def test_what_is_no_added_qualifier_passes() -> None:
+    # An adverb says how to answer, not what about.
+    accepted("Explain recursion", "Explain recursion simply")
+    accepted("How do I reverse a list in Python?", "How do I quickly reverse a list in Python?")
+    # Words that reword the question rather than narrow it.
+    accepted("What does ubiquitous mean?", "What is the meaning of the word ubiquitous?")
+    accepted("What is compound interest?", "Can you explain how compound interest works?")
+    accepted("Why is the sky blue?", "What makes the sky appear blue?")
+    # Polite wrappers and stopwords add no content word.
+    accepted("Tips for a job interview", "Could you please give me some tips for a job interview?")
+    # Three added words or more: a rewording that the similarity judges, not the verifier.
+    accepted("Find flights to Paris", "Find cheap direct morning flights to Paris")
+
+
 def test_conversation_shape() -> None:
     one = "system: be brief\nuser: hi"
     assert mismatch(one, "user: hi") is not None

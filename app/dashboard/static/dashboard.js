@@ -28,17 +28,21 @@ function svg(tag, attrs) {
   return node;
 }
 
-function fillRows(table, rows, columns) {
+// Rows as text (never HTML); ``empty`` says what is true without any; a row with
+// ``stale: true`` is marked so.
+function fillRows(table, rows, columns, empty) {
   const body = table.querySelector("tbody");
+  const labels = [...table.querySelectorAll("thead th")].map((th) => th.textContent);
   body.replaceChildren();
   if (rows.length === 0) {
     const tr = el("tr");
-    tr.appendChild(el("td", "none", { colspan: "99", class: "empty" }));
+    tr.appendChild(el("td", empty || "none", { colspan: "99", class: "empty" }));
     body.appendChild(tr);
   }
   for (const row of rows) {
-    const tr = el("tr");
-    for (const column of columns) tr.appendChild(el("td", row[column], { "data-col": column }));
+    const tr = el("tr", null, row.stale ? { class: "stale" } : {});
+    columns.forEach((column, i) => tr.appendChild(
+      el("td", row[column], { "data-col": column, "data-label": labels[i] || column })));
     body.appendChild(tr);
   }
 }
@@ -97,14 +101,23 @@ async function refreshOverview() {
   document.getElementById("error-detail").textContent =
     `${data.errors} of ${data.requests} finished requests in the last ${data.window_minutes} min`;
   fillRows(document.getElementById("by-tier"), data.by_tier,
-    ["service_tier", "requests", "errors"]);
+    ["service_tier", "requests", "errors"], "no request finished");
   fillRows(document.getElementById("queue-depth"), data.queue_depth,
-    ["model", "service_tier", "pending", "in_progress"]);
+    ["model", "service_tier", "pending", "in_progress"], "nothing queued");
   const age = data.queue_depth_age_s;
   document.getElementById("queue-age").textContent =
     age === null ? "not counted yet" : `counted ${Math.round(age)} s ago`;
   fillRows(document.getElementById("in-flight"), data.in_flight,
-    ["model", "deployment", "state", "in_flight"]);
+    ["model", "deployment", "state", "in_flight"], "no deployment configured");
+  fillRows(document.getElementById("processes"), data.processes,
+    ["role", "host", "pid", "started", "last_beat", "in_flight", "state"],
+    "no gateway or worker has beat in the last day");
+  const live = data.processes.filter((p) => !p.stale);
+  const count = (role) => live.filter((p) => p.role === role).length;
+  const stale = data.processes.length - live.length;
+  document.getElementById("process-summary").textContent =
+    `${count("gateway")} gateway(s) and ${count("worker")} worker(s) live; ` +
+    `${stale} stale (no heartbeat for ${data.stale_after_s} s or more).`;
   document.getElementById("updated").textContent =
     "Updated " + new Date().toISOString().slice(11, 19) + " UTC.";
   document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
