@@ -27,11 +27,17 @@ import tempfile
 from pathlib import Path
 
 import httpx
+import psutil
 
 from app.testing.config import write_config
 from app.testing.measure import CpuMeter, cpu_seconds
 from app.testing.postgres import database_server
 from app.testing.processes import Process, create_key, start_gateway, start_mock_upstream
+
+
+def system_s(pid: int) -> float:
+    """System CPU seconds of a process (its system calls: mostly socket reads and writes)."""
+    return psutil.Process(pid).cpu_times().system
 
 
 async def calls(url: str, key: str, n: int, concurrency: int) -> None:
@@ -69,7 +75,7 @@ def main() -> None:
     sides = {"this": here, **({"compare": args.compare} if args.compare else {})}
     work = Path(tempfile.mkdtemp(prefix="tiergate-cpu-"))
     model: dict[str, object] = {"name": "remote", "upstream": ""}
-    # per side: gateway, mock and postgres CPU per call (us), one value per round
+    # per side: gateway (and its system time), mock, postgres and client CPU per call (us)
     figures: dict[str, dict[str, list[float]]] = {s: {} for s in sides}
     processes: list[Process] = []
     with database_server(work / "home") as factory:
@@ -103,11 +109,12 @@ def main() -> None:
             assert meter is not None
             for _ in range(args.rounds):  # alternating, as this VM's speed drifts
                 for side, (url, key, pid) in gateways.items():
-                    before = (cpu_seconds(pid), cpu_seconds(mock_pid), meter.read())
+                    before = (cpu_seconds(pid), cpu_seconds(mock_pid), meter.read(), system_s(pid))
                     asyncio.run(calls(url, key, args.calls, args.concurrency))
-                    after = (cpu_seconds(pid), cpu_seconds(mock_pid), meter.read())
+                    after = (cpu_seconds(pid), cpu_seconds(mock_pid), meter.read(), system_s(pid))
                     used = {
                         "gateway": after[0] - before[0],
+                        "gw system": after[3] - before[3],
                         "mock": after[1] - before[1],
                         "client": after[2]["load generator"] - before[2]["load generator"],
                     }
@@ -127,7 +134,7 @@ def main() -> None:
     for side, parts in figures.items():
         if len(sides) > 1:
             print(f"{side}: {sides[side]}")
-        for part in ("gateway", "mock", "postgres", "client"):
+        for part in ("gateway", "gw system", "mock", "postgres", "client"):
             if part in parts:
                 print(f"  {part:9} CPU per realtime call: {_figures(parts[part])}")
         ratios = ", ".join(f"{v:.2f}" for v in parts["ratio"])
