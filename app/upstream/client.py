@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
+from app.jsontext import dumpb
 from app.mock.server import create_mock_app
 from app.openai.errors import error_body
 from app.openai.translate import Untranslatable, chat_request, rename_token_limit
@@ -156,9 +157,7 @@ class UpstreamClient:
             transport, base = self._mock, "http://mock/v1"
         else:
             transport, base = next(self._next), deployment.upstream
-        content = json.dumps(
-            prepare_body(deployment, body, endpoint), separators=(",", ":")
-        ).encode()
+        content = dumpb(prepare_body(deployment, body, endpoint))
         url, host = _target(base + endpoint.removeprefix("/v1"))
         # The headers httpx would add for content=... (Host, Content-Length), given at once:
         # a request built from a stream skips httpx's header merging and body encoding.
