@@ -97,6 +97,7 @@ class Metrics:
         )
         # The children of each (model, tier, key): label lookups are kept off the hot path.
         self._usage_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def observe_usage(
         self, model: str, tier: str, key: str, usage: TokenUsage, cost: Decimal | None
@@ -129,8 +130,15 @@ class Metrics:
         self.registry.register(DeploymentCollector(snapshot))
 
     def observe_request(self, endpoint: str, tier: str, status: str, seconds: float) -> None:
-        self.requests.labels(endpoint, tier, status).inc()
-        self.latency.labels(endpoint, tier).observe(seconds)
+        labels = (endpoint, tier, status)
+        children = self._request_children.get(labels)
+        if children is None:  # labels() validates and locks: 3.4 us a call, 1.2 us without
+            children = self._request_children[labels] = (
+                self.requests.labels(*labels),
+                self.latency.labels(endpoint, tier),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(
         self, depth: Iterable[tuple[str, str, str, int]], depth_age_s: float | None, waiting: int

@@ -25,6 +25,7 @@ import procrastinate
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
+from app.testing.measure import CpuMeter
 from app.testing.postgres import database_server
 from app.testing.processes import create_key, start_gateway, start_mock_upstream, start_worker
 
@@ -132,7 +133,17 @@ def main() -> None:
                     )
                 )
             content = make_input(args.lines)
+            parts: dict[str, list[int]] = {"mock": [], "gateway": [], "workers": []}
+            for process, part in zip(processes, parts, strict=False):  # mock, gateway, workers
+                assert process.proc is not None
+                parts[part].append(process.proc.pid)
+            for process in processes[3:]:
+                assert process.proc is not None
+                parts["workers"].append(process.proc.pid)
+            meter = CpuMeter(db, {part: pids for part, pids in parts.items() if pids})
+            before = meter.read()
             result = run_batch(gateway.api, key, content)
+            after = meter.read()
         finally:
             for process in processes:
                 process.stop()
@@ -151,6 +162,11 @@ def main() -> None:
     print(
         f"upload to downloaded output: {total:.1f} s = {rate:.0f} lines/s "
         f"(target <= 60 s, >= 800 lines/s)"
+    )
+    used = {part: (after[part] - before[part]) / args.lines * 1e6 for part in after}
+    print(
+        "CPU per line (whatever the machine's load): "
+        + ", ".join(f"{part} {us:.0f} us" for part, us in used.items())
     )
     print(
         f"procrastinate no-op jobs: {noop_rate:.0f} jobs/s; batch lines/s / no-op jobs/s = "

@@ -2,11 +2,17 @@
 
 Starts the mock upstream and ``tiergate serve`` (no worker), sends ``--calls`` non-streaming
 chat completions at ``--concurrency``, and divides the gateway process's CPU time (user +
-system, from /proc) by the calls. Run it from a checkout to measure that checkout's code
-(``cd /path/to/other/checkout && PYTHONPATH=. python /path/to/realtime_cpu.py``).
+system, from /proc) by the calls. It does the same for the mock upstream (its own process,
+which answers the same calls: the ratio gateway / mock is a yardstick that does not depend
+on the machine's speed) and for PostgreSQL when the server runs on this machine (postmaster
+and backends, exited backends included).
+
+``--compare DIR`` also runs a gateway from another checkout (e.g. ``/work/main``) on its own
+database (same server, same mock) and alternates the two in every round, so both see the
+same machine load. Without it the code measured is this checkout's.
 
 Usage: python bench/realtime_cpu.py [--calls N] [--concurrency C] [--rounds R] [--priced]
-       [--key-options "--rpm 1000000 --tpm 100000000 --budget-usd 1000000"]
+       [--key-options "--rpm 1000000 --tpm 100000000 --budget-usd 1000000"] [--compare DIR]
 
 ``--key-options`` creates the bench key with rate limits and/or a budget (high enough that
 nothing is refused), to measure what enforcing them costs per call.
@@ -16,24 +22,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 from pathlib import Path
 
 import httpx
+import psutil
 
 from app.testing.config import write_config
+from app.testing.measure import CpuMeter, cpu_seconds
 from app.testing.postgres import database_server
-from app.testing.processes import create_key, start_gateway, start_mock_upstream
-
-TICKS = os.sysconf("SC_CLK_TCK")
+from app.testing.processes import Process, create_key, start_gateway, start_mock_upstream
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def system_s(pid: int) -> float:
+    """System CPU seconds of a process (its system calls: mostly socket reads and writes)."""
+    return psutil.Process(pid).cpu_times().system
 
 
 async def calls(url: str, key: str, n: int, concurrency: int) -> None:
@@ -52,6 +56,10 @@ async def calls(url: str, key: str, n: int, concurrency: int) -> None:
     await asyncio.gather(*(loop() for _ in range(concurrency)))
 
 
+def _figures(values: list[float]) -> str:
+    return f"median {statistics.median(values):4.0f} us ({', '.join(f'{v:.0f}' for v in values)})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=3000)
@@ -61,39 +69,76 @@ def main() -> None:
     parser.add_argument(
         "--key-options", default="", help="options of keys create: --rpm, --tpm, --budget-usd"
     )
+    parser.add_argument("--compare", help="another checkout to run alternately with this one")
     args = parser.parse_args()
+    here = str(Path(__file__).resolve().parent.parent)
+    sides = {"this": here, **({"compare": args.compare} if args.compare else {})}
     work = Path(tempfile.mkdtemp(prefix="tiergate-cpu-"))
     model: dict[str, object] = {"name": "remote", "upstream": ""}
+    # per side: gateway (and its system time), mock, postgres and client CPU per call (us)
+    figures: dict[str, dict[str, list[float]]] = {s: {} for s in sides}
+    processes: list[Process] = []
     with database_server(work / "home") as factory:
-        upstream, mock = start_mock_upstream(work / "mock.log")
         try:
+            upstream, mock = start_mock_upstream(work / "mock.log")
+            processes.append(mock)
+            assert mock.proc is not None
+            mock_pid = mock.proc.pid
             model["upstream"] = f"{upstream}/v1"
             if args.priced:
                 model["pricing"] = {"input_per_mtok": 3, "output_per_mtok": 15}
             config = write_config(work / "tiergate.yaml", [model])
-            db = factory.create().libpq()
-            key = create_key(db, "bench", options=args.key_options.split())
-            gw = start_gateway(database_url=db, config=config, log=work / "gw.log", worker=False)
-            try:
+            gateways = {}
+            meter = None
+            for side, root in sides.items():
+                db = factory.create().libpq()
+                meter = meter or CpuMeter(db, {})
+                key = create_key(db, "bench", options=args.key_options.split())
+                gw = start_gateway(
+                    database_url=db,
+                    config=config,
+                    log=work / f"gw-{side}.log",
+                    worker=False,
+                    env={"PYTHONPATH": root},
+                    cwd=work,  # so that PYTHONPATH, not the current directory, names the code
+                )
+                processes.append(gw.process)
                 assert gw.process.proc is not None
-                pid = gw.process.proc.pid
-                url = gw.api + "/chat/completions"
-                asyncio.run(calls(url, key, 300, args.concurrency))  # warm up
-                per_call = []
-                for _ in range(args.rounds):
-                    before = cpu_s(pid)
+                gateways[side] = (gw.api + "/chat/completions", key, gw.process.proc.pid)
+                asyncio.run(calls(gateways[side][0], key, 300, args.concurrency))  # warm up
+            assert meter is not None
+            for _ in range(args.rounds):  # alternating, as this VM's speed drifts
+                for side, (url, key, pid) in gateways.items():
+                    before = (cpu_seconds(pid), cpu_seconds(mock_pid), meter.read(), system_s(pid))
                     asyncio.run(calls(url, key, args.calls, args.concurrency))
-                    per_call.append((cpu_s(pid) - before) / args.calls * 1e6)
-            finally:
-                gw.process.stop()
+                    after = (cpu_seconds(pid), cpu_seconds(mock_pid), meter.read(), system_s(pid))
+                    used = {
+                        "gateway": after[0] - before[0],
+                        "gw system": after[3] - before[3],
+                        "mock": after[1] - before[1],
+                        "client": after[2]["load generator"] - before[2]["load generator"],
+                    }
+                    if "postgres" in after[2]:
+                        used["postgres"] = after[2]["postgres"] - before[2]["postgres"]
+                    for part, seconds in used.items():
+                        figures[side].setdefault(part, []).append(seconds / args.calls * 1e6)
+                    figures[side].setdefault("ratio", []).append(used["gateway"] / used["mock"])
         finally:
-            mock.stop()
-    rounds = ", ".join(f"{v:.0f}" for v in per_call)
-    print(
-        f"gateway CPU per realtime call: median {statistics.median(per_call):.0f} us"
-        f" ({args.rounds} rounds of {args.calls} calls at concurrency {args.concurrency}: {rounds})"
-        + (f" key: {args.key_options}" if args.key_options else "")
-    )
+            for process in reversed(processes):
+                process.stop()
+
+    setup = f"{args.rounds} rounds of {args.calls} calls at concurrency {args.concurrency}"
+    setup += ", priced model" if args.priced else ""
+    setup += f", key: {args.key_options}" if args.key_options else ""
+    print(f"CPU per realtime call ({setup})")
+    for side, parts in figures.items():
+        if len(sides) > 1:
+            print(f"{side}: {sides[side]}")
+        for part in ("gateway", "gw system", "mock", "postgres", "client"):
+            if part in parts:
+                print(f"  {part:9} CPU per realtime call: {_figures(parts[part])}")
+        ratios = ", ".join(f"{v:.2f}" for v in parts["ratio"])
+        print(f"  gateway / mock CPU: median {statistics.median(parts['ratio']):.2f} ({ratios})")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import gc
 import logging
 import resource
 import signal
@@ -79,6 +80,24 @@ def _raise_open_files_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+# Allocations between young-generation collections (CPython's default: 700). A realtime call
+# allocates a few thousand container objects, nearly all freed by reference counting.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper cyclic collections in a long-running server.
+
+    What was built at start-up (modules, settings, the app) is moved out of the collector's
+    sight (``gc.freeze``), so older-generation collections only walk what serving created;
+    the young generation is collected every ``GC_YOUNG_THRESHOLD`` allocations instead of 700.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def _database(settings: Settings, *, create: bool = False) -> DatabaseURL:
     return resolve_database(settings.database_url, settings.home, create=create)
 
@@ -120,6 +139,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         args.port,
         _raise_open_files_limit(),
     )
+    _tune_gc()
     config = uvicorn.Config(
         app,
         host=args.host,

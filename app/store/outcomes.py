@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from app import jsontext
 from app.token_usage import NO_USAGE, TokenUsage
 from app.vocabulary import Status
 
@@ -78,7 +78,7 @@ class Outcome:
 
 def dumps(obj: Any) -> str:
     """Compact JSON text, as rows store it."""
-    return json.dumps(obj, separators=(",", ":"))
+    return jsontext.dumps(obj)
 
 
 def _json_or_none(obj: Any) -> str | None:

@@ -8,6 +8,7 @@ through anyio), which aiohttp does not. ``limits.upstream_transport: httpx`` swi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -37,6 +38,12 @@ class _Body(httpx.AsyncByteStream):
 # server is closing that very moment (seen as ClientConnectionResetError on the first
 # write, an attempt lost to a retry).
 KEEPALIVE_S = 4.0
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for httpx's (frozen, so one per model's timeout is shared)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -69,11 +76,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=request.headers,
                 data=request.content or None,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
+                timeout=_client_timeout(timeout.get("connect"), timeout.get("read")),
             )
         # aiohttp's texts quote the upstream's address: they stay in the chain (for logs),
         # not in the messages (see reasons.py).

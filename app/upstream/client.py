@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
+from app.jsontext import dumpb
 from app.openai.chat_request import Untranslatable, chat_request, rename_token_limit
 from app.openai.errors import error_body
 from app.openai.upstream_errors import normalize_error
@@ -156,19 +157,25 @@ class UpstreamClient:
             transport, base = self._mock, "http://mock/v1"
         else:
             transport, base = next(self._next), deployment.upstream
-        headers = {"content-type": "application/json", "accept": "*/*", **deployment.headers()}
-        content = json.dumps(
-            prepare_body(deployment, body, endpoint), separators=(",", ":")
-        ).encode()
-        timeout_s = deployment.model.timeout_s
-        timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+        content = dumpb(prepare_body(deployment, body, endpoint))
+        url, host = _target(base + endpoint.removeprefix("/v1"))
+        # The headers httpx would add for content=... (Host, Content-Length), given at once:
+        # a request built from a stream skips httpx's header merging and body encoding.
+        headers = {
+            "host": host,
+            "content-length": str(len(content)),
+            "content-type": "application/json",
+            "accept": "*/*",
+            **deployment.headers(),
+        }
         request = httpx.Request(
             "POST",
-            _url(base + endpoint.removeprefix("/v1")),
-            content=content,
+            url,
             headers=headers,
-            extensions={"timeout": timeout.as_dict()},
+            stream=httpx.ByteStream(content),
+            extensions={"timeout": _timeout(deployment.model.timeout_s)},
         )
+        request.read()  # the content at hand, for transports that want it whole
         return transport, request
 
     async def call(
@@ -241,9 +248,18 @@ class UpstreamClient:
 
 
 @functools.lru_cache(maxsize=1024)
-def _url(raw: str) -> httpx.URL:
-    """Parsed once per upstream endpoint (httpx.URL parsing is costly per request)."""
-    return httpx.URL(raw)
+def _target(raw: str) -> tuple[httpx.URL, str]:
+    """The URL and its Host header, parsed once per upstream endpoint (httpx.URL parsing is
+    costly per request)."""
+    url = httpx.URL(raw)
+    return url, url.netloc.decode("ascii")
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(timeout_s: float) -> dict[str, float | None]:
+    """httpx's timeout extension for a model's ``timeout_s`` (read and the rest: all of it;
+    connecting: at most 10 s). Shared between requests: read only."""
+    return httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)).as_dict()
 
 
 @contextlib.asynccontextmanager
