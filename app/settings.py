@@ -328,6 +328,12 @@ class Limits(BaseModel):
     db_max_overflow: int = Field(default=12, ge=0)
     job_pool_size: int = Field(default=4, ge=2)
     waiter_recheck_s: float = Field(default=5.0, gt=0)
+    realtime_row_after_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="a realtime call answered whole gets its row, final, when it ends (one"
+        " INSERT), or in_progress once it has run this long; 0: at its start, as streams do",
+    )
     stream_keepalive_s: float = Field(
         default=5.0, gt=0, description="a waiting flex stream sends a keep-alive comment this often"
     )

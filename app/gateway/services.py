@@ -94,6 +94,7 @@ class Services:
             prices=self.prices,
             gateway_id=self.presence.id,
             settle=self.rate_limiter.settle,
+            row_after_s=limits.realtime_row_after_s,
         )
         self.events = EventStore(self.engine)
         self.streams = EventStreams(

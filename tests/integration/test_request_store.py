@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 from sqlalchemy import text
@@ -9,7 +10,7 @@ from sqlalchemy import text
 from app.ids import request_id
 from app.keys import ApiKey
 from app.store.outcomes import Outcome
-from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker
+from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker, RealtimeWhole
 from app.store.requests import RequestStore, Submission
 from app.store.sweeps import RequestSweeps
 from app.token_usage import TokenUsage
@@ -116,6 +117,7 @@ def realtime_start(owner: ApiKey, gateway_id: str | None = None) -> RealtimeStar
         stream=False,
         body={"model": "mock"},
         gateway_id=gateway_id,
+        at=dt.datetime.now(dt.UTC),
     )
 
 
@@ -190,6 +192,57 @@ async def test_realtime_starts_and_ends_share_one_statement(
     stored += [one.reasoning_tokens, one.usage_estimated, one.cost_usd]
     assert stored == [5, 2, 3, 1, True, Decimal("0.000012345678901234")]
     assert two.status == "in_progress"
+
+
+async def test_a_call_that_ended_before_its_row_is_one_final_insert(
+    store: RequestStore, tracker: RealtimeTracker, owner: ApiKey
+):
+    """A whole answer's row is written once, final, with the call's start time; a start, an
+    end and a whole row share one statement, and costs reach the key's budgeted spend."""
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE api_keys SET budget_usd = 10, budget_period = 'total' WHERE id = :id"),
+            {"id": owner.id},
+        )
+    cost = Decimal("0.25")
+    done = Outcome(
+        status=Status.COMPLETED,
+        response_status=200,
+        response_body={"ok": True},
+        usage=TokenUsage(input=5, output=2, total=7),
+        cost_usd=cost,
+        deployment="default",
+    )
+    failed = Outcome(status=Status.FAILED, error={"code": "upstream_503", "message": "busy"})
+    earlier, begun = realtime_start(owner), realtime_start(owner)
+    await tracker.track([earlier])
+    whole, broken = realtime_start(owner), realtime_start(owner)
+    started_at = whole.at
+    await tracker.track(
+        [
+            begun,
+            RealtimeEnd(earlier.id, done),
+            RealtimeWhole(whole, done),
+            RealtimeWhole(broken, failed),
+        ]
+    )
+    one = await store.get(whole.id, owner.id)
+    assert (one.status, one.response_body, one.total_tokens, one.cost_usd) == (
+        "completed",
+        {"ok": True},
+        7,
+        cost,
+    )
+    assert one.created_at == one.started_at == started_at and one.finished_at is not None
+    assert (one.attempts, one.service_tier, one.deployment) == (1, "default", "default")
+    two = await store.get(broken.id, owner.id)
+    assert two.status == "failed" and two.error == {"code": "upstream_503", "message": "busy"}
+    assert (await store.get(begun.id, owner.id)).status == "in_progress"
+    async with store.engine.connect() as conn:
+        spent = await conn.execute(
+            text("SELECT spent_usd FROM key_spend WHERE key_id = :id"), {"id": owner.id}
+        )
+        assert spent.scalar_one() == 2 * cost  # the end's and the whole row's
 
 
 async def test_batch_lines_and_start_are_one_transaction(engine, owner: ApiKey):
