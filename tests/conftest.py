@@ -64,6 +64,7 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
             "waiter_recheck_s": 1.0,
             "stream_keepalive_s": 0.3,
             "maintenance_every_s": 1,
+            "realtime_row_after_s": 0.5,
             "batch_chunk": 16,
             "max_batch_lines": 100,
             "max_file_bytes": 5000000,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import uuid
 
 import httpx
 import openai
 import psycopg
 
 from tests.e2e.conftest import PROVIDER_SECRET, row
+from tests.support.waiting import wait_until
 
 
 def test_responses_realtime_is_proxied_and_tracked(client: openai.OpenAI, db: psycopg.Connection):
@@ -134,3 +137,39 @@ def test_answers_name_the_model_the_client_asked_for(client: openai.OpenAI):
     assert len(stored) >= 3  # created, in_progress, completed: stored by the worker too
     assert {chat.model, flex.model, embedded.model, final.response.model, *stored} == {"remote"}
     assert {chunk.model for chunk in chunks} == {"remote"}
+
+
+def test_a_whole_answer_is_one_final_row_unless_the_call_runs_long(
+    client: openai.OpenAI, db: psycopg.Connection
+):
+    """A quick call's row is final when its answer arrives; a call still running after
+    ``realtime_row_after_s`` (0.5 s here) has its row in_progress from then on, so a crash
+    leaves a trace. (That a quick call's row is one INSERT is shown by the store's test,
+    tests/integration/test_request_store.py.)"""
+    quick = client.chat.completions.with_raw_response.create(
+        model="remote", messages=[{"role": "user", "content": "quick"}]
+    )
+    tracked = row(db, quick.headers["x-request-id"])
+    assert tracked["status"] == "completed" and tracked["finished_at"] is not None
+
+    marker = f"mock:sleep_ms=3000 slow-{uuid.uuid4().hex[:8]}"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(
+            client.chat.completions.with_raw_response.create,
+            model="remote",
+            messages=[{"role": "user", "content": marker}],
+        )
+
+        def running() -> str | None:
+            found = db.execute(
+                "SELECT id FROM requests WHERE status = 'in_progress'"
+                " AND body->'messages'->0->>'content' = %s",
+                (marker,),
+            ).fetchone()
+            return found[0] if found else None
+
+        rid = wait_until(running, "the slow call's row, in_progress", timeout=2.5)
+        assert not slow.done()  # the row was there while the call ran
+        answered = slow.result()
+    assert answered.headers["x-request-id"] == rid
+    assert row(db, rid)["status"] == "completed"
