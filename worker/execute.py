@@ -88,9 +88,9 @@ class RequestRunner:
         self.direct.weights = weights
 
     def executor_for(self, model: ModelConfig, pin: str | None) -> Executor:
-        """The executor of the deployment the work goes to: the pinned one's, else the one the
-        model's deployments share (``executor:``; a model whose deployments run deferred work
-        in different ways is refused when the config loads)."""
+        """The executor of the deployment the work goes to (``executor:``): the pinned one's,
+        else the first deployment's (only ``direct`` exists yet, so they all agree; choosing
+        among deployments that run deferred work differently is the next executors' question)."""
         deployment = next((d for d in model.deployments if d.name == pin), model.deployments[0])
         return self.executors[deployment.executor]
 
