@@ -147,7 +147,7 @@ class RealtimeProxy:
         headers = {k: v for k, v in upstream.headers.items() if k in PASS_HEADERS}
         headers["x-request-id"] = rid
         headers[Header.DEPLOYMENT] = served
-        naming = names(call.model, deployment)  # a fallback answers as the model asked for
+        naming = names(call.model, deployment)  # answers name the model the client asked for
         if opened.content is None:
             return StreamingResponse(
                 self._relay(rid, call, started, opened, naming, key.id, lookup),
