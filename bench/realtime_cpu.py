@@ -13,6 +13,7 @@ same machine load. Without it the code measured is this checkout's.
 
 Usage: python bench/realtime_cpu.py [--calls N] [--concurrency C] [--rounds R] [--priced]
        [--key-options "--rpm 1000000 --tpm 100000000 --budget-usd 1000000"] [--compare DIR]
+       [--limits JSON] [--compare-limits JSON]
 
 ``--key-options`` creates the bench key with rate limits and/or a budget (high enough that
 nothing is refused), to measure what enforcing them costs per call.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -70,6 +72,14 @@ def main() -> None:
         "--key-options", default="", help="options of keys create: --rpm, --tpm, --budget-usd"
     )
     parser.add_argument("--compare", help="another checkout to run alternately with this one")
+    parser.add_argument(
+        "--limits", default="{}", help="the config's limits, as JSON, for this side"
+    )
+    parser.add_argument(
+        "--compare-limits",
+        help="the compare side's limits, as JSON (default: --limits); --compare may then name"
+        " this same checkout, to measure a setting",
+    )
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parent.parent)
     sides = {"this": here, **({"compare": args.compare} if args.compare else {})}
@@ -87,7 +97,12 @@ def main() -> None:
             model["upstream"] = f"{upstream}/v1"
             if args.priced:
                 model["pricing"] = {"input_per_mtok": 3, "output_per_mtok": 15}
-            config = write_config(work / "tiergate.yaml", [model])
+            limits = {"this": json.loads(args.limits)}
+            limits["compare"] = json.loads(args.compare_limits or args.limits)
+            configs = {
+                side: write_config(work / f"tiergate-{side}.yaml", [model], limits[side])
+                for side in sides
+            }
             gateways = {}
             meter = None
             for side, root in sides.items():
@@ -96,7 +111,7 @@ def main() -> None:
                 key = create_key(db, "bench", options=args.key_options.split())
                 gw = start_gateway(
                     database_url=db,
-                    config=config,
+                    config=configs[side],
                     log=work / f"gw-{side}.log",
                     worker=False,
                     env={"PYTHONPATH": root},
@@ -133,7 +148,8 @@ def main() -> None:
     print(f"CPU per realtime call ({setup})")
     for side, parts in figures.items():
         if len(sides) > 1:
-            print(f"{side}: {sides[side]}")
+            shown = f" limits {limits[side]}" if limits[side] else ""
+            print(f"{side}: {sides[side]}{shown}")
         for part in ("gateway", "gw system", "mock", "postgres", "client"):
             if part in parts:
                 print(f"  {part:9} CPU per realtime call: {_figures(parts[part])}")
