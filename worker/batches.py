@@ -35,7 +35,7 @@ from app.vocabulary import (
     error,
 )
 from worker.execute import RequestRunner, RetryLater
-from worker.executors.base import Work
+from worker.executors.base import work_of
 from worker.pacing import PACED, Pacer
 
 log = logging.getLogger("tiergate.batches")
@@ -287,17 +287,9 @@ class BatchJobs:
 
     async def _line(self, row: ClaimedRequest, cancelled: asyncio.Event) -> None:
         attempt = await self.runner.attempt(
-            Work(
-                id=row.id,
-                attempt=row.attempts,
-                model=row.model,
-                endpoint=row.endpoint,
-                body=row.body,
-                expires_at=row.expires_at,
+            work_of(
+                row,
                 tier=PriceTier.BATCH,
-                key=row.key_name or "",
-                owner=row.owner_key_id,
-                last=row.deployment,
                 expired=LINE_EXPIRED,
                 stop=cancelled,
                 stopped=LINE_CANCELLED,

@@ -38,7 +38,7 @@ from app.store.outcomes import Outcome
 from app.store.requests import ClaimedRequest, Finish, RequestStore
 from app.vocabulary import Channel, ErrorCode, Status, error
 from worker.execute import RequestRunner
-from worker.executors.base import Work
+from worker.executors.base import work_of
 from worker.pacing import PACED, Pacer
 from worker.streaming import EventWriter, wants_events
 
@@ -192,20 +192,7 @@ class FlexDispatcher:
             self._calling[request_id] = task
             try:
                 result = await self.runner.attempt(
-                    Work(
-                        id=request_id,
-                        attempt=attempt,
-                        model=model,
-                        endpoint=row.endpoint,
-                        body=row.body,
-                        expires_at=row.expires_at,
-                        tier=row.service_tier,
-                        key=row.key_name or "",
-                        owner=row.owner_key_id,
-                        pin=row.pinned_deployment,
-                        last=row.deployment,
-                        events=writer,
-                    ),
+                    work_of(row, events=writer),
                     cached=wanted_for(row),
                 )
             finally:

@@ -23,25 +23,30 @@ def tiergate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_submit_waits_with_progress_and_downloads(gateway: Gateway, key: str, tmp_path: Path):
-    source = tmp_path / "in.jsonl"
-    lines = [chat_line(f"cli-{i}", f"cli {i}") for i in range(25)]
-    source.write_bytes(jsonl([*lines, chat_line("cli-bad", "mock:status=400")]))
-    out = tmp_path / "out.jsonl"
-    run = tiergate(
+def submit(
+    gateway: Gateway, key: str, source: Path, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """``tiergate batch submit`` of ``source`` (chat completions) to ``gateway``."""
+    return tiergate(
         "batch",
         "submit",
         str(source),
         "--endpoint",
         "/v1/chat/completions",
-        "--output",
-        str(out),
-        "--allow-failures",
+        *options,
         "--url",
         gateway.url,
         "--api-key",
         key,
     )
+
+
+def test_submit_waits_with_progress_and_downloads(gateway: Gateway, key: str, tmp_path: Path):
+    source = tmp_path / "in.jsonl"
+    lines = [chat_line(f"cli-{i}", f"cli {i}") for i in range(25)]
+    source.write_bytes(jsonl([*lines, chat_line("cli-bad", "mock:status=400")]))
+    out = tmp_path / "out.jsonl"
+    run = submit(gateway, key, source, "--output", str(out), "--allow-failures")
     assert run.returncode == 0, run.stderr
     batch_id = run.stdout.strip().splitlines()[-1]
     assert batch_id.startswith("batch_")
@@ -65,19 +70,7 @@ def test_submit_fails_when_lines_failed_unless_allowed(gateway: Gateway, key: st
     lines = [chat_line("fine", "fine"), chat_line("bad-1", "mock:status=400")]
     source.write_bytes(jsonl([*lines, chat_line("bad-2", "mock:status=404")]))
     out = tmp_path / "out.jsonl"
-    run = tiergate(
-        "batch",
-        "submit",
-        str(source),
-        "--endpoint",
-        "/v1/chat/completions",
-        "--output",
-        str(out),
-        "--url",
-        gateway.url,
-        "--api-key",
-        key,
-    )
+    run = submit(gateway, key, source, "--output", str(out))
     assert run.returncode == 1, run.stderr
     batch_id = run.stdout.strip().splitlines()[-1]
     assert batch_id.startswith("batch_")  # the batch itself completed ...
@@ -91,18 +84,7 @@ def test_submit_fails_when_lines_failed_unless_allowed(gateway: Gateway, key: st
 def test_submit_reports_validation_errors(gateway: Gateway, key: str, tmp_path: Path):
     source = tmp_path / "bad.jsonl"
     source.write_bytes(b"{broken\n")
-    run = tiergate(
-        "batch",
-        "submit",
-        str(source),
-        "--endpoint",
-        "/v1/chat/completions",
-        "--wait",
-        "--url",
-        gateway.url,
-        "--api-key",
-        key,
-    )
+    run = submit(gateway, key, source, "--wait")
     assert run.returncode == 1
     assert "line 1: invalid_json_line" in run.stderr
 
@@ -118,19 +100,7 @@ def test_a_batch_that_failed_validation_writes_no_output(
     source = tmp_path / "bad.jsonl"
     source.write_bytes(b"{broken\n{also broken\n")
     out = tmp_path / "out.jsonl"
-    run = tiergate(
-        "batch",
-        "submit",
-        str(source),
-        "--endpoint",
-        "/v1/chat/completions",
-        "--output",
-        str(out),
-        "--url",
-        gateway.url,
-        "--api-key",
-        key,
-    )
+    run = submit(gateway, key, source, "--output", str(out))
     assert run.returncode == 1, run.stderr
     assert "line 1: invalid_json_line" in run.stderr and "line 2: invalid_json_line" in run.stderr
     assert list(tmp_path.iterdir()) == [source]  # no empty output or error file

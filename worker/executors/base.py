@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from app.calls.policy import EXPIRED, Attempt
 from app.settings import ModelConfig
 from app.store.outcomes import Outcome
+from app.store.requests import ClaimedRequest
 from app.vocabulary import PriceTier
 from worker.streaming import EventWriter
 
@@ -40,6 +41,36 @@ class Work:
     stop: asyncio.Event | None = None  # set: end as ``stopped`` instead (a batch cancel)
     stopped: Outcome | None = None
     events: EventWriter | None = None  # a streamed attempt stores its events as they come
+
+
+def work_of(
+    row: ClaimedRequest,
+    *,
+    tier: str | None = None,
+    expired: Outcome = EXPIRED,
+    stop: asyncio.Event | None = None,
+    stopped: Outcome | None = None,
+    events: EventWriter | None = None,
+) -> Work:
+    """The work of a claimed row: its key, window, pin and last deployment, priced at
+    ``tier`` (the row's own tier by default; a batch line's is ``batch``)."""
+    return Work(
+        id=row.id,
+        attempt=row.attempts,
+        model=row.model,
+        endpoint=row.endpoint,
+        body=row.body,
+        expires_at=row.expires_at,
+        tier=tier or row.service_tier,
+        key=row.key_name or "",
+        owner=row.owner_key_id,
+        pin=row.pinned_deployment,
+        last=row.deployment,
+        expired=expired,
+        stop=stop,
+        stopped=stopped,
+        events=events,
+    )
 
 
 class Executor(Protocol):
