@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -32,8 +31,6 @@ from app.upstream.router import Router
 from app.vocabulary import CacheResult, ErrorCode, ExecutorKind, PriceTier, Status
 from worker.executors.base import Executor, Work
 from worker.executors.direct import DirectExecutor
-
-log = logging.getLogger("tiergate.worker")
 
 
 @dataclass
@@ -68,7 +65,6 @@ class RequestRunner:
         # Identical cacheable calls in flight in this process: the first one's outcome
         # answers the others (a batch of repeated lines calls the upstream once per prompt).
         self._flights: dict[tuple[str, str, bytes], asyncio.Future[Outcome | None]] = {}
-        self.router = router
         self.metrics = metrics
         self.direct = DirectExecutor(
             settings=settings,
