@@ -14,7 +14,7 @@ INPUT_PREFIX = "mock:"
 _CONTROL_KEYS = frozenset(
     {
         "status", "retry_after", "sleep_ms", "trickle_ms", "fail_times", "key", "drop", "hold",
-        "error_format", "linger", "usage", "cached", "reasoning",
+        "error_format", "error_code", "linger", "usage", "cached", "reasoning",
     }
 )  # fmt: skip
 # How an error answer is shaped: OpenAI's own, or as other servers answer (see payloads.py).
@@ -44,6 +44,7 @@ class Controls:
     hold: str | None = None
     linger: str | None = None
     error_format: str = "openai"
+    error_code: str | None = None  # the code of an OpenAI-shaped error answer
     usage: bool = True  # usage=0: the answer reports no usage (as llama.cpp's server)
     cached: int = 0  # cached=N: N of the input tokens were cached (at most all of them)
     reasoning: int = 0  # reasoning=N: N of the output tokens were reasoning (at most all)
@@ -83,7 +84,7 @@ def _apply_control(fields: dict[str, Any], key: str, value: str) -> None:
         if value not in ERROR_FORMATS:
             raise BadRequestError(f"mock control 'error_format' must be one of {ERROR_FORMATS}")
         fields[key] = value
-    else:  # retry_after, key, hold, linger: free-form strings
+    else:  # retry_after, key, hold, linger, error_code: free-form strings
         fields[key] = value
 
 
@@ -109,6 +110,7 @@ class Plan:
     message: str = ""
     trickle_ms: float = 0.0
     error_format: str = "openai"
+    error_code: str | None = None
 
 
 def plan_for(state: Any, controls: Controls) -> Plan:
@@ -138,6 +140,7 @@ def plan_for(state: Any, controls: Controls) -> Plan:
             controls.retry_after,
             f"mock status {status}",
             error_format=controls.error_format,
+            error_code=controls.error_code,
         )
     if state.config.fail_rate > 0 and state.rng.random() < state.config.fail_rate:
         message = "The server had an error while processing your request. Sorry about that!"

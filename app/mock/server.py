@@ -18,6 +18,7 @@ Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
 * ``error_format=F``: the shape of error answers: ``openai`` (the default), ``detail``
   (``{"detail": "..."}`` as llama-cpp-python's server answers), ``text`` (plain text) or
   ``html`` (an error page, as a proxy in front of a provider answers).
+* ``error_code=NAME``: the ``code`` of an OpenAI-shaped error answer (else the status's own).
 * ``retry_after=S``: add ``Retry-After: S`` to error answers.
 * ``sleep_ms=N``: extra latency for this request (before the answer's status line).
 * ``trickle_ms=N``: send the answer in 8 parts, N ms apart (each gap can be shorter than a
@@ -126,10 +127,14 @@ def _error_response(
     param: str | None = None,
     retry_after: str | None = None,
     error_format: str = "openai",
+    error_code: str | None = None,
 ) -> Response:
     headers = {"retry-after": retry_after} if retry_after is not None else None
     if error_format == "openai":
-        return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+        body = error_body(status, message, param)
+        if error_code is not None:
+            body["error"]["code"] = error_code
+        return JSONResponse(body, status_code=status, headers=headers)
     content, media_type = error_payload(status, message, error_format)
     return Response(content, status_code=status, headers=headers, media_type=media_type)
 
@@ -273,7 +278,11 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
         state.inflight[model] -= 1
     if plan.status is not None:
         return _error_response(
-            plan.status, plan.message, retry_after=plan.retry_after, error_format=plan.error_format
+            plan.status,
+            plan.message,
+            retry_after=plan.retry_after,
+            error_format=plan.error_format,
+            error_code=plan.error_code,
         )
     response = reply(body, text, plan.drop, controls)
     if plan.trickle_ms:

@@ -189,6 +189,39 @@ def test_batch_error_files_hold_openai_error_bodies(client: openai.OpenAI):
         }
 
 
+def test_a_providers_own_error_code_reaches_the_client_on_every_tier(
+    client: openai.OpenAI, db: psycopg.Connection
+):
+    """A provider's 400 with its own code (``context_length_exceeded``) keeps that code and
+    message: as they are on a realtime or blocking flex call, in the row and a batch's error
+    file, and at the head of a background Response's message (whose ``code`` must be one of
+    OpenAI's ResponseError codes: ``invalid_prompt``)."""
+    control = "mock:status=400,error_code=context_length_exceeded"
+    for tier in ("default", "flex"):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model="plain",
+                messages=[{"role": "user", "content": f"{control} {tier}"}],
+                service_tier=tier,  # type: ignore[arg-type]
+            )
+        assert isinstance(refused.value.body, dict)
+        assert refused.value.body["code"] == "context_length_exceeded", tier
+        assert refused.value.body["message"] == "mock status 400"
+
+    background = _background(client, "plain", f"{control} background")
+    assert background["error"] == {
+        "code": "invalid_prompt",
+        "message": "context_length_exceeded: mock status 400",
+    }
+    assert row(db, background["id"])["error"]["code"] == "context_length_exceeded"
+
+    batch = start_batch(client, [chat_line("long", f"{control} line", model="plain")])
+    done = wait_for(client, batch.id)
+    assert done.request_counts is not None and done.request_counts.failed == 1
+    (line,) = results(client, done.error_file_id)
+    assert line["response"]["body"]["error"]["code"] == "context_length_exceeded"
+
+
 def test_an_unreachable_upstream_is_never_named(client: openai.OpenAI, db: psycopg.Connection):
     refused = "cannot reach the upstream: connection refused"
     ids = []
