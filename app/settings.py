@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app import config_file, vocabulary
 from app.config_file import ConfigError, all_from_validation, raise_all
-from app.vocabulary import ExecutorKind, TokenField, UpstreamApi
+from app.vocabulary import BatchApi, ExecutorKind, TokenField, UpstreamApi
 
 MOCK_UPSTREAM = "mock://in-process"
 DEFAULT_HOST = "127.0.0.1"
@@ -48,6 +48,14 @@ class Pricing(BaseModel):
     cached_input_per_mtok: Decimal | None = _usd(
         description="cached input tokens (the input rate when unset)"
     )
+    flex: Decimal | None = _usd(
+        description="the provider's multiplier for work run on its flex tier (OpenAI: 0.5);"
+        " unset: the tier's multiplier (limits.tier_price)"
+    )
+    batch: Decimal | None = _usd(
+        description="the provider's multiplier for work run through its Batch API (OpenAI,"
+        " Anthropic: 0.5); unset: the tier's multiplier"
+    )
 
 
 class TierPrice(BaseModel):
@@ -59,6 +67,63 @@ class TierPrice(BaseModel):
     default: Decimal = _usd(Decimal(1))
     flex: Decimal = _usd(Decimal(1))
     batch: Decimal = _usd(Decimal(1))
+
+
+class FlexExecutor(BaseModel):
+    """How a deployment's provider flex tier is called (``executor: flex``, and the ``flex``
+    fallback of ``executor: batch``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(
+        default=900.0, ge=1, description="one flex call's timeout (OpenAI advises 15 minutes)"
+    )
+
+
+class BatchExecutor(BaseModel):
+    """How a deployment's provider Batch API is used (``executor: batch``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api: BatchApi = Field(
+        default=BatchApi.OPENAI,
+        description="openai: /v1/files + /v1/batches (OpenAI, or another tiergate);"
+        " anthropic: /v1/messages/batches",
+    )
+    max_lines: int = Field(default=50_000, ge=1, description="rows per upstream job at most")
+    gather_s: float = Field(
+        default=30.0, ge=0, description="how long rows are gathered before a job is submitted"
+    )
+    turnaround_s: float = Field(
+        default=3_600.0,
+        gt=0,
+        description="how long a job is expected to take; a job still running when its rows'"
+        " windows are margin_s from their end is cancelled and the rest run another way",
+    )
+    margin_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="a row goes to the Batch API only if its window has turnaround_s plus"
+        " this much left; else it runs on the fallback",
+    )
+    fallback: ExecutorKind = Field(
+        default=ExecutorKind.FLEX,
+        description="how rows run when the window is too short for a job: flex (the"
+        " provider's flex tier; openai only) or direct",
+    )
+    poll_min_s: float = Field(default=1.0, gt=0, description="the first poll of a job, after")
+    poll_max_s: float = Field(default=60.0, gt=0, description="the longest wait between polls")
+    completion_window: str = Field(
+        default="24h", description="the completion_window sent to an OpenAI-format Batch API"
+    )
+
+    @model_validator(mode="after")
+    def _fallback(self) -> BatchExecutor:
+        if self.fallback == ExecutorKind.BATCH:
+            raise ValueError("fallback must be flex or direct")
+        if self.fallback == ExecutorKind.FLEX and self.api == BatchApi.ANTHROPIC:
+            self.fallback = ExecutorKind.DIRECT  # Anthropic has no flex tier
+        return self
 
 
 class DeploymentConfig(BaseModel):
@@ -92,8 +157,11 @@ class DeploymentConfig(BaseModel):
     pricing: Pricing | None = Field(default=None, description="overrides the model's pricing")
     executor: ExecutorKind = Field(
         default=ExecutorKind.DIRECT,
-        description="how its flex, background and batch work runs: direct (one call per row)",
+        description="how its flex, background and batch work runs: direct (one call per row"
+        " to its realtime endpoint), flex (the provider's flex tier), batch (its Batch API)",
     )
+    flex: FlexExecutor = Field(default_factory=FlexExecutor)
+    batch: BatchExecutor = Field(default_factory=BatchExecutor)
 
     @field_validator("upstream")
     @classmethod

@@ -75,13 +75,32 @@ class Endpoint(StrEnum):
 
 
 class ExecutorKind(StrEnum):
-    """How a deployment runs deferred work (``executor:`` in the config; see worker/executors).
+    """How deferred work runs (``executor:`` of a deployment; ``requests.executor``, the path
+    a row ran on; see worker/executors).
 
-    Only ``direct`` exists yet: one call per row to the deployment's realtime endpoint. The
-    providers' own flex tier and Batch API are planned behind the same seam.
+    ``direct``: one call per row to the deployment's realtime endpoint; ``flex``: one call per
+    row sent with ``service_tier: "flex"`` to a provider's own flex tier; ``batch``: rows
+    gathered into a job of the provider's Batch API.
     """
 
     DIRECT = "direct"
+    FLEX = "flex"
+    BATCH = "batch"
+
+
+class BatchApi(StrEnum):
+    """The Batch API a ``batch`` deployment speaks (``batch: {api: ...}``)."""
+
+    OPENAI = "openai"  # /v1/files + /v1/batches (OpenAI, and any tiergate)
+    ANTHROPIC = "anthropic"  # /v1/messages/batches
+
+
+class UpstreamJobStatus(StrEnum):
+    """An upstream Batch API job as tiergate tracks it (``upstream_jobs.status``)."""
+
+    SUBMITTING = "submitting"  # rows attached; the upload or the create may not have happened
+    RUNNING = "running"  # the provider has it: polled until it ends
+    ENDED = "ended"  # its rows are finished or given back
 
 
 class Tier(StrEnum):
@@ -193,6 +212,15 @@ class ErrorCode(StrEnum):
     # A Responses call a chat-only deployment cannot take (e.g. a config changed since it
     # was accepted; acceptance refuses such calls with a 400 naming the field).
     UNTRANSLATABLE = "untranslatable_request"
+    # A provider's flex tier had no capacity (OpenAI's 429 "resource unavailable").
+    FLEX_UNAVAILABLE = "flex_resource_unavailable"
+    # A provider's Batch API job: it failed or expired whole, its output could not be read,
+    # or it said nothing of a row.
+    UPSTREAM_JOB_FAILED = "upstream_batch_failed"
+    UPSTREAM_JOB_EXPIRED = "upstream_batch_expired"
+    UPSTREAM_JOB_LOST = "upstream_batch_lost"
+    UPSTREAM_JOB_BAD_OUTPUT = "upstream_batch_bad_output"
+    UPSTREAM_JOB_LINE_MISSING = "upstream_batch_line_missing"
 
 
 class UpstreamApi(StrEnum):
@@ -285,6 +313,20 @@ MESSAGES: dict[ErrorCode, str] = {
     ),
     ErrorCode.NO_CAPACITY: (
         "No deployment of this model can take the call now (all out of rotation or busy)."
+    ),
+    ErrorCode.FLEX_UNAVAILABLE: "The provider's flex tier had no capacity; tried again later.",
+    ErrorCode.UPSTREAM_JOB_FAILED: "The provider's batch job failed; the row runs again.",
+    ErrorCode.UPSTREAM_JOB_EXPIRED: (
+        "The provider's batch job expired before this row ran; the row runs again."
+    ),
+    ErrorCode.UPSTREAM_JOB_LOST: (
+        "The provider no longer knows the batch job holding this row; the row runs again."
+    ),
+    ErrorCode.UPSTREAM_JOB_BAD_OUTPUT: (
+        "The provider's batch job answered output that could not be read; the row runs again."
+    ),
+    ErrorCode.UPSTREAM_JOB_LINE_MISSING: (
+        "The provider's batch job ended without a result for this row; the row runs again."
     ),
 }
 

@@ -29,8 +29,9 @@ from app.store.outcomes import Outcome
 from app.upstream.client import UpstreamClient
 from app.upstream.router import Router
 from app.vocabulary import CacheResult, ErrorCode, ExecutorKind, PriceTier, Status
+from worker.executors import paths
 from worker.executors.base import Executor, Work
-from worker.executors.direct import DirectExecutor
+from worker.executors.direct import DirectExecutor, FlexExecutor
 
 
 @dataclass
@@ -72,7 +73,10 @@ class RequestRunner:
             router=router,
             meter=Meter(PriceBook(settings), metrics),
         )
-        self.executors: dict[ExecutorKind, Executor] = {ExecutorKind.DIRECT: self.direct}
+        self.executors: dict[ExecutorKind, Executor] = {
+            ExecutorKind.DIRECT: self.direct,
+            ExecutorKind.FLEX: FlexExecutor(self.direct),
+        }
 
     @property
     def weights(self) -> dict[str, float]:
@@ -83,12 +87,17 @@ class RequestRunner:
     def weights(self, weights: dict[str, float]) -> None:
         self.direct.weights = weights
 
-    def executor_for(self, model: ModelConfig, pin: str | None) -> Executor:
-        """The executor of the deployment the work goes to (``executor:``): the pinned one's,
-        else the first deployment's (only ``direct`` exists yet, so they all agree; choosing
-        among deployments that run deferred work differently is the next executors' question)."""
-        deployment = next((d for d in model.deployments if d.name == pin), model.deployments[0])
-        return self.executors[deployment.executor]
+    def routed(self, model: ModelConfig, work: Work) -> tuple[Executor, Work]:
+        """The executor of the cheapest path that fits ``work``'s window (``paths.py``), and
+        the work bound to that path's deployment. A path whose executor this process lacks
+        (a ``batch`` deployment before its poller is wired) falls back to ``direct``."""
+        path = paths.choose(
+            model, work.endpoint, work.pin, work.expires_at, dt.datetime.now(dt.UTC)
+        )
+        executor = self.executors.get(path.executor)
+        if executor is None:
+            return self.executors[ExecutorKind.DIRECT], work
+        return executor, dataclasses.replace(work, path=path.executor, pin=path.deployment)
 
     async def attempt(self, work: Work, *, cached: bool = False) -> Attempt | None:
         """One attempt at ``work``: an outcome, a retry, or None when its executor took it over.
@@ -124,7 +133,7 @@ class RequestRunner:
                     lookup = await self._follow(owner, model, endpoint, body, lookup) or lookup
                 if lookup.hit:
                     return Attempt(self._hit(model, endpoint, body, lookup, work.tier, work.key))
-        executor = self.executor_for(model, work.pin)
+        executor, work = self.routed(model, work)
         if lookup is None or lookup.key is None:
             return _tagged(await executor.execute(model, work), lookup)
         flight = (owner, model.name, lookup.key.exact)

@@ -179,16 +179,22 @@ async def stream_call(
     body: dict[str, Any],
     writer: EventWriter,
     naming: tuple[str, str],
+    *,
+    tier: str | None = None,
 ) -> UpstreamReply:
     """One streamed call: events stored as they come, naming the model as ``naming`` says
-    (the upstream's name, the client's); the Response of the terminal event.
+    (the upstream's name, the client's); the Response of the terminal event. ``tier``: the
+    provider's service tier (``flex``: within its flex timeout).
 
     A ``response.failed`` or an ``error`` event is a final failure; a stream that ends or
     breaks before its terminal event is retryable (``upstream_stream_broken``).
     """
+    timeout_s = deployment.config.flex.timeout_s if tier else deployment.model.timeout_s
     async with (
-        within(deployment.model.timeout_s),
-        upstream.open(deployment, endpoint, {**body, "stream": True}) as response,
+        within(timeout_s),
+        upstream.open(
+            deployment, endpoint, {**body, "stream": True}, timeout_s=timeout_s, tier=tier
+        ) as response,
     ):
         if response.status_code >= 400:
             content = await read_all(response)

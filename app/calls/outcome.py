@@ -134,10 +134,10 @@ class Meter:
 
     def priced(self, model: str, tier: str, key: str, request: Any, outcome: Outcome) -> Outcome:
         """``outcome`` (completed) with its usage, estimated when the upstream reported none,
-        and its cost on the deployment that served it at pricing ``tier``; counted under
-        ``key``'s name."""
+        and its cost on the deployment that served it at pricing ``tier``, on the path it ran
+        (``outcome.executor``); counted under ``key``'s name."""
         usage = outcome.usage if outcome.usage.known else measured(request, outcome.response_body)
-        cost = self.prices.cost(model, outcome.deployment, tier, usage)
+        cost = self.prices.cost(model, outcome.deployment, tier, usage, outcome.executor)
         if self.metrics is not None:
             self.metrics.observe_usage(model, tier, key, usage, cost)
         return dataclasses.replace(outcome, usage=usage, cost_usd=cost)

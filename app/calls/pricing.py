@@ -1,7 +1,11 @@
 """What a call cost, in exact decimals, from the configured prices and the tier multiplier.
 
 cost = (uncached input x input rate + cached input x cached rate + output x output rate)
-       / 1,000,000 x tier multiplier
+       / 1,000,000 x multiplier
+
+The multiplier is the pricing tier's (``limits.tier_price``), unless the call ran on a
+provider's flex tier or Batch API and the deployment's pricing names that path's multiplier
+(``pricing: {flex: 0.5, batch: 0.5}``): a row is priced at the path it ran on.
 
 Reasoning tokens are part of the output tokens (OpenAI counts them there) and are not added
 again. No pricing configured for the model (or its deployment): the cost is unknown (None),
@@ -15,8 +19,11 @@ from decimal import Decimal
 
 from app.settings import Pricing, Settings, TierPrice
 from app.token_usage import TokenUsage
+from app.vocabulary import ExecutorKind
 
 MILLION = Decimal(1_000_000)
+# The paths a provider prices apart (``pricing: {flex: ..., batch: ...}``).
+PROVIDER_PATHS = (ExecutorKind.FLEX, ExecutorKind.BATCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,23 +67,32 @@ class PriceBook:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._rates: dict[tuple[str, str | None, str], Rates | None] = {}
+        self._rates: dict[tuple[str, str | None, str, str | None], Rates | None] = {}
 
     def cost(
-        self, model: str, deployment: str | None, tier: str, usage: TokenUsage
+        self,
+        model: str,
+        deployment: str | None,
+        tier: str,
+        usage: TokenUsage,
+        path: str | None = None,
     ) -> Decimal | None:
         """What ``usage`` cost on ``deployment`` (its label: ``gpu-a``, or ``small/gpu-a``
-        when a fallback model answered) of ``model``, at ``tier``; None if not priced."""
+        when a fallback model answered) of ``model``, at ``tier``, run on ``path`` (an
+        executor: ``flex`` or ``batch`` use the deployment's multiplier for them, if
+        priced); None if not priced."""
         if not usage.known:
             return None
-        key = (model, deployment, tier)
+        key = (model, deployment, tier, path)
         try:
             found = self._rates[key]
         except KeyError:
-            found = self._rates[key] = self._lookup(model, deployment, tier)
+            found = self._rates[key] = self._lookup(model, deployment, tier, path)
         return None if found is None else found.cost(usage)
 
-    def _lookup(self, model: str, deployment: str | None, tier: str) -> Rates | None:
+    def _lookup(
+        self, model: str, deployment: str | None, tier: str, path: str | None
+    ) -> Rates | None:
         served, name = model, deployment
         asked = self.settings.models.get(model)
         if (
@@ -95,4 +111,7 @@ class PriceBook:
                 pricing = each.pricing
         if pricing is None:
             return None
+        by_path = getattr(pricing, path, None) if path in PROVIDER_PATHS else None
+        if isinstance(by_path, Decimal):
+            return rates(pricing, by_path)
         return rates(pricing, multiplier(self.settings.limits.tier_price, tier))

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.limits import add_spend
-from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, outcome_arrays
+from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, stored_arrays
 from app.store.requests import ClaimedRequest
 from app.store.rows import FromRow
 from app.vocabulary import (
@@ -185,6 +185,7 @@ SET attempts = r.attempts + 1
 WHERE r.id = ANY(ARRAY(
     SELECT id FROM requests
     WHERE batch_id = :batch AND status = '{Status.IN_PROGRESS}' AND job_id = :job
+      AND upstream_job_id IS NULL  -- held by a provider job: its poller finishes it
     ORDER BY line_no
     LIMIT :n
     FOR UPDATE SKIP LOCKED
@@ -538,7 +539,7 @@ class BatchStore:
                     {
                         "ids": [r.id for r in done],
                         "attempts": [r.attempt for r in done],
-                        **outcome_arrays(outcomes),
+                        **stored_arrays(outcomes),
                     },
                 )
             if again:

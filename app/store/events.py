@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.outcomes import STORE_OUTCOMES, outcome_arrays
+from app.store.outcomes import STORE_OUTCOMES, stored_arrays
 from app.store.requests import Finish
 from app.vocabulary import Channel, Status
 
@@ -125,7 +125,7 @@ class EventStore:
         params = {
             "ids": [finish.id],
             "attempts": [finish.attempt],
-            **outcome_arrays([finish.outcome]),
+            **stored_arrays([finish.outcome]),
             "seqs": [s for s, _ in events],
             "events": [e for _, e in events],
         }

@@ -5,7 +5,8 @@ retry (a database that went away while the job was writing its result), or an ad
 it. Nothing would ever run those rows again, so the sweep calls ``OrphanStore.requeue``:
 
 - a batch line left ``in_progress`` by a job that is no longer running goes back to
-  ``pending`` (any run job of its batch may claim it);
+  ``pending`` (any run job of its batch may claim it), unless a provider's Batch API job
+  holds it (``upstream_job_id``: that job's poller finishes it);
 - a live batch with no live job of its own gets the job its state calls for: validation,
   a run job while lines are left, else finalization.
 
@@ -50,6 +51,7 @@ SET status = CASE WHEN r.attempts < {MAX_RUNS} THEN '{Status.PENDING}' ELSE '{St
     finished_at = CASE WHEN r.attempts < {MAX_RUNS} THEN NULL ELSE now() END,
     error = CASE WHEN r.attempts < {MAX_RUNS} THEN r.error ELSE {GAVE_UP} END
 WHERE r.custom_id IS NOT NULL AND r.status = '{Status.IN_PROGRESS}'
+  AND r.upstream_job_id IS NULL  -- a provider job holds it: its poller finishes it
   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.id = r.job_id AND {LIVE_JOB})
 RETURNING r.id
 """
@@ -64,8 +66,14 @@ WITH stranded AS (
            CASE WHEN b.status = '{BatchStatus.VALIDATING}' THEN '{Task.VALIDATE_BATCH}'
                 WHEN b.status = '{BatchStatus.IN_PROGRESS}' AND EXISTS (
                     SELECT 1 FROM requests r
-                    WHERE r.batch_id = b.id AND r.status IN {sql_in(LIVE)})
+                    WHERE r.batch_id = b.id AND r.status IN {sql_in(LIVE)}
+                      AND r.upstream_job_id IS NULL)
                 THEN '{Task.RUN_BATCH}'
+                -- lines held by provider jobs only: their pollers move the batch on
+                WHEN b.status = '{BatchStatus.IN_PROGRESS}' AND EXISTS (
+                    SELECT 1 FROM requests r
+                    WHERE r.batch_id = b.id AND r.status IN {sql_in(LIVE)})
+                THEN NULL
                 ELSE '{Task.FINALIZE_BATCH}' END AS task,
            (SELECT count(*) FROM procrastinate_jobs j
             WHERE j.queue_name = '{Queue.BATCH}' AND j.status = 'failed'
@@ -88,7 +96,7 @@ SELECT s.id, s.task, procrastinate_defer_jobs_v1(ARRAY[ROW(
     '{Queue.BATCH}', s.task, {Priority.BATCH},
     CASE WHEN s.task = '{Task.FINALIZE_BATCH}' THEN 'finalize:' || s.id END, NULL,
     jsonb_build_object('batch_id', s.id), NULL)::procrastinate_job_to_defer_v1]) AS job
-FROM stranded s WHERE NOT s.give_up
+FROM stranded s WHERE NOT s.give_up AND s.task IS NOT NULL
 """
 )
 

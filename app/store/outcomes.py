@@ -18,23 +18,25 @@ SET_USAGE = """input_tokens = u.input_tokens, output_tokens = u.output_tokens,
 
 # The outcomes of many attempts, one row each, guarded by status and by the attempt number
 # (a late or rescued-from worker cannot overwrite anything). Its arrays: ``ids``,
-# ``attempts`` and those of :func:`outcome_arrays`.
+# ``attempts`` and those of :func:`stored_arrays`.
 STORE_OUTCOMES = f"""
 UPDATE requests AS r
 SET status = u.status, response_status = u.response_status,
     response_body = CAST(u.response_body AS jsonb), error = CAST(u.error AS jsonb),
     {SET_USAGE}, deployment = COALESCE(u.deployment, r.deployment),
-    cache = COALESCE(u.cache, r.cache), finished_at = now()
+    cache = COALESCE(u.cache, r.cache), executor = COALESCE(u.executor, r.executor),
+    finished_at = now()
 FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
             CAST(:response_statuses AS int[]), CAST(:response_bodies AS text[]),
             CAST(:errors AS text[]), CAST(:input_tokens AS int[]),
             CAST(:output_tokens AS int[]), CAST(:total_tokens AS int[]),
             CAST(:cached_tokens AS int[]), CAST(:reasoning_tokens AS int[]),
             CAST(:usage_estimated AS boolean[]), CAST(:costs AS numeric[]),
-            CAST(:deployments AS text[]), CAST(:caches AS text[]))
+            CAST(:deployments AS text[]), CAST(:caches AS text[]),
+            CAST(:executors AS text[]))
      AS u(id, attempt, status, response_status, response_body, error, input_tokens,
           output_tokens, total_tokens, cached_tokens, reasoning_tokens, usage_estimated,
-          cost_usd, deployment, cache)
+          cost_usd, deployment, cache, executor)
 WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
 """
 
@@ -56,6 +58,8 @@ class Outcome:
     deployment: str | None = None
     # What the response cache did (None: the row keeps what it has).
     cache: str | None = None
+    # The path a deferred call ran on (``ExecutorKind``; None: the row keeps what it has).
+    executor: str | None = None
 
     def params(self) -> dict[str, Any]:
         """Bind parameters of a one-row UPDATE (``status``, ``response_body``, ...)."""
@@ -114,3 +118,8 @@ def attempt_error(refund: str, error: str, deployment: str, row: str = "") -> st
         f" 'error', {error}, 'deployment', coalesce({deployment}, {row}deployment)))"
         f" ELSE {row}attempt_errors END"
     )
+
+
+def stored_arrays(outcomes: list[Outcome]) -> dict[str, list[Any]]:
+    """The arrays of :data:`STORE_OUTCOMES`: :func:`outcome_arrays` and the executors."""
+    return {**outcome_arrays(outcomes), "executors": [o.executor for o in outcomes]}

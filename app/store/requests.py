@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.limits import add_spend
 from app.store.new_requests import NewRequest, new_request_arrays
-from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, outcome_arrays
+from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, stored_arrays
 from app.store.rows import FromRow
 from app.store.schema import requests
 from app.vocabulary import FINAL, LIVE, BatchKind, Channel, ErrorCode, Status, sql_error, sql_in
@@ -137,6 +137,7 @@ RELEASE = text(
     f"""
 UPDATE requests SET status = '{Status.PENDING}', claimed_by = NULL
 WHERE claimed_by = :worker AND status = '{Status.IN_PROGRESS}' AND custom_id IS NULL
+  AND upstream_job_id IS NULL
 RETURNING id
 """
 )
@@ -310,7 +311,7 @@ class RequestStore:
     async def finish_many(self, items: list[Finish]) -> list[str]:
         """Store the outcomes of many attempts; returns the ids stored (a row that moved on,
         cancelled or deleted meanwhile, is left as it is)."""
-        columns = outcome_arrays([i.outcome for i in items])
+        columns = stored_arrays([i.outcome for i in items])
         params = {"ids": [i.id for i in items], "attempts": [i.attempt for i in items], **columns}
         async with self.engine.connect() as conn:
             return [row.id for row in await conn.execute(FINISH_MANY, params)]

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 
-from app.vocabulary import FINAL, LIVE, Status, sql_in
+from app.vocabulary import FINAL, LIVE, Status, UpstreamJobStatus, sql_in
 
 metadata = MetaData()
 
@@ -268,6 +268,24 @@ requests = Table(
         comment="USD, exact; NULL when unknown (no usage or no price configured)",
     ),
     Column("cache", Text, nullable=True, comment="hit, semantic-hit, miss or bypass"),
+    Column(
+        "executor",
+        Text,
+        nullable=True,
+        comment="the path its last attempt ran on: direct, flex or batch",
+    ),
+    Column(
+        "upstream_job_id",
+        Text,
+        nullable=True,
+        comment="the provider Batch API job holding it (upstream_jobs.id)",
+    ),
+    # The rows a provider Batch API job holds.
+    Index(
+        "requests_upstream_job_idx",
+        "upstream_job_id",
+        postgresql_where=text("upstream_job_id IS NOT NULL"),
+    ),
     # Batch lines in input order (result files); also serves lookups by batch_id alone.
     Index(
         "requests_batch_line_idx",
@@ -334,6 +352,36 @@ requests = Table(
         "service_tier",
         postgresql_where=text(f"status IN {sql_in(LIVE)}"),
     ),
+)
+
+
+upstream_jobs = Table(
+    "upstream_jobs",
+    metadata,
+    Column("id", Text, primary_key=True, comment="tiergate's id (ujob_...)"),
+    Column("model", Text, nullable=False),
+    Column("deployment", Text, nullable=False),
+    Column("api", Text, nullable=False, comment="openai or anthropic"),
+    Column("endpoint", Text, nullable=False, comment="the rows' API path"),
+    Column("status", Text, nullable=False, comment="submitting, running or ended"),
+    Column("rows", Integer, nullable=False),
+    Column("upstream_file_id", Text, nullable=True),
+    Column("upstream_batch_id", Text, nullable=True),
+    Column("upstream_status", Text, nullable=True, comment="as the provider said"),
+    Column("owner", Text, nullable=True, comment="the worker process submitting or polling"),
+    Column("polls", Integer, nullable=False, server_default="0"),
+    Column("next_poll_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("counts", JSONB, nullable=True, comment="how its rows ended"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("submitted_at", DateTime(timezone=True), nullable=True),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Index(
+        "upstream_jobs_open_idx",
+        "next_poll_at",
+        postgresql_where=text(f"status <> '{UpstreamJobStatus.ENDED}'"),
+    ),
+    comment="providers' Batch API jobs that deferred rows were sent in",
 )
 
 

@@ -38,6 +38,7 @@ WITH dead AS MATERIALIZED (
     SELECT r.id, r.attempts FROM requests r
     LEFT JOIN processes p ON p.id = r.claimed_by
     WHERE r.status = '{Status.IN_PROGRESS}' AND r.custom_id IS NULL AND r.claimed_by IS NOT NULL
+      AND r.upstream_job_id IS NULL  -- a provider job holds it: its poller finishes it
       AND (p.id IS NULL OR p.last_seen_at < now() - make_interval(secs => :silent_s))
 ), back AS (
     UPDATE requests SET status = '{Status.PENDING}', claimed_by = NULL, not_before = NULL

@@ -32,6 +32,8 @@ from app.vocabulary import Endpoint, ErrorCode, upstream_status
 # Fields that mean something to tiergate and must not reach the provider.
 # previous_response_id names a tiergate Response, resolved into the input at acceptance.
 GATEWAY_FIELDS = ("service_tier", "background", "previous_response_id")
+# Calls beside inference (files, batches) answer within this long unless told otherwise.
+PLAIN_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -65,12 +67,15 @@ class UpstreamReply:
 
 
 def prepare_body(
-    deployment: Deployment, body: dict[str, Any], endpoint: str = ""
+    deployment: Deployment, body: dict[str, Any], endpoint: str = "", tier: str | None = None
 ) -> dict[str, Any]:
-    """The body the provider sees: its own model name, no gateway-only fields, a chat
+    """The body the provider sees: its own model name, no gateway-only fields (the client's
+    ``service_tier`` is tiergate's; ``tier`` is the provider's, e.g. its ``flex``), a chat
     call's token limit in the field the deployment reads (if one is set)."""
     out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     out["model"] = deployment.target_model
+    if tier is not None:
+        out["service_tier"] = tier
     if deployment.token_field is not None and endpoint == Endpoint.CHAT:
         out = rename_token_limit(out, deployment.token_field)
     return out
@@ -140,15 +145,52 @@ class UpstreamClient:
             self._transports = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
         self._next = itertools.cycle(self._transports)
         self._mock = httpx.ASGITransport(app=mock_app) if mock_app is not None else None
+        self._plain: dict[bool, httpx.AsyncClient] = {}  # by "is the mock" (see send)
 
     async def aclose(self) -> None:
         for transport in self._transports:
             await transport.aclose()
         if self._mock is not None:
             await self._mock.aclose()
+        for client in self._plain.values():
+            await client.aclose()
+
+    async def send(
+        self,
+        deployment: Deployment,
+        method: str,
+        path: str,
+        *,
+        timeout_s: float = PLAIN_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """A call to the provider's API beside inference (``/files``, ``/batches``: ``path``
+        after the deployment's ``/v1``), with its key; the answer read whole. Transport
+        failures raise ``UpstreamError``; error statuses are the caller's to read."""
+        mock = deployment.upstream == MOCK_UPSTREAM
+        if mock and self._mock is None:
+            raise UpstreamError(ErrorCode.UPSTREAM_UNAVAILABLE, "mock upstream not enabled")
+        client = self._plain.get(mock)
+        if client is None:
+            # A small pool of its own: these calls are few (a job's upload, polls, downloads).
+            client = self._plain[mock] = httpx.AsyncClient(
+                transport=self._mock if mock else None, follow_redirects=False
+            )
+        base = "http://mock/v1" if mock else deployment.upstream
+        headers = {**deployment.headers(), **kwargs.pop("headers", {})}
+        async with within(timeout_s):
+            with _mapped_errors():
+                return await client.request(
+                    method, base + path, headers=headers, timeout=timeout_s, **kwargs
+                )
 
     def _request(
-        self, deployment: Deployment, endpoint: str, body: dict[str, Any]
+        self,
+        deployment: Deployment,
+        endpoint: str,
+        body: dict[str, Any],
+        timeout_s: float | None = None,
+        tier: str | None = None,
     ) -> tuple[httpx.AsyncBaseTransport, httpx.Request]:
         transport: httpx.AsyncBaseTransport
         if deployment.upstream == MOCK_UPSTREAM:
@@ -157,7 +199,7 @@ class UpstreamClient:
             transport, base = self._mock, "http://mock/v1"
         else:
             transport, base = next(self._next), deployment.upstream
-        content = dumpb(prepare_body(deployment, body, endpoint))
+        content = dumpb(prepare_body(deployment, body, endpoint, tier))
         url, host = _target(base + endpoint.removeprefix("/v1"))
         # The headers httpx would add for content=... (Host, Content-Length), given at once:
         # a request built from a stream skips httpx's header merging and body encoding.
@@ -173,18 +215,29 @@ class UpstreamClient:
             url,
             headers=headers,
             stream=httpx.ByteStream(content),
-            extensions={"timeout": _timeout(deployment.model.timeout_s)},
+            extensions={"timeout": _timeout(timeout_s or deployment.model.timeout_s)},
         )
         request.read()  # the content at hand, for transports that want it whole
         return transport, request
 
     async def call(
-        self, deployment: Deployment, endpoint: str, body: dict[str, Any]
+        self,
+        deployment: Deployment,
+        endpoint: str,
+        body: dict[str, Any],
+        *,
+        timeout_s: float | None = None,
+        tier: str | None = None,
     ) -> UpstreamReply:
-        """One non-streaming call; raises ``UpstreamError`` unless the provider said 2xx."""
+        """One non-streaming call (within ``timeout_s``, else the model's ``timeout_s``; at
+        the provider's service ``tier`` if given); raises ``UpstreamError`` unless the
+        provider said 2xx."""
+        timeout_s = timeout_s or deployment.model.timeout_s
         async with (
-            within(deployment.model.timeout_s),
-            self.open(deployment, endpoint, _not_streamed(body)) as response,
+            within(timeout_s),
+            self.open(
+                deployment, endpoint, _not_streamed(body), timeout_s=timeout_s, tier=tier
+            ) as response,
         ):
             content = await read_all(response)
         if response.status_code >= 400:
@@ -199,7 +252,13 @@ class UpstreamClient:
 
     @contextlib.asynccontextmanager
     async def open(
-        self, deployment: Deployment, endpoint: str, body: dict[str, Any]
+        self,
+        deployment: Deployment,
+        endpoint: str,
+        body: dict[str, Any],
+        *,
+        timeout_s: float | None = None,
+        tier: str | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """A call whose body is read by the caller (the realtime proxy relays it).
 
@@ -207,10 +266,10 @@ class UpstreamClient:
         its answer as a Response object or Responses event stream (``chat_api.py``).
         """
         if deployment.speaks_chat and endpoint == Endpoint.RESPONSES:
-            async with self._open_translated(deployment, body) as translated:
+            async with self._open_translated(deployment, body, timeout_s, tier) as translated:
                 yield translated
             return
-        transport, request = self._request(deployment, endpoint, body)
+        transport, request = self._request(deployment, endpoint, body, timeout_s, tier)
         with _mapped_errors():
             response = await transport.handle_async_request(request)
         response.request = request
@@ -221,13 +280,17 @@ class UpstreamClient:
 
     @contextlib.asynccontextmanager
     async def _open_translated(
-        self, deployment: Deployment, body: dict[str, Any]
+        self,
+        deployment: Deployment,
+        body: dict[str, Any],
+        timeout_s: float | None,
+        tier: str | None,
     ) -> AsyncIterator[httpx.Response]:
         try:
             chat = chat_request(body, deployment.token_field or "max_tokens")
         except Untranslatable as exc:
             raise untranslatable(exc) from None
-        transport, request = self._request(deployment, Endpoint.CHAT, chat)
+        transport, request = self._request(deployment, Endpoint.CHAT, chat, timeout_s, tier)
         with _mapped_errors():
             response = await transport.handle_async_request(request)
         response.request = request

@@ -18,7 +18,7 @@ from app.calls.policy import EXPIRED, Attempt
 from app.settings import ModelConfig
 from app.store.outcomes import Outcome
 from app.store.requests import ClaimedRequest
-from app.vocabulary import PriceTier
+from app.vocabulary import ExecutorKind, PriceTier
 from worker.streaming import EventWriter
 
 
@@ -41,6 +41,7 @@ class Work:
     stop: asyncio.Event | None = None  # set: end as ``stopped`` instead (a batch cancel)
     stopped: Outcome | None = None
     events: EventWriter | None = None  # a streamed attempt stores its events as they come
+    path: ExecutorKind = ExecutorKind.DIRECT  # how it runs (the runner chooses: paths.py)
 
 
 def work_of(
