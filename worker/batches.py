@@ -29,6 +29,7 @@ from app.vocabulary import (
     BatchErrorCode,
     BatchStatus,
     ErrorCode,
+    ExecutorKind,
     PriceTier,
     Status,
     Tier,
@@ -228,7 +229,8 @@ class BatchJobs:
         window = await self._window(batch_id)
         cancelled = asyncio.Event()
         watcher = asyncio.create_task(self._watch_cancel(batch_id, cancelled))
-        running: dict[str, asyncio.Task[None]] = {}
+        running: dict[str, asyncio.Task[bool]] = {}
+        taken: list[str] = []  # lines an executor took over (a provider's Batch API job)
         resume, drained = True, False
         try:
             while True:
@@ -254,16 +256,19 @@ class BatchJobs:
                 if not running:
                     break
                 done, _ = await asyncio.wait(running.values(), return_when=FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # a line that could not be stored fails the job (retried)
                 for line_id in [i for i, task in running.items() if task in done]:
-                    del running[line_id]
+                    # a line that could not be stored fails the job (retried)
+                    if running.pop(line_id).result():
+                        taken.append(line_id)
                 drained = drained and len(running) > 0
         finally:
             watcher.cancel()
             for task in running.values():
                 task.cancel()
             await asyncio.gather(*running.values(), return_exceptions=True)
+        if taken and self.runner.batch is not None:
+            # Until their provider job holds them, the lines are this job's: it waits.
+            await self.runner.batch.attached(taken)
         progress = await self.batches.progress(batch_id)
         if progress.pending:
             # Lines wait for a retry (or another job is claiming them): come back then.
@@ -272,10 +277,13 @@ class BatchJobs:
             await self.batches.defer_finalize(batch_id)
 
     async def _window(self, batch_id: str) -> int:
-        """How many lines a run job keeps in flight: what the model can run at once here."""
+        """How many lines a run job keeps in flight: what the model can run at once here
+        (a model with a provider's Batch API hands lines over at once: a whole chunk)."""
         chunk = self.settings.limits.batch_chunk
         model = self.settings.models.get(await self.batches.model(batch_id) or "")
-        return min(chunk, model.flex_concurrency) if model is not None else chunk
+        if model is None or any(d.executor == ExecutorKind.BATCH for d in model.deployments):
+            return chunk
+        return min(chunk, model.flex_concurrency)
 
     async def _watch_cancel(self, batch_id: str, cancelled: asyncio.Event) -> None:
         """While a chunk runs, notice a cancel (one query per CANCEL_POLL_S, not per line):
@@ -285,7 +293,8 @@ class BatchJobs:
             if await self.batches.status(batch_id) != BatchStatus.IN_PROGRESS:
                 cancelled.set()
 
-    async def _line(self, row: ClaimedRequest, cancelled: asyncio.Event) -> None:
+    async def _line(self, row: ClaimedRequest, cancelled: asyncio.Event) -> bool:
+        """Run one line; True if its executor took it over (it finishes it later)."""
         attempt = await self.runner.attempt(
             work_of(
                 row,
@@ -297,7 +306,7 @@ class BatchJobs:
             cached=wanted_for(row),
         )
         if attempt is None:  # its executor took it over and finishes it itself
-            return
+            return True
         result = LineResult(
             row.id,
             row.attempts,
@@ -310,6 +319,7 @@ class BatchJobs:
         self.pacer.settle(row, attempt.outcome)
         del row  # the body
         await self._recording.submit(result)
+        return False
 
     # --- finalizing ---------------------------------------------------------------------
 

@@ -26,11 +26,13 @@ from app.calls.pricing import PriceBook
 from app.metrics import Metrics
 from app.settings import ModelConfig, Settings
 from app.store.outcomes import Outcome
+from app.store.upstream_jobs import UpstreamJobStore
 from app.upstream.client import UpstreamClient
 from app.upstream.router import Router
 from app.vocabulary import CacheResult, ErrorCode, ExecutorKind, PriceTier, Status
 from worker.executors import paths
 from worker.executors.base import Executor, Work
+from worker.executors.batch import BatchExecutor
 from worker.executors.direct import DirectExecutor, FlexExecutor
 
 
@@ -60,6 +62,7 @@ class RequestRunner:
         router: Router,
         metrics: Metrics | None = None,
         cache: ResponseCache | None = None,
+        jobs: UpstreamJobStore | None = None,
     ) -> None:
         self.settings = settings
         self.cache = cache
@@ -67,16 +70,21 @@ class RequestRunner:
         # answers the others (a batch of repeated lines calls the upstream once per prompt).
         self._flights: dict[tuple[str, str, bytes], asyncio.Future[Outcome | None]] = {}
         self.metrics = metrics
+        self.meter = Meter(PriceBook(settings), metrics)
         self.direct = DirectExecutor(
-            settings=settings,
-            upstream=upstream,
-            router=router,
-            meter=Meter(PriceBook(settings), metrics),
+            settings=settings, upstream=upstream, router=router, meter=self.meter
         )
         self.executors: dict[ExecutorKind, Executor] = {
             ExecutorKind.DIRECT: self.direct,
             ExecutorKind.FLEX: FlexExecutor(self.direct),
         }
+        # Providers' Batch API jobs need the store of their rows (a worker process has it).
+        self.batch: BatchExecutor | None = None
+        if jobs is not None:
+            self.batch = BatchExecutor(
+                settings=settings, upstream=upstream, router=router, store=jobs
+            )
+            self.executors[ExecutorKind.BATCH] = self.batch
 
     @property
     def weights(self) -> dict[str, float]:
@@ -91,8 +99,14 @@ class RequestRunner:
         """The executor of the cheapest path that fits ``work``'s window (``paths.py``), and
         the work bound to that path's deployment. A path whose executor this process lacks
         (a ``batch`` deployment before its poller is wired) falls back to ``direct``."""
+        apis = () if self.batch is None or work.events is not None else self.batch.apis
         path = paths.choose(
-            model, work.endpoint, work.pin, work.expires_at, dt.datetime.now(dt.UTC)
+            model,
+            work.endpoint,
+            work.pin,
+            work.expires_at,
+            dt.datetime.now(dt.UTC),
+            batch_apis=tuple(apis),
         )
         executor = self.executors.get(path.executor)
         if executor is None:

@@ -30,12 +30,14 @@ from app.store.queue_depth import QueueDepthStore
 from app.store.requests import RequestStore
 from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
+from app.store.upstream_jobs import UpstreamJobStore
 from app.upstream.client import build_upstream
 from app.upstream.router import Router
 from app.vocabulary import ProcessKind
 from worker.app import build_job_app
 from worker.batches import BatchJobs
 from worker.execute import RequestRunner
+from worker.executors.batch_poller import BatchPoller
 from worker.flex import FlexDispatcher
 from worker.maintenance import Maintenance
 from worker.pacing import Pacer
@@ -79,8 +81,14 @@ async def run_worker(
     cache = cache or ResponseCache(
         settings, CacheStore(engine), Embedder(upstream, router), metrics
     )
+    jobs = UpstreamJobStore(engine)
     runner = RequestRunner(
-        settings=settings, upstream=upstream, router=router, metrics=metrics, cache=cache
+        settings=settings,
+        upstream=upstream,
+        router=router,
+        metrics=metrics,
+        cache=cache,
+        jobs=jobs,
     )
     pacer = Pacer(LimitStore(engine))  # flex and batch work of limited keys, at their rate
     batch_jobs = BatchJobs(
@@ -102,6 +110,11 @@ async def run_worker(
         report=router.snapshot if own_router else None,
         learn=router.learn if own_router else None,
     )
+    assert runner.batch is not None
+    runner.batch.owner = presence.id  # the provider jobs it submits are this process's
+    poller = BatchPoller(
+        settings=settings, store=jobs, executor=runner.batch, router=router, meter=runner.meter
+    )
     await _when_database_up(lambda: require_notifications(url), "check LISTEN/NOTIFY")
     # Rows this worker claims name it: it must be registered first, or the sweep would take
     # them for a dead worker's.
@@ -117,6 +130,7 @@ async def run_worker(
         pacer=pacer,
     )
     flex_task = asyncio.create_task(flex.run(), name="flex-dispatcher")
+    poller_task = asyncio.create_task(poller.run(), name="batch-poller")
     weights_task = asyncio.create_task(
         _refresh_weights(runner, KeyStore(engine), settings.limits.heartbeat_s), name="key-weights"
     )
@@ -152,10 +166,11 @@ async def run_worker(
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
     finally:
-        for task in (flex_task, weights_task):
+        for task in (flex_task, poller_task, weights_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await runner.batch.stop()
         await batch_jobs.stop()
         if own_cache:
             await cache.stop()

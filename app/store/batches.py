@@ -45,7 +45,7 @@ COPY_COLUMNS = (
 )  # fmt: skip
 
 
-def _defer(task: str, batch_sql: str, *, locked: bool = False) -> str:
+def defer_job(task: str, batch_sql: str, *, locked: bool = False) -> str:
     """SQL calling procrastinate's defer function for one job about batch ``batch_sql``.
 
     ``locked`` jobs of the same batch run one at a time (procrastinate's ``lock``).
@@ -61,7 +61,7 @@ def _defer(task: str, batch_sql: str, *, locked: bool = False) -> str:
 CREATE = text(
     f"""
 WITH job AS (
-    SELECT unnest({_defer(Task.VALIDATE_BATCH, "CAST(:id AS text)")}) AS id
+    SELECT unnest({defer_job(Task.VALIDATE_BATCH, "CAST(:id AS text)")}) AS id
 )
 INSERT INTO batches (id, owner_key_id, kind, endpoint, status, completion_window,
                      input_file_id, metadata, expires_at)
@@ -113,7 +113,7 @@ WITH b AS (
     RETURNING id
 )
 SELECT (SELECT count(*) FROM lines) AS cancelled,
-       {_defer(Task.FINALIZE_BATCH, "b.id", locked=True)} AS job
+       {defer_job(Task.FINALIZE_BATCH, "b.id", locked=True)} AS job
 FROM b
 """
 )
@@ -138,7 +138,7 @@ WITH b AS (
     WHERE id = :id AND status = '{BatchStatus.VALIDATING}'
     RETURNING id
 )
-SELECT unnest({_defer(Task.RUN_BATCH, "b.id")}) AS job
+SELECT unnest({defer_job(Task.RUN_BATCH, "b.id")}) AS job
 FROM b, generate_series(1, :jobs)
 """
 ).bindparams(bindparam("jobs", type_=Integer), bindparam("total", type_=Integer))
@@ -251,7 +251,9 @@ SELECT count(*) FILTER (WHERE status = '{Status.IN_PROGRESS}') AS running,
 FROM requests WHERE batch_id = :batch
 """
 )
-DEFER_FINALIZE = text(f"SELECT {_defer(Task.FINALIZE_BATCH, 'CAST(:batch AS text)', locked=True)}")
+DEFER_FINALIZE = text(
+    f"SELECT {defer_job(Task.FINALIZE_BATCH, 'CAST(:batch AS text)', locked=True)}"
+)
 
 FOR_FINALIZE = text(
     f"""
@@ -319,7 +321,7 @@ WITH overdue AS (
     WHERE id IN (SELECT id FROM overdue) AND status = '{BatchStatus.VALIDATING}'
     RETURNING id
 )
-SELECT o.id, {_defer(Task.FINALIZE_BATCH, "o.id", locked=True)} AS job
+SELECT o.id, {defer_job(Task.FINALIZE_BATCH, "o.id", locked=True)} AS job
 FROM overdue o WHERE o.id NOT IN (SELECT id FROM never_started)
 """
 )

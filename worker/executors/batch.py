@@ -1,0 +1,199 @@
+"""The ``batch`` executor: deferred rows gathered into jobs of a provider's Batch API.
+
+Rows handed over (flex and background requests, Batch API lines, any key) are gathered per
+model, deployment and endpoint, for ``batch.gather_s`` seconds or until ``batch.max_lines``;
+then, in order:
+
+1. the job's row is inserted and the rows attached to it, one statement
+   (``app/store/upstream_jobs.py``): from here on only the job's poller finishes them;
+2. the input file is uploaded and its id stored;
+3. the job is created at the provider, tagged with tiergate's job id in its metadata, and its
+   id stored.
+
+A process that dies anywhere in between leaves a ``submitting`` job that another process's
+poller takes over (``batch_poller.py``): it first looks for the tag among the provider's
+jobs, so a job is never created twice. The executor answers ``None``: the row is taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.ids import new_id
+from app.settings import ModelConfig, Settings
+from app.store.db import database_unavailable
+from app.store.upstream_jobs import UpstreamJobStore
+from app.upstream.client import UpstreamClient, UpstreamError, prepare_body
+from app.upstream.deployment import Deployment
+from app.upstream.openai_batches import OpenAIBatches, line
+from app.upstream.router import Router
+from app.vocabulary import BatchApi
+from worker.executors.base import Work
+
+log = logging.getLogger("tiergate.batch_executor")
+
+STORE_RETRY_S = 1.0
+
+
+@dataclass
+class Gathering:
+    """Rows waiting to be submitted together; ``attached`` is done once their job holds
+    them (or they were found given back meanwhile)."""
+
+    works: list[Work] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+    attached: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class BatchExecutor:
+    """Gathers rows into provider jobs; one per worker process."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        upstream: UpstreamClient,
+        router: Router,
+        store: UpstreamJobStore,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.store = store
+        self.apis: dict[BatchApi, OpenAIBatches] = {BatchApi.OPENAI: OpenAIBatches(upstream)}
+        self.owner = ""  # the worker process (its presence id), set before work comes
+        self.submitted: Callable[[], None] = lambda: None  # wakes the poller
+        self._gathering: dict[tuple[str, str, str], Gathering] = {}
+        self._unattached: dict[str, asyncio.Future[None]] = {}
+        self._submitting: set[asyncio.Task[None]] = set()
+
+    def speaks(self, api: BatchApi) -> bool:
+        """Whether this executor can send jobs to a provider of ``api``."""
+        return api in self.apis
+
+    async def execute(self, model: ModelConfig, work: Work) -> None:
+        """Gather ``work`` for its deployment's next job; the row is taken over."""
+        assert work.pin is not None  # the path chose the deployment
+        key = (model.name, work.pin, work.endpoint)
+        gathering = self._gathering.get(key)
+        if gathering is None:
+            gathering = self._gathering[key] = Gathering()
+        gathering.works.append(work)
+        self._unattached[work.id] = gathering.attached
+        config = self._deployment(model.name, work.pin).config.batch
+        if len(gathering.works) >= config.max_lines:
+            self._flush(key)
+        elif gathering.timer is None:
+            loop = asyncio.get_running_loop()
+            gathering.timer = loop.call_later(config.gather_s, self._flush, key)
+
+    async def attached(self, ids: list[str]) -> None:
+        """Wait until the rows ``ids`` handed over here are held by their jobs (a Batch API
+        run job waits for its lines: until then, only it answers for them)."""
+        waiting = {self._unattached[i] for i in ids if i in self._unattached}
+        if waiting:
+            await asyncio.wait([asyncio.shield(f) for f in waiting])
+
+    async def stop(self) -> None:
+        """Stop gathering; what was gathered and not attached goes back with the worker's
+        other claimed rows (the dispatcher gives them back, the batch sweep its lines)."""
+        for gathering in self._gathering.values():
+            if gathering.timer is not None:
+                gathering.timer.cancel()
+        self._gathering.clear()
+        if self._submitting:
+            await asyncio.wait(self._submitting, timeout=10.0)
+
+    def _deployment(self, model: str, name: str) -> Deployment:
+        found = self.router.by_label(model, name)
+        assert found is not None, f"{model}/{name} is not configured"
+        return found
+
+    def _flush(self, key: tuple[str, str, str]) -> None:
+        gathering = self._gathering.pop(key, None)
+        if gathering is None:
+            return
+        if gathering.timer is not None:
+            gathering.timer.cancel()
+        task = asyncio.create_task(self._submit(*key, gathering), name="batch-submit")
+        self._submitting.add(task)
+        task.add_done_callback(self._submitting.discard)
+
+    async def _submit(self, model: str, name: str, endpoint: str, gathering: Gathering) -> None:
+        deployment = self._deployment(model, name)
+        job = new_id("ujob_")
+        try:
+            attached = await self._attach(job, model, deployment, endpoint, gathering.works)
+        finally:
+            for work in gathering.works:
+                if self._unattached.get(work.id) is gathering.attached:
+                    del self._unattached[work.id]
+            gathering.attached.set_result(None)
+        # A row given back and claimed again meanwhile is attached at its new attempt only.
+        works = [w for w in gathering.works if (w.id, w.attempt) in attached]
+        if not works:
+            return
+        log.info("job %s: %d rows of %s for %s", job, len(works), endpoint, deployment.label(model))
+        self.submitted()
+        try:
+            await submit(
+                self.store,
+                self.apis[deployment.config.batch.api],
+                deployment,
+                job=job,
+                endpoint=endpoint,
+                items=[(w.id, w.body) for w in works],
+                file_id=None,
+            )
+        except UpstreamError as exc:
+            log.warning("job %s not submitted yet: %s", job, exc)
+            await self.store.polled(job, None, deployment.config.batch.poll_min_s, str(exc))
+
+    async def _attach(
+        self, job: str, model: str, deployment: Deployment, endpoint: str, works: list[Work]
+    ) -> set[tuple[str, int]]:
+        while True:
+            try:
+                return await self.store.attach(
+                    job=job,
+                    model=model,
+                    deployment=deployment.name,
+                    api=deployment.config.batch.api,
+                    endpoint=endpoint,
+                    owner=self.owner,
+                    rows=[(w.id, w.attempt) for w in works],
+                )
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                log.warning("job %s not attached yet (%s)", job, exc)
+                await asyncio.sleep(STORE_RETRY_S)
+
+
+async def submit(
+    store: UpstreamJobStore,
+    api: OpenAIBatches,
+    deployment: Deployment,
+    *,
+    job: str,
+    endpoint: str,
+    items: list[tuple[str, dict[str, Any]]],
+    file_id: str | None,
+) -> None:
+    """Upload the job's input (unless ``file_id`` was uploaded already) and create it; each
+    step's result is stored before the next."""
+    config = deployment.config.batch
+    if file_id is None:
+        content = b"".join(
+            line(row_id, endpoint, prepare_body(deployment, body, endpoint))
+            for row_id, body in items
+        )
+        file_id = await api.upload(deployment, f"{job}.jsonl", content)
+        await store.uploaded(job, file_id)
+    state = await api.create(deployment, file_id, endpoint, job, config.completion_window)
+    await store.submitted(job, state.id, state.status, config.poll_min_s)
