@@ -193,6 +193,10 @@ class ErrorCode(StrEnum):
     # A Responses call a chat-only deployment cannot take (e.g. a config changed since it
     # was accepted; acceptance refuses such calls with a 400 naming the field).
     UNTRANSLATABLE = "untranslatable_request"
+    # A line of a provider's own batch (Anthropic's Message Batches) that the provider ended
+    # unprocessed: its batch expired (24 hours) or was canceled (app/openai/anthropic_messages.py).
+    UPSTREAM_BATCH_EXPIRED = "upstream_batch_expired"
+    UPSTREAM_BATCH_CANCELLED = "upstream_batch_cancelled"
 
 
 class UpstreamApi(StrEnum):
@@ -248,6 +252,7 @@ OPENAI_RESPONSE_CODES = frozenset(
 RESPONSE_CODES: dict[str, ResponseErrorCode] = {
     ErrorCode.REQUEST_EXPIRED: ResponseErrorCode.RATE_LIMIT_EXCEEDED,
     ErrorCode.BATCH_EXPIRED: ResponseErrorCode.RATE_LIMIT_EXCEEDED,
+    ErrorCode.UPSTREAM_BATCH_EXPIRED: ResponseErrorCode.RATE_LIMIT_EXCEEDED,
 }
 # An upstream's error status, by what it says about the request.
 STATUS_RESPONSE_CODES: dict[int, ResponseErrorCode] = {
@@ -286,6 +291,12 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.NO_CAPACITY: (
         "No deployment of this model can take the call now (all out of rotation or busy)."
     ),
+    ErrorCode.UPSTREAM_BATCH_EXPIRED: (
+        "The provider's batch holding this request expired before the request was processed."
+    ),
+    ErrorCode.UPSTREAM_BATCH_CANCELLED: (
+        "The provider's batch holding this request was canceled before the request was processed."
+    ),
 }
 
 
@@ -321,6 +332,8 @@ class RequestErrorCode(StrEnum):
     # The body or the query is not what the endpoint takes.
     INVALID_VALUE = "invalid_value"
     INVALID_TYPE = "invalid_type"
+    # A parameter the model's upstream API cannot express (refused, never silently dropped).
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
     MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
     REQUEST_TOO_LARGE = "request_too_large"
     FILE_TOO_LARGE = "file_too_large"
