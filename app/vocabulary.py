@@ -218,6 +218,7 @@ class ErrorCode(StrEnum):
     # or it said nothing of a row.
     UPSTREAM_JOB_FAILED = "upstream_batch_failed"
     UPSTREAM_JOB_EXPIRED = "upstream_batch_expired"
+    UPSTREAM_JOB_CANCELLED = "upstream_batch_cancelled"
     UPSTREAM_JOB_LOST = "upstream_batch_lost"
     UPSTREAM_JOB_BAD_OUTPUT = "upstream_batch_bad_output"
     UPSTREAM_JOB_LINE_MISSING = "upstream_batch_line_missing"
@@ -276,6 +277,7 @@ OPENAI_RESPONSE_CODES = frozenset(
 RESPONSE_CODES: dict[str, ResponseErrorCode] = {
     ErrorCode.REQUEST_EXPIRED: ResponseErrorCode.RATE_LIMIT_EXCEEDED,
     ErrorCode.BATCH_EXPIRED: ResponseErrorCode.RATE_LIMIT_EXCEEDED,
+    ErrorCode.UPSTREAM_JOB_EXPIRED: ResponseErrorCode.RATE_LIMIT_EXCEEDED,
 }
 # An upstream's error status, by what it says about the request.
 STATUS_RESPONSE_CODES: dict[int, ResponseErrorCode] = {
@@ -318,6 +320,9 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UPSTREAM_JOB_FAILED: "The provider's batch job failed; the row runs again.",
     ErrorCode.UPSTREAM_JOB_EXPIRED: (
         "The provider's batch job expired before this row ran; the row runs again."
+    ),
+    ErrorCode.UPSTREAM_JOB_CANCELLED: (
+        "The provider's batch job was cancelled before this row ran; the row runs again."
     ),
     ErrorCode.UPSTREAM_JOB_LOST: (
         "The provider no longer knows the batch job holding this row; the row runs again."
@@ -363,6 +368,8 @@ class RequestErrorCode(StrEnum):
     # The body or the query is not what the endpoint takes.
     INVALID_VALUE = "invalid_value"
     INVALID_TYPE = "invalid_type"
+    # A parameter the model's upstream API cannot express (refused, never silently dropped).
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
     MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
     REQUEST_TOO_LARGE = "request_too_large"
     FILE_TOO_LARGE = "file_too_large"

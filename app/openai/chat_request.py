@@ -61,7 +61,7 @@ def _refuse(param: str, what: str) -> Untranslatable:
         param,
         f"{what} is not supported by this model: its upstream speaks only the chat completions"
         f" API (param '{param}').",
-        "unsupported_parameter",
+        RequestErrorCode.UNSUPPORTED_PARAMETER,
     )
 
 

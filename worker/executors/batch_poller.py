@@ -70,7 +70,7 @@ STOPPING = (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
 UNANSWERED = {
     "failed": ErrorCode.UPSTREAM_JOB_FAILED,
     "expired": ErrorCode.UPSTREAM_JOB_EXPIRED,
-    "cancelled": ErrorCode.UPSTREAM_JOB_EXPIRED,
+    "cancelled": ErrorCode.UPSTREAM_JOB_CANCELLED,
 }
 
 
