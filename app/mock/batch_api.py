@@ -57,7 +57,9 @@ Controls of a job, read from the ``x-mock-behavior`` header of its create call:
 * ``extra_lines=K``: K lines with unknown custom_ids (``mock-extra-<i>``) are added to it.
 * The request controls apply to any batch API call (files too): ``status=N`` answers N
   (an OpenAI error body; Anthropic's for ``/v1/messages/batches``), ``fail_times``,
-  ``sleep_ms``, ``retry_after``, ``key`` (recorded, body null); so does ``POST /_mock/outage``.
+  ``sleep_ms``, ``retry_after``, ``key`` (recorded, body null); so do ``POST /_mock/outage``,
+  the server's ``--latency-ms`` and ``--fail-rate`` (``drop``, ``trickle_ms``, ``hold`` and
+  ``linger`` are ignored there).
 
 Content errors of an OpenAI input file do not fail the create call: the batch ends ``failed``
 after validation with ``errors.data`` (codes ``empty_file``, ``invalid_json_line``,

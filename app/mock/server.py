@@ -390,9 +390,7 @@ async def _collected(response: Response) -> LineReply:
     """A whole answer as a batch line sees it (a dropped one is a 500)."""
     if isinstance(response, StreamingResponse):
         try:
-            parts = [
-                p.encode() if isinstance(p, str) else bytes(p) async for p in response.body_iterator
-            ]
+            parts = [_as_bytes(part) async for part in response.body_iterator]
         except MockDropError:
             return LineReply(500, error_body(500, "mock upstream dropped the answer (drop=1)"))
         raw = b"".join(parts)
