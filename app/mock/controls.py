@@ -15,8 +15,13 @@ _CONTROL_KEYS = frozenset(
     {
         "status", "retry_after", "sleep_ms", "trickle_ms", "fail_times", "key", "drop", "hold",
         "error_format", "error_code", "linger", "usage", "cached", "reasoning",
+        # Batch jobs (read from the header of a batch create call; see app/mock/batch_api.py):
+        "turnaround_ms", "job_fail", "job_expire", "expire_after", "lose", "garbage",
+        "drop_lines", "extra_lines",
     }
 )  # fmt: skip
+_FLAGS = frozenset({"drop", "usage", "job_fail", "job_expire", "lose", "garbage"})
+_COUNTS = frozenset({"cached", "reasoning", "expire_after", "drop_lines", "extra_lines"})
 # How an error answer is shaped: OpenAI's own, or as other servers answer (see payloads.py).
 ERROR_FORMATS = ("openai", "detail", "text", "html")
 
@@ -48,6 +53,15 @@ class Controls:
     usage: bool = True  # usage=0: the answer reports no usage (as llama.cpp's server)
     cached: int = 0  # cached=N: N of the input tokens were cached (at most all of them)
     reasoning: int = 0  # reasoning=N: N of the output tokens were reasoning (at most all)
+    # Batch jobs (app/mock/batch_api.py): how long a job takes, and how it ends.
+    turnaround_ms: float | None = None  # None: the default turnaround
+    job_fail: bool = False  # the job ends failed, without output
+    job_expire: bool = False  # the job ends expired after its turnaround
+    expire_after: int = 0  # with job_expire: how many lines completed first
+    lose: bool = False  # the job vanishes after creation (404, not listed)
+    garbage: bool = False  # the output file is not JSON lines
+    drop_lines: int = 0  # the output file lacks its last K lines
+    extra_lines: int = 0  # K output lines with unknown custom_ids are added
 
 
 def _control_pairs(spec: str) -> Iterator[tuple[str, str]]:
@@ -72,13 +86,13 @@ def _apply_control(fields: dict[str, Any], key: str, value: str) -> None:
         raise BadRequestError(f"unknown mock control {key!r}")
     if key == "status":
         fields["status"] = _int_value(key, value, 400, 599)
-    elif key in ("sleep_ms", "trickle_ms"):
+    elif key in ("sleep_ms", "trickle_ms", "turnaround_ms"):
         fields[key] = float(_int_value(key, value, 0, 3_600_000))
     elif key == "fail_times":
         fields["fail_times"] = _int_value(key, value, 0, 1_000_000)
-    elif key in ("drop", "usage"):
+    elif key in _FLAGS:
         fields[key] = _int_value(key, value, 0, 1) == 1
-    elif key in ("cached", "reasoning"):
+    elif key in _COUNTS:
         fields[key] = _int_value(key, value, 0, 1_000_000)
     elif key == "error_format":
         if value not in ERROR_FORMATS:

@@ -6,8 +6,16 @@ Serves ``POST /v1/responses``, ``POST /v1/chat/completions`` and ``POST /v1/embe
 per path), ``GET /_mock/attempts/{key}`` (every request that carried ``key=NAME``, in arrival
 order: ``{"at": unix seconds, "path", "status", "drop", "sleep_ms", "trickle_ms", "headers",
 "body"}``, i.e. when it arrived, what it was answered, the headers and body it came with),
-``POST /_mock/reset`` (clears all counters and records) and ``POST /_mock/outage``
-(``{"status": 503}``: every API call fails so until ``{"status": null}``).
+``POST /_mock/reset`` (clears all counters, records, files and batch jobs) and
+``POST /_mock/outage`` (``{"status": 503}``: every API call fails so until ``{"status": null}``).
+
+It also serves, in memory, OpenAI's Files and Batch APIs (``/v1/files``, ``/v1/batches``) and
+Anthropic's Message Batches (``/v1/messages/batches``): each line of a job is answered by the
+same code as the realtime route of its URL, so the controls below work per line; a job's own
+controls (``turnaround_ms``, ``job_fail``, ``job_expire``, ``expire_after``, ``lose``,
+``garbage``, ``drop_lines``, ``extra_lines``) are read from the header of its create call.
+See ``app/mock/batch_api.py`` for the endpoints, shapes, controls and how ``/_mock/stats``
+counts them.
 
 Behaviour can be forced per request with magic controls, read from the ``x-mock-behavior``
 header and/or from the input text when it starts with ``mock:`` (header values win).
@@ -64,7 +72,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +83,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.mock.batch_api import batch_routes
+from app.mock.batch_jobs import BatchStore, LineAnswer, LineReply
 from app.mock.controls import (
     BEHAVIOR_HEADER,
     BadRequestError,
@@ -140,7 +150,10 @@ def _error_response(
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    return _parse_json(await request.body())
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -235,15 +248,29 @@ TextFn = Callable[[dict[str, Any]], str]
 ReplyFn = Callable[[dict[str, Any], str, bool, Controls], Response]
 
 
+@dataclass(frozen=True)
+class Call:
+    """One API call to answer: the path it is counted and recorded under, its headers and
+    its raw body (an HTTP request, or a line of a batch job)."""
+
+    path: str
+    headers: Mapping[str, str]
+    raw: bytes
+
+
 async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
+    call = Call(request.url.path, request.headers, await request.body())
+    return await _serve_call(request.app.state, call, text_of, reply)
+
+
+async def _serve_call(state: Any, call: Call, text_of: TextFn, reply: ReplyFn) -> Response:
     """Count, parse, plan, record, delay, then fail or answer."""
-    state = request.app.state
-    path = request.url.path
+    path = call.path
     state.counts[path] = state.counts.get(path, 0) + 1
     try:
-        body = await _read_json(request)
+        body = _parse_json(call.raw)
         text = text_of(body)
-        controls = parse_controls(request.headers.get(BEHAVIOR_HEADER), text)
+        controls = parse_controls(call.headers.get(BEHAVIOR_HEADER), text)
     except BadRequestError as exc:
         await asyncio.sleep(state.config.latency_ms / 1000)
         return _error_response(400, exc.message, exc.param)
@@ -262,7 +289,7 @@ async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
                 "sleep_ms": plan.sleep_ms,
                 "trickle_ms": plan.trickle_ms,
                 "headers": {
-                    k: v for k, v in request.headers.items() if k not in ("host", "content-length")
+                    k: v for k, v in call.headers.items() if k not in ("host", "content-length")
                 },
                 "body": body,
             }
@@ -343,6 +370,53 @@ async def _release(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
+def _handlers(api: str) -> dict[str, tuple[TextFn, ReplyFn]]:
+    """How each API path is answered on a server of ``api`` (see ``MOCK_APIS``)."""
+    chat = _reply_chat if api == "responses" else _reply_chat_only(api == "legacy")
+    handlers: dict[str, tuple[TextFn, ReplyFn]] = {
+        "/v1/chat/completions": (chat_text, chat),
+        "/v1/embeddings": (embeddings_text, _reply_embeddings),
+    }
+    if api == "responses":
+        handlers["/v1/responses"] = (responses_text, _reply_responses)
+    return handlers
+
+
+def _as_bytes(part: Any) -> bytes:
+    return part.encode() if isinstance(part, str) else bytes(part)
+
+
+async def _collected(response: Response) -> LineReply:
+    """A whole answer as a batch line sees it (a dropped one is a 500)."""
+    if isinstance(response, StreamingResponse):
+        try:
+            parts = [_as_bytes(part) async for part in response.body_iterator]
+        except MockDropError:
+            return LineReply(500, error_body(500, "mock upstream dropped the answer (drop=1)"))
+        raw = b"".join(parts)
+    else:
+        raw = bytes(response.body)
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = raw.decode(errors="replace")
+    return LineReply(response.status_code, body)
+
+
+def _line_answerer(state: Any) -> LineAnswer:
+    """Answers a batch job's line in process with the same code as the HTTP route of its URL
+    (counted and recorded under ``counted``; its controls are those in its input text)."""
+
+    async def answer(counted: str, url: str, raw: bytes) -> LineReply:
+        handler = _handlers(state.config.api).get(url)
+        if handler is None:  # as the HTTP route answers (a chat-only server's /v1/responses)
+            state.counts[counted] = state.counts.get(counted, 0) + 1
+            return LineReply(404, {"detail": "Not Found"})
+        return await _collected(await _serve_call(state, Call(counted, {}, raw), *handler))
+
+    return answer
+
+
 async def _responses(request: Request) -> Response:
     state = request.app.state
     if state.config.api != "responses":  # a chat-only server has no such route
@@ -353,9 +427,8 @@ async def _responses(request: Request) -> Response:
 
 
 async def _chat(request: Request) -> Response:
-    api = request.app.state.config.api
-    reply = _reply_chat if api == "responses" else _reply_chat_only(api == "legacy")
-    return await _serve(request, chat_text, reply)
+    handlers = _handlers(request.app.state.config.api)
+    return await _serve(request, *handlers["/v1/chat/completions"])
 
 
 async def _embeddings(request: Request) -> Response:
@@ -395,6 +468,7 @@ async def _reset(request: Request) -> Response:
     request.app.state.counts.clear()
     request.app.state.fail_counts.clear()
     request.app.state.attempts.clear()
+    request.app.state.batch_store.clear()
     return JSONResponse({"ok": True})
 
 
@@ -436,6 +510,7 @@ def create_mock_app(
         Route("/_mock/release/{name}", _release, methods=["POST"]),
         Route("/_mock/reset", _reset, methods=["POST"]),
         Route("/_mock/outage", _outage, methods=["POST"]),
+        *batch_routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.config = MockConfig(latency_ms=latency_ms, fail_rate=fail_rate, api=api)
@@ -448,6 +523,7 @@ def create_mock_app(
     app.state.holds = {}
     app.state.outage = None
     app.state.capacity = asyncio.Semaphore(capacity) if capacity else None
+    app.state.batch_store = BatchStore(answer=_line_answerer(app.state))
     return app
 
 
