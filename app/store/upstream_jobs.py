@@ -85,6 +85,11 @@ RETURNING j.id, j.model, j.deployment, j.api, j.endpoint, j.status, j.rows,
           j.upstream_file_id, j.upstream_batch_id, j.upstream_status, j.polls, j.created_at
 """
 ).bindparams(bindparam("silent_s", type_=Integer), bindparam("n", type_=Integer))
+# Provider job ids that tiergate jobs of a deployment created since a time hold.
+PROVIDER_IDS = text(
+    "SELECT upstream_batch_id FROM upstream_jobs WHERE deployment = :deployment"
+    " AND created_at >= :since - interval '1 hour' AND upstream_batch_id IS NOT NULL"
+)
 NEXT_DUE = text(
     f"SELECT extract(epoch FROM min(next_poll_at) - now()) FROM upstream_jobs"
     f" WHERE status <> '{UpstreamJobStatus.ENDED}'"
@@ -272,6 +277,13 @@ class UpstreamJobStore:
         async with self.engine.connect() as conn:
             rows = await conn.execute(CLAIM_DUE, {"me": me, "silent_s": silent_s, "n": n})
             return [UpstreamJob.from_row(row) for row in rows.mappings()]
+
+    async def provider_ids(self, deployment: str, since: dt.datetime) -> set[str]:
+        """The provider job ids held by tiergate jobs of ``deployment`` created since
+        ``since`` (an hour's slack)."""
+        async with self.engine.connect() as conn:
+            params = {"deployment": deployment, "since": since}
+            return set((await conn.execute(PROVIDER_IDS, params)).scalars())
 
     async def next_due_in(self) -> float | None:
         """Seconds until the next open job is due (None: no open job)."""

@@ -13,72 +13,43 @@ submitting twice.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import httpx
 import orjson
 
 from app import jsontext
+from app.upstream.batch_api import BadOutput, JobLine, JobState, LineAnswer
 from app.upstream.client import UpstreamClient, UpstreamError, error_from_status
 from app.upstream.deployment import Deployment
 from app.vocabulary import ErrorCode
 
 TAG = "tiergate_job"
-# OpenAI's batch statuses after which nothing changes any more.
-ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 # How far back :meth:`OpenAIBatches.find` pages through the provider's newest jobs.
 FIND_PAGES = 10
 PAGE = 100
 DOWNLOAD_TIMEOUT_S = 600.0
 
 
-@dataclass(frozen=True)
-class JobState:
-    """What the provider says of one job."""
-
-    id: str
-    status: str  # the provider's own word
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    error: str | None = None  # why the whole job failed, if it did
-
-    @property
-    def ended(self) -> bool:
-        return self.status in ENDED
-
-
-@dataclass(frozen=True)
-class LineAnswer:
-    """What the provider answered for one line: an HTTP status and body, or an error
-    without one (``{"code", "message"}``: the job expired or was cancelled before the line
-    ran)."""
-
-    custom_id: str
-    status: int | None = None
-    body: Any = None
-    error: dict[str, Any] | None = None
-
-
-class BadOutput(Exception):
-    """A result file that is not what the Batch API promises."""
-
-
-def line(custom_id: str, endpoint: str, body: dict[str, Any]) -> bytes:
+def line(item: JobLine) -> bytes:
     """One line of a job's input file."""
-    item = {"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body}
-    return jsontext.dumpb(item) + b"\n"
+    custom_id, endpoint, body = item
+    entry = {"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body}
+    return jsontext.dumpb(entry) + b"\n"
 
 
 class OpenAIBatches:
     """Files and batches at a provider that speaks OpenAI's Batch API."""
 
+    uploads = True
+
     def __init__(self, upstream: UpstreamClient) -> None:
         self.upstream = upstream
 
-    async def upload(self, deployment: Deployment, name: str, content: bytes) -> str:
+    async def upload(self, deployment: Deployment, name: str, lines: list[JobLine]) -> str:
         """Upload a job's input file; its id."""
+        content = b"".join(line(item) for item in lines)
         response = await self.upstream.send(
             deployment,
             "POST",
@@ -93,9 +64,18 @@ class OpenAIBatches:
         return file_id
 
     async def create(
-        self, deployment: Deployment, file_id: str, endpoint: str, tag: str, window: str
+        self,
+        deployment: Deployment,
+        *,
+        file_id: str | None,
+        lines: list[JobLine],
+        endpoint: str,
+        tag: str,
+        window: str,
     ) -> JobState:
         """Create the job of an uploaded file, tagged with tiergate's id."""
+        if file_id is None:
+            raise ValueError("an OpenAI-format job needs its uploaded file")
         response = await self.upstream.send(
             deployment,
             "POST",
@@ -109,8 +89,17 @@ class OpenAIBatches:
         )
         return _state(_object(response))
 
-    async def find(self, deployment: Deployment, tag: str, since: dt.datetime) -> JobState | None:
-        """The job tagged ``tag``, if the provider has one (newest first, back to ``since``)."""
+    async def find(
+        self,
+        deployment: Deployment,
+        *,
+        tag: str,
+        since: dt.datetime,
+        rows: int,
+        exclude: Collection[str],
+    ) -> JobState | None:
+        """The job tagged ``tag`` (in its metadata), if the provider has one (newest first,
+        back to ``since``)."""
         after: str | None = None
         oldest = since.timestamp() - 60
         for _ in range(FIND_PAGES):
@@ -145,8 +134,11 @@ class OpenAIBatches:
             return None
         return _state(_object(response))
 
-    async def answers(self, deployment: Deployment, state: JobState) -> list[LineAnswer]:
-        """Every line answer in the job's output and error files."""
+    async def answers(
+        self, deployment: Deployment, state: JobState, lines: dict[str, JobLine]
+    ) -> list[LineAnswer]:
+        """Every line answer in the job's output and error files (in the format of the lines'
+        endpoints already)."""
         found: list[LineAnswer] = []
         for file_id in (state.output_file_id, state.error_file_id):
             if file_id:

@@ -27,9 +27,10 @@ from app.ids import new_id
 from app.settings import ModelConfig, Settings
 from app.store.db import database_unavailable
 from app.store.upstream_jobs import UpstreamJobStore
+from app.upstream.batch_api import JobLine, ProviderBatches
 from app.upstream.client import UpstreamClient, UpstreamError, prepare_body
 from app.upstream.deployment import Deployment
-from app.upstream.openai_batches import OpenAIBatches, line
+from app.upstream.openai_batches import OpenAIBatches
 from app.upstream.router import Router
 from app.vocabulary import BatchApi
 from worker.executors.base import Work
@@ -65,7 +66,7 @@ class BatchExecutor:
         self.settings = settings
         self.router = router
         self.store = store
-        self.apis: dict[BatchApi, OpenAIBatches] = {BatchApi.OPENAI: OpenAIBatches(upstream)}
+        self.apis: dict[BatchApi, ProviderBatches] = {BatchApi.OPENAI: OpenAIBatches(upstream)}
         self.owner = ""  # the worker process (its presence id), set before work comes
         self.submitted: Callable[[], None] = lambda: None  # wakes the poller
         self._gathering: dict[tuple[str, str, str], Gathering] = {}
@@ -147,7 +148,7 @@ class BatchExecutor:
                 deployment,
                 job=job,
                 endpoint=endpoint,
-                items=[(w.id, w.body) for w in works],
+                lines=[job_line(deployment, w.id, endpoint, w.body) for w in works],
                 file_id=None,
             )
         except UpstreamError as exc:
@@ -175,25 +176,36 @@ class BatchExecutor:
                 await asyncio.sleep(STORE_RETRY_S)
 
 
+def job_line(deployment: Deployment, row_id: str, endpoint: str, body: dict[str, Any]) -> JobLine:
+    """A row as a line of a job: the body as the provider takes it (not streamed)."""
+    prepared = prepare_body(deployment, body, endpoint)
+    prepared.pop("stream", None)
+    prepared.pop("stream_options", None)
+    return (row_id, endpoint, prepared)
+
+
 async def submit(
     store: UpstreamJobStore,
-    api: OpenAIBatches,
+    api: ProviderBatches,
     deployment: Deployment,
     *,
     job: str,
     endpoint: str,
-    items: list[tuple[str, dict[str, Any]]],
+    lines: list[JobLine],
     file_id: str | None,
 ) -> None:
-    """Upload the job's input (unless ``file_id`` was uploaded already) and create it; each
-    step's result is stored before the next."""
+    """Upload the job's input (unless ``file_id`` was uploaded already, or the format sends
+    lines inline) and create it; each step's result is stored before the next."""
     config = deployment.config.batch
-    if file_id is None:
-        content = b"".join(
-            line(row_id, endpoint, prepare_body(deployment, body, endpoint))
-            for row_id, body in items
-        )
-        file_id = await api.upload(deployment, f"{job}.jsonl", content)
+    if file_id is None and api.uploads:
+        file_id = await api.upload(deployment, f"{job}.jsonl", lines)
         await store.uploaded(job, file_id)
-    state = await api.create(deployment, file_id, endpoint, job, config.completion_window)
+    state = await api.create(
+        deployment,
+        file_id=file_id,
+        lines=lines,
+        endpoint=endpoint,
+        tag=job,
+        window=config.completion_window,
+    )
     await store.submitted(job, state.id, state.status, config.poll_min_s)

@@ -42,9 +42,9 @@ from app.settings import ModelConfig, Settings
 from app.store.db import database_unavailable
 from app.store.outcomes import Outcome
 from app.store.upstream_jobs import Finished, GivenBack, HeldRow, UpstreamJob, UpstreamJobStore
+from app.upstream.batch_api import CANCELLING, BadOutput, JobState, LineAnswer, ProviderBatches
 from app.upstream.client import UpstreamError, error_from_status
 from app.upstream.deployment import Deployment
-from app.upstream.openai_batches import BadOutput, JobState, LineAnswer, OpenAIBatches
 from app.upstream.router import Router
 from app.vocabulary import (
     BatchStatus,
@@ -55,7 +55,7 @@ from app.vocabulary import (
     UpstreamJobStatus,
     error,
 )
-from worker.executors.batch import BatchExecutor, submit
+from worker.executors.batch import BatchExecutor, job_line, submit
 
 log = logging.getLogger("tiergate.batch_poller")
 
@@ -150,16 +150,24 @@ class BatchPoller:
             bad = {"code": ErrorCode.UPSTREAM_JOB_BAD_OUTPUT, "message": str(exc)}
             await self._give_back(job, bad, counted=True)
 
-    async def _recover(self, job: UpstreamJob, deployment: Deployment, api: OpenAIBatches) -> None:
-        """A job whose submission did not finish: found at the provider by its tag, or
-        submitted (again: its upload is reused when it was stored)."""
+    async def _recover(
+        self, job: UpstreamJob, deployment: Deployment, api: ProviderBatches
+    ) -> None:
+        """A job whose submission did not finish: found at the provider, or submitted (again:
+        its upload is reused when it was stored)."""
         config = deployment.config.batch
-        found = await api.find(deployment, job.id, job.created_at)
+        held = await self.store.held(job.id)
+        found = await api.find(
+            deployment,
+            tag=job.id,
+            since=job.created_at,
+            rows=job.rows,
+            exclude=await self.store.provider_ids(job.deployment, job.created_at),
+        )
         if found is not None:
             log.info("job %s: found at the provider as %s", job.id, found.id)
             await self.store.submitted(job.id, found.id, found.status, config.poll_min_s)
             return
-        held = await self.store.held(job.id)
         if not held:
             await self.store.settle(job.id, [], [], status=None, counts={})
             return
@@ -176,12 +184,12 @@ class BatchPoller:
             deployment,
             job=job.id,
             endpoint=job.endpoint,
-            items=[(row.id, row.body) for row in held],
+            lines=[job_line(deployment, row.id, job.endpoint, row.body) for row in held],
             file_id=job.upstream_file_id,
         )
 
     async def _watch(
-        self, job: UpstreamJob, deployment: Deployment, api: OpenAIBatches, state: JobState
+        self, job: UpstreamJob, deployment: Deployment, api: ProviderBatches, state: JobState
     ) -> None:
         """A running job: its cancelled lines end; a job with nothing left to do, or too
         close to its rows' windows, is cancelled at the provider."""
@@ -193,7 +201,7 @@ class BatchPoller:
             await self.store.finish(finished)
         live = [row for row in held if row.batch_status not in STOPPING]
         now = dt.datetime.now(dt.UTC)
-        if state.status not in ("cancelling", "cancelled"):
+        if state.status not in CANCELLING:
             if not live:
                 log.info("job %s: no live row left; cancelling it at the provider", job.id)
                 state = await api.cancel(deployment, state.id) or state
@@ -207,12 +215,13 @@ class BatchPoller:
         job: UpstreamJob,
         model: ModelConfig,
         deployment: Deployment,
-        api: OpenAIBatches,
+        api: ProviderBatches,
         state: JobState,
     ) -> None:
         """An ended job: every row it holds finished or given back from its line."""
-        answers = {a.custom_id: a for a in await api.answers(deployment, state)}
         held = await self.store.held(job.id)
+        lines = {row.id: job_line(deployment, row.id, job.endpoint, row.body) for row in held}
+        answers = {a.custom_id: a for a in await api.answers(deployment, state, lines)}
         finished: list[Finished] = []
         given_back: list[GivenBack] = []
         counts: Counter[str] = Counter()
