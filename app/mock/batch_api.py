@@ -55,6 +55,10 @@ Controls of a job, read from the ``x-mock-behavior`` header of its create call:
 * ``garbage=1``: the output file (Anthropic: the results) is not JSON lines.
 * ``drop_lines=K``: the output file (results) lacks its last K lines.
 * ``extra_lines=K``: K lines with unknown custom_ids (``mock-extra-<i>``) are added to it.
+* ``jobs=K`` with ``key=NAME``: the job controls above hold for the first K jobs created with
+  that key; later ones run normally (a provider that fails once, then recovers).
+* ``fail_creates=K`` with ``key=NAME``: the first K create calls with that key answer 500
+  (after an upload succeeded: a submission that stopped between its two steps).
 * The request controls apply to any batch API call (files too): ``status=N`` answers N
   (an OpenAI error body; Anthropic's for ``/v1/messages/batches``), ``fail_times``,
   ``sleep_ms``, ``retry_after``, ``key`` (recorded, body null); so do ``POST /_mock/outage``,
@@ -360,6 +364,9 @@ async def _create_batch(request: Request) -> Response:
     controls, refused = await gate(request, _error)
     if refused is not None:
         return refused
+    if store_of(request).refuses_create(controls):
+        return _error(500, "The mock refused this create (fail_creates).", None)
+    controls = store_of(request).job_controls(controls)
     body = await _json_body(request)
     if body is None:
         return _bad("The request body must be a JSON object.")

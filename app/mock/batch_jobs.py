@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -124,6 +125,8 @@ class BatchStore:
     files: dict[str, StoredFile] = field(default_factory=dict)
     batches: dict[str, Job] = field(default_factory=dict)  # OpenAI, in creation order
     message_batches: dict[str, Job] = field(default_factory=dict)  # Anthropic
+    jobs_by_key: dict[str, int] = field(default_factory=dict)  # creates per key=NAME
+    creates_by_key: dict[str, int] = field(default_factory=dict)  # create calls per key=NAME
 
     def clear(self) -> None:
         for job in [*self.batches.values(), *self.message_batches.values()]:
@@ -132,6 +135,34 @@ class BatchStore:
         self.files.clear()
         self.batches.clear()
         self.message_batches.clear()
+        self.jobs_by_key.clear()
+        self.creates_by_key.clear()
+
+    def refuses_create(self, controls: Controls) -> bool:
+        """Whether this create call fails (``fail_creates=K,key=NAME``: the first K do)."""
+        if not controls.fail_creates or controls.key is None:
+            return False
+        seen = self.creates_by_key[controls.key] = self.creates_by_key.get(controls.key, 0) + 1
+        return seen <= controls.fail_creates
+
+    def job_controls(self, controls: Controls) -> Controls:
+        """The controls of a job being created: with ``jobs=K,key=NAME``, the job controls
+        (``job_fail``, ``job_expire``, ``lose``, ``garbage``, ``drop_lines``,
+        ``extra_lines``) hold for the first K jobs created with that key only."""
+        if not controls.jobs or controls.key is None:
+            return controls
+        seen = self.jobs_by_key[controls.key] = self.jobs_by_key.get(controls.key, 0) + 1
+        if seen <= controls.jobs:
+            return controls
+        return dataclasses.replace(
+            controls,
+            job_fail=False,
+            job_expire=False,
+            lose=False,
+            garbage=False,
+            drop_lines=0,
+            extra_lines=0,
+        )
 
 
 def new_id(prefix: str) -> str:

@@ -17,11 +17,13 @@ _CONTROL_KEYS = frozenset(
         "error_format", "error_code", "linger", "usage", "cached", "reasoning",
         # Batch jobs (read from the header of a batch create call; see app/mock/batch_api.py):
         "turnaround_ms", "job_fail", "job_expire", "expire_after", "lose", "garbage",
-        "drop_lines", "extra_lines",
+        "drop_lines", "extra_lines", "jobs", "fail_creates",
     }
 )  # fmt: skip
 _FLAGS = frozenset({"drop", "usage", "job_fail", "job_expire", "lose", "garbage"})
-_COUNTS = frozenset({"cached", "reasoning", "expire_after", "drop_lines", "extra_lines"})
+_COUNTS = frozenset(
+    {"cached", "reasoning", "expire_after", "drop_lines", "extra_lines", "jobs", "fail_creates"}
+)
 # How an error answer is shaped: OpenAI's own, or as other servers answer (see payloads.py).
 ERROR_FORMATS = ("openai", "detail", "text", "html")
 
@@ -62,6 +64,8 @@ class Controls:
     garbage: bool = False  # the output file is not JSON lines
     drop_lines: int = 0  # the output file lacks its last K lines
     extra_lines: int = 0  # K output lines with unknown custom_ids are added
+    jobs: int = 0  # with key=NAME: the job controls above hold for the first K jobs only
+    fail_creates: int = 0  # with key=NAME: the first K batch creates answer 500
 
 
 def _control_pairs(spec: str) -> Iterator[tuple[str, str]]:

@@ -231,6 +231,9 @@ async def _create(request: Request) -> Response:
     controls, refused = await gate(request, _error)
     if refused is not None:
         return refused
+    if store_of(request).refuses_create(controls):
+        return _error(500, "The mock refused this create (fail_creates).", None)
+    controls = store_of(request).job_controls(controls)
     body = await _json_body(request)
     requests = body.get("requests") if isinstance(body, dict) else None
     problem = _requests_error(requests)

@@ -88,7 +88,8 @@ RETURNING j.id, j.model, j.deployment, j.api, j.endpoint, j.status, j.rows,
 # Provider job ids that tiergate jobs of a deployment created since a time hold.
 PROVIDER_IDS = text(
     "SELECT upstream_batch_id FROM upstream_jobs WHERE deployment = :deployment"
-    " AND created_at >= :since - interval '1 hour' AND upstream_batch_id IS NOT NULL"
+    " AND created_at >= CAST(:since AS timestamptz) - interval '1 hour'"
+    " AND upstream_batch_id IS NOT NULL"
 )
 NEXT_DUE = text(
     f"SELECT extract(epoch FROM min(next_poll_at) - now()) FROM upstream_jobs"

@@ -149,6 +149,14 @@ class BatchPoller:
             log.warning("job %s: unreadable output: %s", job.id, exc)
             bad = {"code": ErrorCode.UPSTREAM_JOB_BAD_OUTPUT, "message": str(exc)}
             await self._give_back(job, bad, counted=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise
+            # A bug must not stop the other jobs' polls, nor spin on this one: it waits.
+            log.exception("job %s: polling failed", job.id)
+            await self.store.polled(job.id, None, config.poll_max_s, f"{type(exc).__name__}")
 
     async def _recover(
         self, job: UpstreamJob, deployment: Deployment, api: ProviderBatches
