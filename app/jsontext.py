@@ -9,6 +9,7 @@ refuses (integers past 64 bits, say) gets the standard library's text, or its er
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -22,6 +23,23 @@ def dumpb(obj: Any) -> bytes:
         return orjson.dumps(obj, option=_OPTIONS)
     except TypeError:
         return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# A number of 20 digits or more: orjson reads integers past 64 bits as floats, json as ints.
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+
+
+def loadb(raw: bytes | bytearray, **options: Any) -> Any:
+    """``json.loads(raw, **options)``, read by orjson (a chat completion: several times faster)
+    when it gives the same value. Whatever orjson refuses (NaN, numbers out of range, lone
+    surrogates, a BOM, other encodings, deep nesting) and long numbers are read by
+    ``json.loads`` itself, so its values, hooks (``options``) and errors are the same."""
+    if not _LONG_DIGITS.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw, **options)
 
 
 def dumps(obj: Any) -> str:

@@ -73,7 +73,12 @@ def create_app(
         middleware=[
             Middleware(ErrorMiddleware),
             Middleware(AuthMiddleware, keys=services.key_cache),
-            Middleware(TierMiddleware, settings=settings, budget=services.body_budget),
+            Middleware(
+                TierMiddleware,
+                settings=settings,
+                budget=services.body_budget,
+                answer=services.inference.serve,
+            ),
         ],
         exception_handlers={
             APIError: _api_error,

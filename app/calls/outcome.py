@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from app.calls.pricing import PriceBook
+from app.jsontext import loadb
 from app.metrics import Metrics
 from app.openai.objects import restore_previous
 from app.openai.upstream_errors import normalize_error
@@ -61,7 +62,7 @@ def answered(
     """The row's outcome of a whole answer, and the body to send: stamped with our id (so it
     can be fetched), or, for an error, in OpenAI's shape."""
     try:
-        body = json.loads(content)
+        body = loadb(content)
     except ValueError:
         body = None
     if status >= 400:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from app.cache.service import BYPASSED, Lookup, ResponseCache, cache_of, skips
 from app.calls.conversations import Conversations
@@ -53,12 +54,19 @@ class InferenceHandler:
         self.cache = cache
         self.cached = cached
 
-    async def handle(self, request: Request) -> Response:
-        """The answer to the classified call of ``request``."""
-        decision = classified(request.scope)
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The classified call answered as an ASGI app: the tier middleware calls it directly,
+        without the router and its exception layers (an ``APIError`` raised here becomes its
+        response in ``ErrorMiddleware``, as it did in the router's exception handler)."""
+        response = await self.handle(scope, receive)
+        await response(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive) -> Response:
+        """The answer to the classified call of the request of ``scope``."""
+        decision = classified(scope)
         call, hold = decision.call, decision.hold
         del decision
-        key = current_key(request.scope)
+        key = current_key(scope)
         if "previous_response_id" in call.body:  # the history, for every tier alike
             call = await self.conversations.resolve(call, key)
             check_for_chat(call.body, self.settings, call.model, call.pin)
@@ -73,7 +81,7 @@ class InferenceHandler:
         lookup: Lookup | None = None
         if cache_of(call.model) is not None:
             lookup = BYPASSED
-            if not skips(request.headers.get(Header.CACHE), key.cache_enabled):
+            if not skips(Headers(scope=scope).get(Header.CACHE), key.cache_enabled):
                 lookup = await self.cache.lookup(call.endpoint, call.body, call.model, key.id)
             self.cache.count(call.model.name, lookup.result)
             call = dataclasses.replace(call, cache=lookup.result)
@@ -81,7 +89,7 @@ class InferenceHandler:
         if lookup is not None and lookup.hit:
             handler = self.cached.answer(call, key, lookup)
         elif call.deferred:  # over its rate, such work waits in the queue: never refused
-            handler = self.deferred.handle(call, key, request.receive, accepted=hold.release)
+            handler = self.deferred.handle(call, key, receive, accepted=hold.release)
         else:
             handler = self.proxy.handle(call, key, lookup)
         del call, lookup  # the handler's frame owns the body now

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
 from app.store.outcomes import Outcome
 from app.store.realtime import RealtimeEnd, RealtimeStart, RealtimeTracker, RealtimeWhole
-from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_after, within
+from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_after
 from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
 from app.upstream.router import NoCapacity, Router
@@ -57,12 +57,15 @@ PASS_HEADERS = ("content-type", "retry-after", "retry-after-ms", "openai-process
 
 @dataclass
 class Opened:
-    """A deployment's answer: ``content`` read whole, or ``None`` for a stream to relay."""
+    """A deployment's answer: ``content`` read whole, or ``stream`` to relay (``stack``
+    closes it)."""
 
     deployment: Deployment
-    response: httpx.Response
-    stack: contextlib.AsyncExitStack
-    content: bytes | None
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes | None = None
+    stream: httpx.Response | None = None
+    stack: contextlib.AsyncExitStack | None = None
 
 
 class RealtimeProxy:
@@ -139,27 +142,28 @@ class RealtimeProxy:
             if record is not None:
                 await record
         except BaseException:
-            await opened.stack.aclose()
+            if opened.stack is not None:
+                await opened.stack.aclose()
             self.router.end(opened.deployment, telling=False)
             raise
-        upstream, deployment = opened.response, opened.deployment
+        status, deployment = opened.status_code, opened.deployment
         served = deployment.label(call.model.name)
-        headers = {k: v for k, v in upstream.headers.items() if k in PASS_HEADERS}
+        headers = {k: v for k, v in opened.headers.items() if k in PASS_HEADERS}
         headers["x-request-id"] = rid
         headers[Header.DEPLOYMENT] = served
         naming = names(call.model, deployment)  # answers name the model the client asked for
         if opened.content is None:
             return StreamingResponse(
                 self._relay(rid, call, started, opened, naming, key.id, lookup),
-                status_code=upstream.status_code,
+                status_code=status,
                 headers=headers,
             )
         content = renamed(opened.content, *naming)
         content_type = headers.get("content-type")
-        if upstream.status_code >= 400:  # in OpenAI's shape, whatever the provider sent
+        if status >= 400:  # in OpenAI's shape, whatever the provider sent
             headers["content-type"] = "application/json"
         outcome, content = answered(
-            call.endpoint, call.body, rid, upstream.status_code, content, served, content_type
+            call.endpoint, call.body, rid, status, content, served, content_type
         )
         # Recorded before answering: once the client has its answer, so has the row.
         await self._finish(rid, call, started, outcome)
@@ -168,7 +172,7 @@ class RealtimeProxy:
             if answer is None:  # embeddings: their bodies are not kept on the row
                 answer = json.loads(content)
             self._remember(call, key.id, lookup, answer)
-        return Response(content, status_code=upstream.status_code, headers=headers)
+        return Response(content, status_code=status, headers=headers)
 
     def _remember(self, call: Call, owner: str, lookup: Lookup, answer: Any) -> None:
         if self.cache is not None:
@@ -208,14 +212,14 @@ class RealtimeProxy:
             except BaseException:
                 self.router.end(deployment, telling=False)
                 raise
-            status = opened.response.status_code
+            status = opened.status_code
             if status >= 400 and (rule := rule_for_status(status)).elsewhere:
                 ended_badly(
                     self.router,
                     deployment,
                     rule,
                     fault=f"HTTP {status}",
-                    retry_after_s=retry_after(opened.response.headers),
+                    retry_after_s=retry_after(opened.headers),
                     realtime=True,
                 )
                 failure = opened
@@ -231,21 +235,25 @@ class RealtimeProxy:
 
     async def _open(self, call: Call, deployment: Deployment) -> Opened:
         """One call to one deployment: a stream to relay, or the whole answer read."""
+        if not call.stream:  # timeout_s bounds the whole of it
+            answer = await self.upstream.whole(deployment, call.endpoint, call.body)
+            return Opened(deployment, answer.status_code, answer.headers, answer.content)
+        # A stream's timeout_s bounds each wait for a chunk.
         stack = contextlib.AsyncExitStack()
         try:
-            # A stream's timeout_s bounds each wait for a chunk; any other call's, the whole of it.
-            async with contextlib.nullcontext() if call.stream else within(call.model.timeout_s):
-                upstream = await stack.enter_async_context(
-                    self.upstream.open(deployment, call.endpoint, upstream_body(call))
-                )
-                relay = call.stream and upstream.status_code < 400
-                content = None if relay else await read_all(upstream)
+            upstream = await stack.enter_async_context(
+                self.upstream.open(deployment, call.endpoint, upstream_body(call))
+            )
+            if upstream.status_code >= 400:
+                content = await read_all(upstream)
+                await stack.aclose()
+                return Opened(deployment, upstream.status_code, upstream.headers, content)
         except BaseException:
             await stack.aclose()
             raise
-        if content is not None:
-            await stack.aclose()
-        return Opened(deployment, upstream, stack, content)
+        return Opened(
+            deployment, upstream.status_code, upstream.headers, stream=upstream, stack=stack
+        )
 
     async def _failed(
         self, rid: str, call: Call, started: float, exc: UpstreamError | NoCapacity
@@ -283,7 +291,8 @@ class RealtimeProxy:
         whatever the connection does next (the SDK closes it right after ``[DONE]``, often
         before the upstream has ended its body) cannot make it ``client_disconnected``.
         """
-        upstream, deployment = opened.response, opened.deployment
+        upstream, deployment = opened.stream, opened.deployment
+        assert upstream is not None
         served = deployment.label(call.model.name)
         fault: str | None = None
         relay = relay_for(
@@ -353,7 +362,8 @@ class RealtimeProxy:
         outcome: Outcome,
         fault: str | None = None,
     ) -> None:
-        await opened.stack.aclose()
+        if opened.stack is not None:
+            await opened.stack.aclose()
         telling = outcome.status == Status.COMPLETED
         self.router.end(opened.deployment, fault=fault, telling=telling)
         await asyncio.shield(self._finish(rid, call, started, outcome))

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from app.jsontext import loadb
 from app.keys import ApiKey
 from app.openai.chat_request import LEGACY_CHAT_FIELDS, Untranslatable, chat_request, deprecated
 from app.openai.errors import APIError, bad_request
@@ -54,7 +55,7 @@ def parse_json(raw: bytes | bytearray) -> dict[str, Any]:
         # PostgreSQL's jsonb cannot hold NUL characters; say so instead of failing later.
         raise bad_request("The body contains a NUL character (\\u0000), which is not supported.")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        body = loadb(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise bad_request(TOO_DEEP) from None
     except (ValueError, UnicodeDecodeError) as exc:

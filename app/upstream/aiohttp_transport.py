@@ -9,10 +9,12 @@ through anyio), which aiohttp does not. ``limits.upstream_transport: httpx`` swi
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
+from yarl import URL
 
 
 class _Body(httpx.AsyncByteStream):
@@ -44,6 +46,37 @@ KEEPALIVE_S = 4.0
 def _client_timeout(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
     """aiohttp's timeouts for httpx's (frozen, so one per model's timeout is shared)."""
     return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+
+
+# Headers that describe the bytes on the wire, not the (decompressed, whole) body handed on.
+_WIRE_HEADERS = frozenset(("content-encoding", "content-length", "transfer-encoding"))
+
+
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """An answer read whole: its status, its headers (lower-case names, a repeated one's values
+    joined by ``", "``, as ``httpx.Headers`` gives them) and its body."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
+def _headers_of(response: aiohttp.ClientResponse) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw_name, raw_value in response.raw_headers:
+        name = raw_name.decode("latin-1").lower()
+        if name in _WIRE_HEADERS:
+            continue
+        value = raw_value.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _url(raw: str) -> URL:
+    """A provider's endpoint, parsed once (yarl's parsing is costly per request)."""
+    return URL(raw)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -96,6 +129,43 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status, headers=headers, stream=_Body(response), request=request
         )
+
+    async def whole(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        content: bytes,
+        timeout: Mapping[str, float | None],
+    ) -> Whole:
+        """One POST whose answer is read whole, without httpx's request and response objects
+        (the realtime proxy's and the workers' hot path). Failures are the httpx errors
+        :meth:`handle_async_request` and a response's body raise, chained alike."""
+        try:
+            response = await self._get_session().request(
+                "POST",
+                _url(url),
+                headers=headers,
+                data=content,
+                allow_redirects=False,
+                timeout=_client_timeout(timeout.get("connect"), timeout.get("read")),
+            )
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise httpx.ConnectTimeout("upstream connect timed out") from exc
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout("upstream timed out") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError("cannot reach upstream") from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.RemoteProtocolError("upstream connection failed") from exc
+        try:
+            body = await response.read()
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout("upstream read timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise httpx.ReadError("upstream connection broke") from exc
+        finally:
+            response.release()
+        return Whole(response.status, _headers_of(response), body)
 
     async def aclose(self) -> None:
         if self._session is not None:

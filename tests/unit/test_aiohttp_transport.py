@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -84,3 +85,23 @@ async def test_read_timeout_and_refused_connection_map_to_httpx_errors(server: s
             await client.get(server + "/slow", timeout=httpx.Timeout(0.2))
         with pytest.raises(httpx.ConnectError):
             await client.get(f"http://127.0.0.1:{free_port()}/")
+
+
+async def test_whole_answers_skip_httpx_and_map_failures_alike(server: str):
+    transport = AiohttpTransport()
+    timeout = httpx.Timeout(0.2).as_dict()
+    try:
+        answer = await transport.whole(
+            server + "/echo",
+            {"content-type": "application/json", "authorization": "Bearer x"},
+            b'{"a": 1}',
+            timeout,
+        )
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "application/json"
+        assert "content-length" not in answer.headers  # the wire's, not the body's
+        assert json.loads(answer.content) == {"got": {"a": 1}, "auth": "Bearer x"}
+        with pytest.raises(httpx.ConnectError):
+            await transport.whole(f"http://127.0.0.1:{free_port()}/", {}, b"", timeout)
+    finally:
+        await transport.aclose()

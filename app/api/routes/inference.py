@@ -15,8 +15,9 @@ from app.vocabulary import Endpoint
 
 
 async def create(request: Request) -> Response:
-    """A Response, chat completion or embeddings, on the tier the call asked for."""
-    return await services(request).inference.handle(request)
+    """A Response, chat completion or embeddings, on the tier the call asked for (the tier
+    middleware answers these calls itself, see ``TierMiddleware``'s ``answer``)."""
+    return await services(request).inference.handle(request.scope, request.receive)
 
 
 routes = [Route(str(endpoint), create, methods=["POST"]) for endpoint in Endpoint]

@@ -44,8 +44,18 @@ def classified(scope: Scope) -> Classified:
 class TierMiddleware:
     """Reads and classifies inference calls by ``service_tier`` and ``background``."""
 
-    def __init__(self, app: ASGIApp, *, settings: Settings, budget: ByteBudget) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        budget: ByteBudget,
+        answer: ASGIApp | None = None,
+    ) -> None:
         self.app = app
+        # What answers a classified call: the inference handler itself, rather than the
+        # router, its routes and their two exception layers with their send wrappers.
+        self.answer = answer or app
         self.settings = settings
         self.budget = budget
         self.limit = settings.limits.max_body_bytes
@@ -70,6 +80,6 @@ class TierMiddleware:
             )
             del raw
             scope["path"] = endpoint  # the route's own spelling (no trailing slash)
-            await self.app(scope, receive, send)
+            await self.answer(scope, receive, send)
         finally:
             hold.release()
