@@ -168,6 +168,16 @@ class DeploymentConfig(BaseModel):
     def _strip_slash(cls, value: str) -> str:
         return upstream_url(value)
 
+    def executor_text(self) -> str:
+        """Its executor as ``tiergate deployments`` and the dashboard show it: ``direct``,
+        ``flex (900 s)``, ``batch openai → flex`` (the path of rows whose window is too short
+        for a job)."""
+        if self.executor == ExecutorKind.FLEX:
+            return f"flex ({self.flex.timeout_s:g} s)"
+        if self.executor == ExecutorKind.BATCH:
+            return f"batch {self.batch.api} → {self.batch.fallback}"
+        return str(self.executor)
+
 
 def upstream_url(value: str) -> str:
     """An upstream's base URL without its trailing slash: http(s) with a host, or ``mock``."""

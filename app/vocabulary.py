@@ -123,6 +123,28 @@ class PriceTier(StrEnum):
 SQL_PRICE_TIER = f"CASE WHEN batch_id IS NULL THEN service_tier ELSE '{PriceTier.BATCH}' END"
 
 
+class UsagePath(StrEnum):
+    """What a report calls rows without an executor (``requests.executor`` is NULL)."""
+
+    CACHE = "cache"  # answered from the response cache: no upstream call
+    REALTIME = "realtime"  # a realtime call (the gateway called the deployment)
+    NONE = "none"  # a deferred row that never ran (expired, cancelled, or older than 0019)
+
+
+def sql_executor_path(r: str = "") -> str:
+    """The path a ``requests`` row ran on, in SQL (``r``: the table's alias and a dot):
+    ``direct``, ``flex``, ``batch`` (``requests.executor``), else a :class:`UsagePath`. The
+    same expression as the ``executor`` column of the view ``tiergate_usage_by_key``
+    (migration 0020)."""
+    return (
+        f"CASE WHEN {r}executor IS NOT NULL THEN {r}executor"
+        f" WHEN {r}cache IN ('{CacheResult.HIT}', '{CacheResult.SEMANTIC_HIT}')"
+        f" THEN '{UsagePath.CACHE}'"
+        f" WHEN {r}batch_id IS NULL AND {r}service_tier <> '{Tier.FLEX}' AND NOT {r}background"
+        f" THEN '{UsagePath.REALTIME}' ELSE '{UsagePath.NONE}' END"
+    )
+
+
 class Queue(StrEnum):
     """procrastinate queues (single requests are claimed from ``requests``, not queued)."""
 

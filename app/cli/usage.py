@@ -120,5 +120,10 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="up to this date (included) or time (excluded)",
     )
-    usage.add_argument("--by", choices=("model", "tier", "day", "key"), default="model")
+    usage.add_argument(
+        "--by",
+        choices=("model", "tier", "day", "key", "executor"),
+        default="model",
+        help="executor: the path each request ran on (direct, flex, batch; cache, realtime, none)",
+    )
     usage.set_defaults(func=cmd_usage)

@@ -17,6 +17,7 @@ from app.vocabulary import FINAL_BATCH, BatchStatus
 NAV = (
     ("overview", "Overview", "/dashboard"),
     ("batches", "Batches", "/dashboard/batches"),
+    ("jobs", "Provider jobs", "/dashboard/jobs"),
     ("requests", "Requests", "/dashboard/requests"),
     ("usage", "Usage", "/dashboard/usage"),
     ("keys", "Keys", "/dashboard/keys"),
@@ -97,8 +98,8 @@ def overview() -> Markup:
 <thead><tr><th>Model</th><th>Tier</th><th>Pending</th><th>In progress</th></tr></thead>
 <tbody></tbody></table></div><p class="meta" id="queue-age"></p></div>
 <div class="card"><h2>In flight per deployment</h2><div class="scroll">
-<table id="in-flight"><thead><tr><th>Model</th><th>Deployment</th><th>State</th>
-<th>In flight</th></tr></thead><tbody></tbody></table></div></div>
+<table id="in-flight"><thead><tr><th>Model</th><th>Deployment</th><th>Executor</th>
+<th>State</th><th>In flight</th></tr></thead><tbody></tbody></table></div></div>
 </section>
 <section class="card processes"><h2>Processes</h2>
 <p class="meta" id="process-summary"></p><div class="scroll"><table id="processes" class="stack">
@@ -423,6 +424,7 @@ def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
             ("Key", r["key_name"]),
             ("Model", r["model"]),
             ("Deployment", r["deployment"]),
+            ("Executor", r["path"]),
             ("Response cache", r["cache"]),
             ("Endpoint", r["endpoint"]),
             ("Tier", r["tier"]),
@@ -442,6 +444,7 @@ def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
             ("Reasoning tokens", r["reasoning_tokens"]),
             ("Total tokens", r["total_tokens"]),
             ("Cost (USD)", r["cost_usd"]),
+            *_provider_job(r),
         )
     )
     if bodies is None:
@@ -461,6 +464,150 @@ def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
         facts=facts,
         timeline=timeline,
         shown=shown,
+    )
+
+
+def _provider_job(r: RowMapping) -> list[tuple[str, Any]]:
+    """The provider Batch API job holding a row (none: no facts)."""
+    if not r["upstream_job_id"]:
+        return []
+    return [
+        (
+            "Provider job",
+            link(f"/dashboard/jobs#{quote(r['upstream_job_id'])}", r["upstream_job_id"]),
+        ),
+        ("Provider batch", r["job_upstream_batch_id"]),
+        ("Job status", status(r["job_status"]) if r["job_status"] else None),
+        ("Provider status", r["job_upstream_status"]),
+    ]
+
+
+def _counts(counts: dict[str, int] | None) -> str | None:
+    """``completed 98, failed 2``: how a job's rows ended."""
+    if not counts:
+        return None
+    return ", ".join(f"{name} {n:,}" for name, n in sorted(counts.items()))
+
+
+def _job_cell(j: RowMapping) -> Markup:
+    """A job's id, the anchor a request page links to."""
+    return render('<code id="{id}">{id}</code>', id=j["id"])
+
+
+def jobs(
+    open_jobs: Sequence[RowMapping],
+    ended: Sequence[RowMapping],
+    batch_deployments: Sequence[str],
+    *,
+    offset: int,
+    page_size: int,
+    more: bool,
+) -> Markup:
+    """Providers' Batch API jobs: every open one, then the ended ones, newest first, a page
+    at a time (``more``: an older page exists)."""
+    if batch_deployments:
+        uses = render(
+            "Deployments with <code>executor: batch</code>: {names}.",
+            names=", ".join(batch_deployments),
+        )
+    else:
+        uses = Markup("No deployment of this configuration has <code>executor: batch</code>.")
+    pages: list[Markup] = []
+    if offset > 0:
+        pages.append(link(f"/dashboard/jobs?ended={max(0, offset - page_size)}", "← newer"))
+    if more:
+        pages.append(link(f"/dashboard/jobs?ended={offset + page_size}", "older →"))
+    shown = (
+        render(
+            '<p class="meta">Jobs {a} to {b}, newest first.</p>',
+            a=offset + 1,
+            b=offset + len(ended),
+        )
+        if ended
+        else Markup("")
+    )
+    return render(
+        """<p class="meta">Jobs of providers' Batch APIs that deferred rows were sent in.
+{uses}</p>
+<section class="card jobs-open"><h2>Open</h2>
+<p class="meta">Being submitted or running at the provider, newest first.</p>{open}</section>
+<section class="card jobs-ended"><h2>Ended</h2>{shown}{ended}
+<nav class="pager" aria-label="ended job pages">{pages}</nav></section>""",
+        uses=uses,
+        open=table(
+            (
+                "Job",
+                "Model",
+                "Deployment",
+                "API",
+                "Status",
+                "Provider batch",
+                "Provider status",
+                "Rows",
+                "Polls",
+                "Created",
+                "Age",
+                "Next poll",
+                "Last error",
+            ),
+            (
+                (
+                    _job_cell(j),
+                    j["model"],
+                    j["deployment"],
+                    j["api"],
+                    status(j["status"]),
+                    j["upstream_batch_id"],
+                    j["upstream_status"],
+                    j["rows"],
+                    j["polls"],
+                    j["created_at"],
+                    duration(round(j["age_s"])),
+                    j["next_poll_at"],
+                    j["last_error"],
+                )
+                for j in open_jobs
+            ),
+            empty="no open provider job",
+            cls="jobs open-jobs stack",
+        ),
+        shown=shown,
+        ended=table(
+            (
+                "Job",
+                "Model",
+                "Deployment",
+                "API",
+                "Provider batch",
+                "Provider status",
+                "Rows",
+                "Rows ended",
+                "Created",
+                "Ended",
+                "Took",
+                "Last error",
+            ),
+            (
+                (
+                    _job_cell(j),
+                    j["model"],
+                    j["deployment"],
+                    j["api"],
+                    j["upstream_batch_id"],
+                    j["upstream_status"],
+                    j["rows"],
+                    _counts(j["counts"]),
+                    j["created_at"],
+                    j["ended_at"],
+                    duration(round(j["age_s"])),
+                    j["last_error"],
+                )
+                for j in ended
+            ),
+            empty="no job on this page" if offset else "no provider job has ended",
+            cls="jobs ended-jobs stack",
+        ),
+        pages=join(pages),
     )
 
 

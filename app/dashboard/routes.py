@@ -41,7 +41,7 @@ from app.dashboard.session import (
 from app.gateway.services import Services
 from app.store.dashboard import PAGE, DashboardStore
 from app.store.presence import process_views
-from app.vocabulary import BatchStatus, Status
+from app.vocabulary import BatchStatus, ExecutorKind, Status
 
 HEADERS = {
     "content-security-policy": (
@@ -192,14 +192,15 @@ async def overview_json(request: Request, admin: Admin) -> Response:
     views = await process_views(services.engine, fresh_s=fresh_s)
     processes = await store.processes()
     flights: dict[tuple[str, str], dict[str, Any]] = {
-        (model.name, d.name): {"in_flight": 0, "states": set()}
+        (model.name, d.name): {"in_flight": 0, "states": set(), "executor": d.executor_text()}
         for model in services.settings.models.values()
         for d in model.deployments
     }
     for view in views:
         for entry in view["deployments"] or []:
             seen = flights.setdefault(
-                (entry["model"], entry["deployment"]), {"in_flight": 0, "states": set()}
+                (entry["model"], entry["deployment"]),
+                {"in_flight": 0, "states": set(), "executor": "not in this config"},
             )
             seen["in_flight"] += entry.get("in_flight", 0)
             seen["states"].add(entry.get("state"))
@@ -238,6 +239,7 @@ async def overview_json(request: Request, admin: Admin) -> Response:
                 {
                     "model": model,
                     "deployment": deployment,
+                    "executor": v["executor"],
                     "state": ", ".join(sorted(str(s) for s in v["states"] if s))
                     or "no process reporting",
                     "in_flight": v["in_flight"],
@@ -316,6 +318,29 @@ async def request_detail(request: Request, admin: Admin) -> Response:
 
 
 @page
+async def jobs(request: Request, admin: Admin) -> Response:
+    store = _store(request)
+    offset = _offset(request, "ended")
+    open_jobs = await store.open_jobs()
+    ended = await store.ended_jobs(offset, PAGE + 1)
+    batch_deployments = [
+        f"{model.name}/{d.name}"
+        for model in _services(request).settings.models.values()
+        for d in model.deployments
+        if d.executor == ExecutorKind.BATCH
+    ]
+    body = pages.jobs(
+        open_jobs,
+        ended[:PAGE],
+        batch_deployments,
+        offset=offset,
+        page_size=PAGE,
+        more=len(ended) > PAGE,
+    )
+    return _html(request, "jobs", "Provider jobs", body, admin)
+
+
+@page
 async def usage(request: Request, admin: Admin) -> Response:
     rows = await _store(request).usage_by_day(USAGE_DAYS)
     return _html(request, "usage", "Usage", pages.usage(rows, USAGE_DAYS), admin)
@@ -352,6 +377,7 @@ routes = [
     Route("/dashboard/api/batches/{id}", batch_json, methods=["GET"]),
     Route("/dashboard/batches", batch_list, methods=["GET"]),
     Route("/dashboard/batches/{id}", batch, methods=["GET"]),
+    Route("/dashboard/jobs", jobs, methods=["GET"]),
     Route("/dashboard/requests", request_search, methods=["GET"]),
     Route("/dashboard/requests/{id}", request_detail, methods=["GET"]),
     Route("/dashboard/usage", usage, methods=["GET"]),

@@ -14,7 +14,13 @@ from typing import Any
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.vocabulary import SQL_PRICE_TIER, UNSUCCESSFUL, sql_in
+from app.vocabulary import (
+    SQL_PRICE_TIER,
+    UNSUCCESSFUL,
+    UpstreamJobStatus,
+    sql_executor_path,
+    sql_in,
+)
 
 PAGE = 50
 # A ``requests r`` row's pricing tier (``batch`` for Batch API lines), as ``tiergate usage``
@@ -85,10 +91,15 @@ REQUEST_COLUMNS = (
     " r.background, r.stream, r.status, r.attempts, r.response_status, r.error, r.attempt_errors,"
     " r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens, r.total_tokens,"
     " r.cost_usd, r.deployment, r.claimed_by, r.created_at, r.started_at, r.finished_at,"
-    f" r.expires_at, r.not_before, r.cache, {R_PRICE_TIER} AS tier, k.name AS key_name"
+    f" r.expires_at, r.not_before, r.cache, {R_PRICE_TIER} AS tier, k.name AS key_name,"
+    f" {sql_executor_path('r.')} AS path, r.upstream_job_id"
 )
+# A request, with the provider job holding it (by primary key) when it has one.
 REQUEST = text(
-    f"SELECT {REQUEST_COLUMNS} FROM requests r JOIN api_keys k ON k.id = r.owner_key_id"
+    f"SELECT {REQUEST_COLUMNS}, j.upstream_batch_id AS job_upstream_batch_id,"
+    " j.status AS job_status, j.upstream_status AS job_upstream_status"
+    " FROM requests r JOIN api_keys k ON k.id = r.owner_key_id"
+    " LEFT JOIN upstream_jobs j ON j.id = r.upstream_job_id"
     " WHERE r.id = :id"
 )
 REQUEST_BODIES = text("SELECT body, response_body FROM requests WHERE id = :id")
@@ -114,6 +125,23 @@ PROCESSES = text(
     "SELECT id, kind, hostname, pid, started_at, last_seen_at, deployments,"
     " extract(epoch FROM now() - last_seen_at)::float8 AS silent_s"
     " FROM processes ORDER BY last_seen_at DESC, kind, started_at LIMIT :limit"
+)
+# Providers' Batch API jobs: every open one (``upstream_jobs_open_idx``, materialized so the
+# newest-first order never walks the ended ones), and the ended ones a page at a time, newest
+# first (``upstream_jobs_created_idx``).
+JOB_COLUMNS = (
+    "id, model, deployment, api, endpoint, status, rows, upstream_batch_id, upstream_status,"
+    " polls, next_poll_at, last_error, counts, created_at, submitted_at, ended_at,"
+    " extract(epoch FROM coalesce(ended_at, now()) - created_at)::float8 AS age_s"
+)
+OPEN_JOBS = text(
+    f"WITH open AS MATERIALIZED (SELECT {JOB_COLUMNS} FROM upstream_jobs"
+    f" WHERE status <> '{UpstreamJobStatus.ENDED}')"
+    " SELECT * FROM open ORDER BY created_at DESC, id DESC LIMIT :limit"
+)
+ENDED_JOBS = text(
+    f"SELECT {JOB_COLUMNS} FROM upstream_jobs WHERE status = '{UpstreamJobStatus.ENDED}'"
+    " ORDER BY created_at DESC, id DESC OFFSET :offset LIMIT :limit"
 )
 FILE = text("SELECT id, filename, bytes, status FROM files WHERE id = :id")
 
@@ -195,6 +223,14 @@ class DashboardStore:
 
     async def keys(self) -> list[RowMapping]:
         return await self._all(KEYS)
+
+    async def open_jobs(self, limit: int = 200) -> list[RowMapping]:
+        """Open provider jobs, newest first (at most ``limit``)."""
+        return await self._all(OPEN_JOBS, limit=limit)
+
+    async def ended_jobs(self, offset: int, limit: int = PAGE) -> list[RowMapping]:
+        """Ended provider jobs ``offset`` .. ``offset + limit``, newest first."""
+        return await self._all(ENDED_JOBS, offset=offset, limit=limit)
 
     async def file(self, id: str) -> RowMapping | None:
         return await self._one(FILE, id=id)

@@ -381,6 +381,8 @@ upstream_jobs = Table(
         "next_poll_at",
         postgresql_where=text(f"status <> '{UpstreamJobStatus.ENDED}'"),
     ),
+    # The dashboard's pages of recent jobs, newest first.
+    Index("upstream_jobs_created_idx", "created_at"),
     comment="providers' Batch API jobs that deferred rows were sent in",
 )
 

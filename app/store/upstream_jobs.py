@@ -102,6 +102,20 @@ UPDATE upstream_jobs SET upstream_status = coalesce(:status, upstream_status),
 WHERE id = :job
 """
 ).bindparams(bindparam("in_s", type_=Float))
+# Open jobs per deployment (``tiergate deployments``): one statement over the open jobs only
+# (``upstream_jobs_open_idx`` holds them), however many ended jobs pile up.
+OPEN_BY_DEPLOYMENT = text(
+    f"""
+SELECT model, deployment,
+       count(*) FILTER (WHERE status = '{UpstreamJobStatus.SUBMITTING}') AS submitting,
+       count(*) FILTER (WHERE status = '{UpstreamJobStatus.RUNNING}') AS running,
+       sum(rows)::bigint AS rows,
+       extract(epoch FROM now() - min(coalesce(submitted_at, created_at))
+           FILTER (WHERE status = '{UpstreamJobStatus.RUNNING}'))::float8 AS oldest_running_s
+FROM upstream_jobs WHERE status <> '{UpstreamJobStatus.ENDED}'
+GROUP BY model, deployment ORDER BY model, deployment
+"""
+)
 HELD = text(
     f"""
 SELECT r.id, r.attempts, r.body, r.model, r.endpoint, r.batch_id, r.service_tier,
@@ -185,6 +199,19 @@ class UpstreamJob(FromRow):
     upstream_status: str | None
     polls: int
     created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OpenJobs(FromRow):
+    """A deployment's open provider jobs: how many are being submitted, how many run (the
+    oldest for how long, since its submission), and the rows they hold."""
+
+    model: str
+    deployment: str
+    submitting: int
+    running: int
+    rows: int
+    oldest_running_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +318,12 @@ class UpstreamJobStore:
         async with self.engine.connect() as conn:
             found = (await conn.execute(NEXT_DUE)).scalar()
         return None if found is None else float(found)
+
+    async def open_by_deployment(self) -> list[OpenJobs]:
+        """The open jobs of every deployment that has some (one statement)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(OPEN_BY_DEPLOYMENT)
+            return [OpenJobs.from_row(row) for row in rows.mappings()]
 
     async def polled(
         self, job: str, status: str | None, poll_in_s: float, error: str | None = None

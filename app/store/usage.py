@@ -12,9 +12,9 @@ from typing import Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.vocabulary import SQL_PRICE_TIER, Status
+from app.vocabulary import SQL_PRICE_TIER, Status, sql_executor_path
 
-By = Literal["model", "tier", "day", "key"]
+By = Literal["model", "tier", "day", "key", "executor"]
 
 # What each report grouping is, in SQL over ``requests r`` joined to ``api_keys k``.
 GROUPS: dict[str, str] = {
@@ -24,6 +24,8 @@ GROUPS: dict[str, str] = {
     ),
     "day": "to_char(date_trunc('day', r.finished_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",
     "key": "k.name",
+    # The path each row ran on (direct, flex, batch; cache, realtime, none: see vocabulary).
+    "executor": sql_executor_path("r."),
 }
 
 SUMS = """count(*) AS requests,

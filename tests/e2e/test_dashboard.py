@@ -49,13 +49,36 @@ EVIL = "<script>alert('x')</script>"
 TIMEOUT_S = 60
 
 
+# A deployment whose deferred rows run in jobs of the mock provider's Batch API.
+BULK = {
+    "name": "bulk",
+    "deployments": [
+        {
+            "name": "provider",
+            "executor": "batch",
+            "batch": {
+                "turnaround_s": 20,
+                "margin_s": 5,
+                "gather_s": 0.5,
+                "poll_min_s": 0.2,
+                "poll_max_s": 0.5,
+            },
+        }
+    ],
+}
+
+
 @pytest.fixture(scope="module")
-def gateway_config(gateway_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared config, with heartbeats and queue counts often enough to watch live."""
+def gateway_config(
+    gateway_config: Path, tmp_path_factory: pytest.TempPathFactory, mock_upstream: str
+) -> Path:
+    """The shared config, with heartbeats and queue counts often enough to watch live, and
+    a model whose deployment uses the provider's Batch API."""
     data = yaml.safe_load(gateway_config.read_text())
     limits = {**data["limits"], "heartbeat_s": 0.5, "metrics_max_age_s": 1}
     path = tmp_path_factory.mktemp("config") / "tiergate.yaml"
-    return write_config(path, data["models"], limits)
+    bulk = {**BULK, "deployments": [{**BULK["deployments"][0], "upstream": f"{mock_upstream}/v1"}]}
+    return write_config(path, [*data["models"], bulk], limits)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +154,13 @@ def no_alert(browser: WebDriver) -> None:
 
 def test_without_a_session_there_is_no_data(gateway: Gateway, key: str):
     with httpx.Client(base_url=gateway.url, follow_redirects=False) as http:
-        for path in ("/dashboard", "/dashboard/keys", "/dashboard/usage", "/dashboard/batches"):
+        for path in (
+            "/dashboard",
+            "/dashboard/keys",
+            "/dashboard/usage",
+            "/dashboard/batches",
+            "/dashboard/jobs",
+        ):
             answer = http.get(path)
             assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/sign-in"
         for path in ("/dashboard/api/overview", "/dashboard/api/batches/batch_x"):
@@ -227,6 +256,7 @@ def test_no_route_writes(gateway: Gateway):
         "/dashboard/batches/batch_x",
         "/dashboard/requests",
         "/dashboard/requests/resp_x",
+        "/dashboard/jobs",
         "/dashboard/usage",
         "/dashboard/keys",
         "/dashboard/files/file_x",
@@ -368,6 +398,8 @@ def test_find_a_request_by_custom_id(
     rows[0].click()
     WebDriverWait(browser, TIMEOUT_S).until(lambda d: d.find_elements(By.CLASS_NAME, "timeline"))
     assert fact(browser, "Tier") == "batch"
+    assert fact(browser, "Executor") == "direct"  # the path its attempt ran on
+    assert not browser.find_elements(By.CSS_SELECTOR, 'dd[data-field="Provider job"]')
     timeline = browser.find_element(By.CLASS_NAME, "timeline").text
     for step in ("created", "queued", "started", "attempts: 1", "finished: completed"):
         assert step in timeline, timeline
@@ -393,6 +425,50 @@ def test_the_timeline_shows_each_attempt_with_its_error(
     timeline = browser.find_element(By.CLASS_NAME, "timeline").text
     assert "attempt 1 failed" in timeline and "upstream_503" in timeline, timeline
     assert "attempts: 2" in timeline and "finished: completed" in timeline, timeline
+
+
+def test_provider_jobs_and_the_path_a_request_ran_on(
+    signed_in: WebDriver,
+    gateway: Gateway,
+    client: openai.OpenAI,
+    db: psycopg.Connection,
+    shots: Path,
+):
+    browser = signed_in
+    browser.get(gateway.url + "/dashboard/jobs")
+    before = _cells(browser, "table.ended-jobs")
+    assert browser.find_element(By.CSS_SELECTOR, "table.ended-jobs td.empty").text == (
+        "no provider job has ended"
+    )
+    assert "bulk/provider" in browser.find_element(By.CSS_SELECTOR, "main > .meta").text
+    assert before == []
+    # A blocking flex call to a batch deployment runs in a job of the provider's Batch API.
+    answer = client.responses.create(model="bulk", input="through a job", service_tier="flex")
+    assert answer.status == "completed"
+    job = db.execute(
+        "SELECT j.id, j.upstream_batch_id, j.status, j.upstream_status, j.rows"
+        " FROM requests r JOIN upstream_jobs j ON j.id = r.upstream_job_id WHERE r.id = %s",
+        (answer.id,),
+    ).fetchone()
+    assert job is not None and job[2] == "ended"
+    browser.get(f"{gateway.url}/dashboard/requests/{answer.id}")
+    assert fact(browser, "Executor") == "batch" and fact(browser, "Tier") == "flex"
+    assert fact(browser, "Provider job") == job[0]
+    assert fact(browser, "Provider batch") == job[1]
+    assert (fact(browser, "Job status"), fact(browser, "Provider status")) == (job[2], job[3])
+    browser.find_element(By.LINK_TEXT, job[0]).click()
+    WebDriverWait(browser, TIMEOUT_S).until(
+        lambda d: d.current_url.endswith("/dashboard/jobs#" + job[0])
+    )
+    (ended,) = _cells(browser, "table.ended-jobs")
+    assert ended[:7] == [job[0], "bulk", "provider", "openai", job[1], job[3], "1"], ended
+    assert ended[7] == "completed 1"
+    assert browser.find_element(By.CSS_SELECTOR, "table.open-jobs td.empty").text == (
+        "no open provider job"
+    )
+    assert "Jobs 1 to 1, newest first." in browser.page_source
+    assert not browser.find_elements(By.LINK_TEXT, "older →")
+    screenshot(browser, shots, "jobs")
 
 
 def _cells(browser: WebDriver, selector: str) -> list[list[str]]:
@@ -437,7 +513,8 @@ def test_overview_numbers_are_the_views(
             rate = driver.find_element(By.ID, "error-rate")
             shown = (rate.get_attribute("data-requests"), rate.get_attribute("data-errors"))
             depth = sorted(tuple(row) for row in _cells(driver, "#queue-depth"))
-            flights = {(r[0], r[1]): r[3] for r in _cells(driver, "#in-flight")}
+            flights = {(r[0], r[1]): r[4] for r in _cells(driver, "#in-flight")}
+            executors = {(r[0], r[1]): r[2] for r in _cells(driver, "#in-flight")}
             requests, errors = db.execute(
                 "SELECT coalesce(sum(requests), 0), coalesce(sum(errors), 0)"
                 " FROM tiergate_requests_per_minute"
@@ -463,6 +540,8 @@ def test_overview_numbers_are_the_views(
                 and depth == expected
                 and ("remote", "default", "0", "1") in depth
                 and flights.get(("remote", "default")) == "1"
+                and executors.get(("remote", "default")) == "direct"
+                and executors.get(("bulk", "provider")) == "batch openai → flex"
             )
 
         WebDriverWait(browser, TIMEOUT_S, poll_frequency=0.5).until(agree)
@@ -498,7 +577,7 @@ def test_overview_numbers_are_the_views(
     # Live: the page refreshes without reloading, and the call leaves the flight table.
     WebDriverWait(browser, TIMEOUT_S).until(
         lambda d: (
-            {(r[0], r[1]): r[3] for r in _cells(d, "#in-flight")}[("remote", "default")] == "0"
+            {(r[0], r[1]): r[4] for r in _cells(d, "#in-flight")}[("remote", "default")] == "0"
         )
     )
     # Nothing of another origin was loaded.

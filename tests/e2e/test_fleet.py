@@ -416,7 +416,10 @@ def test_processes_share_what_they_observe(
             timeout=60,
             check=True,
         )
-        return json.loads(out.stdout)
+        shown = json.loads(out.stdout)
+        flaky = next(d for d in shown["deployments"] if d["model"] == "flaky")
+        assert flaky["executor"] == "direct" and flaky["jobs"] is None
+        return list(shown["processes"])
 
     def state_in(kind: str) -> set[str]:
         return {
@@ -445,3 +448,5 @@ def test_processes_share_what_they_observe(
     flaky = next(line for line in table.splitlines() if line.startswith("flaky "))
     # Its state moves on every second (cool-downs of 1-2 s); its last error stays.
     assert re.search(r"\b(out \d+s|probing|healthy)\b", flaky) and "HTTP 503" in flaky
+    assert "EXECUTOR" in table.splitlines()[1] and " direct " in flaky
+    assert "Open provider jobs" not in table  # no deployment uses a Batch API

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store import dashboard
+from app.store import dashboard, upstream_jobs
 
 STATEMENTS: dict[str, tuple[TextClause, dict[str, object]]] = {
     "requests per minute": (dashboard.REQUESTS_PER_MINUTE, {"minutes": 15}),
@@ -17,6 +17,14 @@ STATEMENTS: dict[str, tuple[TextClause, dict[str, object]]] = {
     "one request": (dashboard.REQUEST, {"id": "resp_x"}),
     "keys with last use": (dashboard.KEYS, {}),
     "session": (dashboard.FIND_SESSION, {"token_hash": "0" * 64}),
+    "open provider jobs": (dashboard.OPEN_JOBS, {"limit": 200}),
+    "ended provider jobs": (dashboard.ENDED_JOBS, {"offset": 50, "limit": 51}),
+}
+# Reads of ``upstream_jobs`` (never pruned: one row per provider job) go through its indexes.
+JOB_STATEMENTS: dict[str, tuple[TextClause, dict[str, object]]] = {
+    "open provider jobs": STATEMENTS["open provider jobs"],
+    "ended provider jobs": STATEMENTS["ended provider jobs"],
+    "open jobs per deployment": (upstream_jobs.OPEN_BY_DEPLOYMENT, {}),
 }
 
 
@@ -36,6 +44,13 @@ async def test_no_scan_of_requests(engine: AsyncEngine, name: str):
     statement, params = STATEMENTS[name]
     plan = await plan_of(engine, statement, params)
     assert "Seq Scan on requests" not in plan, plan
+
+
+@pytest.mark.parametrize("name", sorted(JOB_STATEMENTS))
+async def test_no_scan_of_upstream_jobs(engine: AsyncEngine, name: str):
+    statement, params = JOB_STATEMENTS[name]
+    plan = await plan_of(engine, statement, params)
+    assert "Seq Scan on upstream_jobs" not in plan, plan
 
 
 async def test_an_unindexed_read_is_seen_scanning(engine: AsyncEngine):

@@ -30,6 +30,7 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]):
             parser.parse_args(argv)
         assert exited.value.code == 2
     assert "not a date" in capsys.readouterr().err
+    assert parser.parse_args(["usage", "--by", "executor"]).by == "executor"
 
 
 def test_the_table_totals_and_marks_unknown_costs():
