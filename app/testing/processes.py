@@ -125,11 +125,12 @@ def start_worker(
     log: Path,
     concurrency: int = 8,
     metrics_port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> Process:
     metrics = ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
     return Process(
         ["worker", "--concurrency", str(concurrency), *metrics],
-        base_env(DATABASE_URL=database_url, TIERGATE_CONFIG=str(config)),
+        base_env(DATABASE_URL=database_url, TIERGATE_CONFIG=str(config), **(env or {})),
         log,
     ).start()
 
