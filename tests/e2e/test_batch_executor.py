@@ -33,6 +33,7 @@ BATCH = {
     "poll_min_s": 0.2,
     "poll_max_s": 0.5,
 }
+LINES = 1000  # at most two provider jobs for them
 FAST = {"retry_base_s": 0.05, "retry_max_s": 0.2, "maintenance_every_s": 1}
 
 
@@ -180,29 +181,30 @@ def _run_batch(client: openai.OpenAI, content: bytes) -> Batch:
     return Batch.model_validate(done.model_dump())
 
 
-def test_a_batch_becomes_few_upstream_jobs_and_every_line_completes_once(
+def test_a_1000_line_batch_becomes_at_most_two_provider_jobs_and_completes_once(
     client: openai.OpenAI, db: psycopg.Connection
 ):
     before = len(jobs_of(db))
-    done = _run_batch(client, _lines(300))
+    done = _run_batch(client, _lines(LINES))
     assert done.status == "completed"
     assert done.request_counts is not None
-    assert (done.request_counts.completed, done.request_counts.failed) == (300, 0)
+    assert (done.request_counts.completed, done.request_counts.failed) == (LINES, 0)
     assert done.output_file_id is not None
     out = client.files.content(done.output_file_id).text.splitlines()
     answers = {json.loads(x)["custom_id"]: json.loads(x)["response"]["body"] for x in out}
-    assert len(out) == 300 and set(answers) == {f"c{i}" for i in range(300)}
+    assert len(out) == LINES and set(answers) == {f"c{i}" for i in range(LINES)}
     assert all(
-        answers[f"c{i}"]["output"][0]["content"][0]["text"] == f"echo: line {i}" for i in range(300)
+        answers[f"c{i}"]["output"][0]["content"][0]["text"] == f"echo: line {i}"
+        for i in range(LINES)
     )
     new = jobs_of(db, before)
-    assert 1 <= len(new) <= 2 and sum(j["rows"] for j in new) == 300
+    assert 1 <= len(new) <= 2 and sum(j["rows"] for j in new) == LINES
     runs = db.execute(
         "SELECT count(*), sum(attempts), count(*) FILTER (WHERE executor = 'batch')"
         " FROM requests WHERE batch_id = %s",
         (done.id,),
     ).fetchone()
-    assert runs == (300, 300, 300)
+    assert runs == (LINES, LINES, LINES)
 
 
 def test_line_errors_at_the_provider_fail_or_run_again(
