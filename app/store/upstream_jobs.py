@@ -91,6 +91,8 @@ PROVIDER_IDS = text(
     " AND created_at >= CAST(:since AS timestamptz) - interval '1 hour'"
     " AND upstream_batch_id IS NOT NULL"
 )
+# A job whose refused lines were failed before it was submitted: the lines it has now.
+ROWS = text("UPDATE upstream_jobs SET rows = :rows WHERE id = :job")
 NEXT_DUE = text(
     f"SELECT extract(epoch FROM min(next_poll_at) - now()) FROM upstream_jobs"
     f" WHERE status <> '{UpstreamJobStatus.ENDED}'"
@@ -342,6 +344,13 @@ class UpstreamJobStore:
         """Store the final outcomes of some of a running job's rows (cancelled lines)."""
         async with self.engine.connect() as conn:
             await _finish(conn, finished)
+
+    async def refused(self, job: str, finished: list[Finished], *, rows: int) -> None:
+        """Fail the rows whose lines the provider's format refused (never sent) before the
+        job's other ``rows`` lines are submitted (``rows`` is what ``find`` looks for)."""
+        async with self.transactional.begin() as conn:
+            await _finish(conn, finished)
+            await conn.execute(ROWS, {"job": job, "rows": rows})
 
     async def settle(
         self,

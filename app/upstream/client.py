@@ -169,8 +169,10 @@ class UpstreamClient:
         **kwargs: Any,
     ) -> httpx.Response:
         """A call to the provider's API beside inference (``/files``, ``/batches``: ``path``
-        after the deployment's ``/v1``), with its key; the answer read whole. Transport
-        failures raise ``UpstreamError``; error statuses are the caller's to read."""
+        after the deployment's ``/v1``), with its key; the answer read whole. ``headers``
+        given override the deployment's, a None value removes one (Anthropic takes its key
+        as ``x-api-key``, not ``authorization``). Transport failures raise ``UpstreamError``;
+        error statuses are the caller's to read."""
         mock = deployment.upstream == MOCK_UPSTREAM
         if mock and self._mock is None:
             raise UpstreamError(ErrorCode.UPSTREAM_UNAVAILABLE, "mock upstream not enabled")
@@ -181,7 +183,8 @@ class UpstreamClient:
                 transport=self._mock if mock else None, follow_redirects=False
             )
         base = "http://mock/v1" if mock else deployment.upstream
-        headers = {**deployment.headers(), **kwargs.pop("headers", {})}
+        given: dict[str, str | None] = {**deployment.headers(), **kwargs.pop("headers", {})}
+        headers = {name: value for name, value in given.items() if value is not None}
         async with within(timeout_s):
             with _mapped_errors():
                 return await client.request(

@@ -8,6 +8,9 @@ executor's (``worker/executors/batch.py``).
 A job is tagged with tiergate's own id in its ``metadata`` (``tiergate_job``), so a worker
 that died between creating a job and storing its id finds it again (:meth:`find`) instead of
 submitting twice.
+
+Lines go as they are (the provider judges them: its per-line errors come back in the error
+file), so :class:`~app.upstream.batch_api.RefusedLines` is never raised here.
 """
 
 from __future__ import annotations

@@ -13,26 +13,34 @@ then, in order:
 A process that dies anywhere in between leaves a ``submitting`` job that another process's
 poller takes over (``batch_poller.py``): it first looks for the tag among the provider's
 jobs, so a job is never created twice. The executor answers ``None``: the row is taken over.
+
+Lines the provider's format cannot express (``RefusedLines``, before anything is sent: a
+chat feature Anthropic's Messages lack) fail their rows at once, as a direct call refused for
+the same reason would (400, ``untranslatable_request``), the job's row count becoming the
+rest's; the rest are submitted (none left: the job ends unsubmitted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.calls.policy import failed
 from app.ids import new_id
 from app.settings import ModelConfig, Settings
 from app.store.db import database_unavailable
-from app.store.upstream_jobs import UpstreamJobStore
-from app.upstream.batch_api import JobLine, ProviderBatches
+from app.store.upstream_jobs import Finished, UpstreamJobStore
+from app.upstream.anthropic_batches import AnthropicBatches
+from app.upstream.batch_api import JobLine, ProviderBatches, RefusedLines
 from app.upstream.client import UpstreamClient, UpstreamError, prepare_body
 from app.upstream.deployment import Deployment
 from app.upstream.openai_batches import OpenAIBatches
 from app.upstream.router import Router
-from app.vocabulary import BatchApi
+from app.vocabulary import BatchApi, ErrorCode, ExecutorKind, Status
 from worker.executors.base import Work
 
 log = logging.getLogger("tiergate.batch_executor")
@@ -67,6 +75,7 @@ class BatchExecutor:
         self.router = router
         self.store = store
         self.apis: dict[BatchApi, ProviderBatches] = {BatchApi.OPENAI: OpenAIBatches(upstream)}
+        self.apis[BatchApi.ANTHROPIC] = AnthropicBatches(upstream)
         self.owner = ""  # the worker process (its presence id), set before work comes
         self.submitted: Callable[[], None] = lambda: None  # wakes the poller
         self._gathering: dict[tuple[str, str, str], Gathering] = {}
@@ -195,17 +204,58 @@ async def submit(
     file_id: str | None,
 ) -> None:
     """Upload the job's input (unless ``file_id`` was uploaded already, or the format sends
-    lines inline) and create it; each step's result is stored before the next."""
+    lines inline) and create it; each step's result is stored before the next. Lines the
+    format refuses fail their rows; the rest are submitted."""
     config = deployment.config.batch
-    if file_id is None and api.uploads:
-        file_id = await api.upload(deployment, f"{job}.jsonl", lines)
-        await store.uploaded(job, file_id)
-    state = await api.create(
-        deployment,
-        file_id=file_id,
-        lines=lines,
-        endpoint=endpoint,
-        tag=job,
-        window=config.completion_window,
-    )
+    try:
+        if file_id is None and api.uploads:
+            file_id = await api.upload(deployment, f"{job}.jsonl", lines)
+            await store.uploaded(job, file_id)
+        state = await api.create(
+            deployment,
+            file_id=file_id,
+            lines=lines,
+            endpoint=endpoint,
+            tag=job,
+            window=config.completion_window,
+        )
+    except RefusedLines as exc:
+        rest = await _refuse(store, deployment, job, lines, exc)
+        if rest:  # uploaded again if the format uploads: the refusal came before its upload
+            await submit(
+                store, api, deployment, job=job, endpoint=endpoint, lines=rest, file_id=None
+            )
+        return
     await store.submitted(job, state.id, state.status, config.poll_min_s)
+
+
+async def _refuse(
+    store: UpstreamJobStore,
+    deployment: Deployment,
+    job: str,
+    lines: list[JobLine],
+    refusal: RefusedLines,
+) -> list[JobLine]:
+    """Fail the rows of the refused lines (final, with the refusal's error); the others."""
+    rest = [line for line in lines if line[0] not in refusal.refused]
+    if len(rest) == len(lines):
+        raise ValueError(f"job {job}: the lines refused are none of the job's") from refusal
+    finished = []
+    for row in await store.held(job):
+        exc = refusal.refused.get(row.id)
+        if exc is not None:
+            outcome = dataclasses.replace(
+                failed(exc, exc.message),
+                deployment=deployment.label(row.model),
+                executor=ExecutorKind.BATCH,
+            )
+            finished.append(Finished(row.id, row.attempts, outcome, line=row.batch_id is not None))
+    log.warning("job %s: %d lines refused (%s), %d left", job, len(finished), refusal, len(rest))
+    if rest:
+        await store.refused(job, finished, rows=len(rest))
+    else:
+        counts = {str(Status.FAILED): len(finished)}
+        await store.settle(
+            job, finished, [], status=None, counts=counts, error=ErrorCode.UNTRANSLATABLE
+        )
+    return rest
