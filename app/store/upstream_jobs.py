@@ -240,7 +240,11 @@ class Finished:
     id: str
     attempt: int
     outcome: Outcome
-    line: bool  # a Batch API line (its batch's sums move too)
+    batch_id: str | None = None  # a Batch API line's batch (its sums move too)
+
+    @property
+    def line(self) -> bool:
+        return self.batch_id is not None
 
 
 @dataclass(frozen=True)
@@ -341,9 +345,13 @@ class UpstreamJobStore:
             return [HeldRow.from_row(row) for row in rows.mappings()]
 
     async def finish(self, finished: list[Finished]) -> None:
-        """Store the final outcomes of some of a running job's rows (cancelled lines)."""
-        async with self.engine.connect() as conn:
+        """Store the final outcomes of some of a running job's rows (cancelled lines), and
+        move their batches on (finalized once no line is live)."""
+        batch_ids = sorted({f.batch_id for f in finished if f.batch_id is not None})
+        async with self.transactional.begin() as conn:
             await _finish(conn, finished)
+            if batch_ids:
+                await conn.execute(MOVE_ON, {"ids": batch_ids})
 
     async def refused(self, job: str, finished: list[Finished], *, rows: int) -> None:
         """Fail the rows whose lines the provider's format refused (never sent) before the

@@ -282,3 +282,45 @@ def test_a_job_cancelled_at_the_provider_runs_its_rows_again(
     second = row(db, waiting)
     assert second["attempts"] == 1 and second["upstream_job_id"] != job["id"]
     assert row(db, slow)["upstream_job_id"] == job["id"]
+
+
+def test_cancelling_a_batch_cancels_its_lines_and_the_providers_job(
+    client: openai.OpenAI, db: psycopg.Connection, inner_client: openai.OpenAI
+):
+    before = len(jobs_of(db))
+    # B runs one line at a time, 1.5 s each: the job is still running when A's batch is cancelled
+    upload = client.files.create(
+        file=("in.jsonl", io.BytesIO(_lines(4, "mock:sleep_ms=1500 slow {i}"))), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/responses", completion_window="24h"
+    )
+    job = wait_until(
+        lambda: next((j for j in jobs_of(db, before) if j["upstream_batch_id"]), None),
+        timeout=30,
+        what="the job to reach the provider",
+    )
+    client.batches.cancel(batch.id)
+    done = wait_until(
+        lambda: (b := client.batches.retrieve(batch.id)).status in ("cancelled", "completed") and b,
+        timeout=30,
+        what="the batch to end",
+    )
+    done = Batch.model_validate(done.model_dump())
+    assert done.status == "cancelled" and done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 4)
+    statuses = db.execute(
+        "SELECT DISTINCT status, error->>'code' FROM requests WHERE batch_id = %s", (batch.id,)
+    ).fetchall()
+    assert statuses == [("cancelled", "batch_cancelled")]
+    # none of the job's rows is live any more: the job is cancelled at the provider too
+    at_b = wait_until(
+        lambda: (
+            (b := inner_client.batches.retrieve(job["upstream_batch_id"])).status
+            in ("cancelling", "cancelled")
+            and b
+        ),
+        timeout=30,
+        what="the provider's job to be cancelled",
+    )
+    assert at_b.request_counts is not None and at_b.request_counts.completed < 4

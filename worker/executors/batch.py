@@ -249,7 +249,7 @@ async def _refuse(
                 deployment=deployment.label(row.model),
                 executor=ExecutorKind.BATCH,
             )
-            finished.append(Finished(row.id, row.attempts, outcome, line=row.batch_id is not None))
+            finished.append(Finished(row.id, row.attempts, outcome, row.batch_id))
     log.warning("job %s: %d lines refused (%s), %d left", job, len(finished), refusal, len(rest))
     if rest:
         await store.refused(job, finished, rows=len(rest))

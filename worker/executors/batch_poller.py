@@ -205,7 +205,7 @@ class BatchPoller:
         held = await self.store.held(job.id)
         stopped = [row for row in held if row.batch_status in STOPPING]
         if stopped:
-            finished = [Finished(r.id, r.attempts, LINE_CANCELLED, line=True) for r in stopped]
+            finished = [Finished(r.id, r.attempts, LINE_CANCELLED, r.batch_id) for r in stopped]
             await self.store.finish(finished)
         live = [row for row in held if row.batch_status not in STOPPING]
         now = dt.datetime.now(dt.UTC)
@@ -261,7 +261,7 @@ class BatchPoller:
         """How one held row ends, from its line (or its line's absence)."""
         line = row.batch_id is not None
         if line and row.batch_status in STOPPING:
-            return Finished(row.id, row.attempts, LINE_CANCELLED, line=True)
+            return Finished(row.id, row.attempts, LINE_CANCELLED, row.batch_id)
         served = deployment.label(model.name)
         if answer is None or answer.status is None:
             if answer is not None and answer.error is not None:
@@ -278,14 +278,14 @@ class BatchPoller:
             outcome = dataclasses.replace(outcome, executor=ExecutorKind.BATCH)
             tier = PriceTier.BATCH if line else row.service_tier
             outcome = self.meter.priced(model.name, tier, row.key_name or "", row.body, outcome)
-            return Finished(row.id, row.attempts, outcome, line=line)
+            return Finished(row.id, row.attempts, outcome, row.batch_id)
         exc = error_from_status(answer.status, httpx.Headers(), orjson.dumps(answer.body))
         attempt = after_failure(exc, row.attempts, self._window(model, row))
         if attempt.outcome is not None:
             outcome = dataclasses.replace(
                 attempt.outcome, deployment=served, executor=ExecutorKind.BATCH
             )
-            return Finished(row.id, row.attempts, outcome, line=line)
+            return Finished(row.id, row.attempts, outcome, row.batch_id)
         assert attempt.error is not None
         return GivenBack(
             row.id,
