@@ -113,7 +113,12 @@ async def run_worker(
     assert runner.batch is not None
     runner.batch.owner = presence.id  # the provider jobs it submits are this process's
     poller = BatchPoller(
-        settings=settings, store=jobs, executor=runner.batch, router=router, meter=runner.meter
+        settings=settings,
+        store=jobs,
+        executor=runner.batch,
+        router=router,
+        meter=runner.meter,
+        cache=cache,
     )
     await _when_database_up(lambda: require_notifications(url), "check LISTEN/NOTIFY")
     # Rows this worker claims name it: it must be registered first, or the sweep would take

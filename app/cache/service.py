@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from app.cache.canonical import RequestKey, request_key, storable
 from app.cache.embedder import Embedder, EmbeddingFailed
@@ -24,7 +24,6 @@ from app.settings import CacheConfig, ModelConfig, Settings
 from app.store.cache import CacheStore, Entry, HitRow, Wanted
 from app.store.db import database_unavailable
 from app.store.group_commit import GroupCommit
-from app.store.requests import ClaimedRequest
 from app.token_usage import TokenUsage
 from app.vocabulary import CacheResult, Endpoint
 
@@ -68,7 +67,17 @@ def skips(header: str | None, key_enabled: bool) -> bool:
     return not key_enabled or (header is not None and header.strip().lower() == CacheResult.BYPASS)
 
 
-def wanted_for(row: ClaimedRequest) -> bool:
+class CacheSwitches(Protocol):
+    """What a row says about its use of the cache."""
+
+    @property
+    def cache(self) -> str | None: ...
+
+    @property
+    def cache_enabled(self) -> bool | None: ...
+
+
+def wanted_for(row: CacheSwitches) -> bool:
     """Whether a claimed row may use the cache: neither its client (the row says ``bypass``)
     nor its key (``cache_enabled`` false) turned it off."""
     return row.cache != CacheResult.BYPASS and row.cache_enabled is not False

@@ -69,10 +69,17 @@ WITH stranded AS (
                     WHERE r.batch_id = b.id AND r.status IN {sql_in(LIVE)}
                       AND r.upstream_job_id IS NULL)
                 THEN '{Task.RUN_BATCH}'
-                -- lines held by provider jobs only: their pollers move the batch on
-                WHEN b.status = '{BatchStatus.IN_PROGRESS}' AND EXISTS (
+                -- live lines held by provider jobs only (running, or cancelling): their
+                -- pollers move the batch on
+                WHEN b.status IN {sql_in([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING])}
+                     AND EXISTS (
                     SELECT 1 FROM requests r
-                    WHERE r.batch_id = b.id AND r.status IN {sql_in(LIVE)})
+                    WHERE r.batch_id = b.id AND r.status IN {sql_in(LIVE)}
+                      AND r.upstream_job_id IS NOT NULL)
+                     AND NOT EXISTS (
+                    SELECT 1 FROM requests r
+                    WHERE r.batch_id = b.id AND r.status IN {sql_in(LIVE)}
+                      AND r.upstream_job_id IS NULL)
                 THEN NULL
                 ELSE '{Task.FINALIZE_BATCH}' END AS task,
            (SELECT count(*) FROM procrastinate_jobs j

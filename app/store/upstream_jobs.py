@@ -121,7 +121,8 @@ GROUP BY model, deployment ORDER BY model, deployment
 HELD = text(
     f"""
 SELECT r.id, r.attempts, r.body, r.model, r.endpoint, r.batch_id, r.service_tier,
-       r.expires_at, r.owner_key_id, k.name AS key_name, b.status AS batch_status
+       r.expires_at, r.owner_key_id, k.name AS key_name, b.status AS batch_status,
+       r.cache, k.cache_enabled
 FROM requests r JOIN api_keys k ON k.id = r.owner_key_id
 LEFT JOIN batches b ON b.id = r.batch_id
 WHERE r.upstream_job_id = :job AND r.status = '{Status.IN_PROGRESS}'
@@ -231,6 +232,8 @@ class HeldRow(FromRow):
     owner_key_id: str
     key_name: str | None
     batch_status: str | None  # a line's batch (``cancelling``: the line ends cancelled)
+    cache: str | None  # ``bypass``: its client turned the response cache off
+    cache_enabled: bool | None  # its key's cache switch
 
 
 @dataclass(frozen=True)

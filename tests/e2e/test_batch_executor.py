@@ -324,3 +324,54 @@ def test_cancelling_a_batch_cancels_its_lines_and_the_providers_job(
         what="the provider's job to be cancelled",
     )
     assert at_b.request_counts is not None and at_b.request_counts.completed < 4
+
+
+def test_a_job_expired_at_the_provider_keeps_what_ran_and_runs_the_rest_again(
+    client: openai.OpenAI, db: psycopg.Connection, inner_database: DatabaseURL
+):
+    before = len(jobs_of(db))
+    # as in the cancel test: B runs the slow line while the second waits in its queue
+    slow = client.responses.create(
+        model="paid", input="mock:sleep_ms=3000 slow two", service_tier="flex", background=True
+    ).id
+    waiting = client.responses.create(
+        model="paid", input="second two", service_tier="flex", background=True
+    ).id
+    job = wait_until(
+        lambda: next((j for j in jobs_of(db, before) if j["upstream_batch_id"]), None),
+        timeout=30,
+        what="the job to reach the provider",
+    )
+    assert job["rows"] == 2
+    # B's window for the job ends now: B's own sweep expires its queued line and ends the
+    # job `expired`, with the line that ran in its output file
+    with psycopg.connect(inner_database.libpq(), autocommit=True) as inner_db:
+        wait_until(
+            lambda: inner_db.execute(
+                "SELECT 1 FROM requests WHERE batch_id = %s AND status = 'in_progress'",
+                (job["upstream_batch_id"],),
+            ).fetchone(),
+            timeout=30,
+            what="B to run the slow line",
+        )
+        ended = inner_db.execute(
+            "UPDATE batches SET expires_at = now() WHERE id = %s RETURNING id",
+            (job["upstream_batch_id"],),
+        ).fetchall()
+    assert len(ended) == 1
+    for rid, text in ((slow, "slow two"), (waiting, "echo: second two")):
+        final = wait_until(
+            lambda rid=rid: (
+                (r := client.responses.retrieve(rid)).status not in ("queued", "in_progress") and r
+            ),
+            timeout=60,
+            what="the response to end",
+        )
+        final = Response.model_validate(final.model_dump())
+        assert final.status == "completed" and final.output_text.endswith(text)
+    first = next(j for j in jobs_of(db, before) if j["id"] == job["id"])
+    assert first["upstream_status"] == "expired"
+    assert first["counts"] == {"completed": 1, "again": 1}
+    again = row(db, waiting)
+    assert again["attempts"] == 1 and again["upstream_job_id"] not in (None, job["id"])
+    assert row(db, slow)["upstream_job_id"] == job["id"]

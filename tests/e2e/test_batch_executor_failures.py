@@ -30,7 +30,11 @@ SCENARIOS = {
     "extra": "extra_lines=2",
     "twostep": "fail_creates=1",
     "adopt": "turnaround_ms=4000",
+    "tight": "turnaround_ms=120000",
+    "cached": "turnaround_ms=300",
 }
+# A 24 h line's window ends 86,390 s after this job was sent, 10 s from now: the job is cancelled
+TIGHT = {**BATCH, "turnaround_s": 1, "margin_s": 86_390}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +47,12 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
                     "name": "provider",
                     "upstream": f"{mock_upstream}/v1",
                     "executor": "batch",
-                    "batch": BATCH,
+                    "batch": TIGHT if name == "tight" else BATCH,
                     "headers": {"x-mock-behavior": f"{controls},key=bx-{name}"},
                 }
             ],
             "max_attempts": 3,
+            **({"cache": {"exact": True}} if name == "cached" else {}),
         }
         for name, controls in SCENARIOS.items()
     ]
@@ -238,3 +243,47 @@ def test_a_dead_workers_job_is_adopted_by_its_tag(
     assert again["upstream_batch_id"] == job["upstream_batch_id"]
     assert again["counts"] == {"completed": 1}
     assert calls(mock_upstream, "adopt").count("POST /v1/batches") == creates  # no other
+
+
+def test_a_job_still_running_near_its_rows_windows_is_cancelled_and_the_rest_run_on_flex(
+    client: openai.OpenAI, db: psycopg.Connection, mock_upstream: str
+):
+    # the provider runs the first line at once and the second a minute later; 10 s after
+    # submission the rows' windows are margin_s from their end
+    done = run_batch(client, "tight", 2)
+    completed_everywhere(client, done, 2)
+    (job,) = jobs(db, "tight")
+    assert job["upstream_status"] == "cancelled"
+    assert job["counts"] == {"completed": 1, "again": 1}
+    assert sorted(line[1:] for line in lines(db, done.id)) == [
+        ("completed", 1, "batch"),
+        ("completed", 1, "flex"),
+    ]
+    assert any(path.endswith("/cancel") for path in calls(mock_upstream, "tight"))
+
+
+def test_answers_from_a_job_fill_the_cache_and_hits_are_never_sent(
+    client: openai.OpenAI, db: psycopg.Connection, mock_upstream: str
+):
+    first = run_batch(client, "cached", 3)
+    completed_everywhere(client, first, 3)
+    sent = calls(mock_upstream, "cached")
+    assert sent.count("POST /v1/batches") == 1
+    wait_until(
+        lambda: (
+            db.execute("SELECT count(*) FROM cache_entries WHERE model = 'cached'").fetchone()
+            == (3,)
+        ),
+        timeout=10,
+        what="the job's answers to be cached",
+    )
+    # the same lines again (another batch): answered from the cache, before any job
+    again = run_batch(client, "cached", 3)
+    completed_everywhere(client, again, 3)
+    assert calls(mock_upstream, "cached") == sent
+    assert len(jobs(db, "cached")) == 1
+    assert [line[1:] for line in lines(db, again.id)] == [("completed", 1, None)] * 3
+    hits = db.execute(
+        "SELECT count(*) FROM requests WHERE batch_id = %s AND cache = 'hit'", (again.id,)
+    ).fetchone()
+    assert hits == (3,)

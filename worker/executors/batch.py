@@ -149,7 +149,6 @@ class BatchExecutor:
         if not works:
             return
         log.info("job %s: %d rows of %s for %s", job, len(works), endpoint, deployment.label(model))
-        self.submitted()
         try:
             await submit(
                 self.store,
@@ -163,6 +162,8 @@ class BatchExecutor:
         except UpstreamError as exc:
             log.warning("job %s not submitted yet: %s", job, exc)
             await self.store.polled(job, None, deployment.config.batch.poll_min_s, str(exc))
+        finally:
+            self.submitted()  # the poller's next look is due in poll_min_s, not its idle wait
 
     async def _attach(
         self, job: str, model: str, deployment: Deployment, endpoint: str, works: list[Work]

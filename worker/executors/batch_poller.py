@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import orjson
 
+from app.cache.service import Lookup, ResponseCache, cache_of, wanted_for
 from app.calls.outcome import Meter, completed
 from app.calls.policy import EXPIRED, Window, after_failure
 from app.settings import BatchExecutor as BatchConfig
@@ -48,6 +49,7 @@ from app.upstream.deployment import Deployment
 from app.upstream.router import Router
 from app.vocabulary import (
     BatchStatus,
+    CacheResult,
     ErrorCode,
     ExecutorKind,
     PriceTier,
@@ -85,12 +87,14 @@ class BatchPoller:
         executor: BatchExecutor,
         router: Router,
         meter: Meter,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.executor = executor
         self.router = router
         self.meter = meter
+        self.cache = cache
         self._wake = asyncio.Event()
         executor.submitted = self._wake.set
 
@@ -249,6 +253,28 @@ class BatchPoller:
         await self.store.settle(
             job.id, finished, given_back, status=state.status, counts=dict(counts)
         )
+        self._remember(model, held, finished)
+
+    def _remember(self, model: ModelConfig, held: list[HeldRow], finished: list[Finished]) -> None:
+        """The answers of completed rows kept by the model's response cache, as a direct
+        call's are (their lookup missed before they were sent; no prompt embedding is kept,
+        so a later call finds them by exact match only)."""
+        if self.cache is None or cache_of(model) is None:
+            return
+        completed = {f.id: f.outcome for f in finished if f.outcome.status == Status.COMPLETED}
+        for row in held:
+            outcome = completed.get(row.id)
+            if outcome is None or not wanted_for(row):
+                continue
+            key = self.cache.key_of(row.endpoint, row.body, model)
+            self.cache.remember(
+                Lookup(CacheResult.MISS, key),
+                owner=row.owner_key_id,
+                model=model,
+                endpoint=row.endpoint,
+                request=row.body,
+                answer=outcome.response_body,
+            )
 
     def _judge(
         self,
