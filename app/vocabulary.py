@@ -50,6 +50,8 @@ FINAL_BATCH = (
 # A batch in one of these can still end (its finalize job closes it).
 CLOSABLE_BATCH = (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING)
 LIVE_BATCH = (BatchStatus.VALIDATING, *CLOSABLE_BATCH)
+# A batch being cancelled: its lines still held by a provider's job end cancelled.
+STOPPING_BATCH = (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
 
 
 class BatchKind(StrEnum):

@@ -25,7 +25,7 @@ from app.openai.usage import measured, usage_of
 from app.settings import ModelConfig
 from app.store.outcomes import Outcome
 from app.upstream.deployment import Deployment
-from app.vocabulary import Endpoint, Status, upstream_status
+from app.vocabulary import Endpoint, ExecutorKind, Status, upstream_status
 
 # Embedding vectors are bulky and rarely worth keeping; their usage is stored all the same.
 STORE_BODY_ENDPOINTS = frozenset({Endpoint.RESPONSES, Endpoint.CHAT})
@@ -95,9 +95,15 @@ def answered(
 
 
 def completed(
-    model: ModelConfig, deployment: Deployment, status: int, body: Any, text: str
+    model: ModelConfig,
+    deployment: Deployment,
+    status: int,
+    body: Any,
+    text: str,
+    executor: ExecutorKind,
 ) -> Outcome:
-    """A deferred call's answer (``text`` as sent, when it can be stored as it is)."""
+    """A deferred call's answer on the path ``executor`` (``text`` as sent, when it can be
+    stored as it is)."""
     served, asked = names(model, deployment)
     if served != asked and isinstance(body, dict) and "model" in body:
         body = {**body, "model": asked}
@@ -108,6 +114,7 @@ def completed(
         response_body=body,
         response_text=text or None,
         deployment=deployment.label(model.name),
+        executor=executor,
     )
 
 

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from app.mock.controls import BEHAVIOR_HEADER, BadRequestError, Controls, parse_controls, plan_for
 
 DEFAULT_TURNAROUND_S = 0.2
+TICK_S = 0.02  # lines due this close together start at the same wake-up
 MAX_VALIDATE_S = 0.1  # validating lasts a fifth of the turnaround, at most this
 
 # Phases while a job runs, and how it ends (OpenAI's words; Anthropic's are mapped).
@@ -240,7 +241,12 @@ async def _run_lines(job: Job, end_at: float) -> bool:
     running: list[asyncio.Task[None]] = []
     cancelled = False
     for index in range(count):
-        if await _until(job, job.in_progress_at + index * gap):
+        due = job.in_progress_at + index * gap
+        # lines due within a tick start together: one timer per tick, not one per line
+        waits = due > time.time()
+        if job.cancel_requested.is_set() or (
+            waits and await _until(job, max(due, time.time() + TICK_S))
+        ):
             cancelled = True
             break
         running.append(asyncio.create_task(_answer(job, index)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,6 +11,7 @@ import psycopg
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from app import jsontext
 from app.store.dburl import DatabaseURL
 
 
@@ -31,7 +31,8 @@ def create_engine(
         max_overflow=max_overflow,
         isolation_level="AUTOCOMMIT",
         pool_timeout=10,
-        json_serializer=lambda obj: json.dumps(obj, separators=(",", ":")),
+        json_serializer=jsontext.dumps,
+        json_deserializer=jsontext.loads,
         connect_args={"server_settings": {"application_name": application_name}},
     )
 

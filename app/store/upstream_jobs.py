@@ -28,6 +28,7 @@ from app.store.outcomes import Outcome, attempt_error, stored_arrays
 from app.store.rows import FromRow
 from app.vocabulary import (
     LIVE,
+    STOPPING_BATCH,
     Channel,
     ExecutorKind,
     Status,
@@ -116,6 +117,28 @@ SELECT model, deployment,
            FILTER (WHERE status = '{UpstreamJobStatus.RUNNING}'))::float8 AS oldest_running_s
 FROM upstream_jobs WHERE status <> '{UpstreamJobStatus.ENDED}'
 GROUP BY model, deployment ORDER BY model, deployment
+"""
+)
+# A running job at each poll: its live rows per batch, and whether that batch is being
+# cancelled; a few rows per job however many it holds (``requests_upstream_job_idx``).
+WATCH = text(
+    f"""
+WITH held AS (
+    SELECT batch_id, count(*) AS rows, min(expires_at) AS soonest FROM requests
+    WHERE upstream_job_id = :job AND status = '{Status.IN_PROGRESS}'
+    GROUP BY batch_id
+)
+SELECT h.batch_id, h.rows, h.soonest,
+       coalesce(b.status IN {sql_in(STOPPING_BATCH)}, false) AS stopping
+FROM held h LEFT JOIN batches b ON b.id = h.batch_id
+"""
+)
+# The held lines of batches being cancelled.
+STOPPED = text(
+    f"""
+SELECT id, attempts, batch_id FROM requests
+WHERE upstream_job_id = :job AND status = '{Status.IN_PROGRESS}'
+  AND batch_id = ANY(CAST(:batches AS text[]))
 """
 )
 HELD = text(
@@ -251,6 +274,16 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class JobWatch:
+    """A running job at a glance: its live rows (not in a batch being cancelled), the soonest
+    end of their windows, and the held lines of batches being cancelled."""
+
+    live: int
+    soonest: dt.datetime | None
+    stopped: list[Finished]
+
+
+@dataclass(frozen=True)
 class GivenBack:
     """A held row that runs again: after ``delay_s``, not counted as an attempt unless
     ``counted``."""
@@ -340,6 +373,23 @@ class UpstreamJobStore:
         async with self.engine.connect() as conn:
             params = {"job": job, "status": status, "in_s": poll_in_s, "error": error}
             await conn.execute(POLLED, params)
+
+    async def watch(self, job: str, stopped_outcome: Outcome) -> JobWatch:
+        """What a running job holds, without reading its rows (each poll); the held lines of
+        batches being cancelled come with ``stopped_outcome``."""
+        async with self.engine.connect() as conn:
+            groups = (await conn.execute(WATCH, {"job": job})).all()
+            live = [g for g in groups if not g.stopping]
+            stopping = [g.batch_id for g in groups if g.stopping]
+            stopped: list[Finished] = []
+            if stopping:
+                rows = await conn.execute(STOPPED, {"job": job, "batches": stopping})
+                stopped = [Finished(r.id, r.attempts, stopped_outcome, r.batch_id) for r in rows]
+        return JobWatch(
+            live=sum(g.rows for g in live),
+            soonest=min((g.soonest for g in live), default=None),
+            stopped=stopped,
+        )
 
     async def held(self, job: str) -> list[HeldRow]:
         """The live rows ``job`` holds."""

@@ -48,7 +48,7 @@ from app.upstream.client import UpstreamError, error_from_status
 from app.upstream.deployment import Deployment
 from app.upstream.router import Router
 from app.vocabulary import (
-    BatchStatus,
+    STOPPING_BATCH,
     CacheResult,
     ErrorCode,
     ExecutorKind,
@@ -67,7 +67,6 @@ IDLE_S = 10.0
 SUBMIT_TRIES = 5
 LINE_EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.BATCH_EXPIRED))
 LINE_CANCELLED = Outcome(status=Status.CANCELLED, error=error(ErrorCode.BATCH_CANCELLED))
-STOPPING = (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
 # How a job that ended without a row's line explains it.
 UNANSWERED = {
     "failed": ErrorCode.UPSTREAM_JOB_FAILED,
@@ -206,18 +205,15 @@ class BatchPoller:
         """A running job: its cancelled lines end; a job with nothing left to do, or too
         close to its rows' windows, is cancelled at the provider."""
         config = deployment.config.batch
-        held = await self.store.held(job.id)
-        stopped = [row for row in held if row.batch_status in STOPPING]
-        if stopped:
-            finished = [Finished(r.id, r.attempts, LINE_CANCELLED, r.batch_id) for r in stopped]
-            await self.store.finish(finished)
-        live = [row for row in held if row.batch_status not in STOPPING]
+        watch = await self.store.watch(job.id, LINE_CANCELLED)
+        if watch.stopped:
+            await self.store.finish(watch.stopped)
         now = dt.datetime.now(dt.UTC)
         if state.status not in CANCELLING:
-            if not live:
+            if watch.soonest is None:
                 log.info("job %s: no live row left; cancelling it at the provider", job.id)
                 state = await api.cancel(deployment, state.id) or state
-            elif min(r.expires_at for r in live) - dt.timedelta(seconds=config.margin_s) < now:
+            elif watch.soonest - dt.timedelta(seconds=config.margin_s) < now:
                 log.warning("job %s: its rows' windows end soon; cancelling it", job.id)
                 state = await api.cancel(deployment, state.id) or state
         await self.store.polled(job.id, state.status, _next_poll_s(job, config))
@@ -286,7 +282,7 @@ class BatchPoller:
     ) -> Finished | GivenBack:
         """How one held row ends, from its line (or its line's absence)."""
         line = row.batch_id is not None
-        if line and row.batch_status in STOPPING:
+        if line and row.batch_status in STOPPING_BATCH:
             return Finished(row.id, row.attempts, LINE_CANCELLED, row.batch_id)
         served = deployment.label(model.name)
         if answer is None or answer.status is None:
@@ -300,8 +296,9 @@ class BatchPoller:
                 reason = {"code": code, "message": state.error or error(code)["message"]}
             return GivenBack(row.id, row.attempts, reason, deployment=served)
         if answer.status < 400:
-            outcome = completed(model, deployment, answer.status, answer.body, "")
-            outcome = dataclasses.replace(outcome, executor=ExecutorKind.BATCH)
+            outcome = completed(
+                model, deployment, answer.status, answer.body, "", ExecutorKind.BATCH
+            )
             tier = PriceTier.BATCH if line else row.service_tier
             outcome = self.meter.priced(model.name, tier, row.key_name or "", row.body, outcome)
             return Finished(row.id, row.attempts, outcome, row.batch_id)

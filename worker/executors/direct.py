@@ -113,10 +113,8 @@ class DirectExecutor:
                 self.router.end(deployment, telling=False, realtime=False)
                 raise
             self.router.end(deployment, realtime=False)
-        outcome = completed(model, deployment, reply.status, reply.body, reply.text)
-        outcome = dataclasses.replace(
-            outcome, executor=ExecutorKind.FLEX if flex else ExecutorKind.DIRECT
-        )
+        path = ExecutorKind.FLEX if flex else ExecutorKind.DIRECT
+        outcome = completed(model, deployment, reply.status, reply.body, reply.text, path)
         outcome = self.meter.priced(model.name, work.tier, work.key, work.body, outcome)
         return Attempt(outcome, deployment=served)
 
