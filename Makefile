@@ -61,6 +61,7 @@ bench: install ## figures for the README (see bench/)
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/yielding.py
 	$(BIN)/python bench/fairness.py
+	$(BIN)/python bench/batch_executor.py
 
 bench-scale: install ## 5M finished + 1M queued requests of history: before/after ratios (minutes, ~4 GB)
 	$(BIN)/python bench/scale.py

@@ -375,3 +375,42 @@ def test_a_job_expired_at_the_provider_keeps_what_ran_and_runs_the_rest_again(
     again = row(db, waiting)
     assert again["attempts"] == 1 and again["upstream_job_id"] not in (None, job["id"])
     assert row(db, slow)["upstream_job_id"] == job["id"]
+
+
+def test_cancelling_a_background_response_cancels_the_providers_job(
+    client: openai.OpenAI, db: psycopg.Connection, inner_client: openai.OpenAI
+):
+    before = len(jobs_of(db))
+    rid = client.responses.create(
+        model="paid", input="mock:sleep_ms=5000 never wanted", service_tier="flex", background=True
+    ).id
+    job = wait_until(
+        lambda: next((j for j in jobs_of(db, before) if j["upstream_batch_id"]), None),
+        timeout=30,
+        what="the job to reach the provider",
+    )
+    cancelled = Response.model_validate(client.responses.cancel(rid).model_dump())
+    assert cancelled.status == "cancelled"
+    # the job's only row is no longer live: the job is cancelled at B, and ends at A
+    at_b = wait_until(
+        lambda: (
+            (b := inner_client.batches.retrieve(job["upstream_batch_id"])).status == "cancelled"
+            and b
+        ),
+        timeout=30,
+        what="the provider's job to be cancelled",
+    )
+    assert Batch.model_validate(at_b.model_dump()).status == "cancelled"
+    ended = wait_until(
+        lambda: next(
+            (j for j in jobs_of(db, before) if j["id"] == job["id"] and j["status"] == "ended"),
+            None,
+        ),
+        timeout=30,
+        what="the job to end at A",
+    )
+    assert ended["upstream_status"] == "cancelled"
+    # the answer that never came does not bring the response back
+    final = row(db, rid)
+    assert (final["status"], final["attempts"]) == ("cancelled", 1)
+    assert client.responses.retrieve(rid).status == "cancelled"
