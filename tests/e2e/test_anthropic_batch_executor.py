@@ -39,6 +39,7 @@ BATCH = {
 FAST = {"retry_base_s": 0.05, "retry_max_s": 0.2, "maintenance_every_s": 1}
 # The mock records every call of the main deployment under this key (headers included).
 RECORDED = f"anthclient-{uuid.uuid4().hex[:8]}"
+ADOPTED = f"anthadopt-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,20 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
                         "name": "x",
                         "upstream": upstream,
                         "headers": {"x-mock-behavior": "job_expire=1,expire_after=1"},
+                        "executor": "batch",
+                        "batch": BATCH,
+                    }
+                ],
+                "max_attempts": 3,
+            },
+            {
+                # Jobs of 4 s, every call recorded: a job whose process died is adopted.
+                "name": "claude-adopt",
+                "deployments": [
+                    {
+                        "name": "d",
+                        "upstream": upstream,
+                        "headers": {"x-mock-behavior": f"turnaround_ms=4000,key={ADOPTED}"},
                         "executor": "batch",
                         "batch": BATCH,
                     }
@@ -325,3 +340,44 @@ def test_an_expired_job_gives_its_rows_back_and_they_complete_in_later_jobs(
     rows = [row(db, rid) for rid in ids]
     assert all(r["attempts"] == 1 and r["executor"] == "batch" for r in rows)
     assert sorted(r["upstream_job_id"] for r in rows) == sorted(j["id"] for j in new)
+
+
+def _creates(mock_upstream: str) -> int:
+    found = httpx.get(f"{mock_upstream}/_mock/attempts/{ADOPTED}").json()["attempts"]
+    return sum(1 for a in found if a["path"] == "/v1/messages/batches")
+
+
+def test_a_dead_workers_job_is_found_without_metadata_and_adopted(
+    client: openai.OpenAI, db: psycopg.Connection, mock_upstream: str
+):
+    rid = client.responses.create(
+        model="claude-adopt", input="adopt me", service_tier="flex", background=True
+    ).id
+    job = wait_until(
+        lambda: next(
+            (j for j in jobs_of(db) if j["model"] == "claude-adopt" and j["status"] == "running"),
+            None,
+        ),
+        timeout=30,
+        what="the job to run at the provider",
+    )
+    assert _creates(mock_upstream) == 1
+    # The state a worker leaves when it dies after the create, before storing the job's id:
+    # Anthropic keeps no metadata, so the job is recognized by its time and its one request.
+    db.execute(
+        "UPDATE upstream_jobs SET status = 'submitting', upstream_batch_id = NULL,"
+        " owner = 'wk_dead' WHERE id = %s",
+        (job["id"],),
+    )
+    final = wait_until(
+        lambda: (r := client.responses.retrieve(rid)).status not in ("queued", "in_progress") and r,
+        timeout=60,
+        what="the response to end",
+    )
+    final = Response.model_validate(final.model_dump())
+    assert final.status == "completed" and final.output_text == "echo: adopt me"
+    (again,) = [j for j in jobs_of(db) if j["id"] == job["id"]]
+    assert again["upstream_batch_id"] == job["upstream_batch_id"]
+    assert again["counts"] == {"completed": 1}
+    assert _creates(mock_upstream) == 1  # found again, not created twice
+    assert row(db, rid)["attempts"] == 1
