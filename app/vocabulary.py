@@ -90,6 +90,29 @@ class ExecutorKind(StrEnum):
     BATCH = "batch"
 
 
+class EngineKind(StrEnum):
+    """The inference server behind a deployment (``engine:``), whose load and priority
+    scheduler tiergate can use (docs/fleet.md): ``none`` uses neither."""
+
+    NONE = "none"
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    LLAMACPP = "llamacpp"
+
+
+# Engines that schedule by a request's ``priority`` field.
+PRIORITY_ENGINES = (EngineKind.VLLM, EngineKind.SGLANG)
+
+
+class CallClass(StrEnum):
+    """What kind of call an upstream call serves, for an engine's ``priority:`` per class."""
+
+    REALTIME = "realtime"
+    FLEX = "flex"
+    BACKGROUND = "background"
+    BATCH = "batch"
+
+
 class BatchApi(StrEnum):
     """The Batch API a ``batch`` deployment speaks (``batch: {api: ...}``)."""
 
