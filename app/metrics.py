@@ -174,10 +174,89 @@ class DeploymentCollector(Collector):
             "Calls this process made to each deployment.",
             labels=labels,
         )
+        engine = EngineFamilies(labels)
         for d in self.snapshot():
             names = [d["model"], d["deployment"]]
             for each in DeploymentState:
                 state.add_metric([*names, str(each)], 1.0 if d["state"] == each else 0.0)
             in_flight.add_metric(names, d["in_flight"])
             calls.add_metric(names, d["calls"])
+            if "engine" in d:
+                engine.add(names, d["engine"])
         yield from (state, in_flight, calls)
+        yield from engine.families()
+
+
+class EngineFamilies:
+    """``tiergate_engine_*``: what this process reads of each engine deployment's metrics
+    (``engine:``), and whether it can go by them."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.ok = GaugeMetricFamily(
+            "tiergate_engine_metrics_ok",
+            "1 while the engine's metrics are read and usable; 0: declared capacity rules.",
+            labels=labels,
+        )
+        self.running = GaugeMetricFamily(
+            "tiergate_engine_requests_running",
+            "Requests the engine runs, by its last usable reading.",
+            labels=labels,
+        )
+        self.waiting = GaugeMetricFamily(
+            "tiergate_engine_requests_waiting",
+            "Requests waiting in the engine, by its last usable reading.",
+            labels=labels,
+        )
+        self.kv_cache = GaugeMetricFamily(
+            "tiergate_engine_kv_cache_usage",
+            "The engine's KV-cache use (0..1), by its last usable reading.",
+            labels=labels,
+        )
+        self.limit = GaugeMetricFamily(
+            "tiergate_engine_deferred_limit",
+            "Deferred calls this process may have in flight by the engine's load.",
+            labels=labels,
+        )
+        self.reads = CounterMetricFamily(
+            "tiergate_engine_metrics_reads", "Readings of the engine's metrics.", labels=labels
+        )
+        self.failures = CounterMetricFamily(
+            "tiergate_engine_metrics_failures",
+            "Readings that failed or lied (garbage, missing series).",
+            labels=labels,
+        )
+        self.refused = GaugeMetricFamily(
+            "tiergate_engine_priority_refused",
+            "1 while the engine refuses the priority field (calls go without it).",
+            labels=labels,
+        )
+
+    def add(self, names: list[str], engine: dict[str, Any]) -> None:
+        """One deployment's engine state (``EngineWatch.state``)."""
+        self.ok.add_metric(names, 1.0 if engine["ok"] else 0.0)
+        for family, value in (
+            (self.running, engine["running"]),
+            (self.waiting, engine["waiting"]),
+            (self.kv_cache, engine["kv_cache"]),
+            (self.limit, engine["deferred_limit"]),
+        ):
+            if value is not None:
+                family.add_metric(names, value)
+        self.reads.add_metric(names, engine["reads"])
+        self.failures.add_metric(names, engine["failures"])
+        self.refused.add_metric(names, 1.0 if engine["priority_refused"] else 0.0)
+
+    def families(self) -> Iterator[Metric]:
+        """Every family that has a sample."""
+        for family in (
+            self.ok,
+            self.running,
+            self.waiting,
+            self.kv_cache,
+            self.limit,
+            self.reads,
+            self.failures,
+            self.refused,
+        ):
+            if family.samples:
+                yield family

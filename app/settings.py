@@ -17,7 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app import config_file, vocabulary
 from app.config_file import ConfigError, all_from_validation, raise_all
-from app.vocabulary import BatchApi, ExecutorKind, TokenField, UpstreamApi
+from app.vocabulary import (
+    PRIORITY_ENGINES,
+    BatchApi,
+    CallClass,
+    EngineKind,
+    ExecutorKind,
+    TokenField,
+    UpstreamApi,
+)
 
 MOCK_UPSTREAM = "mock://in-process"
 DEFAULT_HOST = "127.0.0.1"
@@ -126,6 +134,56 @@ class BatchExecutor(BaseModel):
         return self
 
 
+class EnginePriority(BaseModel):
+    """The engine's ``priority`` field per kind of call (``priority:`` of a deployment).
+
+    vLLM runs lower values first; SGLang, by default, higher ones (docs/fleet.md). Background
+    calls take flex's value unless given their own.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    realtime: int
+    flex: int
+    batch: int
+    background: int | None = None
+
+    def of(self, call: CallClass) -> int:
+        """The value sent with a call of this kind."""
+        if call == CallClass.BACKGROUND:
+            return self.flex if self.background is None else self.background
+        value: int = getattr(self, call.value)
+        return value
+
+
+class EngineLoad(BaseModel):
+    """How an engine's own metrics gate deferred calls (``engine_load:`` of a deployment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    read_every_s: float = Field(
+        default=0.5, gt=0, le=60, description="how often each process reads the metrics"
+    )
+    timeout_s: float = Field(default=2.0, gt=0, description="one read's timeout")
+    max_waiting: int = Field(
+        default=0,
+        ge=0,
+        description="deferred calls start only while the engine has at most this many waiting",
+    )
+    max_kv_cache: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="... and its KV cache is used below this fraction",
+    )
+    ramp: int = Field(
+        default=8,
+        ge=1,
+        description="how many more deferred calls one process may start per read while the"
+        " engine has room (halved when it has none)",
+    )
+
+
 class DeploymentConfig(BaseModel):
     """One server (or provider account) that serves a model."""
 
@@ -162,11 +220,53 @@ class DeploymentConfig(BaseModel):
     )
     flex: FlexExecutor = Field(default_factory=FlexExecutor)
     batch: BatchExecutor = Field(default_factory=BatchExecutor)
+    engine: EngineKind = Field(
+        default=EngineKind.NONE,
+        description="the inference server (vllm, sglang, llamacpp): deferred calls start only"
+        " while its /metrics shows room; none: declared capacity alone",
+    )
+    metrics_url: str | None = Field(
+        default=None, description="the engine's metrics (default: /metrics beside /v1)"
+    )
+    engine_load: EngineLoad = Field(default_factory=EngineLoad)
+    priority: EnginePriority | None = Field(
+        default=None,
+        description="the engine's priority field per kind of call (vllm, sglang; the engine"
+        " must run its priority scheduler)",
+    )
 
     @field_validator("upstream")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return upstream_url(value)
+
+    @field_validator("metrics_url")
+    @classmethod
+    def _metrics_url(cls, value: str | None) -> str | None:
+        if value is not None and (
+            urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname
+        ):
+            raise ValueError(f"metrics_url must be an http:// or https:// URL, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _engine(self) -> DeploymentConfig:
+        if self.engine == EngineKind.NONE:
+            if self.metrics_url is not None:
+                raise ValueError("metrics_url needs engine: vllm, sglang or llamacpp")
+        elif self.upstream == MOCK_UPSTREAM:
+            raise ValueError("engine needs an http(s) upstream (the in-process mock has none)")
+        if self.priority is not None and self.engine not in PRIORITY_ENGINES:
+            engines = " or ".join(str(e) for e in PRIORITY_ENGINES)
+            raise ValueError(f"priority needs engine: {engines} (it schedules by priority)")
+        return self
+
+    def engine_metrics_url(self) -> str:
+        """Where its engine publishes metrics: ``metrics_url``, else the server's root
+        ``/metrics`` (the upstream without its ``/v1``)."""
+        if self.metrics_url is not None:
+            return self.metrics_url
+        return self.upstream.removesuffix("/v1") + "/metrics"
 
     def executor_text(self) -> str:
         """Its executor as ``tiergate deployments`` and the dashboard show it: ``direct``,

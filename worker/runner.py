@@ -32,6 +32,7 @@ from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
 from app.store.upstream_jobs import UpstreamJobStore
 from app.upstream.client import build_upstream
+from app.upstream.engine_reader import EngineReader
 from app.upstream.router import Router
 from app.vocabulary import ProcessKind
 from worker.app import build_job_app
@@ -77,6 +78,8 @@ async def run_worker(
     upstream = build_upstream(settings)
     own_router = router is None
     router = router or Router(settings)
+    if own_router and metrics is not None:
+        metrics.watch_deployments(router.snapshot)
     own_cache = cache is None
     cache = cache or ResponseCache(
         settings, CacheStore(engine), Embedder(upstream, router), metrics
@@ -136,6 +139,9 @@ async def run_worker(
     )
     flex_task = asyncio.create_task(flex.run(), name="flex-dispatcher")
     poller_task = asyncio.create_task(poller.run(), name="batch-poller")
+    # One reader of each engine deployment's metrics per process (the gateway's router, when
+    # inside it, is read here too: realtime calls never wait on it).
+    engines_task = asyncio.create_task(EngineReader(router).run(), name="engine-metrics")
     weights_task = asyncio.create_task(
         _refresh_weights(runner, KeyStore(engine), settings.limits.heartbeat_s), name="key-weights"
     )
@@ -171,7 +177,7 @@ async def run_worker(
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
     finally:
-        for task in (flex_task, poller_task, weights_task):
+        for task in (flex_task, poller_task, weights_task, engines_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -39,7 +39,7 @@ from app.upstream.client import (
     within,
 )
 from app.upstream.deployment import Deployment
-from app.vocabulary import Endpoint, ErrorCode, Status
+from app.vocabulary import CallClass, Endpoint, ErrorCode, Status
 
 log = logging.getLogger("tiergate.streaming")
 
@@ -181,10 +181,12 @@ async def stream_call(
     naming: tuple[str, str],
     *,
     tier: str | None = None,
+    call: CallClass | None = None,
 ) -> UpstreamReply:
     """One streamed call: events stored as they come, naming the model as ``naming`` says
     (the upstream's name, the client's); the Response of the terminal event. ``tier``: the
-    provider's service tier (``flex``: within its flex timeout).
+    provider's service tier (``flex``: within its flex timeout); ``call``: the kind of call,
+    for the engine's priority.
 
     A ``response.failed`` or an ``error`` event is a final failure; a stream that ends or
     breaks before its terminal event is retryable (``upstream_stream_broken``).
@@ -193,7 +195,12 @@ async def stream_call(
     async with (
         within(timeout_s),
         upstream.open(
-            deployment, endpoint, {**body, "stream": True}, timeout_s=timeout_s, tier=tier
+            deployment,
+            endpoint,
+            {**body, "stream": True},
+            timeout_s=timeout_s,
+            tier=tier,
+            call=call,
         ) as response,
     ):
         if response.status_code >= 400:

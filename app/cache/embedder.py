@@ -14,7 +14,7 @@ from typing import Any
 
 from app.upstream.client import UpstreamClient
 from app.upstream.router import Router
-from app.vocabulary import Endpoint
+from app.vocabulary import CallClass, Endpoint
 
 
 class EmbeddingFailed(Exception):
@@ -48,6 +48,7 @@ class Embedder:
                         deployment,
                         Endpoint.EMBEDDINGS,
                         {**body, "model": deployment.target_model},
+                        call=CallClass.REALTIME,
                     )
                 except BaseException as exc:
                     self.router.end(deployment, fault=type(exc).__name__)

@@ -22,7 +22,7 @@ from app.store.db import create_engine
 from app.store.embedded import resolve_database
 from app.store.presence import process_views
 from app.store.upstream_jobs import OpenJobs, UpstreamJobStore
-from app.vocabulary import DeploymentState, ExecutorKind
+from app.vocabulary import CallClass, DeploymentState, EngineKind, ExecutorKind
 
 Reports = list[tuple[str, dict[str, Any]]]
 
@@ -98,9 +98,44 @@ def deployments(
                         (e["last_error"] for _, e in reports if e.get("last_error")), None
                     ),
                     "jobs": _jobs(held) if batch or held is not None else None,
+                    "engine": _engine(deployment, reports),
                 }
             )
     return out
+
+
+def _engine(deployment: DeploymentConfig, reports: Reports) -> dict[str, Any] | None:
+    """The engine's load as the processes read it (None without ``engine:``): the first
+    usable reading, else the first process's reason; ``text`` for the table."""
+    if deployment.engine == EngineKind.NONE:
+        return None
+    seen = [entry["engine"] for _, entry in reports if entry.get("engine")]
+    usable = next((e for e in seen if e["ok"]), None)
+    state = usable or (seen[0] if seen else None)
+    refused = any(e["priority_refused"] for e in seen)
+    if state is None:
+        text = f"{deployment.engine}: no process reading its metrics"
+    elif usable is not None:
+        kv = "" if usable["kv_cache"] is None else f", KV {usable['kv_cache']:.0%}"
+        text = f"{deployment.engine}: {usable['running']} running, {usable['waiting']} waiting{kv}"
+    else:
+        text = f"{deployment.engine}: metrics unusable ({state['error']}); declared capacity rules"
+    if deployment.priority is not None:
+        shown = ", ".join(f"{k}={v}" for k, v in _priorities(deployment).items())
+        text += "; priority refused" if refused else f"; priority {shown}"
+    return {
+        "kind": str(deployment.engine),
+        "metrics_url": deployment.engine_metrics_url(),
+        "priority": None if deployment.priority is None else _priorities(deployment),
+        "priority_refused": refused,
+        "state": state,
+        "text": text,
+    }
+
+
+def _priorities(deployment: DeploymentConfig) -> dict[str, int]:
+    assert deployment.priority is not None
+    return {str(call): deployment.priority.of(call) for call in CallClass}
 
 
 def _executor_config(deployment: DeploymentConfig) -> dict[str, Any] | None:
@@ -136,8 +171,11 @@ def as_text(settings: Settings, views: list[dict[str, Any]], jobs: list[OpenJobs
     open provider jobs per deployment."""
     facts = deployments(settings, views, jobs)
     lines = [f"{len(views)} live process(es) reporting"]
+    # The ENGINE column only when some deployment declares its engine.
+    engines = any(d["engine"] for d in facts)
+    head = ("MODEL", "DEPLOYMENT", "WHERE", "EXECUTOR", "STATE", "IN FLIGHT", "CALLS")
     lines += _aligned(
-        [("MODEL", "DEPLOYMENT", "WHERE", "EXECUTOR", "STATE", "IN FLIGHT", "CALLS", "LAST ERROR")]
+        [(*head, *(("ENGINE",) if engines else ()), "LAST ERROR")]
         + [
             (
                 d["model"],
@@ -147,6 +185,7 @@ def as_text(settings: Settings, views: list[dict[str, Any]], jobs: list[OpenJobs
                 d["state"],
                 str(d["in_flight"]),
                 str(d["calls"]),
+                *(((d["engine"] or {}).get("text", "-"),) if engines else ()),
                 d["last_error"] or "",
             )
             for d in facts

@@ -48,7 +48,16 @@ from app.upstream.client import UpstreamClient, UpstreamError, read_all, retry_a
 from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
 from app.upstream.router import NoCapacity, Router
-from app.vocabulary import Endpoint, ErrorCode, Header, PriceTier, Status, Tier, error
+from app.vocabulary import (
+    CallClass,
+    Endpoint,
+    ErrorCode,
+    Header,
+    PriceTier,
+    Status,
+    Tier,
+    error,
+)
 
 log = logging.getLogger("tiergate.proxy")
 
@@ -236,13 +245,17 @@ class RealtimeProxy:
     async def _open(self, call: Call, deployment: Deployment) -> Opened:
         """One call to one deployment: a stream to relay, or the whole answer read."""
         if not call.stream:  # timeout_s bounds the whole of it
-            answer = await self.upstream.whole(deployment, call.endpoint, call.body)
+            answer = await self.upstream.whole(
+                deployment, call.endpoint, call.body, call=CallClass.REALTIME
+            )
             return Opened(deployment, answer.status_code, answer.headers, answer.content)
         # A stream's timeout_s bounds each wait for a chunk.
         stack = contextlib.AsyncExitStack()
         try:
             upstream = await stack.enter_async_context(
-                self.upstream.open(deployment, call.endpoint, upstream_body(call))
+                self.upstream.open(
+                    deployment, call.endpoint, upstream_body(call), call=CallClass.REALTIME
+                )
             )
             if upstream.status_code >= 400:
                 content = await read_all(upstream)

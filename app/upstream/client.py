@@ -11,6 +11,8 @@ import contextlib
 import functools
 import itertools
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,9 @@ from app.upstream.aiohttp_transport import AiohttpTransport, Whole
 from app.upstream.chat_api import BadChatAnswer, translated_reply, translated_stream
 from app.upstream.deployment import Deployment
 from app.upstream.reasons import reason
-from app.vocabulary import Endpoint, ErrorCode, upstream_status
+from app.vocabulary import CallClass, Endpoint, ErrorCode, upstream_status
+
+log = logging.getLogger("tiergate.upstream")
 
 # Fields that mean something to tiergate and must not reach the provider.
 # previous_response_id names a tiergate Response, resolved into the input at acceptance.
@@ -67,15 +71,22 @@ class UpstreamReply:
 
 
 def prepare_body(
-    deployment: Deployment, body: dict[str, Any], endpoint: str = "", tier: str | None = None
+    deployment: Deployment,
+    body: dict[str, Any],
+    endpoint: str = "",
+    tier: str | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """The body the provider sees: its own model name, no gateway-only fields (the client's
-    ``service_tier`` is tiergate's; ``tier`` is the provider's, e.g. its ``flex``), a chat
-    call's token limit in the field the deployment reads (if one is set)."""
+    ``service_tier`` is tiergate's; ``tier`` is the provider's, e.g. its ``flex``), the
+    engine's ``priority`` if given, a chat call's token limit in the field the deployment
+    reads (if one is set)."""
     out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     out["model"] = deployment.target_model
     if tier is not None:
         out["service_tier"] = tier
+    if priority is not None:
+        out["priority"] = priority
     if deployment.token_field is not None and endpoint == Endpoint.CHAT:
         out = rename_token_limit(out, deployment.token_field)
     return out
@@ -198,6 +209,7 @@ class UpstreamClient:
         body: dict[str, Any],
         timeout_s: float | None = None,
         tier: str | None = None,
+        priority: int | None = None,
     ) -> tuple[httpx.AsyncBaseTransport, httpx.Request]:
         transport: httpx.AsyncBaseTransport
         if deployment.upstream == MOCK_UPSTREAM:
@@ -207,7 +219,7 @@ class UpstreamClient:
         else:
             transport, base = next(self._next), deployment.upstream
         url, host = _target(base + endpoint.removeprefix("/v1"))
-        content, headers = _content(deployment, endpoint, body, host, tier)
+        content, headers = _content(deployment, endpoint, body, host, tier, priority)
         request = httpx.Request(
             "POST",
             url,
@@ -226,32 +238,48 @@ class UpstreamClient:
         *,
         timeout_s: float | None = None,
         tier: str | None = None,
+        call: CallClass | None = None,
     ) -> Whole:
         """One call whose answer is read whole within ``timeout_s`` (else the model's), at
-        the provider's service ``tier`` if given, whatever its status; transport failures as
-        ``UpstreamError``.
+        the provider's service ``tier`` if given, with the engine's priority for a ``call`` of
+        its kind (``priority:``), whatever its status; transport failures as ``UpstreamError``.
 
         With aiohttp under a real provider, the call skips httpx's request and response
         objects (about a tenth of the gateway's CPU per realtime call); the in-process mock
         and a Responses call to a chat-only deployment go through :meth:`open`.
         """
-        direct = self._direct
         timeout_s = timeout_s or deployment.model.timeout_s
+        priority = deployment.priority_of(call, time.monotonic())
         async with within(timeout_s):
-            if (
-                direct is None
-                or deployment.upstream == MOCK_UPSTREAM
-                or (deployment.speaks_chat and endpoint == Endpoint.RESPONSES)
-            ):
-                async with self.open(
-                    deployment, endpoint, body, timeout_s=timeout_s, tier=tier
-                ) as response:
-                    content = await read_all(response)
-                return Whole(response.status_code, response.headers, content)
-            raw = deployment.upstream + endpoint.removeprefix("/v1")
-            content, headers = _content(deployment, endpoint, body, _target(raw)[1], tier)
-            with _mapped_errors():
-                return await direct.whole(raw, headers, content, _timeout(timeout_s))
+            answer = await self._whole(deployment, endpoint, body, timeout_s, tier, priority)
+            if priority is not None and _refused(deployment, answer.status_code, answer.content):
+                answer = await self._whole(deployment, endpoint, body, timeout_s, tier, None)
+            return answer
+
+    async def _whole(
+        self,
+        deployment: Deployment,
+        endpoint: str,
+        body: dict[str, Any],
+        timeout_s: float,
+        tier: str | None,
+        priority: int | None,
+    ) -> Whole:
+        direct = self._direct
+        if (
+            direct is None
+            or deployment.upstream == MOCK_UPSTREAM
+            or (deployment.speaks_chat and endpoint == Endpoint.RESPONSES)
+        ):
+            async with self._open(
+                deployment, endpoint, body, timeout_s, tier, priority
+            ) as response:
+                content = await read_all(response)
+            return Whole(response.status_code, response.headers, content)
+        raw = deployment.upstream + endpoint.removeprefix("/v1")
+        content, headers = _content(deployment, endpoint, body, _target(raw)[1], tier, priority)
+        with _mapped_errors():
+            return await direct.whole(raw, headers, content, _timeout(timeout_s))
 
     async def call(
         self,
@@ -261,12 +289,13 @@ class UpstreamClient:
         *,
         timeout_s: float | None = None,
         tier: str | None = None,
+        call: CallClass | None = None,
     ) -> UpstreamReply:
         """One non-streaming call (within ``timeout_s``, else the model's ``timeout_s``; at
-        the provider's service ``tier`` if given); raises ``UpstreamError`` unless the
-        provider said 2xx."""
+        the provider's service ``tier`` if given; see :meth:`whole` for ``call``); raises
+        ``UpstreamError`` unless the provider said 2xx."""
         answer = await self.whole(
-            deployment, endpoint, _not_streamed(body), timeout_s=timeout_s, tier=tier
+            deployment, endpoint, _not_streamed(body), timeout_s=timeout_s, tier=tier, call=call
         )
         if answer.status_code >= 400:
             raise error_from_status(answer.status_code, answer.headers, answer.content)
@@ -287,17 +316,43 @@ class UpstreamClient:
         *,
         timeout_s: float | None = None,
         tier: str | None = None,
+        call: CallClass | None = None,
     ) -> AsyncIterator[httpx.Response]:
-        """A call whose body is read by the caller (the realtime proxy relays it).
+        """A call whose body is read by the caller (the realtime proxy relays it); see
+        :meth:`whole` for ``tier`` and ``call``.
 
         A Responses call to a chat-only deployment goes out as a chat call; the caller gets
         its answer as a Response object or Responses event stream (``chat_api.py``).
         """
+        priority = deployment.priority_of(call, time.monotonic())
+        async with self._open(deployment, endpoint, body, timeout_s, tier, priority) as response:
+            if priority is None or response.status_code != 400:
+                yield response
+                return
+            content = await read_all(response)  # kept: the caller reads it again
+            if not _refused(deployment, response.status_code, content):
+                yield response
+                return
+        async with self._open(deployment, endpoint, body, timeout_s, tier, None) as response:
+            yield response
+
+    @contextlib.asynccontextmanager
+    async def _open(
+        self,
+        deployment: Deployment,
+        endpoint: str,
+        body: dict[str, Any],
+        timeout_s: float | None,
+        tier: str | None,
+        priority: int | None,
+    ) -> AsyncIterator[httpx.Response]:
         if deployment.speaks_chat and endpoint == Endpoint.RESPONSES:
-            async with self._open_translated(deployment, body, timeout_s, tier) as translated:
+            async with self._open_translated(
+                deployment, body, timeout_s, tier, priority
+            ) as translated:
                 yield translated
             return
-        transport, request = self._request(deployment, endpoint, body, timeout_s, tier)
+        transport, request = self._request(deployment, endpoint, body, timeout_s, tier, priority)
         with _mapped_errors():
             response = await transport.handle_async_request(request)
         response.request = request
@@ -313,12 +368,15 @@ class UpstreamClient:
         body: dict[str, Any],
         timeout_s: float | None,
         tier: str | None,
+        priority: int | None,
     ) -> AsyncIterator[httpx.Response]:
         try:
             chat = chat_request(body, deployment.token_field or "max_tokens")
         except Untranslatable as exc:
             raise untranslatable(exc) from None
-        transport, request = self._request(deployment, Endpoint.CHAT, chat, timeout_s, tier)
+        transport, request = self._request(
+            deployment, Endpoint.CHAT, chat, timeout_s, tier, priority
+        )
         with _mapped_errors():
             response = await transport.handle_async_request(request)
         response.request = request
@@ -344,11 +402,13 @@ def _content(
     body: dict[str, Any],
     host: str,
     tier: str | None = None,
+    priority: int | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The request's body (at the provider's service ``tier``, if given) and headers. The
-    headers httpx would add for content=... (Host, Content-Length) are given at once: a
-    request built from a stream skips httpx's header merging and body encoding."""
-    content = dumpb(prepare_body(deployment, body, endpoint, tier))
+    """The request's body (at the provider's service ``tier`` and the engine's ``priority``,
+    if given) and headers. The headers httpx would add for content=... (Host, Content-Length)
+    are given at once: a request built from a stream skips httpx's header merging and body
+    encoding."""
+    content = dumpb(prepare_body(deployment, body, endpoint, tier, priority))
     headers = {
         "host": host,
         "content-length": str(len(content)),
@@ -357,6 +417,28 @@ def _content(
         **deployment.headers(),
     }
     return content, headers
+
+
+def _refused(deployment: Deployment, status: int, content: bytes) -> bool:
+    """Whether an answer is the engine refusing the priority field (vLLM without
+    ``--scheduling-policy priority``): if so the deployment sends none for a while, and says
+    why, once."""
+    if status != 400:
+        return False
+    text = content.lower()
+    if b"priority" not in text or not (b"not enabled" in text or b"scheduling" in text):
+        return False
+    assert deployment.engine is not None  # only engines get a priority field
+    if deployment.engine.refuse_priority(time.monotonic()):
+        log.error(
+            "deployment %s/%s refused the priority field (%s): start vLLM with"
+            " --scheduling-policy priority (SGLang: --enable-priority-scheduling) or remove"
+            " priority: from its config; its calls go without a priority meanwhile",
+            deployment.model.name,
+            deployment.name,
+            content[:200].decode(errors="replace"),
+        )
+    return True
 
 
 @functools.lru_cache(maxsize=1024)

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.settings import DeploymentConfig, HealthLimits, ModelConfig
+from app.upstream.engine_watch import EngineWatch
 from app.upstream.health import Health
-from app.vocabulary import TokenField, UpstreamApi
+from app.vocabulary import CallClass, EngineKind, TokenField, UpstreamApi
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -61,8 +62,13 @@ class Deployment:
     # From the config (the deployment's, else the model's), fixed for the process.
     speaks_chat: bool = field(init=False)
     token_field: TokenField | None = field(init=False)
+    # Its engine's own load as this process reads it (``engine:`` set), else None.
+    engine: EngineWatch | None = field(init=False)
 
     def __post_init__(self) -> None:
+        self.engine = None
+        if self.config.engine != EngineKind.NONE:
+            self.engine = EngineWatch(self.config.engine, self.config.engine_load)
         self.speaks_chat = (self.config.api or self.model.api) == UpstreamApi.CHAT
         default = TokenField.MAX_TOKENS if self.speaks_chat else None
         self.token_field = self.config.max_tokens_field or self.model.max_tokens_field or default
@@ -90,11 +96,28 @@ class Deployment:
         return max(self.realtime_peak.value(now), self.realtime_in_flight) + self.others_realtime
 
     def deferred_room(self, now: float) -> int | None:
-        """How many more deferred calls it may take now (None: no ``capacity``, no bound)."""
-        if self.config.capacity is None:
+        """How many more deferred calls it may take now (None: no bound): what the declared
+        ``capacity`` leaves after realtime calls, and what the engine's own metrics allow,
+        whichever is less (docs/fleet.md)."""
+        declared = None
+        if self.config.capacity is not None:
+            used = self.realtime_load(now) + self.deferred_in_flight + self.others_deferred
+            declared = self.config.capacity - used
+        if self.engine is None:
+            return declared
+        measured = self.engine.room(now, self.deferred_in_flight)
+        if measured is None or declared is None:
+            return declared if measured is None else measured
+        return min(declared, measured)
+
+    def priority_of(self, call: CallClass | None, now: float) -> int | None:
+        """The engine's priority field for a call of this kind (None: send none)."""
+        priority = self.config.priority
+        if priority is None or call is None:
             return None
-        used = self.realtime_load(now) + self.deferred_in_flight + self.others_deferred
-        return self.config.capacity - used
+        if self.engine is not None and self.engine.priority_refused(now):
+            return None
+        return priority.of(call)
 
     @classmethod
     def of(cls, model: ModelConfig, config: DeploymentConfig, limits: HealthLimits) -> Deployment:
@@ -148,6 +171,7 @@ class Deployment:
             "trips": self.health.trips,
             "out_until": round(time.time() + out_for_s, 3) if out_for_s else None,
             "last_error": self.health.last_error,
+            **({"engine": self.engine.state(now)} if self.engine is not None else {}),
         }
 
 

@@ -161,7 +161,7 @@ class Router:
             deployment.health.succeeded()
         else:
             deployment.health.ended()
-        self._wake()
+        self.wake()
 
     async def acquire(
         self,
@@ -202,7 +202,9 @@ class Router:
             self._changed = asyncio.Event()
         return self._changed
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake the calls waiting for a deployment to look again (a call ended, an engine
+        reported room)."""
         if self._changed is not None:
             self._changed.set()
             self._changed = None

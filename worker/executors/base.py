@@ -18,7 +18,7 @@ from app.calls.policy import EXPIRED, Attempt
 from app.settings import ModelConfig
 from app.store.outcomes import Outcome
 from app.store.requests import ClaimedRequest
-from app.vocabulary import ExecutorKind, PriceTier
+from app.vocabulary import CallClass, ExecutorKind, PriceTier
 from worker.streaming import EventWriter
 
 
@@ -42,6 +42,7 @@ class Work:
     stopped: Outcome | None = None
     events: EventWriter | None = None  # a streamed attempt stores its events as they come
     path: ExecutorKind = ExecutorKind.DIRECT  # how it runs (the runner chooses: paths.py)
+    call: CallClass = CallClass.FLEX  # the kind of call, for an engine's priority
 
 
 def work_of(
@@ -71,7 +72,16 @@ def work_of(
         stop=stop,
         stopped=stopped,
         events=events,
+        call=call_class(row, tier),
     )
+
+
+def call_class(row: ClaimedRequest, tier: str | None) -> CallClass:
+    """The kind of call a claimed row makes: a Batch API line, a background request or a
+    flex one."""
+    if tier == PriceTier.BATCH:
+        return CallClass.BATCH
+    return CallClass.BACKGROUND if row.background else CallClass.FLEX
 
 
 class Executor(Protocol):

@@ -78,7 +78,12 @@ class DirectExecutor:
             try:
                 if work.events is None:
                     reply = await self.upstream.call(
-                        deployment, work.endpoint, work.body, timeout_s=timeout_s, tier=tier
+                        deployment,
+                        work.endpoint,
+                        work.body,
+                        timeout_s=timeout_s,
+                        tier=tier,
+                        call=work.call,
                     )
                 else:
                     reply = await stream_call(
@@ -89,6 +94,7 @@ class DirectExecutor:
                         work.events,
                         names(model, deployment),
                         tier=tier,
+                        call=work.call,
                     )
             except UpstreamError as exc:
                 if flex and flex_unavailable(exc):
