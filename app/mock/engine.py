@@ -56,6 +56,7 @@ SCHEDULING_POLICIES = ("fcfs", "priority")
 METRICS_MODES = ("ok", "garbage", "missing", "error", "disabled")
 DEFAULT_CAPACITY = 8
 DEFAULT_STEP_MS = 5.0
+MAX_DESCRIBED_CALLS = 100  # GET /_mock/engine lists the oldest calls in progress, at most these
 SGLANG_PREEMPTION_THRESHOLD = 10
 VLLM_REFUSAL = "Got priority {priority} but Priority scheduling is not enabled."
 SGLANG_REFUSAL = (
@@ -372,7 +373,8 @@ class MockEngine:
         return running, waiting, min(1.0, running / self.capacity) if kv is None else kv
 
     def describe(self) -> dict[str, Any]:
-        """``GET /_mock/engine``: the configuration, the calls, the counters and controls."""
+        """``GET /_mock/engine``: the configuration, the counters, the controls, what /metrics
+        publishes and the oldest calls in progress."""
         running, waiting, kv = self.published()
         return {
             "engine": self.kind,
@@ -386,7 +388,7 @@ class MockEngine:
             "by_priority": dict(self.scheduler.by_priority),
             **vars(self.controls),
             "published": {"running": running, "waiting": waiting, "kv_cache": kv},
-            "calls": self.scheduler.snapshot(),
+            "calls": self.scheduler.snapshot()[:MAX_DESCRIBED_CALLS],
         }
 
     # -- /metrics -----------------------------------------------------------------------

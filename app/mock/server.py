@@ -17,6 +17,22 @@ controls (``turnaround_ms``, ``job_fail``, ``job_expire``, ``expire_after``, ``l
 See ``app/mock/batch_api.py`` for the endpoints, shapes, controls and how ``/_mock/stats``
 counts them.
 
+``mock-upstream --engine vllm|sglang|llamacpp`` (engine mode, ``app/mock/engine.py``) serves
+API calls as that inference engine does: ``--capacity`` running slots (default 8), each call
+holding one for ``latency_ms + sleep_ms`` of service time in steps of ``--step-ms``, the rest
+waiting first come first served or, with ``--scheduling-policy priority``, by the body's
+``priority`` field with preemption; a ``priority`` the engine would refuse is refused as it
+does (vLLM under ``fcfs``: 400). Batch-job lines are not scheduled. It adds ``GET /metrics``
+(the engine's Prometheus text with its real series names: requests running and waiting, KV-cache
+use), ``GET /_mock/engine`` (``{"engine", "scheduling_policy", "capacity", "running",
+"waiting", "preemptions", "served", "by_priority", ...controls}``) and ``POST /_mock/engine``
+with any of ``{"extra_waiting": N, "extra_running": N}`` (added to the published counts: load
+that never came through the gateway), ``"kv_cache": 0.0-1.0 | null`` (overrides the published
+KV use), ``"metrics": "ok" | "garbage" | "missing" | "error" | "disabled"`` (unparseable text;
+without the three series; a 500; as the engine with its metrics off) and ``"refuse_priority":
+bool`` (a bad value is a 400); ``POST /_mock/reset`` resets them. Without ``--engine``
+``/metrics`` is a 404.
+
 Behaviour can be forced per request with magic controls, read from the ``x-mock-behavior``
 header and/or from the input text when it starts with ``mock:`` (header values win).
 Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
