@@ -27,6 +27,7 @@ from app.cli import keys as keys_cli
 from app.cli import prune as prune_cli
 from app.cli import usage as usage_cli
 from app.keys import ApiKey
+from app.mock.engine import DEFAULT_STEP_MS, ENGINES, SCHEDULING_POLICIES
 from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 from app.store.dburl import DatabaseProblem, DatabaseURL
 from app.store.embedded import resolve_database
@@ -227,7 +228,21 @@ def cmd_mock_upstream(args: argparse.Namespace, settings: Settings) -> int:
     from app.mock.server import run
 
     log.info("mock upstream on http://%s:%d/v1", args.host, args.port)
-    run(args.host, args.port, args.latency_ms, args.fail_rate, args.capacity, args.api)
+    try:
+        run(
+            args.host,
+            args.port,
+            args.latency_ms,
+            args.fail_rate,
+            args.capacity,
+            args.api,
+            engine=args.engine,
+            scheduling_policy=args.scheduling_policy,
+            step_ms=args.step_ms,
+        )
+    except ValueError as exc:  # a bad combination of options, found before it listens
+        print(f"tiergate: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -276,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--latency-ms", type=float, default=0.0)
     mock.add_argument("--fail-rate", type=float, default=0.0)
     mock.add_argument(
-        "--capacity", type=int, default=None, help="calls served at once; the rest queue inside"
+        "--capacity",
+        type=int,
+        default=None,
+        help="calls served at once; the rest queue inside (with --engine: its running slots,"
+        " default 8)",
     )
     mock.add_argument(
         "--api",
@@ -284,6 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
         default="responses",
         help="chat: no /v1/responses (404), as llama.cpp's server; legacy: chat, and"
         " max_completion_tokens is refused (only max_tokens is known)",
+    )
+    mock.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="serve calls as this inference engine does: running slots, its priority rules and"
+        " its Prometheus /metrics (see app/mock/engine.py)",
+    )
+    mock.add_argument(
+        "--scheduling-policy",
+        choices=SCHEDULING_POLICIES,
+        default="fcfs",
+        help="with --engine: priority orders waiting calls by their priority field and preempts"
+        " (vLLM's --scheduling-policy priority, SGLang's --enable-priority-scheduling)",
+    )
+    mock.add_argument(
+        "--step-ms",
+        type=float,
+        default=DEFAULT_STEP_MS,
+        help="with --engine: how often running calls advance (an engine step)",
     )
     mock.set_defaults(func=cmd_mock_upstream)
     return parser

@@ -17,6 +17,22 @@ controls (``turnaround_ms``, ``job_fail``, ``job_expire``, ``expire_after``, ``l
 See ``app/mock/batch_api.py`` for the endpoints, shapes, controls and how ``/_mock/stats``
 counts them.
 
+``mock-upstream --engine vllm|sglang|llamacpp`` (engine mode, ``app/mock/engine.py``) serves
+API calls as that inference engine does: ``--capacity`` running slots (default 8), each call
+holding one for ``latency_ms + sleep_ms`` of service time in steps of ``--step-ms``, the rest
+waiting first come first served or, with ``--scheduling-policy priority``, by the body's
+``priority`` field with preemption; a ``priority`` the engine would refuse is refused as it
+does (vLLM under ``fcfs``: 400). Batch-job lines are not scheduled. It adds ``GET /metrics``
+(the engine's Prometheus text with its real series names: requests running and waiting, KV-cache
+use), ``GET /_mock/engine`` (``{"engine", "scheduling_policy", "capacity", "running",
+"waiting", "preemptions", "served", "by_priority", ...controls}``) and ``POST /_mock/engine``
+with any of ``{"extra_waiting": N, "extra_running": N}`` (added to the published counts: load
+that never came through the gateway), ``"kv_cache": 0.0-1.0 | null`` (overrides the published
+KV use), ``"metrics": "ok" | "garbage" | "missing" | "error" | "disabled"`` (unparseable text;
+without the three series; a 500; as the engine with its metrics off) and ``"refuse_priority":
+bool`` (a bad value is a 400); ``POST /_mock/reset`` resets them. Without ``--engine``
+``/metrics`` is a 404.
+
 Behaviour can be forced per request with magic controls, read from the ``x-mock-behavior``
 header and/or from the input text when it starts with ``mock:`` (header values win).
 Controls are ``key=value`` tokens separated by commas or whitespace, e.g.
@@ -91,6 +107,12 @@ from app.mock.controls import (
     Controls,
     parse_controls,
     plan_for,
+)
+from app.mock.engine import (
+    DEFAULT_CAPACITY,
+    DEFAULT_STEP_MS,
+    MockEngine,
+    Refusal,
 )
 from app.mock.payloads import (
     SSE_MEDIA_TYPE,
@@ -256,6 +278,7 @@ class Call:
     path: str
     headers: Mapping[str, str]
     raw: bytes
+    via_engine: bool = True  # in engine mode: scheduled by it (batch lines are not)
 
 
 async def _serve(request: Request, text_of: TextFn, reply: ReplyFn) -> Response:
@@ -267,17 +290,24 @@ async def _serve_call(state: Any, call: Call, text_of: TextFn, reply: ReplyFn) -
     """Count, parse, plan, record, delay, then fail or answer."""
     path = call.path
     state.counts[path] = state.counts.get(path, 0) + 1
+    engine: MockEngine | None = state.engine if call.via_engine else None
     try:
         body = _parse_json(call.raw)
         text = text_of(body)
         controls = parse_controls(call.headers.get(BEHAVIOR_HEADER), text)
+        priority = engine.priority_of(body) if engine is not None else None
     except BadRequestError as exc:
         await asyncio.sleep(state.config.latency_ms / 1000)
         return _error_response(400, exc.message, exc.param)
     plan = plan_for(state, controls)
+    refusal: Refusal | None = None
     if state.outage is not None:
         plan = dataclasses.replace(
             plan, status=state.outage, drop=False, message="The mock provider is in an outage."
+        )
+    elif engine is not None and (refusal := engine.refusal(priority, path)) is not None:
+        plan = dataclasses.replace(
+            plan, status=refusal.status, drop=False, sleep_ms=0.0, trickle_ms=0.0
         )
     if controls.key is not None:
         state.attempts.setdefault(controls.key, []).append(
@@ -294,13 +324,19 @@ async def _serve_call(state: Any, call: Call, text_of: TextFn, reply: ReplyFn) -
                 "body": body,
             }
         )
+    if refusal is not None:  # the engine refuses it on arrival
+        return JSONResponse(refusal.body, status_code=refusal.status)
     model = str(body.get("model"))
     state.inflight[model] = state.inflight.get(model, 0) + 1
     state.peaks[model] = max(state.peaks.get(model, 0), state.inflight[model])
     try:
-        # Beyond ``capacity`` calls wait their turn inside, as in a saturated inference server.
-        async with state.capacity or contextlib.nullcontext():
-            await asyncio.sleep((state.config.latency_ms + plan.sleep_ms) / 1000)
+        service_ms = state.config.latency_ms + plan.sleep_ms
+        if engine is not None:  # a running slot, then the service time: see app/mock/engine.py
+            await engine.serve(priority, service_ms)
+        else:
+            # Beyond ``capacity`` calls wait their turn inside, as in a saturated inference server.
+            async with state.capacity or contextlib.nullcontext():
+                await asyncio.sleep(service_ms / 1000)
     finally:
         state.inflight[model] -= 1
     if plan.status is not None:
@@ -412,7 +448,8 @@ def _line_answerer(state: Any) -> LineAnswer:
         if handler is None:  # as the HTTP route answers (a chat-only server's /v1/responses)
             state.counts[counted] = state.counts.get(counted, 0) + 1
             return LineReply(404, {"detail": "Not Found"})
-        return await _collected(await _serve_call(state, Call(counted, {}, raw), *handler))
+        line = Call(counted, {}, raw, via_engine=False)
+        return await _collected(await _serve_call(state, line, *handler))
 
     return answer
 
@@ -469,7 +506,26 @@ async def _reset(request: Request) -> Response:
     request.app.state.fail_counts.clear()
     request.app.state.attempts.clear()
     request.app.state.batch_store.clear()
+    if request.app.state.engine is not None:
+        request.app.state.engine.reset()
     return JSONResponse({"ok": True})
+
+
+async def _metrics(request: Request) -> Response:
+    """The engine's Prometheus text (engine mode only)."""
+    answer = request.app.state.engine.metrics()
+    return Response(answer.text, status_code=answer.status, media_type=answer.media_type)
+
+
+async def _engine(request: Request) -> Response:
+    """``GET``: the engine's state; ``POST``: set its controls (engine mode only)."""
+    engine: MockEngine = request.app.state.engine
+    if request.method == "POST":
+        try:
+            engine.apply(await _read_json(request))
+        except BadRequestError as exc:
+            return _error_response(400, exc.message, exc.param)
+    return JSONResponse(engine.describe())
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -485,16 +541,29 @@ def create_mock_app(
     seed: int | None = None,
     capacity: int | None = None,
     api: str = "responses",
+    engine: str | None = None,
+    scheduling_policy: str = "fcfs",
+    step_ms: float = DEFAULT_STEP_MS,
+    model_name: str = "mock-model",
 ) -> Starlette:
     """Build the mock provider app.
 
     ``latency_ms`` delays every API answer; ``fail_rate`` is the probability of a 500;
     ``seed`` seeds the RNG used for ``fail_rate``; ``capacity`` is how many calls it serves at
     once (the others queue, so latency grows, as a saturated vLLM's does); ``api`` is one
-    of ``MOCK_APIS``.
+    of ``MOCK_APIS``. ``engine`` (one of ``ENGINES``) serves calls as that engine does, with
+    ``capacity`` running slots (default 8), ``scheduling_policy`` and steps of ``step_ms``,
+    and publishes its ``/metrics`` (labelled ``model_name``): see app/mock/engine.py.
     """
     if api not in MOCK_APIS:
         raise ValueError(f"api must be one of {MOCK_APIS}")
+    if engine is None and scheduling_policy != "fcfs":
+        raise ValueError("scheduling_policy needs an engine")
+    mock_engine = None
+    if engine is not None:
+        mock_engine = MockEngine(
+            engine, scheduling_policy, capacity or DEFAULT_CAPACITY, step_ms, model_name
+        )
     if latency_ms < 0:
         raise ValueError("latency_ms must be >= 0")
     if not 0.0 <= fail_rate <= 1.0:
@@ -512,6 +581,11 @@ def create_mock_app(
         Route("/_mock/outage", _outage, methods=["POST"]),
         *batch_routes(),
     ]
+    if mock_engine is not None:
+        routes += [
+            Route("/metrics", _metrics, methods=["GET"]),
+            Route("/_mock/engine", _engine, methods=["GET", "POST"]),
+        ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.config = MockConfig(latency_ms=latency_ms, fail_rate=fail_rate, api=api)
     app.state.rng = random.Random(seed)
@@ -522,7 +596,8 @@ def create_mock_app(
     app.state.peaks = {}
     app.state.holds = {}
     app.state.outage = None
-    app.state.capacity = asyncio.Semaphore(capacity) if capacity else None
+    app.state.engine = mock_engine
+    app.state.capacity = asyncio.Semaphore(capacity) if capacity and not mock_engine else None
     app.state.batch_store = BatchStore(answer=_line_answerer(app.state))
     return app
 
@@ -541,9 +616,21 @@ def run(
     fail_rate: float,
     capacity: int | None = None,
     api: str = "responses",
+    engine: str | None = None,
+    scheduling_policy: str = "fcfs",
+    step_ms: float = DEFAULT_STEP_MS,
 ) -> None:
-    """Serve the mock provider with uvicorn (log level "warning") until interrupted."""
-    app = create_mock_app(latency_ms=latency_ms, fail_rate=fail_rate, capacity=capacity, api=api)
+    """Serve the mock provider with uvicorn (log level "warning") until interrupted; a bad
+    combination of options raises ValueError before it listens."""
+    app = create_mock_app(
+        latency_ms=latency_ms,
+        fail_rate=fail_rate,
+        capacity=capacity,
+        api=api,
+        engine=engine,
+        scheduling_policy=scheduling_policy,
+        step_ms=step_ms,
+    )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning")
     logging.getLogger("uvicorn.error").addFilter(_HideDrops())
     uvicorn.Server(config).run()

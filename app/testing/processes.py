@@ -136,13 +136,22 @@ def start_worker(
 
 
 def start_mock_upstream(
-    log: Path, latency_ms: float = 0.0, capacity: int | None = None, api: str = "responses"
+    log: Path,
+    latency_ms: float = 0.0,
+    capacity: int | None = None,
+    api: str = "responses",
+    engine: str | None = None,
+    scheduling_policy: str = "fcfs",
 ) -> tuple[str, Process]:
+    """``tiergate mock-upstream`` on a free port (``engine``: its engine mode); returns its
+    base URL once it answers."""
     port = free_port()
     args = ["mock-upstream", "--port", str(port), "--latency-ms", str(latency_ms)]
     args += ["--api", api]
     if capacity:
         args += ["--capacity", str(capacity)]
+    if engine is not None:
+        args += ["--engine", engine, "--scheduling-policy", scheduling_policy]
     process = Process(args, base_env(), log).start()
     url = f"http://127.0.0.1:{port}"
     assert process.proc is not None
