@@ -420,13 +420,15 @@ def _content(
 
 
 def _refused(deployment: Deployment, status: int, content: bytes) -> bool:
-    """Whether an answer is the engine refusing the priority field (vLLM without
-    ``--scheduling-policy priority``): if so the deployment sends none for a while, and says
+    """Whether an answer is the engine refusing the priority field: vLLM's V0 engine without
+    ``--scheduling-policy priority`` (400 "Got priority 10 but Priority scheduling is not
+    enabled."), SGLang with ``--abort-on-priority-when-disabled`` (503 "Using priority is
+    disabled for this server. ..."). If so the deployment sends none for a while, and says
     why, once."""
-    if status != 400:
+    if status not in (400, 503):
         return False
     text = content.lower()
-    if b"priority" not in text or not (b"not enabled" in text or b"scheduling" in text):
+    if b"priority" not in text or not (b"not enabled" in text or b"is disabled" in text):
         return False
     assert deployment.engine is not None  # only engines get a priority field
     if deployment.engine.refuse_priority(time.monotonic()):

@@ -249,6 +249,12 @@ def test_a_refusal_is_recognized_and_the_priority_dropped_for_a_while():
     assert not _refused(gpu, 400, b'{"error": {"message": "input too long"}}')
     assert not _refused(gpu, 500, vllm)
     assert _refused(gpu, 400, vllm)
+    sglang = (
+        b'{"object": "error", "message": "Using priority is disabled for this server.'
+        b' Please send a new request without a priority."}'
+    )
+    assert _refused(gpu, 503, sglang)
+    assert not _refused(gpu, 503, b'{"error": {"message": "overloaded"}}')
     assert gpu.priority_of(CallClass.FLEX, time.monotonic()) is None
     assert gpu.snapshot(time.monotonic())["engine"]["priority_refused"] is True
 
