@@ -418,6 +418,7 @@ class RequestErrorCode(StrEnum):
     # A parameter the model's upstream API cannot express (refused, never silently dropped).
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
     MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
+    UNKNOWN_PARAMETER = "unknown_parameter"
     REQUEST_TOO_LARGE = "request_too_large"
     FILE_TOO_LARGE = "file_too_large"
     REQUEST_TIMEOUT = "request_timeout"  # the body did not arrive in time
@@ -433,6 +434,8 @@ class RequestErrorCode(StrEnum):
     # The request is fine but its object is not in the state it asks for.
     NOT_BACKGROUND = "not_background"  # only a background Response can be cancelled
     NOT_READY = "not_ready"  # a chat completion read before it finished
+    # a stored chat completion that is a line of a batch still running (deleted once it ends)
+    BATCH_NOT_FINISHED = "batch_not_finished"
     STILL_RUNNING = "still_running"  # a blocking flex client's wait ended first
     # tiergate cannot take it now.
     SERVER_BUSY = "server_busy"  # the byte budget of bodies being read is spent

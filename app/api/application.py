@@ -19,7 +19,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from app.api.routes import batches, files, inference, ops, organization, responses
+from app.api.routes import (
+    batches,
+    chat_completions,
+    files,
+    inference,
+    ops,
+    organization,
+    responses,
+)
 from app.dashboard import routes as dashboard
 from app.gateway.middleware.auth import AuthMiddleware
 from app.gateway.middleware.errors import ErrorMiddleware
@@ -65,6 +73,7 @@ def create_app(
             *inference.routes,
             *ops.routes,
             *responses.routes,
+            *chat_completions.routes,
             *files.routes,
             *batches.routes,
             *organization.routes,

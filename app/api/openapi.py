@@ -286,13 +286,8 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "responses": _responses(_ok(ref("Response")), "400", "404"),
         },
     }
-    paths["/v1/chat/completions/{id}"] = {
-        "parameters": [_id_param("chat completion")],
-        "get": {
-            "operationId": "retrieve_chat_completion",
-            "responses": _responses(_ok(ref("UpstreamObject")), "404"),
-        },
-    }
+    paths["/v1/chat/completions"]["get"] = _list_chat_completions()
+    paths.update(_stored_chat_paths())
     paths["/v1/files"] = {
         "post": {
             "operationId": "upload_file",
@@ -418,6 +413,106 @@ def _paths(settings: Settings) -> dict[str, Any]:
     return paths | _organization_paths() | _ops_paths()
 
 
+def _order_param(what: str) -> Schema:
+    return {
+        "name": "order",
+        "in": "query",
+        "description": f"By {what}; `after` pages on in the same order",
+        "schema": {"enum": ["asc", "desc"], "default": "asc"},
+    }
+
+
+def _list_chat_completions() -> Schema:
+    """OpenAI's stored chat completions: the completed chat completions of the caller's key."""
+    return {
+        "operationId": "list_chat_completions",
+        "description": "The key's completed chat completions, every tier (not those created "
+        "with `store: false`), oldest first unless `order=desc`",
+        "parameters": [
+            {
+                "name": "model",
+                "in": "query",
+                "description": "Only this model (as the client named it)",
+                "schema": {"type": "string", "maxLength": 1024},
+            },
+            {
+                "name": "metadata",
+                "in": "query",
+                "style": "deepObject",
+                "explode": True,
+                "description": "`metadata[key]=value`: only completions whose metadata holds "
+                "every pair given",
+                "schema": {
+                    "type": "object",
+                    "maxProperties": MAX_METADATA_PAIRS,
+                    "propertyNames": {"maxLength": 64},
+                    "additionalProperties": {"type": "string", "maxLength": 512},
+                },
+            },
+            _order_param("creation time"),
+            *_page_params(100),
+        ],
+        "responses": _responses(_ok(ref("ChatCompletionList")), "400"),
+    }
+
+
+def _stored_chat_paths() -> dict[str, Any]:
+    """A stored chat completion by id: retrieve, update, delete, its messages."""
+    chat_id = [_id_param("chat completion")]
+    completion = _ok(ref("ChatCompletion"))
+    update_body = {
+        "type": "object",
+        "required": ["metadata"],
+        "properties": {"metadata": _metadata()},
+        "additionalProperties": False,
+    }
+    return {
+        "/v1/chat/completions/{id}": {
+            "parameters": chat_id,
+            "get": {
+                "operationId": "retrieve_chat_completion",
+                "responses": _responses(completion, "404"),
+            },
+            "post": {
+                "operationId": "update_chat_completion",
+                "description": "Replace the completion's `metadata` (`null`: none)",
+                "requestBody": {"required": True, "content": json_content(update_body)},
+                "responses": _responses(completion, "400", "404", "413"),
+            },
+            "delete": {
+                "operationId": "delete_chat_completion",
+                "description": "A 404 everywhere afterwards; a line of a batch still running "
+                "is a 400 `batch_not_finished`",
+                "responses": _responses(_ok(ref("ChatCompletionDeleted")), "400", "404"),
+            },
+        },
+        "/v1/chat/completions/{id}/messages": {
+            "parameters": chat_id,
+            "get": {
+                "operationId": "list_chat_completion_messages",
+                "description": "The messages of the completion's request, ids "
+                "`{completion id}-{index}`",
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "The id of the last message of the previous page (400 "
+                        "if the completion has no such message)",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    },
+                    _order_param("position"),
+                ],
+                "responses": _responses(_ok(ref("ChatCompletionMessageList")), "400", "404"),
+            },
+        },
+    }
+
+
 def _organization_paths() -> dict[str, Any]:
     """Every key's usage and costs, in OpenAI's organization shapes: admin keys only."""
 
@@ -540,6 +635,33 @@ def _components() -> dict[str, Any]:
             error={"type": ["object", "null"]},
             usage={"type": ["object", "null"]},
             metadata={"type": ["object", "null"]},
+        ),
+        "ChatCompletion": obj(
+            ["id", "object", "created", "model", "choices"],
+            id={"type": "string"},
+            object={"const": "chat.completion"},
+            created={"type": "integer"},
+            model={"type": "string"},
+            choices={"type": "array"},
+            service_tier=NULLABLE_STRING,
+            metadata={"type": "object", "additionalProperties": {"type": "string"}},
+            usage={"type": ["object", "null"]},
+        ),
+        "ChatCompletionList": page("ChatCompletion"),
+        "ChatCompletionStoreMessage": obj(
+            ["id", "role", "content", "name", "content_parts"],
+            id={"type": "string"},
+            role={"type": ["string", "null"]},
+            content=NULLABLE_STRING,
+            name={"description": "As the request gave it, else null"},
+            content_parts={"type": ["array", "null"]},
+        ),
+        "ChatCompletionMessageList": page("ChatCompletionStoreMessage"),
+        "ChatCompletionDeleted": obj(
+            ["id", "object", "deleted"],
+            id={"type": "string"},
+            object={"const": "chat.completion.deleted"},
+            deleted={"const": True},
         ),
         "Deleted": obj(
             ["id", "object", "deleted"],

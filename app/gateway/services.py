@@ -24,6 +24,7 @@ from app.metrics import Metrics
 from app.settings import Settings
 from app.store.batches import BatchStore
 from app.store.cache import CacheStore
+from app.store.chat_completions import ChatCompletionStore
 from app.store.conversations import ConversationStore
 from app.store.db import create_engine
 from app.store.dburl import DatabaseURL
@@ -63,6 +64,9 @@ class Services:
         self.rate_limiter = RateLimiter(limit_store)
         self.budgets = Budgets(limit_store)
         self.requests = RequestStore(self.engine, retention_days=limits.retention.requests_days)
+        self.chat_completions = ChatCompletionStore(
+            self.engine, retention_days=limits.retention.requests_days
+        )
         self.files = FileStore(self.engine)
         self.batches = BatchStore(self.engine)
         self.upstream = build_upstream(settings)

@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Integer, Text, bindparam, func, or_, select, text, true
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -154,11 +165,12 @@ SELECT c.id, pg_notify('{Channel.DONE}', c.id) FROM c
 """
 )
 
-# Rows accepted before revision 0005 had a single-request batch: it goes with its row.
+# Rows accepted before revision 0005 had a single-request batch: it goes with its row. A chat
+# completion already deleted by DELETE /v1/chat/completions/{id} is gone for its key too.
 DELETE = text(
     f"""
 WITH r AS (
-    DELETE FROM requests WHERE id = :id AND owner_key_id = :owner
+    DELETE FROM requests WHERE id = :id AND owner_key_id = :owner AND deleted_at IS NULL
     RETURNING id, batch_id
 ), b AS (
     DELETE FROM batches USING r
@@ -226,6 +238,8 @@ class RequestRow(FromRow):
     pinned_deployment: str | None = None
     claimed_by: str | None = None
     cache: str | None = None
+    metadata: dict[str, str] | None = None  # set by POST /v1/chat/completions/{id}
+    deleted_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,11 +286,16 @@ class RequestStore:
         self.retention_days = retention_days
 
     def _visible(self) -> ColumnElement[bool]:
+        """Not deleted (DELETE /v1/chat/completions/{id}) and within the retention."""
+        kept = requests.c.deleted_at.is_(None)
         if self.retention_days is None:
-            return true()
-        return or_(
-            requests.c.status.in_([str(s) for s in LIVE]),
-            requests.c.created_at >= func.now() - dt.timedelta(days=self.retention_days),
+            return kept
+        return and_(
+            kept,
+            or_(
+                requests.c.status.in_([str(s) for s in LIVE]),
+                requests.c.created_at >= func.now() - dt.timedelta(days=self.retention_days),
+            ),
         )
 
     async def submit(self, sub: Submission) -> None:

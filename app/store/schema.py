@@ -27,9 +27,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 
-from app.vocabulary import FINAL, LIVE, Status, UpstreamJobStatus, sql_in
+from app.vocabulary import FINAL, LIVE, Endpoint, Status, UpstreamJobStatus, sql_in
 
 metadata = MetaData()
+
+# The rows GET /v1/chat/completions lists (the partial index requests_stored_chat_idx): chat
+# completions that completed, were not deleted and were not created with ``store: false``.
+STORED_CHAT = (
+    f"endpoint = '{Endpoint.CHAT}' AND status = '{Status.COMPLETED}' AND deleted_at IS NULL"
+    " AND (body -> 'store') IS DISTINCT FROM 'false'::jsonb"
+)
 
 
 api_keys = Table(
@@ -280,6 +287,19 @@ requests = Table(
         nullable=True,
         comment="the provider Batch API job holding it (upstream_jobs.id)",
     ),
+    Column(
+        "metadata",
+        JSONB,
+        nullable=True,
+        comment="a chat completion's metadata as POST /v1/chat/completions/{id} set it;"
+        " NULL: the request's own (body->'metadata')",
+    ),
+    Column(
+        "deleted_at",
+        DateTime(timezone=True),
+        nullable=True,
+        comment="DELETE /v1/chat/completions/{id}: body and answer cleared, usage and cost kept",
+    ),
     # The rows a provider Batch API job holds.
     Index(
         "requests_upstream_job_idx",
@@ -343,6 +363,15 @@ requests = Table(
         "requests_custom_id_idx",
         "custom_id",
         postgresql_where=text("custom_id IS NOT NULL"),
+    ),
+    # The stored chat completions API pages a key's completed chat completions by
+    # (created_at, id) (app/store/chat_completions.py).
+    Index(
+        "requests_stored_chat_idx",
+        "owner_key_id",
+        "created_at",
+        "id",
+        postgresql_where=text(STORED_CHAT),
     ),
     # Hot queries (queue depth, rescue, expiry) only look at live rows: keep them small.
     Index(

@@ -23,7 +23,7 @@ import pytest
 import schemathesis
 import yaml
 
-from app.api.routes import batches, files, ops, organization, responses
+from app.api.routes import batches, chat_completions, files, ops, organization, responses
 from app.openai.validation import INFERENCE_ENDPOINTS
 from app.testing.config import write_config
 from app.testing.processes import Gateway
@@ -68,7 +68,7 @@ def test_served_document_has_every_route(gateway: Gateway):
     }
     served = {("POST", endpoint) for endpoint in INFERENCE_ENDPOINTS} | {
         (method, re.sub(r":\w+}", "}", route.path))  # {model:path} is {model} in OpenAPI
-        for module in (ops, responses, files, batches, organization)
+        for module in (ops, responses, chat_completions, files, batches, organization)
         for route in module.routes
         for method in route.methods - {"HEAD"}
     }

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from app.gateway.services import Services
 from app.ids import plausible_id
 from app.openai.errors import bad_request, not_found
+from app.openai.validation import MAX_METADATA_PAIRS
 from app.vocabulary import RequestErrorCode
 
 MAX_LIMIT_DIGITS = 6
@@ -45,9 +46,11 @@ def services(request: Request) -> Services:
 ORDERS = ("asc", "desc")
 
 
-def sort_order(request: Request) -> Literal["asc", "desc"]:
-    """``order`` of a list call: ``desc`` (newest first, the default) or ``asc``."""
-    raw = request.query_params.get("order") or "desc"
+def sort_order(
+    request: Request, default: Literal["asc", "desc"] = "desc"
+) -> Literal["asc", "desc"]:
+    """``order`` of a list call: ``desc`` (newest first) or ``asc``; ``default`` if absent."""
+    raw = request.query_params.get("order") or default
     if raw == "asc":
         return "asc"
     if raw == "desc":
@@ -89,3 +92,51 @@ def expires_after(form: FormData) -> int | None:
             code=RequestErrorCode.INVALID_VALUE,
         )
     return int(seconds)
+
+
+MAX_QUERY_TEXT = 1024
+
+
+def text_param(request: Request, name: str) -> str | None:
+    """A free-text query parameter (a model name, say): None if absent or empty; a NUL or
+    over ``MAX_QUERY_TEXT`` characters is a 400 (no column could hold it anyway)."""
+    raw = request.query_params.get(name) or None
+    if raw is not None and ("\x00" in raw or len(raw) > MAX_QUERY_TEXT):
+        raise bad_request(
+            f"'{name}' must be a string of at most {MAX_QUERY_TEXT} characters without NUL.",
+            param=name,
+            code=RequestErrorCode.INVALID_VALUE,
+        )
+    return raw
+
+
+def metadata_filter(request: Request) -> dict[str, str]:
+    """``metadata[key]=value`` pairs of a list call (the SDK's encoding of a ``metadata``
+    dict), checked by OpenAI's metadata rules: at most 16 pairs, keys of at most 64
+    characters, values of at most 512; anything else named ``metadata`` is a 400."""
+    pairs: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name != "metadata" and not name.startswith("metadata["):
+            continue
+        key = name.removeprefix("metadata[").removesuffix("]")
+        if (
+            name == "metadata"
+            or not name.endswith("]")
+            or len(key) > 64
+            or len(value) > 512
+            or "\x00" in key + value
+        ):
+            raise bad_request(
+                "'metadata' filters are 'metadata[key]=value' pairs: keys of at most 64 "
+                "characters, values of at most 512.",
+                param="metadata",
+                code=RequestErrorCode.INVALID_VALUE,
+            )
+        pairs[key] = value
+    if len(pairs) > MAX_METADATA_PAIRS:
+        raise bad_request(
+            f"'metadata' filters at most {MAX_METADATA_PAIRS} pairs.",
+            param="metadata",
+            code=RequestErrorCode.INVALID_VALUE,
+        )
+    return pairs

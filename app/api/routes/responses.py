@@ -8,11 +8,11 @@ from starlette.routing import Route
 
 from app.api.routes.params import page_params, path_id, services, sort_order
 from app.gateway.middleware.auth import current_key
-from app.openai.errors import APIError, bad_request, json_response, not_found
+from app.openai.errors import bad_request, json_response, not_found
 from app.openai.items import listed_items
-from app.openai.objects import deleted_object, list_object, response_object, stored_result
+from app.openai.objects import deleted_object, list_object, response_object
 from app.store.requests import RequestStore
-from app.vocabulary import Endpoint, RequestErrorCode, Status
+from app.vocabulary import Endpoint, RequestErrorCode
 
 
 def _store(request: Request) -> RequestStore:
@@ -113,25 +113,9 @@ async def input_items(request: Request) -> Response:
     )
 
 
-async def retrieve_chat(request: Request) -> Response:
-    """A finished chat completion by id (the SDK's ``chat.completions.retrieve``)."""
-    rid = path_id(request, "chat completion")
-    row = await _store(request).get(rid, current_key(request.scope).id)
-    if row is None or row.endpoint != Endpoint.CHAT:
-        raise not_found("chat completion", rid)
-    if row.status != Status.COMPLETED:
-        raise APIError(
-            404,
-            f"Chat completion {rid} is {row.status}; GET /v1/responses/{rid} shows its progress.",
-            code=RequestErrorCode.NOT_READY,
-        )
-    return json_response(stored_result(row), headers={"x-request-id": rid})
-
-
 routes = [
     Route("/v1/responses/{id}", retrieve, methods=["GET"]),
     Route("/v1/responses/{id}", delete, methods=["DELETE"]),
     Route("/v1/responses/{id}/cancel", cancel, methods=["POST"]),
     Route("/v1/responses/{id}/input_items", input_items, methods=["GET"]),
-    Route("/v1/chat/completions/{id}", retrieve_chat, methods=["GET"]),
 ]
