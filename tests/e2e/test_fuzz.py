@@ -281,6 +281,9 @@ ID_ROUTES = [
     ("DELETE", "/responses/{}"),
     ("POST", "/responses/{}/cancel"),
     ("GET", "/chat/completions/{}"),
+    ("POST", "/chat/completions/{}"),
+    ("DELETE", "/chat/completions/{}"),
+    ("GET", "/chat/completions/{}/messages"),
     ("GET", "/files/{}"),
     ("DELETE", "/files/{}"),
     ("GET", "/files/{}/content"),
@@ -312,7 +315,7 @@ def test_hostile_ids_are_not_found_everywhere(http: httpx.Client, db: psycopg.Co
         )
         # A NUL anywhere in a JSON body is refused as a body (400), before any lookup.
         assert response.status_code == (400 if "\x00" in ident else 404), (ident, response.text)
-        for path in ("/files", "/batches"):
+        for path in ("/files", "/batches", "/chat/completions"):
             response = http.get(path, params={"after": ident})
             if ident in WELL_FORMED:
                 assert response.json()["data"] == [], (path, ident)

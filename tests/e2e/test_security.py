@@ -324,12 +324,17 @@ def test_a_key_never_reaches_another_keys_objects(
         *line_ids,
     ]
 
+    chat_ids = [*chats, *line_ids]  # stored chat completions: the batch lines are too
+
     intruder = openai.OpenAI(base_url=gateway.api, api_key=other_key, max_retries=0)
     attempts = [
         *(lambda r=r: intruder.responses.retrieve(r) for r in request_ids),
         *(lambda r=r: intruder.responses.cancel(r) for r in request_ids),
         *(lambda r=r: intruder.responses.delete(r) for r in request_ids),
-        *(lambda r=r: intruder.chat.completions.retrieve(r) for r in chats),
+        *(lambda r=r: intruder.chat.completions.retrieve(r) for r in chat_ids),
+        *(lambda r=r: intruder.chat.completions.update(r, metadata={"x": "y"}) for r in chat_ids),
+        *(lambda r=r: intruder.chat.completions.messages.list(r) for r in chat_ids),
+        *(lambda r=r: intruder.chat.completions.delete(r) for r in chat_ids),
         *(lambda f=f: intruder.files.retrieve(f) for f in file_ids),
         *(lambda f=f: intruder.files.content(f) for f in file_ids),
         *(lambda f=f: intruder.files.delete(f) for f in file_ids),
@@ -348,9 +353,12 @@ def test_a_key_never_reaches_another_keys_objects(
     theirs = {*request_ids, *file_ids, batch.id}
     upload(intruder, jsonl([chat_line("own", "x", "mock")]))  # the intruder has files of its own
     seen = {f.id for f in intruder.files.list()} | {b.id for b in intruder.batches.list()}
-    for after in (batch.id, done.input_file_id):
+    intruder.chat.completions.create(model="mock", messages=user)  # its own completion
+    seen |= {c.id for c in intruder.chat.completions.list()}
+    for after in (batch.id, done.input_file_id, chats[0]):
         seen |= {f.id for f in intruder.files.list(after=after)}
         seen |= {b.id for b in intruder.batches.list(after=after)}
+        seen |= {c.id for c in intruder.chat.completions.list(after=after)}
     assert seen and not seen & theirs
     # And nothing changed for the owner.
     assert client.batches.retrieve(batch.id).status == "completed"
@@ -360,3 +368,4 @@ def test_a_key_never_reaches_another_keys_objects(
         assert client.responses.retrieve(request_id).status != "cancelled"
     mine = {b.id for b in client.batches.list()} | {f.id for f in client.files.list()}
     assert {batch.id, *file_ids} <= mine
+    assert set(chat_ids) <= {c.id for c in client.chat.completions.list()}

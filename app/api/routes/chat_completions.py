@@ -85,6 +85,7 @@ async def list_completions(request: Request) -> Response:
 async def update(request: Request) -> Response:
     """Replace a chat completion's ``metadata`` (the only field OpenAI lets one change)."""
     rid = path_id(request, WHAT)
+    await _completed(request, rid)  # an unknown id is a 404 whatever the body
     limits = services(request).settings.limits
     raw = await read_body(
         request.receive, request.headers, MAX_UPDATE_BYTES, limits.body_read_timeout_s
@@ -109,7 +110,6 @@ async def update(request: Request) -> Response:
     store = services(request).chat_completions
     row = await store.set_metadata(rid, current_key(request.scope).id, metadata)
     if row is None:
-        await _completed(request, rid)  # says why (404 or not_ready)
         raise not_found(WHAT, rid)  # deleted meanwhile
     return json_response(chat_completion_object(row), headers={"x-request-id": rid})
 
