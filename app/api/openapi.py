@@ -442,11 +442,12 @@ def _list_chat_completions() -> Schema:
                 "explode": True,
                 "description": "`metadata[key]=value`: only completions whose metadata holds "
                 "every pair given",
+                # On the wire every value is a string: the schema limits lengths only.
                 "schema": {
                     "type": "object",
                     "maxProperties": MAX_METADATA_PAIRS,
                     "propertyNames": {"maxLength": 64},
-                    "additionalProperties": {"type": "string", "maxLength": 512},
+                    "additionalProperties": {"maxLength": 512},
                 },
             },
             _order_param("creation time"),

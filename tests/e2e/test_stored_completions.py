@@ -277,12 +277,13 @@ BAD_LISTS = [
     ({"metadata[" + "k" * 65 + "]": "v"}, "metadata"),
     ({"metadata[k]": "v" * 513}, "metadata"),
     ({f"metadata[k{i}]": "v" for i in range(17)}, "metadata"),
+    ({"metadata[k]": ["a", "b"]}, "metadata"),  # one key twice
 ]
 
 
 @pytest.mark.parametrize(("params", "param"), BAD_LISTS)
 def test_bad_list_params_are_400_naming_them(
-    gateway: Gateway, key: str, params: dict[str, str], param: str
+    gateway: Gateway, key: str, params: dict[str, Any], param: str
 ):
     answer = raw_get(gateway, key, "/chat/completions", **params)
     assert answer.status_code == 400, answer.text

@@ -50,7 +50,7 @@ def sort_order(
     request: Request, default: Literal["asc", "desc"] = "desc"
 ) -> Literal["asc", "desc"]:
     """``order`` of a list call: ``desc`` (newest first) or ``asc``; ``default`` if absent."""
-    raw = request.query_params.get("order") or default
+    raw = request.query_params.get("order", default)  # empty is not absent: a 400
     if raw == "asc":
         return "asc"
     if raw == "desc":
@@ -113,7 +113,8 @@ def text_param(request: Request, name: str) -> str | None:
 def metadata_filter(request: Request) -> dict[str, str]:
     """``metadata[key]=value`` pairs of a list call (the SDK's encoding of a ``metadata``
     dict), checked by OpenAI's metadata rules: at most 16 pairs, keys of at most 64
-    characters, values of at most 512; anything else named ``metadata`` is a 400."""
+    characters, values of at most 512, each key once; anything else named ``metadata`` is a
+    400."""
     pairs: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
         if name != "metadata" and not name.startswith("metadata["):
@@ -125,6 +126,7 @@ def metadata_filter(request: Request) -> dict[str, str]:
             or len(key) > 64
             or len(value) > 512
             or "\x00" in key + value
+            or key in pairs
         ):
             raise bad_request(
                 "'metadata' filters are 'metadata[key]=value' pairs: keys of at most 64 "
