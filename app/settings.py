@@ -179,8 +179,8 @@ class EngineLoad(BaseModel):
     ramp: int = Field(
         default=8,
         ge=1,
-        description="how many more deferred calls one process may start per read while the"
-        " engine has room (halved when it has none)",
+        description="how many more deferred calls one process may start per reading while"
+        " the engine has room",
     )
 
 

@@ -513,8 +513,9 @@ def test_overview_numbers_are_the_views(
             rate = driver.find_element(By.ID, "error-rate")
             shown = (rate.get_attribute("data-requests"), rate.get_attribute("data-errors"))
             depth = sorted(tuple(row) for row in _cells(driver, "#queue-depth"))
-            flights = {(r[0], r[1]): r[4] for r in _cells(driver, "#in-flight")}
+            flights = {(r[0], r[1]): r[5] for r in _cells(driver, "#in-flight")}
             executors = {(r[0], r[1]): r[2] for r in _cells(driver, "#in-flight")}
+            engines = {(r[0], r[1]): r[3] for r in _cells(driver, "#in-flight")}
             requests, errors = db.execute(
                 "SELECT coalesce(sum(requests), 0), coalesce(sum(errors), 0)"
                 " FROM tiergate_requests_per_minute"
@@ -542,6 +543,7 @@ def test_overview_numbers_are_the_views(
                 and flights.get(("remote", "default")) == "1"
                 and executors.get(("remote", "default")) == "direct"
                 and executors.get(("bulk", "provider")) == "batch openai → flex"
+                and engines.get(("remote", "default")) == "-"
             )
 
         WebDriverWait(browser, TIMEOUT_S, poll_frequency=0.5).until(agree)

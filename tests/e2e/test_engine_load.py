@@ -29,7 +29,7 @@ from openai.types.responses import Response
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
-from app.testing.processes import Gateway, base_env, start_mock_upstream
+from app.testing.processes import Gateway, base_env, create_key, start_mock_upstream
 from tests.e2e.conftest import row
 from tests.support.waiting import wait_until
 
@@ -327,6 +327,21 @@ def test_an_engine_that_refuses_priorities_is_a_deployment_error_not_failed_rows
     assert shown["text"].endswith("; priority refused")
     assert gateway_metric(gateway, "tiergate_engine_priority_refused", "refusing") == 1
     assert "refused the priority field" in gateway.process.log.read_text()
+    # The dashboard's deployments table says the same.
+    admin = create_key(database.libpq(), "engine-admin", admin=True)
+    with httpx.Client(base_url=gateway.url, follow_redirects=False) as http:
+        http.get("/dashboard/sign-in")
+        signed = http.post(
+            "/dashboard/sign-in",
+            data={"key": admin, "csrf": http.cookies["tiergate_csrf"]},
+            headers={"origin": gateway.url},
+        )
+        assert signed.status_code == 303
+        flights = http.get("/dashboard/api/overview").json()["in_flight"]
+    cells = {(f["model"], f["engine"]) for f in flights}
+    (refusing,) = [engine for model, engine in cells if model == "refusing"]
+    assert refusing.startswith("vllm: ") and refusing.endswith("; priority refused")
+    assert ("mock", "-") in cells
 
 
 def test_metrics_that_fail_or_lie_fall_back_to_the_declared_capacity(
