@@ -579,7 +579,7 @@ def test_overview_numbers_are_the_views(
     # Live: the page refreshes without reloading, and the call leaves the flight table.
     WebDriverWait(browser, TIMEOUT_S).until(
         lambda d: (
-            {(r[0], r[1]): r[4] for r in _cells(d, "#in-flight")}[("remote", "default")] == "0"
+            {(r[0], r[1]): r[5] for r in _cells(d, "#in-flight")}[("remote", "default")] == "0"
         )
     )
     # Nothing of another origin was loaded.
