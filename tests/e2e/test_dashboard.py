@@ -39,6 +39,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
 from app.testing.processes import Gateway, base_env, create_key
+from tests.support.admin import dashboard_session
 from tests.support.batches import chat_line, jsonl, upload
 
 CHROMIUM = "/usr/bin/chromium"
@@ -229,14 +230,7 @@ def test_sign_in_is_csrf_proof(gateway: Gateway, admin_key: str):
 
 def test_revoking_the_key_ends_its_sessions(gateway: Gateway, database: DatabaseURL):
     secret = create_key(database.libpq(), "short-lived-admin", admin=True)
-    with httpx.Client(base_url=gateway.url, follow_redirects=False) as http:
-        http.get("/dashboard/sign-in")
-        signed = http.post(
-            "/dashboard/sign-in",
-            data={"key": secret, "csrf": http.cookies["tiergate_csrf"]},
-            headers={"origin": gateway.url},
-        )
-        assert signed.status_code == 303
+    with dashboard_session(gateway.url, secret) as http:
         assert http.get("/dashboard/api/overview").status_code == 200
         subprocess.run(
             [sys.executable, "-m", "app.cli", "keys", "revoke", "short-lived-admin"],

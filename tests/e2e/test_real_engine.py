@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,9 +29,10 @@ from openai.types.responses import Response
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
-from app.testing.processes import Gateway, Process, base_env, free_port, wait_http
+from app.testing.processes import Gateway, Process, free_port, wait_http
 from app.upstream.engine_metrics import parse_metrics
 from app.vocabulary import EngineKind
+from tests.support.admin import deployments_json
 
 LLAMA_SERVER = os.environ.get("TIERGATE_LLAMA_SERVER")
 MODEL_FILE = os.environ.get("TIERGATE_LLAMA_MODEL")
@@ -129,15 +129,8 @@ def ours(name: str) -> str:
 
 def engine_view(database: DatabaseURL, config: Path) -> dict[str, Any]:
     """The test deployment's ``engine`` in ``tiergate deployments --json``."""
-    out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "deployments", "--json"],
-        env=base_env(DATABASE_URL=database.libpq(), TIERGATE_CONFIG=str(config)),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    (shown,) = [d for d in json.loads(out.stdout)["deployments"] if d["deployment"] == "cpu"]
+    facts = deployments_json(database.libpq(), config)["deployments"]
+    (shown,) = [d for d in facts if d["deployment"] == "cpu"]
     engine: dict[str, Any] = shown["engine"]
     return engine
 
