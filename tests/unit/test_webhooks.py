@@ -165,9 +165,7 @@ def test_the_webhooks_section(tmp_path: Path):
         ("webhooks:\n  alow_private: true\n", "line 2 (webhooks.alow_private)"),
     ],
 )
-def test_mistakes_in_the_webhooks_section_name_their_line(
-    tmp_path: Path, text: str, message: str
-):
+def test_mistakes_in_the_webhooks_section_name_their_line(tmp_path: Path, text: str, message: str):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as raised:
         Settings.from_env({"TIERGATE_CONFIG": str(path)})
