@@ -197,7 +197,8 @@ WITH d AS (
 ), e AS (
     UPDATE webhook_endpoints AS e SET
         failing_since = coalesce(e.failing_since, now()),
-        enabled = e.enabled AND NOT (e.failing_since < now() - make_interval(secs => :disable_s)),
+        enabled = e.enabled
+            AND NOT coalesce(e.failing_since < now() - make_interval(secs => :disable_s), false),
         disabled_at = CASE WHEN e.enabled
                             AND e.failing_since < now() - make_interval(secs => :disable_s)
                            THEN now() ELSE e.disabled_at END,
