@@ -227,7 +227,11 @@ def wait_response(client: openai.OpenAI, rid: str) -> Any:
 
 
 def test_events_arrive_signed_retried_and_only_to_their_key(
-    client: openai.OpenAI, endpoints: dict[str, str], receiver: Receiver, db: psycopg.Connection
+    client: openai.OpenAI,
+    endpoints: dict[str, str],
+    receiver: Receiver,
+    db: psycopg.Connection,
+    logs: Path,
 ):
     receiver.fail_first = 2  # the first event: 500, 500, then accepted
     ids = [
@@ -267,6 +271,17 @@ def test_events_arrive_signed_retried_and_only_to_their_key(
         (receiver.failing,),
     ).fetchone()
     assert row == ("delivered", 3, 200, True)
+    log = (logs / "w1.log").read_text()  # retried after its backoff, not after a lease lapsed
+    for attempt in (1, 2):
+        assert (
+            f"webhook {receiver.failing} to endpoint {endpoints['alice']}: attempt {attempt}"
+            f" failed (HTTP 500); next in" in log
+        )
+    assert "result not stored" not in log
+    failing = db.execute(
+        "SELECT failing_since FROM webhook_endpoints WHERE id = %s", (endpoints["alice"],)
+    ).fetchone()
+    assert failing == (None,)  # a success ends the failing streak
     # The admin-wide endpoint gets every key's batch.completed, nothing else; bob nothing.
     wait_until(lambda: receiver.delivered("/admin"), "the admin's event", TIMEOUT_S)
     assert {(d.event["type"], d.event["data"]["id"]) for d in receiver.delivered("/admin")} == {
