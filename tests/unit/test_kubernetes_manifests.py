@@ -238,3 +238,13 @@ def test_kustomize_renders_what_is_validated():
             _keda_validator(doc["kind"]).validate(doc)
         else:
             kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_docs_show_the_query_keda_runs():
+    (trigger,) = _one("ScaledObject", "tiergate-worker")["spec"]["triggers"]
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    shown = [block for block in docs.split("```sql\n")[1:] if "queue_depth_counted" in block]
+    assert len(shown) == 1
+    assert " ".join(shown[0].split("```")[0].split()) == " ".join(
+        trigger["metadata"]["query"].split()
+    )
