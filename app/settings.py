@@ -179,8 +179,8 @@ class EngineLoad(BaseModel):
     ramp: int = Field(
         default=8,
         ge=1,
-        description="how many more deferred calls one process may start per read while the"
-        " engine has room (halved when it has none)",
+        description="how many more deferred calls one process may start per reading while"
+        " the engine has room",
     )
 
 
@@ -541,6 +541,40 @@ class Limits(BaseModel):
     tier_price: TierPrice = Field(default_factory=TierPrice)
 
 
+class WebhooksConfig(BaseModel):
+    """Signed webhooks (``webhooks:``; docs/webhooks.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_private: bool = Field(
+        default=False,
+        description="let an endpoint's host resolve to a loopback, private or link-local address",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=60, description="one delivery attempt")
+    retry_base_s: float = Field(
+        default=5.0, gt=0, description="backoff: base * 2^(attempt-1), jittered, capped ..."
+    )
+    retry_max_s: float = Field(default=3600.0, gt=0, description="... at this")
+    give_up_after_s: float = Field(
+        default=72 * 3600.0, gt=0, description="an event not delivered by this age is failed"
+    )
+    disable_after_s: float = Field(
+        default=72 * 3600.0,
+        gt=0,
+        description="an endpoint with nothing but failures for this long is disabled",
+    )
+    per_endpoint: int = Field(
+        default=4, ge=1, le=256, description="deliveries in flight per endpoint per worker"
+    )
+    claim: int = Field(default=64, ge=1, le=1000, description="deliveries claimed at once")
+    rotation_grace_s: float = Field(
+        default=24 * 3600.0, ge=0, description="rotate-secret: the old secret signs this long too"
+    )
+    poll_s: float = Field(
+        default=5.0, gt=0, description="safety-net look for due deliveries (new ones are NOTIFYed)"
+    )
+
+
 def mock_model() -> ModelConfig:
     return ModelConfig(name="mock", upstream=MOCK_UPSTREAM, flex_concurrency=64, max_attempts=3)
 
@@ -553,6 +587,7 @@ class Settings:
     home: Path = field(default_factory=lambda: Path(".tiergate"))
     models: dict[str, ModelConfig] = field(default_factory=lambda: {"mock": mock_model()})
     limits: Limits = field(default_factory=Limits)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     config_path: Path | None = None
 
     @classmethod
@@ -574,7 +609,7 @@ class Settings:
         Raises ``ConfigError`` naming where the problem is, or ``ConfigErrors`` naming each.
         """
         problems: list[ConfigError] = []
-        unknown = set(data) - {"models", "limits"}
+        unknown = set(data) - {"models", "limits", "webhooks"}
         if unknown:
             problems.append(
                 ConfigError(f"unknown config keys: {sorted(unknown)}", (sorted(unknown)[0],))
@@ -614,6 +649,11 @@ class Settings:
                 self.limits = Limits.model_validate({**self.limits.model_dump(), **data["limits"]})
             except ValidationError as exc:
                 problems += all_from_validation(exc, ("limits",))
+        if data.get("webhooks") is not None:
+            try:
+                self.webhooks = WebhooksConfig.model_validate(data["webhooks"])
+            except ValidationError as exc:
+                problems += all_from_validation(exc, ("webhooks",))
         raise_all(problems)
 
     def reaches_chat(self, model: ModelConfig, pin: str | None = None) -> bool:

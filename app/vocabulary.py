@@ -230,6 +230,28 @@ class Channel(StrEnum):
     WORK = "tiergate_work"  # payload: a model whose deferred requests became claimable
     KEYS = "tiergate_keys"  # payload: the id of a revoked key
     EVENTS = "tiergate_events"  # payload: a streamed background Response that stored events
+    WEBHOOKS = "tiergate_webhooks"  # payload: empty; webhook deliveries were written
+
+
+class WebhookEvent(StrEnum):
+    """The webhook events tiergate sends (OpenAI's names and shapes)."""
+
+    RESPONSE_COMPLETED = "response.completed"
+    RESPONSE_FAILED = "response.failed"
+    RESPONSE_CANCELLED = "response.cancelled"
+    RESPONSE_INCOMPLETE = "response.incomplete"
+    BATCH_COMPLETED = "batch.completed"
+    BATCH_FAILED = "batch.failed"
+    BATCH_CANCELLED = "batch.cancelled"
+    BATCH_EXPIRED = "batch.expired"
+
+
+class DeliveryStatus(StrEnum):
+    """A webhook delivery's status (``webhook_deliveries.status``)."""
+
+    PENDING = "pending"  # due at next_attempt_at (a claimed one: after its lease)
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # retried until its event was too old: given up
 
 
 class ErrorCode(StrEnum):

@@ -160,41 +160,16 @@ def main() -> None:
         return
     args.realtime = 16 if args.realtime is None else args.realtime
 
-    work = Path(tempfile.mkdtemp(prefix="tiergate-yield-"))
-    processes: list[Process] = []
-    phases: list[Phase] = []
-    with database_server(work / "home") as factory:
-        try:
-            url, mock = start_mock_upstream(
-                work / "mock.log", latency_ms=LATENCY_MS, capacity=args.capacity
-            )
-            processes.append(mock)
-            for name, capacity, lines in (
-                ("realtime alone", args.capacity, 0),
-                ("with a batch, flex yields", args.capacity, args.lines),
-                ("with a batch, feature off", None, args.lines),
-            ):
-                deployment = {"name": "gpu", "upstream": f"{url}/v1"}
-                if capacity:
-                    deployment["capacity"] = capacity
-                config = write_config(
-                    work / f"tiergate-{len(phases)}.yaml",
-                    [{"name": MODEL, "deployments": [deployment], "flex_concurrency": 64}],
-                    {"batch_chunk": 64, "worker_concurrency": 16},
-                )
-                db = factory.create().libpq()
-                key = create_key(db, "bench")
-                gateway = start_gateway(
-                    database_url=db, config=config, log=work / f"gw-{len(phases)}.log"
-                )
-                processes.append(gateway.process)
-                phases.append(
-                    asyncio.run(phase(name, gateway.api, key, args.realtime, args.seconds, lines))
-                )
-                gateway.process.stop()
-        finally:
-            for process in processes:
-                process.stop()
+    phases = run_phases(
+        args,
+        "tiergate-yield-",
+        {},
+        [
+            ("realtime alone", {"capacity": args.capacity}, 0),
+            ("with a batch, flex yields", {"capacity": args.capacity}, args.lines),
+            ("with a batch, feature off", {}, args.lines),
+        ],
+    )
 
     alone = phases[0]
     spare = (args.capacity - args.realtime) / (LATENCY_MS / 1000)
@@ -222,29 +197,25 @@ def main() -> None:
 PRIORITY = {"realtime": 0, "flex": 10, "batch": 20}
 
 
-def engine_bench(args: argparse.Namespace) -> None:
-    """The ``--engine`` comparison (see the module doc)."""
-    work = Path(tempfile.mkdtemp(prefix="tiergate-engine-"))
+def run_phases(
+    args: argparse.Namespace,
+    prefix: str,
+    engine: dict[str, str],
+    plans: list[tuple[str, dict[str, object], int]],
+    bypass: int = 0,
+) -> list[Phase]:
+    """One mock (``engine``: its engine mode), then per plan (name, what the deployment
+    declares, batch lines) a fresh database and gateway under the same load."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     processes: list[Process] = []
     phases: list[Phase] = []
-    engine = {"engine": "vllm", "engine_load": {"read_every_s": 0.25}}
     with database_server(work / "home") as factory:
         try:
             url, mock = start_mock_upstream(
-                work / "mock.log",
-                latency_ms=LATENCY_MS,
-                capacity=args.capacity,
-                engine="vllm",
-                scheduling_policy="priority",
+                work / "mock.log", latency_ms=LATENCY_MS, capacity=args.capacity, **engine
             )
             processes.append(mock)
-            for name, deployment, lines in (
-                ("alone", {}, 0),
-                ("engine metrics + priority", {**engine, "priority": PRIORITY}, args.lines),
-                ("engine metrics alone", engine, args.lines),
-                ("declared capacity alone", {"capacity": args.capacity}, args.lines),
-                ("nothing", {}, args.lines),
-            ):
+            for name, deployment, lines in plans:
                 config = write_config(
                     work / f"tiergate-{len(phases)}.yaml",
                     [
@@ -262,24 +233,40 @@ def engine_bench(args: argparse.Namespace) -> None:
                     database_url=db, config=config, log=work / f"gw-{len(phases)}.log"
                 )
                 processes.append(gateway.process)
-                phases.append(
-                    asyncio.run(
-                        phase(
-                            name,
-                            gateway.api,
-                            key,
-                            args.realtime,
-                            args.seconds,
-                            lines,
-                            bypass_api=f"{url}/v1",
-                            bypass=args.bypass,
-                        )
-                    )
+                load = phase(
+                    name,
+                    gateway.api,
+                    key,
+                    args.realtime,
+                    args.seconds,
+                    lines,
+                    bypass_api=f"{url}/v1" if bypass else None,
+                    bypass=bypass,
                 )
+                phases.append(asyncio.run(load))
                 gateway.process.stop()
         finally:
             for process in processes:
                 process.stop()
+    return phases
+
+
+def engine_bench(args: argparse.Namespace) -> None:
+    """The ``--engine`` comparison (see the module doc)."""
+    engine: dict[str, object] = {"engine": "vllm", "engine_load": {"read_every_s": 0.25}}
+    phases = run_phases(
+        args,
+        "tiergate-engine-",
+        {"engine": "vllm", "scheduling_policy": "priority"},
+        [
+            ("alone", {}, 0),
+            ("engine metrics + priority", {**engine, "priority": PRIORITY}, args.lines),
+            ("engine metrics alone", engine, args.lines),
+            ("declared capacity alone", {"capacity": args.capacity}, args.lines),
+            ("nothing", {}, args.lines),
+        ],
+        bypass=args.bypass,
+    )
 
     alone = phases[0]
     left = (args.capacity - args.realtime - args.bypass) / (LATENCY_MS / 1000)

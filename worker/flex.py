@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from app.cache.service import wanted_for
 from app.calls.policy import EXPIRED, Attempt
@@ -61,8 +61,13 @@ class FlexDispatcher:
         runner: RequestRunner,
         worker_id: str,
         pacer: Pacer,
+        also: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
+        """``also``: more channels to LISTEN on through this dispatcher's connection, and what
+        to call with their payloads (and with ``""`` after each reconnection); one LISTEN
+        connection per worker process serves them all."""
         self.settings = settings
+        self._also = dict(also or {})
         self.pacer = pacer
         self.store = store
         self.events = EventStore(store.engine)
@@ -78,7 +83,7 @@ class FlexDispatcher:
         self._check_due = True
         self._listener = Listener(
             url,
-            [Channel.WORK, Channel.DONE],
+            [Channel.WORK, Channel.DONE, *self._also],
             self._on_notify,
             on_connected=self._on_connected,
             name="tiergate-work",
@@ -114,7 +119,9 @@ class FlexDispatcher:
             await self._stop()
 
     def _on_notify(self, channel: str, payload: str) -> None:
-        if channel == Channel.WORK:
+        if (handler := self._also.get(channel)) is not None:
+            handler(payload)
+        elif channel == Channel.WORK:
             self._wake.set()
         elif (call := self._calling.pop(payload, None)) is not None:
             # Final while its call runs: cancelled by its owner. Its result could not be
@@ -126,6 +133,8 @@ class FlexDispatcher:
         # Anything accepted while nobody listened is claimed now.
         self._check_due = True
         self._wake.set()
+        for handler in self._also.values():
+            handler("")
 
     async def _dispatch(self) -> None:
         if self._check_due:

@@ -31,10 +31,11 @@ from app.store.requests import RequestStore
 from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
 from app.store.upstream_jobs import UpstreamJobStore
+from app.store.webhooks import WebhookStore
 from app.upstream.client import build_upstream
 from app.upstream.engine_reader import EngineReader
 from app.upstream.router import Router
-from app.vocabulary import ProcessKind
+from app.vocabulary import Channel, ProcessKind
 from worker.app import build_job_app
 from worker.batches import BatchJobs
 from worker.execute import RequestRunner
@@ -42,6 +43,7 @@ from worker.executors.batch_poller import BatchPoller
 from worker.flex import FlexDispatcher
 from worker.maintenance import Maintenance
 from worker.pacing import Pacer
+from worker.webhooks import WebhookDeliverer
 
 log = logging.getLogger("tiergate.worker")
 
@@ -129,6 +131,7 @@ async def run_worker(
     await _when_database_up(presence.start, "register")
     if own_cache:
         await cache.start()
+    deliverer = WebhookDeliverer(settings.webhooks, WebhookStore(engine))
     flex = FlexDispatcher(
         settings=settings,
         url=url,
@@ -136,8 +139,11 @@ async def run_worker(
         runner=runner,
         worker_id=presence.id,
         pacer=pacer,
+        # The webhook deliverer is woken through the dispatcher's LISTEN connection.
+        also={Channel.WEBHOOKS: deliverer.wake},
     )
     flex_task = asyncio.create_task(flex.run(), name="flex-dispatcher")
+    webhooks_task = asyncio.create_task(deliverer.run(), name="webhook-deliveries")
     poller_task = asyncio.create_task(poller.run(), name="batch-poller")
     # One reader of each engine deployment's metrics per process (the gateway's router, when
     # inside it, is read here too: realtime calls never wait on it).
@@ -177,7 +183,7 @@ async def run_worker(
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
     finally:
-        for task in (flex_task, poller_task, weights_task, engines_task):
+        for task in (flex_task, webhooks_task, poller_task, weights_task, engines_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -22,7 +22,8 @@ from app.store.db import create_engine
 from app.store.embedded import resolve_database
 from app.store.presence import process_views
 from app.store.upstream_jobs import OpenJobs, UpstreamJobStore
-from app.vocabulary import CallClass, DeploymentState, EngineKind, ExecutorKind
+from app.upstream.engine_watch import engine_summary
+from app.vocabulary import DeploymentState, ExecutorKind
 
 Reports = list[tuple[str, dict[str, Any]]]
 
@@ -98,44 +99,12 @@ def deployments(
                         (e["last_error"] for _, e in reports if e.get("last_error")), None
                     ),
                     "jobs": _jobs(held) if batch or held is not None else None,
-                    "engine": _engine(deployment, reports),
+                    "engine": engine_summary(
+                        deployment, [e["engine"] for _, e in reports if e.get("engine")]
+                    ),
                 }
             )
     return out
-
-
-def _engine(deployment: DeploymentConfig, reports: Reports) -> dict[str, Any] | None:
-    """The engine's load as the processes read it (None without ``engine:``): the first
-    usable reading, else the first process's reason; ``text`` for the table."""
-    if deployment.engine == EngineKind.NONE:
-        return None
-    seen = [entry["engine"] for _, entry in reports if entry.get("engine")]
-    usable = next((e for e in seen if e["ok"]), None)
-    state = usable or (seen[0] if seen else None)
-    refused = any(e["priority_refused"] for e in seen)
-    if state is None:
-        text = f"{deployment.engine}: no process reading its metrics"
-    elif usable is not None:
-        kv = "" if usable["kv_cache"] is None else f", KV {usable['kv_cache']:.0%}"
-        text = f"{deployment.engine}: {usable['running']} running, {usable['waiting']} waiting{kv}"
-    else:
-        text = f"{deployment.engine}: metrics unusable ({state['error']}); declared capacity rules"
-    if deployment.priority is not None:
-        shown = ", ".join(f"{k}={v}" for k, v in _priorities(deployment).items())
-        text += "; priority refused" if refused else f"; priority {shown}"
-    return {
-        "kind": str(deployment.engine),
-        "metrics_url": deployment.engine_metrics_url(),
-        "priority": None if deployment.priority is None else _priorities(deployment),
-        "priority_refused": refused,
-        "state": state,
-        "text": text,
-    }
-
-
-def _priorities(deployment: DeploymentConfig) -> dict[str, int]:
-    assert deployment.priority is not None
-    return {str(call): deployment.priority.of(call) for call in CallClass}
 
 
 def _executor_config(deployment: DeploymentConfig) -> dict[str, Any] | None:

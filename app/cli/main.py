@@ -26,6 +26,7 @@ from app.cli import deployments as deployments_cli
 from app.cli import keys as keys_cli
 from app.cli import prune as prune_cli
 from app.cli import usage as usage_cli
+from app.cli import webhooks as webhooks_cli
 from app.keys import ApiKey
 from app.mock.engine import DEFAULT_STEP_MS, ENGINES, SCHEDULING_POLICIES
 from app.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage_cli.add_parser(sub)
     cache_cli.add_parser(sub)
     db_cli.add_parser(sub)
+    webhooks_cli.add_parser(sub)
 
     mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
     mock.add_argument("--host", default=DEFAULT_HOST)

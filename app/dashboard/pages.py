@@ -98,7 +98,7 @@ def overview() -> Markup:
 <thead><tr><th>Model</th><th>Tier</th><th>Pending</th><th>In progress</th></tr></thead>
 <tbody></tbody></table></div><p class="meta" id="queue-age"></p></div>
 <div class="card"><h2>In flight per deployment</h2><div class="scroll">
-<table id="in-flight"><thead><tr><th>Model</th><th>Deployment</th><th>Executor</th>
+<table id="in-flight"><thead><tr><th>Model</th><th>Deployment</th><th>Executor</th><th>Engine</th>
 <th>State</th><th>In flight</th></tr></thead><tbody></tbody></table></div></div>
 </section>
 <section class="card processes"><h2>Processes</h2>

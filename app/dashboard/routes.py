@@ -39,8 +39,10 @@ from app.dashboard.session import (
     set_cookie,
 )
 from app.gateway.services import Services
+from app.settings import DeploymentConfig
 from app.store.dashboard import PAGE, DashboardStore
 from app.store.presence import process_views
+from app.upstream.engine_watch import engine_summary
 from app.vocabulary import BatchStatus, ExecutorKind, Status
 
 HEADERS = {
@@ -191,19 +193,25 @@ async def overview_json(request: Request, admin: Admin) -> Response:
     fresh_s = 3 * services.settings.limits.heartbeat_s
     views = await process_views(services.engine, fresh_s=fresh_s)
     processes = await store.processes()
-    flights: dict[tuple[str, str], dict[str, Any]] = {
-        (model.name, d.name): {"in_flight": 0, "states": set(), "executor": d.executor_text()}
+    configs = {
+        (model.name, d.name): d
         for model in services.settings.models.values()
         for d in model.deployments
+    }
+    flights: dict[tuple[str, str], dict[str, Any]] = {
+        at: {"in_flight": 0, "states": set(), "executor": d.executor_text(), "engines": []}
+        for at, d in configs.items()
     }
     for view in views:
         for entry in view["deployments"] or []:
             seen = flights.setdefault(
                 (entry["model"], entry["deployment"]),
-                {"in_flight": 0, "states": set(), "executor": "not in this config"},
+                {"in_flight": 0, "states": set(), "executor": "not in this config", "engines": []},
             )
             seen["in_flight"] += entry.get("in_flight", 0)
             seen["states"].add(entry.get("state"))
+            if entry.get("engine"):
+                seen["engines"].append(entry["engine"])
     return JSONResponse(
         {
             "requests_per_minute": {
@@ -240,6 +248,7 @@ async def overview_json(request: Request, admin: Admin) -> Response:
                     "model": model,
                     "deployment": deployment,
                     "executor": v["executor"],
+                    "engine": _engine_text(configs.get((model, deployment)), v["engines"]),
                     "state": ", ".join(sorted(str(s) for s in v["states"] if s))
                     or "no process reporting",
                     "in_flight": v["in_flight"],
@@ -384,3 +393,9 @@ routes = [
     Route("/dashboard/keys", keys, methods=["GET"]),
     Route("/dashboard/files/{id}", download, methods=["GET"]),
 ]
+
+
+def _engine_text(config: DeploymentConfig | None, states: list[dict[str, Any]]) -> str:
+    """The engine cell of the deployments table ("-" without ``engine:``)."""
+    summary = engine_summary(config, states) if config is not None else None
+    return summary["text"] if summary is not None else "-"

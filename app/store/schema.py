@@ -493,3 +493,85 @@ cache_entries = Table(
     Column("last_hit_at", DateTime(timezone=True), nullable=True),
     Index("cache_entries_expiry_idx", "expires_at"),
 )
+
+
+# Signed webhooks (docs/webhooks.md). Endpoints belong to a key (its own events) or to no key
+# (every key's events: set by an admin).
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", Text, primary_key=True, comment="whep_..."),
+    Column(
+        "owner_key_id",
+        Text,
+        ForeignKey("api_keys.id"),
+        nullable=True,
+        comment="the key whose events it receives; NULL: every key's",
+    ),
+    Column("url", Text, nullable=False),
+    Column("events", ARRAY(Text), nullable=False, comment="event types it receives"),
+    Column("secret", Text, nullable=False, comment="whsec_...: signs every delivery"),
+    Column("previous_secret", Text, nullable=True, comment="a rotated secret, still signing ..."),
+    Column("previous_secret_until", DateTime(timezone=True), nullable=True, comment="... until"),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("disabled_at", DateTime(timezone=True), nullable=True),
+    Column("disabled_reason", Text, nullable=True, comment="why: by an admin, or failing for days"),
+    Column(
+        "failing_since",
+        DateTime(timezone=True),
+        nullable=True,
+        comment="first failed attempt since its last success",
+    ),
+    Column("last_success_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # One endpoint per URL per key (and one admin-wide endpoint per URL).
+    Index(
+        "webhook_endpoints_owner_url_idx",
+        text("coalesce(owner_key_id, '')"),
+        "url",
+        unique=True,
+    ),
+    comment="where webhook events are sent",
+)
+
+# The outbox: one row per event and endpoint, written by triggers in the statement that
+# makes a background response or a batch final (migration 0021), delivered by the workers.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("event_id", Text, nullable=False, comment="evt_...: the webhook-id of every attempt"),
+    Column(
+        "endpoint_id",
+        Text,
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("event_type", Text, nullable=False, comment="response.completed, batch.failed, ..."),
+    Column("object_id", Text, nullable=False, comment="the response or batch (data.id)"),
+    Column("owner_key_id", Text, nullable=False, comment="the key the object belongs to"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column(
+        "next_attempt_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.now(),
+        comment="when it is due (a claimed one: when its claim lapses)",
+    ),
+    Column("last_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("last_status", Integer, nullable=True, comment="HTTP status of the last attempt"),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    # Workers claim due deliveries per endpoint.
+    Index(
+        "webhook_deliveries_due_idx",
+        "endpoint_id",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index("webhook_deliveries_event_idx", "event_id", "endpoint_id", unique=True),
+    Index("webhook_deliveries_created_idx", "created_at"),
+    comment="webhook events to deliver and how their delivery went",
+)

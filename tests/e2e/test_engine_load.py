@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,8 +27,9 @@ from openai.types.responses import Response
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
-from app.testing.processes import Gateway, base_env, start_mock_upstream
+from app.testing.processes import Gateway, create_key, start_mock_upstream
 from tests.e2e.conftest import row
+from tests.support.admin import dashboard_session, deployments_json
 from tests.support.waiting import wait_until
 
 PRIORITY = {"realtime": 0, "flex": 10, "background": 15, "batch": 20}
@@ -122,21 +121,8 @@ def reads_after(gateway: Gateway, model: str, more: int) -> None:
     )
 
 
-def deployments_json(database: DatabaseURL, config: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "deployments", "--json"],
-        env=base_env(DATABASE_URL=database.libpq(), TIERGATE_CONFIG=str(config)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    shown: dict[str, Any] = json.loads(out.stdout)
-    return shown
-
-
 def shown_engine(database: DatabaseURL, config: Path, model: str) -> dict[str, Any]:
-    facts = deployments_json(database, config)["deployments"]
+    facts = deployments_json(database.libpq(), config)["deployments"]
     found: dict[str, Any] = next(d for d in facts if d["model"] == model)["engine"]
     return found
 
@@ -327,6 +313,14 @@ def test_an_engine_that_refuses_priorities_is_a_deployment_error_not_failed_rows
     assert shown["text"].endswith("; priority refused")
     assert gateway_metric(gateway, "tiergate_engine_priority_refused", "refusing") == 1
     assert "refused the priority field" in gateway.process.log.read_text()
+    # The dashboard's deployments table says the same.
+    admin = create_key(database.libpq(), "engine-admin", admin=True)
+    with dashboard_session(gateway.url, admin) as http:
+        flights = http.get("/dashboard/api/overview").json()["in_flight"]
+    cells = {(f["model"], f["engine"]) for f in flights}
+    (refusing,) = [engine for model, engine in cells if model == "refusing"]
+    assert refusing.startswith("vllm: ") and refusing.endswith("; priority refused")
+    assert ("mock", "-") in cells
 
 
 def test_metrics_that_fail_or_lie_fall_back_to_the_declared_capacity(

@@ -39,6 +39,7 @@ from app.testing.processes import (
 )
 from tests.e2e.conftest import PROVIDER_SECRET, row
 from tests.e2e.test_security import dump_database, forms
+from tests.support.admin import deployments_json
 
 ORG = "org-fleet-test"
 MESSAGES = [{"role": "user", "content": "hello fleet"}]
@@ -408,15 +409,7 @@ def test_processes_share_what_they_observe(
     client: openai.OpenAI, worker: Process, database: DatabaseURL, gateway_config: Path
 ):
     def views() -> list[dict]:
-        out = subprocess.run(
-            [sys.executable, "-m", "app.cli", "deployments", "--json"],
-            env=base_env(DATABASE_URL=database.libpq(), TIERGATE_CONFIG=str(gateway_config)),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        shown = json.loads(out.stdout)
+        shown = deployments_json(database.libpq(), gateway_config)
         flaky = next(d for d in shown["deployments"] if d["model"] == "flaky")
         assert flaky["executor"] == "direct" and flaky["jobs"] is None
         return list(shown["processes"])

@@ -120,7 +120,7 @@ def watch(**config: object) -> EngineWatch:
     return EngineWatch(EngineKind.VLLM, EngineLoad.model_validate(config))
 
 
-def test_room_grows_by_the_ramp_per_reading_and_halves_when_the_engine_queues():
+def test_room_grows_by_the_ramp_holds_when_the_cache_is_full_and_gives_back_what_waits():
     w = watch(ramp=4)
     assert w.room(1000.0, 0) is None  # not read yet: declared capacity rules
     assert w.state(1000.0)["error"] == "not read yet"
@@ -129,10 +129,12 @@ def test_room_grows_by_the_ramp_per_reading_and_halves_when_the_engine_queues():
     assert w.room(1000.0, 3) == 1
     assert w.read(EngineReading(6, 0, 0.2), 1000.5, deferred_in_flight=4)
     assert w.room(1000.5, 4) == 4  # 8 allowed now
-    assert not w.read(EngineReading(8, 2, 0.3), 1001.0, deferred_in_flight=8)
-    assert w.room(1001.0, 8) == -4  # 4 allowed: no new deferred call until half have ended
-    assert not w.read(EngineReading(8, 0, 0.95), 1001.5, deferred_in_flight=8)  # KV full
-    assert w.room(1001.5, 8) == -4
+    assert not w.read(EngineReading(8, 0, 0.95), 1001.0, deferred_in_flight=8)  # KV full
+    assert w.room(1001.0, 8) == 0  # no more starts, none given back
+    assert not w.read(EngineReading(8, 3, 0.5), 1001.5, deferred_in_flight=8)
+    assert w.room(1001.5, 8) == -3  # 3 wait: 3 of its slots go back as its calls end
+    assert not w.read(EngineReading(8, 50, 0.5), 1002.0, deferred_in_flight=8)
+    assert w.room(1002.0, 8) == -8  # a flood: every deferred slot is given back
 
 
 def test_the_waiting_and_cache_thresholds_are_configurable():

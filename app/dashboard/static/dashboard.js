@@ -108,7 +108,7 @@ async function refreshOverview() {
   document.getElementById("queue-age").textContent =
     age === null ? "not counted yet" : `counted ${Math.round(age)} s ago`;
   fillRows(document.getElementById("in-flight"), data.in_flight,
-    ["model", "deployment", "executor", "state", "in_flight"], "no deployment configured");
+    ["model", "deployment", "executor", "engine", "state", "in_flight"], "no deployment configured");
   fillRows(document.getElementById("processes"), data.processes,
     ["role", "host", "pid", "started", "last_beat", "in_flight", "state"],
     "no gateway or worker has beat in the last day");

@@ -1,7 +1,7 @@
 """stored chat completions: ``requests.metadata``, ``requests.deleted_at``, their index
 
-Revision ID: 0021
-Revises: 0020
+Revision ID: 0022
+Revises: 0021
 Create Date: 2026-12-08 10:00:00
 
 OpenAI's stored chat completions API (``GET /v1/chat/completions``, ``.../{id}/messages``,
@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0021"
-down_revision: str | None = "0020"
+revision: str = "0022"
+down_revision: str | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
