@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -21,7 +23,8 @@ import pytest
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
-from app.testing.processes import Gateway, Process, base_env, start_worker
+from app.testing.processes import Gateway, Process, base_env, create_key, start_worker
+from tests.support.admin import dashboard_session
 from tests.support.batches import chat_line, start_batch
 from tests.support.waiting import wait_until
 
@@ -291,6 +294,62 @@ def test_events_arrive_signed_retried_and_only_to_their_key(
     assert receiver.delivered("/bob") == []
     assert len(receiver.delivered("/alice")) == len(expected)
     assert not receiver.problems
+
+
+def delivery_rows(page: str) -> list[dict[str, str]]:
+    """The rows of a dashboard page's webhook deliveries table, as {header: cell text}."""
+    section = page.split('<section class="card webhooks">', 1)[1].split("</section>", 1)[0]
+    body = section.split("<tbody>", 1)[1]
+    rows = []
+    for tr in body.split("<tr>")[1:]:
+        cells = re.findall(r'<td data-label="([^"]+)">(.*?)</td>', tr, re.S)
+        rows.append({h: html.unescape(re.sub(r"<[^>]+>", "", c)) for h, c in cells})
+    return rows
+
+
+def test_the_dashboard_shows_a_responses_and_a_batchs_deliveries(
+    gateway: Gateway,
+    database: DatabaseURL,
+    client: openai.OpenAI,
+    receiver: Receiver,
+    endpoints: dict[str, str],
+):
+    """After the test above: the response whose event got two 500s, and the completed batch
+    (alice's endpoint and the admin-wide one), on their dashboard pages."""
+    assert receiver.failing is not None
+    retried = receiver.tries(receiver.failing)[-1].event["data"]["id"]
+    batch = receiver.delivered("/admin")[0].event["data"]["id"]
+    host = receiver.url.removeprefix("http://")
+    plain = client.responses.create(model="remote", input="no webhook").id  # not background
+    admin = create_key(database.libpq(), "hooks-admin", admin=True)
+    with dashboard_session(gateway.url, admin) as http:
+        page = http.get(f"/dashboard/requests/{retried}")
+        assert page.status_code == 200
+        [shown] = delivery_rows(page.text)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown.pop("Delivered"))
+        assert shown == {
+            "Endpoint": host,
+            "Event": "response.completed",
+            "Status": "delivered",
+            "Attempts": "3",
+            "Last status": "200",
+            "Last error": "—",
+            "Next attempt": "—",
+        }
+        assert f'title="{endpoints["alice"]}: {receiver.url}/alice"' in page.text
+        page = http.get(f"/dashboard/batches/{batch}")
+        assert page.status_code == 200
+        rows = delivery_rows(page.text)
+        assert (
+            sorted(
+                (d["Endpoint"], d["Event"], d["Status"], d["Attempts"], d["Last status"])
+                for d in rows
+            )
+            == [(host, "batch.completed", "delivered", "1", "200")] * 2
+        )
+        assert {d["Delivered"] for d in rows} != {"—"}
+        page = http.get(f"/dashboard/requests/{plain}")
+        assert page.status_code == 200 and "Webhook deliveries" not in page.text
 
 
 def test_a_cancelled_background_response_sends_response_cancelled(
