@@ -25,11 +25,11 @@ from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
 from app.testing.processes import Gateway, Process, base_env, create_key, start_worker
 from tests.support.admin import dashboard_session
-from tests.support.batches import chat_line, start_batch
+from tests.support.batches import chat_line, jsonl, start_batch, upload
 from tests.support.waiting import wait_until
 
 SDK = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1")
-RESPONSES = 20
+RESPONSES = 100
 TIMEOUT_S = 60.0
 WEBHOOKS = {
     "allow_private": True,  # the receiver is on loopback
@@ -143,7 +143,13 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
             {"name": "remote", "upstream": upstream, "flex_concurrency": 8},
             {"name": "slow-batch", "upstream": upstream, "flex_concurrency": 2},
         ],
-        {"maintenance_every_s": 1, "batch_chunk": 4, "heartbeat_s": 0.5, "stalled_after_s": 3},
+        {
+            "maintenance_every_s": 1,
+            "batch_chunk": 4,
+            "heartbeat_s": 0.5,
+            "stalled_after_s": 3,
+            "batch_windows": {"24h": 86400, "4s": 4},
+        },
         webhooks=WEBHOOKS,
     )
 
@@ -251,9 +257,20 @@ def test_events_arrive_signed_retried_and_only_to_their_key(
     cancelled = start_batch(client, slow)
     wait_until(lambda: client.batches.retrieve(cancelled.id).status == "in_progress", "in progress")
     client.batches.cancel(cancelled.id)
+    # Lines that outlast a 4 s window (two at a time, 1.5 s each): the batch expires.
+    late = [chat_line(f"x-{i}", "mock:sleep_ms=1500", model="slow-batch") for i in range(8)]
+    expired = client.batches.create(
+        input_file_id=upload(client, jsonl(late)),
+        endpoint="/v1/chat/completions",
+        completion_window="4s",  # type: ignore[arg-type]
+    )
 
     expected = {("response.completed", rid) for rid in ids}
-    expected |= {("batch.completed", completed.id), ("batch.cancelled", cancelled.id)}
+    expected |= {
+        ("batch.completed", completed.id),
+        ("batch.cancelled", cancelled.id),
+        ("batch.expired", expired.id),
+    }
 
     def alice() -> set[tuple[str, str]]:
         return {(d.event["type"], d.event["data"]["id"]) for d in receiver.delivered("/alice")}
