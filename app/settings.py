@@ -468,6 +468,9 @@ class Retention(BaseModel):
     events_days: int | None = Field(
         default=7, ge=1, description="procrastinate's finished jobs and their events"
     )
+    webhook_deliveries_days: int | None = Field(
+        default=30, ge=1, description="finished webhook deliveries (delivered or given up)"
+    )
     chunks_per_pass: int = Field(
         default=10, ge=1, description="chunks of each kind a worker deletes per maintenance run"
     )

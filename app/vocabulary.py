@@ -254,6 +254,10 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"  # retried until its event was too old: given up
 
 
+# A delivery that no worker will attempt again (what retention may delete).
+FINISHED_DELIVERY = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+
+
 class ErrorCode(StrEnum):
     """Error codes stored on rows (``requests.error``) by SQL as well as by Python.
 

@@ -78,6 +78,11 @@ HOT: list[tuple[str, ClauseElement, Params]] = [
     ("retention: requests", retention.PRUNE_REQUESTS, lambda c: {"days": 30, "n": 1000}),
     ("retention: procrastinate jobs", retention.PRUNE_JOBS, lambda c: {"days": DAYS, "n": 1000}),
     (
+        "retention: webhook deliveries",
+        retention.PRUNE_DELIVERIES,
+        lambda c: {"days": 30, "n": 1000},
+    ),
+    (
         "GET /v1/responses/{id}",
         _get_by_id(),
         lambda c: {

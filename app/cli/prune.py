@@ -23,6 +23,7 @@ WHAT = {
     "files": "processed files no live batch reads",
     "expired": "files whose expires_after has passed (deleted whatever the retention)",
     "jobs": "procrastinate's finished jobs and their events",
+    "webhooks": "finished webhook deliveries (delivered or given up)",
 }
 
 

@@ -6,13 +6,13 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from sqlalchemy import RowMapping
 
 from app.dashboard.html import Markup, join, link, render, table, text
 from app.dashboard.session import CSRF_FIELD
-from app.vocabulary import FINAL_BATCH, BatchStatus
+from app.vocabulary import FINAL, FINAL_BATCH, BatchStatus, DeliveryStatus
 
 NAV = (
     ("overview", "Overview", "/dashboard"),
@@ -207,9 +207,11 @@ def batch(
     *,
     offset: int = 0,
     page_size: int = 50,
+    deliveries: Sequence[RowMapping] = (),
 ) -> Markup:
-    """A batch: its facts, errors by code, files; a batch that failed validation lists the
-    reasons (line, code, message), ``page_size`` at a time from ``offset``."""
+    """A batch: its facts, errors by code, files, its webhook deliveries; a batch that failed
+    validation lists the reasons (line, code, message), ``page_size`` at a time from
+    ``offset``."""
     files = [
         (label, row[name])
         for label, name in (
@@ -255,7 +257,7 @@ def batch(
         """<p class="meta"><code>{id}</code></p>
 <div class="progress">{bar}</div>{facts}{invalid}
 <section class="cards"><div class="card"><h2>Errors by code</h2>{errors}</div>
-<div class="card"><h2>Files</h2><ul class="files">{downloads}</ul></div></section>""",
+<div class="card"><h2>Files</h2><ul class="files">{downloads}</ul></div></section>{hooks}""",
         id=p["batch_id"],
         bar=progress_bar(p),
         facts=facts,
@@ -268,6 +270,59 @@ def batch(
             else ("no errors" if final else "no errors yet"),
         ),
         downloads=downloads or Markup(f"<li>{'none' if final else 'none yet'}</li>"),
+        hooks=webhook_deliveries(deliveries, final=final),
+    )
+
+
+def _host(url: str) -> str:
+    """An endpoint URL's host (with its port, if it names one)."""
+    try:
+        parts = urlsplit(url)
+        return parts.netloc.rpartition("@")[2] or url
+    except ValueError:
+        return url
+
+
+def webhook_deliveries(rows: Sequence[RowMapping], *, final: bool) -> Markup:
+    """The webhook deliveries of a response or batch: one row per event and endpoint."""
+    if final:
+        empty = "none: no enabled endpoint wanted its event"
+    else:
+        empty = "none yet: its event is written when it ends"
+    return render(
+        '<section class="card webhooks"><h2>Webhook deliveries</h2>{table}</section>',
+        table=table(
+            (
+                "Endpoint",
+                "Event",
+                "Status",
+                "Attempts",
+                "Last status",
+                "Last error",
+                "Next attempt",
+                "Delivered",
+            ),
+            (
+                (
+                    render(
+                        '<span title="{id}: {url}">{host}</span>',
+                        id=d["endpoint_id"],
+                        url=d["url"],
+                        host=_host(d["url"]),
+                    ),
+                    d["event_type"],
+                    status(d["status"]),
+                    d["attempts"],
+                    d["last_status"],
+                    d["last_error"],
+                    d["next_attempt_at"] if d["status"] == DeliveryStatus.PENDING else None,
+                    d["delivered_at"],
+                )
+                for d in rows
+            ),
+            empty=empty,
+            cls="deliveries stack",
+        ),
     )
 
 
@@ -374,7 +429,11 @@ def requests(q: str, rows: Sequence[RowMapping] | None) -> Markup:
     )
 
 
-def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
+def request(
+    r: RowMapping, bodies: RowMapping | None, deliveries: Sequence[RowMapping] | None = None
+) -> Markup:
+    """A request: facts, timeline, bodies on demand; a background response its webhook
+    deliveries (``deliveries``: None for rows that have none to show)."""
     deferred = r["batch_id"] is not None or r["service_tier"] == "flex" or r["background"]
     error = r["error"] or {}
     steps: list[tuple[str, Any, Any]] = [("created", r["created_at"], None)]
@@ -458,11 +517,17 @@ def request(r: RowMapping, bodies: RowMapping | None) -> Markup:
             body=json.dumps(bodies["body"], indent=2, ensure_ascii=False),
             response=json.dumps(bodies["response_body"], indent=2, ensure_ascii=False),
         )
+    hooks = (
+        Markup("")
+        if deliveries is None
+        else webhook_deliveries(deliveries, final=r["status"] in FINAL)
+    )
     return render(
-        '<p class="meta"><code>{id}</code></p>{facts}<h2>Timeline</h2>{timeline}{shown}',
+        '<p class="meta"><code>{id}</code></p>{facts}<h2>Timeline</h2>{timeline}{hooks}{shown}',
         id=r["id"],
         facts=facts,
         timeline=timeline,
+        hooks=hooks,
         shown=shown,
     )
 

@@ -290,7 +290,10 @@ async def batch(request: Request, admin: Admin) -> Response:
     invalid = (
         await store.validation_errors(row["id"], offset, PAGE) if row["validation_errors"] else []
     )
-    body = pages.batch(progress, row, errors, invalid, offset=offset, page_size=PAGE)
+    deliveries = await store.deliveries(row["id"])
+    body = pages.batch(
+        progress, row, errors, invalid, offset=offset, page_size=PAGE, deliveries=deliveries
+    )
     return _html(request, "batches", "Batch", body, admin)
 
 
@@ -323,7 +326,10 @@ async def request_detail(request: Request, admin: Admin) -> Response:
     if row is None:
         return _html(request, "requests", "Request not found", Markup(""), admin, 404)
     bodies = await store.request_bodies(id) if request.query_params.get("bodies") else None
-    return _html(request, "requests", "Request", pages.request(row, bodies), admin)
+    # Only a background response has webhook events (docs/webhooks.md).
+    hooks = await store.deliveries(id) if row["background"] and row["batch_id"] is None else None
+    body = pages.request(row, bodies, hooks)
+    return _html(request, "requests", "Request", body, admin)
 
 
 @page

@@ -144,6 +144,14 @@ ENDED_JOBS = text(
     " ORDER BY created_at DESC, id DESC OFFSET :offset LIMIT :limit"
 )
 FILE = text("SELECT id, filename, bytes, status FROM files WHERE id = :id")
+# The webhook deliveries of one response or batch, with their endpoints' URLs: one statement
+# (``webhook_deliveries_object_idx``), oldest first.
+DELIVERIES = text(
+    "SELECT d.event_id, d.event_type, d.status, d.attempts, d.last_status, d.last_error,"
+    " d.created_at, d.next_attempt_at, d.delivered_at, d.endpoint_id, e.url"
+    " FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+    " WHERE d.object_id = :id ORDER BY d.created_at, d.id LIMIT :limit"
+)
 
 
 def token_hash(token: str) -> str:
@@ -234,3 +242,7 @@ class DashboardStore:
 
     async def file(self, id: str) -> RowMapping | None:
         return await self._one(FILE, id=id)
+
+    async def deliveries(self, object_id: str, limit: int = 200) -> list[RowMapping]:
+        """The webhook deliveries of a response or batch (one row per event and endpoint)."""
+        return await self._all(DELIVERIES, id=object_id, limit=limit)

@@ -1,6 +1,6 @@
 """Retention: history older than ``limits.retention`` is deleted, a bounded chunk at a time.
 
-Five kinds of history, each deleted oldest first by one short statement per chunk (``FOR
+Six kinds of history, each deleted oldest first by one short statement per chunk (``FOR
 UPDATE SKIP LOCKED``, so that several workers pruning at once never wait on each other and no
 statement holds many locks for long):
 
@@ -13,7 +13,10 @@ statement holds many locks for long):
 - ``expired``: files whose ``expires_at`` (set by ``expires_after`` at upload) has passed,
   whatever the retention, unless a live batch reads them; they are 404s already
   (``FileStore.get``);
-- ``jobs``: procrastinate's finished jobs with their events (``events_days``).
+- ``jobs``: procrastinate's finished jobs with their events (``events_days``);
+- ``webhooks``: finished webhook deliveries, delivered or given up
+  (``webhook_deliveries_days``), over the partial index of finished ones
+  (``webhook_deliveries_finished_created_idx``); pending ones stay, however old.
 
 Live work is never deleted, however old. A request past its retention is already a 404
 before it is deleted (``RequestStore.get``).
@@ -27,7 +30,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import Retention
-from app.vocabulary import FINAL, FINAL_BATCH, LIVE_BATCH, BatchKind, FileStatus, sql_in
+from app.vocabulary import (
+    FINAL,
+    FINAL_BATCH,
+    FINISHED_DELIVERY,
+    LIVE_BATCH,
+    BatchKind,
+    FileStatus,
+    sql_in,
+)
 
 CHUNK = 1000
 FILES_CHUNK = 20  # a file is up to 200 parts of 1 MiB
@@ -61,6 +72,9 @@ JOBS_WHERE = f"""
     {FINISHED_JOB} AND NOT EXISTS (
         SELECT 1 FROM procrastinate_events e
         WHERE e.job_id = j.id AND e.at >= now() - make_interval(days => :days))
+"""
+DELIVERIES_WHERE = f"""
+    status IN {sql_in(FINISHED_DELIVERY)} AND created_at < now() - make_interval(days => :days)
 """
 
 # Each delete names its rows by ``id = ANY(ARRAY(...))``, not by a join: the planner cannot
@@ -133,6 +147,14 @@ DELETE FROM procrastinate_jobs WHERE id = ANY(ARRAY(
 ))
 """
 )
+PRUNE_DELIVERIES = text(
+    f"""
+DELETE FROM webhook_deliveries WHERE id = ANY(ARRAY(
+    SELECT id FROM webhook_deliveries WHERE {DELIVERIES_WHERE}
+    ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED
+))
+"""
+)
 
 COUNTS = {
     "requests": f"SELECT count(*) FROM requests WHERE {REQUESTS_WHERE}",
@@ -140,6 +162,7 @@ COUNTS = {
     "files": f"SELECT count(*) FROM files f WHERE {FILES_WHERE}",
     "expired": f"SELECT count(*) FROM files f WHERE {EXPIRED_FILES_WHERE}",
     "jobs": f"SELECT count(*) FROM procrastinate_jobs j WHERE {JOBS_WHERE}",
+    "webhooks": f"SELECT count(*) FROM webhook_deliveries WHERE {DELIVERIES_WHERE}",
 }
 KINDS = tuple(COUNTS)
 
@@ -154,9 +177,20 @@ class Pruned:
     files: int = 0
     expired: int = 0
     jobs: int = 0
+    webhooks: int = 0
 
     def __bool__(self) -> bool:
-        return any((self.requests, self.batches, self.lines, self.files, self.expired, self.jobs))
+        return any(
+            (
+                self.requests,
+                self.batches,
+                self.lines,
+                self.files,
+                self.expired,
+                self.jobs,
+                self.webhooks,
+            )
+        )
 
 
 class RetentionStore:
@@ -174,6 +208,8 @@ class RetentionStore:
             return self.retention.files_days
         if kind == "expired":
             return 0
+        if kind == "webhooks":
+            return self.retention.webhook_deliveries_days
         return self.retention.events_days
 
     async def count(self, kind: str) -> int | None:
@@ -205,6 +241,9 @@ class RetentionStore:
                 return result.rowcount, 0
             if kind == "jobs":
                 result = await conn.execute(PRUNE_JOBS, {"days": days, "n": CHUNK})
+                return result.rowcount, 0
+            if kind == "webhooks":
+                result = await conn.execute(PRUNE_DELIVERIES, {"days": days, "n": CHUNK})
                 return result.rowcount, 0
             row = (await conn.execute(PRUNE_BATCH_LINES, {"days": days, "n": CHUNK})).one()
             if row.batch is None:

@@ -27,7 +27,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 
-from app.vocabulary import FINAL, LIVE, Endpoint, Status, UpstreamJobStatus, sql_in
+from app.vocabulary import (
+    FINAL,
+    FINISHED_DELIVERY,
+    LIVE,
+    Endpoint,
+    Status,
+    UpstreamJobStatus,
+    sql_in,
+)
 
 metadata = MetaData()
 
@@ -573,5 +581,14 @@ webhook_deliveries = Table(
     ),
     Index("webhook_deliveries_event_idx", "event_id", "endpoint_id", unique=True),
     Index("webhook_deliveries_created_idx", "created_at"),
+    # Retention deletes the oldest finished deliveries first (finished rows only: pending ones
+    # of a disabled endpoint are never walked past) ...
+    Index(
+        "webhook_deliveries_finished_created_idx",
+        "created_at",
+        postgresql_where=text(f"status IN {sql_in(FINISHED_DELIVERY)}"),
+    ),
+    # ... and the dashboard reads the deliveries of one response or batch.
+    Index("webhook_deliveries_object_idx", "object_id"),
     comment="webhook events to deliver and how their delivery went",
 )

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -21,12 +23,13 @@ import pytest
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
-from app.testing.processes import Gateway, Process, base_env, start_worker
-from tests.support.batches import chat_line, start_batch
+from app.testing.processes import Gateway, Process, base_env, create_key, start_worker
+from tests.support.admin import dashboard_session
+from tests.support.batches import chat_line, jsonl, start_batch, upload
 from tests.support.waiting import wait_until
 
 SDK = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1")
-RESPONSES = 20
+RESPONSES = 100
 TIMEOUT_S = 60.0
 WEBHOOKS = {
     "allow_private": True,  # the receiver is on loopback
@@ -140,7 +143,13 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str)
             {"name": "remote", "upstream": upstream, "flex_concurrency": 8},
             {"name": "slow-batch", "upstream": upstream, "flex_concurrency": 2},
         ],
-        {"maintenance_every_s": 1, "batch_chunk": 4, "heartbeat_s": 0.5, "stalled_after_s": 3},
+        {
+            "maintenance_every_s": 1,
+            "batch_chunk": 4,
+            "heartbeat_s": 0.5,
+            "stalled_after_s": 3,
+            "batch_windows": {"24h": 86400, "4s": 4},
+        },
         webhooks=WEBHOOKS,
     )
 
@@ -248,9 +257,20 @@ def test_events_arrive_signed_retried_and_only_to_their_key(
     cancelled = start_batch(client, slow)
     wait_until(lambda: client.batches.retrieve(cancelled.id).status == "in_progress", "in progress")
     client.batches.cancel(cancelled.id)
+    # Lines that outlast a 4 s window (two at a time, 1.5 s each): the batch expires.
+    late = [chat_line(f"x-{i}", "mock:sleep_ms=1500", model="slow-batch") for i in range(8)]
+    expired = client.batches.create(
+        input_file_id=upload(client, jsonl(late)),
+        endpoint="/v1/chat/completions",
+        completion_window="4s",  # type: ignore[arg-type]
+    )
 
     expected = {("response.completed", rid) for rid in ids}
-    expected |= {("batch.completed", completed.id), ("batch.cancelled", cancelled.id)}
+    expected |= {
+        ("batch.completed", completed.id),
+        ("batch.cancelled", cancelled.id),
+        ("batch.expired", expired.id),
+    }
 
     def alice() -> set[tuple[str, str]]:
         return {(d.event["type"], d.event["data"]["id"]) for d in receiver.delivered("/alice")}
@@ -291,6 +311,62 @@ def test_events_arrive_signed_retried_and_only_to_their_key(
     assert receiver.delivered("/bob") == []
     assert len(receiver.delivered("/alice")) == len(expected)
     assert not receiver.problems
+
+
+def delivery_rows(page: str) -> list[dict[str, str]]:
+    """The rows of a dashboard page's webhook deliveries table, as {header: cell text}."""
+    section = page.split('<section class="card webhooks">', 1)[1].split("</section>", 1)[0]
+    body = section.split("<tbody>", 1)[1]
+    rows = []
+    for tr in body.split("<tr>")[1:]:
+        cells = re.findall(r'<td data-label="([^"]+)">(.*?)</td>', tr, re.S)
+        rows.append({h: html.unescape(re.sub(r"<[^>]+>", "", c)) for h, c in cells})
+    return rows
+
+
+def test_the_dashboard_shows_a_responses_and_a_batchs_deliveries(
+    gateway: Gateway,
+    database: DatabaseURL,
+    client: openai.OpenAI,
+    receiver: Receiver,
+    endpoints: dict[str, str],
+):
+    """After the test above: the response whose event got two 500s, and the completed batch
+    (alice's endpoint and the admin-wide one), on their dashboard pages."""
+    assert receiver.failing is not None
+    retried = receiver.tries(receiver.failing)[-1].event["data"]["id"]
+    batch = receiver.delivered("/admin")[0].event["data"]["id"]
+    host = receiver.url.removeprefix("http://")
+    plain = client.responses.create(model="remote", input="no webhook").id  # not background
+    admin = create_key(database.libpq(), "hooks-admin", admin=True)
+    with dashboard_session(gateway.url, admin) as http:
+        page = http.get(f"/dashboard/requests/{retried}")
+        assert page.status_code == 200
+        [shown] = delivery_rows(page.text)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown.pop("Delivered"))
+        assert shown == {
+            "Endpoint": host,
+            "Event": "response.completed",
+            "Status": "delivered",
+            "Attempts": "3",
+            "Last status": "200",
+            "Last error": "—",
+            "Next attempt": "—",
+        }
+        assert f'title="{endpoints["alice"]}: {receiver.url}/alice"' in page.text
+        page = http.get(f"/dashboard/batches/{batch}")
+        assert page.status_code == 200
+        rows = delivery_rows(page.text)
+        assert (
+            sorted(
+                (d["Endpoint"], d["Event"], d["Status"], d["Attempts"], d["Last status"])
+                for d in rows
+            )
+            == [(host, "batch.completed", "delivered", "1", "200")] * 2
+        )
+        assert {d["Delivered"] for d in rows} != {"—"}
+        page = http.get(f"/dashboard/requests/{plain}")
+        assert page.status_code == 200 and "Webhook deliveries" not in page.text
 
 
 def test_a_cancelled_background_response_sends_response_cancelled(

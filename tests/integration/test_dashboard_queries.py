@@ -20,6 +20,10 @@ STATEMENTS: dict[str, tuple[TextClause, dict[str, object]]] = {
     "open provider jobs": (dashboard.OPEN_JOBS, {"limit": 200}),
     "ended provider jobs": (dashboard.ENDED_JOBS, {"offset": 50, "limit": 51}),
 }
+# The deliveries of one response or batch: by their object's index, never by a scan.
+DELIVERY_STATEMENTS: dict[str, tuple[TextClause, dict[str, object]]] = {
+    "webhook deliveries of an object": (dashboard.DELIVERIES, {"id": "resp_x", "limit": 200}),
+}
 # Reads of ``upstream_jobs`` (never pruned: one row per provider job) go through its indexes.
 JOB_STATEMENTS: dict[str, tuple[TextClause, dict[str, object]]] = {
     "open provider jobs": STATEMENTS["open provider jobs"],
@@ -51,6 +55,13 @@ async def test_no_scan_of_upstream_jobs(engine: AsyncEngine, name: str):
     statement, params = JOB_STATEMENTS[name]
     plan = await plan_of(engine, statement, params)
     assert "Seq Scan on upstream_jobs" not in plan, plan
+
+
+@pytest.mark.parametrize("name", sorted(DELIVERY_STATEMENTS))
+async def test_no_scan_of_webhook_deliveries(engine: AsyncEngine, name: str):
+    statement, params = DELIVERY_STATEMENTS[name]
+    plan = await plan_of(engine, statement, params)
+    assert "webhook_deliveries_object_idx" in plan, plan
 
 
 async def test_an_unindexed_read_is_seen_scanning(engine: AsyncEngine):

@@ -9,13 +9,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ids import new_id
 from app.keys import ApiKey
+from app.openai.webhooks import new_secret
 from app.settings import Retention
 from app.store import retention as retention_sql
 from app.store.files import FileStore
 from app.store.requests import RequestStore
 from app.store.retention import RetentionStore
+from app.store.webhooks import WebhookStore
 from tests.integration.conftest import insert_file_batch
 from tests.integration.test_request_store import submission
+from tests.integration.test_webhook_store import EVENTS, add_row, set_status
 
 
 async def sql(engine: AsyncEngine, statement: str, **params: Any) -> Any:
@@ -171,3 +174,70 @@ async def test_expired_files_go_whatever_the_retention_unless_a_live_batch_reads
     parts = "SELECT count(*) FROM file_parts WHERE file_id = :id"
     assert await sql(engine, parts, id=ids["expired"]) == 0
     assert await retention.count("expired") == 0
+
+
+async def test_finished_webhook_deliveries_go_after_their_days_pending_ones_stay(
+    engine: AsyncEngine, owner: ApiKey, monkeypatch: Any
+):
+    monkeypatch.setattr(retention_sql, "CHUNK", 2)
+    hooks = WebhookStore(engine)
+    endpoint = await hooks.create(owner.id, f"https://{new_id('r')}.example/", EVENTS, new_secret())
+    ages = {  # status, days old
+        "delivered_old": ("delivered", 31),
+        "failed_old": ("failed", 40),
+        "delivered_older": ("delivered", 90),
+        "pending_old": ("pending", 90),  # a disabled endpoint's: never pruned
+        "delivered_recent": ("delivered", 29),
+    }
+    ids = {}
+    for name, (status, days) in ages.items():
+        rid = await add_row(engine, owner, background=True)
+        await set_status(engine, "requests", rid, "completed")  # the trigger writes the event
+        ids[name] = await sql(
+            engine,
+            "UPDATE webhook_deliveries SET status = :s,"
+            " created_at = now() - make_interval(days => :d)"
+            " WHERE object_id = :o AND endpoint_id = :e RETURNING id",
+            s=status,
+            d=days,
+            o=rid,
+            e=endpoint,
+        )
+    assert (
+        await RetentionStore(engine, Retention(webhook_deliveries_days=None)).count("webhooks")
+        is None
+    )
+
+    retention = RetentionStore(engine, Retention(webhook_deliveries_days=30))
+    assert await retention.count("webhooks") == 3
+    chunks = []
+    while rows := (await retention.prune_chunk("webhooks"))[0]:
+        chunks.append(rows)
+    assert chunks == [2, 1]  # bounded chunks, oldest first
+    left = await sql(
+        engine,
+        "SELECT array_agg(id ORDER BY id) FROM webhook_deliveries WHERE endpoint_id = :e",
+        e=endpoint,
+    )
+    assert left == sorted([ids["pending_old"], ids["delivered_recent"]])
+    assert await retention.count("webhooks") == 0
+    assert not await retention.prune(max_chunks=10)  # nothing left: a pass deletes nothing
+
+
+async def test_pruning_webhook_deliveries_walks_the_index_of_finished_ones(engine: AsyncEngine):
+    async with engine.connect() as conn:
+        await conn.execute(text("SET enable_seqscan = off"))
+        plan = (
+            await conn.execute(
+                text(
+                    "EXPLAIN (COSTS OFF) SELECT id FROM webhook_deliveries"
+                    f" WHERE {retention_sql.DELIVERIES_WHERE}"
+                    " ORDER BY created_at LIMIT 1000 FOR UPDATE SKIP LOCKED"
+                ),
+                {"days": 30},
+            )
+        ).scalars()
+        text_plan = "\n".join(plan)
+        await conn.execute(text("RESET enable_seqscan"))
+    assert "webhook_deliveries_finished_created_idx" in text_plan, text_plan
+    assert "Sort" not in text_plan, text_plan  # read in index order: stops after LIMIT rows
