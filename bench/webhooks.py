@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from app.testing.batches import chat_lines, create_batch, upload
+from app.testing.batches import timed_chat_batch
 from app.testing.config import write_config
 from app.testing.postgres import DatabaseFactory, database_server
 from app.testing.processes import (
@@ -195,22 +195,6 @@ async def flex_latency(api: str, key: str, db: str, n: int) -> tuple[list[float]
     return added, total
 
 
-async def batch_rate(api: str, key: str, lines: int) -> float:
-    """Lines per second of a ``lines`` batch, from ``in_progress`` to ``completed``."""
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=api, timeout=60, headers=headers) as http:
-        batch = await create_batch(http, await upload(http, chat_lines(lines, MODEL), "w.jsonl"))
-        started = None
-        while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
-            await asyncio.sleep(0.1)
-            batch = (await http.get(f"/batches/{batch['id']}")).json()
-            if started is None and batch["status"] == "in_progress":
-                started = time.perf_counter()
-        assert batch["status"] == "completed", batch
-        assert batch["request_counts"]["completed"] == lines, batch["request_counts"]
-        return lines / (time.perf_counter() - (started or time.perf_counter()))
-
-
 @dataclass
 class Queue:
     """One queue phase's figures."""
@@ -232,7 +216,7 @@ async def queue_phase(
     seen = hanging.requests if hanging else 0
     await asyncio.sleep(args.warmup)  # the endpoint's slots full, deliveries piling up
     added, total = await flex_latency(api, key, db, args.flex)
-    rate = await batch_rate(api, key, args.lines)
+    rate = args.lines / await timed_chat_batch(api, key, args.lines, MODEL, poll_s=0.1)
     stop.set()
     fed = await feeding
     with psycopg.connect(db, autocommit=True) as conn:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from app.testing.batches import chat_lines, create_batch, upload
+from app.testing.batches import timed_chat_batch
 from app.testing.config import write_config
 from app.testing.postgres import database_server
 from app.testing.processes import Process, create_key, start_gateway, start_mock_upstream
@@ -89,23 +89,6 @@ async def realtime_load(
     return took
 
 
-async def run_batch(api: str, key: str, lines: int) -> float:
-    """Seconds from the batch's lines being runnable to the batch completed."""
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=api, timeout=60, headers=headers) as http:
-        batch = await create_batch(http, await upload(http, chat_lines(lines, MODEL), "y.jsonl"))
-        started = None
-        while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
-            await asyncio.sleep(0.2)
-            batch = (await http.get(f"/batches/{batch['id']}")).json()
-            if started is None and batch["status"] == "in_progress":
-                started = time.perf_counter()
-        assert batch["status"] == "completed", batch
-        counts = batch["request_counts"]
-        assert counts["completed"] == lines, counts
-        return time.perf_counter() - (started or time.perf_counter())
-
-
 async def phase(
     name: str,
     api: str,
@@ -128,7 +111,7 @@ async def phase(
     figures = Phase(name)
     if lines:
         await asyncio.sleep(1.0)  # realtime steady before the batch arrives
-        figures.batch_s = await run_batch(api, key, lines)
+        figures.batch_s = await timed_chat_batch(api, key, lines, MODEL)
         figures.batch_lines_per_s = lines / figures.batch_s
     else:
         await asyncio.sleep(seconds)

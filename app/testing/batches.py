@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import time
 from typing import Any
 
 import httpx
@@ -37,3 +39,22 @@ async def create_batch(
     created.raise_for_status()
     batch: dict[str, Any] = created.json()
     return batch
+
+
+async def timed_chat_batch(
+    api: str, key: str, lines: int, model: str, *, poll_s: float = 0.2
+) -> float:
+    """Seconds from a ``lines``-line chat batch going ``in_progress`` to ``completed`` (every
+    line must complete)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=api, timeout=60, headers=headers) as http:
+        batch = await create_batch(http, await upload(http, chat_lines(lines, model), "b.jsonl"))
+        started = None
+        while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+            await asyncio.sleep(poll_s)
+            batch = (await http.get(f"/batches/{batch['id']}")).json()
+            if started is None and batch["status"] == "in_progress":
+                started = time.perf_counter()
+        assert batch["status"] == "completed", batch
+        assert batch["request_counts"]["completed"] == lines, batch["request_counts"]
+        return time.perf_counter() - (started or time.perf_counter())
