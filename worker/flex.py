@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from app.cache.service import wanted_for
 from app.calls.policy import EXPIRED, Attempt
 from app.settings import Settings
-from app.store.db import database_unavailable
+from app.store.db import database_unavailable, report_failed_pass
 from app.store.dburl import DatabaseURL
 from app.store.events import EventStore
 from app.store.group_commit import GroupCommit
@@ -111,10 +111,7 @@ class FlexDispatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if database_unavailable(exc):
-                        log.warning("flex dispatch skipped: database unavailable (%s)", exc)
-                    else:
-                        log.exception("flex dispatch failed")
+                    report_failed_pass(log, exc, "flex dispatch")
         finally:
             await self._stop()
 

@@ -26,7 +26,7 @@ import httpx
 
 from app.openai.webhooks import event_body, signed_headers
 from app.settings import WebhooksConfig
-from app.store.db import database_unavailable
+from app.store.db import report_failed_pass
 from app.store.webhooks import Claimed, WebhookStore
 from app.upstream.reasons import reason
 from app.upstream.webhook_urls import UnsafeUrl, check
@@ -105,10 +105,7 @@ class WebhookDeliverer:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if database_unavailable(exc):
-                        log.warning("webhook deliveries skipped: database unavailable (%s)", exc)
-                    else:
-                        log.exception("webhook dispatch failed")
+                    report_failed_pass(log, exc, "webhook deliveries")
         finally:
             for timer in self._timers:
                 timer.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -35,6 +36,15 @@ def create_engine(
         json_deserializer=jsontext.loads,
         connect_args={"server_settings": {"application_name": application_name}},
     )
+
+
+def report_failed_pass(log: logging.Logger, exc: Exception, what: str) -> None:
+    """One pass of a worker's loop failed (the loop goes on): a database outage is a warning,
+    anything else a logged traceback."""
+    if database_unavailable(exc):
+        log.warning("%s skipped: database unavailable (%s)", what, exc)
+    else:
+        log.exception("%s failed", what)
 
 
 def database_unavailable(exc: BaseException) -> bool:

@@ -40,7 +40,7 @@ from app.calls.outcome import Meter, completed
 from app.calls.policy import EXPIRED, Window, after_failure
 from app.settings import BatchExecutor as BatchConfig
 from app.settings import ModelConfig, Settings
-from app.store.db import database_unavailable
+from app.store.db import database_unavailable, report_failed_pass
 from app.store.outcomes import Outcome
 from app.store.upstream_jobs import Finished, GivenBack, HeldRow, UpstreamJob, UpstreamJobStore
 from app.upstream.batch_api import CANCELLING, BadOutput, JobState, LineAnswer, ProviderBatches
@@ -113,10 +113,7 @@ class BatchPoller:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if database_unavailable(exc):
-                    log.warning("batch jobs not polled: database unavailable (%s)", exc)
-                else:
-                    log.exception("polling batch jobs failed")
+                report_failed_pass(log, exc, "polling batch jobs")
                 wait_s = 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
