@@ -326,7 +326,7 @@ class UpstreamClient:
         """
         priority = deployment.priority_of(call, time.monotonic())
         async with self._open(deployment, endpoint, body, timeout_s, tier, priority) as response:
-            if priority is None or response.status_code != 400:
+            if priority is None or response.status_code not in REFUSAL_STATUSES:
                 yield response
                 return
             content = await read_all(response)  # kept: the caller reads it again
@@ -419,13 +419,17 @@ def _content(
     return content, headers
 
 
+# How engines refuse a priority field they do not schedule by (vLLM V0: 400; SGLang: 503).
+REFUSAL_STATUSES = (400, 503)
+
+
 def _refused(deployment: Deployment, status: int, content: bytes) -> bool:
     """Whether an answer is the engine refusing the priority field: vLLM's V0 engine without
     ``--scheduling-policy priority`` (400 "Got priority 10 but Priority scheduling is not
     enabled."), SGLang with ``--abort-on-priority-when-disabled`` (503 "Using priority is
     disabled for this server. ..."). If so the deployment sends none for a while, and says
     why, once."""
-    if status not in (400, 503):
+    if status not in REFUSAL_STATUSES:
         return False
     text = content.lower()
     if b"priority" not in text or not (b"not enabled" in text or b"is disabled" in text):

@@ -40,7 +40,8 @@ MESSAGES = [{"role": "user", "content": "hello engine"}]
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """``prio``: vLLM with priority scheduling; ``fcfs``: vLLM without (it refuses a
-    priority); ``sick``: one whose metrics the tests break."""
+    priority); ``sick``: one whose metrics the tests break; ``sglang``: SGLang without
+    priority scheduling (a test makes it refuse priorities)."""
     logs = tmp_path_factory.mktemp("engines")
     started = {
         "prio": start_mock_upstream(
@@ -52,6 +53,9 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         ),
         "fcfs": start_mock_upstream(logs / "fcfs.log", latency_ms=20, capacity=4, engine="vllm"),
         "sick": start_mock_upstream(logs / "sick.log", latency_ms=20, capacity=4, engine="vllm"),
+        "sglang": start_mock_upstream(
+            logs / "sglang.log", latency_ms=20, capacity=4, engine="sglang"
+        ),
     }
     yield {name: url for name, (url, _) in started.items()}
     for _, process in started.values():
@@ -81,6 +85,18 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, engines: dict[str, 
             model("llama", "prio", priority=PRIORITY),
             model("refusing", "fcfs", priority=PRIORITY),
             model("sick", "sick", capacity=2),
+            {
+                "name": "sglang",
+                "deployments": [
+                    {
+                        "name": "gpu",
+                        "upstream": engines["sglang"] + "/v1",
+                        "engine": "sglang",
+                        "engine_load": READS,
+                        "priority": PRIORITY,
+                    }
+                ],
+            },
         ],
         {"heartbeat_s": 0.5, "retry_base_s": 0.05, "retry_max_s": 0.2, "flex_poll_s": 0.2},
     )
@@ -360,3 +376,22 @@ def test_metrics_that_fail_or_lie_fall_back_to_the_declared_capacity(
     assert "declared capacity" in shown["text"]
     log = gateway.process.log.read_text()
     assert "its engine's metrics are unusable" in log and "readable again" in log
+
+
+def test_a_stream_refused_for_its_priority_is_sent_again_without_it(
+    client: openai.OpenAI, engines: dict[str, str]
+):
+    """SGLang with ``--abort-on-priority-when-disabled`` refuses any priority, 0 included,
+    with a 503: a realtime stream is opened again without the field and relayed whole."""
+    sglang = engines["sglang"]
+    engine(sglang, refuse_priority=True)
+    key = tag()
+    stream = client.chat.completions.create(
+        model="sglang",
+        messages=[{"role": "user", "content": f"mock:key={key} streamed"}],
+        stream=True,
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == f"echo: mock:key={key} streamed"
+    sent = attempts(sglang, key)
+    assert [(a["status"], a["body"].get("priority")) for a in sent] == [(503, 0), (200, None)]
