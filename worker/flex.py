@@ -25,7 +25,9 @@ import contextlib
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
+from app import tracing
 from app.cache.service import wanted_for
 from app.calls.policy import EXPIRED, Attempt
 from app.settings import Settings
@@ -197,10 +199,13 @@ class FlexDispatcher:
             assert task is not None
             self._calling[request_id] = task
             try:
-                result = await self.runner.attempt(
-                    work_of(row, events=writer),
-                    cached=wanted_for(row),
-                )
+                if tracing.tracer is None:
+                    result = await self.runner.attempt(
+                        work_of(row, events=writer),
+                        cached=wanted_for(row),
+                    )
+                else:
+                    result = await self._traced(row, writer)
             finally:
                 self._calling.pop(request_id, None)
             if result is None:  # its executor took it over and finishes it itself
@@ -230,6 +235,35 @@ class FlexDispatcher:
                 writer.close()
             self._inflight[model] -= 1
             self._wake.set()  # a slot is free
+
+    async def _traced(self, row: ClaimedRequest, writer: EventWriter | None) -> Attempt | None:
+        """The attempt at ``row`` in an attempt span of the trace its row keeps (a retry's and
+        a rescued attempt's too), after a span for its wait in the queue."""
+        attributes = {
+            "gen_ai.operation.name": tracing.operation(row.endpoint),
+            "gen_ai.request.model": row.model,
+            "tiergate.tier": row.service_tier,
+            "tiergate.request_id": row.id,
+            "tiergate.attempt": row.attempts,
+        }
+        # The queue wait is the first attempt's alone (a retry's starts at its backoff).
+        waited = row.created_at if row.attempts == 1 else None
+        with tracing.attempt_span(row.traceparent, waited, attributes) as span:
+            result = await self.runner.attempt(work_of(row, events=writer), cached=wanted_for(row))
+            if result is not None:
+                outcome = result.outcome
+                tracing.annotate(
+                    span,
+                    {
+                        "tiergate.deployment": (outcome and outcome.deployment)
+                        or result.deployment,
+                        "tiergate.status": outcome.status if outcome else "retry",
+                        "tiergate.retry_in_s": result.retry_in_s,
+                    },
+                )
+                if outcome is not None:
+                    tracing.annotate(span, outcome_attributes(outcome))
+            return result
 
     async def _writer(self, row: ClaimedRequest) -> EventWriter:
         """The event writer of a streamed attempt, numbering after the stored events."""
@@ -320,3 +354,15 @@ class FlexDispatcher:
                 log.info("gave %d unfinished requests back to the queue", len(released))
         await self._finishing.stop()
         await self._listener.stop()
+
+
+def outcome_attributes(outcome: Outcome) -> dict[str, Any]:
+    """The GenAI attributes of an attempt's outcome that are at hand (no text of it)."""
+    body = outcome.response_body
+    return {
+        "tiergate.executor": outcome.executor,
+        "tiergate.cache": outcome.cache,
+        "gen_ai.response.model": body.get("model") if isinstance(body, dict) else None,
+        "gen_ai.usage.input_tokens": outcome.usage.input,
+        "gen_ai.usage.output_tokens": outcome.usage.output,
+    }

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
+from app import tracing
 from app.cli import batch as batch_cli
 from app.cli import cache as cache_cli
 from app.cli import db as db_cli
@@ -142,6 +143,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         _raise_open_files_limit(),
     )
     _tune_gc()
+    tracing.setup(tracing.Role.GATEWAY if args.no_worker else tracing.Role.BOTH)
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -151,7 +153,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        tracing.shutdown()  # the spans not yet exported
     return 0 if server.started else 3
 
 
@@ -209,11 +214,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from app.store.listener import NotificationsLost
 
+    tracing.setup(tracing.Role.WORKER)
     try:
         asyncio.run(main())
     except NotificationsLost as exc:
         log.error("worker cannot run: %s", exc)
         return 1
+    finally:
+        tracing.shutdown()  # the spans not yet exported
     return 0
 
 
@@ -342,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     command: Callable[[argparse.Namespace, Settings], int] = args.func
     try:
         return command(args, settings)
-    except (DatabaseProblem, PortBusy) as exc:
+    except (DatabaseProblem, PortBusy, tracing.TracingProblem) as exc:
         print(f"tiergate: {exc}", file=sys.stderr)
         return 1
     except (DBAPIError, psycopg.Error) as exc:  # the database failed later, mid-command

@@ -19,6 +19,7 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
+from app import tracing
 from app.calls.policy import rule_for_status
 from app.gateway.follow import EventStreams
 from app.gateway.new_rows import call_columns
@@ -88,6 +89,8 @@ class DeferredCalls:
             priority=Priority.FLEX if call.tier == Tier.FLEX else Priority.BACKGROUND,
             pin=call.pin,
             cache=call.cache,
+            # The worker's attempt continues the accepting span's trace.
+            traceparent=tracing.traceparent() if tracing.tracer is not None else None,
         )
 
     async def handle(

@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app import tracing
 from app.cache.service import BYPASSED, Lookup, ResponseCache, cache_of, skips
 from app.calls.conversations import Conversations
 from app.calls.limits import Budgets, RateLimiter, estimate_tokens
@@ -58,8 +59,19 @@ class InferenceHandler:
         """The classified call answered as an ASGI app: the tier middleware calls it directly,
         without the router and its exception layers (an ``APIError`` raised here becomes its
         response in ``ErrorMiddleware``, as it did in the router's exception handler)."""
+        if tracing.tracer is not None:
+            await self._traced(scope, receive, send)
+            return
         response = await self.handle(scope, receive)
         await response(scope, receive, send)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``serve`` in a server span that continues the client's ``traceparent``."""
+        incoming = Headers(scope=scope).get("traceparent")
+        with tracing.server_span(scope["method"], scope["path"], incoming, {}) as span:
+            response = await self.handle(scope, receive)
+            span.set_attribute("http.response.status_code", response.status_code)
+            await response(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """The answer to the classified call of the request of ``scope``."""
@@ -67,6 +79,16 @@ class InferenceHandler:
         call, hold = decision.call, decision.hold
         del decision
         key = current_key(scope)
+        if tracing.tracer is not None:
+            tracing.annotate(
+                tracing.current(),
+                {
+                    "gen_ai.operation.name": tracing.operation(call.endpoint),
+                    "gen_ai.request.model": call.model.name,
+                    "tiergate.tier": call.tier,
+                    "tiergate.background": call.background,
+                },
+            )
         if "previous_response_id" in call.body:  # the history, for every tier alike
             call = await self.conversations.resolve(call, key)
             check_for_chat(call.body, self.settings, call.model, call.pin)

@@ -173,7 +173,8 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
           (SELECT k.rpm FROM api_keys k WHERE k.id = r.owner_key_id) AS rpm,
           (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm,
           (SELECT k.cache_enabled FROM api_keys k WHERE k.id = r.owner_key_id) AS cache_enabled,
-          r.cache, r.pinned_deployment, r.service_tier, r.background, r.stream, r.created_at
+          r.cache, r.pinned_deployment, r.service_tier, r.background, r.stream, r.created_at,
+          NULL AS traceparent  -- a batch line is not a trace of its own
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 # ... and, when it starts, takes back the lines it had claimed in a run that died (a job
@@ -196,7 +197,8 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
           (SELECT k.rpm FROM api_keys k WHERE k.id = r.owner_key_id) AS rpm,
           (SELECT k.tpm FROM api_keys k WHERE k.id = r.owner_key_id) AS tpm,
           (SELECT k.cache_enabled FROM api_keys k WHERE k.id = r.owner_key_id) AS cache_enabled,
-          r.cache, r.pinned_deployment, r.service_tier, r.background, r.stream, r.created_at
+          r.cache, r.pinned_deployment, r.service_tier, r.background, r.stream, r.created_at,
+          NULL AS traceparent  -- a batch line is not a trace of its own
 """
 ).bindparams(bindparam("job", type_=BigInteger), bindparam("n", type_=Integer))
 BATCH_MODEL = text("SELECT model FROM requests WHERE batch_id = :batch LIMIT 1")

@@ -53,14 +53,16 @@ WITH input AS (
         CAST(:models AS text[]), CAST(:tiers AS text[]), CAST(:backgrounds AS boolean[]),
         CAST(:streams AS boolean[]), CAST(:bodies AS text[]), CAST(:windows_s AS integer[]),
         CAST(:priorities AS smallint[]), CAST(:pins AS text[]), CAST(:events AS text[]),
-        CAST(:caches AS text[])
+        CAST(:caches AS text[]), CAST(:traceparents AS text[])
     ) AS u(id, owner, endpoint, model, tier, background, stream, body, window_s, priority, pin,
-           events, cache)
+           events, cache, traceparent)
 ), inserted AS (
     INSERT INTO requests (id, owner_key_id, endpoint, model, service_tier, background, stream,
-                          status, body, expires_at, priority, pinned_deployment, cache)
+                          status, body, expires_at, priority, pinned_deployment, cache,
+                          traceparent)
     SELECT id, owner, endpoint, model, tier, background, stream, '{Status.PENDING}',
-           CAST(body AS jsonb), now() + make_interval(secs => window_s), priority, pin, cache
+           CAST(body AS jsonb), now() + make_interval(secs => window_s), priority, pin, cache,
+           traceparent
     FROM input
     RETURNING model
 ), opening AS (
@@ -99,7 +101,7 @@ WHERE k.id = r.owner_key_id AND r.status = '{Status.PENDING}' AND r.id = ANY(ARR
 RETURNING r.id, r.endpoint, r.model, r.body, r.attempts, r.expires_at,
           r.expires_at < now() AS expired, r.deployment, r.pinned_deployment, r.service_tier,
           r.background, r.stream, r.created_at, r.owner_key_id, k.name AS key_name, k.rpm,
-          k.tpm, r.cache, k.cache_enabled
+          k.tpm, r.cache, k.cache_enabled, r.traceparent
 """
 ).columns(body=JSONB)
 
@@ -193,6 +195,7 @@ class Submission(NewRequest):
     # A streamed background Response's first events (a JSON array), stored with the row.
     events: str | None = None
     cache: str | None = None  # the gateway's cache miss or bypass (a CacheResult)
+    traceparent: str | None = None  # the accepting span's, when tracing is on
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,6 +269,7 @@ class ClaimedRequest(FromRow):
     tpm: int | None
     cache: str | None
     cache_enabled: bool | None
+    traceparent: str | None = None  # the trace it was accepted in (tracing on)
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,7 @@ class RequestStore:
                     "pins": [s.pin for s in subs],
                     "events": [s.events for s in subs],
                     "caches": [s.cache for s in subs],
+                    "traceparents": [s.traceparent for s in subs],
                 },
             )
 

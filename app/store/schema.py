@@ -296,6 +296,12 @@ requests = Table(
         comment="the provider Batch API job holding it (upstream_jobs.id)",
     ),
     Column(
+        "traceparent",
+        Text,
+        nullable=True,
+        comment="W3C traceparent of the accepting span (tracing on)",
+    ),
+    Column(
         "metadata",
         JSONB,
         nullable=True,

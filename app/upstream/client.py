@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
+from app import tracing
 from app.jsontext import dumpb
 from app.openai.chat_request import Untranslatable, chat_request, rename_token_limit
 from app.openai.errors import error_body
@@ -407,7 +408,7 @@ def _content(
     """The request's body (at the provider's service ``tier`` and the engine's ``priority``,
     if given) and headers. The headers httpx would add for content=... (Host, Content-Length)
     are given at once: a request built from a stream skips httpx's header merging and body
-    encoding."""
+    encoding. With tracing on, ``traceparent`` is the current span's."""
     content = dumpb(prepare_body(deployment, body, endpoint, tier, priority))
     headers = {
         "host": host,
@@ -416,6 +417,10 @@ def _content(
         "accept": "*/*",
         **deployment.headers(),
     }
+    if tracing.tracer is not None:  # the upstream's own spans join the call's trace
+        traceparent = tracing.traceparent()
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
     return content, headers
 
 

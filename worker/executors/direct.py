@@ -16,12 +16,16 @@ classified and priced by the call core (``app/calls``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+from typing import Any
 
+from app import tracing
 from app.calls.outcome import Meter, completed, names
 from app.calls.policy import Attempt, Window, after_failure, backoff_s, fault_name, rule_for
 from app.calls.routing import deferred_deployment, ended_badly
+from app.openai.usage import usage_of
 from app.settings import ModelConfig, Settings
 from app.store.outcomes import Outcome
 from app.upstream.client import UpstreamClient, UpstreamError
@@ -76,26 +80,42 @@ class DirectExecutor:
             tier = FLEX_TIER if flex else None
             timeout_s = deployment.config.flex.timeout_s if flex else None
             try:
-                if work.events is None:
-                    reply = await self.upstream.call(
-                        deployment,
-                        work.endpoint,
-                        work.body,
-                        timeout_s=timeout_s,
-                        tier=tier,
-                        call=work.call,
+                traced = (
+                    tracing.client_span(
+                        tracing.operation(work.endpoint),
+                        deployment.target_model,
+                        {
+                            "tiergate.deployment": served,
+                            "tiergate.executor": ExecutorKind.FLEX if flex else ExecutorKind.DIRECT,
+                            "tiergate.tier": work.tier,
+                        },
                     )
-                else:
-                    reply = await stream_call(
-                        self.upstream,
-                        deployment,
-                        work.endpoint,
-                        work.body,
-                        work.events,
-                        names(model, deployment),
-                        tier=tier,
-                        call=work.call,
-                    )
+                    if tracing.tracer is not None
+                    else NOT_TRACED
+                )
+                with traced as span:
+                    if work.events is None:
+                        reply = await self.upstream.call(
+                            deployment,
+                            work.endpoint,
+                            work.body,
+                            timeout_s=timeout_s,
+                            tier=tier,
+                            call=work.call,
+                        )
+                    else:
+                        reply = await stream_call(
+                            self.upstream,
+                            deployment,
+                            work.endpoint,
+                            work.body,
+                            work.events,
+                            names(model, deployment),
+                            tier=tier,
+                            call=work.call,
+                        )
+                    if span is not None:
+                        tracing.annotate(span, reply_attributes(reply.body))
             except UpstreamError as exc:
                 if flex and flex_unavailable(exc):
                     self.router.end(deployment, realtime=False)
@@ -162,6 +182,21 @@ class DirectExecutor:
 
 
 FLEX_TIER = "flex"
+NOT_TRACED: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def reply_attributes(body: Any) -> dict[str, Any]:
+    """The GenAI attributes of an upstream's answer (its model and usage; none of its text)."""
+    if not isinstance(body, dict):
+        return {}
+    usage = usage_of(body)
+    return {
+        "gen_ai.response.model": body.get("model"),
+        "gen_ai.usage.input_tokens": usage.input,
+        "gen_ai.usage.output_tokens": usage.output,
+    }
+
+
 # A 429 that says the account is out of money is no capacity shortage: it is final as usual.
 NOT_CAPACITY = frozenset({"insufficient_quota"})
 
