@@ -13,10 +13,9 @@ from typing import Any
 
 from sqlalchemy import text
 
+from app.cli.database import cli_engine
 from app.settings import Settings
 from app.store.cache import CacheStore
-from app.store.db import create_engine
-from app.store.embedded import resolve_database
 
 STATS = text(
     """
@@ -35,9 +34,7 @@ def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    url = resolve_database(settings.database_url, settings.home)
-    engine = create_engine(url, pool_size=1, max_overflow=0, application_name="tiergate-cache")
-    try:
+    async with cli_engine(settings, "tiergate-cache") as engine:
         if args.action == "clear":
             gone = await CacheStore(engine).clear(model=args.model, key=args.key)
             scope = " ".join(
@@ -60,8 +57,6 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             last = r.last_hit_at.isoformat(timespec="seconds") if r.last_hit_at else "-"
             print(f"{r.key:<20} {r.model:<24} {r.entries:>8} {r.expired:>8} {r.hits:>8}  {last}")
         return 0
-    finally:
-        await engine.dispose()
 
 
 def add_parser(sub: Any) -> None:

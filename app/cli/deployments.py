@@ -16,10 +16,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.cli.database import cli_engine
 from app.dashboard.pages import duration
 from app.settings import MOCK_UPSTREAM, DeploymentConfig, Settings
-from app.store.db import create_engine
-from app.store.embedded import resolve_database
 from app.store.presence import process_views
 from app.store.upstream_jobs import OpenJobs, UpstreamJobStore
 from app.upstream.engine_watch import engine_summary
@@ -40,15 +39,11 @@ def cmd_deployments(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _read(settings: Settings) -> tuple[list[dict[str, Any]], list[OpenJobs]]:
-    url = resolve_database(settings.database_url, settings.home)
-    engine = create_engine(url, pool_size=1, max_overflow=0, application_name="tiergate-cli")
-    try:
+    async with cli_engine(settings) as engine:
         views = [
             dict(v) for v in await process_views(engine, fresh_s=3 * settings.limits.heartbeat_s)
         ]
         jobs = await UpstreamJobStore(engine).open_by_deployment()
-    finally:
-        await engine.dispose()
     return views, jobs
 
 

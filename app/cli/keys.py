@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+from app.cli.database import with_store
 from app.keys import ApiKey, KeyLimits
 from app.settings import Settings
-from app.store.db import create_engine
-from app.store.embedded import resolve_database
 from app.store.keys import KeyNameTaken, KeyStore
 from app.store.limits import LimitStore
 from app.vocabulary import BudgetPeriod
@@ -24,17 +22,7 @@ T = TypeVar("T")
 
 def with_keys(settings: Settings, work: Callable[[KeyStore], Awaitable[T]]) -> T:
     """Run ``work`` on a KeyStore of the configured database, then close it."""
-
-    async def main() -> T:
-        engine = create_engine(
-            resolve_database(settings.database_url, settings.home), pool_size=1, max_overflow=0
-        )
-        try:
-            return await work(KeyStore(engine))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
+    return with_store(settings, KeyStore, work)
 
 
 def positive_weight(value: str) -> float:

@@ -12,9 +12,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from app.cli.database import cli_engine
 from app.settings import Settings
-from app.store.db import create_engine
-from app.store.embedded import resolve_database
 from app.store.retention import KINDS, RetentionStore
 
 WHAT = {
@@ -33,10 +32,8 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _prune(settings: Settings, *, dry_run: bool) -> int:
-    url = resolve_database(settings.database_url, settings.home)
-    engine = create_engine(url, pool_size=1, max_overflow=0, application_name="tiergate-prune")
-    store = RetentionStore(engine, settings.limits.retention)
-    try:
+    async with cli_engine(settings, "tiergate-prune") as engine:
+        store = RetentionStore(engine, settings.limits.retention)
         counts = {kind: await store.count(kind) for kind in KINDS}
         for kind, count in counts.items():
             kept = (
@@ -60,8 +57,6 @@ async def _prune(settings: Settings, *, dry_run: bool) -> int:
                         lines_total += lines
                         bar.set_postfix(lines=lines_total)
         return 0
-    finally:
-        await engine.dispose()
 
 
 def add_parser(sub: Any) -> None:

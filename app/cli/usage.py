@@ -9,9 +9,8 @@ import sys
 from decimal import Decimal
 from typing import Any
 
+from app.cli.database import cli_engine
 from app.settings import Settings
-from app.store.db import create_engine
-from app.store.embedded import resolve_database
 from app.store.limits import LimitStore
 from app.store.usage import UsageRow, summary
 
@@ -85,15 +84,11 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     async def main() -> tuple[list[UsageRow], list[dict[str, Any]]]:
-        url = resolve_database(settings.database_url, settings.home)
-        engine = create_engine(url, pool_size=1, max_overflow=0, application_name="tiergate-cli")
-        try:
+        async with cli_engine(settings) as engine:
             rows = await summary(
                 engine, by=args.by, key=args.key, since=args.since, until=args.until
             )
             return rows, await LimitStore(engine).budgets()
-        finally:
-            await engine.dispose()
 
     rows, budgets = asyncio.run(main())
     print(table(rows, args.by))

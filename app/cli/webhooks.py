@@ -9,15 +9,13 @@ once, as the last line of ``create`` and ``rotate-secret``, and never logged.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from app.cli.database import with_store
 from app.openai.webhooks import new_secret
 from app.settings import Settings
-from app.store.db import create_engine
-from app.store.embedded import resolve_database
 from app.store.webhooks import DuplicateEndpoint, UnknownKey, WebhookStore
 from app.upstream.webhook_urls import UnsafeUrl, check
 from app.vocabulary import WebhookEvent
@@ -34,19 +32,9 @@ class Refused(Exception):
         self.code = code
 
 
-def with_store(settings: Settings, work: Callable[[WebhookStore], Awaitable[T]]) -> T:
+def with_webhooks(settings: Settings, work: Callable[[WebhookStore], Awaitable[T]]) -> T:
     """Run ``work`` on a WebhookStore of the configured database, then close it."""
-
-    async def main() -> T:
-        engine = create_engine(
-            resolve_database(settings.database_url, settings.home), pool_size=1, max_overflow=0
-        )
-        try:
-            return await work(WebhookStore(engine))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
+    return with_store(settings, WebhookStore, work)
 
 
 def parse_events(text: str | None) -> list[str]:
@@ -102,7 +90,7 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
                     f"{', key ' + args.key if args.key else ', every key'}); delete it or use it"
                 ) from None
 
-        endpoint = with_store(settings, work)
+        endpoint = with_webhooks(settings, work)
         whose = f"key {args.key}'s events" if args.key else "every key's events"
         print(f"created webhook endpoint {endpoint} ({whose}): {args.url.strip()}")
         print(f"events: {', '.join(events)}")
@@ -118,7 +106,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         async def work(store: WebhookStore) -> list[Any]:
             return await store.endpoints(await _owner(store, args.key))
 
-        for e in with_store(settings, work):
+        for e in with_webhooks(settings, work):
             state = "enabled" if e.enabled else f"disabled ({e.disabled_reason})"
             rotating = (
                 f" previous-secret-until={e.rotating_until:%Y-%m-%d %H:%M:%S}Z"
@@ -148,7 +136,7 @@ def _change(
         async def work(store: WebhookStore) -> Any:
             return await change(store, await _owner(store, args.key))
 
-        if not with_store(settings, work):
+        if not with_webhooks(settings, work):
             whose = f" of key {args.key}" if args.key else ""
             raise Refused(f"no webhook endpoint {args.endpoint!r}{whose}")
         print(f"{done} {args.endpoint}")
@@ -183,7 +171,7 @@ def cmd_rotate(args: argparse.Namespace, settings: Settings) -> int:
         async def work(store: WebhookStore) -> Any:
             return await store.rotate(args.endpoint, secret, grace_s, await _owner(store, args.key))
 
-        until = with_store(settings, work)
+        until = with_webhooks(settings, work)
         if until is None:
             whose = f" of key {args.key}" if args.key else ""
             raise Refused(f"no webhook endpoint {args.endpoint!r}{whose}")
