@@ -30,6 +30,7 @@ import httpx
 import psycopg
 
 from app.testing.config import write_config
+from app.testing.measure import flex_latency
 from app.testing.postgres import database_server
 from app.testing.processes import (
     create_key,
@@ -43,27 +44,6 @@ from app.testing.stack import bench_stack
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def flex_latency(api: str, key: str, db: str, n: int) -> tuple[list[float], list[float]]:
-    """Sequential blocking flex calls: (added wait ms, end-to-end ms)."""
-    added, total = [], []
-    headers = {"Authorization": f"Bearer {key}"}
-    body = {"model": "remote", "input": "bench", "service_tier": "flex"}
-    async with httpx.AsyncClient(timeout=60) as client:
-        with psycopg.connect(db, autocommit=True) as conn:
-            for _ in range(n):
-                start = time.time()
-                response = await client.post(api + "/responses", json=body, headers=headers)
-                got = time.time()
-                response.raise_for_status()
-                rid = response.headers["x-request-id"]
-                (finished,) = conn.execute(
-                    "SELECT finished_at FROM requests WHERE id = %s", (rid,)
-                ).fetchone()
-                added.append((got - finished.timestamp()) * 1000)
-                total.append((got - start) * 1000)
-    return added, total
 
 
 async def throughput(url: str, key: str, model: str, seconds: float, concurrency: int) -> float:
@@ -208,7 +188,7 @@ def main() -> None:
 
             gw = start_gateway(database_url=db, config=config, log=work / "gw.log")
             processes.append(gw.process)
-            added, total = asyncio.run(flex_latency(gw.api, key, db, args.flex))
+            added, total = asyncio.run(flex_latency(gw.api, key, db, args.flex, "remote"))
             # Alternate the two sides (this VM's CPU speed drifts): mean of `rounds` runs each.
             rts, directs = [], []
             for _ in range(args.rounds):

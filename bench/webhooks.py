@@ -45,6 +45,7 @@ import psycopg
 
 from app.testing.batches import timed_chat_batch
 from app.testing.config import write_config
+from app.testing.measure import flex_latency
 from app.testing.postgres import DatabaseFactory, database_server
 from app.testing.processes import (
     Gateway,
@@ -175,26 +176,6 @@ async def feed(api: str, key: str, rate: float, stop: asyncio.Event) -> int:
     return sent
 
 
-async def flex_latency(api: str, key: str, db: str, n: int) -> tuple[list[float], list[float]]:
-    """bench/core.py's method: sequential blocking flex calls; (added wait ms, round trip ms)."""
-    added, total = [], []
-    headers = {"Authorization": f"Bearer {key}"}
-    body = {"model": MODEL, "input": "bench", "service_tier": "flex"}
-    async with httpx.AsyncClient(timeout=60) as client:
-        with psycopg.connect(db, autocommit=True) as conn:
-            for _ in range(n):
-                start = time.time()
-                response = await client.post(api + "/responses", json=body, headers=headers)
-                got = time.time()
-                response.raise_for_status()
-                rid = response.headers["x-request-id"]
-                row = conn.execute("SELECT finished_at FROM requests WHERE id = %s", (rid,))
-                (finished,) = row.fetchone() or (None,)
-                added.append((got - finished.timestamp()) * 1000)
-                total.append((got - start) * 1000)
-    return added, total
-
-
 @dataclass
 class Queue:
     """One queue phase's figures."""
@@ -215,7 +196,7 @@ async def queue_phase(
     feeding = asyncio.create_task(feed(api, key, args.feed, stop))
     seen = hanging.requests if hanging else 0
     await asyncio.sleep(args.warmup)  # the endpoint's slots full, deliveries piling up
-    added, total = await flex_latency(api, key, db, args.flex)
+    added, total = await flex_latency(api, key, db, args.flex, MODEL)
     rate = args.lines / await timed_chat_batch(api, key, args.lines, MODEL, poll_s=0.1)
     stop.set()
     fed = await feeding

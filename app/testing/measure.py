@@ -1,10 +1,13 @@
-"""Measuring processes for benchmarks: their memory and the CPU they used, PostgreSQL's too."""
+"""Measuring processes for benchmarks: their memory and the CPU they used, PostgreSQL's too;
+and the blocking flex round trip."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 
+import httpx
 import psutil
 import psycopg
 
@@ -51,3 +54,26 @@ class CpuMeter:
         if self.postmaster is not None:
             used["postgres"] = cpu_seconds(self.postmaster, children=True)
         return used
+
+
+async def flex_latency(
+    api: str, key: str, db: str, n: int, model: str
+) -> tuple[list[float], list[float]]:
+    """``n`` sequential blocking flex calls to ``model``: (added wait ms, i.e. answer received
+    minus row finished, and round trip ms)."""
+    added, total = [], []
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": model, "input": "bench", "service_tier": "flex"}
+    async with httpx.AsyncClient(timeout=60) as client:
+        with psycopg.connect(db, autocommit=True) as conn:
+            for _ in range(n):
+                start = time.time()
+                response = await client.post(api + "/responses", json=body, headers=headers)
+                got = time.time()
+                response.raise_for_status()
+                rid = response.headers["x-request-id"]
+                row = conn.execute("SELECT finished_at FROM requests WHERE id = %s", (rid,))
+                (finished,) = row.fetchone() or (None,)
+                added.append((got - finished.timestamp()) * 1000)
+                total.append((got - start) * 1000)
+    return added, total
