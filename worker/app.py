@@ -5,12 +5,19 @@ Rescue and sweep are not tasks: see ``worker/maintenance.py``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import procrastinate
+import psycopg
+from procrastinate.exceptions import ConnectorException
 from procrastinate.job_context import JobContext
-from procrastinate.jobs import Job
+from procrastinate.jobs import Job, Status
+from procrastinate.manager import JobManager
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
 from app.settings import Settings
@@ -27,6 +34,9 @@ DATABASE_RETRY_S = 1
 # Nobody waits longer than this for a pooled connection (psycopg_pool's default is 30 s):
 # while the database is down, tasks and heartbeats fail fast instead of queueing up.
 POOL_TIMEOUT_S = 10.0
+# How long a job's outcome is retried while the database is unreachable. Past it the job is
+# left 'doing': this worker's heartbeat has failed too by then, so the rescue re-runs it.
+OUTCOME_RETRY_S = 30.0
 
 
 class UpstreamRetry(BaseRetryStrategy):
@@ -49,6 +59,94 @@ class UpstreamRetry(BaseRetryStrategy):
         return None
 
 
+def _already_taken(exc: ConnectorException) -> bool:
+    """procrastinate refused to record an outcome: the job is no longer this run's (the
+    rescue re-queued it while this worker was cut off from the database)."""
+    cause = exc.__cause__
+    return isinstance(cause, psycopg.errors.RaiseException) and "Job was not found or" in str(cause)
+
+
+class OutcomeRecorder(JobManager):
+    """procrastinate's job manager, except for how a run's outcome is recorded.
+
+    procrastinate records it in a task nobody awaits: if the database refuses or is down, the
+    worker logs a bare "Task exception was never retrieved" traceback and forgets the outcome.
+    Here a refusal (the job was rescued and handed to another run, which stands) is one line,
+    and an unreachable database is waited for a while, so a short restart loses no outcome.
+    """
+
+    async def finish_job(self, job: Job, status: Status, delete_job: bool) -> None:
+        parent = super().finish_job
+        await self._record(job, "outcome", lambda: parent(job, status, delete_job))
+
+    async def retry_job(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        parent = super().retry_job
+        await self._record(job, "retry", lambda: parent(job, *args, **kwargs))
+
+    @staticmethod
+    async def _record(job: Job, what: str, write: Callable[[], Awaitable[None]]) -> None:
+        deadline = time.monotonic() + OUTCOME_RETRY_S
+        while True:
+            try:
+                await write()
+                return
+            except ConnectorException as exc:
+                if _already_taken(exc):
+                    log.warning(
+                        "job %s (%s): its %s was not recorded: the job was rescued while this"
+                        " worker was cut off from the database, and its new run stands",
+                        job.id,
+                        job.task_name,
+                        what,
+                    )
+                    return
+                if not database_unavailable(exc.__cause__ or exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "job %s (%s): its %s was not recorded (database unavailable for %.0fs);"
+                        " the rescue runs it again",
+                        job.id,
+                        job.task_name,
+                        what,
+                        OUTCOME_RETRY_S,
+                    )
+                    return
+            await asyncio.sleep(DATABASE_RETRY_S)
+
+
+def _database_away(exc: BaseException) -> bool:
+    return database_unavailable(
+        exc.__cause__ or exc if isinstance(exc, ConnectorException) else exc
+    )
+
+
+class OneLineWhenDatabaseAway(logging.Filter):
+    """procrastinate logs each failure of its listener, heartbeat or abort poll with a full
+    traceback; while the database is away that is one line each (what failed, and why)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _database_away(exc):
+            cause = exc.__cause__ or exc
+            record.msg = f"{record.getMessage()} (database unavailable: {cause!s})".replace(
+                "\n", " "
+            )
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_procrastinate_outages() -> None:
+    """Install :class:`OneLineWhenDatabaseAway` on procrastinate's loggers (idempotent)."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "procrastinate"]
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OneLineWhenDatabaseAway) for f in logger.filters):
+            logger.addFilter(OneLineWhenDatabaseAway())
+
+
 def build_job_app(
     url: DatabaseURL,
     settings: Settings,
@@ -64,6 +162,8 @@ def build_job_app(
         timeout=POOL_TIMEOUT_S,
     )
     app = procrastinate.App(connector=connector)
+    app.job_manager = OutcomeRecorder(connector)
+    quiet_procrastinate_outages()
     retry = UpstreamRetry(Waker(connector))
 
     @app.task(name=Task.VALIDATE_BATCH, queue=Queue.BATCH, retry=retry)

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from procrastinate.manager import JobManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.cache.embedder import Embedder
@@ -159,8 +160,10 @@ async def run_worker(
             started = time.monotonic()
             try:
                 async with job_app.open_async():
+                    # A plain manager: the rescue reads a refusal as "rescued elsewhere first",
+                    # where the worker's own manager logs it as a lost outcome.
                     rescuer = asyncio.create_task(
-                        maintenance.run(job_app.job_manager), name="maintenance"
+                        maintenance.run(JobManager(job_app.connector)), name="maintenance"
                     )
                     try:
                         await job_app.run_worker_async(
