@@ -1,8 +1,10 @@
-"""Prometheus metrics: requests by tier and status, latency histograms, queue depth."""
+"""Prometheus metrics: requests by tier and status, latency histograms, queue depth and age,
+the fleet's processes, budgets and live batches (docs/observability.md lists them all)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -11,10 +13,25 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from app.token_usage import TokenUsage
-from app.vocabulary import DeploymentState
+from app.vocabulary import LIVE_BATCH, DeploymentState, LimitCode, ProcessKind
 
 TOKEN_KINDS = ("input", "cached", "output", "reasoning")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+# The ``code`` of tiergate_too_many_requests: a key's own limits by name, the rest (an
+# upstream's 429 passed on, a flex request that expired waiting for capacity) as ``other``.
+LIMIT_CODES = frozenset(LimitCode)
+OTHER_CODE = "other"
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """What a scrape read of the fleet (app/store/fleet_gauges.py): live processes by kind,
+    each budgeted key's (name, period, budget, spent) in USD, and the Batch API's live
+    batches as (status, batches, lines)."""
+
+    processes: dict[str, int] = field(default_factory=dict)
+    budgets: list[tuple[str, str, float, float]] = field(default_factory=list)
+    batches: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 class Metrics:
@@ -44,6 +61,53 @@ class Metrics:
         self.queue_depth_age = Gauge(
             "tiergate_queue_depth_age_seconds",
             "Age of the tiergate_queue_depth count (-1: never counted).",
+            registry=self.registry,
+        )
+        self.queue_oldest_age = Gauge(
+            "tiergate_queue_oldest_age_seconds",
+            "Age of the oldest pending (queued, not yet running) row by model and tier, as of"
+            " the scrape (from the last count of the queue).",
+            ["model", "tier"],
+            registry=self.registry,
+        )
+        self.processes = Gauge(
+            "tiergate_processes",
+            "Gateway and worker processes whose heartbeat is fresh (within three"
+            " limits.heartbeat_s), by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.budget = Gauge(
+            "tiergate_key_budget_usd",
+            "Each budgeted key's budget in USD for its period (day, month, total).",
+            ["key", "period"],
+            registry=self.registry,
+        )
+        self.budget_spent = Gauge(
+            "tiergate_key_budget_spent_usd",
+            "What each budgeted key spent in USD in its current period.",
+            ["key", "period"],
+            registry=self.registry,
+        )
+        self.batches = Gauge(
+            "tiergate_batches",
+            "Batch API batches not yet final, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.batch_lines = Gauge(
+            "tiergate_batch_lines",
+            "Lines of the Batch API batches not yet final, by the batch's status (the lines"
+            ' still to run are tiergate_queue_depth{tier="batch"}).',
+            ["status"],
+            registry=self.registry,
+        )
+        self.too_many_requests = Counter(
+            "tiergate_too_many_requests",
+            "429 answers by code: rate_limit_exceeded (a key over its rpm/tpm),"
+            " insufficient_quota (a key's budget spent), other (an upstream's 429 passed on, a"
+            " flex request that expired waiting for capacity).",
+            ["code"],
             registry=self.registry,
         )
         self.waiting_clients = Gauge(
@@ -140,15 +204,44 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def refused(self, code: str | None) -> None:
+        """Count a 429 answer (off the success path: only refusals pay for it)."""
+        self.too_many_requests.labels(code if code in LIMIT_CODES else OTHER_CODE).inc()
+
     def render(
-        self, depth: Iterable[tuple[str, str, str, int]], depth_age_s: float | None, waiting: int
+        self,
+        depth: Iterable[tuple[str, str, str, int]],
+        depth_age_s: float | None,
+        waiting: int,
+        oldest: Iterable[tuple[str, str, float]] = (),
+        fleet: FleetView | None = None,
     ) -> bytes:
+        """The exposition text, with the gauges a scrape read (``fleet``: None if unread)."""
         self.queue_depth.clear()
         for model, tier, status, count in depth:
             self.queue_depth.labels(model, tier, status).set(count)
         self.queue_depth_age.set(-1.0 if depth_age_s is None else depth_age_s)
+        self.queue_oldest_age.clear()
+        for model, tier, seconds in oldest:
+            self.queue_oldest_age.labels(model, tier).set(seconds)
         self.waiting_clients.set(waiting)
+        if fleet is not None:
+            self._show_fleet(fleet)
         return generate_latest(self.registry)
+
+    def _show_fleet(self, fleet: FleetView) -> None:
+        for kind in ProcessKind:  # 0 when none is alive: "workers gone" needs the zero
+            self.processes.labels(str(kind)).set(fleet.processes.get(kind, 0))
+        self.budget.clear()
+        self.budget_spent.clear()
+        for key, period, budget, spent in fleet.budgets:
+            self.budget.labels(key, period).set(budget)
+            self.budget_spent.labels(key, period).set(spent)
+        live = {status: (count, lines) for status, count, lines in fleet.batches}
+        for status in LIVE_BATCH:
+            count, lines = live.get(status, (0, 0))
+            self.batches.labels(str(status)).set(count)
+            self.batch_lines.labels(str(status)).set(lines)
 
 
 class DeploymentCollector(Collector):

@@ -30,7 +30,7 @@ from app.api.routes import (
 )
 from app.dashboard import routes as dashboard
 from app.gateway.middleware.auth import AuthMiddleware
-from app.gateway.middleware.errors import ErrorMiddleware
+from app.gateway.middleware.errors import REFUSAL, ErrorMiddleware, refusal_code
 from app.gateway.middleware.tiers import TierMiddleware
 from app.gateway.services import Services
 from app.openai.errors import APIError
@@ -80,7 +80,7 @@ def create_app(
             *dashboard.routes,
         ],
         middleware=[
-            Middleware(ErrorMiddleware),
+            Middleware(ErrorMiddleware, metrics=services.metrics),
             Middleware(AuthMiddleware, keys=services.key_cache),
             Middleware(
                 TierMiddleware,
@@ -103,6 +103,8 @@ def create_app(
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
+    if exc.status == 429:  # ErrorMiddleware counts it under this code
+        request.scope[REFUSAL] = refusal_code(exc)
     return exc.response()
 
 

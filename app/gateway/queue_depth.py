@@ -6,6 +6,9 @@ Workers count the live queue in their maintenance, one process at a time, at mos
 scrapes cost the same whatever the queue holds. When no worker has counted for
 ``STEP_IN_AFTER`` such periods (a gateway running alone), the gateway counts in the
 background, through the same guard; the very first scrape waits for that count.
+
+Each scrape also reads the fleet's gauges (live processes, budgets, live batches: a few rows
+of small tables, app/store/fleet_gauges.py) in the same time limit.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.metrics import FleetView
+from app.store.fleet_gauges import FleetGaugeStore
 from app.store.queue_depth import Counted, QueueDepthStore
 
 log = logging.getLogger("tiergate.metrics")
@@ -28,18 +33,26 @@ STEP_IN_AFTER = 3.0
 class QueueDepth:
     """The last count of live rows by model, tier and status, as stored."""
 
-    def __init__(self, engine: AsyncEngine, *, max_age_s: float, timeout_s: float) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, max_age_s: float, timeout_s: float, fresh_s: float = 30.0
+    ) -> None:
         self.store = QueueDepthStore(engine)
+        self.fleet_store = FleetGaugeStore(engine)
         self.max_age_s = max_age_s
         self.timeout_s = timeout_s
+        self.fresh_s = fresh_s
         self._last = Counted([], None)
+        # The last fleet read (None until one succeeds: no "0 workers" before anything is known).
+        self.fleet: FleetView | None = None
         self._counting: asyncio.Task[None] | None = None
 
     async def read(self) -> Counted:
-        """The stored count; starts one in the background when nobody counted for a while."""
+        """The stored count; starts one in the background when nobody counted for a while.
+        Refreshes ``fleet`` too."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 self._last = await self.store.read()
+                self.fleet = await self.fleet_store.read(self.fresh_s)
         except Exception as exc:  # the database is down: /metrics still answers
             log.warning("queue depth not read: %s", exc)
             return self._last

@@ -126,7 +126,10 @@ class Services:
             cached=self.cached,
         )
         self.queue_depth = QueueDepth(
-            self.engine, max_age_s=limits.metrics_max_age_s, timeout_s=QUEUE_DEPTH_TIMEOUT_S
+            self.engine,
+            max_age_s=limits.metrics_max_age_s,
+            timeout_s=QUEUE_DEPTH_TIMEOUT_S,
+            fresh_s=3 * limits.heartbeat_s,  # silent for three beats: gone (as the dashboard)
         )
         self.body_budget = ByteBudget(limits.inflight_body_bytes, wait_s=limits.body_wait_s)
         self.metrics.large_body_bytes.set_function(lambda: self.body_budget.in_use)

@@ -9,17 +9,20 @@ every 15 s), whoever scrapes.
 the processes that try at once, one moves ``counted_at`` and counts; the others' UPDATE waits
 for its commit, sees the fresh time and does nothing. The count is a scan of the partial index
 on live statuses, so it grows with the live queue (about 0.1 s per million rows), never with
-the finished history.
+the finished history. The same scan keeps the ``created_at`` of the oldest pending row of
+each model and tier (``oldest_at``): the read gives its age as of the read, so a queue held
+back keeps ageing between counts (a row that ran since the count keeps its age until the
+next one).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.vocabulary import LIVE, SQL_PRICE_TIER, sql_in
+from app.vocabulary import LIVE, SQL_PRICE_TIER, Status, sql_in
 
 COUNT_COST_RATIO = 100.0
 
@@ -33,26 +36,32 @@ CLEAR = text("DELETE FROM queue_depth")
 # By pricing tier: Batch API lines (stored as ``flex`` rows) are counted as ``batch``, the
 # word ``tiergate batch``, ``tiergate usage`` and the dashboard use.
 COUNT = text(
-    "INSERT INTO queue_depth (model, service_tier, status, requests)"
-    f" SELECT model, {SQL_PRICE_TIER}, status, count(*) FROM requests"
+    "INSERT INTO queue_depth (model, service_tier, status, requests, oldest_at)"
+    f" SELECT model, {SQL_PRICE_TIER}, status, count(*),"
+    f" min(created_at) FILTER (WHERE status = '{Status.PENDING}') FROM requests"
     f" WHERE status IN {sql_in(LIVE)} GROUP BY 1, 2, 3"
 )
 READ = text(
     "SELECT extract(epoch FROM now() - c.counted_at)::float8 AS age_s, c.took_s,"
-    " d.model, d.service_tier, d.status, d.requests"
+    " d.model, d.service_tier, d.status, d.requests,"
+    " extract(epoch FROM now() - d.oldest_at)::float8 AS oldest_s"
     " FROM queue_depth_counted c LEFT JOIN queue_depth d ON true"
 )
 
 Depth = list[tuple[str, str, str, int]]
+# (model, tier, seconds): the age of the oldest pending row of each model and tier.
+Oldest = list[tuple[str, str, float]]
 
 
 @dataclass(frozen=True)
 class Counted:
-    """The last count, its age in seconds (``None``: never counted) and how long it took."""
+    """The last count, its age in seconds (``None``: never counted), how long it took, and the
+    age of the oldest pending row per model and tier."""
 
     depth: Depth
     age_s: float | None
     took_s: float = 0.0
+    oldest: Oldest = field(default_factory=list)
 
     def every_s(self, max_age_s: float) -> float:
         """How often counts are taken, given the last one's cost."""
@@ -83,4 +92,7 @@ class QueueDepthStore:
         if not rows:
             return Counted([], None)
         depth = [(r.model, r.service_tier, r.status, r.requests) for r in rows if r.model]
-        return Counted(depth, rows[0].age_s, rows[0].took_s)
+        oldest = [
+            (r.model, r.service_tier, max(r.oldest_s, 0.0)) for r in rows if r.oldest_s is not None
+        ]
+        return Counted(depth, rows[0].age_s, rows[0].took_s, oldest)

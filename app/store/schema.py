@@ -31,6 +31,8 @@ from app.vocabulary import (
     FINAL,
     FINISHED_DELIVERY,
     LIVE,
+    LIVE_BATCH,
+    BatchKind,
     Endpoint,
     Status,
     UpstreamJobStatus,
@@ -200,6 +202,12 @@ batches = Table(
     Index("batches_owner_idx", "owner_key_id", "id"),
     # Retention deletes the oldest finished batches first.
     Index("batches_created_idx", "created_at"),
+    # /metrics reads the Batch API's live batches (app/store/fleet_gauges.py).
+    Index(
+        "batches_live_idx",
+        "status",
+        postgresql_where=text(f"kind = '{BatchKind.FILE}' AND status IN {sql_in(LIVE_BATCH)}"),
+    ),
 )
 
 requests = Table(
@@ -451,6 +459,12 @@ queue_depth = Table(
     Column("service_tier", Text, primary_key=True),
     Column("status", Text, primary_key=True),
     Column("requests", BigInteger, nullable=False),
+    Column(
+        "oldest_at",
+        DateTime(timezone=True),
+        nullable=True,
+        comment="created_at of the oldest pending row (pending counts only)",
+    ),
     comment="live requests by model, tier and status, as last counted",
 )
 

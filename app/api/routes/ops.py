@@ -40,8 +40,11 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     gateway = services(request)
-    counted = await gateway.queue_depth.read()
-    body = gateway.metrics.render(counted.depth, counted.age_s, gateway.hub.waiting)
+    depth = gateway.queue_depth
+    counted = await depth.read()
+    body = gateway.metrics.render(
+        counted.depth, counted.age_s, gateway.hub.waiting, counted.oldest, depth.fleet
+    )
     return Response(body, media_type="text/plain; version=0.0.4")
 
 
