@@ -174,6 +174,13 @@ def value(prometheus: httpx.Client, promql: str) -> float | None:
     return float(samples[0]["value"][1]) if samples else None
 
 
+def rule_expr(name: str) -> str:
+    """The shipped expression of the alert ``name``."""
+    doc = yaml.safe_load(RULES.read_text())
+    (rule,) = [r for g in doc["groups"] for r in g["rules"] if r["alert"] == name]
+    return str(rule["expr"])
+
+
 def alerts(prometheus: httpx.Client, name: str) -> list[dict[str, Any]]:
     answer = prometheus.get("/api/v1/alerts").json()
     assert answer["status"] == "success", answer
@@ -195,6 +202,8 @@ def test_prometheus_scrapes_the_gateway_and_the_worker(prometheus: httpx.Client)
     failures = query(prometheus, 'tiergate_maintenance_failures_total{job="tiergate-worker"}')
     assert {s["metric"]["duty"] for s in failures} >= {"queue_depth", "rescue_requests"}
     assert all(float(s["value"][1]) == 0 for s in failures)
+    # Gateway metrics are there: the "absent" alert's expression has no sample.
+    assert not query(prometheus, rule_expr("TiergateMetricsAbsent"))
 
 
 def test_calls_show_up_from_both_processes(prometheus: httpx.Client, client: openai.OpenAI):
@@ -307,8 +316,7 @@ def test_a_queue_held_past_the_threshold_fires_the_queue_age_alert(
 def test_a_worker_gone_makes_the_workers_gone_expression_true(
     prometheus: httpx.Client, worker: tuple[Process, int]
 ):
-    doc = yaml.safe_load(RULES.read_text())
-    (rule,) = [r for g in doc["groups"] for r in g["rules"] if r["alert"] == "TiergateWorkersGone"]
-    assert not query(prometheus, rule["expr"])  # a worker is alive
+    expr = rule_expr("TiergateWorkersGone")
+    assert not query(prometheus, expr)  # a worker is alive
     worker[0].stop()
-    wait_until(lambda: query(prometheus, rule["expr"]), "no live worker seen", TIMEOUT_S)
+    wait_until(lambda: query(prometheus, expr), "no live worker seen", TIMEOUT_S)
