@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "tiergate.json"
 RULES = ROOT / "deploy" / "prometheus" / "tiergate-rules.yml"
 EXAMPLE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+RULE_TESTS = Path(__file__).with_name("tiergate-rules-test.yml")
 
 # PromQL's keywords and operators spelled as words (never metric names).
 KEYWORDS = frozenset(
@@ -233,3 +234,14 @@ def test_promtool_accepts_the_rules_and_the_example_configuration():
         [tool, "check", "config", str(EXAMPLE_CONFIG)], capture_output=True, text=True, timeout=60
     )
     assert config.returncode == 0, config.stdout + config.stderr
+
+
+def test_each_alert_fires_past_its_threshold_and_for_and_not_before():
+    """promtool's rule unit tests (tiergate-rules-test.yml): synthetic series of two gateways
+    and a worker, each alert quiet before its threshold and its ``for``, firing after."""
+    tool = promtool()
+    tested = subprocess.run(
+        [tool, "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, timeout=60
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout + tested.stderr
