@@ -47,9 +47,10 @@ def create_engine(
 # A named prepared statement lives in the server session that parsed it, and a pooler in
 # transaction mode runs the next transaction on any session (asyncpg's and SQLAlchemy's caches
 # then fail with 'prepared statement "__asyncpg_stmt_5__" does not exist'). An unnamed one is
-# safe: asyncpg ends its Parse/Describe with Flush, not Sync, so PgBouncer keeps the one server
-# session until the Bind/Execute's Sync, and the next Parse replaces it. Both caches off, and
-# SQLAlchemy's name "" (asyncpg's unnamed statement) for what it prepares.
+# safe: with its statement cache off, asyncpg sends an unnamed statement's Parse again with its
+# Bind/Execute/Sync (its provision for PgBouncer, Connection._get_statement), so every
+# execution stands alone. Both caches off, and SQLAlchemy's name "" (asyncpg's unnamed
+# statement) for what it prepares.
 UNNAMED_STATEMENTS: dict[str, Any] = {
     "statement_cache_size": 0,
     "prepared_statement_cache_size": 0,
