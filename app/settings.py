@@ -1,7 +1,8 @@
 """One settings object for the whole process, read once at the entry point.
 
-Environment: ``DATABASE_URL`` (optional), ``TIERGATE_HOME`` (data dir, default
-``./.tiergate``), ``TIERGATE_CONFIG`` (optional YAML with models and limits).
+Environment: ``DATABASE_URL`` (optional), ``DATABASE_DIRECT_URL`` (optional: a session
+address when ``DATABASE_URL`` is PgBouncer in transaction mode), ``TIERGATE_HOME`` (data
+dir, default ``./.tiergate``), ``TIERGATE_CONFIG`` (optional YAML with models and limits).
 """
 
 from __future__ import annotations
@@ -587,6 +588,8 @@ class Settings:
     """Everything a tiergate process needs to know, built once and passed down."""
 
     database_url: str | None = None
+    # PostgreSQL with a session of its own, when DATABASE_URL is a transaction-mode pooler.
+    database_direct_url: str | None = None
     home: Path = field(default_factory=lambda: Path(".tiergate"))
     models: dict[str, ModelConfig] = field(default_factory=lambda: {"mock": mock_model()})
     limits: Limits = field(default_factory=Limits)
@@ -599,6 +602,7 @@ class Settings:
         config_path = Path(env["TIERGATE_CONFIG"]) if env.get("TIERGATE_CONFIG") else None
         settings = cls(
             database_url=env.get("DATABASE_URL") or None,
+            database_direct_url=env.get("DATABASE_DIRECT_URL") or None,
             home=Path(env.get("TIERGATE_HOME", ".tiergate")).resolve(),
             config_path=config_path,
         )

@@ -13,16 +13,22 @@ same machine load. Without it the code measured is this checkout's.
 
 Usage: python bench/realtime_cpu.py [--calls N] [--concurrency C] [--rounds R] [--priced]
        [--key-options "--rpm 1000000 --tpm 100000000 --budget-usd 1000000"] [--compare DIR]
-       [--limits JSON] [--compare-limits JSON]
+       [--limits JSON] [--compare-limits JSON] [--compare-direct [--compare-pgbouncer]]
 
 ``--key-options`` creates the bench key with rate limits and/or a budget (high enough that
 nothing is refused), to measure what enforcing them costs per call.
+
+``--compare-direct`` gives the compare side ``DATABASE_DIRECT_URL`` (its own database: the
+transaction-pooler setting without a pooler, so only the setting's cost shows);
+``--compare-pgbouncer`` also sends its ``DATABASE_URL`` through PgBouncer in transaction
+mode (PgBouncer's own CPU is not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -33,6 +39,7 @@ import psutil
 
 from app.testing.config import write_config
 from app.testing.measure import CpuMeter, cpu_seconds
+from app.testing.pgbouncer import run_pgbouncer
 from app.testing.postgres import database_server
 from app.testing.processes import Process, create_key, start_gateway, start_mock_upstream
 
@@ -80,6 +87,17 @@ def main() -> None:
         help="the compare side's limits, as JSON (default: --limits); --compare may then name"
         " this same checkout, to measure a setting",
     )
+    parser.add_argument(
+        "--compare-direct",
+        action="store_true",
+        help="the compare side runs with DATABASE_DIRECT_URL (its own database)",
+    )
+    parser.add_argument(
+        "--compare-pgbouncer",
+        action="store_true",
+        help="with --compare-direct: the compare side's DATABASE_URL is PgBouncer's, in"
+        " transaction mode",
+    )
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parent.parent)
     sides = {"this": here, **({"compare": args.compare} if args.compare else {})}
@@ -88,7 +106,7 @@ def main() -> None:
     # per side: gateway (and its system time), mock, postgres and client CPU per call (us)
     figures: dict[str, dict[str, list[float]]] = {s: {} for s in sides}
     processes: list[Process] = []
-    with database_server(work / "home") as factory:
+    with database_server(work / "home") as factory, contextlib.ExitStack() as stack:
         try:
             upstream, mock = start_mock_upstream(work / "mock.log")
             processes.append(mock)
@@ -106,15 +124,24 @@ def main() -> None:
             gateways = {}
             meter = None
             for side, root in sides.items():
-                db = factory.create().libpq()
+                database = factory.create()
+                db = database.libpq()
                 meter = meter or CpuMeter(db, {})
                 key = create_key(db, "bench", options=args.key_options.split())
+                env = {"PYTHONPATH": root}
+                if side == "compare" and args.compare_direct:
+                    env["DATABASE_DIRECT_URL"] = db
+                    if args.compare_pgbouncer:
+                        bouncer = stack.enter_context(
+                            run_pgbouncer(database, work / "pgbouncer", pool_mode="transaction")
+                        )
+                        db = bouncer.url(database).libpq()
                 gw = start_gateway(
                     database_url=db,
                     config=configs[side],
                     log=work / f"gw-{side}.log",
                     worker=False,
-                    env={"PYTHONPATH": root},
+                    env=env,
                     cwd=work,  # so that PYTHONPATH, not the current directory, names the code
                 )
                 processes.append(gw.process)
@@ -149,6 +176,11 @@ def main() -> None:
     for side, parts in figures.items():
         if len(sides) > 1:
             shown = f" limits {limits[side]}" if limits[side] else ""
+            if side == "compare" and args.compare_direct:
+                shown += " + DATABASE_DIRECT_URL"
+                shown += (
+                    " (DATABASE_URL: PgBouncer, transaction mode)" if args.compare_pgbouncer else ""
+                )
             print(f"{side}: {sides[side]}{shown}")
         for part in ("gateway", "gw system", "mock", "postgres", "client"):
             if part in parts:

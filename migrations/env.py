@@ -25,8 +25,14 @@ def _url() -> str:
     url = config.attributes.get("database_url")
     if url is None:
         settings = Settings.from_env()
-        url = resolve_database(settings.database_url, settings.home, create=True)
-    return url.sqlalchemy_sync()
+        url = resolve_database(
+            settings.database_url,
+            settings.home,
+            create=True,
+            direct_url=settings.database_direct_url,
+        )
+    # The session advisory lock below needs a session of its own (not a transaction pooler).
+    return url.session().sqlalchemy_sync()
 
 
 def _include_object(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]

@@ -6,10 +6,11 @@ Rescue and sweep are not tasks: see ``worker/maintenance.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import procrastinate
@@ -147,6 +148,23 @@ def quiet_procrastinate_outages() -> None:
             logger.addFilter(OneLineWhenDatabaseAway())
 
 
+class SessionListenConnector(procrastinate.PsycopgConnector):
+    """procrastinate's connector, its LISTEN connection on ``listen_conninfo``: the pool may
+    go through a transaction-mode pooler, which would hand the LISTEN's session to others."""
+
+    def __init__(self, listen_conninfo: str, **pool_args: Any) -> None:
+        super().__init__(**pool_args)
+        self._listen_conninfo = listen_conninfo
+
+    @contextlib.asynccontextmanager
+    async def _get_standalone_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        # procrastinate opens this connection for its LISTEN only (listen_notify).
+        async with await psycopg.AsyncConnection.connect(
+            self._listen_conninfo, application_name="tiergate-worker", autocommit=True
+        ) as connection:
+            yield connection
+
+
 def build_job_app(
     url: DatabaseURL,
     settings: Settings,
@@ -154,11 +172,16 @@ def build_job_app(
     batch_jobs: BatchJobs,
 ) -> procrastinate.App:
     """The job app with tiergate's batch tasks bound to this worker's stores."""
-    connector = procrastinate.PsycopgConnector(
+    kwargs: dict[str, Any] = {"application_name": "tiergate-worker"}
+    if url.transaction_pooled:
+        # psycopg prepares a query (named "_pg3_N", in one server session) from its 5th run.
+        kwargs["prepare_threshold"] = None
+    connector = SessionListenConnector(
+        url.session().libpq(),
         conninfo=url.libpq(),
         min_size=1,
         max_size=settings.limits.job_pool_size,  # its LISTEN connection is one more, apart
-        kwargs={"application_name": "tiergate-worker"},
+        kwargs=kwargs,
         timeout=POOL_TIMEOUT_S,
     )
     app = procrastinate.App(connector=connector)

@@ -85,7 +85,7 @@ async def run_worker(
         metrics.watch_deployments(router.snapshot)
     own_cache = cache is None
     cache = cache or ResponseCache(
-        settings, CacheStore(engine), Embedder(upstream, router), metrics
+        settings, CacheStore(engine, url.direct), Embedder(upstream, router), metrics
     )
     jobs = UpstreamJobStore(engine)
     runner = RequestRunner(
@@ -179,7 +179,11 @@ async def run_worker(
                             await rescuer
                 reason = "its database connection failed"
             except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                # procrastinate's ConnectorException says only "Database error.": the cause too.
+                cause = exc.__cause__
+                reason = f"{type(exc).__name__}: {str(exc).strip()}"
+                if cause is not None:
+                    reason += f" {type(cause).__name__}: {cause}"
             if time.monotonic() - started > RESTART_MAX_S:
                 delay = RESTART_MIN_S
             log.warning("worker stopped (%s); restarting in %.1fs", reason, delay)

@@ -23,7 +23,9 @@ async def cli_engine(
     settings: Settings, application_name: str = "tiergate-cli"
 ) -> AsyncIterator[AsyncEngine]:
     """One connection's engine on the configured database, disposed of on the way out."""
-    url = resolve_database(settings.database_url, settings.home)
+    url = resolve_database(
+        settings.database_url, settings.home, direct_url=settings.database_direct_url
+    )
     engine = create_engine(url, pool_size=1, max_overflow=0, application_name=application_name)
     try:
         yield engine

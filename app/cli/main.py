@@ -102,7 +102,12 @@ def _tune_gc() -> None:
 
 
 def _database(settings: Settings, *, create: bool = False) -> DatabaseURL:
-    return resolve_database(settings.database_url, settings.home, create=create)
+    return resolve_database(
+        settings.database_url,
+        settings.home,
+        create=create,
+        direct_url=settings.database_direct_url,
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:

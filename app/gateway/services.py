@@ -86,7 +86,10 @@ class Services:
             learn=self.router.learn,
         )
         self.cache = ResponseCache(
-            settings, CacheStore(self.engine), Embedder(self.upstream, self.router), self.metrics
+            settings,
+            CacheStore(self.engine, url.direct),
+            Embedder(self.upstream, self.router),
+            self.metrics,
         )
         self.cached = CachedAnswers(self.cache, self.metrics, settle=self.rate_limiter.settle)
         self.proxy = RealtimeProxy(

@@ -19,7 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.store.db import HeldConnection
+from app.store.db import HeldConnection, create_engine
+from app.store.dburl import DatabaseURL
 from app.store.new_requests import NewRequest, new_request_arrays
 from app.store.outcomes import dumps
 from app.vocabulary import CacheResult, Status
@@ -84,6 +85,7 @@ def _index_sql(dims: int) -> str | None:
 
 # pgvector 0.8: a filtered HNSW scan goes on until it has found enough rows of the key.
 ITERATIVE_SCAN = text("SET hnsw.iterative_scan = relaxed_order")
+ITERATIVE_SCAN_LOCAL = text("SET LOCAL hnsw.iterative_scan = relaxed_order")
 INDEX_STATE = text(
     "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
     " WHERE c.relname = :name"
@@ -225,8 +227,11 @@ def vector_literal(vector: list[float]) -> str:
 class CacheStore:
     """Reads and writes ``cache_entries``."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, direct: DatabaseURL | None = None) -> None:
+        """``direct``: the session address when ``engine`` goes through a transaction-mode
+        pooler (``DatabaseURL.direct``); a session setting or lock cannot go through it."""
         self.engine = engine
+        self.direct = direct
         # Lookups and writes each come from one group-commit loop: one held connection each.
         self._reads = HeldConnection(engine)
         self._writes = HeldConnection(engine)
@@ -249,19 +254,28 @@ class CacheStore:
         if sql is None:
             return False
         name = index_name(dims)
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(f"SELECT pg_advisory_lock({INDEX_LOCK})"))
-            try:
-                valid = (await conn.execute(INDEX_STATE, {"name": name})).scalar()
-                if valid:
-                    return False
-                if valid is False:
-                    await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-                await conn.execute(text(sql))
-                return True
-            finally:
-                await conn.execute(text(f"SELECT pg_advisory_unlock({INDEX_LOCK})"))
+        # A session lock (CREATE INDEX CONCURRENTLY cannot run in a transaction): its own
+        # session, on the direct address behind a transaction-mode pooler.
+        engine = self.engine
+        if self.direct is not None:
+            engine = create_engine(self.direct, pool_size=1, max_overflow=0)
+        try:
+            async with engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text(f"SELECT pg_advisory_lock({INDEX_LOCK})"))
+                try:
+                    valid = (await conn.execute(INDEX_STATE, {"name": name})).scalar()
+                    if valid:
+                        return False
+                    if valid is False:
+                        await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                    await conn.execute(text(sql))
+                    return True
+                finally:
+                    await conn.execute(text(f"SELECT pg_advisory_unlock({INDEX_LOCK})"))
+        finally:
+            if engine is not self.engine:
+                await engine.dispose()
 
     async def lookup_many(self, wanted: list[Wanted]) -> list[Any | None]:
         """Each wanted entry's answer if it is cached and fresh, in order (one statement;
@@ -294,12 +308,20 @@ class CacheStore:
             "limit": limit,
         }
         query = text(_nearest_sql(len(embedding))).columns(response_body=JSONB)
-        async with self.engine.connect() as conn:
-            if self.iterative_scan:
-                # Session-wide on the pooled connection (the engine autocommits, so there is
-                # no transaction for SET LOCAL); it changes nothing but HNSW scans.
-                await conn.execute(ITERATIVE_SCAN)
-            rows = (await conn.execute(query, params)).all()
+        if self.iterative_scan and self.direct is not None:
+            # Behind a transaction-mode pooler the next statement may run in another session:
+            # the setting and the scan in one transaction.
+            transactional = self.engine.execution_options(isolation_level="READ COMMITTED")
+            async with transactional.begin() as conn:
+                await conn.execute(ITERATIVE_SCAN_LOCAL)
+                rows = (await conn.execute(query, params)).all()
+        else:
+            async with self.engine.connect() as conn:
+                if self.iterative_scan:
+                    # Session-wide on the pooled connection (the engine autocommits, so there
+                    # is no transaction for SET LOCAL); it changes nothing but HNSW scans.
+                    await conn.execute(ITERATIVE_SCAN)
+                rows = (await conn.execute(query, params)).all()
         found = [Candidate(r.key, r.prompt, r.response_body, float(r.similarity)) for r in rows]
         # A relaxed-order scan may return them slightly out of order.
         return sorted(found, key=lambda c: c.similarity, reverse=True)

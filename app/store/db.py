@@ -25,7 +25,13 @@ def create_engine(
     in autocommit: no BEGIN/COMMIT round trips. No pre-ping either (a round trip per
     checkout): after a database restart, the first failure invalidates the pool and the
     request gets a 503.
+
+    Behind a transaction-mode pooler (``url.transaction_pooled``) no statement is named:
+    see ``UNNAMED_STATEMENTS``.
     """
+    connect_args: dict[str, Any] = {"server_settings": {"application_name": application_name}}
+    if url.transaction_pooled:
+        connect_args |= UNNAMED_STATEMENTS
     return create_async_engine(
         url.sqlalchemy(),
         pool_size=pool_size,
@@ -34,8 +40,22 @@ def create_engine(
         pool_timeout=10,
         json_serializer=jsontext.dumps,
         json_deserializer=jsontext.loads,
-        connect_args={"server_settings": {"application_name": application_name}},
+        connect_args=connect_args,
     )
+
+
+# A named prepared statement lives in the server session that parsed it, and a pooler in
+# transaction mode runs the next transaction on any session (asyncpg's and SQLAlchemy's caches
+# then fail with 'prepared statement "__asyncpg_stmt_5__" does not exist'). An unnamed one is
+# safe: with its statement cache off, asyncpg sends an unnamed statement's Parse again with its
+# Bind/Execute/Sync (its provision for PgBouncer, Connection._get_statement), so every
+# execution stands alone. Both caches off, and SQLAlchemy's name "" (asyncpg's unnamed
+# statement) for what it prepares.
+UNNAMED_STATEMENTS: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": lambda: "",
+}
 
 
 def report_failed_pass(log: logging.Logger, exc: Exception, what: str) -> None:

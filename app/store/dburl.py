@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
 import psycopg
@@ -34,26 +34,33 @@ def redact(raw: str) -> str:
 
 @dataclass(frozen=True)
 class DatabaseURL:
-    """A PostgreSQL address; ``libpq()`` for psycopg/asyncpg, ``sqlalchemy()`` for the engine."""
+    """A PostgreSQL address; ``libpq()`` for psycopg/asyncpg, ``sqlalchemy()`` for the engine.
+
+    ``direct`` (``DATABASE_DIRECT_URL``) is the same database reached with a session of its
+    own: set when this address is a pooler in transaction mode (PgBouncer's
+    ``pool_mode = transaction``), where only single transactions may go.
+    """
 
     url: URL
+    direct: DatabaseURL | None = None
 
     @classmethod
-    def parse(cls, raw: str) -> DatabaseURL:
+    def parse(cls, raw: str, setting: str = "DATABASE_URL") -> DatabaseURL:
+        """``raw`` read as a PostgreSQL URL; ``setting`` names where it came from in errors."""
         try:
             url = make_url(raw)
         except ArgumentError:
             raise BadDatabaseURL(
-                f"DATABASE_URL is not a URL: {redact(raw)!r}; expected {EXPECTED}, {UNSET_HINT}"
+                f"{setting} is not a URL: {redact(raw)!r}; expected {EXPECTED}, {UNSET_HINT}"
             ) from None
         except ValueError:  # a port that is not a number (or several hosts)
             raise BadDatabaseURL(
-                f"DATABASE_URL has a host or port that cannot be read: {redact(raw)!r};"
+                f"{setting} has a host or port that cannot be read: {redact(raw)!r};"
                 f" expected {EXPECTED}, {UNSET_HINT}"
             ) from None
         if not url.drivername.startswith("postgres"):
             raise BadDatabaseURL(
-                f"DATABASE_URL is not a PostgreSQL URL: {redact(raw)}; expected {EXPECTED},"
+                f"{setting} is not a PostgreSQL URL: {redact(raw)}; expected {EXPECTED},"
                 f" {UNSET_HINT}"
             )
         return cls(url.set(drivername="postgresql"))
@@ -62,7 +69,7 @@ class DatabaseURL:
         """The URL to show a person: its password as ``***`` (a socket path unescaped)."""
         return unquote(self.url.render_as_string(hide_password=True))
 
-    def probe(self) -> None:
+    def probe(self, setting: str = "DATABASE_URL") -> None:
         """Connect once; raise ``DatabaseUnreachable`` saying why not and what to do."""
         try:
             with psycopg.connect(self.libpq(), connect_timeout=CONNECT_TIMEOUT_S):
@@ -70,12 +77,25 @@ class DatabaseURL:
         except psycopg.OperationalError as exc:
             reason, hint = _diagnose(str(exc))
             raise DatabaseUnreachable(
-                f"cannot connect to the database at {self.redacted()} (DATABASE_URL): {reason};"
-                f" {hint}"
+                f"cannot connect to the database at {self.redacted()} ({setting}): {reason}; {hint}"
             ) from None
 
     def with_database(self, name: str) -> DatabaseURL:
-        return DatabaseURL(self.url.set(database=name))
+        direct = None if self.direct is None else self.direct.with_database(name)
+        return DatabaseURL(self.url.set(database=name), direct)
+
+    def with_direct(self, direct: DatabaseURL) -> DatabaseURL:
+        """This address as a transaction-mode pooler, ``direct`` for what needs a session."""
+        return replace(self, direct=direct)
+
+    @property
+    def transaction_pooled(self) -> bool:
+        """Whether consecutive transactions may run on different server sessions."""
+        return self.direct is not None
+
+    def session(self) -> DatabaseURL:
+        """Where a session of its own goes (LISTEN, session advisory locks, migrations)."""
+        return self.direct or self
 
     @property
     def database(self) -> str:

@@ -170,14 +170,32 @@ def _orphans(pgdata: Path) -> list[psutil.Process]:
     return found
 
 
-def resolve_database(database_url: str | None, home: Path, *, create: bool = False) -> DatabaseURL:
+def resolve_database(
+    database_url: str | None,
+    home: Path,
+    *,
+    create: bool = False,
+    direct_url: str | None = None,
+) -> DatabaseURL:
     """The database every tiergate command uses: ``DATABASE_URL`` (checked by connecting once),
     else the embedded one, which only ``create`` may bring into being (serve, migrate).
+    ``direct_url`` (``DATABASE_DIRECT_URL``) declares ``DATABASE_URL`` a transaction-mode
+    pooler and is where sessions go (see ``DatabaseURL.direct``).
 
     Raises a ``DatabaseProblem`` whose message is the one line to show.
     """
     if database_url:
         url = DatabaseURL.parse(database_url)
         url.probe()
+        if direct_url:
+            direct = DatabaseURL.parse(direct_url, "DATABASE_DIRECT_URL")
+            direct.probe("DATABASE_DIRECT_URL")
+            url = url.with_direct(direct)
         return url
+    if direct_url:
+        raise DatabaseProblem(
+            "DATABASE_DIRECT_URL is set without DATABASE_URL: it is the session address of the"
+            " database that DATABASE_URL reaches through a transaction-mode pooler; set both"
+            " or neither"
+        )
     return EmbeddedPostgres(home).start(create=create)

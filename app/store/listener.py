@@ -39,18 +39,28 @@ async def require_notifications(url: DatabaseURL, timeout_s: float = PROBE_TIMEO
     back to its pool when the statement ends, so nothing ever arrives (measured with 1.18).
     psycopg sends statements without parameters by the simple protocol, so no prepared
     statement is involved (asyncpg's LISTEN is prepared). Connection errors propagate.
+
+    The LISTEN goes to ``url.session()`` (the direct address behind a transaction-mode
+    pooler), the NOTIFY through ``url`` itself, as tiergate's own NOTIFYs do.
     """
     channel = f"tiergate_probe_{secrets.token_hex(6)}"
-    async with await _probe_connection(url) as listener:
+    async with await _probe_connection(url.session()) as listener:
         await listener.execute(f"LISTEN {channel}")
         async with await _probe_connection(url) as notifier:
             await notifier.execute(f"NOTIFY {channel}")
         async for _ in listener.notifies(timeout=timeout_s, stop_after=1):
             return
+    if url.transaction_pooled:
+        raise NotificationsLost(
+            f"a NOTIFY sent through DATABASE_URL did not reach a LISTEN connection on"
+            f" DATABASE_DIRECT_URL within {timeout_s:g} s: both must reach the same database"
+            " (DATABASE_DIRECT_URL is PostgreSQL itself or PgBouncer in session mode)"
+        )
     raise NotificationsLost(
         f"a NOTIFY did not reach a LISTEN connection within {timeout_s:g} s: tiergate needs "
-        "session connections (PostgreSQL directly, or PgBouncer with pool_mode = session; "
-        "transaction and statement modes do not work, see docs/scaling.md)"
+        "session connections (PostgreSQL directly, or PgBouncer with pool_mode = session); "
+        "behind PgBouncer with pool_mode = transaction, set DATABASE_DIRECT_URL to a session "
+        "address for LISTEN (see docs/scaling.md#pgbouncer)"
     )
 
 
@@ -103,7 +113,8 @@ class Listener:
         while True:
             try:
                 conn = await asyncpg.connect(
-                    **self._url.asyncpg_kwargs(), server_settings={"application_name": self._name}
+                    **self._url.session().asyncpg_kwargs(),
+                    server_settings={"application_name": self._name},
                 )
                 conn.add_termination_listener(lambda _c: self._lost.set())
                 for channel in self._channels:

@@ -18,7 +18,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import psycopg
 
 from app.store.dburl import DatabaseURL
 from app.testing.processes import free_port
@@ -48,6 +50,18 @@ class PgBouncer:
         url = server.url.set(host="127.0.0.1", port=self.port)
         return DatabaseURL(url.difference_update_query(["host"]))
 
+    def show(self, server: DatabaseURL, what: Literal["POOLS", "SERVERS"]) -> list[dict[str, Any]]:
+        """``SHOW POOLS`` (a row per database and user: ``cl_active``, ``sv_idle``, ...) or
+        ``SHOW SERVERS`` (a row per server connection: ``database``, ``remote_pid``, ...) on
+        the admin console, as ``server``'s user (an admin user)."""
+        admin = self.url(server).with_database("pgbouncer")
+        # The console speaks the simple protocol only: psycopg uses it for a statement
+        # without parameters.
+        with psycopg.connect(admin.libpq(), autocommit=True) as conn:
+            cursor = conn.execute(f"SHOW {what}")
+            names = [c.name for c in cursor.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
 
 def _server_address(server: DatabaseURL) -> tuple[str, int]:
     """Where PgBouncer reaches the server: a host name or a Unix-socket directory, a port."""
@@ -75,11 +89,17 @@ def _quote(value: str) -> str:
 
 @contextlib.contextmanager
 def run_pgbouncer(
-    server: DatabaseURL, work: Path, *, pool_mode: PoolMode = "session", pool_size: int = 100
+    server: DatabaseURL,
+    work: Path,
+    *,
+    pool_mode: PoolMode = "session",
+    pool_size: int = 100,
+    max_client_conn: int | None = None,
 ) -> Iterator[PgBouncer]:
     """PgBouncer in ``pool_mode`` in front of ``server``'s PostgreSQL (every database on it),
     listening on a free loopback port; stopped on exit. Clients authenticate as ``trust``
-    (loopback only); PgBouncer logs in to the server with the URL's user and password."""
+    (loopback only); PgBouncer logs in to the server with the URL's user and password, who
+    is also its admin user. ``max_client_conn`` defaults to 4 times ``pool_size``."""
     binary = pgbouncer_binary()
     if binary is None:
         raise FileNotFoundError("pgbouncer is not installed (apt-get install pgbouncer)")
@@ -102,7 +122,8 @@ def run_pgbouncer(
                 "auth_type = trust",
                 f"auth_file = {userlist}",
                 f"pool_mode = {pool_mode}",
-                f"max_client_conn = {4 * pool_size}",
+                f"max_client_conn = {max_client_conn or 4 * pool_size}",
+                f"admin_users = {user}",
                 f"default_pool_size = {pool_size}",
                 "",
             ]

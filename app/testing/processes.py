@@ -77,7 +77,8 @@ class Process:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERGATE_", "DATABASE_URL"))}
+    own = ("TIERGATE_", "DATABASE_URL", "DATABASE_DIRECT_URL")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
     env.update(extra)
     return env
 

@@ -146,6 +146,33 @@ def test_only_serve_and_migrate_create_a_database(command: list[str], tmp_path: 
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_a_direct_url_without_database_url(command: list[str], tmp_path: Path):
+    run = tiergate(*command, cwd=tmp_path, DATABASE_DIRECT_URL="postgresql://tg@127.0.0.1/tg")
+    assert one_line(run) == (
+        "tiergate: DATABASE_DIRECT_URL is set without DATABASE_URL: it is the session address"
+        " of the database that DATABASE_URL reaches through a transaction-mode pooler; set"
+        " both or neither"
+    )
+    assert list(tmp_path.iterdir()) == []  # no embedded database made instead
+
+
+def test_a_direct_url_pointing_at_nothing_names_itself(database: DatabaseURL, tmp_path: Path):
+    port = free_port()
+    run = tiergate(
+        "keys",
+        "list",
+        cwd=tmp_path,
+        DATABASE_URL=database.libpq(),
+        DATABASE_DIRECT_URL=f"postgresql://tg:s3cret@127.0.0.1:{port}/tg",
+    )
+    assert one_line(run) == (
+        f"tiergate: cannot connect to the database at postgresql://tg:***@127.0.0.1:{port}/tg"
+        " (DATABASE_DIRECT_URL): connection refused; is PostgreSQL running there? Start it or"
+        f" fix host and port, {UNSET}"
+    )
+
+
 def test_serve_on_a_busy_port_fails_first(tmp_path: Path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

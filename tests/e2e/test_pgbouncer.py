@@ -1,10 +1,12 @@
-"""tiergate behind PgBouncer: session pool mode works, transaction pool mode is refused.
+"""tiergate behind PgBouncer: session pool mode works, transaction pool mode without
+``DATABASE_DIRECT_URL`` is refused (with it, see ``test_pgbouncer_transaction.py``).
 
 PgBouncer runs as its own process on a loopback port in front of the test's PostgreSQL, and
 a gateway (``--no-worker``) and a separate ``tiergate worker`` get only PgBouncer's address
 as ``DATABASE_URL``. In session mode every LISTEN keeps its server connection, so flex
 answers arrive by NOTIFY; in transaction mode notifications never reach the LISTEN
-connection and asyncpg's prepared statements collide, so tiergate refuses to start.
+connection and asyncpg's prepared statements collide, so tiergate refuses to start unless
+``DATABASE_DIRECT_URL`` gives it a session address.
 """
 
 from __future__ import annotations
@@ -217,6 +219,7 @@ def test_transaction_mode_is_refused_at_start_with_a_reason(
             database_url=transaction_bouncer, config=config, log=tmp_path / "gw.log", worker=False
         )
     assert "pool_mode = session" in str(failed.value), str(failed.value)[-2000:]
+    assert "set DATABASE_DIRECT_URL" in str(failed.value), str(failed.value)[-2000:]
     worker = start_worker_process(
         database_url=transaction_bouncer, config=config, log=tmp_path / "worker.log"
     )

@@ -3,10 +3,12 @@ index, isolation between keys, clearing and pruning."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -14,7 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.keys import ApiKey
 from app.store.cache import CacheStore, Entry, Wanted
+from app.store.db import create_engine
+from app.store.dburl import DatabaseURL
 from app.store.keys import KeyStore
+from app.testing.pgbouncer import pgbouncer_binary, run_pgbouncer
 
 DIM = 32
 
@@ -144,3 +149,31 @@ async def test_prune_deletes_expired_entries_in_chunks(
     async with engine.connect() as conn:
         left = (await conn.execute(text("SELECT count(*) FROM cache_entries"))).scalar()
     assert left == 1
+
+
+@pytest.mark.skipif(pgbouncer_binary() is None, reason="the pgbouncer binary is not installed")
+async def test_semantic_search_through_a_transaction_mode_pooler(
+    database: DatabaseURL, engine: AsyncEngine, owner: ApiKey, cache: CacheStore, tmp_path: Path
+):
+    """Behind PgBouncer in transaction mode (DATABASE_DIRECT_URL set): the index is built
+    under its session lock on the direct address (released after), and the scans, 8 at once
+    on 2 server connections, set pgvector's iterative scan in their own transaction."""
+    await cache.put_many([entry(owner.id, n) for n in range(20)])
+    with run_pgbouncer(database, tmp_path / "pgbouncer", pool_mode="transaction", pool_size=2) as b:
+        url = b.url(database).with_direct(database)
+        pooled = create_engine(url, pool_size=4, max_overflow=4)
+        store = CacheStore(pooled, url.direct)
+        try:
+            assert await store.has_embeddings()
+            assert store.iterative_scan  # pgvector >= 0.8: the SET LOCAL path
+            await store.ensure_index(DIM)
+            async with engine.connect() as conn:
+                locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                assert (await conn.execute(text(locks))).scalar() == 0
+            found = await asyncio.gather(
+                *(store.nearest(owner.id, "m", b"ctx", vector(n), 1) for n in range(8))
+            )
+            assert [f[0].response_body["n"] for f in found] == list(range(8))
+        finally:
+            await store.release()
+            await pooled.dispose()

@@ -48,3 +48,19 @@ def test_redact_hides_passwords_even_of_unreadable_urls():
 )
 def test_libpq_errors_are_diagnosed(libpq: str, reason: str):
     assert _diagnose(libpq)[0] == reason
+
+
+def test_a_direct_address_declares_a_transaction_pooler_and_takes_the_sessions():
+    pooled = DatabaseURL.parse("postgresql://u:pw@bouncer:6432/tg")
+    assert not pooled.transaction_pooled and pooled.session() is pooled
+    direct = DatabaseURL.parse("postgresql://u:pw@db:5432/tg", "DATABASE_DIRECT_URL")
+    both = pooled.with_direct(direct)
+    assert both.transaction_pooled and both.session() == direct
+    assert both.libpq() == pooled.libpq()  # statements still go through the pooler
+    other = both.with_database("other")
+    assert other.database == "other" and other.session().database == "other"
+
+
+def test_a_bad_direct_address_names_its_own_setting():
+    with pytest.raises(BadDatabaseURL, match=r"^DATABASE_DIRECT_URL is not a URL: 'nope'"):
+        DatabaseURL.parse("nope", "DATABASE_DIRECT_URL")
