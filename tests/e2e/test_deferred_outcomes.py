@@ -19,7 +19,6 @@ import psycopg
 import pytest
 from openai.types import Batch
 from openai.types.responses import Response
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
@@ -34,12 +33,11 @@ from app.testing.processes import (
     wait_http,
 )
 from tests.support.batches import responses_line, start_batch
+from tests.support.metrics import deferred_outcomes
 from tests.support.waiting import wait_until
 
 TIMEOUT_S = 90.0
-FAMILY = "tiergate_deferred_outcomes"
 HOLD = "deferred-outcomes-slot"
-Labels = tuple[str, str, str, str, str]  # model, tier, status, code, executor
 
 
 @pytest.fixture(scope="module")
@@ -96,27 +94,6 @@ def client(gateway: Gateway, database: DatabaseURL, worker: str) -> openai.OpenA
     return openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=TIMEOUT_S)
 
 
-def outcomes(url: str) -> dict[Labels, float]:
-    """The samples of tiergate_deferred_outcomes_total scraped from ``url``."""
-    text = httpx.get(url, timeout=10).text
-    found: dict[Labels, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != FAMILY:
-            continue
-        for sample in family.samples:
-            if sample.name == f"{FAMILY}_total":
-                labels = sample.labels
-                key = (
-                    labels["model"],
-                    labels["tier"],
-                    labels["status"],
-                    labels["code"],
-                    labels["executor"],
-                )
-                found[key] = sample.value
-    return found
-
-
 def final(client: openai.OpenAI, rid: str) -> Response:
     """The background response ``rid`` once it reached a final status."""
     return wait_until(
@@ -171,9 +148,9 @@ def test_the_worker_counts_every_deferred_outcome_with_its_labels(
         ("good", "batch", "failed", "upstream_400", "direct"): 1.0,
     }
     # Every row is final: the worker counted each once its write took.
-    wait_until(lambda: outcomes(worker) == want, "the worker's counts", TIMEOUT_S)
+    wait_until(lambda: deferred_outcomes(worker) == want, "the worker's counts", TIMEOUT_S)
     # The gateway ran none of them: it exports the family without a sample.
-    assert outcomes(f"{gateway.url}/metrics") == {}
+    assert deferred_outcomes(f"{gateway.url}/metrics") == {}
 
 
 def test_a_row_the_sweep_expires_is_counted_as_expired(
@@ -204,6 +181,8 @@ def test_a_row_the_sweep_expires_is_counted_as_expired(
                 (waiting.id,),
             )
         assert final(client, waiting.id).status == "failed"  # OpenAI shows expiry as failed
-        wait_until(lambda: outcomes(worker).get(expired) == 1.0, "the expiry counted", TIMEOUT_S)
+        wait_until(
+            lambda: deferred_outcomes(worker).get(expired) == 1.0, "the expiry counted", TIMEOUT_S
+        )
     finally:
         httpx.post(f"{mock_upstream}/_mock/release/{HOLD}").raise_for_status()
