@@ -13,7 +13,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from app.token_usage import TokenUsage
-from app.vocabulary import LIVE_BATCH, DeploymentState, LimitCode, ProcessKind
+from app.vocabulary import (
+    LIVE_BATCH,
+    OPENAI_RESPONSE_CODES,
+    UPSTREAM_STATUS_PREFIX,
+    CacheResult,
+    DeploymentState,
+    ErrorCode,
+    LimitCode,
+    ProcessKind,
+    Status,
+    UsagePath,
+)
 
 TOKEN_KINDS = ("input", "cached", "output", "reasoning")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -21,6 +32,13 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 # upstream's 429 passed on, a flex request that expired waiting for capacity) as ``other``.
 LIMIT_CODES = frozenset(LimitCode)
 OTHER_CODE = "other"
+# The ``code`` of tiergate_deferred_outcomes: tiergate's own codes, ``upstream_<status>`` for
+# an upstream's error answer, the OpenAI codes a stream's failure may carry, else ``other``
+# (an upstream's own free-text code never becomes a label value).
+ERROR_CODES = frozenset(ErrorCode)
+CACHE_HITS = frozenset({CacheResult.HIT, CacheResult.SEMANTIC_HIT})
+# (model, tier, status, code, executor) of tiergate_deferred_outcomes.
+OutcomeLabels = tuple[str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -153,6 +171,14 @@ class Metrics:
             ["model", "result"],
             registry=self.registry,
         )
+        self.deferred = Counter(
+            "tiergate_deferred_outcomes",
+            "Deferred rows (flex, background, Batch API lines) brought to a final status by"
+            " this worker process, by model, tier (flex, background, batch), status, error"
+            " code (empty when completed) and executor (direct, flex, batch, cache, none).",
+            ["model", "tier", "status", "code", "executor"],
+            registry=self.registry,
+        )
         self.maintenance_failures = Counter(
             "tiergate_maintenance_failures",
             "Failed runs of a worker's maintenance duties by duty (database outages included).",
@@ -162,6 +188,7 @@ class Metrics:
         # The children of each (model, tier, key): label lookups are kept off the hot path.
         self._usage_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._deferred_children: dict[OutcomeLabels, Any] = {}
 
     def observe_usage(
         self, model: str, tier: str, key: str, usage: TokenUsage, cost: Decimal | None
@@ -204,6 +231,13 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def count_deferred(self, labels: OutcomeLabels, n: int = 1) -> None:
+        """Count ``n`` deferred rows that ended with ``labels`` (:func:`outcome_labels`)."""
+        child = self._deferred_children.get(labels)
+        if child is None:
+            child = self._deferred_children[labels] = self.deferred.labels(*labels)
+        child.inc(n)
+
     def refused(self, code: str | None) -> None:
         """Count a 429 answer (off the success path: only refusals pay for it)."""
         self.too_many_requests.labels(code if code in LIMIT_CODES else OTHER_CODE).inc()
@@ -242,6 +276,34 @@ class Metrics:
             count, lines = live.get(status, (0, 0))
             self.batches.labels(str(status)).set(count)
             self.batch_lines.labels(str(status)).set(lines)
+
+
+def outcome_code(status: str, error: Any, response_status: int | None) -> str:
+    """The bounded ``code`` label of a final row: empty when it completed."""
+    if status == Status.COMPLETED:
+        return ""
+    code = error.get("code") if isinstance(error, dict) else None
+    if code in ERROR_CODES:
+        return str(code)
+    if response_status is not None and 400 <= response_status <= 599:
+        return f"{UPSTREAM_STATUS_PREFIX}{response_status}"
+    if isinstance(code, str):
+        digits = code.removeprefix(UPSTREAM_STATUS_PREFIX)
+        if code != digits and len(digits) == 3 and digits.isdigit():
+            return code
+        if code in OPENAI_RESPONSE_CODES:
+            return code
+    return OTHER_CODE
+
+
+def outcome_executor(executor: str | None, cache: str | None, path: str | None) -> str:
+    """The ``executor`` label: the path the row ran on, ``cache`` for a cache hit, ``none``
+    when no call was tried (as ``requests.executor``'s report, ``sql_executor_path``)."""
+    if executor:
+        return executor
+    if cache in CACHE_HITS:
+        return UsagePath.CACHE
+    return path or UsagePath.NONE
 
 
 class DeploymentCollector(Collector):

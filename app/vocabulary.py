@@ -170,6 +170,17 @@ def sql_executor_path(r: str = "") -> str:
     )
 
 
+def sql_call_class(r: str = "") -> str:
+    """The :class:`CallClass` of a ``requests`` row, in SQL (``r``: the table's alias and a
+    dot): a Batch API line, a background request, a flex one, else realtime."""
+    return (
+        f"CASE WHEN {r}custom_id IS NOT NULL THEN '{CallClass.BATCH}'"
+        f" WHEN {r}background THEN '{CallClass.BACKGROUND}'"
+        f" WHEN {r}service_tier = '{Tier.FLEX}' THEN '{CallClass.FLEX}'"
+        f" ELSE '{CallClass.REALTIME}' END"
+    )
+
+
 class Queue(StrEnum):
     """procrastinate queues (single requests are claimed from ``requests``, not queued)."""
 

@@ -28,6 +28,7 @@ from app.vocabulary import (
     CLOSABLE_BATCH,
     BatchErrorCode,
     BatchStatus,
+    CallClass,
     ErrorCode,
     ExecutorKind,
     PriceTier,
@@ -37,6 +38,7 @@ from app.vocabulary import (
 )
 from worker.execute import RequestRunner, RetryLater
 from worker.executors.base import work_of
+from worker.outcomes import count_ended
 from worker.pacing import PACED, Pacer
 
 log = logging.getLogger("tiergate.batches")
@@ -81,7 +83,7 @@ class BatchJobs:
         self.runner = runner
         self.conversations = conversations
         # Lines of every batch job of this process that end together share one statement.
-        self._recording: GroupCommit[LineResult, None] = GroupCommit(
+        self._recording: GroupCommit[LineResult, bool] = GroupCommit(
             batches.record,
             name="batch-lines",
             item_may_be_at_fault=lambda exc: not database_unavailable(exc),
@@ -307,6 +309,7 @@ class BatchJobs:
         )
         if attempt is None:  # its executor took it over and finishes it itself
             return True
+        model = row.model
         result = LineResult(
             row.id,
             row.attempts,
@@ -318,7 +321,8 @@ class BatchJobs:
         )
         self.pacer.settle(row, attempt.outcome)
         del row  # the body
-        await self._recording.submit(result)
+        if await self._recording.submit(result) and attempt.outcome is not None:
+            count_ended(self.runner.metrics, model, CallClass.BATCH, attempt.outcome, attempt.path)
         return False
 
     # --- finalizing ---------------------------------------------------------------------

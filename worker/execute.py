@@ -82,7 +82,7 @@ class RequestRunner:
         self.batch: BatchExecutor | None = None
         if jobs is not None:
             self.batch = BatchExecutor(
-                settings=settings, upstream=upstream, router=router, store=jobs
+                settings=settings, upstream=upstream, router=router, store=jobs, metrics=metrics
             )
             self.executors[ExecutorKind.BATCH] = self.batch
 
@@ -149,7 +149,7 @@ class RequestRunner:
                     return Attempt(self._hit(model, endpoint, body, lookup, work.tier, work.key))
         executor, work = self.routed(model, work)
         if lookup is None or lookup.key is None:
-            return _tagged(await executor.execute(model, work), lookup)
+            return _tagged(await executor.execute(model, work), lookup, work.path)
         flight = (owner, model.name, lookup.key.exact)
         leader = asyncio.get_running_loop().create_future()
         self._flights.setdefault(flight, leader)
@@ -171,7 +171,7 @@ class RequestRunner:
                 request=body,
                 answer=outcome.response_body,
             )
-        return _tagged(result, lookup)
+        return _tagged(result, lookup, work.path)
 
     async def _follow(
         self,
@@ -217,11 +217,13 @@ class RequestRunner:
         )
 
 
-def _tagged(result: Attempt | None, lookup: Lookup | None) -> Attempt | None:
-    """``result`` with what the cache did on its completed outcome (the row's ``cache``)."""
-    if result is None or lookup is None:
+def _tagged(result: Attempt | None, lookup: Lookup | None, path: str) -> Attempt | None:
+    """``result`` with the path it was routed to, and what the cache did on its completed
+    outcome (the row's ``cache``)."""
+    if result is None:
         return result
     outcome = result.outcome
-    if outcome is None or outcome.status != Status.COMPLETED:
-        return result
-    return dataclasses.replace(result, outcome=dataclasses.replace(outcome, cache=lookup.result))
+    if lookup is None or outcome is None or outcome.status != Status.COMPLETED:
+        return dataclasses.replace(result, path=path)
+    tagged = dataclasses.replace(outcome, cache=lookup.result)
+    return dataclasses.replace(result, outcome=tagged, path=path)

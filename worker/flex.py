@@ -41,6 +41,7 @@ from app.store.requests import ClaimedRequest, Finish, RequestStore
 from app.vocabulary import Channel, ErrorCode, Status, error
 from worker.execute import RequestRunner
 from worker.executors.base import work_of
+from worker.outcomes import count_ended, tier_of
 from worker.pacing import PACED, Pacer
 from worker.streaming import EventWriter, wants_events
 
@@ -90,7 +91,7 @@ class FlexDispatcher:
             on_connected=self._on_connected,
             name="tiergate-work",
         )
-        self._finishing: GroupCommit[Finish, None] = GroupCommit(
+        self._finishing: GroupCommit[Finish, bool] = GroupCommit(
             self._store_results,
             name="flex-finish",
             item_may_be_at_fault=lambda exc: not database_unavailable(exc),
@@ -187,10 +188,12 @@ class FlexDispatcher:
 
     async def _run(self, row: ClaimedRequest) -> None:
         request_id, attempt, model = row.id, row.attempts, row.model
+        tier = tier_of(line=False, background=row.background)
         writer: EventWriter | None = None
+        path: str | None = None  # the executor the attempt was routed to
         try:
             if row.expired:
-                await self._finish(Finish(request_id, attempt, EXPIRED))
+                await self._end(Finish(request_id, attempt, EXPIRED), model, tier)
                 return
             if wants_events(row):
                 # A retry or a rescued attempt goes on after what is stored.
@@ -212,11 +215,14 @@ class FlexDispatcher:
                 return
             self.pacer.settle(row, result.outcome)
             del row  # the body: a waiting retry or a slow store keeps only the outcome
+            path = result.path
             if result.outcome is not None:
                 if writer is not None:
-                    await self._finish_streamed(writer, result.outcome)
+                    if await self._finish_streamed(writer, result.outcome):
+                        count_ended(self.runner.metrics, model, tier, result.outcome, path)
                 else:
-                    await self._finish(Finish(request_id, attempt, result.outcome))
+                    finish = Finish(request_id, attempt, result.outcome)
+                    await self._end(finish, model, tier, path)
                 return
             assert result.retry_in_s is not None and result.error is not None
             if writer is not None:
@@ -229,7 +235,7 @@ class FlexDispatcher:
             # finish it), nor loop by claiming it again and again: it fails, saying so.
             log.exception("request %s: attempt %d failed unexpectedly", request_id, attempt)
             with contextlib.suppress(Exception):
-                await self._finish(Finish(request_id, attempt, PROCESSING_FAILED))
+                await self._end(Finish(request_id, attempt, PROCESSING_FAILED), model, tier, path)
         finally:
             if writer is not None:
                 writer.close()
@@ -275,13 +281,17 @@ class FlexDispatcher:
                     raise
                 await asyncio.sleep(STORE_RETRY_S)
 
-    async def _finish_streamed(self, writer: EventWriter, outcome: Outcome) -> None:
-        """Store a streamed attempt's outcome with its last events (one statement)."""
+    async def _finish_streamed(self, writer: EventWriter, outcome: Outcome) -> bool:
+        """Store a streamed attempt's outcome with its last events (one statement); False
+        when the row had moved on (cancelled, deleted)."""
+        stored = False
 
         async def finish() -> None:
-            await writer.finish(outcome)
+            nonlocal stored
+            stored = await writer.finish(outcome)
 
         await self._store(finish)
+        return stored
 
     async def _store(self, write: Callable[[], Awaitable[None]]) -> None:
         """Run a write, waiting out a database restart."""
@@ -295,12 +305,17 @@ class FlexDispatcher:
                 log.warning("events not stored yet (%s)", exc)
                 await asyncio.sleep(STORE_RETRY_S)
 
-    async def _finish(self, finish: Finish) -> None:
-        """Store an outcome, waiting out a database restart (the call is not made twice)."""
+    async def _end(self, finish: Finish, model: str, tier: str, path: str | None = None) -> None:
+        """Store an outcome (:meth:`_finish`) and count it once stored."""
+        if await self._finish(finish):
+            count_ended(self.runner.metrics, model, tier, finish.outcome, path)
+
+    async def _finish(self, finish: Finish) -> bool:
+        """Store an outcome, waiting out a database restart (the call is not made twice);
+        False when the row had moved on (cancelled, deleted)."""
         while True:
             try:
-                await self._finishing.submit(finish)
-                return
+                return await self._finishing.submit(finish)
             except Exception as exc:
                 if not database_unavailable(exc):
                     raise
@@ -335,8 +350,9 @@ class FlexDispatcher:
                     raise
                 await asyncio.sleep(STORE_RETRY_S)
 
-    async def _store_results(self, items: list[Finish]) -> None:
-        await self.store.finish_many(items)
+    async def _store_results(self, items: list[Finish]) -> list[bool]:
+        stored = set(await self.store.finish_many(items))
+        return [item.id in stored for item in items]
 
     async def _stop(self) -> None:
         """Give running calls a moment, then give their rows back to the queue."""

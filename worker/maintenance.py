@@ -29,6 +29,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,9 +43,11 @@ from app.store.cache import CacheStore
 from app.store.db import database_unavailable
 from app.store.files import FileStore
 from app.store.orphans import OrphanStore
+from app.store.outcomes import Ended
 from app.store.queue_depth import QueueDepthStore
 from app.store.retention import RetentionStore
 from app.store.sweeps import RequestSweeps
+from app.vocabulary import ErrorCode, Status
 
 log = logging.getLogger("tiergate.maintenance")
 
@@ -130,13 +133,15 @@ class Maintenance:
         """Expire single requests still queued past their window."""
         expired = await self.requests.expire_overdue()
         if expired:
+            self._count(expired, Status.EXPIRED, ErrorCode.REQUEST_EXPIRED)
             log.info("sweep: %d requests expired", len(expired))
 
     async def expire_batches(self) -> None:
         """Expire the queued lines of batches past their window and finalize those batches."""
         expired = await self.batches.expire_overdue()
-        if expired:
-            log.info("sweep: %d batches expired", len(expired))
+        self._count(expired.lines, Status.EXPIRED, ErrorCode.BATCH_EXPIRED)
+        if expired.batches:
+            log.info("sweep: %d batches expired", len(expired.batches))
 
     async def prune_files(self) -> None:
         """Drop files whose upload or finalize died half-way."""
@@ -153,17 +158,19 @@ class Maintenance:
     async def rescue_requests(self) -> None:
         """Give the requests of dead workers back (or up, after too many runs)."""
         rescued, gave_up = await self.requests.rescue_claimed(self.limits.stalled_after_s)
+        self._count(gave_up, Status.FAILED, ErrorCode.PROCESSING_FAILED)
         if rescued or gave_up:
             log.warning(
                 "requests of dead workers: %d back in the queue, %d given up (%s)",
                 len(rescued),
                 len(gave_up),
-                gave_up,
+                [row.id for row in gave_up],
             )
 
     async def requeue_orphans(self) -> None:
         """Requeue batch work whose job ended early (the safety net, ``orphans.py``)."""
         requeued = await self.orphans.requeue()
+        self._count(requeued.failed, Status.FAILED, ErrorCode.PROCESSING_FAILED)
         if requeued:
             log.warning(
                 "requeued work whose job had ended: %d batch lines, batches %s",
@@ -192,6 +199,17 @@ class Maintenance:
         """Count the live queue for /metrics when no process has lately."""
         if await self.queue_depth.count_if_stale(self.limits.metrics_max_age_s):
             log.debug("queue depth counted")
+
+    def _count(self, ended: list[Ended], status: Status, code: ErrorCode) -> None:
+        """Count rows a sweep ended (``tiergate_deferred_outcomes``): one increment per
+        model, tier and path."""
+        if self.metrics is None or not ended:
+            return
+        counts: Counter[tuple[str, str, str]] = Counter()
+        for rows in ended:
+            counts[rows.model, rows.tier, rows.executor] += rows.rows
+        for (model, tier, executor), n in counts.items():
+            self.metrics.count_deferred((model, tier, str(status), str(code), executor), n)
 
     async def sweep(self) -> None:
         """Every duty but the job rescue, once and in order; the first failure propagates.

@@ -104,7 +104,8 @@ class Attempt:
 
     ``deployment`` names the deployment that was called (the retry prefers another);
     ``counted`` is False when no call was made because no deployment could take it (that
-    wait does not use up one of ``max_attempts``).
+    wait does not use up one of ``max_attempts``); ``path`` is the executor the attempt was
+    routed to (the metrics' label; the row's ``executor`` is only what ``outcome`` says).
     """
 
     outcome: Outcome | None = None
@@ -112,6 +113,7 @@ class Attempt:
     error: dict[str, Any] | None = None
     deployment: str | None = None
     counted: bool = True
+    path: str | None = None
 
 
 EXPIRED = Outcome(status=Status.EXPIRED, error=error(ErrorCode.REQUEST_EXPIRED))

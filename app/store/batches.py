@@ -20,7 +20,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.limits import add_spend
-from app.store.outcomes import STORE_OUTCOMES, Outcome, attempt_error, stored_arrays
+from app.store.outcomes import (
+    STORE_OUTCOMES,
+    Ended,
+    Outcome,
+    attempt_error,
+    ended_columns,
+    stored_arrays,
+)
 from app.store.requests import ClaimedRequest
 from app.store.rows import FromRow
 from app.vocabulary import (
@@ -204,12 +211,12 @@ RETURNING r.id, r.model, r.endpoint, r.body, r.attempts, r.expires_at,
 BATCH_MODEL = text("SELECT model FROM requests WHERE batch_id = :batch LIMIT 1")
 
 # Results of a chunk of lines, and their usage and cost added to their batch's running totals
-# (a Batch read never sums its lines). Only rows actually stored count.
+# (a Batch read never sums its lines). Only rows actually stored count; their ids are returned.
 FINISH_MANY = text(
     f"""
 WITH done AS ({STORE_OUTCOMES}
-    RETURNING r.batch_id, r.input_tokens, r.cached_tokens, r.output_tokens, r.reasoning_tokens,
-              r.total_tokens, r.cost_usd, r.owner_key_id
+    RETURNING r.id, r.batch_id, r.input_tokens, r.cached_tokens, r.output_tokens,
+              r.reasoning_tokens, r.total_tokens, r.cost_usd, r.owner_key_id
 ), spent AS ({add_spend("done")} RETURNING 1
 ), sums AS (
     SELECT batch_id, sum(input_tokens) AS input_tokens, sum(cached_tokens) AS cached_tokens,
@@ -219,16 +226,19 @@ WITH done AS ({STORE_OUTCOMES}
 ), locked AS (
     -- Batch rows locked in id order: flushes naming the same batches cannot deadlock.
     SELECT id FROM batches WHERE id IN (SELECT batch_id FROM sums) ORDER BY id FOR UPDATE
+), summed AS (
+    UPDATE batches AS b
+    SET input_tokens = coalesce(b.input_tokens, 0) + coalesce(s.input_tokens, 0),
+        cached_tokens = coalesce(b.cached_tokens, 0) + coalesce(s.cached_tokens, 0),
+        output_tokens = coalesce(b.output_tokens, 0) + coalesce(s.output_tokens, 0),
+        reasoning_tokens = coalesce(b.reasoning_tokens, 0) + coalesce(s.reasoning_tokens, 0),
+        total_tokens = coalesce(b.total_tokens, 0) + s.total_tokens,
+        cost_usd = CASE WHEN s.cost_usd IS NULL THEN b.cost_usd
+                        ELSE coalesce(b.cost_usd, 0) + s.cost_usd END
+    FROM sums s WHERE b.id = s.batch_id AND b.id IN (SELECT id FROM locked)
+    RETURNING 1
 )
-UPDATE batches AS b
-SET input_tokens = coalesce(b.input_tokens, 0) + coalesce(s.input_tokens, 0),
-    cached_tokens = coalesce(b.cached_tokens, 0) + coalesce(s.cached_tokens, 0),
-    output_tokens = coalesce(b.output_tokens, 0) + coalesce(s.output_tokens, 0),
-    reasoning_tokens = coalesce(b.reasoning_tokens, 0) + coalesce(s.reasoning_tokens, 0),
-    total_tokens = coalesce(b.total_tokens, 0) + s.total_tokens,
-    cost_usd = CASE WHEN s.cost_usd IS NULL THEN b.cost_usd
-                    ELSE coalesce(b.cost_usd, 0) + s.cost_usd END
-FROM sums s WHERE b.id = s.batch_id AND b.id IN (SELECT id FROM locked)
+SELECT id FROM done
 """
 )
 REQUEUE_MANY = text(
@@ -305,7 +315,8 @@ RETURNING id
 )
 STATUS = text("SELECT status FROM batches WHERE id = :id")
 
-# Batches past their window: their queued lines expire, then the batch is finalized.
+# Batches past their window: their queued lines expire, then the batch is finalized. A row per
+# batch to finalize (its ``id``), then the expired lines counted by model and path (``rows``).
 EXPIRE = text(
     f"""
 WITH overdue AS (
@@ -316,15 +327,18 @@ WITH overdue AS (
     UPDATE requests SET status = '{Status.EXPIRED}', finished_at = now(),
         error = {sql_error(ErrorCode.BATCH_EXPIRED)}
     WHERE batch_id IN (SELECT id FROM overdue) AND status = '{Status.PENDING}'
-    RETURNING id
+    RETURNING {ended_columns()}
 ), never_started AS (
     UPDATE batches SET status = '{BatchStatus.EXPIRED}', expired_at = now(),
         completed_count = 0, failed_count = 0
     WHERE id IN (SELECT id FROM overdue) AND status = '{BatchStatus.VALIDATING}'
     RETURNING id
 )
-SELECT o.id, {defer_job(Task.FINALIZE_BATCH, "o.id", locked=True)} AS job
+SELECT o.id, {defer_job(Task.FINALIZE_BATCH, "o.id", locked=True)} AS job,
+       NULL AS model, NULL AS tier, NULL AS executor, 0 AS rows
 FROM overdue o WHERE o.id NOT IN (SELECT id FROM never_started)
+UNION ALL
+SELECT NULL, NULL, model, tier, executor, count(*) FROM lines GROUP BY model, tier, executor
 """
 )
 
@@ -423,6 +437,15 @@ class LineResult:
     error: dict[str, Any] | None = None
     deployment: str | None = None  # the one called (a retry prefers another)
     counted: bool = True  # False: no call was made (no deployment could take it)
+
+
+@dataclass(frozen=True)
+class ExpiredBatches:
+    """What the expiry of overdue batches did: the batches it finalizes, and the lines it
+    expired (by model and path)."""
+
+    batches: list[str]
+    lines: list[Ended]
 
 
 class BatchStore:
@@ -531,21 +554,22 @@ class BatchStore:
             model: str | None = (await conn.execute(BATCH_MODEL, {"batch": batch})).scalar()
             return model
 
-    async def record(self, results: list[LineResult]) -> None:
-        """Store finished lines and requeue retryable ones: at most two statements."""
+    async def record(self, results: list[LineResult]) -> list[bool]:
+        """Store finished lines and requeue retryable ones: at most two statements. Returns,
+        for each result, whether it stored a final outcome (False: a retry, or a line that
+        moved on meanwhile)."""
         done = [r for r in results if r.outcome is not None]
         again = [r for r in results if r.retry_in_s is not None]
+        stored: set[str] = set()
         async with self.engine.connect() as conn:
             if done:
                 outcomes = [r.outcome for r in done if r.outcome is not None]
-                await conn.execute(
-                    FINISH_MANY,
-                    {
-                        "ids": [r.id for r in done],
-                        "attempts": [r.attempt for r in done],
-                        **stored_arrays(outcomes),
-                    },
-                )
+                params = {
+                    "ids": [r.id for r in done],
+                    "attempts": [r.attempt for r in done],
+                    **stored_arrays(outcomes),
+                }
+                stored = set((await conn.execute(FINISH_MANY, params)).scalars())
             if again:
                 await conn.execute(
                     REQUEUE_MANY,
@@ -558,6 +582,7 @@ class BatchStore:
                         "refunds": [0 if r.counted else 1 for r in again],
                     },
                 )
+        return [r.outcome is not None and r.id in stored for r in results]
 
     async def progress(self, batch: str) -> BatchProgress:
         async with self.engine.connect() as conn:
@@ -613,9 +638,14 @@ class BatchStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(STATUS, {"id": id})).scalar_one_or_none()
 
-    async def expire_overdue(self) -> list[str]:
+    async def expire_overdue(self) -> ExpiredBatches:
+        """Expire the queued lines of batches past their window and finalize the batches."""
         async with self.engine.connect() as conn:
-            return [row.id for row in await conn.execute(EXPIRE)]
+            rows = list((await conn.execute(EXPIRE)).mappings())
+        return ExpiredBatches(
+            batches=[r["id"] for r in rows if r["id"] is not None],
+            lines=[Ended.from_row(r) for r in rows if r["id"] is None],
+        )
 
 
 def _json(obj: Any) -> str | None:

@@ -20,11 +20,12 @@ Every statement only looks at live rows and live jobs (small, indexed sets).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.store.outcomes import Ended, ended_columns
 from app.vocabulary import (
     LIVE,
     LIVE_BATCH,
@@ -53,7 +54,7 @@ SET status = CASE WHEN r.attempts < {MAX_RUNS} THEN '{Status.PENDING}' ELSE '{St
 WHERE r.custom_id IS NOT NULL AND r.status = '{Status.IN_PROGRESS}'
   AND r.upstream_job_id IS NULL  -- a provider job holds it: its poller finishes it
   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.id = r.job_id AND {LIVE_JOB})
-RETURNING r.id
+RETURNING r.status, {ended_columns("r.")}
 """
 )
 
@@ -98,12 +99,17 @@ WITH stranded AS (
 ), failed_lines AS (
     UPDATE requests r SET status = '{Status.FAILED}', finished_at = now(), error = {GAVE_UP}
     FROM failed_batches f WHERE r.batch_id = f.id AND r.status IN {sql_in(LIVE)}
+    RETURNING {ended_columns("r.")}
 )
 SELECT s.id, s.task, procrastinate_defer_jobs_v1(ARRAY[ROW(
     '{Queue.BATCH}', s.task, {Priority.BATCH},
     CASE WHEN s.task = '{Task.FINALIZE_BATCH}' THEN 'finalize:' || s.id END, NULL,
-    jsonb_build_object('batch_id', s.id), NULL)::procrastinate_job_to_defer_v1]) AS job
+    jsonb_build_object('batch_id', s.id), NULL)::procrastinate_job_to_defer_v1]) AS job,
+    NULL AS model, NULL AS tier, NULL AS executor, 0 AS rows
 FROM stranded s WHERE NOT s.give_up AND s.task IS NOT NULL
+UNION ALL  -- the lines of the batches given up, counted by model and path
+SELECT NULL, NULL, NULL, model, tier, executor, count(*) FROM failed_lines
+GROUP BY model, tier, executor
 """
 )
 
@@ -114,6 +120,7 @@ class Requeued:
 
     lines: list[str]
     batches: list[str]
+    failed: list[Ended] = field(default_factory=list)  # lines given up (``failed``)
 
     def __bool__(self) -> bool:
         return bool(self.lines or self.batches)
@@ -128,6 +135,11 @@ class OrphanStore:
     async def requeue(self) -> Requeued:
         """Put orphaned batch lines and stranded batches back to work (see above)."""
         async with self.engine.connect() as conn:
-            lines = list((await conn.execute(RELEASE_LINES)).scalars())
-            batches = [row.id for row in await conn.execute(RESTART_BATCHES)]
-        return Requeued(lines=lines, batches=batches)
+            lines = list((await conn.execute(RELEASE_LINES)).mappings())
+            batches = list((await conn.execute(RESTART_BATCHES)).mappings())
+        failed = [Ended.from_row(r) for r in lines if r["status"] == Status.FAILED]
+        return Requeued(
+            lines=[r["id"] for r in lines],
+            batches=[r["id"] for r in batches if r["id"] is not None],
+            failed=failed + [Ended.from_row(r) for r in batches if r["id"] is None],
+        )

@@ -7,8 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 from app import jsontext
+from app.store.rows import FromRow
 from app.token_usage import NO_USAGE, TokenUsage
-from app.vocabulary import Status
+from app.vocabulary import Status, sql_call_class, sql_executor_path
 
 # The usage columns an outcome sets, from the arrays of :func:`outcome_arrays` aliased ``u``.
 SET_USAGE = """input_tokens = u.input_tokens, output_tokens = u.output_tokens,
@@ -39,6 +40,28 @@ FROM unnest(CAST(:ids AS text[]), CAST(:attempts AS int[]), CAST(:statuses AS te
           cost_usd, deployment, cache, executor)
 WHERE r.id = u.id AND r.status = '{Status.IN_PROGRESS}' AND r.attempts = u.attempt
 """
+
+
+def ended_columns(r: str = "") -> str:
+    """The columns of :class:`Ended` for one row a statement ends (its ``RETURNING``; ``r``:
+    the table's alias and a dot)."""
+    return (
+        f"{r}id, {r}model, {sql_call_class(r)} AS tier,"
+        f" {sql_executor_path(r)} AS executor, 1 AS rows"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Ended(FromRow):
+    """Rows a sweep brought to a final status (``rows`` of them; one has its ``id``), by
+    model, kind of call (``CallClass``) and the path they ran on (``sql_executor_path``):
+    what the workers count in ``tiergate_deferred_outcomes``."""
+
+    id: str | None
+    model: str
+    tier: str
+    executor: str
+    rows: int
 
 
 @dataclass(frozen=True)

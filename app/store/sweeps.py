@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.store.outcomes import Ended, ended_columns
 from app.vocabulary import Channel, ErrorCode, Status, Tier, sql_error
 
 # A request run this many times without an end (its worker died each time) is given up.
@@ -24,9 +25,9 @@ WITH e AS (
     UPDATE requests SET status = '{Status.EXPIRED}', finished_at = now(),
         error = {sql_error(ErrorCode.REQUEST_EXPIRED)}
     WHERE status = '{Status.PENDING}' AND custom_id IS NULL AND expires_at < now()
-    RETURNING id
+    RETURNING {ended_columns()}
 )
-SELECT e.id, pg_notify('{Channel.DONE}', e.id) FROM e
+SELECT e.*, pg_notify('{Channel.DONE}', e.id) FROM e
 """
 )
 
@@ -50,14 +51,15 @@ WITH dead AS MATERIALIZED (
         error = {sql_error(ErrorCode.PROCESSING_FAILED)}
     WHERE status = '{Status.IN_PROGRESS}'
       AND id = ANY(ARRAY(SELECT id FROM dead WHERE attempts >= {MAX_RUNS}))
-    RETURNING id
+    RETURNING {ended_columns()}
 ), woken AS (
     SELECT pg_notify('{Channel.WORK}', model) FROM (SELECT DISTINCT model FROM back) AS m
 )
-SELECT x.id, x.gave_up, (SELECT count(*) FROM woken) AS woken FROM (
-    SELECT id, false AS gave_up FROM back
+SELECT x.*, (SELECT count(*) FROM woken) AS woken FROM (
+    SELECT id, false AS gave_up, model, NULL AS tier, NULL AS executor, 1 AS rows FROM back
     UNION ALL
-    SELECT g.id, true AS gave_up FROM given_up g, LATERAL pg_notify('{Channel.DONE}', g.id)
+    SELECT g.id, true AS gave_up, g.model, g.tier, g.executor, g.rows
+    FROM given_up g, LATERAL pg_notify('{Channel.DONE}', g.id)
 ) AS x
 """
 ).bindparams(bindparam("silent_s", type_=Integer))
@@ -86,18 +88,19 @@ class RequestSweeps:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def expire_overdue(self) -> list[str]:
-        """Expire single requests still queued past their window; returns their ids."""
+    async def expire_overdue(self) -> list[Ended]:
+        """Expire single requests still queued past their window; returns them."""
         async with self.engine.connect() as conn:
             result = await conn.execute(EXPIRE_OVERDUE)
-            return [row.id for row in result]
+            return [Ended.from_row(row) for row in result.mappings()]
 
-    async def rescue_claimed(self, silent_s: int) -> tuple[list[str], list[str]]:
-        """Give back the requests of workers silent for ``silent_s`` seconds: (requeued,
-        given up after ``MAX_RUNS`` attempts)."""
+    async def rescue_claimed(self, silent_s: int) -> tuple[list[str], list[Ended]]:
+        """Give back the requests of workers silent for ``silent_s`` seconds: (the ids
+        requeued, those given up after ``MAX_RUNS`` attempts)."""
         async with self.engine.connect() as conn:
-            rows = list(await conn.execute(RESCUE_CLAIMED, {"silent_s": silent_s}))
-        return [r.id for r in rows if not r.gave_up], [r.id for r in rows if r.gave_up]
+            rows = list((await conn.execute(RESCUE_CLAIMED, {"silent_s": silent_s})).mappings())
+        requeued = [r["id"] for r in rows if not r["gave_up"]]
+        return requeued, [Ended.from_row(r) for r in rows if r["gave_up"]]
 
     async def reap_realtime(self, silent_s: int) -> list[str]:
         """Fail realtime rows whose gateway has not been seen for ``silent_s`` seconds."""

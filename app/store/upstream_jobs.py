@@ -144,7 +144,7 @@ WHERE upstream_job_id = :job AND status = '{Status.IN_PROGRESS}'
 HELD = text(
     f"""
 SELECT r.id, r.attempts, r.body, r.model, r.endpoint, r.batch_id, r.service_tier,
-       r.expires_at, r.owner_key_id, k.name AS key_name, b.status AS batch_status,
+       r.background, r.expires_at, r.owner_key_id, k.name AS key_name, b.status AS batch_status,
        r.cache, k.cache_enabled
 FROM requests r JOIN api_keys k ON k.id = r.owner_key_id
 LEFT JOIN batches b ON b.id = r.batch_id
@@ -251,6 +251,7 @@ class HeldRow(FromRow):
     endpoint: str
     batch_id: str | None
     service_tier: str
+    background: bool
     expires_at: dt.datetime
     owner_key_id: str
     key_name: str | None
@@ -267,6 +268,7 @@ class Finished:
     attempt: int
     outcome: Outcome
     batch_id: str | None = None  # a Batch API line's batch (its sums move too)
+    background: bool = False  # a background request (the metrics' tier)
 
     @property
     def line(self) -> bool:
@@ -397,21 +399,24 @@ class UpstreamJobStore:
             rows = await conn.execute(HELD, {"job": job})
             return [HeldRow.from_row(row) for row in rows.mappings()]
 
-    async def finish(self, finished: list[Finished]) -> None:
+    async def finish(self, finished: list[Finished]) -> set[str]:
         """Store the final outcomes of some of a running job's rows (cancelled lines), and
-        move their batches on (finalized once no line is live)."""
+        move their batches on (finalized once no line is live); returns the ids stored."""
         batch_ids = sorted({f.batch_id for f in finished if f.batch_id is not None})
         async with self.transactional.begin() as conn:
-            await _finish(conn, finished)
+            stored = await _finish(conn, finished)
             if batch_ids:
                 await conn.execute(MOVE_ON, {"ids": batch_ids})
+        return stored
 
-    async def refused(self, job: str, finished: list[Finished], *, rows: int) -> None:
+    async def refused(self, job: str, finished: list[Finished], *, rows: int) -> set[str]:
         """Fail the rows whose lines the provider's format refused (never sent) before the
-        job's other ``rows`` lines are submitted (``rows`` is what ``find`` looks for)."""
+        job's other ``rows`` lines are submitted (``rows`` is what ``find`` looks for);
+        returns the ids stored."""
         async with self.transactional.begin() as conn:
-            await _finish(conn, finished)
+            stored = await _finish(conn, finished)
             await conn.execute(ROWS, {"job": job, "rows": rows})
+        return stored
 
     async def settle(
         self,
@@ -422,12 +427,12 @@ class UpstreamJobStore:
         status: str | None,
         counts: dict[str, int],
         error: str | None = None,
-    ) -> None:
+    ) -> set[str]:
         """Store the job's results, give back what runs again, move the batches of its lines
-        on and end the job: one transaction."""
+        on and end the job: one transaction. Returns the ids of the results stored."""
         async with self.transactional.begin() as conn:
             batch_ids = list((await conn.execute(BATCHES_OF, {"job": job})).scalars())
-            await _finish(conn, finished)
+            stored = await _finish(conn, finished)
             if given_back:
                 await conn.execute(
                     GIVE_BACK,
@@ -446,19 +451,20 @@ class UpstreamJobStore:
             await conn.execute(
                 END, {"job": job, "status": status, "counts": counts, "error": error}
             )
+        return stored
 
 
-async def _finish(conn: AsyncConnection, finished: list[Finished]) -> None:
+async def _finish(conn: AsyncConnection, finished: list[Finished]) -> set[str]:
     """Final outcomes, by the statement of their kind: single requests wake their clients,
-    Batch API lines move their batch's sums."""
+    Batch API lines move their batch's sums. Returns the ids stored (both return them)."""
+    stored: set[str] = set()
     for is_line, statement in ((False, requests.FINISH_MANY), (True, batches.FINISH_MANY)):
         done = [f for f in finished if f.line == is_line]
         if done:
-            await conn.execute(
-                statement,
-                {
-                    "ids": [f.id for f in done],
-                    "attempts": [f.attempt for f in done],
-                    **stored_arrays([f.outcome for f in done]),
-                },
-            )
+            params = {
+                "ids": [f.id for f in done],
+                "attempts": [f.attempt for f in done],
+                **stored_arrays([f.outcome for f in done]),
+            }
+            stored.update(row.id for row in await conn.execute(statement, params))
+    return stored

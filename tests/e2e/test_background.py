@@ -10,6 +10,7 @@ import pytest
 
 from app.testing.processes import Gateway
 from tests.e2e.conftest import row
+from tests.support.metrics import deferred_outcomes
 from tests.support.waiting import wait_until
 
 POLL_TIMEOUT_S = 30.0
@@ -48,12 +49,20 @@ def test_background_returns_queued_then_completes(client: openai.OpenAI, tier: s
     assert row(db, created.id)["priority"] == (0 if tier == "flex" else 100)
 
 
-def test_background_failure_is_shown_in_error(client: openai.OpenAI):
+def test_background_failure_is_shown_in_error(client: openai.OpenAI, gateway: Gateway):
+    metrics = f"{gateway.url}/metrics"  # serve's in-process worker counts on the one /metrics
+    counted = ("remote", "background", "failed", "upstream_404", "direct")
+    before = deferred_outcomes(metrics).get(counted, 0.0)
     created = client.responses.create(
         model="remote", input="mock:status=404", background=True, service_tier="flex"
     )
     done = poll(client, created.id, {"completed", "failed"})
     assert done.status == "failed"
+    wait_until(
+        lambda: deferred_outcomes(metrics).get(counted) == before + 1,
+        "the failure counted by the in-process worker",
+        POLL_TIMEOUT_S,
+    )
     # OpenAI's code on the object; the row's (the provider's own, when it gave one) leads the
     # message.
     assert done.error is not None and done.error.code == "server_error"

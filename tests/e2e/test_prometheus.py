@@ -3,7 +3,8 @@
 Debian's ``prometheus`` (installed by ``.ci/run``) runs as its own process with a config in
 the test's directory: 1 s scrapes and rule evaluations, the shipped rules with the queue-age
 threshold lowered to seconds. A flex row held behind a slow call of a model that runs one
-call at a time makes the queue-age alert fire.
+call at a time makes the queue-age alert fire; background calls that all fail make the
+deferred error-rate alert pending (the worker's outcome counter, scraped from the worker).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from openai.types.responses import Response
 
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
@@ -36,6 +38,7 @@ from tests.support.waiting import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "tiergate-rules.yml"
 QUEUE_AGE_ALERT = "TiergateQueueAgeHigh"
+DEFERRED_ERROR_ALERT = "TiergateDeferredErrorRateHigh"
 SHIPPED_QUEUE_AGE = "> 300"  # the shipped threshold, lowered for the test
 TEST_QUEUE_AGE_S = 3
 HOLD = "prometheus-queue-age"
@@ -311,6 +314,45 @@ def test_a_queue_held_past_the_threshold_fires_the_queue_age_alert(
         TIMEOUT_S,
     )
     wait_until(lambda: not alerts(prometheus, QUEUE_AGE_ALERT), "the alert resolved", TIMEOUT_S)
+
+
+def test_failing_background_work_makes_the_deferred_error_rate_alert_pending(
+    prometheus: httpx.Client, client: openai.OpenAI
+):
+    """The workers' outcome counter reaches Prometheus, and the shipped deferred error-rate
+    rule sees a model whose background calls all fail (pending: its ``for`` is 10 minutes)."""
+    failed = (
+        'sum(tiergate_deferred_outcomes_total{job="tiergate-worker", model="fast",'
+        ' tier="background", status="failed", code="upstream_400"})'
+    )
+
+    def fail_one(text: str) -> None:
+        job = client.responses.create(
+            model="fast", input=f"mock:status=400 {text}", background=True
+        )
+        done = wait_until(
+            lambda: (r := client.responses.retrieve(job.id)).status == "failed" and r,
+            "the call failed",
+            TIMEOUT_S,
+        )
+        assert Response.model_validate(done.model_dump()).error is not None
+
+    # A counter's first sample is no increase: the series is scraped once before it grows.
+    fail_one("first")
+    wait_until(lambda: value(prometheus, failed) == 1, "the first failure scraped", TIMEOUT_S)
+    fail_one("second")
+    wait_until(lambda: value(prometheus, failed) == 2, "the second failure scraped", TIMEOUT_S)
+    expr = rule_expr(DEFERRED_ERROR_ALERT)
+    (sample,) = wait_until(lambda: query(prometheus, expr), "the rule's expression true", TIMEOUT_S)
+    assert sample["metric"] == {"model": "fast", "tier": "background"}
+    assert float(sample["value"][1]) == 1.0  # every background call of the model failed
+
+    def pending() -> list[dict[str, Any]]:
+        return [a for a in alerts(prometheus, DEFERRED_ERROR_ALERT) if a["state"] == "pending"]
+
+    (alert,) = wait_until(pending, "the deferred error-rate alert pending", TIMEOUT_S)
+    assert alert["labels"]["model"] == "fast" and alert["labels"]["tier"] == "background"
+    assert alert["labels"]["severity"] == "warning"
 
 
 def test_a_worker_gone_makes_the_workers_gone_expression_true(

@@ -101,7 +101,7 @@ async def test_overdue_pending_work_expires(
             text("UPDATE requests SET expires_at = now() - interval '1 second' WHERE id = :id"),
             {"id": sub.id},
         )
-    assert sub.id in await sweeps.expire_overdue()
+    assert sub.id in [row.id for row in await sweeps.expire_overdue()]
     row = await store.get(sub.id, owner.id)
     assert row.status == "expired"
     assert await store.final_among([sub.id, "resp_unknown"]) == [sub.id]

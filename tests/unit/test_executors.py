@@ -78,7 +78,10 @@ async def test_work_goes_to_the_deployments_executor(runner: RequestRunner) -> N
     recording = Recording(done)
     runner.executors[ExecutorKind.DIRECT] = recording
     handed = work()
-    assert await runner.attempt(handed) is done
+    answered = await runner.attempt(handed)
+    # its executor's answer, tagged with the path it ran on (the metrics' executor label)
+    assert answered is not None and answered.outcome is done.outcome
+    assert answered.path == ExecutorKind.DIRECT
     assert recording.seen == [("big", handed)]
 
 

@@ -141,6 +141,7 @@ def test_the_registry_names_its_series_as_the_exposition_does():
     assert "tiergate_queue_oldest_age_seconds" in names and "tiergate_requests" not in names
     assert "tiergate_engine_requests_waiting" in names  # the collectors spoke
     assert "tiergate_nope_total" not in names
+    assert "tiergate_deferred_outcomes_total" in names  # a family before any row ended
 
 
 def test_every_dashboard_query_names_metrics_tiergate_exports():
@@ -176,8 +177,15 @@ def test_every_dashboard_query_names_metrics_tiergate_exports():
         "tiergate_too_many_requests_total",
         "tiergate_processes",
         "tiergate_key_budget_usd",
+        "tiergate_deferred_outcomes_total",  # how the workers' deferred rows end
     }
     assert wanted <= seen, wanted - seen
+    # The error ratio covers the calls the gateways answered and those the workers ended.
+    (ratio,) = [p for p in panels(board) if p["title"] == "Error ratio"]
+    assert metric_names(ratio["targets"][0]["expr"]) == {
+        "tiergate_requests_total",
+        "tiergate_deferred_outcomes_total",
+    }
 
 
 def test_the_dashboard_is_importable_with_a_prometheus_datasource_variable():
@@ -212,6 +220,7 @@ def test_every_alert_rule_names_exported_metrics_and_says_how_bad_and_why():
     assert "tiergate_queue_oldest_age_seconds" in found["TiergateQueueAgeHigh"]
     assert "tiergate_deployment_state" in found["TiergateDeploymentOut"]
     assert "tiergate_requests_total" in found["TiergateErrorRateHigh"]
+    assert found["TiergateDeferredErrorRateHigh"] == {"tiergate_deferred_outcomes_total"}
     assert "tiergate_key_budget_spent_usd" in found["TiergateBudgetNearlySpent"]
     assert "tiergate_processes" in found["TiergateWorkersGone"]
 

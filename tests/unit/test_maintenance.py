@@ -12,6 +12,7 @@ import sqlalchemy.exc
 
 from app.metrics import Metrics
 from app.settings import Limits
+from app.store.batches import ExpiredBatches
 from app.store.orphans import Requeued
 from app.store.retention import Pruned
 from worker.maintenance import Duty, Maintenance, run_duties
@@ -63,7 +64,7 @@ def maintenance(calls: Calls, metrics: Metrics | None = None) -> tuple[Maintenan
         requests=Fake(
             calls, "requests", expire_overdue=[], reap_realtime=[], rescue_claimed=([], [])
         ),
-        batches=Fake(calls, "batches", expire_overdue=[]),
+        batches=Fake(calls, "batches", expire_overdue=ExpiredBatches(batches=[], lines=[])),
         files=Fake(calls, "files", prune_abandoned=[]),
         orphans=Fake(calls, "orphans", requeue=Requeued(lines=[], batches=[])),
         retention=Fake(calls, "retention", prune=Pruned()),

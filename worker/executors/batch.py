@@ -31,6 +31,7 @@ from typing import Any
 
 from app.calls.policy import failed
 from app.ids import new_id
+from app.metrics import Metrics
 from app.settings import ModelConfig, Settings
 from app.store.db import database_unavailable
 from app.store.upstream_jobs import Finished, UpstreamJobStore
@@ -42,6 +43,7 @@ from app.upstream.openai_batches import OpenAIBatches
 from app.upstream.router import Router
 from app.vocabulary import BatchApi, ErrorCode, ExecutorKind, Status
 from worker.executors.base import Work
+from worker.outcomes import count_finished
 
 log = logging.getLogger("tiergate.batch_executor")
 
@@ -70,10 +72,12 @@ class BatchExecutor:
         upstream: UpstreamClient,
         router: Router,
         store: UpstreamJobStore,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
         self.store = store
+        self.metrics = metrics
         self.apis: dict[BatchApi, ProviderBatches] = {BatchApi.OPENAI: OpenAIBatches(upstream)}
         self.apis[BatchApi.ANTHROPIC] = AnthropicBatches(upstream)
         self.owner = ""  # the worker process (its presence id), set before work comes
@@ -158,6 +162,7 @@ class BatchExecutor:
                 endpoint=endpoint,
                 lines=[job_line(deployment, w.id, endpoint, w.body) for w in works],
                 file_id=None,
+                metrics=self.metrics,
             )
         except UpstreamError as exc:
             log.warning("job %s not submitted yet: %s", job, exc)
@@ -203,6 +208,7 @@ async def submit(
     endpoint: str,
     lines: list[JobLine],
     file_id: str | None,
+    metrics: Metrics | None = None,
 ) -> None:
     """Upload the job's input (unless ``file_id`` was uploaded already, or the format sends
     lines inline) and create it; each step's result is stored before the next. Lines the
@@ -221,10 +227,17 @@ async def submit(
             window=config.completion_window,
         )
     except RefusedLines as exc:
-        rest = await _refuse(store, deployment, job, lines, exc)
+        rest = await _refuse(store, deployment, job, lines, exc, metrics)
         if rest:  # uploaded again if the format uploads: the refusal came before its upload
             await submit(
-                store, api, deployment, job=job, endpoint=endpoint, lines=rest, file_id=None
+                store,
+                api,
+                deployment,
+                job=job,
+                endpoint=endpoint,
+                lines=rest,
+                file_id=None,
+                metrics=metrics,
             )
         return
     await store.submitted(job, state.id, state.status, config.poll_min_s)
@@ -236,13 +249,16 @@ async def _refuse(
     job: str,
     lines: list[JobLine],
     refusal: RefusedLines,
+    metrics: Metrics | None = None,
 ) -> list[JobLine]:
     """Fail the rows of the refused lines (final, with the refusal's error); the others."""
     rest = [line for line in lines if line[0] not in refusal.refused]
     if len(rest) == len(lines):
         raise ValueError(f"job {job}: the lines refused are none of the job's") from refusal
     finished = []
+    model = ""  # a job's rows are all of one model
     for row in await store.held(job):
+        model = row.model
         exc = refusal.refused.get(row.id)
         if exc is not None:
             outcome = dataclasses.replace(
@@ -250,13 +266,14 @@ async def _refuse(
                 deployment=deployment.label(row.model),
                 executor=ExecutorKind.BATCH,
             )
-            finished.append(Finished(row.id, row.attempts, outcome, row.batch_id))
+            finished.append(Finished(row.id, row.attempts, outcome, row.batch_id, row.background))
     log.warning("job %s: %d lines refused (%s), %d left", job, len(finished), refusal, len(rest))
     if rest:
-        await store.refused(job, finished, rows=len(rest))
+        stored = await store.refused(job, finished, rows=len(rest))
     else:
         counts = {str(Status.FAILED): len(finished)}
-        await store.settle(
+        stored = await store.settle(
             job, finished, [], status=None, counts=counts, error=ErrorCode.UNTRANSLATABLE
         )
+    count_finished(metrics, model, finished, stored)
     return rest

@@ -58,6 +58,7 @@ from app.vocabulary import (
     error,
 )
 from worker.executors.batch import BatchExecutor, job_line, submit
+from worker.outcomes import count_finished
 
 log = logging.getLogger("tiergate.batch_poller")
 
@@ -194,6 +195,7 @@ class BatchPoller:
             endpoint=job.endpoint,
             lines=[job_line(deployment, row.id, job.endpoint, row.body) for row in held],
             file_id=job.upstream_file_id,
+            metrics=self.meter.metrics,
         )
 
     async def _watch(
@@ -204,7 +206,8 @@ class BatchPoller:
         config = deployment.config.batch
         watch = await self.store.watch(job.id, LINE_CANCELLED)
         if watch.stopped:
-            await self.store.finish(watch.stopped)
+            stored = await self.store.finish(watch.stopped)
+            count_finished(self.meter.metrics, job.model, watch.stopped, stored)
         now = dt.datetime.now(dt.UTC)
         if state.status not in CANCELLING:
             if watch.soonest is None:
@@ -243,9 +246,10 @@ class BatchPoller:
             counts["unknown_lines"] = len(answers)
             log.warning("job %s: %d lines name no row it holds", job.id, len(answers))
         log.info("job %s %s: %s", job.id, state.status, dict(counts))
-        await self.store.settle(
+        stored = await self.store.settle(
             job.id, finished, given_back, status=state.status, counts=dict(counts)
         )
+        count_finished(self.meter.metrics, job.model, finished, stored)
         self._remember(model, held, finished)
 
     def _remember(self, model: ModelConfig, held: list[HeldRow], finished: list[Finished]) -> None:
@@ -281,6 +285,7 @@ class BatchPoller:
         line = row.batch_id is not None
         if line and row.batch_status in STOPPING_BATCH:
             return Finished(row.id, row.attempts, LINE_CANCELLED, row.batch_id)
+        background = row.background
         served = deployment.label(model.name)
         if answer is None or answer.status is None:
             if answer is not None and answer.error is not None:
@@ -298,14 +303,14 @@ class BatchPoller:
             )
             tier = PriceTier.BATCH if line else row.service_tier
             outcome = self.meter.priced(model.name, tier, row.key_name or "", row.body, outcome)
-            return Finished(row.id, row.attempts, outcome, row.batch_id)
+            return Finished(row.id, row.attempts, outcome, row.batch_id, background)
         exc = error_from_status(answer.status, httpx.Headers(), orjson.dumps(answer.body))
         attempt = after_failure(exc, row.attempts, self._window(model, row))
         if attempt.outcome is not None:
             outcome = dataclasses.replace(
                 attempt.outcome, deployment=served, executor=ExecutorKind.BATCH
             )
-            return Finished(row.id, row.attempts, outcome, row.batch_id)
+            return Finished(row.id, row.attempts, outcome, row.batch_id, background)
         assert attempt.error is not None
         return GivenBack(
             row.id,
