@@ -14,6 +14,7 @@ import time
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import tracing
 from app.keys import ApiKey
 from app.openai.errors import unauthorized
 from app.store.keys import KeyStore, hash_key
@@ -84,11 +85,24 @@ class AuthMiddleware:
         secret = bearer(Headers(scope=scope))
         if secret is None:
             raise unauthorized("You didn't provide an API key. Send 'Authorization: Bearer <key>'.")
-        key = await self.keys.authenticate(secret)
+        if tracing.tracer is None:
+            key = await self.keys.authenticate(secret)
+        else:
+            key = await self._traced(secret)
         if key is None:
             raise unauthorized()
         scope.setdefault("state", {})["api_key"] = key
         await self.app(scope, receive, send)
+
+    async def _traced(self, secret: str) -> ApiKey | None:
+        """``authenticate`` in an ``auth`` span naming the key (its name, never its secret)."""
+        with tracing.step("auth") as span:
+            key = await self.keys.authenticate(secret)
+            tracing.annotate(
+                span,
+                {"tiergate.key.name": key.name if key else None, "tiergate.auth": key is not None},
+            )
+            return key
 
 
 def current_key(scope: Scope) -> ApiKey:
