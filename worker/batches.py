@@ -343,7 +343,7 @@ class BatchJobs:
         attributes = {
             "gen_ai.operation.name": tracing.operation(row.endpoint),
             "gen_ai.request.model": row.model,
-            "tiergate.tier": "batch",
+            "tiergate.tier": PriceTier.BATCH,
             "tiergate.request_id": row.id,
             "tiergate.attempt": row.attempts,
         }

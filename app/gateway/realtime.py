@@ -56,6 +56,7 @@ from app.vocabulary import (
     PriceTier,
     Status,
     Tier,
+    UsagePath,
     error,
 )
 
@@ -287,7 +288,7 @@ class RealtimeProxy:
             deployment.target_model,
             {
                 "tiergate.deployment": deployment.label(call.model.name),
-                "tiergate.executor": "realtime",
+                "tiergate.executor": UsagePath.REALTIME,
                 "tiergate.tier": call.tier,
                 "tiergate.stream": call.stream,
             },
