@@ -13,7 +13,10 @@ same machine load. Without it the code measured is this checkout's.
 
 Usage: python bench/realtime_cpu.py [--calls N] [--concurrency C] [--rounds R] [--priced]
        [--key-options "--rpm 1000000 --tpm 100000000 --budget-usd 1000000"] [--compare DIR]
-       [--limits JSON] [--compare-limits JSON]
+       [--limits JSON] [--compare-limits JSON] [--env NAME=VALUE ...]
+
+``--env`` sets a variable for this side's gateway only (e.g. ``OTEL_TRACES_EXPORTER=otlp``
+and an endpoint, against ``--compare`` of the same checkout: what tracing costs when on).
 
 ``--key-options`` creates the bench key with rate limits and/or a budget (high enough that
 nothing is refused), to measure what enforcing them costs per call.
@@ -80,7 +83,15 @@ def main() -> None:
         help="the compare side's limits, as JSON (default: --limits); --compare may then name"
         " this same checkout, to measure a setting",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable for this side's gateway only (repeatable)",
+    )
     args = parser.parse_args()
+    this_env = dict(pair.split("=", 1) for pair in args.env)
     here = str(Path(__file__).resolve().parent.parent)
     sides = {"this": here, **({"compare": args.compare} if args.compare else {})}
     work = Path(tempfile.mkdtemp(prefix="tiergate-cpu-"))
@@ -114,7 +125,7 @@ def main() -> None:
                     config=configs[side],
                     log=work / f"gw-{side}.log",
                     worker=False,
-                    env={"PYTHONPATH": root},
+                    env={"PYTHONPATH": root, **(this_env if side == "this" else {})},
                     cwd=work,  # so that PYTHONPATH, not the current directory, names the code
                 )
                 processes.append(gw.process)

@@ -2,8 +2,8 @@
 
 Outermost, so that the span covers authentication, classification and the error responses
 ``ErrorMiddleware`` makes; it continues the client's ``traceparent`` when one is sent. The
-steps inside add child spans or events to it (``auth``, ``classify``, ``limits``,
-``cache lookup``; docs/observability.md).
+steps inside add events to it (``auth``, ``classify``, ``limits``) or child spans
+(``cache lookup``; docs/observability.md).
 """
 
 from __future__ import annotations
