@@ -274,9 +274,9 @@ def event(name: str, attributes: Mapping[str, Any]) -> None:
     """An event on the current span, with the attributes whose value is known."""
     from opentelemetry import trace
 
-    trace.get_current_span().add_event(
-        name, {key: value for key, value in attributes.items() if value is not None}
-    )
+    span = trace.get_current_span()
+    if span.is_recording():  # not in a trace the sampler left out
+        span.add_event(name, {key: value for key, value in attributes.items() if value is not None})
 
 
 @contextlib.contextmanager
@@ -333,7 +333,7 @@ def capture(span: Span | None, endpoint: str, request: Any, answer: Any) -> None
     """Prompt and answer text on ``span`` (``gen_ai.input.messages``,
     ``gen_ai.output.messages``), each cut to ``content_max_chars``; only when the
     ``tracing:`` section's ``capture_content`` asks for it."""
-    if span is None or not config.capture_content:
+    if span is None or not config.capture_content or not span.is_recording():
         return
     cap = config.content_max_chars
     inputs = _input_messages(endpoint, request)
@@ -404,7 +404,7 @@ def _output_messages(answer: Any) -> list[dict[str, Any]]:
 
 def annotate(span: Span | None, attributes: Mapping[str, Any]) -> None:
     """Set the attributes whose value is known (not None) on ``span``."""
-    if span is None:
+    if span is None or not span.is_recording():
         return
     span.set_attributes({name: value for name, value in attributes.items() if value is not None})
 
