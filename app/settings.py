@@ -579,6 +579,27 @@ class WebhooksConfig(BaseModel):
     )
 
 
+class TracingConfig(BaseModel):
+    """What traces carry (``tracing:``; docs/observability.md). Whether they are exported at
+    all is the standard ``OTEL_*`` variables' word."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    capture_content: bool = Field(
+        default=False,
+        description="put prompt and answer text on the upstream call's span (GenAI conventions)",
+    )
+    content_max_chars: int = Field(
+        default=4096, ge=16, le=1_000_000, description="each captured text is cut to this"
+    )
+    batch_line_sample: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="share of Batch API lines with spans of their own (decided by the line id)",
+    )
+
+
 def mock_model() -> ModelConfig:
     return ModelConfig(name="mock", upstream=MOCK_UPSTREAM, flex_concurrency=64, max_attempts=3)
 
@@ -594,6 +615,7 @@ class Settings:
     models: dict[str, ModelConfig] = field(default_factory=lambda: {"mock": mock_model()})
     limits: Limits = field(default_factory=Limits)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     config_path: Path | None = None
 
     @classmethod
@@ -616,7 +638,7 @@ class Settings:
         Raises ``ConfigError`` naming where the problem is, or ``ConfigErrors`` naming each.
         """
         problems: list[ConfigError] = []
-        unknown = set(data) - {"models", "limits", "webhooks"}
+        unknown = set(data) - {"models", "limits", "webhooks", "tracing"}
         if unknown:
             problems.append(
                 ConfigError(f"unknown config keys: {sorted(unknown)}", (sorted(unknown)[0],))
@@ -661,6 +683,11 @@ class Settings:
                 self.webhooks = WebhooksConfig.model_validate(data["webhooks"])
             except ValidationError as exc:
                 problems += all_from_validation(exc, ("webhooks",))
+        if data.get("tracing") is not None:
+            try:
+                self.tracing = TracingConfig.model_validate(data["tracing"])
+            except ValidationError as exc:
+                problems += all_from_validation(exc, ("tracing",))
         raise_all(problems)
 
     def reaches_chat(self, model: ModelConfig, pin: str | None = None) -> bool:

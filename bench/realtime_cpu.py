@@ -14,6 +14,10 @@ same machine load. Without it the code measured is this checkout's.
 Usage: python bench/realtime_cpu.py [--calls N] [--concurrency C] [--rounds R] [--priced]
        [--key-options "--rpm 1000000 --tpm 100000000 --budget-usd 1000000"] [--compare DIR]
        [--limits JSON] [--compare-limits JSON] [--compare-direct [--compare-pgbouncer]]
+       [--env NAME=VALUE ...]
+
+``--env`` sets a variable for this side's gateway only (e.g. ``OTEL_TRACES_EXPORTER=otlp``
+and an endpoint, against ``--compare`` of the same checkout: what tracing costs when on).
 
 ``--key-options`` creates the bench key with rate limits and/or a budget (high enough that
 nothing is refused), to measure what enforcing them costs per call.
@@ -98,7 +102,15 @@ def main() -> None:
         help="with --compare-direct: the compare side's DATABASE_URL is PgBouncer's, in"
         " transaction mode",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable for this side's gateway only (repeatable)",
+    )
     args = parser.parse_args()
+    this_env = dict(pair.split("=", 1) for pair in args.env)
     here = str(Path(__file__).resolve().parent.parent)
     sides = {"this": here, **({"compare": args.compare} if args.compare else {})}
     work = Path(tempfile.mkdtemp(prefix="tiergate-cpu-"))
@@ -128,7 +140,7 @@ def main() -> None:
                 db = database.libpq()
                 meter = meter or CpuMeter(db, {})
                 key = create_key(db, "bench", options=args.key_options.split())
-                env = {"PYTHONPATH": root}
+                env = {"PYTHONPATH": root, **(this_env if side == "this" else {})}
                 if side == "compare" and args.compare_direct:
                     env["DATABASE_DIRECT_URL"] = db
                     if args.compare_pgbouncer:

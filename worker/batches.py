@@ -10,6 +10,7 @@ from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import logs, tracing
 from app.cache.service import wanted_for
 from app.calls.conversations import Conversations
 from app.ids import new_id
@@ -38,6 +39,7 @@ from app.vocabulary import (
 )
 from worker.execute import RequestRunner, RetryLater
 from worker.executors.base import work_of
+from worker.flex import outcome_attributes
 from worker.outcomes import count_ended
 from worker.pacing import PACED, Pacer
 
@@ -97,9 +99,46 @@ class BatchJobs:
         """Stop storing line results."""
         await self._recording.stop()
 
-    # --- validation ---------------------------------------------------------------------
+    # --- phases in the batch's trace ----------------------------------------------------
 
     async def validate(self, batch_id: str) -> None:
+        """Read and check the input file; store its lines (or fail the batch)."""
+        if tracing.tracer is None:
+            await self._validate(batch_id)
+            return
+        parent = await self.batches.traceparent(batch_id)
+        with tracing.phase_span("batch validate", parent, {"tiergate.batch_id": batch_id}):
+            await self._validate(batch_id)
+
+    async def run(self, batch_id: str, job_id: int) -> None:
+        """Run the batch's lines (``_run``)."""
+        if tracing.tracer is None:
+            await self._run(batch_id, job_id)
+            return
+        parent = await self.batches.traceparent(batch_id)
+        later: RetryLater | None = None
+        attributes = {"tiergate.batch_id": batch_id, "tiergate.job_id": job_id}
+        with tracing.phase_span("batch run", parent, attributes) as span:
+            try:
+                await self._run(batch_id, job_id)
+            except RetryLater as exc:  # lines wait for a retry: no failure of the job
+                tracing.annotate(span, {"tiergate.retry_in_s": exc.delay_s})
+                later = exc
+        if later is not None:
+            raise later
+
+    async def finalize(self, batch_id: str) -> None:
+        """Write the output and error files, then end the batch (idempotent)."""
+        if tracing.tracer is None:
+            await self._finalize(batch_id)
+            return
+        parent = await self.batches.traceparent(batch_id)
+        with tracing.phase_span("batch finalize", parent, {"tiergate.batch_id": batch_id}):
+            await self._finalize(batch_id)
+
+    # --- validation ---------------------------------------------------------------------
+
+    async def _validate(self, batch_id: str) -> None:
         batch = await self.batches.for_validation(batch_id)
         if batch is None or batch.status not in (BatchStatus.VALIDATING, BatchStatus.CANCELLING):
             return
@@ -220,7 +259,7 @@ class BatchJobs:
 
     # --- running ------------------------------------------------------------------------
 
-    async def run(self, batch_id: str, job_id: int) -> None:
+    async def _run(self, batch_id: str, job_id: int) -> None:
         """Run the batch's lines until none is left, then hand over to finalization.
 
         The job keeps at most the model's ``flex_concurrency`` lines (capped by
@@ -297,6 +336,25 @@ class BatchJobs:
 
     async def _line(self, row: ClaimedRequest, cancelled: asyncio.Event) -> bool:
         """Run one line; True if its executor took it over (it finishes it later)."""
+        logs.request_id.set(row.id)  # this task's log lines name the line
+        if tracing.tracer is None:
+            return await self._run_line(row, cancelled)
+        if not tracing.sampled(row.id, tracing.config.batch_line_sample):
+            with tracing.detached():  # no span, no traceparent upstream: not in the sample
+                return await self._run_line(row, cancelled)
+        attributes = {
+            "gen_ai.operation.name": tracing.operation(row.endpoint),
+            "gen_ai.request.model": row.model,
+            "tiergate.tier": PriceTier.BATCH,
+            "tiergate.request_id": row.id,
+            "tiergate.attempt": row.attempts,
+        }
+        with tracing.step("batch line", attributes) as span:
+            return await self._run_line(row, cancelled, span)
+
+    async def _run_line(
+        self, row: ClaimedRequest, cancelled: asyncio.Event, span: Any = None
+    ) -> bool:
         attempt = await self.runner.attempt(
             work_of(
                 row,
@@ -310,6 +368,17 @@ class BatchJobs:
         if attempt is None:  # its executor took it over and finishes it itself
             return True
         model = row.model
+        if span is not None:
+            outcome = attempt.outcome
+            tracing.annotate(
+                span,
+                {
+                    "tiergate.status": outcome.status if outcome else "retry",
+                    "tiergate.deployment": (outcome and outcome.deployment) or attempt.deployment,
+                    "tiergate.retry_in_s": attempt.retry_in_s,
+                    **(outcome_attributes(outcome) if outcome is not None else {}),
+                },
+            )
         result = LineResult(
             row.id,
             row.attempts,
@@ -327,8 +396,7 @@ class BatchJobs:
 
     # --- finalizing ---------------------------------------------------------------------
 
-    async def finalize(self, batch_id: str) -> None:
-        """Write the output and error files, then end the batch (idempotent)."""
+    async def _finalize(self, batch_id: str) -> None:
         batch = await self.batches.for_finalize(batch_id)
         if batch is None or batch.live or batch.status not in CLOSABLE_BATCH:
             return

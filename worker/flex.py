@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from app import tracing
+from app import logs, tracing
 from app.cache.service import wanted_for
 from app.calls.policy import EXPIRED, Attempt
 from app.settings import Settings
@@ -189,6 +189,7 @@ class FlexDispatcher:
     async def _run(self, row: ClaimedRequest) -> None:
         request_id, attempt, model = row.id, row.attempts, row.model
         tier = tier_of(line=False, background=row.background)
+        logs.request_id.set(request_id)  # this task's log lines name the request
         writer: EventWriter | None = None
         path: str | None = None  # the executor the attempt was routed to
         try:
@@ -255,6 +256,7 @@ class FlexDispatcher:
         # The queue wait is the first attempt's alone (a retry's starts at its backoff).
         waited = row.created_at if row.attempts == 1 else None
         with tracing.attempt_span(row.traceparent, waited, attributes) as span:
+            logs.trace_id.set(tracing.trace_id())  # for its lines after the span, too
             result = await self.runner.attempt(work_of(row, events=writer), cached=wanted_for(row))
             if result is not None:
                 outcome = result.outcome

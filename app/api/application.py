@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
+from app import tracing
 from app.api.routes import (
     batches,
     chat_completions,
@@ -32,6 +33,7 @@ from app.dashboard import routes as dashboard
 from app.gateway.middleware.auth import AuthMiddleware
 from app.gateway.middleware.errors import REFUSAL, ErrorMiddleware, refusal_code
 from app.gateway.middleware.tiers import TierMiddleware
+from app.gateway.middleware.tracing import TracingMiddleware
 from app.gateway.services import Services
 from app.openai.errors import APIError
 from app.settings import Settings
@@ -80,6 +82,8 @@ def create_app(
             *dashboard.routes,
         ],
         middleware=[
+            # Only when tracing is on: off, a request crosses no layer of it.
+            *([Middleware(TracingMiddleware)] if tracing.tracer is not None else []),
             Middleware(ErrorMiddleware, metrics=services.metrics),
             Middleware(AuthMiddleware, keys=services.key_cache),
             Middleware(

@@ -9,6 +9,7 @@ import errno
 import functools
 import gc
 import logging
+import os
 import resource
 import signal
 import socket
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
-from app import tracing
+from app import logs, tracing
 from app.cli import batch as batch_cli
 from app.cli import cache as cache_cli
 from app.cli import db as db_cli
@@ -54,12 +55,9 @@ class PortBusy(Exception):
     """The gateway's port cannot be bound."""
 
 
-def _setup_logging(level: str = "INFO", *, verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str = "INFO", *, verbose: bool = False, log_format: str = "text") -> None:
+    """One stderr handler in ``log_format``; each line names its request (``app/logs.py``)."""
+    logging.basicConfig(level=level, handlers=[logs.handler(log_format)], force=True)
     if verbose:  # tiergate's own details (where the embedded PostgreSQL lives, ...)
         logging.getLogger("tiergate").setLevel(logging.DEBUG)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -135,6 +133,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from app.store.migrate import upgrade
 
     sock = _bind(args.host, args.port)
+    # Before the app is built: its tracing middleware exists only when tracing is on.
+    tracing.setup(
+        tracing.Role.GATEWAY if args.no_worker else tracing.Role.BOTH, settings=settings.tracing
+    )
     url = _database(settings, create=True)
     upgrade(url)
     if settings.database_url is None:
@@ -148,12 +150,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         _raise_open_files_limit(),
     )
     _tune_gc()
-    tracing.setup(tracing.Role.GATEWAY if args.no_worker else tracing.Role.BOTH)
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through tiergate's handler (its format)
         access_log=False,
         timeout_graceful_shutdown=5,
     )
@@ -219,7 +221,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from app.store.listener import NotificationsLost
 
-    tracing.setup(tracing.Role.WORKER)
+    tracing.setup(tracing.Role.WORKER, settings=settings.tracing)
     try:
         asyncio.run(main())
     except NotificationsLost as exc:
@@ -263,6 +265,12 @@ def cmd_mock_upstream(args: argparse.Namespace, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiergate", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--log-level", default="INFO", help="INFO (default), WARNING, DEBUG...")
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=None,
+        help="text (default) or json: one JSON object per line (also TIERGATE_LOG_FORMAT)",
+    )
     parser.add_argument(
         "-v",
         "--verbose",
@@ -346,7 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a problem the user can fix is one line on stderr and a non-zero exit."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level.upper(), verbose=args.verbose)
+    log_format = args.log_format or os.environ.get("TIERGATE_LOG_FORMAT", "").strip() or "text"
+    if log_format not in logs.FORMATS:
+        print(
+            f"tiergate: TIERGATE_LOG_FORMAT={log_format!r}: one of {', '.join(logs.FORMATS)}",
+            file=sys.stderr,
+        )
+        return 2
+    _setup_logging(args.log_level.upper(), verbose=args.verbose, log_format=log_format)
     try:
         settings = Settings.from_env()
     except (OSError, ValueError) as exc:

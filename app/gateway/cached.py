@@ -18,7 +18,6 @@ from starlette.responses import Response, StreamingResponse
 from app.cache.service import Lookup, ResponseCache, hit_answer
 from app.gateway.deferred import result_response, wants_usage
 from app.gateway.new_rows import call_columns
-from app.ids import request_id
 from app.keys import ApiKey
 from app.metrics import Metrics
 from app.openai.errors import json_response
@@ -46,11 +45,10 @@ class CachedAnswers:
         self.metrics = metrics
         self.settle = settle  # corrects a rate-limited key's tokens by the hit's usage
 
-    async def answer(self, call: Call, key: ApiKey, lookup: Lookup) -> Response:
-        """The hit ``lookup`` as ``call``'s answer, once its row is stored."""
+    async def answer(self, call: Call, key: ApiKey, lookup: Lookup, *, rid: str) -> Response:
+        """The hit ``lookup`` as ``call``'s answer (its id: ``rid``), once its row is stored."""
         started = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
-        rid = request_id(call.endpoint)
         body, usage = hit_answer(call.endpoint, call.body, lookup.answer, now)
         row = HitRow(
             **call_columns(call, rid, key.id),

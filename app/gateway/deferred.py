@@ -24,7 +24,6 @@ from app.calls.policy import rule_for_status
 from app.gateway.follow import EventStreams
 from app.gateway.new_rows import call_columns
 from app.gateway.waiters import WaiterHub
-from app.ids import request_id
 from app.keys import ApiKey
 from app.metrics import Metrics
 from app.openai.errors import APIError, json_response
@@ -94,14 +93,19 @@ class DeferredCalls:
         )
 
     async def handle(
-        self, call: Call, key: ApiKey, receive: Receive, *, accepted: Callable[[], None]
+        self,
+        call: Call,
+        key: ApiKey,
+        receive: Receive,
+        *,
+        rid: str,
+        accepted: Callable[[], None],
     ) -> Response:
         """Accept the call; answer at once (background) or once it is final (blocking flex).
 
         ``accepted`` is called as soon as the row is stored: from then on this frame holds no
         reference to the body, so a client that waits an hour keeps only a few small strings.
         """
-        rid = request_id(call.endpoint)
         endpoint, background = call.endpoint, call.background
         include_usage = wants_usage(call.body) if call.stream else None
         submission = self._submission(call, key, rid)

@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from app import tracing
+from app import logs, tracing
 from app.cache.service import BYPASSED, Lookup, ResponseCache, cache_of, skips
 from app.calls.conversations import Conversations
 from app.calls.limits import Budgets, RateLimiter, estimate_tokens
@@ -25,6 +25,8 @@ from app.gateway.deferred import DeferredCalls
 from app.gateway.middleware.auth import current_key
 from app.gateway.middleware.tiers import classified
 from app.gateway.realtime import RealtimeProxy
+from app.ids import request_id
+from app.keys import ApiKey
 from app.openai.errors import APIError
 from app.openai.validation import check_for_chat
 from app.settings import Settings
@@ -59,19 +61,8 @@ class InferenceHandler:
         """The classified call answered as an ASGI app: the tier middleware calls it directly,
         without the router and its exception layers (an ``APIError`` raised here becomes its
         response in ``ErrorMiddleware``, as it did in the router's exception handler)."""
-        if tracing.tracer is not None:
-            await self._traced(scope, receive, send)
-            return
         response = await self.handle(scope, receive)
         await response(scope, receive, send)
-
-    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``serve`` in a server span that continues the client's ``traceparent``."""
-        incoming = Headers(scope=scope).get("traceparent")
-        with tracing.server_span(scope["method"], scope["path"], incoming, {}) as span:
-            response = await self.handle(scope, receive)
-            span.set_attribute("http.response.status_code", response.status_code)
-            await response(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """The answer to the classified call of the request of ``scope``."""
@@ -79,6 +70,8 @@ class InferenceHandler:
         call, hold = decision.call, decision.hold
         del decision
         key = current_key(scope)
+        rid = request_id(call.endpoint)
+        logs.request_id.set(rid)  # every log line of this request names it
         if tracing.tracer is not None:
             tracing.annotate(
                 tracing.current(),
@@ -87,6 +80,7 @@ class InferenceHandler:
                     "gen_ai.request.model": call.model.name,
                     "tiergate.tier": call.tier,
                     "tiergate.background": call.background,
+                    "tiergate.request_id": rid,
                 },
             )
         if "previous_response_id" in call.body:  # the history, for every tier alike
@@ -100,20 +94,31 @@ class InferenceHandler:
             tokens = estimate_tokens(call.body)
             extra = await self.limiter.admit(key, tokens)
             call = dataclasses.replace(call, estimated_tokens=tokens)
+        if tracing.tracer is not None:
+            _limits_event(key, call.deferred)
         lookup: Lookup | None = None
         if cache_of(call.model) is not None:
             lookup = BYPASSED
             if not skips(Headers(scope=scope).get(Header.CACHE), key.cache_enabled):
-                lookup = await self.cache.lookup(call.endpoint, call.body, call.model, key.id)
+                if tracing.tracer is None:
+                    lookup = await self.cache.lookup(call.endpoint, call.body, call.model, key.id)
+                else:
+                    with tracing.step("cache lookup") as span:
+                        lookup = await self.cache.lookup(
+                            call.endpoint, call.body, call.model, key.id
+                        )
+                        tracing.annotate(span, {"tiergate.cache": str(lookup.result)})
+            if tracing.tracer is not None:
+                tracing.annotate(tracing.current(), {"tiergate.cache": str(lookup.result)})
             self.cache.count(call.model.name, lookup.result)
             call = dataclasses.replace(call, cache=lookup.result)
             extra = {**extra, Header.CACHE: str(lookup.result)}
         if lookup is not None and lookup.hit:
-            handler = self.cached.answer(call, key, lookup)
+            handler = self.cached.answer(call, key, lookup, rid=rid)
         elif call.deferred:  # over its rate, such work waits in the queue: never refused
-            handler = self.deferred.handle(call, key, receive, accepted=hold.release)
+            handler = self.deferred.handle(call, key, receive, rid=rid, accepted=hold.release)
         else:
-            handler = self.proxy.handle(call, key, lookup)
+            handler = self.proxy.handle(call, key, lookup, rid=rid)
         del call, lookup  # the handler's frame owns the body now
         try:
             response = await handler
@@ -128,3 +133,17 @@ class InferenceHandler:
         for name, value in extra.items():
             response.headers.setdefault(name, value)
         return response
+
+
+def _limits_event(key: ApiKey, deferred: bool) -> None:
+    """What the budget and rate limits decided (admitted: a refusal is the span's 429)."""
+    limits = key.limits
+    tracing.event(
+        "limits",
+        {
+            "tiergate.limits.rated": limits.rated,
+            "tiergate.limits.budget": limits.budget_usd is not None,
+            # deferred work over its rate waits in the queue instead
+            "tiergate.limits.checked": limits.rated and not deferred,
+        },
+    )

@@ -27,13 +27,13 @@ from typing import Any
 import httpx
 from starlette.responses import Response, StreamingResponse
 
+from app import tracing
 from app.cache.service import Lookup, ResponseCache
 from app.calls.outcome import Meter, answered, names, renamed
 from app.calls.policy import fault_name, rule_for, rule_for_status
 from app.calls.pricing import PriceBook
 from app.calls.routing import Failover, ended_badly
 from app.gateway.new_rows import call_columns
-from app.ids import request_id
 from app.keys import ApiKey
 from app.metrics import Metrics
 from app.openai.errors import APIError
@@ -56,6 +56,7 @@ from app.vocabulary import (
     PriceTier,
     Status,
     Tier,
+    UsagePath,
     error,
 )
 
@@ -75,6 +76,7 @@ class Opened:
     content: bytes | None = None
     stream: httpx.Response | None = None
     stack: contextlib.AsyncExitStack | None = None
+    span: Any = None  # the upstream call's client span (tracing on), ended with the call
 
 
 class RealtimeProxy:
@@ -120,10 +122,11 @@ class RealtimeProxy:
         await self.tracking.stop()
         await self.store.release()
 
-    async def handle(self, call: Call, key: ApiKey, lookup: Lookup | None = None) -> Response:
-        """Answer ``call`` from the upstream; ``lookup`` is the cache's miss, remembered once
-        the answer is known."""
-        rid = request_id(call.endpoint)
+    async def handle(
+        self, call: Call, key: ApiKey, lookup: Lookup | None = None, *, rid: str
+    ) -> Response:
+        """Answer ``call`` (its id: ``rid``) from the upstream; ``lookup`` is the cache's
+        miss, remembered once the answer is known."""
         started = time.perf_counter()
         start = RealtimeStart(
             **call_columns(call, rid, key.id), gateway_id=self.gateway_id, at=_now()
@@ -174,6 +177,8 @@ class RealtimeProxy:
         outcome, content = answered(
             call.endpoint, call.body, rid, status, content, served, content_type
         )
+        if opened.span is not None:
+            _end_span(opened.span, call, outcome)
         # Recorded before answering: once the client has its answer, so has the row.
         await self._finish(rid, call, started, outcome)
         if lookup is not None and outcome.status == Status.COMPLETED:
@@ -203,7 +208,10 @@ class RealtimeProxy:
         failure: Opened | UpstreamError | None = None
         while (deployment := await failover.next()) is not None:
             try:
-                opened = await self._open(call, deployment)
+                if tracing.tracer is None:
+                    opened = await self._open(call, deployment)
+                else:
+                    opened = await self._traced_open(call, deployment)
             except UpstreamError as exc:
                 rule = rule_for(exc)
                 ended_badly(
@@ -223,6 +231,10 @@ class RealtimeProxy:
                 raise
             status = opened.status_code
             if status >= 400 and (rule := rule_for_status(status)).elsewhere:
+                if opened.span is not None:  # this deployment's call ends here
+                    tracing.failed(opened.span, f"HTTP {status}")
+                    opened.span.end()
+                    opened.span = None
                 ended_badly(
                     self.router,
                     deployment,
@@ -267,6 +279,32 @@ class RealtimeProxy:
         return Opened(
             deployment, upstream.status_code, upstream.headers, stream=upstream, stack=stack
         )
+
+    async def _traced_open(self, call: Call, deployment: Deployment) -> Opened:
+        """``_open`` in a client span that sends its ``traceparent`` to the upstream; the span
+        ends with the call (``_end_span``)."""
+        span = tracing.start_client(
+            tracing.operation(call.endpoint),
+            deployment.target_model,
+            {
+                "tiergate.deployment": deployment.label(call.model.name),
+                "tiergate.executor": UsagePath.REALTIME,
+                "tiergate.tier": call.tier,
+                "tiergate.stream": call.stream,
+            },
+        )
+        try:
+            with tracing.using(span):
+                opened = await self._open(call, deployment)
+        except BaseException as exc:
+            if span is not None:
+                tracing.failed(span, reason(exc))
+                span.end()
+            raise
+        if span is not None:
+            span.set_attribute("http.response.status_code", opened.status_code)
+        opened.span = span
+        return opened
 
     async def _failed(
         self, rid: str, call: Call, started: float, exc: UpstreamError | NoCapacity
@@ -377,6 +415,9 @@ class RealtimeProxy:
     ) -> None:
         if opened.stack is not None:
             await opened.stack.aclose()
+        if opened.span is not None:
+            _end_span(opened.span, call, outcome)
+            opened.span = None
         telling = outcome.status == Status.COMPLETED
         self.router.end(opened.deployment, fault=fault, telling=telling)
         await asyncio.shield(self._finish(rid, call, started, outcome))
@@ -415,6 +456,25 @@ class RealtimeProxy:
             start, timer = unwritten
             timer.cancel()
             self._inserting[rid] = self.tracking.enqueue(start)
+
+
+def _end_span(span: Any, call: Call, outcome: Outcome) -> None:
+    """End an upstream call's client span with what its answer says (model, usage; its text
+    only if the ``tracing:`` section asks for it)."""
+    body = outcome.response_body
+    tracing.annotate(
+        span,
+        {
+            "gen_ai.response.model": body.get("model") if isinstance(body, dict) else None,
+            "gen_ai.usage.input_tokens": outcome.usage.input,
+            "gen_ai.usage.output_tokens": outcome.usage.output,
+            "tiergate.status": outcome.status,
+        },
+    )
+    if outcome.status != Status.COMPLETED:
+        tracing.failed(span, str((outcome.error or {}).get("code") or outcome.status))
+    tracing.capture(span, call.endpoint, call.body, body)
+    span.end()
 
 
 def _adds_usage(call: Call) -> bool:

@@ -71,9 +71,9 @@ WITH job AS (
     SELECT unnest({defer_job(Task.VALIDATE_BATCH, "CAST(:id AS text)")}) AS id
 )
 INSERT INTO batches (id, owner_key_id, kind, endpoint, status, completion_window,
-                     input_file_id, metadata, expires_at)
+                     input_file_id, metadata, expires_at, traceparent)
 SELECT :id, :owner, '{BatchKind.FILE}', :endpoint, '{BatchStatus.VALIDATING}', :window,
-       :file_id, :metadata, now() + make_interval(secs => :window_s)
+       :file_id, :metadata, now() + make_interval(secs => :window_s), :traceparent
 FROM job
 """
 ).bindparams(bindparam("metadata", type_=JSONB), bindparam("window_s", type_=Integer))
@@ -127,6 +127,7 @@ FROM b
 
 # --- worker side -------------------------------------------------------------------------
 
+TRACEPARENT = text("SELECT traceparent FROM batches WHERE id = :id")
 FOR_VALIDATION = text(
     "SELECT id, owner_key_id, endpoint, input_file_id, expires_at, status FROM batches"
     f" WHERE id = :id AND kind = '{BatchKind.FILE}'"
@@ -466,8 +467,10 @@ class BatchStore:
         window_s: int,
         file_id: str,
         metadata: dict[str, str] | None,
+        traceparent: str | None = None,
     ) -> None:
-        """Insert the batch and its validation job in one statement."""
+        """Insert the batch and its validation job in one statement (``traceparent``: the
+        creating span's, whose trace the batch's jobs continue)."""
         async with self.engine.connect() as conn:
             await conn.execute(
                 CREATE,
@@ -479,8 +482,15 @@ class BatchStore:
                     "window_s": window_s,
                     "file_id": file_id,
                     "metadata": metadata,
+                    "traceparent": traceparent,
                 },
             )
+
+    async def traceparent(self, id: str) -> str | None:
+        """The trace the batch was created in (tracing on; None otherwise)."""
+        async with self.engine.connect() as conn:
+            found: str | None = (await conn.execute(TRACEPARENT, {"id": id})).scalar()
+            return found
 
     async def get(self, id: str, owner: str) -> BatchRow | None:
         async with self.engine.connect() as conn:

@@ -199,6 +199,12 @@ batches = Table(
         )
     ),
     Column("cost_usd", Numeric, nullable=True, comment="sum over the priced lines"),
+    Column(
+        "traceparent",
+        Text,
+        nullable=True,
+        comment="W3C traceparent of the creating request's span (tracing on)",
+    ),
     Index("batches_owner_idx", "owner_key_id", "id"),
     # Retention deletes the oldest finished batches first.
     Index("batches_created_idx", "created_at"),

@@ -116,6 +116,7 @@ class DirectExecutor:
                         )
                     if span is not None:
                         tracing.annotate(span, reply_attributes(reply.body))
+                        tracing.capture(span, work.endpoint, work.body, reply.body)
             except UpstreamError as exc:
                 if flex and flex_unavailable(exc):
                     self.router.end(deployment, realtime=False)

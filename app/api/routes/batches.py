@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app import tracing
 from app.api.routes.params import page_params, path_id, services
 from app.gateway.bodies import read_body
 from app.gateway.middleware.auth import current_key
@@ -60,6 +61,8 @@ async def create(request: Request) -> Response:
         window_s=windows[window],
         file_id=file_id,
         metadata=body.get("metadata"),
+        # Its jobs continue this request's trace (the tracing middleware's server span).
+        traceparent=tracing.traceparent() if tracing.tracer is not None else None,
     )
     row = await store.get(batch_id, key.id)
     assert row is not None

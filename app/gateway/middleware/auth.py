@@ -14,6 +14,7 @@ import time
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import tracing
 from app.keys import ApiKey
 from app.openai.errors import unauthorized
 from app.store.keys import KeyStore, hash_key
@@ -85,10 +86,20 @@ class AuthMiddleware:
         if secret is None:
             raise unauthorized("You didn't provide an API key. Send 'Authorization: Bearer <key>'.")
         key = await self.keys.authenticate(secret)
+        if tracing.tracer is not None:
+            _auth_event(key)
         if key is None:
             raise unauthorized()
         scope.setdefault("state", {})["api_key"] = key
         await self.app(scope, receive, send)
+
+
+def _auth_event(key: ApiKey | None) -> None:
+    """The key's name (never its secret) as an event on the server span: an event, not a
+    span, as the lookup is nearly always a cache hit and a span costs its export."""
+    tracing.event(
+        "auth", {"tiergate.key.name": key.name if key else None, "tiergate.auth": bool(key)}
+    )
 
 
 def current_key(scope: Scope) -> ApiKey:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import tracing
 from app.gateway.bodies import ByteBudget, Hold, declared_size, read_body
 from app.gateway.middleware.auth import current_key
 from app.openai.validation import INFERENCE_ENDPOINTS, Call, classify
@@ -79,7 +80,24 @@ class TierMiddleware:
                 classify(endpoint, raw, self.settings, current_key(scope), pin=pin), hold
             )
             del raw
+            if tracing.tracer is not None:
+                _classified_event(scope[CLASSIFIED].call)
             scope["path"] = endpoint  # the route's own spelling (no trailing slash)
             await self.answer(scope, receive, send)
         finally:
             hold.release()
+
+
+def _classified_event(call: Call) -> None:
+    """The tier decision, as an event on the server span."""
+    tracing.event(
+        "classify",
+        {
+            "gen_ai.operation.name": tracing.operation(call.endpoint),
+            "gen_ai.request.model": call.model.name,
+            "tiergate.tier": call.tier,
+            "tiergate.background": call.background,
+            "tiergate.stream": call.stream,
+            "tiergate.deployment": call.pin,
+        },
+    )
