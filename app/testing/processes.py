@@ -136,6 +136,25 @@ def start_worker(
     ).start()
 
 
+def start_metrics_worker(
+    *, database_url: str, config: Path, log: Path, concurrency: int = 4
+) -> tuple[Process, str]:
+    """``tiergate worker`` serving ``/metrics`` on a free port, once that answers; returns the
+    process and the metrics URL."""
+    port = free_port()
+    process = start_worker(
+        database_url=database_url,
+        config=config,
+        log=log,
+        concurrency=concurrency,
+        metrics_port=port,
+    )
+    assert process.proc is not None
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_http(url, process.proc, log, START_TIMEOUT_S)
+    return process, url
+
+
 def start_mock_upstream(
     log: Path,
     latency_ms: float = 0.0,

@@ -23,14 +23,10 @@ from openai.types.responses import Response
 from app.store.dburl import DatabaseURL
 from app.testing.config import write_config
 from app.testing.processes import (
-    START_TIMEOUT_S,
     Gateway,
-    Process,
     create_key,
-    free_port,
     start_gateway,
-    start_worker,
-    wait_http,
+    start_metrics_worker,
 )
 from tests.support.batches import responses_line, start_batch
 from tests.support.metrics import deferred_outcomes
@@ -73,17 +69,9 @@ def gateway(database: DatabaseURL, config: Path, home: Path) -> Iterator[Gateway
 @pytest.fixture(scope="module")
 def worker(database: DatabaseURL, config: Path, home: Path) -> Iterator[str]:
     """A worker process serving /metrics; yields that URL."""
-    port = free_port()
-    process: Process = start_worker(
-        database_url=database.libpq(),
-        config=config,
-        log=home / "worker.log",
-        concurrency=4,
-        metrics_port=port,
+    process, url = start_metrics_worker(
+        database_url=database.libpq(), config=config, log=home / "worker.log"
     )
-    assert process.proc is not None
-    url = f"http://127.0.0.1:{port}/metrics"
-    wait_http(url, process.proc, process.log, START_TIMEOUT_S)
     yield url
     process.stop()
 

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -30,7 +31,7 @@ from app.testing.processes import (
     create_key,
     free_port,
     start_gateway,
-    start_worker,
+    start_metrics_worker,
     wait_http,
 )
 from tests.support.waiting import wait_until
@@ -85,18 +86,11 @@ def gateway(database: DatabaseURL, config: Path, home: Path) -> Iterator[Gateway
 
 
 @pytest.fixture(scope="module")
-def worker(database: DatabaseURL, config: Path, home: Path) -> Iterator[tuple[Process, int]]:
-    port = free_port()
-    process = start_worker(
-        database_url=database.libpq(),
-        config=config,
-        log=home / "worker.log",
-        concurrency=4,
-        metrics_port=port,
+def worker(database: DatabaseURL, config: Path, home: Path) -> Iterator[tuple[Process, str]]:
+    process, url = start_metrics_worker(
+        database_url=database.libpq(), config=config, log=home / "worker.log"
     )
-    assert process.proc is not None
-    wait_http(f"http://127.0.0.1:{port}/metrics", process.proc, process.log, START_TIMEOUT_S)
-    yield process, port
+    yield process, url
     process.stop()
 
 
@@ -113,7 +107,7 @@ def lowered_rules(home: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prometheus(home: Path, gateway: Gateway, worker: tuple[Process, int]) -> Iterator[httpx.Client]:
+def prometheus(home: Path, gateway: Gateway, worker: tuple[Process, str]) -> Iterator[httpx.Client]:
     """``prometheus`` scraping both every second; an HTTP client on its API."""
     gateway_target = gateway.url.removeprefix("http://")
     settings = {
@@ -123,7 +117,7 @@ def prometheus(home: Path, gateway: Gateway, worker: tuple[Process, int]) -> Ite
             {"job_name": "tiergate-gateway", "static_configs": [{"targets": [gateway_target]}]},
             {
                 "job_name": "tiergate-worker",
-                "static_configs": [{"targets": [f"127.0.0.1:{worker[1]}"]}],
+                "static_configs": [{"targets": [urlsplit(worker[1]).netloc]}],
             },
         ],
     }

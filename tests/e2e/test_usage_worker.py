@@ -11,10 +11,9 @@ import psycopg
 import pytest
 
 from app.store.dburl import DatabaseURL
-from app.testing.processes import Process, free_port, start_worker
+from app.testing.processes import start_metrics_worker
 from tests.e2e.conftest import row
 from tests.e2e.test_usage import metric
-from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -26,22 +25,12 @@ def with_worker() -> bool:
 def worker_metrics(
     database: DatabaseURL, gateway_config: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    port = free_port()
-    worker: Process = start_worker(
+    worker, url = start_metrics_worker(
         database_url=database.libpq(),
         config=gateway_config,
         log=tmp_path_factory.mktemp("logs") / "worker.log",
-        metrics_port=port,
+        concurrency=8,
     )
-    url = f"http://127.0.0.1:{port}/metrics"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(up, "the worker's metrics port")
     yield url
     worker.stop()
 
