@@ -224,6 +224,13 @@ def client_span(operation: str, model: str, attributes: Mapping[str, Any]) -> It
         yield span
 
 
+def provider(engine: str) -> str:
+    """``gen_ai.provider.name`` of a deployment: its engine when declared (``vllm``,
+    ``sglang``, ``llamacpp``), else ``openai``: every upstream tiergate calls directly speaks
+    OpenAI's API, and the conventions name OpenAI-compatible servers so."""
+    return "openai" if engine == "none" else engine
+
+
 def start_client(operation: str, model: str, attributes: Mapping[str, Any]) -> Span | None:
     """An upstream call's span that outlives a ``with`` block (a relayed stream: it ends with
     the stream); make it current with :func:`using` while the request is sent. None outside

@@ -288,6 +288,7 @@ class RealtimeProxy:
             deployment.target_model,
             {
                 "tiergate.deployment": deployment.label(call.model.name),
+                "gen_ai.provider.name": tracing.provider(deployment.config.engine),
                 "tiergate.executor": UsagePath.REALTIME,
                 "tiergate.tier": call.tier,
                 "tiergate.stream": call.stream,

@@ -197,6 +197,7 @@ def test_one_flex_request_is_one_trace_across_gateway_worker_and_upstream(
     assert parent_id == client.span_id
     assert client.attributes["gen_ai.operation.name"] == "chat"
     assert client.attributes["tiergate.executor"] == "direct"
+    assert client.attributes["gen_ai.provider.name"] == "openai"
     assert client.attributes["tiergate.tier"] == "flex"
     assert client.attributes["gen_ai.usage.input_tokens"] > 0
     assert client.attributes["gen_ai.response.model"]
@@ -259,6 +260,7 @@ def test_a_realtime_call_is_one_trace_with_its_upstream_call(
     assert client.parent_id == server.span_id and client.span_id == parent_id
     assert client.name == "chat remote-upstream"
     assert client.attributes["tiergate.executor"] == "realtime"
+    assert client.attributes["gen_ai.provider.name"] == "openai"
     assert client.attributes["tiergate.stream"] is stream
     assert client.attributes["http.response.status_code"] == 200
     assert client.attributes["gen_ai.usage.output_tokens"] > 0

@@ -86,6 +86,7 @@ class DirectExecutor:
                         deployment.target_model,
                         {
                             "tiergate.deployment": served,
+                            "gen_ai.provider.name": tracing.provider(deployment.config.engine),
                             "tiergate.executor": ExecutorKind.FLEX if flex else ExecutorKind.DIRECT,
                             "tiergate.tier": work.tier,
                         },
