@@ -23,18 +23,22 @@ def create_engine(
 
     Every repository query is one statement (CTEs do multi-table work), so the engine runs
     in autocommit: no BEGIN/COMMIT round trips. No pre-ping either (a round trip per
-    checkout): after a database restart, the first failure invalidates the pool and the
-    request gets a 503.
+    checkout): after a database restart or a failover, the first failure invalidates the
+    pool and the request gets a 503; the next connection finds the primary among the URL's
+    hosts (asyncpg reads the URL itself: several hosts, ``target_session_attrs``).
     """
     return create_async_engine(
-        url.sqlalchemy(),
+        "postgresql+asyncpg://",
         pool_size=pool_size,
         max_overflow=max_overflow,
         isolation_level="AUTOCOMMIT",
         pool_timeout=10,
         json_serializer=jsontext.dumps,
         json_deserializer=jsontext.loads,
-        connect_args={"server_settings": {"application_name": application_name}},
+        connect_args={
+            **url.asyncpg_connect_args(),
+            "server_settings": {"application_name": application_name},
+        },
     )
 
 
@@ -66,7 +70,10 @@ def database_unavailable(exc: BaseException) -> bool:
         | asyncpg.InterfaceError
         | asyncpg.AdminShutdownError
         | asyncpg.CrashShutdownError
-        | asyncpg.TooManyConnectionsError,
+        | asyncpg.TooManyConnectionsError
+        # Several hosts, none of them (yet) the primary: a failover under way.
+        | asyncpg.TargetServerAttributeNotMatched
+        | asyncpg.ReadOnlySQLTransactionError,
     )
 
 

@@ -103,7 +103,8 @@ class Listener:
         while True:
             try:
                 conn = await asyncpg.connect(
-                    **self._url.asyncpg_kwargs(), server_settings={"application_name": self._name}
+                    **self._url.asyncpg_connect_args(),
+                    server_settings={"application_name": self._name},
                 )
                 conn.add_termination_listener(lambda _c: self._lost.set())
                 for channel in self._channels:
