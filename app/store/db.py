@@ -13,7 +13,7 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app import jsontext
-from app.store.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL, connect_asyncpg
 
 
 def create_engine(
@@ -25,20 +25,19 @@ def create_engine(
     in autocommit: no BEGIN/COMMIT round trips. No pre-ping either (a round trip per
     checkout): after a database restart or a failover, the first failure invalidates the
     pool and the request gets a 503; the next connection finds the primary among the URL's
-    hosts (asyncpg reads the URL itself: several hosts, ``target_session_attrs``).
+    hosts (``connect_asyncpg``).
     """
     return create_async_engine(
         "postgresql+asyncpg://",
+        async_creator=lambda: connect_asyncpg(
+            url, server_settings={"application_name": application_name}
+        ),
         pool_size=pool_size,
         max_overflow=max_overflow,
         isolation_level="AUTOCOMMIT",
         pool_timeout=10,
         json_serializer=jsontext.dumps,
         json_deserializer=jsontext.loads,
-        connect_args={
-            **url.asyncpg_connect_args(),
-            "server_settings": {"application_name": application_name},
-        },
     )
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
+import asyncpg
 import psycopg
 
 CONNECT_TIMEOUT_S = 5
@@ -21,6 +23,9 @@ UNSET_HINT = "or unset DATABASE_URL to use the embedded PostgreSQL"
 # libpq's values (asyncpg >= 0.28 knows the same six).
 SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 MULTI_HOST_DEFAULT = "read-write"
+# asyncpg's timeout bounds a connection to all hosts together: each host gets this long
+# (``connect_timeout`` in the URL overrides it), so one that never answers hides no other.
+HOST_TIMEOUT_S = 10.0
 SCHEME = re.compile(r"^postgres(?:ql)?(?:\+\w+)?$")
 
 Host = tuple[str, int | None]  # a host name, an address or a socket directory; its port
@@ -158,6 +163,31 @@ class DatabaseURL:
         if query:
             text += "?" + "&".join(f"{key}={q(value, '/,')}" for key, value in query)
         return text
+
+
+async def connect_asyncpg(url: DatabaseURL, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect`` to the first of ``url``'s hosts that answers and matches its
+    ``target_session_attrs``, trying them in turn as libpq does: each host within
+    ``connect_timeout`` (else ``HOST_TIMEOUT_S``); refused, silent, starting or unwanted
+    (a standby) means the next host; an authentication failure ends the search."""
+    args = url.asyncpg_connect_args()
+    if len(url.hosts) < 2 or url.target_session_attrs == "prefer-standby":
+        return await asyncpg.connect(**args, **kwargs)
+    timeout = args.get("timeout", HOST_TIMEOUT_S)
+    failure: BaseException | None = None
+    for host in url.hosts:
+        one = url.with_hosts(host).asyncpg_connect_args() | {"timeout": timeout}
+        try:
+            return await asyncpg.connect(**one, **kwargs)
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.TargetServerAttributeNotMatched,
+        ) as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
 
 
 def _bad(problem: str, shown: str) -> BadDatabaseURL:

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import psycopg
 
-from app.store.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL, connect_asyncpg
 
 log = logging.getLogger("tiergate.listener")
 
@@ -102,9 +102,8 @@ class Listener:
         delay = 0.2
         while True:
             try:
-                conn = await asyncpg.connect(
-                    **self._url.asyncpg_connect_args(),
-                    server_settings={"application_name": self._name},
+                conn = await connect_asyncpg(
+                    self._url, server_settings={"application_name": self._name}
                 )
                 conn.add_termination_listener(lambda _c: self._lost.set())
                 for channel in self._channels:
