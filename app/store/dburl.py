@@ -3,8 +3,9 @@
 ``DATABASE_URL`` is read as libpq reads a connection URI, several hosts included, in both of
 its forms: ``postgresql://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write`` and
 ``postgresql://u:p@/db?host=h1,h2&port=5432,5433`` (a host may be a Unix-socket directory).
-With several hosts and no ``target_session_attrs``, tiergate asks for ``read-write``: every
-connection lands on the primary, whichever host it is now.
+With several hosts, tiergate asks for ``target_session_attrs=read-write`` (every connection
+lands on the primary, whichever host it is now) and ``connect_timeout=10`` (a host that never
+answers costs 10 s, not psycopg's 130) unless the URL says otherwise.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ UNSET_HINT = "or unset DATABASE_URL to use the embedded PostgreSQL"
 # libpq's values (asyncpg >= 0.28 knows the same six).
 SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 MULTI_HOST_DEFAULT = "read-write"
-# asyncpg's timeout bounds a connection to all hosts together: each host gets this long
-# (``connect_timeout`` in the URL overrides it), so one that never answers hides no other.
-HOST_TIMEOUT_S = 10.0
+# Each host's connection attempt, with several hosts (``connect_timeout`` overrides it).
+HOST_TIMEOUT_S = 10
 SCHEME = re.compile(r"^postgres(?:ql)?(?:\+\w+)?$")
 
 Host = tuple[str, int | None]  # a host name, an address or a socket directory; its port
@@ -94,8 +94,12 @@ class DatabaseURL:
                 f"has target_session_attrs={attrs!r}, not one of {', '.join(SESSION_ATTRS)}",
                 redact(raw),
             )
-        if attrs is None and len(hosts) > 1:
-            params["target_session_attrs"] = MULTI_HOST_DEFAULT
+        timeout = params.get("connect_timeout")
+        if timeout is not None and not timeout.isdigit():
+            raise _bad(f"has connect_timeout={timeout!r}, not a number of seconds", redact(raw))
+        if len(hosts) > 1:
+            params.setdefault("target_session_attrs", MULTI_HOST_DEFAULT)
+            params.setdefault("connect_timeout", str(HOST_TIMEOUT_S))
         return cls(hosts, database, login, secret, tuple(params.items()))
 
     @property
@@ -169,7 +173,9 @@ async def connect_asyncpg(url: DatabaseURL, **kwargs: Any) -> asyncpg.Connection
     """``asyncpg.connect`` to the first of ``url``'s hosts that answers and matches its
     ``target_session_attrs``, trying them in turn as libpq does: each host within
     ``connect_timeout`` (else ``HOST_TIMEOUT_S``); refused, silent, starting or unwanted
-    (a standby) means the next host; an authentication failure ends the search."""
+    (a standby) means the next host; an authentication failure ends the search. (asyncpg's
+    own multi-host connect has one timeout for all hosts: a silent first host would use it
+    up, and the new primary behind it would never be tried.)"""
     args = url.asyncpg_connect_args()
     if len(url.hosts) < 2 or url.target_session_attrs == "prefer-standby":
         return await asyncpg.connect(**args, **kwargs)

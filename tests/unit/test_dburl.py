@@ -28,6 +28,7 @@ ASYNCPG_DEFAULTS = {
         ("postgresql://u:pw@h:70000/x", "(port '70000')"),
         ("postgresql://u:pw@a,b/x?target_session_attrs=rw", "target_session_attrs='rw', not one"),
         ("postgresql://u@h/x?password=pw&port=x", "?password=***&port=x"),
+        ("postgresql://u:pw@h/x?connect_timeout=soon", "connect_timeout='soon', not a number"),
     ],
 )
 def test_bad_urls_are_one_line_without_the_password(raw: str, words: str):
@@ -55,10 +56,10 @@ def test_several_hosts_in_either_form_are_one_address(raw: str):
     assert (url.hosts, url.database, url.user, url.password) == (MULTI, "db", "u", "p@ss")
     # Several hosts and no wish given: the primary, whichever host it is now.
     assert url.target_session_attrs == "read-write"
-    assert url.libpq() == (
-        "postgresql://u:p%40ss@h1:5432,h2:5433/db?target_session_attrs=read-write"
-    )
-    assert url.redacted() == "postgresql://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write"
+    # ... and a host that never answers costs 10 s per connection (psycopg's default: 130).
+    wishes = "target_session_attrs=read-write&connect_timeout=10"
+    assert url.libpq() == f"postgresql://u:p%40ss@h1:5432,h2:5433/db?{wishes}"
+    assert url.redacted() == f"postgresql://u:***@h1:5432,h2:5433/db?{wishes}"
     assert DatabaseURL.parse(url.libpq()) == url
 
 
@@ -94,9 +95,9 @@ def test_one_host_keeps_its_wish_and_socket_directories_go_in_the_query():
     assert embedded.redacted() == "postgresql://postgres@/tiergate?host=/tmp/pg sock"
     two = DatabaseURL.parse("postgresql://u@/db?host=/a,/b&port=5433")
     assert two.hosts == (("/a", 5433), ("/b", 5433))
-    assert (
-        two.libpq()
-        == "postgresql://u@/db?host=/a,/b&port=5433,5433&target_session_attrs=read-write"
+    assert two.libpq() == (
+        "postgresql://u@/db?host=/a,/b&port=5433,5433&target_session_attrs=read-write"
+        "&connect_timeout=10"
     )
 
 
