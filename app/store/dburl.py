@@ -26,6 +26,14 @@ SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer
 MULTI_HOST_DEFAULT = "read-write"
 # Each host's connection attempt, with several hosts (``connect_timeout`` overrides it).
 HOST_TIMEOUT_S = 10
+# What asyncpg's DSN parser reads; it would send any other parameter to the server as a
+# setting (which fails): libpq's client options without an asyncpg equivalent (keepalives,
+# tcp_user_timeout, ...) apply to psycopg's connections only.
+ASYNCPG_PARAMS = frozenset({
+    "passfile", "sslmode", "sslcert", "sslkey", "sslrootcert", "sslnegotiation", "sslcrl",
+    "sslpassword", "ssl_min_protocol_version", "ssl_max_protocol_version",
+    "target_session_attrs", "krbsrvname", "gsslib", "service", "servicefile", "application_name",
+})  # fmt: skip
 SCHEME = re.compile(r"^postgres(?:ql)?(?:\+\w+)?$")
 
 Host = tuple[str, int | None]  # a host name, an address or a socket directory; its port
@@ -117,10 +125,11 @@ class DatabaseURL:
     def asyncpg_connect_args(self) -> dict[str, object]:
         """Keyword arguments for ``asyncpg.connect``: its DSN parser reads libpq's URI,
         hosts lists and ``target_session_attrs`` included; ``connect_timeout`` is its
-        ``timeout`` (any other parameter it does not know goes to the server as a setting)."""
+        ``timeout``; libpq options it has no equivalent for are left out."""
         params = dict(self.params)
         timeout = params.pop("connect_timeout", None)
-        dsn = replace(self, params=tuple(params.items())).libpq()
+        kept = tuple((k, v) for k, v in params.items() if k in ASYNCPG_PARAMS)
+        dsn = replace(self, params=kept).libpq()
         return {"dsn": dsn} | ({"timeout": float(timeout)} if timeout else {})
 
     def probe(self) -> None:

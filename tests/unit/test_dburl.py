@@ -66,6 +66,7 @@ def test_several_hosts_in_either_form_are_one_address(raw: str):
 def test_the_drivers_get_what_they_read():
     url = DatabaseURL.parse(
         "postgresql://u@[::1]:5432,db2/x?target_session_attrs=primary&connect_timeout=3"
+        "&keepalives_idle=5&sslmode=prefer"
     )
     assert url.hosts == (("::1", 5432), ("db2", None)) and url.target_session_attrs == "primary"
     assert psycopg.conninfo.conninfo_to_dict(url.libpq()) == {
@@ -75,10 +76,13 @@ def test_the_drivers_get_what_they_read():
         "dbname": "x",
         "target_session_attrs": "primary",
         "connect_timeout": "3",
+        "keepalives_idle": "5",
+        "sslmode": "prefer",
     }
-    # asyncpg's DSN parser reads libpq's URI; connect_timeout is its own keyword.
+    # asyncpg's DSN parser reads libpq's URI; connect_timeout is its own keyword; a libpq
+    # option it does not know would reach the server as a setting: left out.
     assert url.asyncpg_connect_args() == {
-        "dsn": "postgresql://u@[::1]:5432,db2/x?target_session_attrs=primary",
+        "dsn": "postgresql://u@[::1]:5432,db2/x?target_session_attrs=primary&sslmode=prefer",
         "timeout": 3.0,
     }
     dsn = url.asyncpg_connect_args()["dsn"]
