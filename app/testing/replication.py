@@ -90,16 +90,25 @@ class PostgresNode:
         return None
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and every process of the server at once (a machine that
-        dies): nothing is flushed, no client is told."""
+        """SIGKILL the postmaster and every process of the server at once (a server that
+        dies): nothing is flushed; clients see their connections closed."""
+        procs = self._signal(signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the server (a machine that hangs or drops off the
+        network): connections stay open and nothing answers on them."""
+        self._signal(signal.SIGSTOP)
+
+    def _signal(self, sig: int) -> list[psutil.Process]:
         pid = self.pid()
         if pid is None:
-            return
+            return []
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
         for proc in procs:
             with contextlib.suppress(psutil.Error):
-                proc.send_signal(signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=10)
+                proc.send_signal(sig)
+        return procs
 
     def promote(self) -> None:
         """``pg_ctl promote``: the standby becomes a primary (waits till it accepts writes)."""
