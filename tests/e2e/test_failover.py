@@ -314,8 +314,8 @@ def test_failover_under_load_loses_nothing_and_every_process_finds_the_new_prima
                 30,
             )
             # ... until the standby is promoted.
+            promoted = time.time()  # the request: processes may be back before pg_ctl returns
             pair.standby.promote()
-            promoted = time.time()
             ready_s = [
                 seconds_until(lambda g=g: readiness(g) == 200, "ready again", RECONNECT_S)
                 for g in stack.gateways
