@@ -70,8 +70,10 @@ def database_unavailable(exc: BaseException) -> bool:
         | asyncpg.AdminShutdownError
         | asyncpg.CrashShutdownError
         | asyncpg.TooManyConnectionsError
-        # Several hosts, none of them (yet) the primary: a failover under way.
-        | asyncpg.TargetServerAttributeNotMatched
+        # The client's protocol state is unusable: seen when the primary died mid-statement
+        # ("cannot switch to state 12; another operation (2) is in progress"), and, for
+        # TargetServerAttributeNotMatched, several hosts and none of them (yet) the primary.
+        | asyncpg.InternalClientError
         | asyncpg.ReadOnlySQLTransactionError,
     )
 

@@ -19,6 +19,8 @@ import datetime as dt
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -37,7 +39,14 @@ from openai.types.responses import Response
 from app.store.dburl import DatabaseURL
 from app.store.migrate import upgrade
 from app.testing.config import write_config
-from app.testing.processes import Gateway, Process, create_key, start_gateway, start_worker
+from app.testing.processes import (
+    Gateway,
+    Process,
+    base_env,
+    create_key,
+    start_gateway,
+    start_worker,
+)
 from app.testing.replication import ReplicatedPair, lone_server, replicated_pair
 from tests.support.batches import jsonl, responses_line, start_batch, upload
 from tests.support.waiting import seconds_until, wait_until
@@ -314,6 +323,14 @@ def test_failover_under_load_loses_nothing_and_every_process_finds_the_new_prima
                 30,
             )
             # ... until the standby is promoted.
+            # The CLI says what is wrong, in one line.
+            cli = subprocess.run(
+                [sys.executable, "-m", "app.cli", "keys", "list"],
+                env=base_env(DATABASE_URL=stack.url.libpq()),
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert cli.returncode == 1 and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+            assert "no host is a writable primary; promote a standby" in cli.stderr, cli.stderr
             promoted = time.time()  # the request: processes may be back before pg_ctl returns
             pair.standby.promote()
             ready_s = [
