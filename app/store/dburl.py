@@ -125,12 +125,15 @@ class DatabaseURL:
     def asyncpg_connect_args(self) -> dict[str, object]:
         """Keyword arguments for ``asyncpg.connect``: its DSN parser reads libpq's URI,
         hosts lists and ``target_session_attrs`` included; ``connect_timeout`` is its
-        ``timeout``; libpq options it has no equivalent for are left out."""
+        ``timeout`` (0: none, as in libpq); libpq options it has no equivalent for are left
+        out."""
         params = dict(self.params)
         timeout = params.pop("connect_timeout", None)
         kept = tuple((k, v) for k, v in params.items() if k in ASYNCPG_PARAMS)
         dsn = replace(self, params=kept).libpq()
-        return {"dsn": dsn} | ({"timeout": float(timeout)} if timeout else {})
+        if timeout is None:
+            return {"dsn": dsn}
+        return {"dsn": dsn, "timeout": float(timeout) or None}
 
     def probe(self) -> None:
         """Connect once; raise ``DatabaseUnreachable`` saying why not and what to do."""
@@ -188,7 +191,7 @@ async def connect_asyncpg(url: DatabaseURL, **kwargs: Any) -> asyncpg.Connection
     args = url.asyncpg_connect_args()
     if len(url.hosts) < 2 or url.target_session_attrs == "prefer-standby":
         return await asyncpg.connect(**args, **kwargs)
-    timeout = args.get("timeout", HOST_TIMEOUT_S)
+    timeout = args.get("timeout", HOST_TIMEOUT_S)  # None: connect_timeout=0, no limit
     failure: BaseException | None = None
     for host in url.hosts:
         one = url.with_hosts(host).asyncpg_connect_args() | {"timeout": timeout}

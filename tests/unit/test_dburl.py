@@ -91,6 +91,11 @@ def test_the_drivers_get_what_they_read():
     assert params.target_session_attrs == "primary"
 
 
+def test_a_connect_timeout_of_0_waits_as_long_as_it_takes():
+    url = DatabaseURL.parse("postgresql://u@a,b/x?connect_timeout=0")
+    assert url.asyncpg_connect_args()["timeout"] is None  # libpq's meaning, not "at once"
+
+
 def test_one_host_keeps_its_wish_and_socket_directories_go_in_the_query():
     assert DatabaseURL.parse("postgresql://h/db").target_session_attrs == "any"
     embedded = DatabaseURL.parse("postgresql://postgres:@/tiergate?host=/tmp/pg sock")
