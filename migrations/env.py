@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from logging.config import fileConfig
 
+import psycopg
 from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import NullType
 
 from app.settings import Settings
+from app.store.dburl import DatabaseURL
 from app.store.embedded import resolve_database
 from app.store.schema import metadata
 
@@ -21,8 +23,8 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
-def _url() -> str:
-    url = config.attributes.get("database_url")
+def _url() -> DatabaseURL:
+    url: DatabaseURL | None = config.attributes.get("database_url")
     if url is None:
         settings = Settings.from_env()
         url = resolve_database(
@@ -32,7 +34,11 @@ def _url() -> str:
             direct_url=settings.database_direct_url,
         )
     # The session advisory lock below needs a session of its own (not a transaction pooler).
-    return url.session().sqlalchemy_sync()
+    return url.session()
+
+
+# Alembic runs synchronously on psycopg 3, which reads the URL itself (several hosts too).
+DIALECT = "postgresql+psycopg://"
 
 
 def _include_object(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
@@ -48,13 +54,16 @@ def _include_object(obj, name, type_, reflected, compare_to) -> bool:  # type: i
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=metadata, literal_binds=True)
+    context.configure(url=DIALECT, target_metadata=metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    url = _url()
+    engine = create_engine(
+        DIALECT, poolclass=pool.NullPool, creator=lambda: psycopg.connect(url.libpq())
+    )
     with engine.connect() as connection:
         # Several processes may migrate at once (serve + worker): one at a time.
         connection.exec_driver_sql("SELECT pg_advisory_lock(74210501)")

@@ -238,6 +238,7 @@ async def run_duties(
         return
     due = [0.0] * len(duties)
     while True:
+        _stop_if_cancelled()
         now = time.monotonic()
         ran = [i for i, at in enumerate(due) if at <= now]
         for i in ran:
@@ -248,6 +249,16 @@ async def run_duties(
             own = duties[i].every_s
             due[i] = end + (every_s if own is None else own)
         await asyncio.sleep(max(0.0, min(due) - time.monotonic()))
+
+
+def _stop_if_cancelled() -> None:
+    """Honour a cancellation that a duty's await swallowed: Python 3.11's ``asyncio.wait_for``
+    (in the database drivers' pools) returns a result, or raises ``TimeoutError``, when the
+    cancel lands as its inner wait ends. The worker's restart after a database outage then
+    waited for this loop for ever (found by tests/e2e/test_failover.py)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _run_once(duty: Duty) -> bool:

@@ -13,7 +13,7 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app import jsontext
-from app.store.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL, connect_asyncpg
 
 
 def create_engine(
@@ -23,25 +23,37 @@ def create_engine(
 
     Every repository query is one statement (CTEs do multi-table work), so the engine runs
     in autocommit: no BEGIN/COMMIT round trips. No pre-ping either (a round trip per
-    checkout): after a database restart, the first failure invalidates the pool and the
-    request gets a 503.
+    checkout): after a database restart or a failover, the first failure invalidates the
+    pool and the request gets a 503; the next connection finds the primary among the URL's
+    hosts (``connect_asyncpg``).
 
     Behind a transaction-mode pooler (``url.transaction_pooled``) no statement is named:
     see ``UNNAMED_STATEMENTS``.
     """
-    connect_args: dict[str, Any] = {"server_settings": {"application_name": application_name}}
+    connect: dict[str, Any] = {"server_settings": {"application_name": application_name}}
+    adapter: dict[str, Any] = {}
     if url.transaction_pooled:
-        connect_args |= UNNAMED_STATEMENTS
-    return create_async_engine(
-        url.sqlalchemy(),
+        connect["statement_cache_size"] = 0
+        adapter = UNNAMED_STATEMENTS
+
+    def creator() -> Any:
+        # SQLAlchemy's ``async_creator`` would drop the adapter's arguments (its cache size
+        # and statement names): this is the form its own comment says to emulate for them.
+        return engine.sync_engine.dialect.dbapi.connect(  # type: ignore[union-attr]
+            async_creator_fn=lambda: connect_asyncpg(url, **connect), **adapter
+        )
+
+    engine = create_async_engine(
+        "postgresql+asyncpg://",
+        creator=creator,
         pool_size=pool_size,
         max_overflow=max_overflow,
         isolation_level="AUTOCOMMIT",
         pool_timeout=10,
         json_serializer=jsontext.dumps,
         json_deserializer=jsontext.loads,
-        connect_args=connect_args,
     )
+    return engine
 
 
 # A named prepared statement lives in the server session that parsed it, and a pooler in
@@ -51,8 +63,8 @@ def create_engine(
 # Bind/Execute/Sync (its provision for PgBouncer, Connection._get_statement), so every
 # execution stands alone. Both caches off, and SQLAlchemy's name "" (asyncpg's unnamed
 # statement) for what it prepares.
+# (asyncpg's own cache is ``statement_cache_size=0``, given to its connect.)
 UNNAMED_STATEMENTS: dict[str, Any] = {
-    "statement_cache_size": 0,
     "prepared_statement_cache_size": 0,
     "prepared_statement_name_func": lambda: "",
 }
@@ -86,7 +98,12 @@ def database_unavailable(exc: BaseException) -> bool:
         | asyncpg.InterfaceError
         | asyncpg.AdminShutdownError
         | asyncpg.CrashShutdownError
-        | asyncpg.TooManyConnectionsError,
+        | asyncpg.TooManyConnectionsError
+        # The client's protocol state is unusable: seen when the primary died mid-statement
+        # ("cannot switch to state 12; another operation (2) is in progress"), and, for
+        # TargetServerAttributeNotMatched, several hosts and none of them (yet) the primary.
+        | asyncpg.InternalClientError
+        | asyncpg.ReadOnlySQLTransactionError,
     )
 
 

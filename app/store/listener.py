@@ -16,13 +16,16 @@ from typing import Any
 import asyncpg
 import psycopg
 
-from app.store.dburl import DatabaseURL
+from app.store.dburl import DatabaseURL, connect_asyncpg
 
 log = logging.getLogger("tiergate.listener")
 
 OnNotify = Callable[[str, str], None]  # (channel, payload)
-# A closed connection is not always reported at once: look this often.
+# A closed connection is not always reported at once: look this often. A server that froze,
+# or whose machine vanished (a failover), leaves the socket open for hours: it must also
+# answer a ping within PING_TIMEOUT_S.
 HEALTH_CHECK_S = 5.0
+PING_TIMEOUT_S = 5.0
 # A notification takes a millisecond to arrive; this long means it never will.
 PROBE_TIMEOUT_S = 5.0
 
@@ -112,9 +115,8 @@ class Listener:
         delay = 0.2
         while True:
             try:
-                conn = await asyncpg.connect(
-                    **self._url.session().asyncpg_kwargs(),
-                    server_settings={"application_name": self._name},
+                conn = await connect_asyncpg(
+                    self._url.session(), server_settings={"application_name": self._name}
                 )
                 conn.add_termination_listener(lambda _c: self._lost.set())
                 for channel in self._channels:
@@ -129,7 +131,7 @@ class Listener:
                 while not self._lost.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._lost.wait(), HEALTH_CHECK_S)
-                    if conn.is_closed():
+                    if not self._lost.is_set() and not await _answers(conn):
                         self._lost.set()
                 log.warning("%s: connection lost; reconnecting", self._name)
             except asyncio.CancelledError:
@@ -144,5 +146,18 @@ class Listener:
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(conn.close(), 2)
+            except Exception:  # a server that does not answer: drop the socket
+                conn.terminate()
+
+
+async def _answers(conn: asyncpg.Connection) -> bool:
+    """Whether the server behind ``conn`` still answers (a round trip per HEALTH_CHECK_S)."""
+    if conn.is_closed():
+        return False
+    try:
+        await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
+    except Exception:
+        return False
+    return True

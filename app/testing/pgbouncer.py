@@ -47,8 +47,7 @@ class PgBouncer:
 
     def url(self, server: DatabaseURL) -> DatabaseURL:
         """``server``'s user, password and database, through this PgBouncer."""
-        url = server.url.set(host="127.0.0.1", port=self.port)
-        return DatabaseURL(url.difference_update_query(["host"]))
+        return server.with_hosts(("127.0.0.1", self.port))
 
     def show(self, server: DatabaseURL, what: Literal["POOLS", "SERVERS"]) -> list[dict[str, Any]]:
         """``SHOW POOLS`` (a row per database and user: ``cl_active``, ``sv_idle``, ...) or
@@ -65,10 +64,8 @@ class PgBouncer:
 
 def _server_address(server: DatabaseURL) -> tuple[str, int]:
     """Where PgBouncer reaches the server: a host name or a Unix-socket directory, a port."""
-    host = server.url.query.get("host") or server.url.host or "127.0.0.1"
-    if isinstance(host, tuple):
-        host = host[0]
-    return host, server.url.port or 5432
+    host, port = server.hosts[0] if server.hosts else ("127.0.0.1", None)
+    return host, port or 5432
 
 
 def _run_as(host: str) -> str | None:
@@ -107,8 +104,8 @@ def run_pgbouncer(
     host, server_port = _server_address(server)
     port = free_port()
     userlist = work / "userlist.txt"
-    user = server.url.username or "postgres"
-    userlist.write_text(f"{_quote(user)} {_quote(server.url.password or '')}\n")
+    user = server.user or "postgres"
+    userlist.write_text(f"{_quote(user)} {_quote(server.password or '')}\n")
     ini = work / "pgbouncer.ini"
     ini.write_text(
         "\n".join(

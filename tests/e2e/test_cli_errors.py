@@ -110,7 +110,7 @@ def password_protected(home: Path) -> Iterator[DatabaseURL]:
         conn.execute("CREATE ROLE tg_pw LOGIN PASSWORD 'right'")
         hba.write_text("local all tg_pw scram-sha-256\n" + trusted)
         conn.execute("SELECT pg_reload_conf()")
-    yield DatabaseURL(admin.url.set(username="tg_pw", password="wrong"))
+    yield admin.with_login("tg_pw", "wrong")
     hba.write_text(trusted)
     with psycopg.connect(admin.libpq(), autocommit=True) as conn:
         conn.execute("SELECT pg_reload_conf()")

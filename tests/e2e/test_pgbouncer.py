@@ -77,7 +77,7 @@ def session_bouncer(database: DatabaseURL, logs: Path) -> Iterator[PgBouncer]:
 def bounced(session_bouncer: PgBouncer, database: DatabaseURL) -> str:
     """The test database's address through PgBouncer in session mode."""
     url = session_bouncer.url(database)
-    assert url.url.port == session_bouncer.port and url.url.host == "127.0.0.1"
+    assert url.hosts == (("127.0.0.1", session_bouncer.port),)
     return url.libpq()
 
 

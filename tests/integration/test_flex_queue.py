@@ -40,7 +40,7 @@ class Notifications:
 
 
 async def listening(database: DatabaseURL, channel: str) -> AsyncIterator[Notifications]:
-    conn = await asyncpg.connect(**database.asyncpg_kwargs())
+    conn = await asyncpg.connect(**database.asyncpg_connect_args())
     received = Notifications()
     await conn.add_listener(channel, received)
     try:

@@ -158,3 +158,23 @@ async def test_sweep_is_one_pass_without_the_job_rescue_and_raises():
 def test_a_duty_interval_must_be_positive():
     with pytest.raises(ValueError, match="every_s"):
         Duty("nothing", lambda: asyncio.sleep(0), 0)
+
+
+async def test_a_cancel_a_duty_swallowed_still_stops_the_loop():
+    """Python 3.11's ``asyncio.wait_for`` (in the drivers' pools) can swallow a cancel that
+    lands as its wait ends; the loop must stop all the same (the worker's restart after a
+    database outage waits for it)."""
+    entered = asyncio.Event()
+
+    async def swallowing() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return  # as wait_for does when its inner future is already done
+
+    loop = asyncio.create_task(run_duties([Duty("swallows", swallowing)], TICK_S))
+    await entered.wait()
+    loop.cancel()
+    await asyncio.wait({loop}, timeout=2)
+    assert loop.cancelled()
