@@ -21,7 +21,7 @@ from app.testing.processes import base_env, free_port
 
 TIERGATE = str(Path(sys.executable).parent / "tiergate")
 UNSET = "or unset DATABASE_URL to use the embedded PostgreSQL"
-EXPECTED = "expected postgresql://user:password@host:5432/database"
+EXPECTED = "expected postgresql://user:password@host:5432,host2:5432/database"
 
 
 def tiergate(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -267,7 +267,7 @@ def test_db_status_and_stop(home: Path, tmp_path: Path):
     pgdata = home / "pgdata"
     pid = int((pgdata / "postmaster.pid").read_text().split()[0])
     assert running.returncode == 0 and running.stdout.startswith(
-        f"embedded postgres: running (pid {pid}, data in {pgdata}, url postgresql://postgres:***@/"
+        f"embedded postgres: running (pid {pid}, data in {pgdata}, url postgresql://postgres@/"
         "tiergate?host="
     )
     stopped = db("stop")
