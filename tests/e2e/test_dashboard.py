@@ -523,7 +523,9 @@ def test_overview_numbers_are_the_views(
             ).fetchall()
             by_tier = [tuple(row) for row in _cells(driver, "#by-tier")]
             stored: dict[tuple[str, str], dict[str, int]] = {}
-            for model, tier, status, n in db.execute("SELECT * FROM queue_depth"):
+            for model, tier, status, n in db.execute(
+                "SELECT model, service_tier, status, requests FROM queue_depth"
+            ):
                 stored.setdefault((model, tier), {})[status] = n
             expected = sorted(
                 (m, t, f"{s.get('pending', 0):,}", f"{s.get('in_progress', 0):,}")
