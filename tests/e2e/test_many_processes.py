@@ -31,6 +31,7 @@ from app.testing.processes import (
 )
 from tests.e2e.conftest import row
 from tests.support.batches import chat_line, start_batch
+from tests.support.connections import connections_by_app
 from tests.support.waiting import wait_until
 
 TIMEOUT_S = 60.0
@@ -234,15 +235,6 @@ def test_a_worker_killed_mid_flight_loses_nothing(
         log=victim.log,
         concurrency=WORKER_CONCURRENCY,
     )
-
-
-def connections_by_app(db: psycopg.Connection) -> dict[str, int]:
-    rows = db.execute(
-        "SELECT application_name, count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        " GROUP BY application_name"
-    ).fetchall()
-    return dict(rows)
 
 
 def test_every_process_keeps_its_connection_bound(

@@ -29,6 +29,7 @@ from app.testing.pgbouncer import PgBouncer, pgbouncer_binary, run_pgbouncer
 from app.testing.processes import Gateway, Process, base_env, create_key, start_gateway
 from app.testing.processes import start_worker as start_worker_process
 from tests.support.batches import chat_line, start_batch
+from tests.support.connections import connections_by_app
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -107,15 +108,6 @@ def bounced_key(bounced: str) -> str:
 @pytest.fixture(scope="module")
 def client(gateway: Gateway, bounced_key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.api, api_key=bounced_key, max_retries=0, timeout=60)
-
-
-def connections_by_app(db: psycopg.Connection) -> dict[str, int]:
-    rows = db.execute(
-        "SELECT application_name, count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        " GROUP BY application_name"
-    ).fetchall()
-    return dict(rows)
 
 
 def test_flex_calls_are_answered_by_notify_through_session_mode(

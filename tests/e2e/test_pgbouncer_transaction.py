@@ -28,6 +28,7 @@ from app.testing.pgbouncer import PgBouncer, pgbouncer_binary, run_pgbouncer
 from app.testing.processes import Gateway, Process, create_key, start_gateway
 from app.testing.processes import start_worker as start_worker_process
 from tests.support.batches import chat_line, start_batch
+from tests.support.connections import CLIENTS, connections_by_app
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -120,15 +121,6 @@ def worker(
 def client(gateway: Gateway, bounced: str) -> openai.OpenAI:
     key = create_key(bounced, "through-transaction-mode")  # tiergate keys, through PgBouncer
     return openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=60)
-
-
-def connections_by_app(db: psycopg.Connection) -> dict[str, int]:
-    rows = db.execute(
-        "SELECT application_name, count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        " GROUP BY application_name"
-    ).fetchall()
-    return dict(rows)
 
 
 class PeakConnections:
@@ -247,8 +239,7 @@ def test_connections_are_shared_and_the_listens_are_direct(
     pooled = {s["remote_pid"] for s in bouncer.show(database, "SERVERS") if s["database"] == mine}
     assert 0 < len(pooled) <= POOL, pooled
     rows = db.execute(
-        "SELECT pid, application_name FROM pg_stat_activity"
-        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        f"SELECT pid, application_name FROM pg_stat_activity WHERE {CLIENTS}"
     ).fetchall()
     direct = sorted(app for pid, app in rows if pid not in pooled)
     # Every connection that is not PgBouncer's is a LISTEN (the start-up check closed its
